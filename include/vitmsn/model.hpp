@@ -1,0 +1,125 @@
+#pragma once
+/// \file
+/// The ViT-MSN encoder: load a checkpoint, extract features, classify.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "vitmsn/config.hpp"
+#include "vitmsn/image.hpp"
+#include "vitmsn/preprocess.hpp"
+#include "vitmsn/safetensors.hpp"
+#include "vitmsn/tensor.hpp"
+
+namespace vitmsn {
+
+/// How a model is loaded.
+struct LoadOptions {
+  /// Threads for each forward pass; 0 = the CPUs this process may use.
+  int threads = 0;
+};
+
+/// Seconds spent per stage of the forward pass, accumulated over calls (for benchmarks).
+struct StageTimes {
+  double patch_embedding = 0;   ///< im2col + patch GEMM + position embeddings
+  double layer_norm = 0;        ///< all layer norms, final one included
+  double qkv = 0;               ///< query/key/value projections
+  double attention = 0;         ///< scores, softmax, attention·V
+  double attention_output = 0;  ///< output projection + residual
+  double mlp = 0;               ///< fc1 + GELU + fc2 + residual
+  double other = 0;             ///< copies of requested outputs, classifier, buffers
+  double total() const {
+    return patch_embedding + layer_norm + qkv + attention + attention_output + mlp + other;
+  }
+};
+
+/// What extract_features() returns besides last_hidden_state.
+struct FeatureOptions {
+  /// Hidden states to return, by index as Hugging Face numbers them: 0 = embeddings output,
+  /// i = output of layer i (1..L), before the final layer norm. Negative counts from the end (-1 = L).
+  std::vector<int> hidden_states;
+  /// Layers (0..L-1; negative from the end) whose CLS-query attention row to return.
+  std::vector<int> cls_attention;
+  /// Threads for this call; 0 = the model's setting.
+  int threads = 0;
+  /// When set, the time of each stage is added to it. Not synchronised: one per calling thread.
+  StageTimes* profile = nullptr;
+};
+
+/// The result of one image's forward pass.
+struct Features {
+  /// Final layer norm over all tokens, [tokens, hidden]; row 0 is CLS, then patches row-major.
+  Matrix last_hidden_state;
+  /// Requested hidden states by (non-negative) index, each [tokens, hidden].
+  std::map<int, Matrix> hidden_states;
+  /// Requested attention rows by (non-negative) layer: softmax(q_cls·Kᵀ·d^-½) per head, [heads, tokens].
+  std::map<int, Matrix> cls_attention;
+
+  /// The CLS token's embedding: row 0 of last_hidden_state, [hidden].
+  Vector cls() const { return last_hidden_state.row(0); }
+  /// The mean over the patch tokens (rows 1..), [hidden].
+  Vector mean_patch() const {
+    return last_hidden_state.bottomRows(last_hidden_state.rows() - 1).colwise().mean();
+  }
+};
+
+/// A loaded ViT-MSN model. Immutable after load: every const method may be called from several
+/// threads at once (each call uses its own activation buffers); copies share the weights.
+class Model {
+ public:
+  /// Loads a model folder (model.safetensors + config.json [+ preprocessor_config.json]) or a single
+  /// .safetensors file (config from its `__metadata__` "config" entry, else config.json beside it).
+  /// Float32 tensors are used in place from a read-only memory map.
+  /// \throws Error naming the file and the problem (missing file or tensor, shape or config mismatch).
+  static Model load(const std::string& path, const LoadOptions& options = {});
+
+  /// A model over tensors held in memory (e.g. generated weights); names as in a checkpoint file.
+  static Model from_tensors(const Config& config, std::vector<TensorData> tensors,
+                            const LoadOptions& options = {},
+                            const PreprocessorConfig& preprocessor = {});
+
+  const Config& config() const;
+  bool has_classifier() const;
+  /// Class names of the head (id2label), or "LABEL_i" when the config lists none; empty without a head.
+  const std::vector<std::string>& labels() const;
+  /// The preprocessor read from the model's preprocessor_config.json (or metadata), else defaults.
+  const Preprocessor& preprocessor() const;
+  /// Threads used when a call does not say.
+  int threads() const;
+  /// Where the weights came from (file path, or "<memory>").
+  const std::string& source() const;
+  /// Bytes of float32 weights copied to memory at load (0 when all were used in place).
+  std::size_t copied_weight_bytes() const;
+
+  /// The main entry point: pixel values [3, H, W] (H, W multiples of patch_size; other sizes than
+  /// image_size use bicubic-interpolated position embeddings as HF's interpolate_pos_encoding=True)
+  /// → features. \throws Error on a wrong channel count, a size not a multiple of the patch size,
+  /// or an out-of-range layer index.
+  Features extract_features(const PixelValues& pixel_values, const FeatureOptions& options = {}) const;
+  /// Preprocesses with preprocessor() then extract_features().
+  Features extract_features(const Image& image, const FeatureOptions& options = {}) const;
+  /// Loads the image file (load_image) then as above. \throws Error naming the file.
+  Features extract_features(const std::string& image_path, const FeatureOptions& options = {}) const;
+  /// A batch: images of the same size run together (one GEMM per weight for all of them).
+  std::vector<Features> extract_features(const std::vector<PixelValues>& batch,
+                                         const FeatureOptions& options = {}) const;
+
+  /// Classifier logits [num_labels] from the CLS token after the final layer norm.
+  /// \throws Error when the model has no classifier head.
+  Vector classify(const PixelValues& pixel_values, int threads = 0) const;
+  Vector classify(const Image& image, int threads = 0) const;
+  std::vector<Vector> classify(const std::vector<PixelValues>& batch, int threads = 0) const;
+  /// The head applied to features already computed: last_hidden_state row 0 · Wᵀ + b.
+  Vector logits(const Features& features) const;
+
+  struct Impl;
+
+ private:
+  explicit Model(std::shared_ptr<const Impl> impl);
+  std::shared_ptr<const Impl> impl_;
+};
+
+}  // namespace vitmsn

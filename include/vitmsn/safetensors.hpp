@@ -1,0 +1,93 @@
+#pragma once
+/// \file
+/// Safetensors files: a memory-mapped, validated reader and an atomic writer. Knows nothing of ViT.
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vitmsn {
+
+/// Element types of a safetensors file that vitmsn understands.
+enum class DType { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kI8, kU8, kBool };
+
+/// "F32", "BF16", … as written in the header.
+const char* dtype_name(DType dtype);
+/// Size of one element in bytes.
+std::size_t dtype_size(DType dtype);
+
+/// One tensor of an open file: a view into the memory map (valid while the file object lives).
+struct TensorView {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<std::int64_t> shape;
+  const std::uint8_t* data = nullptr;  ///< first byte; aligned as the file aligns it
+  std::size_t nbytes = 0;
+
+  std::int64_t numel() const;
+  /// "[1025,64]"
+  std::string shape_string() const;
+  /// Element i widened to float (F32, F16, BF16, F64 and integer types). No bounds check.
+  float value(std::size_t i) const;
+  /// All elements widened to float32 (copy).
+  std::vector<float> to_float() const;
+};
+
+/// Limits applied while validating a header (before anything in it is trusted).
+struct SafetensorsLimits {
+  std::uint64_t max_header_bytes = 100u << 20;  ///< JSON header size cap (safetensors' own: 100 MB)
+  std::size_t max_tensors = 1u << 20;           ///< tensor count cap
+};
+
+/// A safetensors file, memory-mapped read-only. The header is validated on open: 8-byte length
+/// inside the file and below the cap, JSON object, known dtypes, shapes of non-negative integers,
+/// offsets inside the data area, `end - begin == numel * itemsize`, no two tensors overlapping.
+/// Immutable after open; all methods are const and thread-safe. Movable, not copyable.
+class SafetensorsFile {
+ public:
+  /// \throws Error naming `path` and the problem.
+  static SafetensorsFile open(const std::string& path, const SafetensorsLimits& limits = {});
+
+  SafetensorsFile(SafetensorsFile&&) noexcept;
+  SafetensorsFile& operator=(SafetensorsFile&&) noexcept;
+  ~SafetensorsFile();
+
+  const std::string& path() const;
+  /// The `__metadata__` string map (empty when absent).
+  const std::map<std::string, std::string>& metadata() const;
+  /// Tensor names in file order (by data offset).
+  std::vector<std::string> names() const;
+  bool contains(const std::string& name) const;
+  /// \throws Error "<path>: missing tensor '<name>'" when absent.
+  const TensorView& get(const std::string& name) const;
+  /// Null when absent.
+  const TensorView* find(const std::string& name) const;
+  /// Total size of the file in bytes.
+  std::size_t file_size() const;
+
+ private:
+  struct Impl;
+  explicit SafetensorsFile(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// One tensor to write: raw little-endian bytes of `dtype` with `shape`.
+struct TensorData {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<std::int64_t> shape;
+  std::vector<std::uint8_t> bytes;
+  /// Convenience: an F32 tensor from floats.
+  static TensorData f32(std::string name, std::vector<std::int64_t> shape, const float* values);
+};
+
+/// Writes a safetensors file (tensors sorted by name, header padded to 8 bytes) atomically: data go
+/// to a temporary file in the same folder that is renamed over `path` only when complete, so `path`
+/// never holds a partial file. \throws Error naming `path` (shape/size mismatch, I/O failure).
+void write_safetensors(const std::string& path, const std::vector<TensorData>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace vitmsn

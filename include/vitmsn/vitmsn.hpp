@@ -1,0 +1,13 @@
+#pragma once
+/// \file
+/// Umbrella header: everything a program needs to run ViT-MSN.
+
+#include "vitmsn/config.hpp"
+#include "vitmsn/error.hpp"
+#include "vitmsn/image.hpp"
+#include "vitmsn/model.hpp"
+#include "vitmsn/preprocess.hpp"
+#include "vitmsn/safetensors.hpp"
+#include "vitmsn/tensor.hpp"
+#include "vitmsn/version.hpp"
+#include "vitmsn/weights.hpp"

@@ -1,0 +1,88 @@
+#pragma once
+/// \file
+/// The weights of a ViT-MSN encoder as plain structs of Eigen maps into the (memory-mapped) checkpoint.
+/// Every checkpoint key string lives in weights.cpp.
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "vitmsn/config.hpp"
+#include "vitmsn/safetensors.hpp"
+#include "vitmsn/tensor.hpp"
+
+namespace vitmsn {
+
+using ConstMatrixMap = Eigen::Map<const Matrix>;
+using ConstVectorMap = Eigen::Map<const Vector>;
+
+/// One pre-LN transformer block. Linear weights are PyTorch's [out, in]: y = x·Wᵀ + b.
+struct LayerWeights {
+  ConstVectorMap layernorm_before_weight{nullptr, 0};  // [D]
+  ConstVectorMap layernorm_before_bias{nullptr, 0};    // [D]
+  ConstMatrixMap query_weight{nullptr, 0, 0};          // [D, D]
+  ConstVectorMap query_bias{nullptr, 0};               // [D] (size 0 when qkv_bias is false)
+  ConstMatrixMap key_weight{nullptr, 0, 0};            // [D, D]
+  ConstVectorMap key_bias{nullptr, 0};                 // [D] (size 0 when qkv_bias is false)
+  ConstMatrixMap value_weight{nullptr, 0, 0};          // [D, D]
+  ConstVectorMap value_bias{nullptr, 0};               // [D] (size 0 when qkv_bias is false)
+  ConstMatrixMap attention_output_weight{nullptr, 0, 0};  // [D, D]  attention.output.dense
+  ConstVectorMap attention_output_bias{nullptr, 0};       // [D]
+  ConstVectorMap layernorm_after_weight{nullptr, 0};   // [D]
+  ConstVectorMap layernorm_after_bias{nullptr, 0};     // [D]
+  ConstMatrixMap intermediate_weight{nullptr, 0, 0};   // [F, D]  intermediate.dense (fc1)
+  ConstVectorMap intermediate_bias{nullptr, 0};        // [F]
+  ConstMatrixMap output_weight{nullptr, 0, 0};         // [D, F]  output.dense (fc2)
+  ConstVectorMap output_bias{nullptr, 0};              // [D]
+};
+
+/// All weights of a ViTMSNModel, plus the optional ViTMSNForImageClassification head.
+struct Weights {
+  ConstVectorMap cls_token{nullptr, 0};                 // [D]           stored [1, 1, D]
+  ConstMatrixMap position_embeddings{nullptr, 0, 0};    // [1+(S/P)², D] stored [1, N, D]
+  ConstMatrixMap patch_weight{nullptr, 0, 0};           // [D, C·P·P]    stored [D, C, P, P] (conv)
+  ConstVectorMap patch_bias{nullptr, 0};                // [D]
+  std::vector<LayerWeights> layers;                     // L blocks
+  ConstVectorMap layernorm_weight{nullptr, 0};          // [D] final layer norm
+  ConstVectorMap layernorm_bias{nullptr, 0};            // [D]
+  ConstMatrixMap classifier_weight{nullptr, 0, 0};      // [num_labels, D]; 0 rows without a head
+  ConstVectorMap classifier_bias{nullptr, 0};           // [num_labels]
+
+  bool has_classifier() const { return classifier_weight.rows() > 0; }
+  /// Float32 copies made for tensors that could not be used in place (F16/BF16 widened, or
+  /// misaligned data). Empty for a float32 safetensors file: the maps point into the memory map.
+  std::vector<std::unique_ptr<float[]>> owned;
+  /// Bytes held in `owned`.
+  std::size_t owned_bytes = 0;
+};
+
+/// Finds a tensor by checkpoint name; null when absent.
+using TensorLookup = std::function<const TensorView*(const std::string&)>;
+
+/// The checkpoint's naming: "" for a ViTMSNModel file, "vit." for a ViTMSNForImageClassification.
+/// Detected from which cls_token key exists. \throws Error naming `source` when neither exists.
+std::string detect_prefix(const TensorLookup& lookup, const std::string& source);
+
+/// Binds every tensor the config calls for, checking names, shapes and dtypes; float32 tensors are
+/// used in place. \throws Error naming `source`, the tensor, the expected and the actual shape.
+Weights bind_weights(const Config& config, const TensorLookup& lookup, const std::string& source);
+
+/// Checkpoint key names (Hugging Face), for tools that write checkpoints. `prefix` as detect_prefix.
+namespace keys {
+std::string cls_token(const std::string& prefix);
+std::string position_embeddings(const std::string& prefix);
+std::string patch_weight(const std::string& prefix);
+std::string patch_bias(const std::string& prefix);
+/// "encoder.layer.{i}." + rest, with the prefix.
+std::string layer(const std::string& prefix, int i, const std::string& rest);
+std::string final_norm_weight(const std::string& prefix);
+std::string final_norm_bias(const std::string& prefix);
+extern const char* const kClassifierWeight;  // "classifier.weight"
+extern const char* const kClassifierBias;    // "classifier.bias"
+/// Every tensor name of an encoder with `config`'s layer count, in Hugging Face's order, with shapes.
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> encoder_tensors(const Config& config,
+                                                                                const std::string& prefix);
+}  // namespace keys
+
+}  // namespace vitmsn

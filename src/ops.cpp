@@ -1,0 +1,151 @@
+#include "ops.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace vitmsn::detail {
+
+namespace {
+// Query rows per attention block: the [block, N] score tile (N = 1025: 512 KB) stays in L2.
+constexpr int kQueryBlock = 128;
+}  // namespace
+
+void layer_norm(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                const float* w, const float* b, double eps, int threads) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows >= 64)
+#endif
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    float* yr = y + r * ldy;
+    // mean = Σx/n, var = Σx²/n − mean² (biased, as torch), both in double in a single pass.
+    double sum = 0.0, sumsq = 0.0;
+    for (int c = 0; c < cols; ++c) {
+      const double v = xr[c];
+      sum += v;
+      sumsq += v * v;
+    }
+    const double mean = sum / cols;
+    const double var = std::max(0.0, sumsq / cols - mean * mean);
+    const float rstd = static_cast<float>(1.0 / std::sqrt(var + eps));
+    const float m = static_cast<float>(mean);
+    for (int c = 0; c < cols; ++c) yr[c] = (xr[c] - m) * rstd * w[c] + b[c];
+  }
+}
+
+void extract_patches(const float* pixels, int channels, int height, int width, int patch, float* out) {
+  const int gh = height / patch, gw = width / patch;
+  const int row = channels * patch * patch;
+  for (int py = 0; py < gh; ++py)
+    for (int px = 0; px < gw; ++px) {
+      float* o = out + static_cast<std::ptrdiff_t>(py * gw + px) * row;
+      for (int c = 0; c < channels; ++c)
+        for (int ky = 0; ky < patch; ++ky) {
+          const float* src = pixels + (static_cast<std::ptrdiff_t>(c) * height + py * patch + ky) * width + px * patch;
+          std::memcpy(o, src, sizeof(float) * patch);
+          o += patch;
+        }
+    }
+}
+
+namespace {
+
+// PyTorch's cubic convolution weights for fractional offset t in [0, 1), A = −0.75
+// (aten/src/ATen/native/UpSample.h get_cubic_upsample_coefficients).
+void cubic_weights(double t, double w[4]) {
+  constexpr double A = -0.75;
+  auto near = [](double x) { return ((A + 2) * x - (A + 3)) * x * x + 1; };   // |x| <= 1
+  auto far = [](double x) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; };  // 1 < |x| < 2
+  w[0] = far(t + 1.0);
+  w[1] = near(t);
+  w[2] = near(1.0 - t);
+  w[3] = far(2.0 - t);
+}
+
+struct Taps {
+  int index[4];
+  double weight[4];
+};
+
+std::vector<Taps> cubic_taps(int in, int out) {
+  std::vector<Taps> taps(out);
+  const double scale = static_cast<double>(in) / out;
+  for (int o = 0; o < out; ++o) {
+    // align_corners=False source coordinate; not clamped at 0 for cubic (as PyTorch).
+    const double real = (o + 0.5) * scale - 0.5;
+    const double fl = std::floor(real);
+    cubic_weights(real - fl, taps[o].weight);
+    for (int k = 0; k < 4; ++k)
+      taps[o].index[k] = std::min(std::max(static_cast<int>(fl) - 1 + k, 0), in - 1);
+  }
+  return taps;
+}
+
+}  // namespace
+
+void interpolate_bicubic(const float* src, int src_h, int src_w, int dim, int dst_h, int dst_w, float* dst) {
+  const std::vector<Taps> ty = cubic_taps(src_h, dst_h), tx = cubic_taps(src_w, dst_w);
+  std::vector<double> acc(dim), rowv(dim);
+  for (int oy = 0; oy < dst_h; ++oy)
+    for (int ox = 0; ox < dst_w; ++ox) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int ky = 0; ky < 4; ++ky) {
+        // Interpolate along x within source row ty.index[ky], then weight by the y tap.
+        std::fill(rowv.begin(), rowv.end(), 0.0);
+        for (int kx = 0; kx < 4; ++kx) {
+          const float* s = src + (static_cast<std::ptrdiff_t>(ty[oy].index[ky]) * src_w + tx[ox].index[kx]) * dim;
+          const double wx = tx[ox].weight[kx];
+          for (int d = 0; d < dim; ++d) rowv[d] += wx * s[d];
+        }
+        const double wy = ty[oy].weight[ky];
+        for (int d = 0; d < dim; ++d) acc[d] += wy * rowv[d];
+      }
+      float* o = dst + (static_cast<std::ptrdiff_t>(oy) * dst_w + ox) * dim;
+      for (int d = 0; d < dim; ++d) o[d] = static_cast<float>(acc[d]);
+    }
+}
+
+std::size_t attention_scratch_floats(int tokens, int threads) {
+  return static_cast<std::size_t>(std::max(1, threads)) * kQueryBlock * static_cast<std::size_t>(tokens);
+}
+
+void attention(Isa isa, const float* qkv, std::ptrdiff_t ld_qkv, int tokens, int heads, int head_dim,
+               float scale, float* ctx, std::ptrdiff_t ld_ctx, float* scratch, float* cls_row, int threads) {
+  const int D = heads * head_dim;
+  const int blocks = (tokens + kQueryBlock - 1) / kQueryBlock;
+  const int tasks = heads * blocks;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+#endif
+  for (int task = 0; task < tasks; ++task) {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    const int h = task / blocks, blk = task % blocks;
+    const int r0 = blk * kQueryBlock, rows = std::min(kQueryBlock, tokens - r0);
+    float* s = scratch + static_cast<std::ptrdiff_t>(tid) * kQueryBlock * tokens;
+    const float* q = qkv + r0 * ld_qkv + h * head_dim;
+    const float* k = qkv + D + h * head_dim;
+    const float* v = qkv + 2 * D + h * head_dim;
+    // s = q_h·k_hᵀ·scale  [rows, N]
+    Epilogue ep;
+    ep.alpha = scale;
+    gemm(isa, rows, tokens, head_dim, q, ld_qkv, k, ld_qkv, /*b_trans=*/true, s, tokens, ep, 1);
+    // a = softmax(s) over keys
+    softmax_rows(isa, s, rows, tokens, tokens);
+    if (cls_row && r0 == 0) std::memcpy(cls_row + static_cast<std::ptrdiff_t>(h) * tokens, s, sizeof(float) * tokens);
+    // ctx[:, head h] = a·v_h  [rows, hd]
+    gemm(isa, rows, head_dim, tokens, s, tokens, v, ld_qkv, /*b_trans=*/false, ctx + r0 * ld_ctx + h * head_dim,
+         ld_ctx, Epilogue{}, 1);
+  }
+}
+
+}  // namespace vitmsn::detail

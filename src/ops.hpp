@@ -1,0 +1,36 @@
+#pragma once
+// The ViT operations as free functions over float buffers: they know shapes, never tensor names.
+#include <cstddef>
+
+#include "kernels.hpp"
+
+namespace vitmsn::detail {
+
+/// y[r,:] = (x[r,:] − mean) / sqrt(var + eps) · w + b for each row (biased variance, accumulated in
+/// double in one pass), as torch.nn.LayerNorm. x and y may be the same buffer.
+void layer_norm(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                const float* w, const float* b, double eps, int threads);
+
+/// im2col for a stride-P, P×P convolution: pixels [C, H, W] → patches [(H/P)·(W/P), C·P·P], patches
+/// in row-major grid order, each patch's values in (c, ky, kx) order — the order of the flattened
+/// conv weight [D, C, P, P], so the convolution becomes patches · Wᵀ.
+void extract_patches(const float* pixels, int channels, int height, int width, int patch, float* out);
+
+/// PyTorch F.interpolate(mode="bicubic", align_corners=False, antialias=False) of a [src_h, src_w]
+/// grid of D-vectors (row-major [src_h·src_w, D]) to [dst_h, dst_w]: cubic convolution A = −0.75,
+/// source coordinate (dst + 0.5)·(src/dst) − 0.5, taps floor−1…floor+2 clamped to the edge. Double
+/// precision internally.
+void interpolate_bicubic(const float* src, int src_h, int src_w, int dim, int dst_h, int dst_w, float* dst);
+
+/// Multi-head self-attention core for one image: qkv is [N, 3·D] (q | k | v, head h in columns
+/// h·hd…(h+1)·hd of each part, leading dimension ld_qkv); ctx [N, D] (ld_ctx) receives
+/// concat_h softmax(q_h·k_hᵀ·scale)·v_h. Scores are computed a block of query rows at a time per head
+/// (never all heads' N×N at once), in `scratch` of attention_scratch_floats(N, threads) floats.
+/// cls_row (optional, [heads, N]) receives each head's softmax row of query 0.
+void attention(Isa isa, const float* qkv, std::ptrdiff_t ld_qkv, int tokens, int heads, int head_dim,
+               float scale, float* ctx, std::ptrdiff_t ld_ctx, float* scratch, float* cls_row, int threads);
+
+/// Floats of scratch attention() needs for `tokens` tokens on `threads` threads.
+std::size_t attention_scratch_floats(int tokens, int threads);
+
+}  // namespace vitmsn::detail

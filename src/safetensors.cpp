@@ -1,0 +1,335 @@
+// Safetensors: https://github.com/huggingface/safetensors format — 8-byte little-endian header length,
+// a JSON header {name: {dtype, shape, data_offsets:[begin,end]}, "__metadata__": {str: str}}, then the
+// data area. Everything in the header is validated before any tensor pointer is handed out.
+#include "vitmsn/safetensors.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "file_util.hpp"
+#include "half.hpp"
+#include "vitmsn/error.hpp"
+
+namespace vitmsn {
+
+namespace {
+
+struct DTypeInfo {
+  const char* name;
+  DType dtype;
+  std::size_t size;
+};
+
+constexpr DTypeInfo kDTypes[] = {
+    {"F32", DType::kF32, 4}, {"F16", DType::kF16, 2}, {"BF16", DType::kBF16, 2},
+    {"F64", DType::kF64, 8}, {"I64", DType::kI64, 8}, {"I32", DType::kI32, 4},
+    {"I16", DType::kI16, 2}, {"I8", DType::kI8, 1},   {"U8", DType::kU8, 1},
+    {"BOOL", DType::kBool, 1},
+};
+
+const DTypeInfo* find_dtype(const std::string& name) {
+  for (const auto& d : kDTypes)
+    if (name == d.name) return &d;
+  return nullptr;
+}
+
+const DTypeInfo& info(DType dtype) {
+  for (const auto& d : kDTypes)
+    if (d.dtype == dtype) return d;
+  return kDTypes[0];
+}
+
+std::string shape_to_string(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+}  // namespace
+
+const char* dtype_name(DType dtype) { return info(dtype).name; }
+std::size_t dtype_size(DType dtype) { return info(dtype).size; }
+
+std::int64_t TensorView::numel() const {
+  std::int64_t n = 1;
+  for (auto d : shape) n *= d;
+  return n;
+}
+
+std::string TensorView::shape_string() const { return shape_to_string(shape); }
+
+float TensorView::value(std::size_t i) const {
+  switch (dtype) {
+    case DType::kF32: {
+      float v;
+      std::memcpy(&v, data + 4 * i, 4);
+      return v;
+    }
+    case DType::kF16: {
+      std::uint16_t h;
+      std::memcpy(&h, data + 2 * i, 2);
+      return detail::half_to_float(h);
+    }
+    case DType::kBF16: {
+      std::uint16_t h;
+      std::memcpy(&h, data + 2 * i, 2);
+      return detail::bf16_to_float(h);
+    }
+    case DType::kF64: {
+      double v;
+      std::memcpy(&v, data + 8 * i, 8);
+      return static_cast<float>(v);
+    }
+    case DType::kI64: {
+      std::int64_t v;
+      std::memcpy(&v, data + 8 * i, 8);
+      return static_cast<float>(v);
+    }
+    case DType::kI32: {
+      std::int32_t v;
+      std::memcpy(&v, data + 4 * i, 4);
+      return static_cast<float>(v);
+    }
+    case DType::kI16: {
+      std::int16_t v;
+      std::memcpy(&v, data + 2 * i, 2);
+      return static_cast<float>(v);
+    }
+    case DType::kI8:
+      return static_cast<float>(static_cast<std::int8_t>(data[i]));
+    case DType::kU8:
+    case DType::kBool:
+      return static_cast<float>(data[i]);
+  }
+  return 0.0f;
+}
+
+std::vector<float> TensorView::to_float() const {
+  const std::size_t n = static_cast<std::size_t>(numel());
+  std::vector<float> out(n);
+  if (dtype == DType::kF32) {
+    if (n) std::memcpy(out.data(), data, n * 4);
+  } else {
+    for (std::size_t i = 0; i < n; ++i) out[i] = value(i);
+  }
+  return out;
+}
+
+struct SafetensorsFile::Impl {
+  std::string path;
+  detail::MappedFile map;
+  std::map<std::string, std::string> metadata;
+  std::vector<TensorView> tensors;  // sorted by data offset
+  std::unordered_map<std::string, std::size_t> index;
+};
+
+SafetensorsFile::SafetensorsFile(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+SafetensorsFile::SafetensorsFile(SafetensorsFile&&) noexcept = default;
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&&) noexcept = default;
+SafetensorsFile::~SafetensorsFile() = default;
+
+SafetensorsFile SafetensorsFile::open(const std::string& path, const SafetensorsLimits& limits) {
+  auto impl = std::make_unique<Impl>();
+  impl->path = path;
+  impl->map = detail::MappedFile::open(path);
+  const std::uint8_t* base = impl->map.data();
+  const std::uint64_t size = impl->map.size();
+  auto fail = [&](const std::string& what) -> Error { return Error(path + ": " + what); };
+
+  if (size < 8) throw fail("not a safetensors file: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  std::uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | base[i];
+  if (header_len > limits.max_header_bytes)
+    throw fail("header length " + std::to_string(header_len) + " exceeds the limit of " +
+               std::to_string(limits.max_header_bytes) + " bytes");
+  if (header_len > size - 8)
+    throw fail("header length " + std::to_string(header_len) + " runs past the end of the file (" +
+               std::to_string(size) + " bytes)");
+  if (header_len < 2) throw fail("header of " + std::to_string(header_len) + " bytes is not a JSON object");
+
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(base + 8, base + 8 + header_len);
+  } catch (const nlohmann::json::exception& e) {
+    throw fail(std::string("header is not valid JSON: ") + e.what());
+  }
+  if (!header.is_object()) throw fail("header is not a JSON object");
+  const std::size_t tensor_count = header.size() - (header.contains("__metadata__") ? 1 : 0);
+  if (tensor_count > limits.max_tensors)
+    throw fail("header lists " + std::to_string(tensor_count) + " tensors, more than the limit of " +
+               std::to_string(limits.max_tensors) + " tensors");
+
+  const std::uint64_t data_begin = 8 + header_len;
+  const std::uint64_t data_size = size - data_begin;
+  struct Range {
+    std::uint64_t begin, end;
+    std::size_t tensor;
+  };
+  std::vector<Range> ranges;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    const auto& entry = it.value();
+    if (name == "__metadata__") {
+      if (!entry.is_object()) throw fail("__metadata__ is not an object of strings");
+      for (auto m = entry.begin(); m != entry.end(); ++m) {
+        if (!m.value().is_string()) throw fail("__metadata__ value '" + m.key() + "' is not a string");
+        impl->metadata[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = "tensor '" + name + "'";
+    if (!entry.is_object()) throw fail(where + ": entry is not an object");
+    auto dt = entry.find("dtype");
+    auto sh = entry.find("shape");
+    auto off = entry.find("data_offsets");
+    if (dt == entry.end() || !dt->is_string()) throw fail(where + ": missing or non-string dtype");
+    if (sh == entry.end() || !sh->is_array()) throw fail(where + ": missing or non-array shape");
+    if (off == entry.end() || !off->is_array() || off->size() != 2)
+      throw fail(where + ": data_offsets must be an array of two integers");
+    const DTypeInfo* d = find_dtype(dt->get<std::string>());
+    if (!d) throw fail(where + ": unknown dtype '" + dt->get<std::string>() + "'");
+    TensorView view;
+    view.name = name;
+    view.dtype = d->dtype;
+    // numel with overflow checks: every factor must be a non-negative integer and the product must
+    // fit in the data area, so bound it by data_size as we go.
+    std::uint64_t numel = 1;
+    bool zero = false;
+    for (const auto& v : *sh) {
+      if (!v.is_number_integer() || v.get<std::int64_t>() < 0)
+        throw fail(where + ": shape entries must be non-negative integers");
+      const auto dim = v.get<std::uint64_t>();
+      if (dim == 0) zero = true;
+      view.shape.push_back(static_cast<std::int64_t>(dim));
+      if (!zero && dim > 0 && numel > (data_size + 1) / dim + 1)
+        throw fail(where + ": shape " + shape_to_string(view.shape) + " is larger than the file");
+      if (!zero) numel *= dim;
+    }
+    if (view.shape.size() > 16) throw fail(where + ": more than 16 dimensions");
+    if (zero) numel = 0;
+    for (const auto& v : *off)
+      if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<std::int64_t>() >= 0))
+        throw fail(where + ": data_offsets must be non-negative integers");
+    const auto begin = (*off)[0].get<std::uint64_t>();
+    const auto end = (*off)[1].get<std::uint64_t>();
+    if (begin > end) throw fail(where + ": data_offsets [" + std::to_string(begin) + "," + std::to_string(end) + "] are reversed");
+    if (end > data_size)
+      throw fail(where + ": data_offsets [" + std::to_string(begin) + "," + std::to_string(end) +
+                 "] run past the end of the data (" + std::to_string(data_size) + " bytes)");
+    if (end - begin != numel * d->size)
+      throw fail(where + ": data_offsets span " + std::to_string(end - begin) + " bytes but " + d->name +
+                 " shape " + shape_to_string(view.shape) + " needs " + std::to_string(numel * d->size));
+    view.data = base + data_begin + begin;
+    view.nbytes = static_cast<std::size_t>(end - begin);
+    ranges.push_back({begin, end, impl->tensors.size()});
+    impl->tensors.push_back(std::move(view));
+  }
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  // Sorted by begin, a range overlaps an earlier one exactly when it starts before the furthest end
+  // seen so far. Empty tensors occupy no bytes and overlap nothing.
+  std::uint64_t furthest = 0;
+  std::size_t furthest_tensor = 0;
+  for (const Range& r : ranges) {
+    if (r.end == r.begin) continue;
+    if (r.begin < furthest)
+      throw fail("tensors '" + impl->tensors[furthest_tensor].name + "' and '" + impl->tensors[r.tensor].name +
+                 "' overlap in the data area");
+    furthest = r.end;
+    furthest_tensor = r.tensor;
+  }
+  std::vector<TensorView> sorted;
+  sorted.reserve(ranges.size());
+  for (const auto& r : ranges) sorted.push_back(std::move(impl->tensors[r.tensor]));
+  impl->tensors = std::move(sorted);
+  for (std::size_t i = 0; i < impl->tensors.size(); ++i) impl->index[impl->tensors[i].name] = i;
+  return SafetensorsFile(std::move(impl));
+}
+
+const std::string& SafetensorsFile::path() const { return impl_->path; }
+const std::map<std::string, std::string>& SafetensorsFile::metadata() const { return impl_->metadata; }
+std::size_t SafetensorsFile::file_size() const { return impl_->map.size(); }
+
+std::vector<std::string> SafetensorsFile::names() const {
+  std::vector<std::string> out;
+  out.reserve(impl_->tensors.size());
+  for (const auto& t : impl_->tensors) out.push_back(t.name);
+  return out;
+}
+
+bool SafetensorsFile::contains(const std::string& name) const { return impl_->index.count(name) != 0; }
+
+const TensorView* SafetensorsFile::find(const std::string& name) const {
+  auto it = impl_->index.find(name);
+  return it == impl_->index.end() ? nullptr : &impl_->tensors[it->second];
+}
+
+const TensorView& SafetensorsFile::get(const std::string& name) const {
+  const TensorView* t = find(name);
+  if (!t) throw Error(impl_->path + ": missing tensor '" + name + "'");
+  return *t;
+}
+
+TensorData TensorData::f32(std::string name, std::vector<std::int64_t> shape, const float* values) {
+  TensorData t;
+  t.name = std::move(name);
+  t.dtype = DType::kF32;
+  t.shape = std::move(shape);
+  std::size_t n = 1;
+  for (auto d : t.shape) n *= static_cast<std::size_t>(d);
+  t.bytes.resize(n * 4);
+  if (n) std::memcpy(t.bytes.data(), values, n * 4);
+  return t;
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorData>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<const TensorData*> order;
+  for (const auto& t : tensors) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](const TensorData* a, const TensorData* b) { return a->name < b->name; });
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::uint64_t offset = 0;
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const TensorData& t = *order[i];
+    if (t.name.empty() || t.name == "__metadata__") throw Error(path + ": invalid tensor name '" + t.name + "'");
+    if (i && order[i - 1]->name == t.name) throw Error(path + ": duplicate tensor name '" + t.name + "'");
+    std::uint64_t numel = 1;
+    for (auto d : t.shape) {
+      if (d < 0) throw Error(path + ": tensor '" + t.name + "' has a negative dimension");
+      numel *= static_cast<std::uint64_t>(d);
+    }
+    if (numel * dtype_size(t.dtype) != t.bytes.size())
+      throw Error(path + ": tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) + " bytes, shape " +
+                  shape_to_string(t.shape) + " of " + dtype_name(t.dtype) + " needs " +
+                  std::to_string(numel * dtype_size(t.dtype)));
+    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
+    offset += t.bytes.size();
+  }
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');
+  detail::AtomicFile out(path);
+  std::uint8_t len[8];
+  std::uint64_t n = h.size();
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<std::uint8_t>(n >> (8 * i));
+  out.write(len, 8);
+  out.write(h.data(), h.size());
+  for (const TensorData* t : order) out.write(t->bytes.data(), t->bytes.size());
+  out.commit();
+}
+
+}  // namespace vitmsn

@@ -1,0 +1,199 @@
+#include "vitmsn/weights.hpp"
+
+#include <cstdint>
+#include <cstring>
+
+#include "vitmsn/error.hpp"
+
+namespace vitmsn {
+
+namespace keys {
+
+const char* const kClassifierWeight = "classifier.weight";
+const char* const kClassifierBias = "classifier.bias";
+
+std::string cls_token(const std::string& p) { return p + "embeddings.cls_token"; }
+std::string position_embeddings(const std::string& p) { return p + "embeddings.position_embeddings"; }
+std::string patch_weight(const std::string& p) { return p + "embeddings.patch_embeddings.projection.weight"; }
+std::string patch_bias(const std::string& p) { return p + "embeddings.patch_embeddings.projection.bias"; }
+std::string layer(const std::string& p, int i, const std::string& rest) {
+  return p + "encoder.layer." + std::to_string(i) + "." + rest;
+}
+std::string final_norm_weight(const std::string& p) { return p + "layernorm.weight"; }
+std::string final_norm_bias(const std::string& p) { return p + "layernorm.bias"; }
+
+namespace {
+// Per-layer tensors: name after "encoder.layer.{i}.", and whether the shape is [D,D], [F,D], [D,F],
+// [D] or [F].
+enum class Shape { kDD, kFD, kDF, kD, kF };
+struct LayerKey {
+  const char* name;
+  Shape shape;
+  bool qkv_bias;  // present only when config.qkv_bias
+};
+constexpr LayerKey kLayerKeys[] = {
+    {"attention.attention.query.weight", Shape::kDD, false},
+    {"attention.attention.query.bias", Shape::kD, true},
+    {"attention.attention.key.weight", Shape::kDD, false},
+    {"attention.attention.key.bias", Shape::kD, true},
+    {"attention.attention.value.weight", Shape::kDD, false},
+    {"attention.attention.value.bias", Shape::kD, true},
+    {"attention.output.dense.weight", Shape::kDD, false},
+    {"attention.output.dense.bias", Shape::kD, false},
+    {"intermediate.dense.weight", Shape::kFD, false},
+    {"intermediate.dense.bias", Shape::kF, false},
+    {"output.dense.weight", Shape::kDF, false},
+    {"output.dense.bias", Shape::kD, false},
+    {"layernorm_before.weight", Shape::kD, false},
+    {"layernorm_before.bias", Shape::kD, false},
+    {"layernorm_after.weight", Shape::kD, false},
+    {"layernorm_after.bias", Shape::kD, false},
+};
+}  // namespace
+
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> encoder_tensors(const Config& c,
+                                                                                const std::string& p) {
+  const std::int64_t D = c.hidden_size, F = c.intermediate_size, P = c.patch_size, C = c.num_channels;
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> out = {
+      {cls_token(p), {1, 1, D}},
+      {position_embeddings(p), {1, c.num_tokens(), D}},
+      {patch_weight(p), {D, C, P, P}},
+      {patch_bias(p), {D}},
+  };
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    for (const auto& k : kLayerKeys) {
+      if (k.qkv_bias && !c.qkv_bias) continue;
+      std::vector<std::int64_t> shape;
+      switch (k.shape) {
+        case Shape::kDD: shape = {D, D}; break;
+        case Shape::kFD: shape = {F, D}; break;
+        case Shape::kDF: shape = {D, F}; break;
+        case Shape::kD: shape = {D}; break;
+        case Shape::kF: shape = {F}; break;
+      }
+      out.emplace_back(layer(p, i, k.name), shape);
+    }
+  }
+  out.push_back({final_norm_weight(p), {D}});
+  out.push_back({final_norm_bias(p), {D}});
+  return out;
+}
+
+}  // namespace keys
+
+namespace {
+
+std::string shape_str(const std::vector<std::int64_t>& s) {
+  std::string r = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+class Binder {
+ public:
+  Binder(const TensorLookup& lookup, const std::string& source, Weights& w)
+      : lookup_(lookup), source_(source), w_(w) {}
+
+  // The float data of tensor `name` with exactly `shape`; used in place when it is aligned float32.
+  const float* get(const std::string& name, const std::vector<std::int64_t>& shape) {
+    const TensorView* t = lookup_(name);
+    if (!t) throw Error(source_ + ": missing tensor '" + name + "'");
+    if (t->shape != shape)
+      throw Error(source_ + ": tensor '" + name + "' has shape " + t->shape_string() + ", expected " + shape_str(shape));
+    if (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16)
+      throw Error(source_ + ": tensor '" + name + "' has dtype " + dtype_name(t->dtype) +
+                  ", expected F32, F16 or BF16");
+    if (t->dtype == DType::kF32 && reinterpret_cast<std::uintptr_t>(t->data) % alignof(float) == 0)
+      return reinterpret_cast<const float*>(t->data);
+    const std::size_t n = static_cast<std::size_t>(t->numel());
+    std::unique_ptr<float[]> copy(new float[n ? n : 1]);
+    for (std::size_t i = 0; i < n; ++i) copy[i] = t->value(i);
+    const float* p = copy.get();
+    w_.owned.push_back(std::move(copy));
+    w_.owned_bytes += n * sizeof(float);
+    return p;
+  }
+
+ private:
+  const TensorLookup& lookup_;
+  const std::string& source_;
+  Weights& w_;
+};
+
+void bind(ConstVectorMap& m, const float* p, std::int64_t n) { new (&m) ConstVectorMap(p, n); }
+void bind(ConstMatrixMap& m, const float* p, std::int64_t r, std::int64_t c) { new (&m) ConstMatrixMap(p, r, c); }
+
+}  // namespace
+
+std::string detect_prefix(const TensorLookup& lookup, const std::string& source) {
+  if (lookup(keys::cls_token(""))) return "";
+  if (lookup(keys::cls_token("vit."))) return "vit.";
+  throw Error(source + ": missing tensor 'embeddings.cls_token' (nor 'vit.embeddings.cls_token'): not a ViT-MSN checkpoint");
+}
+
+Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::string& source) {
+  Weights w;
+  Binder b(lookup, source, w);
+  const std::string p = detect_prefix(lookup, source);
+  const std::int64_t D = c.hidden_size, F = c.intermediate_size, P = c.patch_size, C = c.num_channels;
+  const std::int64_t N = c.num_tokens();
+
+  // The layer count comes from the config; the file must agree: layer L must not exist.
+  for (int i = 0; i < c.num_hidden_layers; ++i)
+    if (!lookup(keys::layer(p, i, "layernorm_before.weight")))
+      throw Error(source + ": missing tensor '" + keys::layer(p, i, "layernorm_before.weight") + "': config has " +
+                  std::to_string(c.num_hidden_layers) + " layers, the file fewer");
+  if (lookup(keys::layer(p, c.num_hidden_layers, "layernorm_before.weight")))
+    throw Error(source + ": file has more layers than the config's num_hidden_layers = " +
+                std::to_string(c.num_hidden_layers) + " (found '" +
+                keys::layer(p, c.num_hidden_layers, "layernorm_before.weight") + "')");
+
+  bind(w.cls_token, b.get(keys::cls_token(p), {1, 1, D}), D);
+  bind(w.position_embeddings, b.get(keys::position_embeddings(p), {1, N, D}), N, D);
+  bind(w.patch_weight, b.get(keys::patch_weight(p), {D, C, P, P}), D, C * P * P);
+  bind(w.patch_bias, b.get(keys::patch_bias(p), {D}), D);
+  w.layers.resize(c.num_hidden_layers);
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    LayerWeights& l = w.layers[i];
+    auto k = [&](const char* rest) { return keys::layer(p, i, rest); };
+    bind(l.layernorm_before_weight, b.get(k("layernorm_before.weight"), {D}), D);
+    bind(l.layernorm_before_bias, b.get(k("layernorm_before.bias"), {D}), D);
+    bind(l.query_weight, b.get(k("attention.attention.query.weight"), {D, D}), D, D);
+    bind(l.key_weight, b.get(k("attention.attention.key.weight"), {D, D}), D, D);
+    bind(l.value_weight, b.get(k("attention.attention.value.weight"), {D, D}), D, D);
+    if (c.qkv_bias) {
+      bind(l.query_bias, b.get(k("attention.attention.query.bias"), {D}), D);
+      bind(l.key_bias, b.get(k("attention.attention.key.bias"), {D}), D);
+      bind(l.value_bias, b.get(k("attention.attention.value.bias"), {D}), D);
+    }
+    bind(l.attention_output_weight, b.get(k("attention.output.dense.weight"), {D, D}), D, D);
+    bind(l.attention_output_bias, b.get(k("attention.output.dense.bias"), {D}), D);
+    bind(l.layernorm_after_weight, b.get(k("layernorm_after.weight"), {D}), D);
+    bind(l.layernorm_after_bias, b.get(k("layernorm_after.bias"), {D}), D);
+    bind(l.intermediate_weight, b.get(k("intermediate.dense.weight"), {F, D}), F, D);
+    bind(l.intermediate_bias, b.get(k("intermediate.dense.bias"), {F}), F);
+    bind(l.output_weight, b.get(k("output.dense.weight"), {D, F}), D, F);
+    bind(l.output_bias, b.get(k("output.dense.bias"), {D}), D);
+  }
+  bind(w.layernorm_weight, b.get(keys::final_norm_weight(p), {D}), D);
+  bind(w.layernorm_bias, b.get(keys::final_norm_bias(p), {D}), D);
+
+  const TensorView* cw = lookup(keys::kClassifierWeight);
+  const TensorView* cb = lookup(keys::kClassifierBias);
+  if (cw || cb) {
+    if (!cw) throw Error(source + ": has 'classifier.bias' but no 'classifier.weight'");
+    if (!cb) throw Error(source + ": has 'classifier.weight' but no 'classifier.bias'");
+    if (cw->shape.size() != 2 || cw->shape[1] != D || cw->shape[0] < 1)
+      throw Error(source + ": tensor 'classifier.weight' has shape " + cw->shape_string() + ", expected [num_labels," +
+                  std::to_string(D) + "]");
+    const std::int64_t labels = cw->shape[0];
+    if (!c.id2label.empty() && static_cast<std::int64_t>(c.id2label.size()) != labels)
+      throw Error(source + ": tensor 'classifier.weight' has " + std::to_string(labels) + " rows but id2label has " +
+                  std::to_string(c.id2label.size()) + " labels");
+    bind(w.classifier_weight, b.get(keys::kClassifierWeight, {labels, D}), labels, D);
+    bind(w.classifier_bias, b.get(keys::kClassifierBias, {labels}), labels);
+  }
+  return w;
+}
+
+}  // namespace vitmsn

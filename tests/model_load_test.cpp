@@ -1,0 +1,221 @@
+// Loading: folders, single files with the config in __metadata__, and checkpoints that disagree with
+// their config — each rejected with a message naming the file, the tensor, expected and actual shape.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+#include "vitmsn/config.hpp"
+#include "vitmsn/error.hpp"
+#include "vitmsn/model.hpp"
+#include "vitmsn/safetensors.hpp"
+
+namespace vitmsn {
+namespace {
+
+std::string tiny_dir() { return test::data_path("models/tiny"); }
+
+// All tensors of a checkpoint as TensorData (to rewrite them, modified).
+std::vector<TensorData> read_all(const std::string& path) {
+  const SafetensorsFile f = SafetensorsFile::open(path);
+  std::vector<TensorData> out;
+  for (const auto& name : f.names()) {
+    const TensorView& v = f.get(name);
+    TensorData t;
+    t.name = name;
+    t.dtype = v.dtype;
+    t.shape = v.shape;
+    t.bytes.assign(v.data, v.data + v.nbytes);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+void copy_file(const std::string& from, const std::string& to) {
+  std::ifstream in(from, std::ios::binary);
+  std::ofstream out(to, std::ios::binary);
+  out << in.rdbuf();
+}
+
+// A model folder with the tiny config and `tensors`; returns its path.
+std::string make_folder(const std::string& name, const std::vector<TensorData>& tensors,
+                        const std::string& config_text = "") {
+  const std::string d = test::temp_dir("load/" + name);
+  write_safetensors(d + "/model.safetensors", tensors);
+  if (config_text.empty()) {
+    copy_file(tiny_dir() + "/config.json", d + "/config.json");
+  } else {
+    test::write_bytes(d + "/config.json", config_text);
+  }
+  return d;
+}
+
+void expect_load_error(const std::string& path, const std::vector<std::string>& needles) {
+  try {
+    Model::load(path);
+    ADD_FAILURE() << "Model::load(" << path << ") accepted a broken model";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message lacks '" << n << "': " << msg;
+  }
+}
+
+TEST(ModelLoad, AcceptsAFolderOrItsSafetensorsFile) {
+  const Model a = Model::load(tiny_dir());
+  const Model b = Model::load(tiny_dir() + "/model.safetensors");
+  EXPECT_EQ(a.config().hidden_size, b.config().hidden_size);
+  EXPECT_EQ(b.source(), tiny_dir() + "/model.safetensors");
+}
+
+TEST(ModelLoad, SingleFileWithConfigInMetadataIsAWholeModel) {
+  const std::string d = test::temp_dir("load/single");
+  const Config c = load_config(tiny_dir() + "/config.json");
+  write_safetensors(d + "/alone.safetensors", read_all(tiny_dir() + "/model.safetensors"),
+                    {{"config", to_json(c)}, {"format", "pt"}});
+  const Model m = Model::load(d + "/alone.safetensors");
+  EXPECT_EQ(m.config().hidden_size, 64);
+  EXPECT_EQ(m.config().num_hidden_layers, 2);
+  EXPECT_EQ(m.config().num_attention_heads, 4);
+}
+
+TEST(ModelLoad, FileWithoutAnyConfigIsAnError) {
+  const std::string d = test::temp_dir("load/noconfig");
+  write_safetensors(d + "/x.safetensors", read_all(tiny_dir() + "/model.safetensors"));
+  expect_load_error(d + "/x.safetensors", {"x.safetensors", "no model config"});
+}
+
+TEST(ModelLoad, FolderWithOnlyPytorchBinSaysToConvert) {
+  const std::string d = test::temp_dir("load/binonly");
+  copy_file(tiny_dir() + "/pytorch_model.bin", d + "/pytorch_model.bin");
+  expect_load_error(d, {"pytorch_model.bin", "vitmsn-convert"});
+}
+
+TEST(ModelLoad, MissingPathIsAnError) { expect_load_error("/nonexistent/model", {"/nonexistent/model"}); }
+
+TEST(ModelLoad, MissingTensorIsNamed) {
+  auto t = read_all(tiny_dir() + "/model.safetensors");
+  t.erase(std::remove_if(t.begin(), t.end(), [](const TensorData& x) { return x.name == "encoder.layer.1.output.dense.bias"; }),
+          t.end());
+  const std::string d = make_folder("missing", t);
+  expect_load_error(d, {"model.safetensors", "missing tensor 'encoder.layer.1.output.dense.bias'"});
+}
+
+TEST(ModelLoad, WrongShapeNamesTensorExpectedAndActual) {
+  auto t = read_all(tiny_dir() + "/model.safetensors");
+  for (auto& x : t)
+    if (x.name == "encoder.layer.0.attention.attention.query.weight") {
+      x.shape = {64, 32};
+      x.bytes.resize(64 * 32 * 4);
+    }
+  const std::string d = make_folder("wrong_shape", t);
+  expect_load_error(d, {"model.safetensors", "tensor 'encoder.layer.0.attention.attention.query.weight'",
+                        "has shape [64,32], expected [64,64]"});
+}
+
+TEST(ModelLoad, ConfigWithMoreLayersThanTheFileIsAnError) {
+  std::string cfg = test::data_path("models/tiny/config.json");
+  std::ifstream in(cfg);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto pos = text.find("\"num_hidden_layers\": 2");
+  ASSERT_NE(pos, std::string::npos);
+  text.replace(pos, 22, "\"num_hidden_layers\": 3");
+  const std::string d = make_folder("more_layers", read_all(tiny_dir() + "/model.safetensors"), text);
+  expect_load_error(d, {"missing tensor 'encoder.layer.2.layernorm_before.weight'", "3 layers"});
+}
+
+TEST(ModelLoad, ConfigWithFewerLayersThanTheFileIsAnError) {
+  std::ifstream in(test::data_path("models/tiny/config.json"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text.replace(text.find("\"num_hidden_layers\": 2"), 22, "\"num_hidden_layers\": 1");
+  const std::string d = make_folder("fewer_layers", read_all(tiny_dir() + "/model.safetensors"), text);
+  expect_load_error(d, {"more layers than the config", "encoder.layer.1."});
+}
+
+TEST(ModelLoad, ConfigHiddenSizeDisagreeingWithTensorsIsAnError) {
+  std::ifstream in(test::data_path("models/tiny/config.json"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text.replace(text.find("\"hidden_size\": 64"), 17, "\"hidden_size\": 32");
+  const std::string d = make_folder("hidden_size", read_all(tiny_dir() + "/model.safetensors"), text);
+  expect_load_error(d, {"embeddings.cls_token", "expected [1,1,32]"});
+}
+
+TEST(ModelLoad, IntegerDtypeWeightIsAnError) {
+  auto t = read_all(tiny_dir() + "/model.safetensors");
+  for (auto& x : t)
+    if (x.name == "layernorm.bias") x.dtype = DType::kI32;
+  const std::string d = make_folder("int_dtype", t);
+  expect_load_error(d, {"'layernorm.bias'", "dtype I32"});
+}
+
+TEST(ModelLoad, HalfPrecisionWeightsAreWidenedAndStillMatch) {
+  // BF16 copy of the tiny model: loads (widened to float32), results close to float32.
+  auto t = read_all(tiny_dir() + "/model.safetensors");
+  for (auto& x : t) {
+    std::vector<std::uint8_t> b(x.bytes.size() / 2);
+    for (std::size_t i = 0; i < b.size() / 2; ++i) {
+      b[2 * i] = x.bytes[4 * i + 2];  // truncate to bf16: the high half of each float
+      b[2 * i + 1] = x.bytes[4 * i + 3];
+    }
+    x.bytes = b;
+    x.dtype = DType::kBF16;
+  }
+  const std::string d = make_folder("bf16", t);
+  const Model m = Model::load(d);
+  EXPECT_GT(m.copied_weight_bytes(), 0u);
+  PixelValues p(3, 224, 224);
+  p.setConstant(0.25f);
+  const Features a = m.extract_features(p);
+  const Features b = Model::load(tiny_dir()).extract_features(p);
+  const float cos = a.cls().dot(b.cls()) / (a.cls().norm() * b.cls().norm());
+  EXPECT_GT(cos, 0.99f) << "bf16 vs f32 CLS cosine " << cos;
+}
+
+TEST(ModelLoad, ClassifierHeadWithMismatchedLabelsIsAnError) {
+  const std::string src = test::data_path("models/tiny-cls");
+  auto t = read_all(src + "/model.safetensors");
+  std::ifstream in(src + "/config.json");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text.replace(text.find("\"4\": \"camera\""), 13, "\"4\": \"camera\", \"5\": \"dog\"");
+  const std::string d = make_folder("labels", t, text);
+  expect_load_error(d, {"classifier.weight", "5 rows", "6 labels"});
+}
+
+TEST(Config, RejectsMissingAndMistypedFields) {
+  EXPECT_THROW(parse_config("{}", "c.json"), Error);
+  try {
+    parse_config(R"({"hidden_size":"64","num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7})",
+                 "c.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("c.json: field 'hidden_size' must be an integer"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(parse_config("not json", "c.json"), Error);
+  EXPECT_THROW(parse_config(R"({"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":5,"intermediate_size":256,"patch_size":7})",
+                            "c.json"),
+               Error);
+  EXPECT_THROW(parse_config(R"({"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7,"hidden_act":"relu"})",
+                            "c.json"),
+               Error);
+  EXPECT_THROW(parse_config(R"({"hidden_size":64,"num_hidden_layers":-2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7})",
+                            "c.json"),
+               Error);
+}
+
+TEST(Config, RoundTripsThroughJson) {
+  Config c = load_config(test::data_path("models/tiny-cls/config.json"));
+  EXPECT_EQ(c.id2label.size(), 5u);
+  EXPECT_EQ(c.id2label[3], "rocket");
+  const Config d = parse_config(to_json(c), "roundtrip");
+  EXPECT_EQ(d.id2label, c.id2label);
+  EXPECT_EQ(d.hidden_size, c.hidden_size);
+  EXPECT_EQ(d.layer_norm_eps, c.layer_norm_eps);
+  EXPECT_EQ(d.num_tokens(), 1025);
+}
+
+}  // namespace
+}  // namespace vitmsn

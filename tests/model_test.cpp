@@ -1,0 +1,231 @@
+// Golden tests: the forward pass against Hugging Face's own outputs (tests/data/expected, computed by
+// transformers in float64). Tolerance: max abs error 1e-4 (HF's own float32 run differs by 2–3e-6).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+#include "vitmsn/error.hpp"
+#include "vitmsn/model.hpp"
+
+namespace vitmsn {
+namespace {
+
+constexpr double kTolerance = 1e-4;
+
+const std::vector<std::string> kImageCases = {"astronaut", "camera", "chelsea", "chelsea_q90", "coffee",
+                                              "coffee_progressive", "green_palette", "horse", "rocket"};
+
+PixelValues pixels(const std::string& case_name) {
+  const TensorView& t = test::preprocess_fixture(case_name + ".pixel_values");
+  PixelValues p(t.shape[0], t.shape[1], t.shape[2]);
+  const std::vector<float> v = t.to_float();
+  std::copy(v.begin(), v.end(), p.data());
+  return p;
+}
+
+const Model& tiny() {
+  static const Model m = Model::load(test::data_path("models/tiny"));
+  return m;
+}
+
+const Model& tiny_cls() {
+  static const Model m = Model::load(test::data_path("models/tiny-cls"));
+  return m;
+}
+
+// Compares a [rows, cols] result with the HF tensor `key`; prints the measured error.
+void expect_close(const Matrix& got, const std::string& key) {
+  const TensorView& ref = test::tiny_output(key);
+  const std::vector<float> want = ref.to_float();
+  ASSERT_EQ(static_cast<std::size_t>(got.size()), want.size()) << key << ": got " << got.rows() << "x" << got.cols()
+                                                               << ", HF " << ref.shape_string();
+  const double err = test::max_abs_diff(got.data(), want.data(), want.size());
+  EXPECT_LE(err, kTolerance) << key << ": max abs error " << err;
+  ::testing::Test::RecordProperty(key, std::to_string(err));
+  std::printf("    %-40s max abs error %.3g\n", key.c_str(), err);
+}
+
+class LastHiddenState : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(LastHiddenState, MatchesHuggingFace) {
+  const Features f = tiny().extract_features(pixels(GetParam()));
+  expect_close(f.last_hidden_state, GetParam() + ".last_hidden_state");
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryImageCase, LastHiddenState,
+                         ::testing::Values("astronaut", "camera", "chelsea", "chelsea_q90", "coffee",
+                                           "coffee_progressive", "green_palette", "horse", "rocket"),
+                         [](const auto& info) { return info.param; });
+
+TEST(InterpolatedPositions, Chelsea280x280MatchesHuggingFace) {
+  const Features f = tiny().extract_features(pixels("chelsea.280x280"));
+  EXPECT_EQ(f.last_hidden_state.rows(), 1601);
+  expect_close(f.last_hidden_state, "chelsea.280x280.last_hidden_state");
+}
+
+TEST(InterpolatedPositions, Chelsea224x336MatchesHuggingFace) {
+  const Features f = tiny().extract_features(pixels("chelsea.224x336"));
+  EXPECT_EQ(f.last_hidden_state.rows(), 1537);
+  expect_close(f.last_hidden_state, "chelsea.224x336.last_hidden_state");
+}
+
+class HiddenStatesAndAttention : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HiddenStatesAndAttention, MatchHuggingFace) {
+  FeatureOptions o;
+  o.hidden_states = {0, 1, 2};
+  o.cls_attention = {0, 1};
+  const Features f = tiny().extract_features(pixels(GetParam()), o);
+  ASSERT_EQ(f.hidden_states.size(), 3u);
+  ASSERT_EQ(f.cls_attention.size(), 2u);
+  for (int i = 0; i < 3; ++i) expect_close(f.hidden_states.at(i), GetParam() + ".hidden_states." + std::to_string(i));
+  for (int i = 0; i < 2; ++i) expect_close(f.cls_attention.at(i), GetParam() + ".cls_attention." + std::to_string(i));
+  expect_close(f.last_hidden_state, GetParam() + ".last_hidden_state");
+}
+
+INSTANTIATE_TEST_SUITE_P(ChelseaAndAstronaut, HiddenStatesAndAttention, ::testing::Values("chelsea", "astronaut"),
+                         [](const auto& info) { return info.param; });
+
+TEST(HiddenStates, NegativeIndicesCountFromTheEnd) {
+  FeatureOptions o;
+  o.hidden_states = {-1};
+  o.cls_attention = {-1};
+  const Features f = tiny().extract_features(pixels("chelsea"), o);
+  ASSERT_EQ(f.hidden_states.count(2), 1u);
+  ASSERT_EQ(f.cls_attention.count(1), 1u);
+  expect_close(f.hidden_states.at(2), "chelsea.hidden_states.2");
+}
+
+TEST(HiddenStates, OutOfRangeIndexIsAnError) {
+  FeatureOptions o;
+  o.hidden_states = {3};
+  EXPECT_THROW(tiny().extract_features(pixels("chelsea"), o), Error);
+  o.hidden_states = {};
+  o.cls_attention = {2};
+  EXPECT_THROW(tiny().extract_features(pixels("chelsea"), o), Error);
+}
+
+class Logits : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Logits, MatchHuggingFace) {
+  const Vector logits = tiny_cls().classify(pixels(GetParam()));
+  const TensorView& ref = test::tiny_output(GetParam() + ".logits");
+  ASSERT_EQ(logits.size(), ref.numel());
+  const std::vector<float> want = ref.to_float();
+  const double err = test::max_abs_diff(logits.data(), want.data(), want.size());
+  EXPECT_LE(err, kTolerance) << GetParam() << ".logits: max abs error " << err;
+  std::printf("    %-40s max abs error %.3g\n", (GetParam() + ".logits").c_str(), err);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryImageCase, Logits,
+                         ::testing::Values("astronaut", "camera", "chelsea", "chelsea_q90", "coffee",
+                                           "coffee_progressive", "green_palette", "horse", "rocket"),
+                         [](const auto& info) { return info.param; });
+
+TEST(Model, ClassifierModelHasLabelsFromConfig) {
+  EXPECT_TRUE(tiny_cls().has_classifier());
+  EXPECT_EQ(tiny_cls().labels(), (std::vector<std::string>{"cat", "astronaut", "coffee", "rocket", "camera"}));
+  EXPECT_FALSE(tiny().has_classifier());
+  EXPECT_TRUE(tiny().labels().empty());
+}
+
+TEST(Model, ClassifyWithoutHeadIsAClearError) {
+  try {
+    tiny().classify(pixels("chelsea"));
+    FAIL() << "classify() on a model without a head did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no classifier head"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Model, ConfigComesFromTheFolder) {
+  const Config& c = tiny().config();
+  EXPECT_EQ(c.hidden_size, 64);
+  EXPECT_EQ(c.num_hidden_layers, 2);
+  EXPECT_EQ(c.num_attention_heads, 4);
+  EXPECT_EQ(c.intermediate_size, 256);
+  EXPECT_EQ(c.patch_size, 7);
+  EXPECT_EQ(tiny().copied_weight_bytes(), 0u) << "float32 weights must be used in place";
+}
+
+TEST(Model, ClassifierFeaturesEqualBaseModelShapes) {
+  const Features f = tiny_cls().extract_features(pixels("rocket"));
+  EXPECT_EQ(f.last_hidden_state.rows(), 1025);
+  EXPECT_EQ(f.last_hidden_state.cols(), 64);
+  const Vector direct = tiny_cls().logits(f);
+  const Vector via = tiny_cls().classify(pixels("rocket"));
+  EXPECT_EQ(direct, via);
+}
+
+TEST(Batch, MixedSizesEqualSingleCalls) {
+  const std::vector<PixelValues> batch = {pixels("chelsea"), pixels("chelsea.280x280"), pixels("astronaut")};
+  const std::vector<Features> out = tiny().extract_features(batch);
+  ASSERT_EQ(out.size(), 3u);
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    const Features single = tiny().extract_features(batch[i]);
+    const double err = test::max_abs_diff(out[i].last_hidden_state.data(), single.last_hidden_state.data(),
+                                          single.last_hidden_state.size());
+    EXPECT_LE(err, 1e-5) << "batch item " << i << ": max abs difference " << err;
+  }
+  expect_close(out[0].last_hidden_state, "chelsea.last_hidden_state");
+  expect_close(out[1].last_hidden_state, "chelsea.280x280.last_hidden_state");
+  expect_close(out[2].last_hidden_state, "astronaut.last_hidden_state");
+}
+
+TEST(Batch, ClassifyBatchMatchesSingle) {
+  const std::vector<PixelValues> batch = {pixels("coffee"), pixels("camera")};
+  const std::vector<Vector> out = tiny_cls().classify(batch);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_LE((out[0] - tiny_cls().classify(batch[0])).cwiseAbs().maxCoeff(), 1e-5);
+  EXPECT_LE((out[1] - tiny_cls().classify(batch[1])).cwiseAbs().maxCoeff(), 1e-5);
+}
+
+TEST(Threads, OneAndTwoThreadsAgree) {
+  FeatureOptions one, two;
+  one.threads = 1;
+  two.threads = 2;
+  const Features a = tiny().extract_features(pixels("coffee"), one);
+  const Features b = tiny().extract_features(pixels("coffee"), two);
+  const double err = test::max_abs_diff(a.last_hidden_state.data(), b.last_hidden_state.data(), a.last_hidden_state.size());
+  EXPECT_LE(err, 1e-5) << "1 vs 2 threads: max abs difference " << err;
+}
+
+TEST(Features, ClsAndMeanPatchAccessors) {
+  const Features f = tiny().extract_features(pixels("horse"));
+  const Vector cls = f.cls();
+  const Vector mean = f.mean_patch();
+  ASSERT_EQ(cls.size(), 64);
+  EXPECT_EQ(cls, f.last_hidden_state.row(0));
+  Vector expect = Vector::Zero(64);
+  for (int r = 1; r < 1025; ++r) expect += f.last_hidden_state.row(r);
+  expect /= 1024.0f;
+  EXPECT_LE((mean - expect).cwiseAbs().maxCoeff(), 1e-5);
+}
+
+TEST(PixelInput, WrongChannelCountIsAnError) {
+  PixelValues p(1, 224, 224);
+  p.setZero();
+  try {
+    tiny().extract_features(p);
+    FAIL() << "no error for a 1-channel input";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("1 channels"), std::string::npos) << e.what();
+  }
+}
+
+TEST(PixelInput, SizeNotAMultipleOfThePatchIsAnError) {
+  PixelValues p(3, 224, 225);
+  p.setZero();
+  try {
+    tiny().extract_features(p);
+    FAIL() << "no error for 224x225";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("multiples of the patch size 7"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace vitmsn

@@ -1,0 +1,60 @@
+#include "test_util.hpp"
+
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+
+namespace vitmsn::test {
+
+std::string temp_dir(const std::string& name) {
+  const std::string dir = std::string(VITMSN_BINARY_DIR) + "/test-tmp/" + name;
+  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
+  return dir;
+}
+
+namespace {
+const std::vector<SafetensorsFile>& preprocess_parts() {
+  static const std::vector<SafetensorsFile> parts = [] {
+    std::vector<SafetensorsFile> v;
+    for (int i = 0; i < 3; ++i)
+      v.push_back(SafetensorsFile::open(data_path("expected/preprocess." + std::to_string(i) + ".safetensors")));
+    return v;
+  }();
+  return parts;
+}
+}  // namespace
+
+bool has_preprocess_fixture(const std::string& key) {
+  for (const auto& f : preprocess_parts())
+    if (f.contains(key)) return true;
+  return false;
+}
+
+const TensorView& preprocess_fixture(const std::string& key) {
+  for (const auto& f : preprocess_parts())
+    if (const TensorView* t = f.find(key)) return *t;
+  throw std::runtime_error("no preprocess fixture '" + key + "'");
+}
+
+const TensorView& tiny_output(const std::string& key) {
+  static const SafetensorsFile file = SafetensorsFile::open(data_path("expected/tiny_outputs.safetensors"));
+  return file.get(key);
+}
+
+double max_abs_diff(const float* a, const float* b, std::size_t n) {
+  double m = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double d = std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    if (!(d <= m)) m = d;  // NaN propagates as failure
+  }
+  return m;
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+}  // namespace vitmsn::test

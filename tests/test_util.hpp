@@ -1,0 +1,31 @@
+#pragma once
+// Shared helpers of the tests: fixture paths, fixture tensors, error measures.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "vitmsn/safetensors.hpp"
+
+namespace vitmsn::test {
+
+/// Path inside tests/data.
+inline std::string data_path(const std::string& rel) { return std::string(VITMSN_TEST_DATA_DIR) + "/" + rel; }
+
+/// A fresh empty folder under the build tree for files a test writes.
+std::string temp_dir(const std::string& name);
+
+/// The split copy of HF's preprocess.safetensors (tests/data/expected/preprocess.{0,1,2}).
+const TensorView& preprocess_fixture(const std::string& key);
+bool has_preprocess_fixture(const std::string& key);
+/// HF's tiny_outputs.safetensors.
+const TensorView& tiny_output(const std::string& key);
+
+/// Largest |a[i] - b[i]|; sizes must agree (a test failure otherwise).
+double max_abs_diff(const float* a, const float* b, std::size_t n);
+
+/// Writes bytes to a file (for error tests that build broken inputs).
+void write_bytes(const std::string& path, const std::string& bytes);
+
+}  // namespace vitmsn::test
