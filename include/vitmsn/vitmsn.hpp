@@ -8,6 +8,7 @@
 #include "vitmsn/model.hpp"
 #include "vitmsn/preprocess.hpp"
 #include "vitmsn/safetensors.hpp"
+#include "vitmsn/synthetic.hpp"
 #include "vitmsn/tensor.hpp"
 #include "vitmsn/version.hpp"
 #include "vitmsn/weights.hpp"

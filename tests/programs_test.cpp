@@ -1,0 +1,170 @@
+// The programs in examples/, run as a user runs them: exit status, messages, and output files.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include "test_util.hpp"
+#include "vitmsn/safetensors.hpp"
+
+#ifdef VITMSN_PROGRAM_DIR
+
+namespace vitmsn {
+namespace {
+
+struct ProgramRun {
+  int status;
+  std::string output;  // stdout + stderr
+};
+
+ProgramRun run(const std::string& args) {
+  const std::string cmd = std::string(VITMSN_PROGRAM_DIR) + "/" + args + " 2>&1";
+  ProgramRun r{-1, ""};
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  while (std::fgets(buf.data(), buf.size(), p)) r.output += buf.data();
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+std::string pixel_value_args() {
+  std::string s;
+  for (int i = 0; i < 3; ++i) s += " --pixel-values " + test::data_path("expected/preprocess." + std::to_string(i) + ".safetensors");
+  return s;
+}
+
+bool exists(const std::string& p) { return std::ifstream(p).good(); }
+
+TEST(ExtractProgram, ReproducesEveryTinyOutputFromPixelValues) {
+  const std::string dir = test::temp_dir("programs/extract_pv");
+  const std::string out = dir + "/tiny.safetensors", out_cls = dir + "/tiny_cls.safetensors";
+  ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + pixel_value_args() +
+              " --hidden-states --cls-attention");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run("vitmsn-extract --model " + test::data_path("models/tiny-cls") + " --output " + out_cls + pixel_value_args());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const SafetensorsFile a = SafetensorsFile::open(out), b = SafetensorsFile::open(out_cls);
+  const SafetensorsFile ref = SafetensorsFile::open(test::data_path("expected/tiny_outputs.safetensors"));
+  int compared = 0;
+  for (const auto& key : ref.names()) {
+    const bool is_logits = key.size() > 7 && key.compare(key.size() - 7, 7, ".logits") == 0;
+    const SafetensorsFile& f = is_logits ? b : a;
+    ASSERT_TRUE(f.contains(key)) << "vitmsn-extract did not write " << key;
+    const auto got = f.get(key).to_float(), want = ref.get(key).to_float();
+    ASSERT_EQ(got.size(), want.size()) << key;
+    const double err = test::max_abs_diff(got.data(), want.data(), want.size());
+    EXPECT_LE(err, 1e-4) << key << ": max abs error " << err;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 30);
+}
+
+TEST(ExtractProgram, ReportsABadImageAndStillProcessesTheOthers) {
+  const std::string dir = test::temp_dir("programs/extract_bad");
+  const std::string out = dir + "/f.safetensors";
+  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
+                    test::data_path("images/truncated.jpg") + " " + test::data_path("images/chelsea.png"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + test::data_path("images/truncated.jpg")), std::string::npos) << r.output;
+  ASSERT_TRUE(exists(out)) << r.output;
+  const SafetensorsFile f = SafetensorsFile::open(out);
+  EXPECT_TRUE(f.contains("chelsea.last_hidden_state"));
+  EXPECT_FALSE(f.contains("truncated.last_hidden_state"));
+}
+
+TEST(ExtractProgram, ImagesGiveHuggingFaceFeatures) {
+  const std::string dir = test::temp_dir("programs/extract_png");
+  const std::string out = dir + "/f.safetensors";
+  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
+                    test::data_path("images/chelsea.png") + " " + test::data_path("images/horse.png") + " " +
+                    test::data_path("images/green_palette.png") + " --save-pixel-values");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const SafetensorsFile f = SafetensorsFile::open(out);
+  for (const std::string c : {"chelsea", "horse", "green_palette"}) {
+    const auto got = f.get(c + ".last_hidden_state").to_float(), want = test::tiny_output(c + ".last_hidden_state").to_float();
+    ASSERT_EQ(got.size(), want.size());
+    const double err = test::max_abs_diff(got.data(), want.data(), want.size());
+    EXPECT_LE(err, 1e-4) << c << ": max abs error " << err;
+    const auto px = f.get(c + ".pixel_values").to_float(), px_want = test::preprocess_fixture(c + ".pixel_values").to_float();
+    EXPECT_LE(test::max_abs_diff(px.data(), px_want.data(), px_want.size()), 1e-6) << c;
+  }
+}
+
+TEST(ExtractProgram, FolderInputWithClashingStemsIsAnErrorNamingBoth) {
+  const std::string dir = test::temp_dir("programs/extract_clash");
+  std::ifstream a(test::data_path("images/chelsea.png"), std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(a)), std::istreambuf_iterator<char>());
+  std::system(("mkdir -p " + dir + "/in/sub").c_str());
+  test::write_bytes(dir + "/in/cat.png", bytes);
+  test::write_bytes(dir + "/in/sub/cat.png", bytes);
+  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir + "/f.safetensors " +
+                    dir + "/in");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find(dir + "/in/cat.png"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(dir + "/in/sub/cat.png"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(dir + "/f.safetensors"));
+}
+
+TEST(ExtractProgram, DoesNotOverwriteWithoutForce) {
+  const std::string dir = test::temp_dir("programs/extract_force");
+  const std::string out = dir + "/f.safetensors";
+  test::write_bytes(out, "keep me");
+  ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
+              test::data_path("images/camera.png"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("already exists"), std::string::npos) << r.output;
+  std::ifstream in(out);
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(content, "keep me");
+  r = run("vitmsn-extract --force --model " + test::data_path("models/tiny") + " --output " + out + " " +
+          test::data_path("images/camera.png"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(SafetensorsFile::open(out).contains("camera.last_hidden_state"));
+}
+
+TEST(ExtractProgram, BadFlagsGiveUsageErrors) {
+  ProgramRun r = run("vitmsn-extract --bogus");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("error: unknown option --bogus"), std::string::npos) << r.output;
+  r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output /tmp/x.safetensors --size 100x7 " +
+          test::data_path("images/camera.png"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("multiples of the patch size"), std::string::npos) << r.output;
+  r = run("vitmsn-extract --threads zero --output /tmp/x.safetensors x.png");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("--threads"), std::string::npos) << r.output;
+  r = run("vitmsn-extract --help");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.output.find("usage: vitmsn-extract"), std::string::npos);
+}
+
+TEST(ExtractProgram, MissingModelIsAClearError) {
+  const ProgramRun r = run("vitmsn-extract --model /nonexistent/model --output /tmp/x.safetensors " +
+                    test::data_path("images/camera.png"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("error: /nonexistent/model"), std::string::npos) << r.output;
+}
+
+TEST(ExtractProgram, OtherSizeUsesInterpolatedPositions) {
+  const std::string dir = test::temp_dir("programs/extract_size");
+  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
+                    "/f.safetensors --size 280x280 " + test::data_path("images/chelsea.png"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto got = SafetensorsFile::open(dir + "/f.safetensors").get("chelsea.last_hidden_state").to_float();
+  const auto want = test::tiny_output("chelsea.280x280.last_hidden_state").to_float();
+  ASSERT_EQ(got.size(), want.size());
+  const double err = test::max_abs_diff(got.data(), want.data(), want.size());
+  EXPECT_LE(err, 1e-4) << "chelsea 280x280 from the image: max abs error " << err;
+}
+
+}  // namespace
+}  // namespace vitmsn
+
+#endif  // VITMSN_PROGRAM_DIR

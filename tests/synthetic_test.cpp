@@ -1,0 +1,73 @@
+// Synthetic weights must be bit-identical to the Python reference (vitmsn_ref.synth_state); the
+// expected values below were printed by that reference (float.hex) for the tiny layout.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "vitmsn/model.hpp"
+#include "vitmsn/synthetic.hpp"
+
+namespace vitmsn {
+namespace {
+
+Config tiny_config() {
+  Config c;
+  c.hidden_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.intermediate_size = 256;
+  c.patch_size = 7;
+  c.image_size = 224;
+  return c;
+}
+
+float element(const std::vector<TensorData>& t, const std::string& name, long index) {
+  for (const auto& x : t)
+    if (x.name == name) {
+      const long n = static_cast<long>(x.bytes.size() / 4);
+      const long i = index < 0 ? n + index : index;
+      float v;
+      std::memcpy(&v, x.bytes.data() + 4 * i, 4);
+      return v;
+    }
+  ADD_FAILURE() << "no tensor " << name;
+  return NAN;
+}
+
+TEST(Synthetic, MatchesThePythonReferenceBitForBit) {
+  const auto t = synthetic_tensors(tiny_config());
+  struct Case {
+    const char* name;
+    long index;
+    double value;
+  };
+  const Case cases[] = {
+      {"embeddings.cls_token", 0, 0x1.6d6d0cp-3},
+      {"embeddings.cls_token", 1, -0x1.66130cp-3},
+      {"embeddings.cls_token", -1, -0x1.4eade0p-2},
+      {"embeddings.patch_embeddings.projection.weight", 0, -0x1.0ee130p-3},
+      {"embeddings.patch_embeddings.projection.weight", 1, 0x1.92277ap-4},
+      {"embeddings.patch_embeddings.projection.weight", -1, -0x1.61d226p-6},
+      {"encoder.layer.1.layernorm_after.weight", 0, 0x1.17bceap+0},
+      {"encoder.layer.1.layernorm_after.weight", -1, 0x1.049410p+0},
+      {"encoder.layer.1.intermediate.dense.bias", 0, -0x1.1fae96p-5},
+      {"encoder.layer.1.intermediate.dense.bias", -1, 0x1.a95d66p-8},
+      {"layernorm.bias", 0, 0x1.2a2330p-3},
+      {"layernorm.bias", -1, 0x1.cc3ee6p-5},
+  };
+  for (const auto& c : cases)
+    EXPECT_EQ(element(t, c.name, c.index), static_cast<float>(c.value)) << c.name << "[" << c.index << "]";
+}
+
+TEST(Synthetic, TinySyntheticModelRunsAndIsFinite) {
+  const Model m = Model::from_tensors(tiny_config(), synthetic_tensors(tiny_config()));
+  PixelValues p(3, 224, 224);
+  p.setConstant(0.5f);
+  const Features f = m.extract_features(p);
+  EXPECT_EQ(f.last_hidden_state.rows(), 1025);
+  EXPECT_TRUE(f.last_hidden_state.allFinite());
+}
+
+}  // namespace
+}  // namespace vitmsn
