@@ -3,6 +3,7 @@
 /// Umbrella header: everything a program needs to run ViT-MSN.
 
 #include "vitmsn/config.hpp"
+#include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/image.hpp"
 #include "vitmsn/model.hpp"

@@ -1,0 +1,170 @@
+// vitmsn-bench: seconds per image of the ViT-MSN forward, per stage, against the machine's measured
+// float32 FMA peak and GEMM rate. The last line of output is one JSON object.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+#include "vitmsn/vitmsn.hpp"
+
+using namespace vitmsn;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+const char* kUsage = R"(usage: vitmsn-bench (--model PATH | --synthetic) [options]
+
+Times the forward pass (after a warm-up) and prints per-stage times, seconds per image (median and
+min of the runs), GFLOP/s, the measured FMA peak and GEMM rate, the share of each reached, load time
+and peak RSS. The last line is a JSON object.
+options:
+  --model PATH       model folder or .safetensors
+  --synthetic        build the full ViT-L/7 in memory from the reference synthetic weights
+  --threads N        threads (default: the CPUs this process may use)
+  --batch B          images per forward call (default 1)
+  --runs R           timed runs (default 3)
+  --warmup W         untimed runs first (default 1)
+  --size HxW         input size (default: the model's image_size)
+  --no-peak          skip measuring the FMA peak and GEMM rate
+  -h, --help         this text
+)";
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024.0;
+}
+
+// FLOPs of one forward (multiply-adds counted as 2): patch GEMM, then per layer Q/K/V, scores,
+// attention·V, output projection and the two MLP products.
+double forward_flops(const Config& c, int h, int w) {
+  const double D = c.hidden_size, F = c.intermediate_size, P = c.patch_size;
+  const double patches = (h / c.patch_size) * (w / c.patch_size), N = patches + 1;
+  const double per_layer = 2 * N * D * 3 * D + 2 * N * N * D + 2 * N * N * D + 2 * N * D * D + 2 * 2 * N * D * F;
+  return 2 * patches * c.num_channels * P * P * D + c.num_hidden_layers * per_layer;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return cli::run_main(kUsage, [&]() -> int {
+    cli::Args args(argc, argv, {"--model", "--threads", "--batch", "--runs", "--warmup", "--size"},
+                   {"--synthetic", "--no-peak", "--help"});
+    if (args.has("--help")) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (args.has("--model") == args.has("--synthetic")) throw cli::UsageError("give exactly one of --model PATH and --synthetic");
+    if (!args.positional().empty()) throw cli::UsageError("unexpected argument '" + args.positional()[0] + "'");
+    const int threads = args.get_int("--threads", default_threads(), 1, 4096);
+    const int batch = args.get_int("--batch", 1, 1, 1024);
+    const int runs = args.get_int("--runs", 3, 1, 100000);
+    const int warmup = args.get_int("--warmup", 1, 0, 1000);
+
+    LoadOptions lo;
+    lo.threads = threads;
+    auto t0 = Clock::now();
+    std::string source;
+    double generate_seconds = 0;
+    Model model = [&] {
+      if (args.has("--model")) {
+        source = args.get("--model");
+        return Model::load(source, lo);
+      }
+      source = "synthetic ViT-L/7 (in memory)";
+      auto tensors = synthetic_tensors(vit_msn_large_7_config());
+      generate_seconds = seconds_since(t0);
+      t0 = Clock::now();
+      return Model::from_tensors(vit_msn_large_7_config(), std::move(tensors), lo);
+    }();
+    const double load_seconds = seconds_since(t0);
+    const Config& c = model.config();
+    int h = c.image_size, w = c.image_size;
+    if (args.has("--size")) std::tie(h, w) = cli::parse_size(args.get("--size"), "--size");
+    if (h % c.patch_size || w % c.patch_size)
+      throw cli::UsageError("--size: height and width must be multiples of the patch size " + std::to_string(c.patch_size));
+
+    // Deterministic inputs (normal noise, as the PyTorch peer feeds).
+    std::mt19937 rng(0);
+    std::normal_distribution<float> normal;
+    std::vector<PixelValues> inputs(batch, PixelValues(c.num_channels, h, w));
+    for (auto& p : inputs)
+      for (Eigen::Index i = 0; i < p.size(); ++i) p.data()[i] = normal(rng);
+
+    std::printf("vitmsn-bench: %s\n", source.c_str());
+    std::printf("  model     hidden %d, %d layers, %d heads, patch %d, input %dx%d (%d tokens)\n", c.hidden_size,
+                c.num_hidden_layers, c.num_attention_heads, c.patch_size, h, w, c.num_tokens(h, w));
+    std::printf("  machine   %d threads, kernels %s\n", threads, kernel_isa().c_str());
+    std::fflush(stdout);
+
+    FeatureOptions fo;
+    fo.threads = threads;
+    auto run_once = [&]() {
+      if (batch == 1) {
+        model.extract_features(inputs[0], fo);
+      } else {
+        model.extract_features(inputs, fo);
+      }
+    };
+    for (int i = 0; i < warmup; ++i) run_once();
+    StageTimes stages;
+    fo.profile = &stages;
+    std::vector<double> per_image;
+    for (int r = 0; r < runs; ++r) {
+      const auto t = Clock::now();
+      run_once();
+      per_image.push_back(seconds_since(t) / batch);
+    }
+    const double rss = peak_rss_mb();
+    const double med = median(per_image), best = *std::min_element(per_image.begin(), per_image.end());
+    const double gflop = forward_flops(c, h, w) * 1e-9;
+    const double gflops = gflop / med;
+
+    double peak = 0, gemm = 0;
+    if (!args.has("--no-peak")) {
+      peak = measure_fma_peak_gflops(threads, 1.0);
+      gemm = measure_gemm_gflops(c.num_tokens(h, w), c.intermediate_size, c.hidden_size, threads, 3);
+    }
+
+    const double n = static_cast<double>(runs) * batch;
+    const std::pair<const char*, double> rows[] = {
+        {"patch embedding", stages.patch_embedding}, {"layer norms", stages.layer_norm},
+        {"qkv projections", stages.qkv},             {"attention", stages.attention},
+        {"attention output", stages.attention_output}, {"mlp", stages.mlp},
+        {"other", stages.other}};
+    std::printf("  stages (seconds per image, mean of %d runs of batch %d):\n", runs, batch);
+    for (const auto& [name, s] : rows)
+      std::printf("    %-18s %8.4f s  %5.1f %%\n", name, s / n, stages.total() > 0 ? 100.0 * s / stages.total() : 0.0);
+    std::printf("  per image   median %.4f s, min %.4f s  (%.1f GFLOP each)\n", med, best, gflop);
+    std::printf("  throughput  %.1f GFLOP/s, %.3f images/s\n", gflops, 1.0 / med);
+    if (peak > 0) {
+      std::printf("  FMA peak    %.1f GFLOP/s measured: %.1f %% reached\n", peak, 100.0 * gflops / peak);
+      std::printf("  GEMM        %.1f GFLOP/s on [%d x %d]·[%d x %d]ᵀ: forward reaches %.1f %% of it\n", gemm,
+                  c.num_tokens(h, w), c.hidden_size, c.intermediate_size, c.hidden_size, 100.0 * gflops / gemm);
+    }
+    std::printf("  load        %.3f s%s\n", load_seconds,
+                generate_seconds > 0 ? (" (+ " + std::to_string(generate_seconds) + " s generating weights)").c_str() : "");
+    std::printf("  peak RSS    %.0f MB (weights copied at load: %.0f MB)\n", rss, model.copied_weight_bytes() / 1048576.0);
+    std::printf(
+        "{\"seconds_per_image\": %.6f, \"seconds_per_image_min\": %.6f, \"gflops\": %.3f, \"fma_peak_gflops\": %.3f, "
+        "\"gemm_gflops\": %.3f, \"peak_fraction\": %.4f, \"load_seconds\": %.6f, \"peak_rss_mb\": %.1f, \"threads\": %d, "
+        "\"batch\": %d, \"runs\": %d, \"height\": %d, \"width\": %d, \"isa\": \"%s\", \"gflop_per_image\": %.3f}\n",
+        med, best, gflops, peak, gemm, peak > 0 ? gflops / peak : 0.0, load_seconds, rss, threads, batch, runs, h, w,
+        kernel_isa().c_str(), gflop);
+    return 0;
+  });
+}
