@@ -1,0 +1,47 @@
+#pragma once
+/// \file
+/// Conversion of Hugging Face checkpoints (pytorch_model.bin or model.safetensors, with config.json
+/// and preprocessor_config.json) into one self-contained vitmsn safetensors file.
+
+#include <string>
+#include <vector>
+
+#include "vitmsn/safetensors.hpp"
+
+namespace vitmsn {
+
+struct ConvertOptions {
+  /// Storage type of the matrices (linear and patch weights): F32, BF16 or F16. Layer-norm
+  /// parameters, biases and embeddings always stay F32.
+  DType dtype = DType::kF32;
+  /// Optional classifier head to merge: a safetensors file with `classifier.weight` [K, D] and
+  /// `classifier.bias` [K]; its `__metadata__` "id2label" (JSON object) names the classes.
+  std::string classifier;
+  /// Replace an existing output file.
+  bool overwrite = false;
+};
+
+/// What convert_checkpoint() did.
+struct ConvertReport {
+  std::string weights_input;              ///< the checkpoint file read
+  std::string config_source;              ///< where the config came from
+  std::string preprocessor_source;        ///< where the preprocessor settings came from ("defaults" if none)
+  std::size_t tensors = 0;                ///< tensors written
+  std::size_t bytes = 0;                  ///< bytes of tensor data written
+  bool has_classifier = false;
+  std::vector<std::string> dropped;       ///< tensors of the input that are not part of a ViT-MSN model
+};
+
+/// Reads `input` — a model folder (model.safetensors, else pytorch_model.bin; config.json;
+/// preprocessor_config.json), a `.bin` or a `.safetensors` file (config from its metadata or a
+/// config.json beside it) — checks every tensor against the config, converts the dtype, merges a
+/// classifier, and writes `output` atomically with `__metadata__` entries "config" and
+/// "preprocessor_config" (JSON), so that the file alone is a complete model for Model::load().
+/// \throws Error naming the file and the problem; `output` is then not created.
+ConvertReport convert_checkpoint(const std::string& input, const std::string& output,
+                                 const ConvertOptions& options = {});
+
+/// "f32" / "bf16" / "f16" (also "float32", "bfloat16", "float16") → DType. \throws Error otherwise.
+DType parse_float_dtype(const std::string& name);
+
+}  // namespace vitmsn

@@ -1,0 +1,222 @@
+#include "vitmsn/convert.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "file_util.hpp"
+#include "half.hpp"
+#include "vitmsn/config.hpp"
+#include "vitmsn/error.hpp"
+#include "vitmsn/preprocess.hpp"
+#include "vitmsn/torch_checkpoint.hpp"
+#include "vitmsn/weights.hpp"
+
+namespace vitmsn {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+TensorData copy_view(const TensorView& v) {
+  TensorData t;
+  t.name = v.name;
+  t.dtype = v.dtype;
+  t.shape = v.shape;
+  t.bytes.assign(v.data, v.data + v.nbytes);
+  return t;
+}
+
+TensorView view_of(const TensorData& t) {
+  TensorView v;
+  v.name = t.name;
+  v.dtype = t.dtype;
+  v.shape = t.shape;
+  v.data = t.bytes.data();
+  v.nbytes = t.bytes.size();
+  return v;
+}
+
+bool is_float(DType d) { return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16 || d == DType::kF64; }
+
+// Re-encodes a float tensor as `dtype` (round to nearest even).
+void convert_dtype(TensorData& t, DType dtype) {
+  const std::vector<float> values = view_of(t).to_float();
+  t.dtype = dtype;
+  if (dtype == DType::kF32) {
+    t.bytes.resize(values.size() * 4);
+    if (!values.empty()) std::memcpy(t.bytes.data(), values.data(), values.size() * 4);
+    return;
+  }
+  t.bytes.resize(values.size() * 2);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const std::uint16_t h = dtype == DType::kBF16 ? detail::float_to_bf16(values[i]) : detail::float_to_half(values[i]);
+    std::memcpy(t.bytes.data() + 2 * i, &h, 2);
+  }
+}
+
+// id2label from a head file's metadata (a JSON object {"0": "cat", …}).
+std::vector<std::string> parse_labels(const std::string& json_text, const std::string& source) {
+  nlohmann::json labels;
+  try {
+    labels = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(source + ": __metadata__ id2label is not valid JSON: " + e.what());
+  }
+  const nlohmann::json wrapper = {{"hidden_size", 1},       {"num_hidden_layers", 1}, {"num_attention_heads", 1},
+                                  {"intermediate_size", 1}, {"patch_size", 1},        {"image_size", 1},
+                                  {"id2label", labels}};
+  return parse_config(wrapper.dump(), source + " (__metadata__ id2label)").id2label;
+}
+
+}  // namespace
+
+DType parse_float_dtype(const std::string& name) {
+  if (name == "f32" || name == "float32" || name == "F32") return DType::kF32;
+  if (name == "bf16" || name == "bfloat16" || name == "BF16") return DType::kBF16;
+  if (name == "f16" || name == "float16" || name == "F16") return DType::kF16;
+  throw Error("unknown dtype '" + name + "' (expected f32, bf16 or f16)");
+}
+
+ConvertReport convert_checkpoint(const std::string& input, const std::string& output, const ConvertOptions& options) {
+  ConvertReport report;
+  if (options.dtype != DType::kF32 && options.dtype != DType::kBF16 && options.dtype != DType::kF16)
+    throw Error(output + ": output dtype must be F32, BF16 or F16");
+  if (!options.overwrite && (detail::is_regular_file(output) || detail::is_directory(output)))
+    throw Error(output + ": already exists");
+
+  // Locate the checkpoint, its config and its preprocessor settings.
+  std::string dir, weights;
+  if (detail::is_directory(input)) {
+    dir = input;
+    weights = detail::join_path(dir, "model.safetensors");
+    if (!detail::is_regular_file(weights)) weights = detail::join_path(dir, "pytorch_model.bin");
+    if (!detail::is_regular_file(weights))
+      throw Error(input + ": no model.safetensors or pytorch_model.bin in this folder");
+  } else {
+    if (!detail::is_regular_file(input)) throw Error(input + ": no such file or folder");
+    weights = input;
+    dir = detail::parent_dir(input);
+  }
+  report.weights_input = weights;
+
+  std::vector<TensorData> tensors;
+  std::map<std::string, std::string> in_meta;
+  if (ends_with(weights, ".safetensors")) {
+    const SafetensorsFile f = SafetensorsFile::open(weights);
+    in_meta = f.metadata();
+    for (const auto& name : f.names()) tensors.push_back(copy_view(f.get(name)));
+  } else {
+    tensors = read_torch_checkpoint(weights);
+  }
+
+  const std::string config_json = detail::join_path(dir, "config.json");
+  Config config;
+  if (detail::is_regular_file(config_json)) {
+    config = load_config(config_json);
+    report.config_source = config_json;
+  } else if (in_meta.count("config")) {
+    config = parse_config(in_meta["config"], weights + " (__metadata__ config)");
+    report.config_source = weights + " (__metadata__)";
+  } else {
+    throw Error(weights + ": no config.json beside it and no config in its metadata; put the model's config.json next to it");
+  }
+  const std::string pre_json = detail::join_path(dir, "preprocessor_config.json");
+  PreprocessorConfig pre;
+  if (detail::is_regular_file(pre_json)) {
+    pre = load_preprocessor_config(pre_json);
+    report.preprocessor_source = pre_json;
+  } else if (in_meta.count("preprocessor_config")) {
+    pre = parse_preprocessor_config(in_meta["preprocessor_config"], weights + " (__metadata__ preprocessor_config)");
+    report.preprocessor_source = weights + " (__metadata__)";
+  } else {
+    report.preprocessor_source = "defaults (facebook/vit-msn-large-7's)";
+  }
+
+  // Merge a separately trained head (replacing any head the checkpoint has).
+  if (!options.classifier.empty()) {
+    const SafetensorsFile head = SafetensorsFile::open(options.classifier);
+    const TensorView& w = head.get(keys::kClassifierWeight);
+    const TensorView& b = head.get(keys::kClassifierBias);
+    if (w.shape.size() != 2 || w.shape[1] != config.hidden_size || b.shape.size() != 1 || b.shape[0] != w.shape[0])
+      throw Error(options.classifier + ": classifier.weight " + w.shape_string() + " / classifier.bias " +
+                  b.shape_string() + " do not fit hidden size " + std::to_string(config.hidden_size));
+    tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
+                                 [](const TensorData& t) {
+                                   return t.name == keys::kClassifierWeight || t.name == keys::kClassifierBias;
+                                 }),
+                  tensors.end());
+    tensors.push_back(copy_view(w));
+    tensors.push_back(copy_view(b));
+    config.id2label.clear();
+    if (auto it = head.metadata().find("id2label"); it != head.metadata().end()) {
+      config.id2label = parse_labels(it->second, options.classifier);
+      if (static_cast<std::int64_t>(config.id2label.size()) != w.shape[0])
+        throw Error(options.classifier + ": id2label has " + std::to_string(config.id2label.size()) + " labels for " +
+                    std::to_string(w.shape[0]) + " classifier rows");
+    }
+  }
+
+  // Keep exactly the tensors of a ViT-MSN model (with the checkpoint's prefix).
+  std::map<std::string, TensorView> views;
+  for (const auto& t : tensors) {
+    if (views.count(t.name)) throw Error(weights + ": tensor '" + t.name + "' appears twice");
+    views[t.name] = view_of(t);
+  }
+  const TensorLookup any_dtype = [&](const std::string& n) -> const TensorView* {
+    auto it = views.find(n);
+    return it == views.end() ? nullptr : &it->second;
+  };
+  const std::string prefix = detect_prefix(any_dtype, weights);
+  std::set<std::string> wanted;
+  for (const auto& entry : keys::encoder_tensors(config, prefix)) wanted.insert(entry.first);
+  for (const char* k : {keys::kClassifierWeight, keys::kClassifierBias})
+    if (views.count(k)) wanted.insert(k);
+  for (const auto& name : wanted) {
+    auto it = views.find(name);
+    if (it == views.end()) throw Error(weights + ": missing tensor '" + name + "'");
+    if (!is_float(it->second.dtype))
+      throw Error(weights + ": tensor '" + name + "' has dtype " + dtype_name(it->second.dtype) + ", expected a float type");
+  }
+  // Shapes and the layer count against the config, exactly as Model::load checks them. F64 tensors
+  // are presented as F32 for this check only (the binder looks at shapes; values are converted below).
+  std::map<std::string, TensorView> shape_views = views;
+  for (auto& [name, v] : shape_views)
+    if (v.dtype == DType::kF64) v.dtype = DType::kF32;
+  bind_weights(config,
+               [&](const std::string& n) -> const TensorView* {
+                 auto it = shape_views.find(n);
+                 return it == shape_views.end() ? nullptr : &it->second;
+               },
+               weights);
+
+  std::vector<TensorData> out;
+  for (auto& t : tensors) {
+    if (!wanted.count(t.name)) {
+      report.dropped.push_back(t.name);
+      continue;
+    }
+    // Matrices (linear and patch weights) take the requested type; norms, biases, embeddings stay F32.
+    const bool matrix =
+        t.shape.size() >= 2 && !ends_with(t.name, "cls_token") && !ends_with(t.name, "position_embeddings");
+    const DType target = matrix ? options.dtype : DType::kF32;
+    if (t.dtype != target) convert_dtype(t, target);
+    report.bytes += t.bytes.size();
+    out.push_back(std::move(t));
+  }
+  report.tensors = out.size();
+  report.has_classifier = wanted.count(keys::kClassifierWeight) != 0;
+  write_safetensors(output, out,
+                    {{"format", "pt"},
+                     {"config", to_json(config)},
+                     {"preprocessor_config", to_json(pre)},
+                     {"dtype", dtype_name(options.dtype)},
+                     {"converted_by", "vitmsn-convert"}});
+  return report;
+}
+
+}  // namespace vitmsn
