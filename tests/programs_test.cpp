@@ -4,12 +4,14 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <string>
 
 #include "test_util.hpp"
+#include "vitmsn/io.hpp"
 #include "vitmsn/safetensors.hpp"
 
 #ifdef VITMSN_PROGRAM_DIR
@@ -162,6 +164,104 @@ TEST(ExtractProgram, OtherSizeUsesInterpolatedPositions) {
   ASSERT_EQ(got.size(), want.size());
   const double err = test::max_abs_diff(got.data(), want.data(), want.size());
   EXPECT_LE(err, 1e-4) << "chelsea 280x280 from the image: max abs error " << err;
+}
+
+
+TEST(ExtractProgram, PooledNpyWithListFileAndBatchesHasOneRowPerImageInOrder) {
+  const std::string dir = test::temp_dir("programs/extract_npy");
+  test::write_bytes(dir + "/list.txt", "# more images\n" + test::data_path("images/camera.png") + "\n\n" +
+                                           test::data_path("images/horse.png") + "\n");
+  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
+                           "/f.npy --pool cls --batch 2 " + test::data_path("images/chelsea.png") + " " +
+                           test::data_path("images/coffee.png") + " --list " + dir + "/list.txt");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::vector<std::int64_t> shape;
+  const std::vector<float> f = read_npy(dir + "/f.npy", &shape);
+  ASSERT_EQ(shape, (std::vector<std::int64_t>{4, 64}));
+  std::ifstream side(dir + "/f.files.txt");
+  std::string line;
+  std::vector<std::string> names;
+  while (std::getline(side, line)) names.push_back(line);
+  ASSERT_EQ(names.size(), 4u);
+  const std::string cases[] = {"chelsea", "coffee", "camera", "horse"};
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_NE(names[i].find(cases[i]), std::string::npos) << names[i];
+    const auto want = test::tiny_output(cases[i] + ".last_hidden_state").to_float();  // row 0 = CLS
+    const double err = test::max_abs_diff(f.data() + i * 64, want.data(), 64);
+    EXPECT_LE(err, 1e-4) << cases[i] << " CLS: max abs error " << err;
+  }
+}
+
+TEST(ExtractProgram, MeanPoolingToSafetensorsAveragesThePatchTokens) {
+  const std::string dir = test::temp_dir("programs/extract_mean");
+  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
+                           "/f.safetensors --pool mean " + test::data_path("images/astronaut.png"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto got = SafetensorsFile::open(dir + "/f.safetensors").get("features").to_float();
+  const auto tokens = test::tiny_output("astronaut.last_hidden_state").to_float();
+  ASSERT_EQ(got.size(), 64u);
+  for (int d = 0; d < 64; ++d) {
+    double mean = 0;
+    for (int t = 1; t < 1025; ++t) mean += tokens[t * 64 + d];
+    EXPECT_NEAR(got[d], mean / 1024, 1e-4) << "dimension " << d;
+  }
+}
+
+TEST(ExtractProgram, AllTokensNpyIsImagesByTokensByHidden) {
+  const std::string dir = test::temp_dir("programs/extract_npy_all");
+  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
+                           "/f.npy --batch 2 " + test::data_path("images/chelsea.png") + " " +
+                           test::data_path("images/green_palette.png"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::vector<std::int64_t> shape;
+  const std::vector<float> f = read_npy(dir + "/f.npy", &shape);
+  ASSERT_EQ(shape, (std::vector<std::int64_t>{2, 1025, 64}));
+  const auto want = test::tiny_output("green_palette.last_hidden_state").to_float();
+  EXPECT_LE(test::max_abs_diff(f.data() + 1025 * 64, want.data(), want.size()), 1e-4);
+}
+
+TEST(ClassifyProgram, PrintsTopClassesWithLabels) {
+  const ProgramRun r = run("vitmsn-classify --model " + test::data_path("models/tiny-cls") + " --top 2 " +
+                           test::data_path("images/rocket.jpg"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("rocket.jpg"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("%  rocket"), std::string::npos) << r.output;
+  // --top 2: exactly two class lines.
+  std::size_t lines = 0;
+  for (std::size_t p = r.output.find(" %  "); p != std::string::npos; p = r.output.find(" %  ", p + 1)) ++lines;
+  EXPECT_EQ(lines, 2u) << r.output;
+}
+
+TEST(ClassifyProgram, ModelWithoutHeadGetsAClearMessage) {
+  const ProgramRun r = run("vitmsn-classify --model " + test::data_path("models/tiny") + " " +
+                           test::data_path("images/rocket.jpg"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("has no classifier head"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("vitmsn-probe"), std::string::npos) << r.output;
+}
+
+TEST(ConvertProgram, ConvertsTheTorchBinToAWorkingSingleFileModel) {
+  const std::string dir = test::temp_dir("programs/convert");
+  ProgramRun r = run("vitmsn-convert " + test::data_path("models/tiny") + "/pytorch_model.bin " + dir + "/m.safetensors");
+  ASSERT_EQ(r.status, 0) << r.output;  // config.json beside the .bin is picked up
+  EXPECT_NE(r.output.find("config.json"), std::string::npos) << r.output;
+  r = run("vitmsn-convert --dtype bf16 " + test::data_path("models/tiny") + " " + dir + "/m16.safetensors");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("38 tensors"), std::string::npos) << r.output;
+  r = run("vitmsn-extract --model " + dir + "/m16.safetensors --output " + dir + "/f.safetensors " +
+          test::data_path("images/chelsea.png"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  r = run("vitmsn-convert --dtype int4 a b");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("--dtype"), std::string::npos) << r.output;
+}
+
+TEST(DemoProgram, FallsBackToTheBundledModelAndSaysSo) {
+  unsetenv("VITMSN_MODEL");  // the demo must not find real weights here (the test's folder has none)
+  const ProgramRun r = run("vitmsn-demo");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("bundled tiny test model"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("last_hidden_state [1025, 64]"), std::string::npos) << r.output;
 }
 
 }  // namespace

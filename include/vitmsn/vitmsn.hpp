@@ -6,6 +6,7 @@
 #include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/image.hpp"
+#include "vitmsn/io.hpp"
 #include "vitmsn/model.hpp"
 #include "vitmsn/preprocess.hpp"
 #include "vitmsn/safetensors.hpp"
