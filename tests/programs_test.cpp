@@ -11,6 +11,7 @@
 #include <string>
 
 #include "test_util.hpp"
+#include "vitmsn/image.hpp"
 #include "vitmsn/io.hpp"
 #include "vitmsn/safetensors.hpp"
 
@@ -262,6 +263,26 @@ TEST(DemoProgram, FallsBackToTheBundledModelAndSaysSo) {
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("bundled tiny test model"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("last_hidden_state [1025, 64]"), std::string::npos) << r.output;
+}
+
+TEST(AttentionProgram, WritesAHeatMapOfTheImagesSize) {
+  const std::string dir = test::temp_dir("programs/attention");
+  const std::string in = test::data_path("images/chelsea.png");
+  ProgramRun r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/a.png --layer 0 " + in);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("layer 0, mean of heads, 32x32 patches"), std::string::npos) << r.output;
+  const Image src = load_image(in), heat = load_image(dir + "/a.png");
+  ASSERT_EQ(heat.width, src.width);
+  ASSERT_EQ(heat.height, src.height);
+  std::size_t changed = 0;
+  for (std::size_t i = 0; i < src.rgb.size(); ++i) changed += src.rgb[i] != heat.rgb[i];
+  EXPECT_GT(changed, src.rgb.size() / 2) << "the heat map must be visible over most of the image";
+  r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/b.png --head 3 --alpha 0 " + in);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(load_image(dir + "/b.png").rgb, src.rgb) << "alpha 0 must leave the image unchanged";
+  r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/c.png --layer 2 " + in);
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("--layer"), std::string::npos) << r.output;
 }
 
 }  // namespace
