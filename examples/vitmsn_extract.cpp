@@ -4,7 +4,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -47,7 +49,15 @@ options:
   --size HxW                resize images to H x W (multiples of the patch size; position
                             embeddings are interpolated)
   --threads N               threads (default: all CPUs this process may use)
-  --force                   overwrite OUT if it exists
+  --shard I/N               process only shard I (0-based) of N: a contiguous slice of the input list
+                            (sorted folder contents, list files in their order), written to
+                            OUT-0000I-of-0000N.ext + .files.txt; without it, the task index comes from
+                            SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_COUNT or
+                            JOB_COMPLETION_INDEX with --shards N. A finished shard is not redone; an
+                            interrupted one resumes from its saved chunks. vitmsn-merge joins shards.
+  --shards N                the shard count, with a task index from the environment
+  --chunk C                 images per saved chunk of a shard (default 64)
+  --force                   overwrite OUT if it exists (for a shard: redo it)
   -h, --help                this text
 )";
 
@@ -105,13 +115,147 @@ struct Input {
 
 enum class Pool { kNone, kCls, kMean };
 
+// What a run produced: per-case tensors (--pool none to .safetensors), or rows of one array.
+struct Results {
+  std::vector<TensorData> tensors;
+  std::vector<float> row_data;   // rows of row_size floats
+  std::int64_t row_size = -1;
+  std::vector<std::string> rows, failed;  // sources of the rows written, and of failed inputs
+
+  void append(Results&& o) {
+    if (row_size >= 0 && o.row_size >= 0 && row_size != o.row_size)
+      throw Error("features of different sizes in one array (" + std::to_string(row_size) + " vs " +
+                  std::to_string(o.row_size) + " values per image): use --pool, --size or .safetensors output");
+    if (o.row_size >= 0) row_size = o.row_size;
+    row_data.insert(row_data.end(), o.row_data.begin(), o.row_data.end());
+    for (auto& t : o.tensors) tensors.push_back(std::move(t));
+    rows.insert(rows.end(), o.rows.begin(), o.rows.end());
+    failed.insert(failed.end(), o.failed.begin(), o.failed.end());
+  }
+};
+
+std::string join_lines(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += x + "\n";
+  return s;
+}
+
+std::vector<std::string> split_lines(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t a = 0;
+  while (a < s.size()) {
+    const std::size_t b = s.find('\n', a);
+    out.push_back(s.substr(a, b == std::string::npos ? std::string::npos : b - a));
+    if (b == std::string::npos) break;
+    a = b + 1;
+  }
+  return out;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string pad5(int i) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%05d", i);
+  return buf;
+}
+
+// Shard I of N of OUT.ext: OUT-0000I-of-0000N.ext, its .files.txt list and its .done record.
+struct ShardPaths {
+  std::string base, output, files, done;
+};
+
+ShardPaths shard_paths(const std::string& output, int index, int count) {
+  const auto dot = output.find_last_of('.');
+  ShardPaths p;
+  p.base = output.substr(0, dot) + "-" + pad5(index) + "-of-" + pad5(count);
+  p.output = p.base + output.substr(dot);
+  p.files = p.base + ".files.txt";
+  p.done = p.base + ".done";
+  return p;
+}
+
+// A chunk of a shard, saved so that an interrupted task can resume: the chunk's results with the
+// list of its inputs in the metadata (a part is reused only for exactly the same inputs).
+void write_part(const std::string& path, const Results& r, const std::string& inputs) {
+  std::vector<TensorData> t = r.tensors;
+  const std::int64_t n = static_cast<std::int64_t>(r.rows.size());
+  if (r.row_size >= 0) t.push_back(TensorData::f32("__rows__", {n, r.row_size}, r.row_data.data()));
+  write_safetensors(path, t,
+                    {{"inputs", inputs}, {"rows", join_lines(r.rows)}, {"failed", join_lines(r.failed)},
+                     {"row_size", std::to_string(r.row_size)}});
+}
+
+Results read_part(const std::string& path, const std::string& inputs) {
+  const SafetensorsFile f = SafetensorsFile::open(path);
+  const auto& m = f.metadata();
+  if (!m.count("inputs") || m.at("inputs") != inputs) throw Error(path + ": made for other inputs");
+  Results r;
+  r.rows = split_lines(m.count("rows") ? m.at("rows") : "");
+  r.failed = split_lines(m.count("failed") ? m.at("failed") : "");
+  r.row_size = m.count("row_size") ? std::stoll(m.at("row_size")) : -1;
+  for (const auto& name : f.names()) {
+    const TensorView& v = f.get(name);
+    if (name == "__rows__") {
+      r.row_data = v.to_float();
+      continue;
+    }
+    TensorData t;
+    t.name = name;
+    t.dtype = v.dtype;
+    t.shape = v.shape;
+    t.bytes.assign(v.data, v.data + v.nbytes);
+    r.tensors.push_back(std::move(t));
+  }
+  if (r.row_size >= 0 && r.row_data.size() != r.rows.size() * static_cast<std::size_t>(r.row_size))
+    throw Error(path + ": rows and data disagree");
+  return r;
+}
+
+// Which shard this task is: --shard I/N, else the scheduler's task index (Slurm job arrays:
+// SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT; Kubernetes Indexed Jobs:
+// JOB_COMPLETION_INDEX) with --shards N when the count is not in the environment.
+std::optional<std::pair<int, int>> shard_of(const cli::Args& args) {
+  auto number = [](const std::string& s, const std::string& what) {
+    char* end = nullptr;
+    const long v = std::strtol(s.c_str(), &end, 10);
+    if (s.empty() || *end || v < 0 || v > 9999999) throw cli::UsageError(what + " must be a non-negative integer, got '" + s + "'");
+    return static_cast<int>(v);
+  };
+  int index = -1, count = args.has("--shards") ? number(args.get("--shards"), "--shards") : -1;
+  if (args.has("--shard")) {
+    const std::string s = args.get("--shard");
+    const auto slash = s.find('/');
+    if (slash == std::string::npos) throw cli::UsageError("--shard needs I/N (e.g. 3/16), got '" + s + "'");
+    index = number(s.substr(0, slash), "--shard I");
+    count = number(s.substr(slash + 1), "--shard N");
+  } else if (const char* id = std::getenv("SLURM_ARRAY_TASK_ID")) {
+    const char* min = std::getenv("SLURM_ARRAY_TASK_MIN");
+    index = number(id, "SLURM_ARRAY_TASK_ID") - (min ? number(min, "SLURM_ARRAY_TASK_MIN") : 0);
+    if (const char* n = std::getenv("SLURM_ARRAY_TASK_COUNT"); n && count < 0) count = number(n, "SLURM_ARRAY_TASK_COUNT");
+  } else if (const char* k = std::getenv("JOB_COMPLETION_INDEX")) {
+    index = number(k, "JOB_COMPLETION_INDEX");
+  } else if (count >= 0) {
+    throw cli::UsageError("--shards N needs a task index: --shard I/N, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX");
+  } else {
+    return std::nullopt;
+  }
+  if (count < 1) throw cli::UsageError("the shard count is unknown: give --shards N (or --shard I/N)");
+  if (index < 0 || index >= count)
+    throw cli::UsageError("shard index " + std::to_string(index) + " is outside 0.." + std::to_string(count - 1));
+  return std::make_pair(index, count);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   return cli::run_main(kUsage, [&]() -> int {
     cli::Args args(argc, argv,
                    {"--model", "--output", "--pixel-values", "--preprocessor", "--size", "--threads", "--list", "--pool",
-                    "--batch"},
+                    "--batch", "--shard", "--shards", "--chunk"},
                    {"--hidden-states", "--cls-attention", "--save-pixel-values", "--force", "--help"});
     if (args.has("--help")) {
       std::fputs(kUsage, stdout);
@@ -134,7 +278,9 @@ int main(int argc, char** argv) {
     const int batch = args.get_int("--batch", 1, 1, 4096);
     const std::string sidecar = output.substr(0, output.find_last_of('.')) + ".files.txt";
     const bool with_sidecar = pool != Pool::kNone || npy;
-    if (!args.has("--force")) {
+    const std::optional<std::pair<int, int>> shard = shard_of(args);
+    const int chunk = args.get_int("--chunk", 64, 1, 1 << 20);
+    if (!args.has("--force") && !shard) {
       if (cli::file_exists(output)) throw Error(output + ": already exists (use --force to overwrite)");
       if (with_sidecar && cli::file_exists(sidecar)) throw Error(sidecar + ": already exists (use --force to overwrite)");
     }
@@ -161,7 +307,7 @@ int main(int argc, char** argv) {
     std::map<std::string, std::string> owner;
     auto add = [&](const std::string& name, const std::string& source, const TensorView* px) {
       auto [it, fresh] = owner.emplace(name, source);
-      if (!fresh && !with_sidecar)
+      if (!fresh && !with_sidecar && !shard)
         throw Error("inputs '" + it->second + "' and '" + source + "' both have the case name '" + name + "'");
       inputs.push_back({name, source, px});
     };
@@ -189,123 +335,190 @@ int main(int argc, char** argv) {
     if (inputs.empty()) throw Error("no inputs: no images found and no F32 [3,H,W] tensors in --pixel-values");
 
     cli::install_interrupt_handler();
-    std::vector<TensorData> out;     // --pool none, .safetensors
-    std::vector<float> pooled;       // pooled rows, in order
-    std::vector<float> all_tokens;   // --pool none, .npy
-    std::vector<std::string> rows;   // sources of the rows written
-    std::int64_t tokens = -1, hidden = model.config().hidden_size;
-    std::vector<std::string> failed;
+    const std::int64_t hidden = model.config().hidden_size;
+    const bool keep_rows = pool != Pool::kNone || npy;  // features as rows of one array
+
+    // Runs inputs[begin, end) in batches; failures are reported and listed, never fatal.
     cli::Progress progress(inputs.size(), "images");
-    for (std::size_t start = 0; start < inputs.size() && !cli::interrupted(); start += batch) {
-      const std::size_t end = std::min(inputs.size(), start + static_cast<std::size_t>(batch));
-      std::vector<PixelValues> px;
-      std::vector<const Input*> ok;
-      for (std::size_t n = start; n < end; ++n) {
-        const Input& in = inputs[n];
-        try {
-          if (in.pixels) {
-            PixelValues p(in.pixels->shape[0], in.pixels->shape[1], in.pixels->shape[2]);
-            const std::vector<float> v = in.pixels->to_float();
-            std::copy(v.begin(), v.end(), p.data());
-            px.push_back(std::move(p));
-          } else {
-            px.push_back(pre(load_image(in.source)));
+    auto run_range = [&](std::size_t begin, std::size_t end) {
+      Results res;
+      for (std::size_t start = begin; start < end && !cli::interrupted(); start += batch) {
+        const std::size_t stop = std::min(end, start + static_cast<std::size_t>(batch));
+        std::vector<PixelValues> px;
+        std::vector<const Input*> ok;
+        for (std::size_t n = start; n < stop; ++n) {
+          const Input& in = inputs[n];
+          try {
+            if (in.pixels) {
+              PixelValues p(in.pixels->shape[0], in.pixels->shape[1], in.pixels->shape[2]);
+              const std::vector<float> v = in.pixels->to_float();
+              std::copy(v.begin(), v.end(), p.data());
+              px.push_back(std::move(p));
+            } else {
+              px.push_back(pre(load_image(in.source)));
+            }
+            ok.push_back(&in);
+          } catch (const Error& e) {
+            progress.break_line();
+            std::fprintf(stderr, "error: %s\n", e.what());
+            res.failed.push_back(in.source);
+            progress.step(in.source);
           }
-          ok.push_back(&in);
+        }
+        if (ok.empty()) continue;
+        std::vector<Features> feats;
+        try {
+          feats = model.extract_features(px, fo);
         } catch (const Error& e) {
           progress.break_line();
-          std::fprintf(stderr, "error: %s\n", e.what());
-          failed.push_back(in.source);
+          for (const Input* in : ok) {
+            std::fprintf(stderr, "error: %s: %s\n", in->source.c_str(), e.what());
+            res.failed.push_back(in->source);
+            progress.step(in->source);
+          }
+          continue;
+        }
+        for (std::size_t k = 0; k < ok.size(); ++k) {
+          const Input& in = *ok[k];
+          const Features& f = feats[k];
+          const auto N = f.last_hidden_state.rows(), D = f.last_hidden_state.cols();
+          if (pool != Pool::kNone) {
+            const Vector v = pool == Pool::kCls ? f.cls() : f.mean_patch();
+            res.row_data.insert(res.row_data.end(), v.data(), v.data() + v.size());
+            res.row_size = D;
+          } else if (npy) {
+            if (res.row_size >= 0 && res.row_size != N * D) {
+              progress.break_line();
+              std::fprintf(stderr, "error: %s: %ld tokens, earlier images had %ld; one .npy array needs one size "
+                           "(use --pool, --size, or .safetensors output)\n", in.source.c_str(), static_cast<long>(N),
+                           static_cast<long>(res.row_size / D));
+              res.failed.push_back(in.source);
+              progress.step(in.source);
+              continue;
+            }
+            res.row_size = N * D;
+            res.row_data.insert(res.row_data.end(), f.last_hidden_state.data(), f.last_hidden_state.data() + N * D);
+          } else {
+            res.tensors.push_back(TensorData::f32(in.name + ".last_hidden_state", {N, D}, f.last_hidden_state.data()));
+            for (const auto& [i, hs] : f.hidden_states)
+              res.tensors.push_back(TensorData::f32(in.name + ".hidden_states." + std::to_string(i), {N, D}, hs.data()));
+            for (const auto& [l, a] : f.cls_attention)
+              res.tensors.push_back(
+                  TensorData::f32(in.name + ".cls_attention." + std::to_string(l), {a.rows(), a.cols()}, a.data()));
+            if (model.has_classifier()) {
+              const Vector logits = model.logits(f);
+              res.tensors.push_back(TensorData::f32(in.name + ".logits", {logits.size()}, logits.data()));
+            }
+            if (args.has("--save-pixel-values")) {
+              const PixelValues& p = px[k];
+              res.tensors.push_back(
+                  TensorData::f32(in.name + ".pixel_values", {p.dimension(0), p.dimension(1), p.dimension(2)}, p.data()));
+            }
+          }
+          res.rows.push_back(in.source);
           progress.step(in.source);
         }
       }
-      if (ok.empty()) continue;
-      std::vector<Features> feats;
-      try {
-        feats = model.extract_features(px, fo);
-      } catch (const Error& e) {
-        progress.break_line();
-        for (const Input* in : ok) {
-          std::fprintf(stderr, "error: %s: %s\n", in->source.c_str(), e.what());
-          failed.push_back(in->source);
-          progress.step(in->source);
-        }
-        continue;
-      }
-      for (std::size_t k = 0; k < ok.size(); ++k) {
-        const Input& in = *ok[k];
-        const Features& f = feats[k];
-        const auto N = f.last_hidden_state.rows(), D = f.last_hidden_state.cols();
-        if (pool != Pool::kNone) {
-          const Vector v = pool == Pool::kCls ? f.cls() : f.mean_patch();
-          pooled.insert(pooled.end(), v.data(), v.data() + v.size());
-        } else if (npy) {
-          if (tokens >= 0 && tokens != N) {
-            progress.break_line();
-            std::fprintf(stderr, "error: %s: %ld tokens, earlier images had %ld; one .npy array needs one size "
-                         "(use --pool, --size, or .safetensors output)\n", in.source.c_str(), static_cast<long>(N),
-                         static_cast<long>(tokens));
-            failed.push_back(in.source);
-            progress.step(in.source);
-            continue;
-          }
-          tokens = N;
-          all_tokens.insert(all_tokens.end(), f.last_hidden_state.data(), f.last_hidden_state.data() + N * D);
+      return res;
+    };
+
+    // Writes the final output (+ the sidecar list of rows).
+    const std::map<std::string, std::string> meta = {
+        {"producer", "vitmsn-extract"}, {"model", model.source()}, {"pool", pool_name}};
+    auto write_output = [&](const std::string& path, const std::string& side, const Results& res) {
+      const std::int64_t n = static_cast<std::int64_t>(res.rows.size());
+      if (keep_rows) {
+        const std::int64_t tokens = res.row_size > 0 && pool == Pool::kNone ? res.row_size / hidden : 0;
+        std::vector<std::int64_t> shape = pool != Pool::kNone ? std::vector<std::int64_t>{n, hidden}
+                                                              : std::vector<std::int64_t>{n, tokens, hidden};
+        if (npy) {
+          write_npy(path, shape, res.row_data.data());
         } else {
-          out.push_back(TensorData::f32(in.name + ".last_hidden_state", {N, D}, f.last_hidden_state.data()));
-          for (const auto& [i, hs] : f.hidden_states)
-            out.push_back(TensorData::f32(in.name + ".hidden_states." + std::to_string(i), {N, D}, hs.data()));
-          for (const auto& [l, a] : f.cls_attention)
-            out.push_back(TensorData::f32(in.name + ".cls_attention." + std::to_string(l), {a.rows(), a.cols()}, a.data()));
-          if (model.has_classifier()) {
-            const Vector logits = model.logits(f);
-            out.push_back(TensorData::f32(in.name + ".logits", {logits.size()}, logits.data()));
-          }
-          if (args.has("--save-pixel-values")) {
-            const PixelValues& p = px[k];
-            out.push_back(TensorData::f32(in.name + ".pixel_values", {p.dimension(0), p.dimension(1), p.dimension(2)}, p.data()));
-          }
+          write_safetensors(path, {TensorData::f32("features", shape, res.row_data.data())}, meta);
         }
-        rows.push_back(in.source);
-        progress.step(in.source);
+      } else {
+        write_safetensors(path, res.tensors, meta);
       }
+      if (!side.empty()) write_text_file(side, join_lines(res.rows));
+    };
+
+    auto finish = [&](const Results& res, std::size_t total, const std::string& written) {
+      std::fprintf(stderr, "%zu of %zu inputs done in %.1f s (%.2f images/s) -> %s\n", res.rows.size(), total,
+                   progress.elapsed(), res.rows.size() / std::max(1e-9, progress.elapsed()), written.c_str());
+      if (skipped) std::fprintf(stderr, "%zu tensors of --pixel-values skipped (not F32 [C,H,W])\n", skipped);
+      if (!res.failed.empty()) {
+        std::fprintf(stderr, "%zu failed:\n", res.failed.size());
+        for (const auto& f : res.failed) std::fprintf(stderr, "  %s\n", f.c_str());
+        return 1;
+      }
+      return 0;
+    };
+
+    if (!shard) {
+      Results res = run_range(0, inputs.size());
+      progress.break_line();
+      if (cli::interrupted()) {
+        std::fprintf(stderr, "interrupted after %zu of %zu inputs; nothing was written to %s\n", res.rows.size(),
+                     inputs.size(), output.c_str());
+        return 130;
+      }
+      if (!res.rows.empty()) write_output(output, with_sidecar ? sidecar : "", res);
+      return finish(res, inputs.size(),
+                    res.rows.empty() ? "(nothing written)" : with_sidecar ? output + " + " + sidecar : output);
+    }
+
+    // A shard: its contiguous slice of the input list, computed in chunks that are each saved as a
+    // part file, so a killed task redoes only its unfinished chunks; the shard's output, its file
+    // list and finally a .done record are written when every chunk is there.
+    const std::size_t first = inputs.size() * shard->first / shard->second;
+    const std::size_t last = inputs.size() * (shard->first + 1) / shard->second;
+    std::string expected;
+    for (std::size_t i = first; i < last; ++i) expected += inputs[i].source + "\n";
+    const ShardPaths sp = shard_paths(output, shard->first, shard->second);
+    if (!args.has("--force") && cli::file_exists(sp.done) && read_file(sp.done) == expected) {
+      std::fprintf(stderr, "shard %d/%d already complete: %s (use --force to redo)\n", shard->first, shard->second,
+                   sp.output.c_str());
+      return 0;
+    }
+    std::fprintf(stderr, "shard %d/%d: inputs %zu..%zu of %zu -> %s\n", shard->first, shard->second, first, last,
+                 inputs.size(), sp.output.c_str());
+    progress = cli::Progress(last - first, "images");
+    Results all;
+    std::size_t reused = 0, chunks = 0;
+    for (std::size_t c0 = first; c0 < last && !cli::interrupted(); c0 += chunk, ++chunks) {
+      const std::size_t c1 = std::min(last, c0 + static_cast<std::size_t>(chunk));
+      std::string chunk_inputs;
+      for (std::size_t i = c0; i < c1; ++i) chunk_inputs += inputs[i].source + "\n";
+      const std::string part = sp.base + ".part-" + pad5(static_cast<int>(chunks)) + ".safetensors";
+      if (!args.has("--force") && cli::file_exists(part)) {
+        try {
+          Results r = read_part(part, chunk_inputs);
+          for (std::size_t i = c0; i < c1; ++i) progress.step(inputs[i].source);
+          all.append(std::move(r));
+          ++reused;
+          continue;
+        } catch (const Error& e) {
+          progress.break_line();
+          std::fprintf(stderr, "note: redoing chunk %zu: %s\n", chunks, e.what());
+        }
+      }
+      Results r = run_range(c0, c1);
+      if (cli::interrupted()) break;
+      write_part(part, r, chunk_inputs);
+      all.append(std::move(r));
     }
     progress.break_line();
     if (cli::interrupted()) {
-      std::fprintf(stderr, "interrupted after %zu of %zu inputs; nothing was written to %s\n", rows.size(), inputs.size(),
-                   output.c_str());
+      std::fprintf(stderr, "interrupted: shard %d/%d has %zu of %zu chunks saved as %s.part-*; run the same command "
+                   "again to finish it\n", shard->first, shard->second, chunks, (last - first + chunk - 1) / chunk,
+                   sp.base.c_str());
       return 130;
     }
-    const std::int64_t n = static_cast<std::int64_t>(rows.size());
-    if (n > 0) {
-      const std::map<std::string, std::string> meta = {
-          {"producer", "vitmsn-extract"}, {"model", model.source()}, {"pool", pool_name}};
-      if (pool != Pool::kNone) {
-        if (npy) {
-          write_npy(output, {n, hidden}, pooled.data());
-        } else {
-          write_safetensors(output, {TensorData::f32("features", {n, hidden}, pooled.data())}, meta);
-        }
-      } else if (npy) {
-        write_npy(output, {n, tokens, hidden}, all_tokens.data());
-      } else {
-        write_safetensors(output, out, meta);
-      }
-      if (with_sidecar) {
-        std::string text;
-        for (const auto& r : rows) text += r + "\n";
-        write_text_file(sidecar, text);
-      }
-    }
-    std::fprintf(stderr, "%zu of %zu inputs done in %.1f s (%.2f images/s) -> %s%s\n", rows.size(), inputs.size(),
-                 progress.elapsed(), rows.size() / std::max(1e-9, progress.elapsed()),
-                 n ? output.c_str() : "(nothing written)", n && with_sidecar ? (" + " + sidecar).c_str() : "");
-    if (skipped) std::fprintf(stderr, "%zu tensors of --pixel-values skipped (not F32 [C,H,W])\n", skipped);
-    if (!failed.empty()) {
-      std::fprintf(stderr, "%zu failed:\n", failed.size());
-      for (const auto& f : failed) std::fprintf(stderr, "  %s\n", f.c_str());
-      return 1;
-    }
-    return 0;
+    write_output(sp.output, sp.files, all);
+    std::string done = expected;
+    write_text_file(sp.done, done);
+    for (std::size_t k = 0; k < chunks; ++k) std::remove((sp.base + ".part-" + pad5(static_cast<int>(k)) + ".safetensors").c_str());
+    if (reused) std::fprintf(stderr, "resumed: %zu of %zu chunks were already done\n", reused, chunks);
+    return finish(all, last - first, sp.output + " + " + sp.files);
   });
 }

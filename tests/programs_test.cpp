@@ -3,7 +3,10 @@
 
 #include <sys/wait.h>
 
+#include <unistd.h>
+
 #include <array>
+#include <cstring>
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
@@ -283,6 +286,119 @@ TEST(AttentionProgram, WritesAHeatMapOfTheImagesSize) {
   r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/c.png --layer 2 " + in);
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_NE(r.output.find("--layer"), std::string::npos) << r.output;
+}
+
+// A folder of 12 images (copies of the fixtures under distinct names) for the sharding tests.
+std::string shard_images(const std::string& dir) {
+  std::system(("mkdir -p " + dir + "/imgs").c_str());
+  const char* src[] = {"chelsea.png", "coffee.png", "camera.png", "horse.png", "green_palette.png", "astronaut.png"};
+  for (int i = 0; i < 12; ++i) {
+    std::ifstream in(test::data_path(std::string("images/") + src[i % 6]), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    test::write_bytes(dir + "/imgs/img" + std::to_string(i / 10) + std::to_string(i % 10) + ".png", bytes);
+  }
+  return dir + "/imgs";
+}
+
+TEST(Sharding, FourParallelShardsMergeToTheSingleProcessResultBitForBit) {
+  const std::string dir = test::temp_dir("programs/shards");
+  const std::string imgs = shard_images(dir);
+  const std::string model = " --model " + test::data_path("models/tiny") + " --threads 1 --pool cls ";
+  ProgramRun r = run("vitmsn-extract" + model + "--output " + dir + "/single.safetensors " + imgs);
+  ASSERT_EQ(r.status, 0) << r.output;
+  // Four shard processes at once, as a scheduler would start them.
+  std::string cmd;
+  for (int i = 0; i < 4; ++i)
+    cmd += std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract" + model + "--chunk 2 --shard " + std::to_string(i) +
+           "/4 --output " + dir + "/f.safetensors " + imgs + " > " + dir + "/log" + std::to_string(i) + " 2>&1 & ";
+  ASSERT_EQ(std::system(("bash -c '" + cmd + "wait'").c_str()), 0);
+  std::string shards;
+  for (int i = 0; i < 4; ++i) shards += " " + dir + "/f-0000" + std::to_string(i) + "-of-00004.safetensors";
+  r = run("vitmsn-merge --output " + dir + "/merged.safetensors" + shards);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("merged 4 shards, 12 images"), std::string::npos) << r.output;
+  const SafetensorsFile merged = SafetensorsFile::open(dir + "/merged.safetensors");
+  const TensorView& a = merged.get("features");
+  const SafetensorsFile single = SafetensorsFile::open(dir + "/single.safetensors");
+  const TensorView& b = single.get("features");
+  ASSERT_EQ(a.shape, b.shape);
+  EXPECT_EQ(std::memcmp(a.data, b.data, a.nbytes), 0) << "merged shards differ from the single-process run";
+  std::ifstream fa(dir + "/merged.files.txt"), fb(dir + "/single.files.txt");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(fa), {}), std::string(std::istreambuf_iterator<char>(fb), {}));
+  // Re-running a finished shard does nothing.
+  r = run("vitmsn-extract" + model + "--chunk 2 --shard 2/4 --output " + dir + "/f.safetensors " + imgs);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("already complete"), std::string::npos) << r.output;
+}
+
+TEST(Sharding, AKilledShardResumesFromItsSavedChunks) {
+  const std::string dir = test::temp_dir("programs/shard_resume");
+  const std::string imgs = shard_images(dir);
+  const std::string args = " --model " + test::data_path("models/tiny") +
+                           " --threads 1 --pool mean --chunk 1 --shard 0/1 --output " + dir + "/f.npy " + imgs;
+  // Start the shard, kill it (SIGKILL: no chance to clean up) once some chunks are saved.
+  const std::string start = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract" + args + " > " + dir + "/log 2>&1 & echo $!";
+  FILE* p = popen(start.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char pid[32] = {0};
+  ASSERT_NE(std::fgets(pid, sizeof pid, p), nullptr);
+  pclose(p);
+  const std::string part = dir + "/f-00000-of-00001.part-00002.safetensors";
+  for (int i = 0; i < 600 && !exists(part); ++i) usleep(50000);
+  ASSERT_TRUE(exists(part)) << "no chunk saved within 30 s";
+  std::system(("kill -9 " + std::string(pid)).c_str());
+  usleep(200000);
+  ASSERT_FALSE(exists(dir + "/f-00000-of-00001.npy")) << "the killed shard finished before it could be killed";
+  // Resume: the saved chunks are reused, the rest computed; the result equals a fresh single run.
+  ProgramRun r = run("vitmsn-extract" + args);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("resumed:"), std::string::npos) << r.output;
+  r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --threads 1 --pool mean --output " + dir +
+          "/single.npy " + imgs);
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::vector<std::int64_t> sa, sb;
+  const auto a = read_npy(dir + "/f-00000-of-00001.npy", &sa), b = read_npy(dir + "/single.npy", &sb);
+  EXPECT_EQ(sa, (std::vector<std::int64_t>{12, 64}));
+  EXPECT_EQ(sa, sb);
+  EXPECT_EQ(a, b) << "resumed shard differs from a fresh run";
+  EXPECT_FALSE(exists(dir + "/f-00000-of-00001.part-00000.safetensors")) << "part files must be removed when done";
+}
+
+TEST(Sharding, MergeReportsMissingShardsAndImages) {
+  const std::string dir = test::temp_dir("programs/shard_missing");
+  const std::string imgs = shard_images(dir);
+  const std::string model = " --model " + test::data_path("models/tiny") + " --threads 1 --pool cls ";
+  for (int i : {0, 2}) {
+    const ProgramRun r = run("vitmsn-extract" + model + "--shard " + std::to_string(i) + "/3 --output " + dir +
+                             "/f.safetensors " + imgs);
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  std::string list;
+  for (int i = 0; i < 12; ++i) list += imgs + "/img" + std::to_string(i / 10) + std::to_string(i % 10) + ".png\n";
+  test::write_bytes(dir + "/inputs.txt", list);
+  const ProgramRun r = run("vitmsn-merge --inputs " + dir + "/inputs.txt --output " + dir + "/m.safetensors " + dir +
+                           "/f-00000-of-00003.safetensors " + dir + "/f-00002-of-00003.safetensors");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("missing shard 1 of 3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("img04.png is in no shard"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(dir + "/m.safetensors"));
+}
+
+TEST(Sharding, TaskIndexComesFromSlurmOrKubernetes) {
+  const std::string dir = test::temp_dir("programs/shard_env");
+  const std::string imgs = shard_images(dir);
+  const std::string model = " --model " + test::data_path("models/tiny") + " --threads 1 --pool cls ";
+  ProgramRun r = run("vitmsn-extract" + model + "--output " + dir + "/s.safetensors " + imgs);
+  const std::string prog = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract" + model;
+  ASSERT_EQ(std::system(("SLURM_ARRAY_TASK_ID=5 SLURM_ARRAY_TASK_MIN=4 SLURM_ARRAY_TASK_COUNT=2 " + prog + "--output " +
+                         dir + "/s.safetensors " + imgs + " > /dev/null 2>&1").c_str()), 0);
+  EXPECT_TRUE(exists(dir + "/s-00001-of-00002.safetensors"));
+  ASSERT_EQ(std::system(("JOB_COMPLETION_INDEX=0 " + prog + "--shards 2 --output " + dir + "/s.safetensors " + imgs +
+                         " > /dev/null 2>&1").c_str()), 0);
+  EXPECT_TRUE(exists(dir + "/s-00000-of-00002.safetensors"));
+  r = run("vitmsn-extract" + model + "--shard 4/4 --output " + dir + "/s.safetensors " + imgs);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("outside 0..3"), std::string::npos) << r.output;
 }
 
 }  // namespace
