@@ -17,9 +17,7 @@ struct Image {
   std::vector<std::uint8_t> rgb;  ///< size width*height*3
 
   /// Channel c (0 R, 1 G, 2 B) of the pixel at row y, column x. No bounds check.
-  std::uint8_t at(int y, int x, int c) const {
-    return rgb[(static_cast<std::size_t>(y) * width + x) * 3 + c];
-  }
+  std::uint8_t at(int y, int x, int c) const { return rgb[(static_cast<std::size_t>(y) * width + x) * 3 + c]; }
 };
 
 /// Limits applied before any pixel is decoded.
@@ -39,8 +37,7 @@ struct ImageLimits {
 Image load_image(const std::string& path, const ImageLimits& limits = {});
 
 /// Same as load_image() for an encoded image in memory; `name` is used in error messages.
-Image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name,
-                   const ImageLimits& limits = {});
+Image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name, const ImageLimits& limits = {});
 
 /// Which decoder handles JPEG in this build: "stb_image" (default) or "libjpeg-turbo".
 const char* jpeg_decoder_name();

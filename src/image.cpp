@@ -1,0 +1,335 @@
+// Image decoding and conversion to 8-bit RGB as Pillow's `Image.open(f).convert("RGB")` does.
+//
+// stb_image decodes every format; with VITMSN_WITH_TURBOJPEG, JPEG goes through libjpeg-turbo with its
+// default settings (accurate integer IDCT, fancy upsampling), which is what Pillow links, so the pixels
+// match Pillow's bit for bit. stb_image's own JPEG decoder differs by a few levels (NUMERICS.md §2).
+
+#include "vitmsn/image.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "file_util.hpp"
+#include "vitmsn/error.hpp"
+
+// The one translation unit that compiles stb_image and stb_image_write (STYLE.md: image module).
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb_image.h>
+#include <stb_image_write.h>
+
+#ifdef VITMSN_WITH_TURBOJPEG
+#include <turbojpeg.h>
+#endif
+
+namespace vitmsn {
+namespace {
+
+[[noreturn]] void fail(const std::string& name, const std::string& what) { throw Error(name + ": " + what); }
+
+std::string stb_reason() {
+  const char* reason = stbi_failure_reason();
+  return reason != nullptr ? reason : "unknown error";
+}
+
+struct StbFree {
+  void operator()(void* p) const { stbi_image_free(p); }
+};
+
+bool is_png(const std::uint8_t* data, std::size_t size) {
+  static const std::uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  return size >= 8 && std::memcmp(data, kSignature, 8) == 0;
+}
+
+bool is_jpeg(const std::uint8_t* data, std::size_t size) {
+  return size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF;
+}
+
+/// Size and colour type from a PNG's IHDR chunk (which must come first). stb_image has its own
+/// limit (2^30 bytes) and, asked for the size of an image it refuses, reports the last format it
+/// tried, so the size is read here. The colour type (0 gray, 2 RGB, 3 palette, 4 gray+alpha, 6 RGBA)
+/// matters because stb_image reports gray+tRNS and gray+alpha alike as two channels, while Pillow
+/// converts 16-bit gray (clipped) and 16-bit gray+alpha (high byte) differently.
+struct PngHeader {
+  std::uint32_t width = 0, height = 0;
+  int color_type = -1;
+};
+
+std::uint32_t read_be32(const std::uint8_t* p) {
+  return (static_cast<std::uint32_t>(p[0]) << 24) | (static_cast<std::uint32_t>(p[1]) << 16) |
+         (static_cast<std::uint32_t>(p[2]) << 8) | p[3];
+}
+
+bool read_png_header(const std::uint8_t* data, std::size_t size, PngHeader* out) {
+  // signature (8) | length (4) = 13 | "IHDR" (4) | width (4) | height (4) | depth (1) | colour (1)
+  if (size < 8 + 8 + 13 || read_be32(data + 8) != 13 || std::memcmp(data + 12, "IHDR", 4) != 0) {
+    return false;
+  }
+  out->width = read_be32(data + 16);
+  out->height = read_be32(data + 20);
+  out->color_type = data[25];
+  return true;
+}
+
+/// Size from the JPEG frame header (SOFn), found by walking the marker segments before it.
+bool read_jpeg_size(const std::uint8_t* d, std::size_t n, std::uint32_t* width, std::uint32_t* height) {
+  if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return false;
+  std::size_t i = 2;
+  while (i + 4 <= n) {
+    if (d[i] != 0xFF) {  // stray byte between segments: libjpeg skips it with a warning
+      ++i;
+      continue;
+    }
+    while (i < n && d[i] == 0xFF) ++i;
+    if (i + 3 > n) return false;
+    const std::uint8_t marker = d[i++];
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;  // no length field
+    const std::size_t length = (static_cast<std::size_t>(d[i]) << 8) | d[i + 1];
+    if (length < 2 || length > n - i) return false;
+    // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC):
+    // length (2) | precision (1) | height (2) | width (2) | components (1) ...
+    if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC) {
+      if (length < 8) return false;
+      *height = (static_cast<std::uint32_t>(d[i + 3]) << 8) | d[i + 4];
+      *width = (static_cast<std::uint32_t>(d[i + 5]) << 8) | d[i + 6];
+      return true;
+    }
+    if (marker == 0xDA || marker == 0xD9) return false;  // scan or end before any frame header
+    i += length;
+  }
+  return false;
+}
+
+/// Walks the JPEG marker structure and reports whether it reaches the end-of-image marker. Decoders
+/// (stb_image, libjpeg) fill a stream that stops early with grey and report success or a mere warning;
+/// Pillow raises "image file is truncated", and so do we.
+bool jpeg_reaches_end_marker(const std::uint8_t* d, std::size_t n) {
+  if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return false;
+  std::size_t i = 2;
+  while (i < n) {
+    if (d[i] != 0xFF) {  // stray byte between segments: libjpeg skips it with a warning
+      ++i;
+      continue;
+    }
+    while (i < n && d[i] == 0xFF) ++i;  // fill bytes before a marker
+    if (i >= n) return false;
+    const std::uint8_t marker = d[i++];
+    if (marker == 0xD9) return true;  // EOI
+    // Markers without a length field: stuffing, TEM, RSTn, SOI.
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;
+    if (i + 2 > n) return false;
+    const std::size_t length = (static_cast<std::size_t>(d[i]) << 8) | d[i + 1];
+    if (length < 2 || length > n - i) return false;
+    i += length;
+    if (marker == 0xDA) {
+      // Entropy-coded data after SOS: runs until a 0xFF that is neither stuffing (FF 00), a restart
+      // marker (FF D0..D7) nor a fill byte (FF FF).
+      while (i + 1 < n) {
+        if (d[i] == 0xFF) {
+          const std::uint8_t next = d[i + 1];
+          if (next != 0x00 && next != 0xFF && !(next >= 0xD0 && next <= 0xD7)) break;
+        }
+        ++i;
+      }
+      if (i + 1 >= n) return false;
+    }
+  }
+  return false;
+}
+
+void check_limits(const std::string& name, long long width, long long height, const ImageLimits& limits) {
+  if (width <= 0 || height <= 0) {
+    fail(name, "image header has an empty size " + std::to_string(width) + "x" + std::to_string(height));
+  }
+  const std::uint64_t pixels = static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(height);
+  if (pixels > limits.max_pixels) {
+    fail(name, "image is " + std::to_string(width) + "x" + std::to_string(height) + " = " + std::to_string(pixels) +
+                   " pixels, more than the limit of " + std::to_string(limits.max_pixels) +
+                   " pixels (ImageLimits::max_pixels)");
+  }
+}
+
+Image allocate(int width, int height) {
+  Image image;
+  image.width = width;
+  image.height = height;
+  image.rgb.resize(static_cast<std::size_t>(width) * static_cast<std::size_t>(height) * 3);
+  return image;
+}
+
+/// 8-bit samples with `channels` per pixel (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) to RGB:
+/// gray replicated, alpha dropped without compositing (Pillow's convert("RGB")).
+Image rgb_from_8bit(const std::uint8_t* px, int width, int height, int channels) {
+  Image image = allocate(width, height);
+  const std::size_t count = static_cast<std::size_t>(width) * static_cast<std::size_t>(height);
+  std::uint8_t* out = image.rgb.data();
+  for (std::size_t i = 0; i < count; ++i, px += channels, out += 3) {
+    if (channels >= 3) {
+      out[0] = px[0];
+      out[1] = px[1];
+      out[2] = px[2];
+    } else {
+      out[0] = out[1] = out[2] = px[0];
+    }
+  }
+  return image;
+}
+
+/// 16-bit samples to RGB as Pillow reduces them: RGB(A) and gray+alpha open as 8-bit modes that keep
+/// the high byte ("RGB;16B", "LA;16B"); plain 16-bit gray opens as mode I / I;16, whose conversion to
+/// RGB clips the value at 255 instead.
+Image rgb_from_16bit(const std::uint16_t* px, int width, int height, int channels, bool gray_clips) {
+  Image image = allocate(width, height);
+  const std::size_t count = static_cast<std::size_t>(width) * static_cast<std::size_t>(height);
+  std::uint8_t* out = image.rgb.data();
+  for (std::size_t i = 0; i < count; ++i, px += channels, out += 3) {
+    if (channels >= 3) {
+      out[0] = static_cast<std::uint8_t>(px[0] >> 8);
+      out[1] = static_cast<std::uint8_t>(px[1] >> 8);
+      out[2] = static_cast<std::uint8_t>(px[2] >> 8);
+    } else {
+      const std::uint16_t v = px[0];
+      out[0] = out[1] = out[2] = static_cast<std::uint8_t>(gray_clips ? std::min<std::uint16_t>(v, 255) : v >> 8);
+    }
+  }
+  return image;
+}
+
+#ifdef VITMSN_WITH_TURBOJPEG
+struct TjDestroy {
+  void operator()(void* handle) const { tjDestroy(handle); }
+};
+
+/// Decodes a JPEG with libjpeg-turbo's defaults, as Pillow does. Returns false (and leaves `out`
+/// alone) for CMYK/YCCK files, which are left to stb_image.
+bool decode_jpeg_turbo(const std::uint8_t* data, std::size_t size, const std::string& name, const ImageLimits& limits,
+                       Image* out) {
+  std::unique_ptr<void, TjDestroy> handle(tjInitDecompress());
+  if (!handle) fail(name, std::string("cannot initialise libjpeg-turbo: ") + tjGetErrorStr2(nullptr));
+  int width = 0, height = 0, subsampling = 0, colorspace = 0;
+  if (tjDecompressHeader3(handle.get(), data, static_cast<unsigned long>(size), &width, &height, &subsampling,
+                          &colorspace) != 0) {
+    fail(name, std::string("cannot read JPEG header: ") + tjGetErrorStr2(handle.get()));
+  }
+  check_limits(name, width, height, limits);
+  if (colorspace == TJCS_CMYK || colorspace == TJCS_YCCK) return false;
+  const bool gray = colorspace == TJCS_GRAY;
+  const int channels = gray ? 1 : 3;
+  std::vector<std::uint8_t> pixels(static_cast<std::size_t>(width) * height * channels);
+  if (tjDecompress2(handle.get(), data, static_cast<unsigned long>(size), pixels.data(), width, 0, height,
+                    gray ? TJPF_GRAY : TJPF_RGB, 0) != 0 &&
+      tjGetErrorCode(handle.get()) != TJERR_WARNING) {
+    // Warnings (e.g. extraneous bytes before a marker) are not fatal for Pillow either.
+    fail(name, std::string("cannot decode JPEG: ") + tjGetErrorStr2(handle.get()));
+  }
+  *out = rgb_from_8bit(pixels.data(), width, height, channels);
+  return true;
+}
+#endif
+
+void append_bytes(void* context, void* data, int size) {
+  auto* bytes = static_cast<std::vector<std::uint8_t>*>(context);
+  const auto* p = static_cast<const std::uint8_t*>(data);
+  bytes->insert(bytes->end(), p, p + size);
+}
+
+}  // namespace
+
+const char* jpeg_decoder_name() {
+#ifdef VITMSN_WITH_TURBOJPEG
+  return "libjpeg-turbo";
+#else
+  return "stb_image";
+#endif
+}
+
+Image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name, const ImageLimits& limits) {
+  if (data == nullptr || size == 0) fail(name, "empty file, not an image");
+  if (size > static_cast<std::size_t>(INT_MAX)) {
+    fail(name, "file is " + std::to_string(size) + " bytes, more than the decoder's 2 GiB limit");
+  }
+  const int length = static_cast<int>(size);
+  const bool png = is_png(data, size);
+  const bool jpeg = is_jpeg(data, size);
+
+  // The header alone decides whether we go on: nothing is allocated for a 100000x100000 claim.
+  long long width = 0, height = 0;
+  PngHeader png_header;
+  if (png) {
+    if (!read_png_header(data, size, &png_header)) fail(name, "corrupt PNG: no IHDR header chunk");
+    width = png_header.width;
+    height = png_header.height;
+    check_limits(name, width, height, limits);
+  } else if (jpeg) {
+    std::uint32_t w = 0, h = 0;
+    if (!read_jpeg_size(data, size, &w, &h)) fail(name, "truncated or corrupt JPEG: no frame header");
+    width = w;
+    height = h;
+    check_limits(name, width, height, limits);
+    if (!jpeg_reaches_end_marker(data, size)) {
+      fail(name, "truncated or corrupt JPEG: the data end before the end-of-image marker");
+    }
+#ifdef VITMSN_WITH_TURBOJPEG
+    Image image;
+    if (decode_jpeg_turbo(data, size, name, limits, &image)) return image;
+#endif
+  } else {
+    int w = 0, h = 0, n = 0;
+    if (!stbi_info_from_memory(data, length, &w, &h, &n)) {
+      fail(name,
+           "not a supported image (PNG, JPEG, BMP, GIF, TGA, PNM, PSD, HDR, PIC) or corrupt "
+           "header (" +
+               stb_reason() + ")");
+    }
+    width = w;
+    height = h;
+    check_limits(name, width, height, limits);
+  }
+  const char* format = png ? "PNG" : jpeg ? "JPEG" : "image";
+
+  int w = 0, h = 0, n = 0;
+  if (stbi_is_16_bit_from_memory(data, length)) {
+    std::unique_ptr<stbi_us, StbFree> px(stbi_load_16_from_memory(data, length, &w, &h, &n, 0));
+    if (!px) fail(name, std::string("cannot decode ") + format + " (" + stb_reason() + ")");
+    if (w != width || h != height) fail(name, "decoded size differs from the header");
+    // PNG: the colour type decides (gray+tRNS also arrives as two channels). Other formats (16-bit
+    // PGM): one channel is gray.
+    const bool gray_clips = png ? png_header.color_type == 0 : n == 1;
+    return rgb_from_16bit(px.get(), w, h, n, gray_clips);
+  }
+  std::unique_ptr<stbi_uc, StbFree> px(stbi_load_from_memory(data, length, &w, &h, &n, 0));
+  if (!px) fail(name, std::string("cannot decode ") + format + " (" + stb_reason() + ")");
+  if (w != width || h != height) fail(name, "decoded size differs from the header");
+  return rgb_from_8bit(px.get(), w, h, n);
+}
+
+Image load_image(const std::string& path, const ImageLimits& limits) {
+  // Missing, unreadable, a directory, not a regular file: MappedFile throws naming the path.
+  const detail::MappedFile file = detail::MappedFile::open(path);
+  return decode_image(file.data(), file.size(), path, limits);
+}
+
+void write_png(const std::string& path, const Image& image) {
+  if (image.width <= 0 || image.height <= 0) {
+    fail(path,
+         "cannot write an empty image (" + std::to_string(image.width) + "x" + std::to_string(image.height) + ")");
+  }
+  if (image.width > INT_MAX / 3 || image.rgb.size() != static_cast<std::size_t>(image.width) * image.height * 3) {
+    fail(path, "image buffer holds " + std::to_string(image.rgb.size()) + " bytes, expected " +
+                   std::to_string(image.width) + "x" + std::to_string(image.height) + "x3");
+  }
+  std::vector<std::uint8_t> bytes;
+  if (!stbi_write_png_to_func(&append_bytes, &bytes, image.width, image.height, 3, image.rgb.data(), image.width * 3)) {
+    fail(path, "cannot encode PNG");
+  }
+  // Temporary file in the same folder, renamed onto `path` when complete (removed on failure).
+  detail::AtomicFile out(path);
+  out.write(bytes.data(), bytes.size());
+  out.commit();
+}
+
+}  // namespace vitmsn
