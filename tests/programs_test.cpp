@@ -401,6 +401,35 @@ TEST(Sharding, TaskIndexComesFromSlurmOrKubernetes) {
   EXPECT_NE(r.output.find("outside 0..3"), std::string::npos) << r.output;
 }
 
+TEST(ExtractProgram, InterruptedRunLeavesNoPartialOutputAndSaysWhatWasDone) {
+  const std::string dir = test::temp_dir("programs/interrupt");
+  std::system(("mkdir -p " + dir + "/imgs").c_str());
+  std::ifstream in(test::data_path("images/chelsea.png"), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (int i = 0; i < 40; ++i) test::write_bytes(dir + "/imgs/c" + std::to_string(100 + i) + ".png", bytes);
+  const std::string cmd = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract --threads 1 --model " +
+                          test::data_path("models/tiny") + " --output " + dir + "/f.safetensors " + dir + "/imgs > " +
+                          dir + "/log 2>&1 & echo $!";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char pid[32] = {0};
+  ASSERT_NE(std::fgets(pid, sizeof pid, p), nullptr);
+  pclose(p);
+  auto log = [&] {
+    std::ifstream l(dir + "/log");
+    return std::string((std::istreambuf_iterator<char>(l)), std::istreambuf_iterator<char>());
+  };
+  for (int i = 0; i < 600 && log().find("[2/40]") == std::string::npos; ++i) usleep(50000);
+  std::system(("kill -INT " + std::string(pid)).c_str());
+  for (int i = 0; i < 200 && log().find("interrupted") == std::string::npos; ++i) usleep(50000);
+  const std::string text = log();
+  EXPECT_NE(text.find("interrupted after"), std::string::npos) << text;
+  EXPECT_NE(text.find("of 40 inputs; nothing was written"), std::string::npos) << text;
+  EXPECT_FALSE(exists(dir + "/f.safetensors"));
+  // No temporary files left behind either.
+  EXPECT_EQ(std::system(("ls " + dir + " | grep -q tmp").c_str()) == 0, false);
+}
+
 }  // namespace
 }  // namespace vitmsn
 

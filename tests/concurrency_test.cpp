@@ -1,0 +1,64 @@
+// One Model shared by several threads: results bit-identical to serial calls (the thread-safety
+// contract of Model's const methods).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_util.hpp"
+#include "vitmsn/model.hpp"
+
+namespace vitmsn {
+namespace {
+
+TEST(Concurrency, FourThreadsSharingOneModelMatchSerialCallsBitForBit) {
+  const Model model = Model::load(test::data_path("models/tiny-cls"));
+  const std::vector<std::string> images = {"chelsea.png", "astronaut.png", "coffee.png", "camera.png",
+                                           "horse.png",   "green_palette.png"};
+  FeatureOptions opt;
+  opt.hidden_states = {1};
+  opt.cls_attention = {0};
+  std::vector<Features> serial;
+  for (const auto& img : images) serial.push_back(model.extract_features(test::data_path("images/" + img), opt));
+
+  constexpr int kThreads = 4, kRounds = 3;
+  std::atomic<int> mismatches{0}, errors{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < kThreads; ++t)
+    pool.emplace_back([&, t] {
+      for (int r = 0; r < kRounds; ++r)
+        for (std::size_t k = 0; k < images.size(); ++k) {
+          const std::size_t i = (k + t) % images.size();  // threads work on different images at once
+          try {
+            const Features f = model.extract_features(test::data_path("images/" + images[i]), opt);
+            const Features& s = serial[i];
+            const bool same =
+                f.last_hidden_state.size() == s.last_hidden_state.size() &&
+                std::memcmp(f.last_hidden_state.data(), s.last_hidden_state.data(), sizeof(float) * s.last_hidden_state.size()) == 0 &&
+                std::memcmp(f.hidden_states.at(1).data(), s.hidden_states.at(1).data(), sizeof(float) * s.hidden_states.at(1).size()) == 0 &&
+                std::memcmp(f.cls_attention.at(0).data(), s.cls_attention.at(0).data(), sizeof(float) * s.cls_attention.at(0).size()) == 0 &&
+                model.logits(f) == model.logits(s);
+            if (!same) ++mismatches;
+          } catch (...) {
+            ++errors;
+          }
+        }
+    });
+  for (auto& th : pool) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(mismatches.load(), 0) << "of " << kThreads * kRounds * images.size() << " concurrent calls";
+}
+
+TEST(Concurrency, CopiesOfAModelShareWeightsAndAgree) {
+  const Model a = Model::load(test::data_path("models/tiny"));
+  const Model b = a;  // cheap copy: shared, immutable weights
+  const Features fa = a.extract_features(test::data_path("images/rocket.jpg"));
+  const Features fb = b.extract_features(test::data_path("images/rocket.jpg"));
+  EXPECT_EQ(fa.last_hidden_state, fb.last_hidden_state);
+}
+
+}  // namespace
+}  // namespace vitmsn
