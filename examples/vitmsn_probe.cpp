@@ -377,6 +377,12 @@ int main(int argc, char** argv) {
     const std::string model_path = cli::model_path_or_throw(args);
     if (cli::file_exists(output) && !args.has("--force"))
       throw Error(output + ": already exists (use --force to overwrite)");
+    {
+      std::error_code ec;
+      const fs::path parent = fs::path(output).parent_path();
+      if (!parent.empty() && !fs::is_directory(parent, ec))
+        throw Error(output + ": the folder " + parent.string() + " does not exist");
+    }
 
     std::vector<std::string> classes;
     const std::vector<Sample> samples = scan_image_folder(data, classes);

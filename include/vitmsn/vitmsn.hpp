@@ -9,6 +9,7 @@
 #include "vitmsn/io.hpp"
 #include "vitmsn/model.hpp"
 #include "vitmsn/preprocess.hpp"
+#include "vitmsn/probe.hpp"
 #include "vitmsn/safetensors.hpp"
 #include "vitmsn/synthetic.hpp"
 #include "vitmsn/tensor.hpp"
