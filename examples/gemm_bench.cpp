@@ -44,8 +44,7 @@ Timing time_gemm(Isa isa, const Shape& s, const std::vector<float>& A, const std
   std::vector<double> t;
   for (int r = 0; r < reps + 1; ++r) {  // the first run warms caches and scratch buffers
     const auto t0 = std::chrono::steady_clock::now();
-    vitmsn::detail::gemm(isa, s.M, s.N, s.K, A.data(), s.lda, B.data(), s.ldb, s.b_trans, C.data(),
-                         s.N, ep, threads);
+    vitmsn::detail::gemm(isa, s.M, s.N, s.K, A.data(), s.lda, B.data(), s.ldb, s.b_trans, C.data(), s.N, ep, threads);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (r > 0) t.push_back(dt);
   }
@@ -72,26 +71,23 @@ int main(int argc, char** argv) {
     };
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    std::printf("%-13s %5s %5s %5s | %-8s %8s %8s %6s | %-8s %8s %8s %6s | %8s\n", "shape", "M", "N",
-                "K", "variant", "best", "median", "%peak", "variant", "best", "median", "%peak",
-                "peak");
+    std::printf("%-13s %5s %5s %5s | %-8s %8s %8s %6s | %-8s %8s %8s %6s | %8s\n", "shape", "M", "N", "K", "variant",
+                "best", "median", "%peak", "variant", "best", "median", "%peak", "peak");
     for (const Shape& s : shapes) {
       std::vector<float> A(static_cast<std::size_t>(s.M) * s.lda),
-          B(static_cast<std::size_t>(s.b_trans ? s.N : s.K) * s.ldb), bias(s.N),
-          C(static_cast<std::size_t>(s.M) * s.N);
+          B(static_cast<std::size_t>(s.b_trans ? s.N : s.K) * s.ldb), bias(s.N), C(static_cast<std::size_t>(s.M) * s.N);
       for (auto* v : {&A, &B, &bias, &C})
         for (float& x : *v) x = u(rng);
       const double peak = vitmsn::detail::measure_fma_peak_gflops(threads, 0.2);
       const double gflop = 2.0 * s.M * s.N * s.K * 1e-9;
       const Timing portable = time_gemm(Isa::kPortable, s, A, B, bias, C, threads, reps);
       const Timing fast = time_gemm(best, s, A, B, bias, C, threads, reps);
-      std::printf("%-13s %5d %5d %5d | %-8s %8.1f %8.1f %5.1f%% | %-8s %8.1f %8.1f %5.1f%% | %8.1f\n",
-                  s.name, s.M, s.N, s.K, "portable", gflop / portable.best, gflop / portable.median,
-                  100.0 * gflop / portable.best / peak, vitmsn::detail::isa_name(best),
-                  gflop / fast.best, gflop / fast.median, 100.0 * gflop / fast.best / peak, peak);
+      std::printf("%-13s %5d %5d %5d | %-8s %8.1f %8.1f %5.1f%% | %-8s %8.1f %8.1f %5.1f%% | %8.1f\n", s.name, s.M, s.N,
+                  s.K, "portable", gflop / portable.best, gflop / portable.median, 100.0 * gflop / portable.best / peak,
+                  vitmsn::detail::isa_name(best), gflop / fast.best, gflop / fast.median,
+                  100.0 * gflop / fast.best / peak, peak);
     }
-    std::printf("GFLOP/s (best and median of %d runs); %%peak = best / FMA peak measured just before\n",
-                reps);
+    std::printf("GFLOP/s (best and median of %d runs); %%peak = best / FMA peak measured just before\n", reps);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

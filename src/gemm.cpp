@@ -1,17 +1,26 @@
-// Portable kernels and the ISA dispatch. The portable GEMM is Eigen's (single-threaded per call; the
-// row range is split over threads here), the reference every vectorised variant is tested against.
+// Portable kernels, the run-time ISA dispatch, and the machine measurements. The portable GEMM is
+// Eigen's (single-threaded per call; the row range is split over threads here), the reference every
+// vectorised variant (src/gemm_avx2.cpp, src/gemm_avx512.cpp over src/gemm_blocked.hpp) is tested
+// against.
+#include <Eigen/Core>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
+#include <vector>
 
-#include <Eigen/Core>
-
+#include "gemm_blocked.hpp"
 #include "kernels.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+#if defined(__linux__)
+#include <sched.h>
 #endif
 
 namespace vitmsn::detail {
@@ -28,11 +37,16 @@ float gelu_scalar(float x) {
   return x * 0.5f * (1.0f + std::erf(x * 0.70710678118654752440f));
 }
 
-void gemm_rows_portable(int m0, int m1, int N, int K, const float* A, std::ptrdiff_t lda,
-                        const float* B, std::ptrdiff_t ldb, bool b_trans, float* C,
-                        std::ptrdiff_t ldc, const Epilogue& ep) {
+void gemm_rows_portable(int m0, int m1, int N, int K, const float* A, std::ptrdiff_t lda, const float* B,
+                        std::ptrdiff_t ldb, bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep) {
   const int rows = m1 - m0;
   if (rows <= 0) return;
+#ifdef _OPENMP
+  // Eigen parallelises a product by itself when OpenMP is on (up to omp_get_max_threads()). Keep it
+  // on this thread: threads == 1 must not open a parallel region. The ICV is per task, restored below.
+  const int saved_max_threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+#endif
   ConstMap a(A + m0 * lda, rows, K, Stride(lda));
   RowMat t(rows, N);
   if (b_trans) {
@@ -42,6 +56,9 @@ void gemm_rows_portable(int m0, int m1, int N, int K, const float* A, std::ptrdi
     ConstMap b(B, K, N, Stride(ldb));
     t.noalias() = a * b;
   }
+#ifdef _OPENMP
+  omp_set_num_threads(saved_max_threads);
+#endif
   for (int i = 0; i < rows; ++i) {
     float* c = C + (m0 + i) * ldc;
     const float* r = ep.residual ? ep.residual + (m0 + i) * ep.ldr : nullptr;
@@ -62,12 +79,40 @@ bool isa_available(Isa isa) {
   switch (isa) {
     case Isa::kPortable:
       return true;
+#if VITMSN_X86_KERNELS
+    // GCC's and Clang's __builtin_cpu_supports report a feature only when the OS also saves its
+    // registers (XCR0 checked via xgetbv), so this is "CPU and OS support".
+    case Isa::kAvx2:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::kAvx512:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
     default:
       return false;
   }
 }
 
-Isa detected_isa() { return Isa::kPortable; }
+Isa detected_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::kPortable;
+    if (isa_available(Isa::kAvx2)) best = Isa::kAvx2;
+    if (isa_available(Isa::kAvx512)) best = Isa::kAvx512;
+    if (const char* env = std::getenv("VITMSN_ISA")) {
+      const std::string want(env);
+      Isa asked = best;
+      if (want == "portable") asked = Isa::kPortable;
+      if (want == "avx2") asked = Isa::kAvx2;
+      if (want == "avx512") asked = Isa::kAvx512;
+      if (static_cast<int>(asked) < static_cast<int>(best)) best = asked;  // only ever lower
+    }
+    return best;
+  }();
+  return isa;
+}
 
 const char* isa_name(Isa isa) {
   switch (isa) {
@@ -80,10 +125,17 @@ const char* isa_name(Isa isa) {
   }
 }
 
-void gemm(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B,
-          std::ptrdiff_t ldb, bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep,
-          int threads) {
-  (void)isa;
+namespace {
+
+// The variant that runs for a request: `isa` if available, else the best available one below it.
+Isa runnable(Isa isa) {
+  if (isa == Isa::kAvx512 && isa_available(Isa::kAvx512)) return Isa::kAvx512;
+  if (isa != Isa::kPortable && isa_available(Isa::kAvx2)) return Isa::kAvx2;
+  return Isa::kPortable;
+}
+
+void gemm_portable(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
+                   bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
   threads = std::max(1, std::min(threads, M / 16 + 1));
 #ifdef _OPENMP
   if (threads > 1) {
@@ -91,8 +143,8 @@ void gemm(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, cons
     {
       const int t = omp_get_thread_num(), n = omp_get_num_threads();
       const int chunk = (M + n - 1) / n;
-      gemm_rows_portable(std::min(M, t * chunk), std::min(M, (t + 1) * chunk), N, K, A, lda, B, ldb,
-                         b_trans, C, ldc, ep);
+      gemm_rows_portable(std::min(M, t * chunk), std::min(M, (t + 1) * chunk), N, K, A, lda, B, ldb, b_trans, C, ldc,
+                         ep);
     }
     return;
   }
@@ -100,8 +152,33 @@ void gemm(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, cons
   gemm_rows_portable(0, M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep);
 }
 
+}  // namespace
+
+void gemm(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
+          bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  switch (runnable(isa)) {
+#if VITMSN_X86_KERNELS
+    case Isa::kAvx512:
+      return avx512::gemm(M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep, threads);
+    case Isa::kAvx2:
+      return avx2::gemm(M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep, threads);
+#endif
+    default:
+      return gemm_portable(M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep, threads);
+  }
+}
+
 void softmax_rows(Isa isa, float* x, int rows, int cols, std::ptrdiff_t ld) {
-  (void)isa;
+  switch (runnable(isa)) {
+#if VITMSN_X86_KERNELS
+    case Isa::kAvx512:
+      return avx512::softmax_rows(x, rows, cols, ld);
+    case Isa::kAvx2:
+      return avx2::softmax_rows(x, rows, cols, ld);
+#endif
+    default:
+      break;
+  }
   for (int i = 0; i < rows; ++i) {
     float* r = x + i * ld;
     float mx = r[0];
@@ -117,8 +194,71 @@ void softmax_rows(Isa isa, float* x, int rows, int cols, std::ptrdiff_t ld) {
 }
 
 void gelu_erf(Isa isa, float* x, std::ptrdiff_t n) {
-  (void)isa;
+  switch (runnable(isa)) {
+#if VITMSN_X86_KERNELS
+    case Isa::kAvx512:
+      return avx512::gelu_erf(x, n);
+    case Isa::kAvx2:
+      return avx2::gelu_erf(x, n);
+#endif
+    default:
+      break;
+  }
   for (std::ptrdiff_t i = 0; i < n; ++i) x[i] = gelu_scalar(x[i]);
+}
+
+namespace {
+
+// Scalar stand-in for CPUs without the vector kernels: 8 independent multiply-add chains (2 FLOP each).
+double fma_burst_scalar(long iterations) {
+  float acc[8];
+  for (int i = 0; i < 8; ++i) acc[i] = 0.001f * static_cast<float>(i + 1);
+  for (long it = 0; it < iterations; ++it)
+    for (float& a : acc) a = a * 0.999999f + 1e-7f;
+  float s = 0.0f;
+  for (float a : acc) s += a;
+  volatile float sink = s;
+  (void)sink;
+  return 2.0 * 8 * static_cast<double>(iterations);
+}
+
+}  // namespace
+
+double measure_fma_peak_gflops(int threads, double seconds) {
+  threads = std::max(1, threads);
+  double (*burst)(long) = fma_burst_scalar;
+#if VITMSN_X86_KERNELS
+  if (isa_available(Isa::kAvx2)) burst = avx2::fma_burst;
+  if (isa_available(Isa::kAvx512)) burst = avx512::fma_burst;
+#endif
+  std::vector<double> flops(static_cast<std::size_t>(threads), 0.0);
+  const auto start = std::chrono::steady_clock::now();
+  const auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  const auto work = [&](int t) {
+    do flops[static_cast<std::size_t>(t)] += burst(1 << 14);
+    while (elapsed() < seconds);
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
+  for (auto& th : pool) th.join();
+  const double total_time = elapsed();
+  double total = 0.0;
+  for (double f : flops) total += f;
+  return total_time > 0.0 ? total / total_time * 1e-9 : 0.0;
+}
+
+int default_threads() {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+#endif
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
 }
 
 }  // namespace vitmsn::detail

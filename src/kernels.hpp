@@ -33,14 +33,25 @@ struct Epilogue {
 /// b_trans: B is [N,K] row-major (ldb) and op(B) = Bᵀ — the layout of PyTorch linear weights,
 /// so y = x·Wᵀ. Otherwise B is [K,N] row-major (ldb). C must not overlap A or B.
 /// threads: how many threads to use (1 = the calling thread only; safe inside a parallel region).
-void gemm(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B,
-          std::ptrdiff_t ldb, bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep,
-          int threads);
+/// An `isa` this CPU lacks runs the best available variant below it. The vectorised variants take
+/// their cache blocking from VITMSN_GEMM_BLOCKING=kc,mc,packed_b_floats when set (a tuning aid; the
+/// results do not depend on it).
+void gemm(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
+          bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
 
 /// In place, for each of `rows` rows of x (leading dimension ld): x = softmax(x) over `cols` values.
 void softmax_rows(Isa isa, float* x, int rows, int cols, std::ptrdiff_t ld);
 
 /// In place: x[i] = 0.5·x·(1 + erf(x/√2)) for n values (exact-erf GELU, as torch.nn.functional.gelu).
 void gelu_erf(Isa isa, float* x, std::ptrdiff_t n);
+
+/// The machine's float32 FMA throughput in GFLOP/s (1 FMA = 2 FLOP): `threads` threads each run
+/// independent register-only FMA chains (AVX-512 when available, else AVX2, else scalar) for about
+/// `seconds`. The yardstick for GEMM efficiency; takes `seconds` of wall time.
+double measure_fma_peak_gflops(int threads, double seconds);
+
+/// How many CPUs this process may run on (its affinity mask on Linux, else hardware_concurrency);
+/// at least 1.
+int default_threads();
 
 }  // namespace vitmsn::detail

@@ -1,8 +1,6 @@
 // ViT-MSN forward, step by step as Hugging Face's modeling_vit_msn.py (eval mode, dropout = identity).
 #include "vitmsn/model.hpp"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -34,12 +32,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int cpus_available() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
 
 // Adds the time since `start` to `slot` (when profiling) and restarts the clock.
 struct Stopwatch {
@@ -204,7 +196,7 @@ void forward(const Model::Impl& m, const std::vector<const PixelValues*>& images
 std::shared_ptr<Model::Impl> finish(std::shared_ptr<Model::Impl> impl, const LoadOptions& options,
                                     const TensorLookup& lookup) {
   impl->weights_ptr = std::make_unique<const Weights>(bind_weights(impl->config, lookup, impl->source));
-  impl->threads = options.threads > 0 ? options.threads : cpus_available();
+  impl->threads = options.threads > 0 ? options.threads : detail::default_threads();
   impl->isa = detail::detected_isa();
   if (impl->weights().has_classifier()) {
     const auto n = static_cast<std::size_t>(impl->weights().classifier_weight.rows());

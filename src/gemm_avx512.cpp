@@ -1,0 +1,132 @@
+// AVX-512 kernels (compiled with -mavx512f/bw/dq/vl; called only after the CPU check in
+// src/gemm.cpp). GEMM micro-tile 14×32: 28 zmm accumulators + 2 B vectors + 1 broadcast of the 32 zmm
+// registers; per k: 2 loads of B, 14 broadcasts of A (k-major packed A: one address stream), 28 FMAs.
+// Zen 4 runs a zmm FMA as two 256-bit halves (1 zmm FMA/cycle), Intel server cores on two 512-bit
+// ports: either way FMA-bound. NOT MEASURED: the development machine (Zen 3) has no AVX-512; the
+// shared tiling logic is tested with this geometry through plain C++ lanes (tests/kernels_test.cpp).
+#include <immintrin.h>
+
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*() temporaries
+// (GCC bug 105593) wherever they are inlined; nothing of ours is uninitialised.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "gemm_blocked.hpp"
+
+namespace vitmsn::detail {
+namespace {
+
+struct Avx512 {
+  using R = __m512;
+  using M = __mmask16;
+  static constexpr int kLanes = 16;
+
+  static M mask_n(int n) { return static_cast<M>((1u << n) - 1u); }  // n in [0, 16]
+  static R zero() { return _mm512_setzero_ps(); }
+  static R set1(float x) { return _mm512_set1_ps(x); }
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+  static R load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask_n(n), p); }
+  static void store_n(float* p, R v, int n) { _mm512_mask_storeu_ps(p, mask_n(n), v); }
+  static M lanes_below(int n) { return mask_n(n); }
+  static R bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R fnma(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }
+  static R abs(R x) { return _mm512_abs_ps(x); }
+  static R sign_of(R x) {
+    return _mm512_castsi512_ps(
+        _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(static_cast<int>(0x80000000u))));
+  }
+  static R or_bits(R a, R b) {
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+  }
+  static M lt(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static R select(M m, R a, R b) { return _mm512_mask_blend_ps(m, b, a); }
+  static R round(R x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static R pow2(R n) {
+    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+  static float hmax(R v) { return _mm512_reduce_max_ps(v); }
+  static float hsum(R v) { return _mm512_reduce_add_ps(v); }
+  static void transpose8(const float* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
+    __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+  }
+};
+
+constexpr int kMr = 14;
+constexpr int kNv = 2;  // NR = 32
+// Cache blocking by analogy with the AVX2 measurements (not measured on an AVX-512 CPU): kc = 256
+// (a kc×NR slice of B is 32 KB), mc = 224 (A block 224 KB in a 1-2 MB L2); packed B up to 8 MB.
+blocked::Blocking blocking() {
+  blocked::Blocking b{256, 224, std::size_t{2} << 20};
+  if (const char* s = std::getenv("VITMSN_GEMM_BLOCKING")) {
+    long kc = 0, mc = 0, bf = 0;
+    if (std::sscanf(s, "%ld,%ld,%ld", &kc, &mc, &bf) == 3) b = {int(kc), int(mc), std::size_t(bf)};
+  }
+  return b;
+}
+
+}  // namespace
+
+namespace avx512 {
+
+void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
+          float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  static const blocked::Blocking bl = blocking();
+  const blocked::Problem p{M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep};
+  blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(p, bl, threads);
+}
+
+void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld) { blocked::softmax_rows<Avx512>(x, rows, cols, ld); }
+
+void gelu_erf(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx512>(x, n); }
+
+double fma_burst(long iterations) {
+  // 16 independent zmm chains: more than 2 ports × 4 cycles of FMA latency.
+  constexpr int kChains = 16;
+  __m512 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.001f * static_cast<float>(i + 1));
+  const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+  for (long it = 0; it < iterations; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], m, c);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < kChains; ++i) s = _mm512_add_ps(s, acc[i]);
+  volatile float sink = _mm512_reduce_add_ps(s);
+  (void)sink;
+  return 2.0 * 16 * kChains * static_cast<double>(iterations);
+}
+
+}  // namespace avx512
+}  // namespace vitmsn::detail

@@ -1,0 +1,589 @@
+#pragma once
+// The packed, register-blocked GEMM (GotoBLAS/BLIS scheme) and the vectorised exp/erf, written once
+// over a small vector-traits type `V` and instantiated per instruction set by src/gemm_avx2.cpp and
+// src/gemm_avx512.cpp (each compiled with its own -m flags). Everything here has internal linkage
+// (anonymous namespace): every file that includes it gets its own copy compiled for its own ISA, so the
+// linker can never pick an AVX-512 body for the AVX2 path.
+//
+// V provides (all static): R (register type), M (lane-mask type), kLanes, zero, set1, load, store,
+// load_n / store_n (first n lanes; the others read as 0 / left untouched; no access past n),
+// lanes_below(n) -> M, bcast(const float*), fma(a, b, c) = a·b + c and fnma(a, b, c) = c − a·b
+// (rounded once), add, sub, mul, min, max, abs, lt(a, b) -> M, select(m, a, b) = m ? a : b,
+// sign_of(x) (sign bits only), or_bits, round (to nearest even), pow2(n) (2^n for integral n in
+// [-126, 127]), hmax, hsum, and transpose8(src, lds, dst, ldd): dst[c·ldd + r] = src[r·lds + c] for
+// an 8×8 block.
+//
+// Loop nest of one thread computing C[m0:m1, n0:n1] (names as in BLIS):
+//   jc: nc columns  -> pack op(B)[:, jc:jc+nc] for ALL of K into NR-wide panels (k-major)
+//     ic: mc rows
+//       pc: kc deep -> pack A[ic:ic+mc, pc:pc+kc] (row-major copy, or k-major MR-row groups)
+//         jr: NR-wide panel   (its kc×NR slice stays in L1 across ir)
+//           ir: MR rows       -> micro-tile MR×NR: acc (0, or the partial sum stored in C) += A·B
+// Every C element is one FMA chain over k = 0..K-1 in order (partials are stored and reloaded
+// unrounded between kc blocks), so the result does not depend on the thread count, on mc/nc/kc, or on
+// where a tile sits. The epilogue is applied to the finished tile in the last kc block, as it is stored.
+// When K spans several kc blocks and a residual is added, the residual block is copied aside first, so
+// residual == C (in-place x += …) works although C holds partial sums in between.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "kernels.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace vitmsn::detail {
+
+// Entry points of the ISA files (defined only when VITMSN_X86_KERNELS; called by src/gemm.cpp after
+// checking the CPU). Same contracts as the functions of the same name in kernels.hpp.
+namespace avx2 {
+void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
+          float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
+void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld);
+void gelu_erf(float* x, std::ptrdiff_t n);
+/// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done.
+double fma_burst(long iterations);
+}  // namespace avx2
+namespace avx512 {
+void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
+          float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
+void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld);
+void gelu_erf(float* x, std::ptrdiff_t n);
+/// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done.
+double fma_burst(long iterations);
+}  // namespace avx512
+
+}  // namespace vitmsn::detail
+
+namespace vitmsn::detail::blocked {
+namespace {
+
+// Own integer helpers instead of std::min/max/clamp: a template instantiated in an ISA file could be
+// emitted out of line (e.g. -O0) and picked by the linker for portable code.
+constexpr int imin(int a, int b) { return a < b ? a : b; }
+constexpr int imax(int a, int b) { return a > b ? a : b; }
+constexpr int iclamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// ---------------------------------------------------------------------------------------------
+// exp and erf, float, vectorised. Coefficients: weighted least-squares / Lawson fits (near minimax)
+// computed with mpmath at 40 digits. Measured over every float of the range (AVX2 build, against
+// double-precision std::exp / std::erf): exp <= 0.98 ulp on [-87.33, 88.3], erf <= 1.23 ulp (<= 0.94
+// below 0.875). tests/kernels_test.cpp checks GELU and softmax built on them on dense grids.
+
+/// e^x for x <= 88.37 (larger x saturate there); 0 below -87.33 (no subnormal results). ~1 ulp.
+template <class V>
+inline typename V::R exp_v(typename V::R x) {
+  using R = typename V::R;
+  const R lo = V::set1(-87.3365447f);  // e^lo = 2^-126 (smallest normal float)
+  const R hi = V::set1(88.3762626f);   // keeps n <= 127
+  const auto underflow = V::lt(x, lo);
+  x = V::min(V::max(x, lo), hi);
+  // x = n·ln2 + r, |r| <= ln2/2; ln2 split in two (Cody–Waite), both products exact thanks to FMA.
+  const R n = V::round(V::mul(x, V::set1(1.44269504088896341f)));
+  R r = V::fma(n, V::set1(-0.693145751953125f), x);
+  r = V::fma(n, V::set1(-1.42860682030941723212e-6f), r);
+  // e^r = 1 + r + r²·p(r), p of degree 5 (fit error 2.7e-9 relative on p).
+  R p = V::set1(1.985777930081782e-4f);
+  p = V::fma(p, r, V::set1(1.3933597431425681e-3f));
+  p = V::fma(p, r, V::set1(8.333360741061035e-3f));
+  p = V::fma(p, r, V::set1(4.166646552907774e-2f));
+  p = V::fma(p, r, V::set1(1.6666666532321517e-1f));
+  p = V::fma(p, r, V::set1(5.000000013379328e-1f));
+  const R e = V::add(V::fma(V::mul(r, r), p, r), V::set1(1.0f));
+  return V::select(underflow, V::zero(), V::mul(e, V::pow2(n)));
+}
+
+/// erf(x), float, ~1 ulp. |x| < 0.875: x·P(x²). Above: 1 − erfc(|x|) with
+/// erfc(a) = exp(−a² + g(a)), g(a) = ln erfc(a) + a² a polynomial in (a − 2.4375) on [0.875, 4];
+/// the exponent g − a² is formed with one FMA (one rounding). erf is ±1 in float beyond |x| = 4.
+template <class V>
+inline typename V::R erf_v(typename V::R x) {
+  using R = typename V::R;
+  const R a = V::abs(x);
+  // Small |x|: erf(a) = a + a·(P(t) − 1), P = erf(a)/a of degree 6 in t = a² on [0, 0.875²]
+  // (fit error 2e-10).
+  const R t = V::mul(a, a);
+  R p = V::set1(8.67535639092485e-05f);
+  p = V::fma(p, t, V::set1(-8.211095389079671e-04f));
+  p = V::fma(p, t, V::set1(5.206746657042618e-03f));
+  p = V::fma(p, t, V::set1(-2.6861584384388022e-02f));
+  p = V::fma(p, t, V::set1(1.1283732996765618e-01f));
+  p = V::fma(p, t, V::set1(-3.7612636065359406e-01f));
+  p = V::fma(p, t, V::set1(0.128379166869336f));  // 2/√π − 1: the leading a is added exactly
+  const R small = V::fma(a, p, a);
+  // Large |x|.
+  // Beyond 4, erfc < 1.6e-8 < ulp(1)/2 and erf is ±1 exactly: clamping there gives that.
+  const R ac = V::min(V::max(a, V::set1(0.875f)), V::set1(4.0f));
+  const R u = V::sub(ac, V::set1(2.4375f));
+  // g(a), degree 10 in u = a - 2.4375, highest power first (fit error 3.1e-9 on [0.875, 4]).
+  static constexpr float kG[] = {-6.207562054874025e-08f,  -2.1738505550041423e-08f, 1.984329832948296e-06f,
+                                 -1.3989708606248185e-05f, 8.262043001314161e-05f,   -0.0004505262044691479f,
+                                 0.0023017655249173564f,   -0.011416429673291808f,   0.05819392421699341f,
+                                 -0.3598234045938444f,     -1.5345508751387895f};
+  R g = V::set1(kG[0]);
+  for (std::size_t i = 1; i < sizeof(kG) / sizeof(kG[0]); ++i) g = V::fma(g, u, V::set1(kG[i]));
+  const R erfc = exp_v<V>(V::fnma(ac, ac, g));  // g − a², rounded once
+  const R large = V::sub(V::set1(1.0f), erfc);
+  const R r = V::select(V::lt(a, V::set1(0.875f)), small, large);
+  return V::or_bits(r, V::sign_of(x));
+}
+
+/// torch's exact GELU in float: x·0.5·(1 + erf(x·√½)), same operation order as the portable path.
+template <class V>
+inline typename V::R gelu_v(typename V::R x) {
+  const typename V::R e = erf_v<V>(V::mul(x, V::set1(0.70710678118654752440f)));
+  return V::mul(V::mul(x, V::set1(0.5f)), V::add(V::set1(1.0f), e));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread-local, grow-only, 64-byte-aligned scratch (reused across calls: no allocation in the
+// steady state).
+
+class Scratch {
+ public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(p_); }
+  float* get(std::size_t floats) {
+    if (floats > n_ || p_ == nullptr) {
+      std::free(p_);
+      p_ = nullptr;
+      n_ = 0;
+      const std::size_t bytes = ((floats < 16 ? 16 : floats) * sizeof(float) + 63) / 64 * 64;
+      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (p_ == nullptr) throw std::bad_alloc();
+      n_ = bytes / sizeof(float);
+    }
+    return p_;
+  }
+
+ private:
+  float* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+struct Workspace {
+  Scratch a;         // packed A block, mc × kc (row-major, row stride rsa)
+  Scratch b;         // packed B, K × nc in NR-wide panels
+  Scratch residual;  // residual block set aside when K spans several kc blocks
+};
+
+inline Workspace& workspace() {
+  static thread_local Workspace ws;
+  return ws;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Problem {
+  int M, N, K;
+  const float* A;
+  std::ptrdiff_t lda;
+  const float* B;
+  std::ptrdiff_t ldb;
+  bool b_trans;
+  float* C;
+  std::ptrdiff_t ldc;
+  Epilogue ep;
+};
+
+/// Cache blocking. kc: depth of one packed block (the kc×NR slice of B stays in L1); mc: rows of A
+/// packed at once (mc×kc stays in L2); b_pack_floats: budget for the packed B (K × nc).
+struct Blocking {
+  int kc;
+  int mc;
+  std::size_t b_pack_floats;
+};
+
+struct TileEpilogue {
+  float alpha;
+  bool scale;
+  const float* bias;  // at the tile's first column, or null
+  bool gelu;
+  const float* residual;  // at the tile's first element, or null
+  std::ptrdiff_t ldr;
+};
+
+/// Stores a computed MR×NR tile (row-major in `tile`) to C: the epilogue when `ep` is given, only the
+/// valid rows × cols.
+template <class V, int MR, int NV>
+__attribute__((noinline)) void finish_tile(const float* tile, float* c, std::ptrdiff_t ldc, int rows, int cols,
+                                           const TileEpilogue* ep) {
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  constexpr int NR = NV * L;
+  if (rows == MR && cols == NR && ep != nullptr) {  // full tile: straight-line code
+    R v[MR][NV];
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) v[i][j] = V::load(tile + i * NR + j * L);
+    if (ep->scale || ep->bias) {
+      const R alpha = V::set1(ep->alpha);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        const R bias = ep->bias ? V::load(ep->bias + j * L) : V::zero();
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; ++i) {
+          if (ep->scale) v[i][j] = V::mul(v[i][j], alpha);
+          if (ep->bias) v[i][j] = V::add(v[i][j], bias);
+        }
+      }
+    }
+    if (ep->gelu) {  // MR·NV independent evaluations: they overlap in the out-of-order core
+#pragma GCC unroll 32
+      for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) v[i][j] = gelu_v<V>(v[i][j]);
+    }
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        R x = v[i][j];
+        if (ep->residual) x = V::add(x, V::load(ep->residual + i * ep->ldr + j * L));
+        V::store(c + i * ldc + j * L, x);
+      }
+    return;
+  }
+  const R alpha = V::set1(ep ? ep->alpha : 1.0f);
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < NV; ++j) {
+      const int n = iclamp(cols - j * L, 0, L);
+      if (n == 0) break;
+      R x = V::load(tile + i * NR + j * L);
+      if (ep != nullptr) {
+        if (ep->scale) x = V::mul(x, alpha);
+        if (ep->bias) x = V::add(x, V::load_n(ep->bias + j * L, n));
+        if (ep->gelu) x = gelu_v<V>(x);
+        if (ep->residual) x = V::add(x, V::load_n(ep->residual + i * ep->ldr + j * L, n));
+      }
+      if (n == L)
+        V::store(c + i * ldc + j * L, x);
+      else
+        V::store_n(c + i * ldc + j * L, x, n);
+    }
+  }
+}
+
+/// The MR×NR micro-tile (NR = NV·kLanes): C = acc(·) + A_panel · B_panel over kc, where acc starts at 0
+/// (first) or at the partial sum stored in C. Without `ep`, the raw sum is stored (more kc blocks
+/// follow); with it, the epilogue is applied first. rows <= MR, cols <= NR: the valid part of the tile.
+/// The accumulators are only ever indexed by constants (fully unrolled loops) so that they stay in
+/// registers.
+template <class V, int MR, int NV, bool KMajorA>
+inline void micro_tile(int kc, const float* __restrict a, std::ptrdiff_t rsa, const float* __restrict b, float* c,
+                       std::ptrdiff_t ldc, int rows, int cols, bool first, const TileEpilogue* ep, const float* b_next,
+                       const float* c_next, int next_rows) {
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  constexpr int NR = NV * L;
+  R acc[MR][NV];
+  const bool full = rows == MR && cols == NR;
+  // The next call's C rows (L2/L3 -> L1 while this tile computes).
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i) {
+    if (i < next_rows) {
+      __builtin_prefetch(c_next + i * ldc, 1, 3);
+      __builtin_prefetch(c_next + i * ldc + NR - 1, 1, 3);
+    }
+  }
+  if (first) {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[i][j] = V::zero();
+  } else if (full) {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[i][j] = V::load(c + i * ldc + j * L);
+  } else {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j)
+        acc[i][j] = i < rows ? V::load_n(c + i * ldc + j * L, iclamp(cols - j * L, 0, L)) : V::zero();
+  }
+
+#pragma GCC unroll 4
+  for (int k = 0; k < kc; ++k) {
+    // One k-slice of the next B panel per k (a no-op re-touch of this panel except on the last tile
+    // of a column panel).
+#pragma GCC unroll 8
+    for (int q = 0; q < NR; q += 16) __builtin_prefetch(b_next + k * NR + q, 0, 3);
+    R bv[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) bv[j] = V::load(b + k * NR + j * L);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      const R av = V::bcast(KMajorA ? a + k * MR + i : a + i * rsa + k);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+    }
+  }
+
+  if (full && ep == nullptr) {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * L, acc[i][j]);
+    return;
+  }
+  // Epilogue and/or edge: hand the sums over through a stack tile to a separate function, so that its
+  // register needs (GELU) do not make the compiler spill accumulators of the k loop above.
+  alignas(64) float tile[MR][NR];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) V::store(&tile[i][j * L], acc[i][j]);
+  finish_tile<V, MR, NV>(&tile[0][0], c, ldc, rows, cols, ep);
+}
+
+/// Packs op(B)[0:K, n0:n0+nb] into ceil(nb/NR) panels of K×NR floats (k-major, columns past nb zero).
+template <class V, int NR>
+void pack_b(const Problem& p, int n0, int nb, float* dst) {
+  const int K = p.K;
+  for (int q = 0; q * NR < nb; ++q) {
+    const int nbase = n0 + q * NR;
+    const int valid = imin(NR, nb - q * NR);
+    float* d = dst + static_cast<std::ptrdiff_t>(q) * K * NR;
+    if (p.b_trans) {
+      // B is [N, K]: column n of op(B) is row n of B. 8×8 transposes, rows of B become k-slices.
+      for (int j8 = 0; j8 < NR; j8 += 8) {
+        const int vr = iclamp(valid - j8, 0, 8);
+        if (vr == 0) {  // columns past N: zeros
+          for (int k = 0; k < K; ++k)
+            for (int r = 0; r < 8; ++r) d[k * NR + j8 + r] = 0.0f;
+          continue;
+        }
+        const float* s = p.B + static_cast<std::ptrdiff_t>(nbase + j8) * p.ldb;
+        int k = 0;
+        if (vr == 8) {
+          for (; k + 8 <= K; k += 8) V::transpose8(s + k, p.ldb, d + k * NR + j8, NR);
+        }
+        for (; k < K; ++k) {
+          float* dk = d + k * NR + j8;
+          for (int r = 0; r < 8; ++r) dk[r] = r < vr ? s[r * p.ldb + k] : 0.0f;
+        }
+      }
+    } else {
+      // B is [K, N]: a k-slice of the panel is a piece of row k.
+      constexpr int L = V::kLanes;
+      for (int k = 0; k < K; ++k) {
+        const float* s = p.B + static_cast<std::ptrdiff_t>(k) * p.ldb + nbase;
+        float* dk = d + k * NR;
+        for (int j = 0; j < NR; j += L) {
+          const int n = iclamp(valid - j, 0, L);
+          V::store(dk + j, n == L ? V::load(s + j) : V::load_n(s + j, n));
+        }
+      }
+    }
+  }
+}
+
+/// Packs A[m0:m0+mb, k0:k0+kb] for the micro-tiles, rows padded with zeros to a multiple of MR.
+/// Row-major (KMajorA false): a plain copy, row stride rsa; the kernel reads MR rows as MR streams.
+/// K-major (KMajorA true): each MR-row group as kb slices of MR values (group stride MR·rsa); the
+/// kernel reads one stream with constant offsets, which keeps tall tiles (MR = 14) from running out
+/// of general-purpose registers for row addresses.
+template <class V, int MR, bool KMajorA>
+void pack_a(const Problem& p, int m0, int mb, int k0, int kb, float* dst, std::ptrdiff_t rsa) {
+  const auto row = [&](int i) { return p.A + static_cast<std::ptrdiff_t>(m0 + i) * p.lda + k0; };
+  if constexpr (!KMajorA) {
+    for (int i = 0; i < mb; ++i) std::memcpy(dst + i * rsa, row(i), sizeof(float) * static_cast<std::size_t>(kb));
+    const int padded = (mb + MR - 1) / MR * MR;
+    for (int i = mb; i < padded; ++i) std::memset(dst + i * rsa, 0, sizeof(float) * static_cast<std::size_t>(kb));
+  } else {
+    for (int r0 = 0; r0 < mb; r0 += MR) {
+      float* d = dst + static_cast<std::ptrdiff_t>(r0) * rsa;
+      const int rows = imin(MR, mb - r0);
+      int k = 0;
+      if (rows == MR && MR >= 8) {
+        // 8×8 transposes of rows [0, 8) and [MR − 8, MR) (overlapping when MR < 16).
+        for (; k + 8 <= kb; k += 8)
+          for (int i0 = 0; i0 < MR; i0 += 8) {
+            const int i = imin(i0, MR - 8);
+            V::transpose8(row(r0 + i) + k, p.lda, d + k * MR + i, MR);
+          }
+      }
+      for (int i = 0; i < MR; ++i) {
+        if (i < rows) {
+          const float* s = row(r0 + i);
+          for (int kk = k; kk < kb; ++kk) d[kk * MR + i] = s[kk];
+        } else {
+          for (int kk = k; kk < kb; ++kk) d[kk * MR + i] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
+/// One thread's share: C[m0:m1, n0:n1].
+template <class V, int MR, int NV, bool KMajorA>
+void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking& bl) {
+  constexpr int NR = NV * V::kLanes;
+  if (m0 >= m1 || n0 >= n1) return;
+  const int K = p.K;
+  // K in equal kc blocks (<= bl.kc): no short last block (K = 1025 runs as 5 × 205, not 4 × 256 + 1).
+  const int k_blocks = imax(1, (K + imax(1, bl.kc) - 1) / imax(1, bl.kc));
+  const int kc = imax(1, (K + k_blocks - 1) / k_blocks);
+  const int mc = imax(MR, bl.mc / MR * MR);
+  const int width = (n1 - n0 + NR - 1) / NR * NR;
+  const std::size_t budget_cols = bl.b_pack_floats / static_cast<std::size_t>(imax(K, 1)) / NR * NR;
+  const int nc_budget = budget_cols > (1u << 30) ? (1 << 30) : static_cast<int>(budget_cols);
+  const int nc = imin(width, imax(NR, nc_budget));
+  const std::ptrdiff_t rsa = (imin(kc, imax(K, 1)) + 15) / 16 * 16;
+  const bool multi_k = K > kc;
+  const bool save_residual = multi_k && p.ep.residual != nullptr;
+
+  Workspace& ws = workspace();
+  float* bp = ws.b.get(static_cast<std::size_t>(nc) * imax(K, 1));
+  float* ap = ws.a.get(static_cast<std::size_t>(mc) * rsa);
+  float* rs = save_residual ? ws.residual.get(static_cast<std::size_t>(mc) * nc) : nullptr;
+
+  for (int jc = n0; jc < n1; jc += nc) {
+    const int nb = imin(nc, n1 - jc);
+    pack_b<V, NR>(p, jc, nb, bp);
+    for (int ic = m0; ic < m1; ic += mc) {
+      const int mb = imin(mc, m1 - ic);
+      if (save_residual) {
+        for (int i = 0; i < mb; ++i)
+          std::memcpy(rs + static_cast<std::ptrdiff_t>(i) * nb,
+                      p.ep.residual + static_cast<std::ptrdiff_t>(ic + i) * p.ep.ldr + jc,
+                      sizeof(float) * static_cast<std::size_t>(nb));
+      }
+      int pc = 0;
+      do {
+        const int kb = imin(kc, K - pc);
+        pack_a<V, MR, KMajorA>(p, ic, mb, pc, kb, ap, rsa);
+        const bool first = pc == 0;
+        const bool last = pc + kb >= K;
+        TileEpilogue te{p.ep.alpha, p.ep.alpha != 1.0f, nullptr, p.ep.gelu, nullptr, 0};
+        for (int jr = 0; jr < nb; jr += NR) {
+          const int cols = imin(NR, nb - jr);
+          const float* bpanel =
+              bp + static_cast<std::ptrdiff_t>(jr / NR) * K * NR + static_cast<std::ptrdiff_t>(pc) * NR;
+          if (last) te.bias = p.ep.bias ? p.ep.bias + jc + jr : nullptr;
+          for (int ir = 0; ir < mb; ir += MR) {
+            const int rows = imin(MR, mb - ir);
+            float* ct = p.C + static_cast<std::ptrdiff_t>(ic + ir) * p.ldc + jc + jr;
+            if (last && p.ep.residual) {
+              if (save_residual) {
+                te.residual = rs + static_cast<std::ptrdiff_t>(ir) * nb + jr;
+                te.ldr = nb;
+              } else {
+                te.residual = p.ep.residual + static_cast<std::ptrdiff_t>(ic + ir) * p.ep.ldr + jc + jr;
+                te.ldr = p.ep.ldr;
+              }
+            }
+            // Prefetch targets: the next tile's C rows, and on the last row tile the next B panel.
+            const bool last_tile = ir + MR >= mb;
+            const float* b_next = last_tile && jr + NR < nb ? bpanel + K * NR : bpanel;
+            const float* c_next = last_tile ? ct : ct + MR * p.ldc;
+            const int next_rows = last_tile ? rows : imin(MR, mb - ir - MR);
+            micro_tile<V, MR, NV, KMajorA>(kb, ap + static_cast<std::ptrdiff_t>(ir) * rsa, rsa, bpanel, ct, p.ldc, rows,
+                                           cols, first, last ? &te : nullptr, b_next, c_next, next_rows);
+          }
+        }
+        pc += kb;
+      } while (pc < K);
+    }
+  }
+}
+
+/// Splits C over threads along N (in whole NR panels) when N is wide, else along M (whole MR tiles);
+/// never along K. threads == 1 runs on the calling thread without a parallel region.
+template <class V, int MR, int NV, bool KMajorA>
+void gemm(const Problem& p, const Blocking& bl, int threads) {
+  constexpr int NR = NV * V::kLanes;
+  if (p.M <= 0 || p.N <= 0) return;
+  const int panels_n = (p.N + NR - 1) / NR;
+  const int tiles_m = (p.M + MR - 1) / MR;
+  const bool split_n = panels_n >= 4 * threads;
+  threads = imax(1, imin(threads, split_n ? panels_n : tiles_m));
+  const auto part = [&](int t, int nt) {
+    if (split_n) {
+      const int q0 = static_cast<int>(static_cast<long long>(panels_n) * t / nt);
+      const int q1 = static_cast<int>(static_cast<long long>(panels_n) * (t + 1) / nt);
+      gemm_range<V, MR, NV, KMajorA>(p, 0, p.M, q0 * NR, imin(p.N, q1 * NR), bl);
+    } else {
+      const int q0 = static_cast<int>(static_cast<long long>(tiles_m) * t / nt);
+      const int q1 = static_cast<int>(static_cast<long long>(tiles_m) * (t + 1) / nt);
+      gemm_range<V, MR, NV, KMajorA>(p, q0 * MR, imin(p.M, q1 * MR), 0, p.N, bl);
+    }
+  };
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    part(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  part(0, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row softmax and GELU over buffers.
+
+template <class V>
+void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld) {
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  if (cols <= 0) return;
+  const R neg_inf = V::set1(-__builtin_inff());
+  for (int i = 0; i < rows; ++i) {
+    float* r = x + i * ld;
+    R mx = neg_inf;
+    int j = 0;
+    for (; j + L <= cols; j += L) mx = V::max(mx, V::load(r + j));
+    if (j < cols) {
+      const int n = cols - j;
+      mx = V::max(mx, V::select(V::lanes_below(n), V::load_n(r + j, n), neg_inf));
+    }
+    const R m = V::set1(V::hmax(mx));
+    R sum = V::zero();
+    for (j = 0; j + L <= cols; j += L) {
+      const R e = exp_v<V>(V::sub(V::load(r + j), m));
+      V::store(r + j, e);
+      sum = V::add(sum, e);
+    }
+    if (j < cols) {
+      const int n = cols - j;
+      const R e = V::select(V::lanes_below(n), exp_v<V>(V::sub(V::load_n(r + j, n), m)), V::zero());
+      V::store_n(r + j, e, n);
+      sum = V::add(sum, e);
+    }
+    const R inv = V::set1(1.0f / V::hsum(sum));
+    for (j = 0; j + L <= cols; j += L) V::store(r + j, V::mul(V::load(r + j), inv));
+    if (j < cols) V::store_n(r + j, V::mul(V::load_n(r + j, cols - j), inv), cols - j);
+  }
+}
+
+template <class V>
+void gelu_erf(float* x, std::ptrdiff_t n) {
+  constexpr int L = V::kLanes;
+  std::ptrdiff_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {  // four independent evaluations in flight
+    const typename V::R a = gelu_v<V>(V::load(x + i)), b = gelu_v<V>(V::load(x + i + L));
+    const typename V::R c = gelu_v<V>(V::load(x + i + 2 * L)), d = gelu_v<V>(V::load(x + i + 3 * L));
+    V::store(x + i, a);
+    V::store(x + i + L, b);
+    V::store(x + i + 2 * L, c);
+    V::store(x + i + 3 * L, d);
+  }
+  for (; i + L <= n; i += L) V::store(x + i, gelu_v<V>(V::load(x + i)));
+  if (i < n) {
+    const int k = static_cast<int>(n - i);
+    V::store_n(x + i, gelu_v<V>(V::load_n(x + i, k)), k);
+  }
+}
+
+}  // namespace
+}  // namespace vitmsn::detail::blocked

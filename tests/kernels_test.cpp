@@ -1,0 +1,600 @@
+// The compute kernels: every vectorised GEMM variant against the portable (Eigen) one over edge
+// shapes, strides, both B layouts and every epilogue; bit-identity across thread counts; the
+// vectorised GELU and softmax against scalar references. Variants the CPU lacks are skipped.
+#include "kernels.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gemm_blocked.hpp"
+
+namespace vitmsn::detail {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Problems.
+
+struct Shape {
+  int M, N, K;
+  int lda_pad, ldb_pad, ldc_pad;  // leading dimension = width + pad
+};
+
+std::string describe(const Shape& s, bool b_trans) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "M=%d N=%d K=%d lda+%d ldb+%d ldc+%d %s", s.M, s.N, s.K, s.lda_pad, s.ldb_pad,
+                s.ldc_pad, b_trans ? "B[N,K]" : "B[K,N]");
+  return buf;
+}
+
+// Edges of the 6×16 (AVX2) and 14×32 (AVX-512) tiles, several kc blocks, the model's own shapes in
+// small (hidden 64) and the attention shapes at full size with their strides inside a QKV buffer.
+const std::vector<Shape>& shapes() {
+  static const std::vector<Shape> s = {
+      {1, 5, 64, 0, 0, 0},      {1, 1, 1, 0, 0, 0},      {3, 7, 5, 2, 3, 1},      {6, 16, 8, 0, 0, 0},
+      {7, 17, 33, 5, 7, 9},     {14, 32, 128, 0, 0, 0},  {15, 33, 129, 1, 1, 1},  {29, 65, 300, 4, 0, 3},
+      {65, 192, 64, 128, 0, 0}, {50, 40, 1030, 0, 2, 0}, {200, 300, 64, 0, 0, 0}, {33, 47, 520, 3, 5, 7},
+  };
+  return s;
+}
+
+struct Data {
+  Shape s;
+  bool b_trans;
+  std::ptrdiff_t lda, ldb, ldc;
+  std::vector<float> A, B, bias, residual;
+};
+
+Data make_data(const Shape& s, bool b_trans, unsigned seed) {
+  Data d{s, b_trans, s.K + s.lda_pad, (b_trans ? s.K : s.N) + s.ldb_pad, s.N + s.ldc_pad, {}, {}, {}, {}};
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  d.A.resize(static_cast<std::size_t>(s.M) * d.lda);
+  d.B.resize(static_cast<std::size_t>(b_trans ? s.N : s.K) * d.ldb);
+  d.bias.resize(static_cast<std::size_t>(s.N));
+  d.residual.resize(static_cast<std::size_t>(s.M) * d.ldc);
+  for (auto* v : {&d.A, &d.B, &d.bias, &d.residual})
+    for (float& x : *v) x = u(rng);
+  return d;
+}
+
+// Σ_k |a_ik · op(b)_kj|, the scale of the rounding error of element (i, j).
+std::vector<double> abs_product(const Data& d) {
+  const Shape& s = d.s;
+  std::vector<double> out(static_cast<std::size_t>(s.M) * s.N, 0.0);
+  for (int i = 0; i < s.M; ++i)
+    for (int j = 0; j < s.N; ++j) {
+      double acc = 0.0;
+      for (int k = 0; k < s.K; ++k) {
+        const float b = d.b_trans ? d.B[j * d.ldb + k] : d.B[k * d.ldb + j];
+        acc += std::fabs(static_cast<double>(d.A[i * d.lda + k]) * b);
+      }
+      out[static_cast<std::size_t>(i) * s.N + j] = acc;
+    }
+  return out;
+}
+
+struct EpilogueCase {
+  float alpha;
+  bool bias, gelu;
+  int residual;  // 0 none, 1 separate buffer, 2 in place (residual == C)
+};
+
+std::string describe(const EpilogueCase& e) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "alpha=%g bias=%d gelu=%d residual=%s", e.alpha, e.bias, e.gelu,
+                e.residual == 0 ? "none" : (e.residual == 1 ? "separate" : "in-place"));
+  return buf;
+}
+
+std::vector<EpilogueCase> all_epilogues() {
+  std::vector<EpilogueCase> v;
+  for (float alpha : {1.0f, 0.125f})
+    for (bool bias : {false, true})
+      for (bool gelu : {false, true})
+        for (int residual : {0, 1, 2}) v.push_back({alpha, bias, gelu, residual});
+  return v;
+}
+
+// Runs one GEMM; C starts as the residual (in place) or as a canary that must be overwritten. Elements
+// of C's padding must survive.
+std::vector<float> run(Isa isa, const Data& d, const EpilogueCase& e, int threads) {
+  const Shape& s = d.s;
+  std::vector<float> C(static_cast<std::size_t>(s.M) * d.ldc, 12345.0f);
+  Epilogue ep;
+  ep.alpha = e.alpha;
+  ep.bias = e.bias ? d.bias.data() : nullptr;
+  ep.gelu = e.gelu;
+  if (e.residual == 1) {
+    ep.residual = d.residual.data();
+    ep.ldr = d.ldc;
+  } else if (e.residual == 2) {
+    for (int i = 0; i < s.M; ++i)
+      std::memcpy(&C[i * d.ldc], &d.residual[i * d.ldc], sizeof(float) * static_cast<std::size_t>(s.N));
+    ep.residual = C.data();
+    ep.ldr = d.ldc;
+  }
+  gemm(isa, s.M, s.N, s.K, d.A.data(), d.lda, d.B.data(), d.ldb, d.b_trans, C.data(), d.ldc, ep, threads);
+  return C;
+}
+
+// Tolerance of one element against the portable result: both sum K products in float in different
+// orders, so each is within ~sqrt(K)·u·Σ|a·b| of the truth in practice (K·u in the worst case); GELU
+// (slope <= 1.13) and the bias/residual additions add a few ulps of their operands.
+constexpr double kProductTol = 4e-7;  // × sqrt(K + 1) × |alpha| × Σ|a·b|
+constexpr double kOperandTol = 4e-7;  // × (|bias| + |residual| + |result|)
+
+struct Comparison {
+  double max_abs = 0.0, max_ratio = 0.0;
+  std::string worst;
+};
+
+Comparison compare(const Data& d, const EpilogueCase& e, const std::vector<float>& got, const std::vector<float>& want,
+                   const std::vector<double>& absprod) {
+  const Shape& s = d.s;
+  Comparison c;
+  for (int i = 0; i < s.M; ++i) {
+    for (int j = 0; j < s.N; ++j) {
+      const double g = got[i * d.ldc + j], w = want[i * d.ldc + j];
+      const double tol = kProductTol * std::sqrt(s.K + 1.0) * std::fabs(e.alpha) *
+                             absprod[static_cast<std::size_t>(i) * s.N + j] * (e.gelu ? 1.2 : 1.0) +
+                         kOperandTol * ((e.bias ? std::fabs(d.bias[j]) : 0.0) +
+                                        (e.residual ? std::fabs(d.residual[i * d.ldc + j]) : 0.0) + std::fabs(w)) +
+                         1e-30;
+      const double diff = std::fabs(g - w);
+      if (!(diff <= c.max_abs)) c.max_abs = std::isnan(diff) ? 1e30 : diff;
+      const double ratio = std::isnan(diff) ? 1e30 : diff / tol;
+      if (ratio > c.max_ratio) {
+        c.max_ratio = ratio;
+        c.worst = "at (" + std::to_string(i) + ", " + std::to_string(j) + "): got " + std::to_string(g) +
+                  ", portable " + std::to_string(w);
+      }
+    }
+    for (std::ptrdiff_t j = s.N; j < d.ldc; ++j)
+      if (got[i * d.ldc + j] != 12345.0f && e.residual != 2) {
+        c.max_ratio = 1e30;
+        c.worst = "wrote into C's padding at row " + std::to_string(i);
+      }
+  }
+  return c;
+}
+
+void expect_matches_portable(Isa isa, const Shape& s, bool b_trans, const std::vector<EpilogueCase>& epilogues,
+                             int threads, double* worst_abs, double* worst_ratio) {
+  const Data d = make_data(s, b_trans, 1234u + static_cast<unsigned>(s.M * 31 + s.N * 7 + s.K));
+  const std::vector<double> absprod = abs_product(d);
+  for (const EpilogueCase& e : epilogues) {
+    const std::vector<float> want = run(Isa::kPortable, d, e, 1);
+    const std::vector<float> got = run(isa, d, e, threads);
+    const Comparison c = compare(d, e, got, want, absprod);
+    *worst_abs = std::max(*worst_abs, c.max_abs);
+    *worst_ratio = std::max(*worst_ratio, c.max_ratio);
+    EXPECT_LE(c.max_ratio, 1.0) << isa_name(isa) << " " << describe(s, b_trans) << " " << describe(e) << ": max |diff| "
+                                << c.max_abs << ", " << c.max_ratio << " × tolerance " << c.worst;
+  }
+}
+
+void check_variant_against_portable(Isa isa) {
+  double worst_abs = 0.0, worst_ratio = 0.0;
+  for (const Shape& s : shapes())
+    for (bool b_trans : {true, false})
+      expect_matches_portable(isa, s, b_trans, all_epilogues(), 1, &worst_abs, &worst_ratio);
+  // The attention shapes at full size, inside a QKV buffer (row stride 3·1024).
+  const std::vector<EpilogueCase> some = {{0.125f, false, false, 0}, {1.0f, true, true, 2}};
+  expect_matches_portable(isa, {1025, 1025, 64, 3072 - 64, 3072 - 64, 0}, true, some, 2, &worst_abs, &worst_ratio);
+  expect_matches_portable(isa, {1025, 64, 1025, 0, 3072 - 64, 0}, false, some, 2, &worst_abs, &worst_ratio);
+  std::printf(
+      "[ %s vs portable ] max |diff| %.3g, max %.3f × tolerance (%.0e·sqrt(K+1)·|alpha|·Σ|a·b|"
+      " + %.0e·(|bias|+|residual|+|C|))\n",
+      isa_name(isa), worst_abs, worst_ratio, kProductTol, kOperandTol);
+}
+
+#define SKIP_UNLESS_AVAILABLE(isa)                                           \
+  if (!isa_available(isa))                                                   \
+  GTEST_SKIP() << isa_name(isa)                                              \
+               << " is not available here (not compiled in, or this CPU/OS " \
+                  "lacks it)"
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(Kernels, PortableIsAlwaysAvailableAndDetectedIsAvailable) {
+  EXPECT_TRUE(isa_available(Isa::kPortable));
+  EXPECT_TRUE(isa_available(detected_isa()));
+  EXPECT_STREQ(isa_name(Isa::kPortable), "portable");
+  EXPECT_STREQ(isa_name(Isa::kAvx2), "avx2");
+  EXPECT_STREQ(isa_name(Isa::kAvx512), "avx512");
+  std::printf("[ detected ] %s\n", isa_name(detected_isa()));
+}
+
+TEST(Kernels, DefaultThreadsCountsUsableCpus) { EXPECT_GE(default_threads(), 1); }
+
+TEST(Kernels, FmaPeakMeasurementGivesAPositiveRate) {
+  const double one = measure_fma_peak_gflops(1, 0.05);
+  EXPECT_GT(one, 0.1);
+  std::printf("[ fma peak ] 1 thread: %.1f GFLOP/s (50 ms run)\n", one);
+}
+
+TEST(GemmAvx2, MatchesPortableOnEdgeShapesStridesLayoutsAndEpilogues) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
+  check_variant_against_portable(Isa::kAvx2);
+}
+
+TEST(GemmAvx512, MatchesPortableOnEdgeShapesStridesLayoutsAndEpilogues) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
+  check_variant_against_portable(Isa::kAvx512);
+}
+
+TEST(Gemm, UnavailableVariantFallsBackToAnAvailableOne) {
+  // Asking for a variant the CPU lacks must still compute the product.
+  const Data d = make_data({9, 20, 30, 0, 0, 0}, true, 7u);
+  const EpilogueCase e{1.0f, true, false, 0};
+  const std::vector<float> want = run(Isa::kPortable, d, e, 1);
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    double worst_abs = 0.0, worst_ratio = 0.0;
+    const std::vector<double> absprod = abs_product(d);
+    const Comparison c = compare(d, e, run(isa, d, e, 1), want, absprod);
+    worst_ratio = c.max_ratio;
+    worst_abs = c.max_abs;
+    EXPECT_LE(worst_ratio, 1.0) << isa_name(isa) << ": " << worst_abs;
+  }
+}
+
+TEST(Gemm, ResultsAreBitIdenticalForOneTwoAndThreeThreads) {
+  const std::vector<Shape> cases = {
+      {1025, 1024, 96, 0, 0, 0}, {300, 3072, 64, 0, 0, 0}, {257, 64, 520, 0, 3072 - 64, 0},
+      {61, 200, 300, 5, 3, 2},   {13, 1025, 64, 0, 0, 0},
+  };
+  const EpilogueCase e{0.5f, true, true, 2};
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_available(isa)) continue;
+    for (const Shape& s : cases) {
+      for (bool b_trans : {true, false}) {
+        const Data d = make_data(s, b_trans, 99u);
+        const std::vector<float> one = run(isa, d, e, 1);
+        for (int threads : {2, 3}) {
+          const std::vector<float> many = run(isa, d, e, threads);
+          EXPECT_EQ(0, std::memcmp(one.data(), many.data(), one.size() * sizeof(float)))
+              << isa_name(isa) << " " << describe(s, b_trans) << ": " << threads << " threads differ from 1";
+        }
+      }
+    }
+  }
+}
+
+TEST(Gemm, InPlaceResidualIsReadBeforeCIsOverwrittenAcrossKBlocks) {
+  // K = 4096 spans many kc blocks; C holds partial sums in between, residual == C must still work.
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_available(isa)) continue;
+    const Data d = make_data({40, 70, 4096, 0, 0, 0}, true, 5u);
+    const EpilogueCase in_place{1.0f, true, false, 2}, separate{1.0f, true, false, 1};
+    const std::vector<float> a = run(isa, d, in_place, 2), b = run(isa, d, separate, 2);
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << isa_name(isa);
+  }
+}
+
+TEST(Gemm, EmptyProblemsLeaveCUntouchedAndKZeroGivesTheEpilogueOfZero) {
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_available(isa)) continue;
+    std::vector<float> C(12, 7.0f);
+    const float A[1] = {1.0f}, B[1] = {1.0f}, bias[4] = {1.0f, -2.0f, 3.0f, 0.5f};
+    gemm(isa, 0, 4, 3, A, 3, B, 3, true, C.data(), 4, Epilogue{}, 2);
+    gemm(isa, 3, 0, 3, A, 3, B, 3, true, C.data(), 4, Epilogue{}, 2);
+    for (float c : C) EXPECT_EQ(c, 7.0f) << isa_name(isa);
+    Epilogue ep;
+    ep.bias = bias;
+    gemm(isa, 3, 4, 0, A, 1, B, 1, true, C.data(), 4, ep, 1);
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 4; ++j) EXPECT_EQ(C[i * 4 + j], bias[j]) << isa_name(isa);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared blocked GEMM with the AVX-512 geometry (16 lanes, 14×32 tiles, kc = 128), run through
+// plain C++ lanes: checks the tiling, packing and edge logic of the AVX-512 build on any CPU.
+
+template <int N>
+struct ScalarLanes {
+  struct R {
+    float v[N];
+  };
+  struct M {
+    bool v[N];
+  };
+  static constexpr int kLanes = N;
+  template <class F>
+  static R map(F f) {
+    R r;
+    for (int i = 0; i < N; ++i) r.v[i] = f(i);
+    return r;
+  }
+  static R zero() {
+    return map([](int) { return 0.0f; });
+  }
+  static R set1(float x) {
+    return map([x](int) { return x; });
+  }
+  static R load(const float* p) {
+    return map([p](int i) { return p[i]; });
+  }
+  static void store(float* p, R v) {
+    for (int i = 0; i < N; ++i) p[i] = v.v[i];
+  }
+  static R load_n(const float* p, int n) {
+    return map([p, n](int i) { return i < n ? p[i] : 0.0f; });
+  }
+  static void store_n(float* p, R v, int n) {
+    for (int i = 0; i < n; ++i) p[i] = v.v[i];
+  }
+  static M lanes_below(int n) {
+    M m;
+    for (int i = 0; i < N; ++i) m.v[i] = i < n;
+    return m;
+  }
+  static R bcast(const float* p) { return set1(*p); }
+  static R fma(R a, R b, R c) {
+    return map([&](int i) { return std::fma(a.v[i], b.v[i], c.v[i]); });
+  }
+  static R fnma(R a, R b, R c) {
+    return map([&](int i) { return std::fma(-a.v[i], b.v[i], c.v[i]); });
+  }
+  static R add(R a, R b) {
+    return map([&](int i) { return a.v[i] + b.v[i]; });
+  }
+  static R sub(R a, R b) {
+    return map([&](int i) { return a.v[i] - b.v[i]; });
+  }
+  static R mul(R a, R b) {
+    return map([&](int i) { return a.v[i] * b.v[i]; });
+  }
+  static R min(R a, R b) {
+    return map([&](int i) { return a.v[i] < b.v[i] ? a.v[i] : b.v[i]; });
+  }
+  static R max(R a, R b) {
+    return map([&](int i) { return a.v[i] > b.v[i] ? a.v[i] : b.v[i]; });
+  }
+  static R abs(R x) {
+    return map([&](int i) { return std::fabs(x.v[i]); });
+  }
+  static R sign_of(R x) {
+    return map([&](int i) { return std::signbit(x.v[i]) ? -0.0f : 0.0f; });
+  }
+  static R or_bits(R a, R b) {
+    return map([&](int i) { return std::signbit(b.v[i]) ? -std::fabs(a.v[i]) : a.v[i]; });
+  }
+  static M lt(R a, R b) {
+    M m;
+    for (int i = 0; i < N; ++i) m.v[i] = a.v[i] < b.v[i];
+    return m;
+  }
+  static R select(M m, R a, R b) {
+    return map([&](int i) { return m.v[i] ? a.v[i] : b.v[i]; });
+  }
+  static R round(R x) {
+    return map([&](int i) { return std::nearbyint(x.v[i]); });
+  }
+  static R pow2(R n) {
+    return map([&](int i) { return std::ldexp(1.0f, static_cast<int>(n.v[i])); });
+  }
+  static float hmax(R v) {
+    float m = v.v[0];
+    for (int i = 1; i < N; ++i) m = v.v[i] > m ? v.v[i] : m;
+    return m;
+  }
+  static float hsum(R v) {
+    float s = 0.0f;
+    for (int i = 0; i < N; ++i) s += v.v[i];
+    return s;
+  }
+  static void transpose8(const float* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
+    for (int r = 0; r < 8; ++r)
+      for (int c = 0; c < 8; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+};
+
+TEST(GemmBlocked, AvxFiveTwelveTilingThroughPlainLanesMatchesPortable) {
+  using V = ScalarLanes<16>;
+  const blocked::Blocking bl{128, 28, std::size_t{1} << 14};  // small mc, nc: many blocks
+  double worst_abs = 0.0, worst_ratio = 0.0;
+  // Each epilogue feature, and all of them at once with the residual in place.
+  const std::vector<EpilogueCase> epilogues = {{1.0f, false, false, 0},
+                                               {0.125f, true, false, 1},
+                                               {1.0f, false, true, 0},
+                                               {1.0f, false, false, 2},
+                                               {0.5f, true, true, 2}};
+  for (const Shape& s : shapes()) {
+    for (bool b_trans : {true, false}) {
+      const Data d = make_data(s, b_trans, 4321u + static_cast<unsigned>(s.K));
+      const std::vector<double> absprod = abs_product(d);
+      for (const EpilogueCase& e : epilogues) {
+        const std::vector<float> want = run(Isa::kPortable, d, e, 1);
+        std::vector<float> got(static_cast<std::size_t>(s.M) * d.ldc, 12345.0f);
+        Epilogue ep;
+        ep.alpha = e.alpha;
+        ep.bias = e.bias ? d.bias.data() : nullptr;
+        ep.gelu = e.gelu;
+        if (e.residual == 1) {
+          ep.residual = d.residual.data();
+          ep.ldr = d.ldc;
+        } else if (e.residual == 2) {
+          for (int i = 0; i < s.M; ++i)
+            std::memcpy(&got[i * d.ldc], &d.residual[i * d.ldc], sizeof(float) * static_cast<std::size_t>(s.N));
+          ep.residual = got.data();
+          ep.ldr = d.ldc;
+        }
+        const blocked::Problem p{s.M, s.N, s.K, d.A.data(), d.lda, d.B.data(), d.ldb, b_trans, got.data(), d.ldc, ep};
+        blocked::gemm<V, 14, 2, true>(p, bl, 1);
+        const Comparison c = compare(d, e, got, want, absprod);
+        worst_abs = std::max(worst_abs, c.max_abs);
+        worst_ratio = std::max(worst_ratio, c.max_ratio);
+        EXPECT_LE(c.max_ratio, 1.0) << describe(s, b_trans) << " " << describe(e) << ": max |diff| " << c.max_abs << " "
+                                    << c.worst;
+      }
+    }
+  }
+  std::printf("[ 14x32 tiling, plain lanes, vs portable ] max |diff| %.3g, max %.3f × tolerance\n", worst_abs,
+              worst_ratio);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU and softmax.
+
+float gelu_reference(float x) { return x * 0.5f * (1.0f + std::erf(x * 0.70710678118654752440f)); }
+double gelu_exact(double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); }
+
+// Dense grid over [-12, 12] plus the values where the erf approximation switches pieces.
+std::vector<float> gelu_inputs() {
+  std::vector<float> x;
+  for (int i = -1200000; i <= 1200000; ++i) x.push_back(static_cast<float>(i) * 1e-5f);
+  for (float b : {0.875f * 1.41421356f, 3.9f * 1.41421356f}) {
+    float v = b;
+    for (int i = 0; i < 64; ++i) {
+      x.push_back(v);
+      x.push_back(-v);
+      v = std::nextafter(v, 0.0f);
+    }
+  }
+  for (float v : {0.0f, -0.0f, 1e-30f, -1e-30f, 30.0f, -30.0f, 1e20f, -1e20f}) x.push_back(v);
+  return x;
+}
+
+// GELU tolerance: 1e-6 relative, plus what the float formula itself cannot resolve: left of zero
+// 1 + erf cancels, and one ulp of erf near -1 (2^-24) becomes |x|/2 · 2^-24 in the result. So
+// |y − ref| <= 1e-6·|ref| + 2^-24·|x| (two such ulps). Reported: the largest |y − ref| / that bound,
+// the largest relative error where the formula has no cancellation (x >= -1), and the largest
+// |y − ref| / |x| anywhere.
+constexpr double kGeluRel = 1e-6;
+constexpr double kGeluErfUlp = 5.9604644775390625e-8;  // 2^-24
+
+struct GeluErrors {
+  double worst_ratio = 0.0, rel_no_cancel = 0.0, abs_over_x = 0.0;
+  float worst_x = 0.0f;
+  void add(float x, double y, double ref) {
+    const double diff = std::fabs(y - ref);
+    const double ratio = diff / (kGeluRel * std::fabs(ref) + kGeluErfUlp * std::fabs(x) + 1e-45);
+    if (ratio > worst_ratio) {
+      worst_ratio = ratio;
+      worst_x = x;
+    }
+    if (x >= -1.0f && ref != 0.0) rel_no_cancel = std::max(rel_no_cancel, diff / std::fabs(ref));
+    if (x != 0.0f) abs_over_x = std::max(abs_over_x, diff / std::fabs(x));
+  }
+};
+
+void check_gelu(Isa isa) {
+  std::vector<float> x = gelu_inputs();
+  std::vector<float> y = x;
+  gelu_erf(isa, y.data(), static_cast<std::ptrdiff_t>(y.size()));
+  GeluErrors vs_float, vs_exact, formula_vs_exact;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    vs_float.add(x[i], y[i], gelu_reference(x[i]));
+    vs_exact.add(x[i], y[i], gelu_exact(x[i]));
+    formula_vs_exact.add(x[i], gelu_reference(x[i]), gelu_exact(x[i]));
+  }
+  const auto show = [](const char* what, const GeluErrors& e) {
+    std::printf(
+        "    %-28s max %.3f × tolerance (at x=%g); relative error for x >= -1: %.3g; "
+        "max |diff|/|x|: %.3g\n",
+        what, e.worst_ratio, e.worst_x, e.rel_no_cancel, e.abs_over_x);
+  };
+  std::printf("[ %s gelu ] %zu inputs in [-12, 12] and edges; tolerance 1e-6·|ref| + 2^-24·|x|\n", isa_name(isa),
+              x.size());
+  show("vs float std::erf formula:", vs_float);
+  show("vs exact (double):", vs_exact);
+  show("(float formula vs exact:)", formula_vs_exact);
+  EXPECT_LE(vs_float.worst_ratio, 1.0) << isa_name(isa) << " worst at x = " << vs_float.worst_x;
+  EXPECT_LE(vs_exact.worst_ratio, 1.0) << isa_name(isa) << " worst at x = " << vs_exact.worst_x;
+  // Zero and the saturated ends are exact.
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (x[i] == 0.0f || std::fabs(x[i]) >= 30.0f) EXPECT_EQ(y[i], gelu_reference(x[i])) << x[i];
+}
+
+TEST(KernelsGelu, PortableMatchesTheErfFormula) { check_gelu(Isa::kPortable); }
+TEST(KernelsGelu, Avx2MatchesTheErfFormula) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
+  check_gelu(Isa::kAvx2);
+}
+TEST(KernelsGelu, Avx512MatchesTheErfFormula) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
+  check_gelu(Isa::kAvx512);
+}
+
+TEST(KernelsGelu, HandlesLengthsThatAreNotAMultipleOfTheVectorWidth) {
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_available(isa)) continue;
+    for (int n : {0, 1, 7, 15, 17, 33}) {
+      std::vector<float> x(static_cast<std::size_t>(n) + 1, 0.0f);
+      for (int i = 0; i < n; ++i) x[i] = 0.37f * static_cast<float>(i) - 3.0f;
+      x[n] = 123.0f;  // sentinel past the end
+      gelu_erf(isa, x.data(), n);
+      for (int i = 0; i < n; ++i) EXPECT_NEAR(x[i], gelu_reference(0.37f * static_cast<float>(i) - 3.0f), 1e-6) << n;
+      EXPECT_EQ(x[n], 123.0f) << isa_name(isa) << " wrote past n = " << n;
+    }
+  }
+}
+
+// Softmax against the portable float path and against a double-precision softmax of the same float
+// differences x − max (that subtraction rounds alike in every variant: |x − max|·2^-24 absolute).
+// Float sums of a thousand terms differ from each other by ~1e-6 relative just through their order,
+// so the bound is 2e-6 against the portable path and 1e-6 against the exact one.
+void check_softmax(Isa isa) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 4.0f);
+  double vs_portable = 0.0, vs_exact = 0.0, worst_sum = 0.0;
+  for (int cols : {1, 2, 7, 8, 9, 16, 17, 31, 64, 100, 1025}) {
+    const int rows = 5;
+    const std::ptrdiff_t ld = cols + 3;
+    std::vector<float> x(static_cast<std::size_t>(rows) * ld);
+    for (float& v : x) v = nd(rng);
+    x[0] = -1e30f;  // a value whose exponential underflows
+    if (cols > 2) x[ld + 1] = 80.0f;
+    std::vector<float> ref = x, got = x;
+    softmax_rows(Isa::kPortable, ref.data(), rows, cols, ld);
+    softmax_rows(isa, got.data(), rows, cols, ld);
+    for (int i = 0; i < rows; ++i) {
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int j = 0; j < cols; ++j) mx = std::max(mx, x[i * ld + j]);
+      const auto shifted = [&](int j) { return static_cast<double>(x[i * ld + j] - mx); };
+      double total = 0.0;
+      for (int j = 0; j < cols; ++j) total += std::exp(shifted(j));
+      double sum = 0.0;
+      for (int j = 0; j < cols; ++j) {
+        const double r = ref[i * ld + j], g = got[i * ld + j];
+        const double exact = std::exp(shifted(j)) / total;
+        if (exact >= 1e-37) {  // below, float exp flushes (no subnormal results)
+          vs_portable = std::max(vs_portable, std::fabs(g - r) / r);
+          vs_exact = std::max(vs_exact, std::fabs(g - exact) / exact);
+        } else {
+          EXPECT_LT(g, 1e-37);
+        }
+        sum += g;
+      }
+      worst_sum = std::max(worst_sum, std::fabs(sum - 1.0));
+      for (std::ptrdiff_t j = cols; j < ld; ++j) EXPECT_EQ(got[i * ld + j], x[i * ld + j]) << "padding";
+    }
+  }
+  std::printf(
+      "[ %s softmax ] max relative error %.3g vs portable (std::exp, float sum), %.3g vs "
+      "exact (outputs >= 1e-37); max |row sum - 1| %.3g\n",
+      isa_name(isa), vs_portable, vs_exact, worst_sum);
+  EXPECT_LE(vs_portable, 2e-6);
+  EXPECT_LE(vs_exact, 1e-6);
+  EXPECT_LE(worst_sum, 1e-6);
+}
+
+TEST(KernelsSoftmax, Avx2MatchesTheScalarReference) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
+  check_softmax(Isa::kAvx2);
+}
+TEST(KernelsSoftmax, Avx512MatchesTheScalarReference) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
+  check_softmax(Isa::kAvx512);
+}
+
+}  // namespace
+}  // namespace vitmsn::detail
