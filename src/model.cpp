@@ -145,13 +145,13 @@ void forward(const Model::Impl& m, const std::vector<const PixelValues*>& images
     sw.lap(&StageTimes::qkv);
     // ctx = concat_heads(softmax(q·kᵀ·d^-½)·v), per image
     const bool keep_cls = wants(want_attn, l);
-    if (keep_cls) cls_rows.assign(static_cast<std::size_t>(heads) * N, 0.0f);
-    for (int b = 0; b < B; ++b) {
-      const std::ptrdiff_t off = static_cast<std::ptrdiff_t>(b) * N;
-      detail::attention(isa, qkv.data() + off * ld3, ld3, N, heads, hd, 1.0f / std::sqrt(static_cast<float>(hd)),
-                        ctx + off * D, D, scratch.data(), keep_cls ? cls_rows.data() : nullptr, threads);
-      if (keep_cls) out[b].cls_attention[l] = Eigen::Map<const Matrix>(cls_rows.data(), heads, N);
-    }
+    if (keep_cls) cls_rows.assign(static_cast<std::size_t>(B) * heads * N, 0.0f);
+    detail::attention(isa, qkv.data(), ld3, B, N, heads, hd, 1.0f / std::sqrt(static_cast<float>(hd)), ctx, D,
+                      scratch.data(), keep_cls ? cls_rows.data() : nullptr, threads);
+    if (keep_cls)
+      for (int b = 0; b < B; ++b)
+        out[b].cls_attention[l] =
+            Eigen::Map<const Matrix>(cls_rows.data() + static_cast<std::ptrdiff_t>(b) * heads * N, heads, N);
     sw.lap(&StageTimes::attention);
     // x = x + ctx·Woᵀ + bo
     {

@@ -115,11 +115,11 @@ std::size_t attention_scratch_floats(int tokens, int threads) {
   return static_cast<std::size_t>(std::max(1, threads)) * kQueryBlock * static_cast<std::size_t>(tokens);
 }
 
-void attention(Isa isa, const float* qkv, std::ptrdiff_t ld_qkv, int tokens, int heads, int head_dim,
-               float scale, float* ctx, std::ptrdiff_t ld_ctx, float* scratch, float* cls_row, int threads) {
+void attention(Isa isa, const float* qkv_all, std::ptrdiff_t ld_qkv, int images, int tokens, int heads, int head_dim,
+               float scale, float* ctx_all, std::ptrdiff_t ld_ctx, float* scratch, float* cls_all, int threads) {
   const int D = heads * head_dim;
   const int blocks = (tokens + kQueryBlock - 1) / kQueryBlock;
-  const int tasks = heads * blocks;
+  const int tasks = images * heads * blocks;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
 #endif
@@ -129,7 +129,10 @@ void attention(Isa isa, const float* qkv, std::ptrdiff_t ld_qkv, int tokens, int
 #else
     const int tid = 0;
 #endif
-    const int h = task / blocks, blk = task % blocks;
+    const int image = task / (heads * blocks), h = task / blocks % heads, blk = task % blocks;
+    const float* qkv = qkv_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_qkv;
+    float* ctx = ctx_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_ctx;
+    float* cls_row = cls_all ? cls_all + static_cast<std::ptrdiff_t>(image) * heads * tokens : nullptr;
     const int r0 = blk * kQueryBlock, rows = std::min(kQueryBlock, tokens - r0);
     float* s = scratch + static_cast<std::ptrdiff_t>(tid) * kQueryBlock * tokens;
     const float* q = qkv + r0 * ld_qkv + h * head_dim;

@@ -22,12 +22,14 @@ void extract_patches(const float* pixels, int channels, int height, int width, i
 /// precision internally.
 void interpolate_bicubic(const float* src, int src_h, int src_w, int dim, int dst_h, int dst_w, float* dst);
 
-/// Multi-head self-attention core for one image: qkv is [N, 3·D] (q | k | v, head h in columns
-/// h·hd…(h+1)·hd of each part, leading dimension ld_qkv); ctx [N, D] (ld_ctx) receives
-/// concat_h softmax(q_h·k_hᵀ·scale)·v_h. Scores are computed a block of query rows at a time per head
-/// (never all heads' N×N at once), in `scratch` of attention_scratch_floats(N, threads) floats.
-/// cls_row (optional, [heads, N]) receives each head's softmax row of query 0.
-void attention(Isa isa, const float* qkv, std::ptrdiff_t ld_qkv, int tokens, int heads, int head_dim,
+/// Multi-head self-attention core for `images` images of N tokens stored one after the other: image
+/// b's qkv is rows b·N… of qkv [images·N, 3·D] (q | k | v, head h in columns h·hd…(h+1)·hd of each
+/// part, leading dimension ld_qkv); its ctx rows b·N… of ctx [images·N, D] (ld_ctx) receive
+/// concat_h softmax(q_h·k_hᵀ·scale)·v_h. Scores are computed a block of query rows at a time per
+/// (image, head) task — never all heads' N×N at once — in `scratch` of
+/// attention_scratch_floats(N, threads) floats; all tasks of all images share one parallel region.
+/// cls_row (optional, [images, heads, N]) receives each head's softmax row of query 0.
+void attention(Isa isa, const float* qkv, std::ptrdiff_t ld_qkv, int images, int tokens, int heads, int head_dim,
                float scale, float* ctx, std::ptrdiff_t ld_ctx, float* scratch, float* cls_row, int threads);
 
 /// Floats of scratch attention() needs for `tokens` tokens on `threads` threads.
