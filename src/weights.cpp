@@ -54,6 +54,16 @@ constexpr LayerKey kLayerKeys[] = {
 std::vector<std::pair<std::string, std::vector<std::int64_t>>> encoder_tensors(const Config& c,
                                                                                 const std::string& p) {
   const std::int64_t D = c.hidden_size, F = c.intermediate_size, P = c.patch_size, C = c.num_channels;
+  auto dims = [&](Shape s) -> std::vector<std::int64_t> {
+    switch (s) {
+      case Shape::kDD: return {D, D};
+      case Shape::kFD: return {F, D};
+      case Shape::kDF: return {D, F};
+      case Shape::kD: return {D};
+      case Shape::kF: return {F};
+    }
+    return {};
+  };
   std::vector<std::pair<std::string, std::vector<std::int64_t>>> out = {
       {cls_token(p), {1, 1, D}},
       {position_embeddings(p), {1, c.num_tokens(), D}},
@@ -63,15 +73,7 @@ std::vector<std::pair<std::string, std::vector<std::int64_t>>> encoder_tensors(c
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     for (const auto& k : kLayerKeys) {
       if (k.qkv_bias && !c.qkv_bias) continue;
-      std::vector<std::int64_t> shape;
-      switch (k.shape) {
-        case Shape::kDD: shape = {D, D}; break;
-        case Shape::kFD: shape = {F, D}; break;
-        case Shape::kDF: shape = {D, F}; break;
-        case Shape::kD: shape = {D}; break;
-        case Shape::kF: shape = {F}; break;
-      }
-      out.emplace_back(layer(p, i, k.name), shape);
+      out.emplace_back(layer(p, i, k.name), dims(k.shape));
     }
   }
   out.push_back({final_norm_weight(p), {D}});
