@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstring>
 #include <cstdlib>
 #include <cstdio>
@@ -428,6 +429,25 @@ TEST(ExtractProgram, InterruptedRunLeavesNoPartialOutputAndSaysWhatWasDone) {
   EXPECT_FALSE(exists(dir + "/f.safetensors"));
   // No temporary files left behind either.
   EXPECT_EQ(std::system(("ls " + dir + " | grep -q tmp").c_str()) == 0, false);
+}
+
+TEST(WeightsScript, FailsFastAndClearlyWhenTheHubIsUnreachable) {
+  const std::string script = std::string(VITMSN_TEST_DATA_DIR) + "/../../weights/fetch_vit_msn_large_7.sh";
+  // Port 9 on loopback: nothing listens, the connection is refused at once (no outside traffic).
+  const std::string cmd = "HF_ENDPOINT=http://127.0.0.1:9 bash " + script + " --convert " +
+                          std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-convert 2>&1";
+  const auto t0 = std::chrono::steady_clock::now();
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  std::array<char, 4096> buf;
+  while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
+  const int st = pclose(p);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(WIFEXITED(st) ? WEXITSTATUS(st) : -1, 1) << out;
+  EXPECT_NE(out.find("error: cannot reach http://127.0.0.1:9"), std::string::npos) << out;
+  EXPECT_NE(out.find("resolve/main/config.json"), std::string::npos) << out;
+  EXPECT_LT(seconds, 30.0);
 }
 
 }  // namespace

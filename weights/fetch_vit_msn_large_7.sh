@@ -44,7 +44,7 @@ fi
 mkdir -p "$dest"
 fetch() {  # fetch URL FILE: download to FILE.part, then rename
   echo "downloading $1"
-  curl -fL --retry 3 --connect-timeout 20 -o "$2.part" -C - "$1" || { rm -f "$2.part"; return 1; }
+  curl -fL --progress-bar --retry 3 --connect-timeout 20 -o "$2.part" -C - "$1" || { rm -f "$2.part"; return 1; }
   mv "$2.part" "$2"
 }
 fetch "$hub/$repo/resolve/main/config.json" "$dest/config.json"
