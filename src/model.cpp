@@ -32,6 +32,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Largest token count accepted (e.g. 1792x1792 at patch 7): 16 GB of activations at ViT-L width.
+constexpr long long kMaxTokens = 65537;
+
 
 // Adds the time since `start` to `slot` (when profiling) and restarts the clock.
 struct Stopwatch {
@@ -61,6 +64,11 @@ void check_pixels(const Config& c, const PixelValues& px) {
   if (H < c.patch_size || W < c.patch_size || H % c.patch_size || W % c.patch_size)
     throw Error("pixel values of size " + std::to_string(H) + "x" + std::to_string(W) +
                 ": height and width must be positive multiples of the patch size " + std::to_string(c.patch_size));
+  // Attention memory and time grow with tokens²; refuse sizes no ViT-MSN use needs before allocating.
+  const long long tokens = static_cast<long long>(H / c.patch_size) * (W / c.patch_size) + 1;
+  if (tokens > kMaxTokens)
+    throw Error("pixel values of size " + std::to_string(H) + "x" + std::to_string(W) + " make " +
+                std::to_string(tokens) + " tokens, more than the limit of " + std::to_string(kMaxTokens));
 }
 
 // Runs images of one size together: GEMMs over all B·N rows, attention per image.

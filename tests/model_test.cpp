@@ -216,6 +216,17 @@ TEST(PixelInput, WrongChannelCountIsAnError) {
   }
 }
 
+TEST(PixelInput, HugeInputIsRefusedBeforeAllocating) {
+  PixelValues p(3, 7 * 300, 7 * 300);  // 90,001 tokens
+  p.setZero();
+  try {
+    tiny().extract_features(p);
+    FAIL() << "no error for 90001 tokens";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("more than the limit of 65537"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PixelInput, SizeNotAMultipleOfThePatchIsAnError) {
   PixelValues p(3, 224, 225);
   p.setZero();
