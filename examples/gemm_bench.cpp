@@ -2,21 +2,25 @@
 // peak. Usage: gemm_bench [threads (default: all usable CPUs)] [repetitions (default 7)]
 // Each shape runs `repetitions` times per variant; the best and the median are reported. The FMA peak
 // is measured right before each shape (0.2 s), so that on a shared machine the ratio compares runs
-// made under the same load.
+// made under the same load. A second table runs the linear layers through gemm_weights with float32,
+// bf16 and f16 weights (W [N,K], widened to float inside the GEMM).
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <random>
 #include <vector>
 
+#include "half.hpp"
 #include "kernels.hpp"
 
 namespace {
 
 using vitmsn::detail::Epilogue;
 using vitmsn::detail::Isa;
+using vitmsn::detail::WeightType;
 
 struct Shape {
   const char* name;
@@ -45,6 +49,28 @@ Timing time_gemm(Isa isa, const Shape& s, const std::vector<float>& A, const std
   for (int r = 0; r < reps + 1; ++r) {  // the first run warms caches and scratch buffers
     const auto t0 = std::chrono::steady_clock::now();
     vitmsn::detail::gemm(isa, s.M, s.N, s.K, A.data(), s.lda, B.data(), s.ldb, s.b_trans, C.data(), s.N, ep, threads);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r > 0) t.push_back(dt);
+  }
+  std::sort(t.begin(), t.end());
+  return {t.front(), t[t.size() / 2]};
+}
+
+/// gemm_weights (the linear layers: W [N,K], ldw = K) with weights of type wt stored in W.
+Timing time_weights(Isa isa, const Shape& s, const std::vector<float>& A, const void* W, WeightType wt,
+                    const std::vector<float>& bias, std::vector<float>& C, int threads, int reps) {
+  Epilogue ep;
+  ep.alpha = s.alpha;
+  ep.bias = s.bias ? bias.data() : nullptr;
+  ep.gelu = s.gelu;
+  if (s.residual) {
+    ep.residual = C.data();
+    ep.ldr = s.N;
+  }
+  std::vector<double> t;
+  for (int r = 0; r < reps + 1; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    vitmsn::detail::gemm_weights(isa, s.M, s.N, s.K, A.data(), s.lda, W, wt, s.ldb, C.data(), s.N, ep, threads);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (r > 0) t.push_back(dt);
   }
@@ -88,6 +114,32 @@ int main(int argc, char** argv) {
                   100.0 * gflop / fast.best / peak, peak);
     }
     std::printf("GFLOP/s (best and median of %d runs); %%peak = best / FMA peak measured just before\n", reps);
+
+    // Half-size weights on the linear layers.
+    std::printf("\ngemm_weights, GFLOP/s best (median) of %d runs, by weight type\n", reps);
+    std::printf("%-13s %5s %5s %5s | %-8s | %15s %15s %15s\n", "shape", "M", "N", "K", "variant", "f32", "bf16", "f16");
+    for (const Shape& s : shapes) {
+      if (!s.b_trans || s.lda != s.K || s.ldb != s.K) continue;  // the linear layers only
+      std::vector<float> A(static_cast<std::size_t>(s.M) * s.lda), W(static_cast<std::size_t>(s.N) * s.ldb), bias(s.N),
+          C(static_cast<std::size_t>(s.M) * s.N);
+      for (auto* v : {&A, &W, &bias, &C})
+        for (float& x : *v) x = u(rng);
+      std::vector<std::uint16_t> Wb(W.size()), Wh(W.size());
+      for (std::size_t i = 0; i < W.size(); ++i) {
+        Wb[i] = vitmsn::detail::float_to_bf16(W[i]);
+        Wh[i] = vitmsn::detail::float_to_half(W[i]);
+      }
+      const double gflop = 2.0 * s.M * s.N * s.K * 1e-9;
+      for (Isa isa : {Isa::kPortable, best}) {
+        const Timing f = time_weights(isa, s, A, W.data(), WeightType::kF32, bias, C, threads, reps);
+        const Timing b = time_weights(isa, s, A, Wb.data(), WeightType::kBF16, bias, C, threads, reps);
+        const Timing h = time_weights(isa, s, A, Wh.data(), WeightType::kF16, bias, C, threads, reps);
+        std::printf("%-13s %5d %5d %5d | %-8s | %6.1f (%6.1f) %6.1f (%6.1f) %6.1f (%6.1f)\n", s.name, s.M, s.N, s.K,
+                    vitmsn::detail::isa_name(isa), gflop / f.best, gflop / f.median, gflop / b.best, gflop / b.median,
+                    gflop / h.best, gflop / h.median);
+        if (best == Isa::kPortable) break;
+      }
+    }
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

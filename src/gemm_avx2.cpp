@@ -3,6 +3,7 @@
 // per k: 2 loads of B, 6 broadcasts of A, 12 FMAs (the two FMA pipes of Zen 3 / Haswell+ are the limit).
 #include <immintrin.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -56,6 +57,11 @@ struct Avx2 {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  /// transpose8 of 16-bit weights, widened to float on the way (bf16: integer unpack and shift; f16: F16C).
+  template <WeightType T>
+  static void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
+    blocked::ymm::transpose8_half<T>(src, lds, dst, ldd);
+  }
   static void transpose8(const float* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
     __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
     __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
@@ -103,6 +109,14 @@ void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* 
           float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
   static const blocked::Blocking bl = blocking();
   const blocked::Problem p{M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep};
+  blocked::gemm<Avx2, kMr, kNv, /*KMajorA=*/false>(p, bl, threads);
+}
+
+void gemm_weights(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  static const blocked::Blocking bl = blocking();
+  const blocked::Problem p{
+      M, N, K, A, lda, nullptr, ldw, /*b_trans=*/true, C, ldc, ep, static_cast<const std::uint16_t*>(W), wt};
   blocked::gemm<Avx2, kMr, kNv, /*KMajorA=*/false>(p, bl, threads);
 }
 

@@ -4,6 +4,9 @@
 // Zen 4 runs a zmm FMA as two 256-bit halves (1 zmm FMA/cycle), Intel server cores on two 512-bit
 // ports: either way FMA-bound. NOT MEASURED: the development machine (Zen 3) has no AVX-512; the
 // shared tiling logic is tested with this geometry through plain C++ lanes (tests/kernels_test.cpp).
+// Half-size weights (gemm_weights) are widened in 8×8 blocks with the same 256-bit code as the AVX2
+// build (blocked::ymm: vpmovzxwd + shift for bf16, vcvtph2ps for f16); the packing is a small part
+// of the work (each weight is widened once per GEMM and then used by all M rows).
 #include <immintrin.h>
 
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*() temporaries
@@ -13,6 +16,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -59,6 +63,11 @@ struct Avx512 {
   }
   static float hmax(R v) { return _mm512_reduce_max_ps(v); }
   static float hsum(R v) { return _mm512_reduce_add_ps(v); }
+  /// transpose8 of 16-bit weights, widened to float on the way (bf16: integer unpack and shift; f16: F16C).
+  template <WeightType T>
+  static void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
+    blocked::ymm::transpose8_half<T>(src, lds, dst, ldd);
+  }
   static void transpose8(const float* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
     __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
     __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
@@ -104,6 +113,14 @@ void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* 
           float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
   static const blocked::Blocking bl = blocking();
   const blocked::Problem p{M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep};
+  blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(p, bl, threads);
+}
+
+void gemm_weights(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  static const blocked::Blocking bl = blocking();
+  const blocked::Problem p{
+      M, N, K, A, lda, nullptr, ldw, /*b_trans=*/true, C, ldc, ep, static_cast<const std::uint16_t*>(W), wt};
   blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(p, bl, threads);
 }
 

@@ -11,7 +11,8 @@
 // (rounded once), add, sub, mul, min, max, abs, lt(a, b) -> M, select(m, a, b) = m ? a : b,
 // sign_of(x) (sign bits only), or_bits, round (to nearest even), pow2(n) (2^n for integral n in
 // [-126, 127]), hmax, hsum, and transpose8(src, lds, dst, ldd): dst[c·ldd + r] = src[r·lds + c] for
-// an 8×8 block.
+// an 8×8 block; transpose8_half<T>(src, lds, dst, ldd): the same for 16-bit weights of type T
+// (kBF16 / kF16), widened to float exactly as widen<T> below.
 //
 // Loop nest of one thread computing C[m0:m1, n0:n1] (names as in BLIS):
 //   jc: nc columns  -> pack op(B)[:, jc:jc+nc] for ALL of K into NR-wide panels (k-major)
@@ -24,6 +25,12 @@
 // where a tile sits. The epilogue is applied to the finished tile in the last kc block, as it is stored.
 // When K spans several kc blocks and a residual is added, the residual block is copied aside first, so
 // residual == C (in-place x += …) works although C holds partial sums in between.
+//
+// Half-size weights (gemm_weights: bf16 / f16 W [N,K], b_trans): only pack_b differs. It widens the
+// 16-bit values to float while it transposes them into the panels (V::transpose8_half<T>, scalar
+// widen_bf16 / widen_f16 for the edges), so the packed panels, the micro-kernel and therefore the
+// results are exactly those of the float32 GEMM run on the widened weights. Each weight is widened
+// once per thread range that needs it (the same number of times B is packed for float32).
 
 #include <cstddef>
 #include <cstdint>
@@ -37,6 +44,10 @@
 #include <omp.h>
 #endif
 
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 namespace vitmsn::detail {
 
 // Entry points of the ISA files (defined only when VITMSN_X86_KERNELS; called by src/gemm.cpp after
@@ -44,6 +55,9 @@ namespace vitmsn::detail {
 namespace avx2 {
 void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
           float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
+/// wt is kBF16 or kF16 (src/gemm.cpp sends kF32 to gemm()).
+void gemm_weights(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
 void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld);
 void gelu_erf(float* x, std::ptrdiff_t n);
 /// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done.
@@ -52,6 +66,9 @@ double fma_burst(long iterations);
 namespace avx512 {
 void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
           float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
+/// wt is kBF16 or kF16 (src/gemm.cpp sends kF32 to gemm()).
+void gemm_weights(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
 void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld);
 void gelu_erf(float* x, std::ptrdiff_t n);
 /// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done.
@@ -68,6 +85,87 @@ namespace {
 constexpr int imin(int a, int b) { return a < b ? a : b; }
 constexpr int imax(int a, int b) { return a > b ? a : b; }
 constexpr int iclamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// ---------------------------------------------------------------------------------------------
+// 16-bit weights -> float, scalar (edges of the packing, and the portable path). Exact; integer only,
+// so every ISA build gives the same bits.
+
+inline float bits_as_float(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/// bfloat16: the upper half of a float32.
+inline float widen_bf16(std::uint16_t h) { return bits_as_float(static_cast<std::uint32_t>(h) << 16); }
+
+/// IEEE binary16 -> float32 (exact; subnormal halves become normal floats). A signalling NaN comes
+/// out quiet (quiet bit set, payload kept), as F16C's vcvtph2ps does, so the scalar edges of a packed
+/// panel agree with its vector part bit for bit.
+inline float widen_f16(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  std::uint32_t bits;
+  if (e == 0x1fu) {
+    bits = 0x7f800000u | (m << 13) | (m != 0 ? 0x00400000u : 0u);  // inf, or NaN made quiet
+  } else if (e != 0) {
+    bits = ((e + 112u) << 23) | (m << 13);  // rebias 15 -> 127
+  } else if (m == 0) {
+    bits = 0;
+  } else {  // subnormal m·2^-24: shift the leading 1 up to bit 10 (s shifts), exponent 2^(-14-s)
+    const int shift = __builtin_clz(m) - 21;
+    bits = ((113u - static_cast<std::uint32_t>(shift)) << 23) | (((m << shift) & 0x3ffu) << 13);
+  }
+  return bits_as_float(sign | bits);
+}
+
+template <WeightType T>
+inline float widen(std::uint16_t h) {
+  return T == WeightType::kBF16 ? widen_bf16(h) : widen_f16(h);
+}
+
+#if defined(__AVX2__) && defined(__F16C__)
+// 8×8 blocks of 16-bit weights -> transposed float (for the ISA files' V::transpose8_half).
+namespace ymm {
+
+/// 8 consecutive 16-bit weights widened to float: bf16 by zero-extension and a 16-bit shift, f16 by F16C.
+template <WeightType T>
+inline __m256 widen8(const std::uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (T == WeightType::kBF16) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(h);
+  }
+}
+
+/// dst[c·ldd + r] = widen(src[r·lds + c]) for r, c < 8.
+template <WeightType T>
+inline void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
+  const __m256 r0 = widen8<T>(src + 0 * lds), r1 = widen8<T>(src + 1 * lds);
+  const __m256 r2 = widen8<T>(src + 2 * lds), r3 = widen8<T>(src + 3 * lds);
+  const __m256 r4 = widen8<T>(src + 4 * lds), r5 = widen8<T>(src + 5 * lds);
+  const __m256 r6 = widen8<T>(src + 6 * lds), r7 = widen8<T>(src + 7 * lds);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+}  // namespace ymm
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // exp and erf, float, vectorised. Coefficients: weighted least-squares / Lawson fits (near minimax)
@@ -191,6 +289,10 @@ struct Problem {
   float* C;
   std::ptrdiff_t ldc;
   Epilogue ep;
+  // Half-size B: when wtype is kBF16 or kF16, B is ignored and Bh holds the 16-bit values, [N,K]
+  // (b_trans must be true) with leading dimension ldb in elements.
+  const std::uint16_t* Bh = nullptr;
+  WeightType wtype = WeightType::kF32;
 };
 
 /// Cache blocking. kc: depth of one packed block (the kc×NR slice of B stays in L1); mc: rows of A
@@ -346,9 +448,39 @@ inline void micro_tile(int kc, const float* __restrict a, std::ptrdiff_t rsa, co
   finish_tile<V, MR, NV>(&tile[0][0], c, ldc, rows, cols, ep);
 }
 
+/// pack_b for 16-bit B [N,K] (b_trans): the same panels, widened to float on the way.
+template <class V, int NR, WeightType T>
+void pack_b_half(const Problem& p, int n0, int nb, float* dst) {
+  const int K = p.K;
+  for (int q = 0; q * NR < nb; ++q) {
+    const int nbase = n0 + q * NR;
+    const int valid = imin(NR, nb - q * NR);
+    float* d = dst + static_cast<std::ptrdiff_t>(q) * K * NR;
+    for (int j8 = 0; j8 < NR; j8 += 8) {
+      const int vr = iclamp(valid - j8, 0, 8);
+      if (vr == 0) {  // columns past N: zeros
+        for (int k = 0; k < K; ++k)
+          for (int r = 0; r < 8; ++r) d[k * NR + j8 + r] = 0.0f;
+        continue;
+      }
+      const std::uint16_t* s = p.Bh + static_cast<std::ptrdiff_t>(nbase + j8) * p.ldb;
+      int k = 0;
+      if (vr == 8) {
+        for (; k + 8 <= K; k += 8) V::template transpose8_half<T>(s + k, p.ldb, d + k * NR + j8, NR);
+      }
+      for (; k < K; ++k) {
+        float* dk = d + k * NR + j8;
+        for (int r = 0; r < 8; ++r) dk[r] = r < vr ? widen<T>(s[r * p.ldb + k]) : 0.0f;
+      }
+    }
+  }
+}
+
 /// Packs op(B)[0:K, n0:n0+nb] into ceil(nb/NR) panels of K×NR floats (k-major, columns past nb zero).
 template <class V, int NR>
 void pack_b(const Problem& p, int n0, int nb, float* dst) {
+  if (p.wtype == WeightType::kBF16) return pack_b_half<V, NR, WeightType::kBF16>(p, n0, nb, dst);
+  if (p.wtype == WeightType::kF16) return pack_b_half<V, NR, WeightType::kF16>(p, n0, nb, dst);
   const int K = p.K;
   for (int q = 0; q * NR < nb; ++q) {
     const int nbase = n0 + q * NR;

@@ -39,6 +39,23 @@ struct Epilogue {
 void gemm(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
           bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
 
+/// Element type of a weight matrix used in place (e.g. memory-mapped from a safetensors file).
+enum class WeightType { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+/// C[M,N] = epilogue(A[M,K]·Wᵀ) with W [N,K] row-major of type wt (leading dimension ldw in elements).
+/// bf16: value = bits << 16; f16: IEEE half (F16C when available). Accumulation in float32.
+/// W stays half-size: it is widened to float32 while the GEMM packs its panels of B (AVX2 / AVX-512:
+/// vectorised, in the packing the float32 path does anyway), or a block of rows at a time into a
+/// thread-local buffer (portable path; at most 256 rows of W at once per thread). The compute is
+/// float32 FMA with float32 accumulation, so the AVX2 and AVX-512 results are bit-identical to
+/// gemm(…, b_trans = true, …) on the widened weights. wt == kF32 is exactly gemm(isa, …, W, ldw,
+/// b_trans = true, …). Results are independent of the thread count, as for gemm().
+/// Future work (not implemented, nothing here to test it on): on CPUs with AVX512_BF16, a vdpbf16ps
+/// path would need A rounded to bf16 as well, i.e. different (less accurate) results; it would be a
+/// separate, opt-in variant.
+void gemm_weights(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
+
 /// In place, for each of `rows` rows of x (leading dimension ld): x = softmax(x) over `cols` values.
 void softmax_rows(Isa isa, float* x, int rows, int cols, std::ptrdiff_t ld);
 

@@ -48,6 +48,16 @@ struct Stopwatch {
   }
 };
 
+// y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16 or f16.
+void linear(detail::Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight& w, float* y,
+            std::ptrdiff_t ldy, const detail::Epilogue& ep, int threads) {
+  const auto type = w.storage == WeightStorage::kBF16  ? detail::WeightType::kBF16
+                    : w.storage == WeightStorage::kF16 ? detail::WeightType::kF16
+                                                       : detail::WeightType::kF32;
+  detail::gemm_weights(isa, M, static_cast<int>(w.rows), static_cast<int>(w.cols), x, ldx, w.data, type, w.cols, y, ldy,
+                       ep, threads);
+}
+
 int resolve_index(int index, int count, const char* what) {
   const int i = index < 0 ? index + count : index;
   if (i < 0 || i >= count)
@@ -142,13 +152,12 @@ void forward(const Model::Impl& m, const std::vector<const PixelValues*>& images
                        lw.layernorm_before_bias.data(), eps, threads);
     sw.lap(&StageTimes::layer_norm);
     // q | k | v = h·Wqᵀ + bq | h·Wkᵀ + bk | h·Wvᵀ + bv, side by side in qkv [rows, 3D]
-    const ConstMatrixMap* proj[3] = {&lw.query_weight, &lw.key_weight, &lw.value_weight};
+    const LinearWeight* proj[3] = {&lw.query, &lw.key, &lw.value};
     const ConstVectorMap* bias[3] = {&lw.query_bias, &lw.key_bias, &lw.value_bias};
     for (int j = 0; j < 3; ++j) {
       detail::Epilogue ep;
       ep.bias = bias[j]->size() ? bias[j]->data() : nullptr;
-      detail::gemm(isa, static_cast<int>(rows), D, D, h.data(), D, proj[j]->data(), D, true, qkv.data() + j * D, ld3,
-                   ep, threads);
+      linear(isa, static_cast<int>(rows), h.data(), D, *proj[j], qkv.data() + j * D, ld3, ep, threads);
     }
     sw.lap(&StageTimes::qkv);
     // ctx = concat_heads(softmax(q·kᵀ·d^-½)·v), per image
@@ -167,8 +176,7 @@ void forward(const Model::Impl& m, const std::vector<const PixelValues*>& images
       ep.bias = lw.attention_output_bias.data();
       ep.residual = x.data();
       ep.ldr = D;
-      detail::gemm(isa, static_cast<int>(rows), D, D, ctx, D, lw.attention_output_weight.data(), D, true, x.data(), D,
-                   ep, threads);
+      linear(isa, static_cast<int>(rows), ctx, D, lw.attention_output, x.data(), D, ep, threads);
     }
     sw.lap(&StageTimes::attention_output);
     // h = layernorm_after(x)
@@ -180,14 +188,12 @@ void forward(const Model::Impl& m, const std::vector<const PixelValues*>& images
       detail::Epilogue ep1;
       ep1.bias = lw.intermediate_bias.data();
       ep1.gelu = true;
-      detail::gemm(isa, static_cast<int>(rows), F, D, h.data(), D, lw.intermediate_weight.data(), D, true, mlp.data(),
-                   F, ep1, threads);
+      linear(isa, static_cast<int>(rows), h.data(), D, lw.intermediate, mlp.data(), F, ep1, threads);
       detail::Epilogue ep2;
       ep2.bias = lw.output_bias.data();
       ep2.residual = x.data();
       ep2.ldr = D;
-      detail::gemm(isa, static_cast<int>(rows), D, F, mlp.data(), F, lw.output_weight.data(), F, true, x.data(), D,
-                   ep2, threads);
+      linear(isa, static_cast<int>(rows), mlp.data(), F, lw.output, x.data(), D, ep2, threads);
     }
     sw.lap(&StageTimes::mlp);
     capture_hidden(l + 1);

@@ -96,6 +96,25 @@ class Binder {
   Binder(const TensorLookup& lookup, const std::string& source, Weights& w)
       : lookup_(lookup), source_(source), w_(w) {}
 
+  // A linear weight matrix with exactly `shape`: F32, BF16 and F16 are used in place when aligned;
+  // the float map is bound too for F32 (empty otherwise).
+  LinearWeight linear(const std::string& name, const std::vector<std::int64_t>& shape, ConstMatrixMap& map) {
+    const TensorView* t = lookup_(name);
+    LinearWeight lw;
+    lw.rows = shape[0];
+    lw.cols = shape[1];
+    if (t && t->shape == shape && (t->dtype == DType::kBF16 || t->dtype == DType::kF16) &&
+        reinterpret_cast<std::uintptr_t>(t->data) % 2 == 0) {
+      lw.data = t->data;
+      lw.storage = t->dtype == DType::kBF16 ? WeightStorage::kBF16 : WeightStorage::kF16;
+      return lw;
+    }
+    const float* p = get(name, shape);
+    new (&map) ConstMatrixMap(p, shape[0], shape[1]);
+    lw.data = p;
+    return lw;
+  }
+
   // The float data of tensor `name` with exactly `shape`; used in place when it is aligned float32.
   const float* get(const std::string& name, const std::vector<std::int64_t>& shape) {
     const TensorView* t = lookup_(name);
@@ -160,21 +179,21 @@ Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::str
     auto k = [&](const char* rest) { return keys::layer(p, i, rest); };
     bind(l.layernorm_before_weight, b.get(k("layernorm_before.weight"), {D}), D);
     bind(l.layernorm_before_bias, b.get(k("layernorm_before.bias"), {D}), D);
-    bind(l.query_weight, b.get(k("attention.attention.query.weight"), {D, D}), D, D);
-    bind(l.key_weight, b.get(k("attention.attention.key.weight"), {D, D}), D, D);
-    bind(l.value_weight, b.get(k("attention.attention.value.weight"), {D, D}), D, D);
+    l.query = b.linear(k("attention.attention.query.weight"), {D, D}, l.query_weight);
+    l.key = b.linear(k("attention.attention.key.weight"), {D, D}, l.key_weight);
+    l.value = b.linear(k("attention.attention.value.weight"), {D, D}, l.value_weight);
     if (c.qkv_bias) {
       bind(l.query_bias, b.get(k("attention.attention.query.bias"), {D}), D);
       bind(l.key_bias, b.get(k("attention.attention.key.bias"), {D}), D);
       bind(l.value_bias, b.get(k("attention.attention.value.bias"), {D}), D);
     }
-    bind(l.attention_output_weight, b.get(k("attention.output.dense.weight"), {D, D}), D, D);
+    l.attention_output = b.linear(k("attention.output.dense.weight"), {D, D}, l.attention_output_weight);
     bind(l.attention_output_bias, b.get(k("attention.output.dense.bias"), {D}), D);
     bind(l.layernorm_after_weight, b.get(k("layernorm_after.weight"), {D}), D);
     bind(l.layernorm_after_bias, b.get(k("layernorm_after.bias"), {D}), D);
-    bind(l.intermediate_weight, b.get(k("intermediate.dense.weight"), {F, D}), F, D);
+    l.intermediate = b.linear(k("intermediate.dense.weight"), {F, D}, l.intermediate_weight);
     bind(l.intermediate_bias, b.get(k("intermediate.dense.bias"), {F}), F);
-    bind(l.output_weight, b.get(k("output.dense.weight"), {D, F}), D, F);
+    l.output = b.linear(k("output.dense.weight"), {D, F}, l.output_weight);
     bind(l.output_bias, b.get(k("output.dense.bias"), {D}), D);
   }
   bind(w.layernorm_weight, b.get(keys::final_norm_weight(p), {D}), D);

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "gemm_blocked.hpp"
+#include "half.hpp"
 
 namespace vitmsn::detail {
 namespace {
@@ -395,6 +397,15 @@ struct ScalarLanes {
     for (int r = 0; r < 8; ++r)
       for (int c = 0; c < 8; ++c) dst[c * ldd + r] = src[r * lds + c];
   }
+  // Widening with src/half.hpp's conversions (an independent reference for the packing logic).
+  template <WeightType T>
+  static void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
+    for (int r = 0; r < 8; ++r)
+      for (int c = 0; c < 8; ++c) {
+        const std::uint16_t h = src[r * lds + c];
+        dst[c * ldd + r] = T == WeightType::kBF16 ? bf16_to_float(h) : half_to_float(h);
+      }
+  }
 };
 
 TEST(GemmBlocked, AvxFiveTwelveTilingThroughPlainLanesMatchesPortable) {
@@ -594,6 +605,253 @@ TEST(KernelsSoftmax, Avx2MatchesTheScalarReference) {
 TEST(KernelsSoftmax, Avx512MatchesTheScalarReference) {
   SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
   check_softmax(Isa::kAvx512);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half-size weights: gemm_weights with bf16 / f16 W [N,K], widened to float while B is packed
+// (AVX2 / AVX-512) or a block of rows at a time (portable).
+
+const char* wt_name(WeightType wt) {
+  return wt == WeightType::kBF16 ? "bf16" : (wt == WeightType::kF16 ? "f16" : "f32");
+}
+
+float widen_reference(WeightType wt, std::uint16_t h) {
+  return wt == WeightType::kBF16 ? bf16_to_float(h) : half_to_float(h);
+}
+
+/// Rounds the weights d.B (layout [N,K], ldb) to wt and returns their 16-bit codes; d.B becomes the
+/// widened values, so that a float32 GEMM on d is the exact reference for the half-weight one.
+std::vector<std::uint16_t> round_weights(Data& d, WeightType wt) {
+  std::vector<std::uint16_t> h(d.B.size());
+  for (std::size_t i = 0; i < d.B.size(); ++i) {
+    h[i] = wt == WeightType::kBF16 ? float_to_bf16(d.B[i]) : float_to_half(d.B[i]);
+    d.B[i] = widen_reference(wt, h[i]);
+  }
+  return h;
+}
+
+/// As run(), through gemm_weights with the weights W of type wt (leading dimension d.ldb).
+std::vector<float> run_weights(Isa isa, const Data& d, const void* W, WeightType wt, const EpilogueCase& e,
+                               int threads) {
+  const Shape& s = d.s;
+  std::vector<float> C(static_cast<std::size_t>(s.M) * d.ldc, 12345.0f);
+  Epilogue ep;
+  ep.alpha = e.alpha;
+  ep.bias = e.bias ? d.bias.data() : nullptr;
+  ep.gelu = e.gelu;
+  if (e.residual == 1) {
+    ep.residual = d.residual.data();
+    ep.ldr = d.ldc;
+  } else if (e.residual == 2) {
+    for (int i = 0; i < s.M; ++i)
+      std::memcpy(&C[i * d.ldc], &d.residual[i * d.ldc], sizeof(float) * static_cast<std::size_t>(s.N));
+    ep.residual = C.data();
+    ep.ldr = d.ldc;
+  }
+  gemm_weights(isa, s.M, s.N, s.K, d.A.data(), d.lda, W, wt, d.ldb, C.data(), d.ldc, ep, threads);
+  return C;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+TEST(KernelsHalf, ScalarWideningMatchesHalfHppOnAllBitPatterns) {
+  int nan_f16 = 0;
+  for (std::uint32_t u = 0; u < 65536u; ++u) {
+    const auto h = static_cast<std::uint16_t>(u);
+    // bf16: every pattern bit for bit (NaNs included: both are the plain shift).
+    const float b = blocked::widen_bf16(h), b_ref = bf16_to_float(h);
+    EXPECT_EQ(float_to_bits(b), float_to_bits(b_ref)) << "bf16 0x" << std::hex << u;
+    const float f = blocked::widen_f16(h), f_ref = half_to_float(h);
+    if (std::isnan(f_ref)) {
+      // NaN: both NaN with the same sign and payload; widen_f16 may set the quiet bit (as F16C does).
+      ++nan_f16;
+      EXPECT_TRUE(std::isnan(f)) << "f16 0x" << std::hex << u;
+      EXPECT_EQ(float_to_bits(f) | 0x00400000u, float_to_bits(f_ref) | 0x00400000u) << "f16 0x" << std::hex << u;
+    } else {
+      EXPECT_EQ(float_to_bits(f), float_to_bits(f_ref)) << "f16 0x" << std::hex << u << " " << f << " vs " << f_ref;
+    }
+  }
+  EXPECT_EQ(nan_f16, 2 * 1023);
+  // Spot values.
+  EXPECT_EQ(blocked::widen_f16(0x3c00), 1.0f);
+  EXPECT_EQ(blocked::widen_f16(0xc000), -2.0f);
+  EXPECT_EQ(blocked::widen_f16(0x0001), 5.9604644775390625e-08f);  // smallest subnormal, 2^-24
+  EXPECT_EQ(blocked::widen_f16(0x7bff), 65504.0f);
+  EXPECT_EQ(blocked::widen_bf16(0x3f80), 1.0f);
+  EXPECT_EQ(blocked::widen_bf16(0xc040), -3.0f);
+}
+
+TEST(GemmWeights, WideningInThePackingIsExactForEveryFiniteBitPattern) {
+  // C = I·Wᵀ with W [1024, 64] holding all 65536 16-bit codes: C[m, n] = widen(W[n, m]) exactly
+  // (a sum of one product by 1 and products by 0). Non-finite codes are replaced by 0 (0·inf is NaN).
+  constexpr int K = 64, N = 1024, M = 64;
+  std::vector<float> A(static_cast<std::size_t>(M) * K, 0.0f);
+  for (int i = 0; i < M; ++i) A[i * K + i] = 1.0f;
+  for (WeightType wt : {WeightType::kBF16, WeightType::kF16}) {
+    std::vector<std::uint16_t> W(static_cast<std::size_t>(N) * K);
+    for (std::size_t i = 0; i < W.size(); ++i) {
+      const auto h = static_cast<std::uint16_t>(i);
+      W[i] = std::isfinite(widen_reference(wt, h)) ? h : 0;
+    }
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+      if (!isa_available(isa)) continue;
+      for (int threads : {1, 2}) {
+        std::vector<float> C(static_cast<std::size_t>(M) * N, 12345.0f);
+        gemm_weights(isa, M, N, K, A.data(), K, W.data(), wt, K, C.data(), N, Epilogue{}, threads);
+        int bad = 0;
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < N; ++n) {
+            const float want = widen_reference(wt, W[static_cast<std::size_t>(n) * K + m]);
+            if (!(C[m * N + n] == want) && ++bad <= 5)
+              ADD_FAILURE() << isa_name(isa) << " " << wt_name(wt) << " code 0x" << std::hex << W[n * K + m] << std::dec
+                            << ": got " << C[m * N + n] << ", want " << want;
+          }
+        EXPECT_EQ(bad, 0) << isa_name(isa) << " " << wt_name(wt) << " " << threads << " threads";
+      }
+    }
+  }
+}
+
+// Edges of both tile geometries, several kc blocks, ldw > K (the shapes' ldb_pad), and several
+// 256-row blocks of the portable path.
+std::vector<Shape> weight_shapes() {
+  std::vector<Shape> v = shapes();
+  v.push_back({130, 200, 1030, 0, 8, 3});
+  v.push_back({5, 129, 31, 1, 9, 0});
+  v.push_back({37, 600, 100, 2, 5, 1});  // three 256-row blocks on the portable path
+  return v;
+}
+
+TEST(GemmWeights, MatchesTheFloatGemmOnTheWidenedWeightsForEveryEpilogue) {
+  for (WeightType wt : {WeightType::kBF16, WeightType::kF16}) {
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+      if (!isa_available(isa)) continue;
+      double worst_abs = 0.0, worst_ratio = 0.0;
+      int identical = 0, total = 0;
+      for (const Shape& s : weight_shapes()) {
+        Data d = make_data(s, true, 777u + static_cast<unsigned>(s.M * 31 + s.N * 7 + s.K));
+        const std::vector<std::uint16_t> W = round_weights(d, wt);
+        const std::vector<double> absprod = abs_product(d);
+        for (const EpilogueCase& e : all_epilogues()) {
+          const std::vector<float> want = run(Isa::kPortable, d, e, 1);  // float32 reference
+          const std::vector<float> got = run_weights(isa, d, W.data(), wt, e, 1);
+          const Comparison c = compare(d, e, got, want, absprod);
+          worst_abs = std::max(worst_abs, c.max_abs);
+          worst_ratio = std::max(worst_ratio, c.max_ratio);
+          EXPECT_LE(c.max_ratio, 1.0) << isa_name(isa) << " " << wt_name(wt) << " " << describe(s, true) << " "
+                                      << describe(e) << ": max |diff| " << c.max_abs << " " << c.worst;
+          // The same variant on float32 weights: the vectorised ones pack identical panels, so bit-identical.
+          const bool same = same_bits(got, run(isa, d, e, 1));
+          if (isa != Isa::kPortable)
+            EXPECT_TRUE(same) << isa_name(isa) << " " << wt_name(wt) << " " << describe(s, true) << " " << describe(e)
+                              << ": differs from gemm() on the widened weights";
+          identical += same;
+          ++total;
+        }
+      }
+      std::printf(
+          "[ %s %s weights vs float32 portable on widened weights ] max |diff| %.3g, max %.3f × tolerance; "
+          "bit-identical to %s gemm() on widened weights in %d of %d cases\n",
+          isa_name(isa), wt_name(wt), worst_abs, worst_ratio, isa_name(isa), identical, total);
+    }
+  }
+}
+
+TEST(GemmWeights, ResultsAreBitIdenticalForOneTwoAndThreeThreads) {
+  const std::vector<Shape> cases = {
+      {1025, 1024, 96, 0, 0, 0}, {300, 3072, 64, 0, 0, 0}, {257, 64, 520, 0, 3072 - 64, 0},
+      {61, 200, 300, 5, 3, 2},   {13, 1025, 64, 0, 0, 0},  {40, 70, 4096, 0, 0, 0},
+  };
+  const EpilogueCase e{0.5f, true, true, 2};
+  for (WeightType wt : {WeightType::kBF16, WeightType::kF16}) {
+    for (const Shape& s : cases) {
+      Data d = make_data(s, true, 99u);
+      const std::vector<std::uint16_t> W = round_weights(d, wt);
+      for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+        if (!isa_available(isa)) continue;
+        const std::vector<float> one = run_weights(isa, d, W.data(), wt, e, 1);
+        for (int threads : {2, 3})
+          EXPECT_TRUE(same_bits(one, run_weights(isa, d, W.data(), wt, e, threads)))
+              << isa_name(isa) << " " << wt_name(wt) << " " << describe(s, true) << ": " << threads
+              << " threads differ from 1";
+      }
+    }
+  }
+}
+
+TEST(GemmWeights, Float32WeightsAreExactlyGemmWithTransposedB) {
+  const std::vector<EpilogueCase> epilogues = {
+      {1.0f, false, false, 0}, {0.125f, true, true, 1}, {1.0f, true, false, 2}};
+  for (const Shape& s : weight_shapes()) {
+    const Data d = make_data(s, true, 31u + static_cast<unsigned>(s.K));
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+      if (!isa_available(isa)) continue;
+      for (const EpilogueCase& e : epilogues)
+        for (int threads : {1, 2})
+          EXPECT_TRUE(same_bits(run_weights(isa, d, d.B.data(), WeightType::kF32, e, threads), run(isa, d, e, threads)))
+              << isa_name(isa) << " " << describe(s, true) << " " << describe(e);
+    }
+  }
+}
+
+TEST(GemmWeights, EmptyProblemsLeaveCUntouchedAndKZeroGivesTheEpilogueOfZero) {
+  for (WeightType wt : {WeightType::kBF16, WeightType::kF16}) {
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+      if (!isa_available(isa)) continue;
+      std::vector<float> C(12, 7.0f);
+      const float A[1] = {1.0f}, bias[4] = {1.0f, -2.0f, 3.0f, 0.5f};
+      const std::uint16_t W[1] = {0x3c00};
+      gemm_weights(isa, 0, 4, 3, A, 3, W, wt, 3, C.data(), 4, Epilogue{}, 2);
+      gemm_weights(isa, 3, 0, 3, A, 3, W, wt, 3, C.data(), 4, Epilogue{}, 2);
+      for (float c : C) EXPECT_EQ(c, 7.0f) << isa_name(isa) << " " << wt_name(wt);
+      Epilogue ep;
+      ep.bias = bias;
+      gemm_weights(isa, 3, 4, 0, A, 1, W, wt, 1, C.data(), 4, ep, 2);
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 4; ++j) EXPECT_EQ(C[i * 4 + j], bias[j]) << isa_name(isa) << " " << wt_name(wt);
+    }
+  }
+}
+
+TEST(GemmBlocked, HalfWeightsThroughPlainLanesEqualTheFloatGemmOnTheWidenedWeights) {
+  // The 14×32 (AVX-512) geometry with small blocks: the half-weight packing (8×8 blocks and the
+  // scalar edges) must give exactly the panels of the float packing.
+  using V = ScalarLanes<16>;
+  const blocked::Blocking bl{128, 28, std::size_t{1} << 14};
+  const std::vector<EpilogueCase> epilogues = {{1.0f, false, false, 0}, {0.5f, true, true, 2}};
+  for (WeightType wt : {WeightType::kBF16, WeightType::kF16}) {
+    for (const Shape& s : weight_shapes()) {
+      Data d = make_data(s, true, 55u + static_cast<unsigned>(s.N));
+      const std::vector<std::uint16_t> W = round_weights(d, wt);
+      for (const EpilogueCase& e : epilogues) {
+        std::vector<float> out[2];
+        for (int half = 0; half < 2; ++half) {
+          std::vector<float>& C = out[half];
+          C.assign(static_cast<std::size_t>(s.M) * d.ldc, 12345.0f);
+          Epilogue ep;
+          ep.alpha = e.alpha;
+          ep.bias = e.bias ? d.bias.data() : nullptr;
+          ep.gelu = e.gelu;
+          if (e.residual == 2) {
+            for (int i = 0; i < s.M; ++i)
+              std::memcpy(&C[i * d.ldc], &d.residual[i * d.ldc], sizeof(float) * static_cast<std::size_t>(s.N));
+            ep.residual = C.data();
+            ep.ldr = d.ldc;
+          }
+          blocked::Problem p{s.M, s.N, s.K, d.A.data(), d.lda, d.B.data(), d.ldb, true, C.data(), d.ldc, ep};
+          if (half) {
+            p.B = nullptr;
+            p.Bh = W.data();
+            p.wtype = wt;
+          }
+          blocked::gemm<V, 14, 2, true>(p, bl, 1);
+        }
+        EXPECT_TRUE(same_bits(out[0], out[1])) << wt_name(wt) << " " << describe(s, true) << " " << describe(e);
+      }
+    }
+  }
 }
 
 }  // namespace

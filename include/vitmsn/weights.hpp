@@ -17,11 +17,24 @@ namespace vitmsn {
 using ConstMatrixMap = Eigen::Map<const Matrix>;
 using ConstVectorMap = Eigen::Map<const Vector>;
 
+/// How a linear weight matrix is stored in memory.
+enum class WeightStorage { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+/// A linear layer's weight [out, in] (y = x·Wᵀ + b) as stored in the checkpoint: float32, bfloat16
+/// or float16, used in place from the memory map (half types are widened inside the GEMM, a panel at
+/// a time, never as a whole matrix).
+struct LinearWeight {
+  const void* data = nullptr;
+  WeightStorage storage = WeightStorage::kF32;
+  std::int64_t rows = 0;  // out
+  std::int64_t cols = 0;  // in
+};
+
 /// One pre-LN transformer block. Linear weights are PyTorch's [out, in]: y = x·Wᵀ + b.
 struct LayerWeights {
   ConstVectorMap layernorm_before_weight{nullptr, 0};  // [D]
   ConstVectorMap layernorm_before_bias{nullptr, 0};    // [D]
-  ConstMatrixMap query_weight{nullptr, 0, 0};          // [D, D]
+  ConstMatrixMap query_weight{nullptr, 0, 0};          // [D, D]  (empty when stored as F16/BF16)
   ConstVectorMap query_bias{nullptr, 0};               // [D] (size 0 when qkv_bias is false)
   ConstMatrixMap key_weight{nullptr, 0, 0};            // [D, D]
   ConstVectorMap key_bias{nullptr, 0};                 // [D] (size 0 when qkv_bias is false)
@@ -35,6 +48,8 @@ struct LayerWeights {
   ConstVectorMap intermediate_bias{nullptr, 0};        // [F]
   ConstMatrixMap output_weight{nullptr, 0, 0};         // [D, F]  output.dense (fc2)
   ConstVectorMap output_bias{nullptr, 0};              // [D]
+  // The six matrices above as stored (also for F16/BF16, where the maps above are empty):
+  LinearWeight query, key, value, attention_output, intermediate, output;
 };
 
 /// All weights of a ViTMSNModel, plus the optional ViTMSNForImageClassification head.
@@ -65,7 +80,7 @@ using TensorLookup = std::function<const TensorView*(const std::string&)>;
 std::string detect_prefix(const TensorLookup& lookup, const std::string& source);
 
 /// Binds every tensor the config calls for, checking names, shapes and dtypes; float32 tensors are
-/// used in place. \throws Error naming `source`, the tensor, the expected and the actual shape.
+/// used in place, and so are F16/BF16 linear weight matrices (other half tensors are widened). \throws Error naming `source`, the tensor, the expected and the actual shape.
 Weights bind_weights(const Config& config, const TensorLookup& lookup, const std::string& source);
 
 /// Checkpoint key names (Hugging Face), for tools that write checkpoints. `prefix` as detect_prefix.
