@@ -125,7 +125,7 @@ inline float widen(std::uint16_t h) {
 }
 
 #if defined(__AVX2__) && defined(__F16C__)
-// 8×8 blocks of 16-bit weights -> transposed float (for the ISA files' V::transpose8_half).
+// 8×8 transposes of float and of 16-bit weights widened to float (for the ISA files' V::transpose8*).
 namespace ymm {
 
 /// 8 consecutive 16-bit weights widened to float: bf16 by zero-extension and a 16-bit shift, f16 by F16C.
@@ -139,13 +139,9 @@ inline __m256 widen8(const std::uint16_t* p) {
   }
 }
 
-/// dst[c·ldd + r] = widen(src[r·lds + c]) for r, c < 8.
-template <WeightType T>
-inline void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
-  const __m256 r0 = widen8<T>(src + 0 * lds), r1 = widen8<T>(src + 1 * lds);
-  const __m256 r2 = widen8<T>(src + 2 * lds), r3 = widen8<T>(src + 3 * lds);
-  const __m256 r4 = widen8<T>(src + 4 * lds), r5 = widen8<T>(src + 5 * lds);
-  const __m256 r6 = widen8<T>(src + 6 * lds), r7 = widen8<T>(src + 7 * lds);
+/// dst[c·ldd + r] = r_r[c] for r, c < 8: the 8×8 transpose of eight rows held in registers.
+inline void transpose8_store(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5, __m256 r6,
+                             __m256 r7, float* dst, std::ptrdiff_t ldd) {
   const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
   const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
   const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
@@ -162,6 +158,21 @@ inline void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float*
   _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
   _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
   _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/// dst[c·ldd + r] = src[r·lds + c] for r, c < 8 (float).
+inline void transpose8(const float* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
+  transpose8_store(_mm256_loadu_ps(src + 0 * lds), _mm256_loadu_ps(src + 1 * lds), _mm256_loadu_ps(src + 2 * lds),
+                   _mm256_loadu_ps(src + 3 * lds), _mm256_loadu_ps(src + 4 * lds), _mm256_loadu_ps(src + 5 * lds),
+                   _mm256_loadu_ps(src + 6 * lds), _mm256_loadu_ps(src + 7 * lds), dst, ldd);
+}
+
+/// dst[c·ldd + r] = widen(src[r·lds + c]) for r, c < 8.
+template <WeightType T>
+inline void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
+  transpose8_store(widen8<T>(src + 0 * lds), widen8<T>(src + 1 * lds), widen8<T>(src + 2 * lds),
+                   widen8<T>(src + 3 * lds), widen8<T>(src + 4 * lds), widen8<T>(src + 5 * lds),
+                   widen8<T>(src + 6 * lds), widen8<T>(src + 7 * lds), dst, ldd);
 }
 
 }  // namespace ymm
