@@ -418,22 +418,8 @@ TEST(ProbeHead, MergedIntoTheTinyModelGivesTheHeadsLogitsOnTheClsFeature) {
 
 #ifdef VITMSN_PROGRAM_DIR
 
-struct ProgramRun {
-  int status;
-  std::string output;  // stdout + stderr
-};
-
-ProgramRun run(const std::string& args) {
-  const std::string cmd = std::string(VITMSN_PROGRAM_DIR) + "/" + args + " 2>&1";
-  ProgramRun r{-1, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  while (std::fgets(buf.data(), buf.size(), p)) r.output += buf.data();
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using test::ProgramRun;
+using test::run;
 
 const std::vector<std::string> kClasses = {"blue_checks", "green_stripes", "red_disk"};
 

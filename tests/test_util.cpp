@@ -1,6 +1,10 @@
 #include "test_util.hpp"
 
 #include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
 
 #include <cstdlib>
 #include <fstream>
@@ -55,6 +59,17 @@ double max_abs_diff(const float* a, const float* b, std::size_t n) {
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+ProgramRun run_command(const std::string& command) {
+  ProgramRun r{-1, ""};
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  while (std::fgets(buf.data(), buf.size(), p)) r.output += buf.data();
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
 }
 
 }  // namespace vitmsn::test

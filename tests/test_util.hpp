@@ -28,4 +28,18 @@ double max_abs_diff(const float* a, const float* b, std::size_t n);
 /// Writes bytes to a file (for error tests that build broken inputs).
 void write_bytes(const std::string& path, const std::string& bytes);
 
+/// What a program printed (stdout + stderr) and its exit status (-1 when it did not exit normally).
+struct ProgramRun {
+  int status;
+  std::string output;
+};
+
+/// Runs `command` through the shell (stderr joined to stdout) and waits for it.
+ProgramRun run_command(const std::string& command);
+
+#ifdef VITMSN_PROGRAM_DIR
+/// Runs one of the built programs: `args` starts with its name, e.g. "vitmsn-extract --help".
+inline ProgramRun run(const std::string& args) { return run_command(std::string(VITMSN_PROGRAM_DIR) + "/" + args); }
+#endif
+
 }  // namespace vitmsn::test
