@@ -151,25 +151,27 @@ void forward(const Model::Impl& m, const std::vector<const PixelValues*>& images
     detail::layer_norm(x.data(), D, h.data(), D, static_cast<int>(rows), D, lw.layernorm_before_weight.data(),
                        lw.layernorm_before_bias.data(), eps, threads);
     sw.lap(&StageTimes::layer_norm);
-    // q | k | v = h·Wqᵀ + bq | h·Wkᵀ + bk | h·Wvᵀ + bv, side by side in qkv [rows, 3D]
+    // Per image: q | k | v = h·Wqᵀ + bq | h·Wkᵀ + bk | h·Wvᵀ + bv side by side in qkv [N, 3D], then
+    // ctx = concat_heads(softmax(q·kᵀ·d^-½)·v). Image by image so that attention reads q, k, v while
+    // they are still in cache (a batched projection would have evicted the first images' by then).
+    // ctx shares h's buffer: image b's ctx rows overwrite only h rows already projected.
+    const bool keep_cls = wants(want_attn, l);
+    if (keep_cls) cls_rows.assign(static_cast<std::size_t>(heads) * N, 0.0f);
     const LinearWeight* proj[3] = {&lw.query, &lw.key, &lw.value};
     const ConstVectorMap* bias[3] = {&lw.query_bias, &lw.key_bias, &lw.value_bias};
-    for (int j = 0; j < 3; ++j) {
-      detail::Epilogue ep;
-      ep.bias = bias[j]->size() ? bias[j]->data() : nullptr;
-      linear(isa, static_cast<int>(rows), h.data(), D, *proj[j], qkv.data() + j * D, ld3, ep, threads);
+    for (int b = 0; b < B; ++b) {
+      const std::ptrdiff_t r0 = static_cast<std::ptrdiff_t>(b) * N;
+      for (int j = 0; j < 3; ++j) {
+        detail::Epilogue ep;
+        ep.bias = bias[j]->size() ? bias[j]->data() : nullptr;
+        linear(isa, N, h.data() + r0 * D, D, *proj[j], qkv.data() + r0 * ld3 + j * D, ld3, ep, threads);
+      }
+      sw.lap(&StageTimes::qkv);
+      detail::attention(isa, qkv.data() + r0 * ld3, ld3, 1, N, heads, hd, 1.0f / std::sqrt(static_cast<float>(hd)),
+                        ctx + r0 * D, D, scratch.data(), keep_cls ? cls_rows.data() : nullptr, threads);
+      if (keep_cls) out[b].cls_attention[l] = Eigen::Map<const Matrix>(cls_rows.data(), heads, N);
+      sw.lap(&StageTimes::attention);
     }
-    sw.lap(&StageTimes::qkv);
-    // ctx = concat_heads(softmax(q·kᵀ·d^-½)·v), per image
-    const bool keep_cls = wants(want_attn, l);
-    if (keep_cls) cls_rows.assign(static_cast<std::size_t>(B) * heads * N, 0.0f);
-    detail::attention(isa, qkv.data(), ld3, B, N, heads, hd, 1.0f / std::sqrt(static_cast<float>(hd)), ctx, D,
-                      scratch.data(), keep_cls ? cls_rows.data() : nullptr, threads);
-    if (keep_cls)
-      for (int b = 0; b < B; ++b)
-        out[b].cls_attention[l] =
-            Eigen::Map<const Matrix>(cls_rows.data() + static_cast<std::ptrdiff_t>(b) * heads * N, heads, N);
-    sw.lap(&StageTimes::attention);
     // x = x + ctx·Woᵀ + bo
     {
       detail::Epilogue ep;
