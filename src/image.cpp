@@ -75,6 +75,26 @@ bool read_png_header(const std::uint8_t* data, std::size_t size, PngHeader* out)
   return true;
 }
 
+/// stb_image (2.27) passes a null pointer to memcpy for an empty IDAT chunk before the image data
+/// (undefined behaviour, though nothing is copied). Empty IDAT chunks carry nothing, so a PNG that
+/// has one is decoded from a copy without them; false (and `out` untouched) when there is none.
+/// Chunks are walked while their lengths fit; what follows is copied as is, for stb_image to judge.
+bool strip_empty_png_idat(const std::uint8_t* d, std::size_t n, std::vector<std::uint8_t>* out) {
+  auto empty_idat = [d](std::size_t p) { return read_be32(d + p) == 0 && std::memcmp(d + p + 4, "IDAT", 4) == 0; };
+  bool found = false;
+  for (std::size_t p = 8; n - p >= 12 && read_be32(d + p) <= n - p - 12; p += 12 + read_be32(d + p)) {
+    found = found || empty_idat(p);
+  }
+  if (!found) return false;
+  out->assign(d, d + 8);
+  std::size_t p = 8;
+  for (; n - p >= 12 && read_be32(d + p) <= n - p - 12; p += 12 + read_be32(d + p)) {
+    if (!empty_idat(p)) out->insert(out->end(), d + p, d + p + 12 + read_be32(d + p));
+  }
+  out->insert(out->end(), d + p, d + n);
+  return true;
+}
+
 /// Size from the JPEG frame header (SOFn), found by walking the marker segments before it.
 bool read_jpeg_size(const std::uint8_t* d, std::size_t n, std::uint32_t* width, std::uint32_t* height) {
   if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return false;
@@ -139,6 +159,59 @@ bool jpeg_reaches_end_marker(const std::uint8_t* d, std::size_t n) {
     }
   }
   return false;
+}
+
+/// stb_image (2.27) writes past its Huffman tables when a DHT table declares more than 256 codes
+/// (libjpeg refuses such a table). Walks the segments as jpeg_reaches_end_marker() does and reads
+/// each DHT segment as stb_image does (tables until the segment length is used up, the last one
+/// possibly reaching past it; bytes past the end read as 0); false when a table has too many codes.
+bool jpeg_huffman_tables_fit(const std::uint8_t* d, std::size_t n) {
+  std::size_t i = 2;
+  while (i < n) {
+    if (d[i] != 0xFF) {
+      ++i;
+      continue;
+    }
+    while (i < n && d[i] == 0xFF) ++i;
+    if (i >= n) return true;
+    const std::uint8_t marker = d[i++];
+    if (marker == 0xD9) return true;
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;
+    if (i + 2 > n) return true;
+    const std::size_t length = (static_cast<std::size_t>(d[i]) << 8) | d[i + 1];
+    if (length < 2 || length > n - i) return true;  // refused by jpeg_reaches_end_marker()
+    if (marker == 0xC4) {
+      // Each table: class/id byte, 16 code counts, then as many symbol bytes as codes.
+      std::size_t p = i + 2;
+      long left = static_cast<long>(length) - 2;
+      while (left > 0) {
+        std::size_t codes = 0;
+        for (std::size_t k = 1; k <= 16; ++k) codes += p + k < n ? d[p + k] : 0;
+        if (codes > 256) return false;
+        p += 17 + codes;
+        left -= static_cast<long>(17 + codes);
+      }
+    }
+    i += length;
+    if (marker == 0xDA) {
+      while (i + 1 < n) {
+        if (d[i] == 0xFF) {
+          const std::uint8_t next = d[i + 1];
+          if (next != 0x00 && next != 0xFF && !(next >= 0xD0 && next <= 0xD7)) break;
+        }
+        ++i;
+      }
+    }
+  }
+  return true;
+}
+
+/// stb_image takes any input that starts with 0xFF bytes followed by 0xD8 (SOI) for a JPEG; Pillow
+/// (and is_jpeg) only FF D8 FF. Such inputs must not reach stb_image outside the checks above.
+bool stb_sniffs_jpeg(const std::uint8_t* d, std::size_t n) {
+  std::size_t i = 0;
+  while (i < n && d[i] == 0xFF) ++i;
+  return i > 0 && i < n && d[i] == 0xD8;
 }
 
 void check_limits(const std::string& name, long long width, long long height, const ImageLimits& limits) {
@@ -249,6 +322,11 @@ const char* jpeg_decoder_name() {
 
 Image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name, const ImageLimits& limits) {
   if (data == nullptr || size == 0) fail(name, "empty file, not an image");
+  std::vector<std::uint8_t> without_empty_idat;
+  if (is_png(data, size) && strip_empty_png_idat(data, size, &without_empty_idat)) {
+    data = without_empty_idat.data();
+    size = without_empty_idat.size();
+  }
   if (size > static_cast<std::size_t>(INT_MAX)) {
     fail(name, "file is " + std::to_string(size) + " bytes, more than the decoder's 2 GiB limit");
   }
@@ -273,11 +351,13 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
     if (!jpeg_reaches_end_marker(data, size)) {
       fail(name, "truncated or corrupt JPEG: the data end before the end-of-image marker");
     }
+    if (!jpeg_huffman_tables_fit(data, size)) fail(name, "corrupt JPEG: a Huffman table has more than 256 codes");
 #ifdef VITMSN_WITH_TURBOJPEG
     Image image;
     if (decode_jpeg_turbo(data, size, name, limits, &image)) return image;
 #endif
   } else {
+    if (stb_sniffs_jpeg(data, size)) fail(name, "not a supported image: a JPEG must start with FF D8 FF");
     int w = 0, h = 0, n = 0;
     if (!stbi_info_from_memory(data, length, &w, &h, &n)) {
       fail(name,

@@ -277,6 +277,13 @@ Image center_crop(const Image& in, int crop_h, int crop_w) {
 }
 
 std::string describe(const json& value) {
+  // dump() recurses once per nesting level: a container of containers is described by its size,
+  // or a hostile file nested a million levels deep overflows the stack.
+  for (const json& item : value) {
+    if (item.is_structured()) {
+      return std::string(value.type_name()) + " of " + std::to_string(value.size()) + " nested values";
+    }
+  }
   std::string text = value.dump();
   if (text.size() > 40) text = text.substr(0, 37) + "...";
   return std::string(value.type_name()) + " " + text;
@@ -438,7 +445,7 @@ PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e400
     throw Error(source + ": invalid JSON: " + e.what());
   }
   if (!root.is_object()) throw Error(source + ": expected a JSON object, got " + describe(root));

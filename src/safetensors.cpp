@@ -229,6 +229,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
     if (end > data_size)
       throw fail(where + ": data_offsets [" + std::to_string(begin) + "," + std::to_string(end) +
                  "] run past the end of the data (" + std::to_string(data_size) + " bytes)");
+    if (numel > std::numeric_limits<std::uint64_t>::max() / d->size)  // numel * size below would wrap
+      throw fail(where + ": shape " + shape_to_string(view.shape) + " is larger than the file");
     if (end - begin != numel * d->size)
       throw fail(where + ": data_offsets span " + std::to_string(end - begin) + " bytes but " + d->name +
                  " shape " + shape_to_string(view.shape) + " needs " + std::to_string(numel * d->size));

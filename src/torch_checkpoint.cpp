@@ -505,11 +505,10 @@ class PickleMachine {
 
   /// Runs to STOP and returns the unpickled object.
   Value run() {
-    std::size_t ops = 0;
     while (pos_ < size_) {
       op_pos_ = pos_;
       op_ = data_[pos_++];
-      if (++ops > limits_.max_pickle_ops) {
+      if (++ops_ > limits_.max_pickle_ops) {
         fail("more than " + std::to_string(limits_.max_pickle_ops) + " opcodes (limit)");
       }
       if (op_ == '.') {  // STOP
@@ -526,6 +525,8 @@ class PickleMachine {
   const Dict& dict(const Value& v) const { return dicts_[static_cast<std::size_t>(v.i)]; }
   const std::vector<StorageRef>& storages() const { return storages_; }
   const TensorRef& tensor(const Value& v) const { return tensors_[static_cast<std::size_t>(v.i)]; }
+  /// Opcodes executed by run().
+  std::size_t ops_executed() const { return ops_; }
 
   /// A dict key as a tensor-name component: strings as is, integers in decimal.
   std::string key_text(const Value& k) const {
@@ -972,6 +973,7 @@ class PickleMachine {
   const TorchCheckpointLimits& limits_;
   std::size_t pos_ = 0;
   std::size_t op_pos_ = 0;
+  std::size_t ops_ = 0;
   std::uint8_t op_ = 0;
 
   std::vector<Value> stack_;
@@ -1036,6 +1038,12 @@ class StateDictWalker {
       if (++visited_ > limits_.max_pickle_ops) {
         throw Error(path_ + ": state dict has more than " + std::to_string(limits_.max_pickle_ops) +
                     " entries (limit)");
+      }
+      // Every entry of a tree of dicts costs the pickle at least one opcode; only a dict shared under
+      // several keys is walked more than once, and sharing nested k deep multiplies the walk by 2^k.
+      if (visited_ > vm_.ops_executed()) {
+        throw Error(path_ + ": state dict shares dicts so often that it has more entries than the " +
+                    std::to_string(vm_.ops_executed()) + " opcodes of data.pkl");
       }
       if (v.kind != Kind::kTensor && v.kind != Kind::kDict) continue;
       const std::string name = prefix.empty() ? vm_.key_text(k) : prefix + "." + vm_.key_text(k);
@@ -1213,7 +1221,11 @@ std::vector<TensorData> read_torch_checkpoint(const std::string& path, const Tor
       numel *= static_cast<std::size_t>(d);
     }
     const std::size_t item = dtype_size(s.dtype);
-    td.bytes.resize(numel * item);
+    try {
+      td.bytes.resize(numel * item);
+    } catch (const std::bad_alloc&) {  // a stride-0 view of a tiny storage can ask for max_total_bytes
+      zip.fail("tensor '" + td.name + "': cannot allocate " + std::to_string(numel * item) + " bytes");
+    }
     if (numel > 0) gather(loaded[t.storage].data, t, item, td.bytes.data());
     result.push_back(std::move(td));
     if (last_use[t.storage] == n) loaded[t.storage] = EntryBytes{};

@@ -1,0 +1,14 @@
+// libFuzzer harness: SafetensorsFile::open (through an in-memory file) + get/to_float of every tensor.
+// vitmsn::Error is the expected answer to bad input; anything else is a finding (see fuzz_targets.hpp).
+#include <cstddef>
+#include <cstdint>
+
+#include "fuzz_targets.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  try {
+    vitmsn::fuzz::safetensors_input(data, size);
+  } catch (const vitmsn::Error&) {
+  }
+  return 0;
+}
