@@ -1,4 +1,4 @@
-// libFuzzer harness: decode_image (at most 4096x4096 pixels) + the default Preprocessor.
+// libFuzzer harness: decode_image (at most 1024x1024 pixels) + the default Preprocessor.
 // vitmsn::Error is the expected answer to bad input; anything else is a finding (see fuzz_targets.hpp).
 #include <cstddef>
 #include <cstdint>
