@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "vitmsn/io.hpp"
+
 namespace vitmsn::cli {
 
 /// A command-line mistake: printed as `error: …` with a hint to --help.
@@ -127,16 +129,56 @@ inline std::string model_path_or_throw(const Args& args) {
   return p;
 }
 
-/// Set by SIGINT/SIGTERM; long loops check it and stop cleanly.
+/// Set by SIGINT/SIGTERM once install_interrupt_handler() was called; long loops check it and
+/// stop cleanly after the current item.
 inline std::atomic<bool>& interrupted() {
   static std::atomic<bool> flag{false};
   return flag;
 }
 
+namespace detail {
+inline std::atomic<bool>& graceful_interrupts() {
+  static std::atomic<bool> on{false};
+  return on;
+}
+
+/// SIGINT/SIGTERM. Graceful mode, first signal: set interrupted() and let the loop finish its item.
+/// Otherwise (no loop to stop, or a second signal): remove the temporary files of the outputs being
+/// written, say so, and die of the signal, so the caller sees the usual exit status. Only
+/// async-signal-safe calls.
+inline void on_interrupt(int sig) {
+  if (graceful_interrupts().load() && !interrupted().exchange(true)) {
+    static const char msg[] = "\nstopping after the current item (interrupt again to stop at once)\n";
+    (void)!::write(2, msg, sizeof msg - 1);
+    return;
+  }
+  const int removed = vitmsn::remove_unfinished_outputs();
+  static const char msg[] = "\ninterrupted: stopped at once; no output was left half-written\n";
+  static const char msg_removed[] = "\ninterrupted: stopped at once; unfinished output removed, nothing half-written left\n";
+  if (removed > 0) {
+    (void)!::write(2, msg_removed, sizeof msg_removed - 1);
+  } else {
+    (void)!::write(2, msg, sizeof msg - 1);
+  }
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+}  // namespace detail
+
+/// Every program: SIGINT/SIGTERM stop it at once without leaving a partial output (run_main
+/// installs this).
+inline void install_immediate_interrupt_handler() {
+  detail::graceful_interrupts().store(false);
+  std::signal(SIGINT, detail::on_interrupt);
+  std::signal(SIGTERM, detail::on_interrupt);
+}
+
+/// Programs with a long loop: the first SIGINT/SIGTERM sets interrupted() and the loop stops after
+/// its current item; a second one stops at once.
 inline void install_interrupt_handler() {
-  auto handler = [](int) { interrupted().store(true); };
-  std::signal(SIGINT, handler);
-  std::signal(SIGTERM, handler);
+  detail::graceful_interrupts().store(true);
+  std::signal(SIGINT, detail::on_interrupt);
+  std::signal(SIGTERM, detail::on_interrupt);
 }
 
 /// Progress of a loop over items: a self-rewriting line with rate and ETA on a terminal, plain lines
@@ -184,6 +226,7 @@ class Progress {
 
 /// Runs `body`, printing `error: …` for exceptions; returns the process exit status.
 inline int run_main(const char* usage, const std::function<int()>& body) {
+  install_immediate_interrupt_handler();
   try {
     return body();
   } catch (const UsageError& e) {

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "vitmsn/error.hpp"
+#include "vitmsn/io.hpp"
 
 namespace vitmsn::detail {
 
@@ -104,11 +105,48 @@ std::string join_path(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
 
+namespace {
+
+// The temporary files being written right now, for remove_unfinished_outputs(), which a signal
+// handler may call: fixed storage, no allocation, only atomics and unlink(2) on its side.
+// A slot is free (0), being filled or emptied (1), or holds a path to remove (2).
+constexpr int kSlots = 64;
+constexpr std::size_t kSlotPath = 4096;
+struct TempSlot {
+  std::atomic<int> state{0};
+  char path[kSlotPath];
+};
+TempSlot g_temp_slots[kSlots];
+
+int register_temp(const std::string& path) {
+  if (path.size() >= kSlotPath) return -1;
+  for (int i = 0; i < kSlots; ++i) {
+    int expected = 0;
+    if (g_temp_slots[i].state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+      std::memcpy(g_temp_slots[i].path, path.c_str(), path.size() + 1);
+      g_temp_slots[i].state.store(2, std::memory_order_release);
+      return i;
+    }
+  }
+  return -1;  // more than 64 files open at once: this one is still removed on errors, just not on signals
+}
+
+void unregister_temp(int slot) {
+  if (slot >= 0) g_temp_slots[slot].state.store(0, std::memory_order_release);
+}
+
+}  // namespace
+
 AtomicFile::AtomicFile(const std::string& path) : path_(path) {
   static std::atomic<unsigned> counter{0};
   temp_ = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  slot_ = register_temp(temp_);  // before the file exists: a signal in between finds nothing to remove
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw Error(path + ": cannot create output file: " + errno_text());
+  if (fd_ < 0) {
+    const std::string why = errno_text();
+    unregister_temp(slot_);
+    throw Error(path + ": cannot create output file: " + why);
+  }
 }
 
 AtomicFile::~AtomicFile() {
@@ -116,6 +154,7 @@ AtomicFile::~AtomicFile() {
     ::close(fd_);
     ::unlink(temp_.c_str());
   }
+  unregister_temp(slot_);
 }
 
 void AtomicFile::write(const void* data, std::size_t size) {
@@ -142,8 +181,24 @@ void AtomicFile::commit() {
   if (::rename(temp_.c_str(), path_.c_str()) != 0) {
     const std::string why = errno_text();
     ::unlink(temp_.c_str());
+    unregister_temp(slot_);
+    slot_ = -1;
     throw Error(path_ + ": cannot rename the finished file into place: " + why);
   }
+  unregister_temp(slot_);
+  slot_ = -1;
+}
+
+}  // namespace vitmsn::detail
+
+namespace vitmsn {
+
+int remove_unfinished_outputs() noexcept {
+  int removed = 0;
+  for (auto& slot : detail::g_temp_slots) {
+    if (slot.state.load(std::memory_order_acquire) == 2 && ::unlink(slot.path) == 0) ++removed;
+  }
+  return removed;
 }
 
 }  // namespace vitmsn::detail

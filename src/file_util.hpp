@@ -54,6 +54,7 @@ class AtomicFile {
  private:
   std::string path_, temp_;
   int fd_ = -1;
+  int slot_ = -1;  // in the registry remove_unfinished_outputs() reads
 };
 
 }  // namespace vitmsn::detail

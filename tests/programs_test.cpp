@@ -388,15 +388,17 @@ TEST(Sharding, TaskIndexComesFromSlurmOrKubernetes) {
   EXPECT_NE(r.output.find("outside 0..3"), std::string::npos) << r.output;
 }
 
-TEST(ExtractProgram, InterruptedRunLeavesNoPartialOutputAndSaysWhatWasDone) {
-  const std::string dir = test::temp_dir("programs/interrupt");
+// Starts vitmsn-extract on 40 images, sends `signal` once two are done; it must stop after the
+// current image, write nothing, leave no temporary file and say how far it got.
+void expect_clean_stop_on(const std::string& signal) {
+  const std::string dir = test::temp_dir("programs/interrupt-" + signal);
   std::system(("mkdir -p " + dir + "/imgs").c_str());
   std::ifstream in(test::data_path("images/chelsea.png"), std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   for (int i = 0; i < 40; ++i) test::write_bytes(dir + "/imgs/c" + std::to_string(100 + i) + ".png", bytes);
   const std::string cmd = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract --threads 1 --model " +
-                          test::data_path("models/tiny") + " --output " + dir + "/f.safetensors " + dir + "/imgs > " +
-                          dir + "/log 2>&1 & echo $!";
+                          test::data_path("models/tiny") + " --output " + dir + "/f.safetensors " + dir +
+                          "/imgs > " + dir + "/log 2>&1 & echo $!";
   FILE* p = popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
   char pid[32] = {0};
@@ -407,15 +409,19 @@ TEST(ExtractProgram, InterruptedRunLeavesNoPartialOutputAndSaysWhatWasDone) {
     return std::string((std::istreambuf_iterator<char>(l)), std::istreambuf_iterator<char>());
   };
   for (int i = 0; i < 600 && log().find("[2/40]") == std::string::npos; ++i) usleep(50000);
-  std::system(("kill -INT " + std::string(pid)).c_str());
+  std::system(("kill -" + signal + " " + std::string(pid)).c_str());
   for (int i = 0; i < 200 && log().find("interrupted") == std::string::npos; ++i) usleep(50000);
   const std::string text = log();
-  EXPECT_NE(text.find("interrupted after"), std::string::npos) << text;
-  EXPECT_NE(text.find("of 40 inputs; nothing was written"), std::string::npos) << text;
-  EXPECT_FALSE(exists(dir + "/f.safetensors"));
+  EXPECT_NE(text.find("interrupted after"), std::string::npos) << signal << ": " << text;
+  EXPECT_NE(text.find("of 40 inputs; nothing was written"), std::string::npos) << signal << ": " << text;
+  EXPECT_FALSE(exists(dir + "/f.safetensors")) << signal;
   // No temporary files left behind either.
-  EXPECT_EQ(std::system(("ls " + dir + " | grep -q tmp").c_str()) == 0, false);
+  EXPECT_EQ(std::system(("ls " + dir + " | grep -q tmp").c_str()) == 0, false) << signal;
 }
+
+TEST(ExtractProgram, InterruptedRunLeavesNoPartialOutputAndSaysWhatWasDone) { expect_clean_stop_on("INT"); }
+
+TEST(ExtractProgram, TerminatedRunLeavesNoPartialOutputAndSaysWhatWasDone) { expect_clean_stop_on("TERM"); }
 
 TEST(WeightsScript, FailsFastAndClearlyWhenTheHubIsUnreachable) {
   const std::string script = std::string(VITMSN_TEST_DATA_DIR) + "/../../weights/fetch_vit_msn_large_7.sh";

@@ -19,4 +19,11 @@ std::vector<float> read_npy(const std::string& path, std::vector<std::int64_t>* 
 /// Writes `text` to `path` atomically. \throws Error naming `path`.
 void write_text_file(const std::string& path, const std::string& text);
 
+/// Removes the temporary files of every output this process is writing right now (write_npy,
+/// write_text_file, write_safetensors, write_png, convert_checkpoint, ...) and returns how many it
+/// removed. Async-signal-safe: meant for a SIGINT/SIGTERM handler that ends the process at once, so
+/// that an interrupted write leaves nothing behind (an output path never holds a partial file either
+/// way). The library installs no signal handler itself.
+int remove_unfinished_outputs() noexcept;
+
 }  // namespace vitmsn

@@ -6,10 +6,13 @@
 // Without VITMSN_FULLSIZE_MODEL the synthetic model is built in memory (no reference comparison).
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include "test_util.hpp"
@@ -60,6 +63,42 @@ TEST(FullSize, SyntheticVitL7RunsAndMatchesTheReference) {
   EXPECT_LE(err, kFullSizeTolerance) << "max abs error " << err;
   EXPECT_EQ(model.copied_weight_bytes(), 0u) << "float32 weights must be used in place";
 }
+
+#ifdef VITMSN_PROGRAM_DIR
+// Ctrl-C while vitmsn-convert writes the 1.2 GB file: the program dies of the signal at once and
+// removes its temporary file; no output, partial or whole, is left.
+TEST(FullSize, ConvertInterruptedMidWriteLeavesNothing) {
+  const char* model = std::getenv("VITMSN_FULLSIZE_MODEL");
+  if (!model) GTEST_SKIP() << "set VITMSN_FULLSIZE_MODEL to the synthetic model folder";
+  const std::string dir = test::temp_dir("fullsize/convert-interrupt");
+  const std::string cmd = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-convert " + model + " " + dir +
+                          "/out.safetensors > " + dir + ".log 2>&1 & echo $!";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char pid[32] = {0};
+  ASSERT_NE(std::fgets(pid, sizeof pid, p), nullptr);
+  pclose(p);
+  const std::string list = "ls " + dir + " 2>/dev/null";
+  auto listing = [&] { return test::run_command(list).output; };
+  // Wait until the temporary file has some hundred MB in it, then interrupt.
+  bool writing = false;
+  for (int i = 0; i < 600 && !writing; ++i) {
+    usleep(50000);
+    writing = test::run_command("find " + dir + " -name '*.tmp.*' -size +100M | grep -q .").status == 0;
+  }
+  ASSERT_TRUE(writing) << "no temporary file grew past 100 MB; folder: " << listing();
+  ASSERT_EQ(std::system(("kill -INT " + std::string(pid)).c_str()), 0);
+  std::string log;
+  for (int i = 0; i < 200 && log.find("interrupted") == std::string::npos; ++i) {
+    usleep(50000);
+    std::ifstream l(dir + ".log");
+    log.assign(std::istreambuf_iterator<char>(l), std::istreambuf_iterator<char>());
+  }
+  EXPECT_NE(log.find("interrupted: stopped at once; unfinished output removed"), std::string::npos) << log;
+  usleep(200000);
+  EXPECT_EQ(listing(), "") << "left behind after the interrupt";
+}
+#endif
 
 }  // namespace
 }  // namespace vitmsn
