@@ -35,6 +35,125 @@ void write_npy(const std::string& path, const std::vector<std::int64_t>& shape, 
   f.commit();
 }
 
+namespace {
+
+// The header of a .npy file is a Python dict literal, e.g.
+//   {'descr': '<f4', 'fortran_order': False, 'shape': (3, 1024), }
+// This reads exactly that grammar (string keys; string, True/False or tuple-of-int values) and
+// nothing else; every failure names the file.
+class NpyHeader {
+ public:
+  NpyHeader(const std::string& text, const std::string& path) : s_(text), path_(path) {}
+
+  void parse(std::string* descr, bool* fortran, std::vector<std::int64_t>* shape) {
+    bool have_descr = false, have_fortran = false, have_shape = false;
+    skip_space();
+    expect('{');
+    while (true) {
+      skip_space();
+      if (peek() == '}') break;
+      const std::string key = quoted();
+      skip_space();
+      expect(':');
+      skip_space();
+      if (key == "descr") {
+        *descr = quoted();
+        have_descr = true;
+      } else if (key == "fortran_order") {
+        *fortran = boolean();
+        have_fortran = true;
+      } else if (key == "shape") {
+        *shape = tuple();
+        have_shape = true;
+      } else {
+        fail("unknown key '" + key + "'");
+      }
+      skip_space();
+      if (peek() == ',') {
+        ++i_;
+        continue;
+      }
+      skip_space();
+      if (peek() != '}') fail("expected ',' or '}'");
+    }
+    ++i_;
+    skip_space();
+    if (i_ != s_.size()) fail("text after the header dict");
+    if (!have_descr || !have_fortran || !have_shape) fail("the header lacks descr, fortran_order or shape");
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw Error(path_ + ": bad .npy header (" + what + " at byte " + std::to_string(i_) + ")");
+  }
+  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
+  void skip_space() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\t' || s_[i_] == '\r')) ++i_;
+  }
+  void expect(char c) {
+    if (peek() != c) fail(std::string("expected '") + c + "'");
+    ++i_;
+  }
+  std::string quoted() {
+    const char q = peek();
+    if (q != '\'' && q != '"') fail("expected a quoted string");
+    const std::size_t end = s_.find(q, i_ + 1);
+    if (end == std::string::npos) fail("unterminated string");
+    std::string out = s_.substr(i_ + 1, end - i_ - 1);
+    i_ = end + 1;
+    return out;
+  }
+  bool boolean() {
+    if (s_.compare(i_, 4, "True") == 0) {
+      i_ += 4;
+      return true;
+    }
+    if (s_.compare(i_, 5, "False") == 0) {
+      i_ += 5;
+      return false;
+    }
+    fail("expected True or False");
+  }
+  std::vector<std::int64_t> tuple() {
+    std::vector<std::int64_t> dims;
+    expect('(');
+    while (true) {
+      skip_space();
+      if (peek() == ')') break;
+      if (peek() < '0' || peek() > '9') fail("expected a dimension");
+      std::int64_t d = 0;
+      while (peek() >= '0' && peek() <= '9') {
+        if (d > (std::int64_t{1} << 50)) fail("dimension too large");
+        d = d * 10 + (peek() - '0');
+        ++i_;
+      }
+      if (peek() == 'L') ++i_;  // Python 2 longs
+      dims.push_back(d);
+      if (dims.size() > 32) fail("more than 32 dimensions");
+      skip_space();
+      if (peek() == ',') {
+        ++i_;
+        continue;
+      }
+      if (peek() != ')') fail("expected ',' or ')'");
+    }
+    ++i_;
+    return dims;
+  }
+
+  const std::string& s_;
+  const std::string& path_;
+  std::size_t i_ = 0;
+};
+
+std::string shape_text(const std::vector<std::int64_t>& dims) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + (dims.size() == 1 ? ",)" : ")");
+}
+
+}  // namespace
+
 std::vector<float> read_npy(const std::string& path, std::vector<std::int64_t>* shape) {
   const detail::MappedFile m = detail::MappedFile::open(path);
   const auto* p = m.data();
@@ -50,30 +169,36 @@ std::vector<float> read_npy(const std::string& path, std::vector<std::int64_t>* 
   } else {
     throw Error(path + ": unsupported .npy version " + std::to_string(p[6]));
   }
-  if (start + hlen > m.size()) throw Error(path + ": .npy header runs past the end of the file");
+  if (hlen > m.size() - start) throw Error(path + ": .npy header runs past the end of the file");
   const std::string h(reinterpret_cast<const char*>(p + start), hlen);
-  if (h.find("'descr': '<f4'") == std::string::npos) throw Error(path + ": .npy dtype is not little-endian float32");
-  if (h.find("'fortran_order': False") == std::string::npos) throw Error(path + ": .npy is in Fortran order");
-  const auto open = h.find('(', h.find("'shape'")), close = h.find(')', open);
-  if (open == std::string::npos || close == std::string::npos) throw Error(path + ": .npy header has no shape");
+  std::string descr;
+  bool fortran = true;
   std::vector<std::int64_t> dims;
+  NpyHeader(h, path).parse(&descr, &fortran, &dims);
+  if (descr != "<f4") throw Error(path + ": .npy dtype is '" + descr + "', not little-endian float32 ('<f4')");
+  if (fortran) throw Error(path + ": .npy is in Fortran order");
+  // The element count, checked against the bytes that are there before anything is allocated.
+  const std::size_t data_bytes = m.size() - start - hlen;
+  // n never exceeds the data's float count: the product cannot overflow.
   std::size_t n = 1;
-  for (std::size_t i = open + 1; i < close;) {
-    while (i < close && (h[i] == ' ' || h[i] == ',')) ++i;
-    if (i >= close) break;
-    std::size_t used = 0;
-    const long long d = std::stoll(h.substr(i, close - i), &used);
-    if (d < 0 || used == 0) throw Error(path + ": bad .npy shape");
-    dims.push_back(d);
-    n *= static_cast<std::size_t>(d);
-    i += used;
+  bool empty = false;
+  for (const std::int64_t d : dims) empty = empty || d == 0;
+  if (empty) {
+    n = 0;
+  } else {
+    for (const std::int64_t d : dims) {
+      const auto ud = static_cast<std::size_t>(d);
+      if (n > data_bytes / sizeof(float) / ud)
+        throw Error(path + ": .npy shape " + shape_text(dims) + " needs more data than the file's " +
+                    std::to_string(data_bytes) + " bytes");
+      n *= ud;
+    }
   }
-  const std::size_t data = start + hlen;
-  if (m.size() - data != n * sizeof(float))
-    throw Error(path + ": .npy holds " + std::to_string(m.size() - data) + " data bytes, shape needs " +
-                std::to_string(n * sizeof(float)));
+  if (data_bytes != n * sizeof(float))
+    throw Error(path + ": .npy holds " + std::to_string(data_bytes) + " data bytes, shape " + shape_text(dims) +
+                " needs " + std::to_string(n * sizeof(float)));
   std::vector<float> out(n);
-  if (n) std::memcpy(out.data(), p + data, n * sizeof(float));
+  if (n) std::memcpy(out.data(), p + start + hlen, n * sizeof(float));
   if (shape) *shape = dims;
   return out;
 }

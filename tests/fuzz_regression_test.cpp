@@ -18,6 +18,7 @@
 #include "test_util.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/image.hpp"
+#include "vitmsn/io.hpp"
 #include "vitmsn/preprocess.hpp"
 #include "vitmsn/safetensors.hpp"
 #include "vitmsn/torch_checkpoint.hpp"
@@ -80,6 +81,7 @@ TEST(FuzzRegression, SavedSafetensorsInputsAreAcceptedOrRefusedWithError) {
 TEST(FuzzRegression, SavedJsonInputsAreAcceptedOrRefusedWithError) { replay_saved_inputs("json", fuzz::json_input); }
 TEST(FuzzRegression, SavedImageInputsAreAcceptedOrRefusedWithError) { replay_saved_inputs("image", fuzz::image_input); }
 TEST(FuzzRegression, SavedTorchInputsAreAcceptedOrRefusedWithError) { replay_saved_inputs("torch", fuzz::torch_input); }
+TEST(FuzzRegression, SavedNpyInputsAreAcceptedOrRefusedWithError) { replay_saved_inputs("npy", fuzz::npy_input); }
 
 // --- safetensors -------------------------------------------------------------------------------
 
@@ -90,6 +92,21 @@ TEST(FuzzRegression, SafetensorsShapeWhoseByteSizeWrapsAroundIsRefused) {
   const std::string path = data_path("fuzz/safetensors/f32-shape-whose-byte-size-wraps-to-0.safetensors");
   expect_error([&] { SafetensorsFile::open(path); },
                "tensor 'x': shape [1,4611686018427387904] is larger than the file");
+}
+
+// --- .npy (found reading read_npy for the npy target, before it ran) -----------------------------
+
+// shape (2^48, 2^16): the element count wrapped to 0, which matched the 0 data bytes, so the file
+// was read as an empty array with that shape (vitmsn-merge would then have indexed by it).
+TEST(FuzzRegression, NpyShapeWhoseElementCountWrapsAroundIsRefused) {
+  const std::string path = data_path("fuzz/npy/shape-whose-size-wraps-to-0.npy");
+  expect_error([&] { read_npy(path, nullptr); }, "shape (281474976710656, 65536) needs more data than the file's 0 bytes");
+}
+
+// A shape that is not a tuple of integers escaped as std::invalid_argument from std::stoll.
+TEST(FuzzRegression, NpyShapeThatIsNotATupleOfIntegersThrowsError) {
+  const std::string path = data_path("fuzz/npy/shape-not-a-number.npy");
+  expect_error([&] { read_npy(path, nullptr); }, "shape-not-a-number.npy: bad .npy header");
 }
 
 // --- preprocessor_config.json ------------------------------------------------------------------

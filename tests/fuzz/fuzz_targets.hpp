@@ -25,6 +25,7 @@
 #include "vitmsn/config.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/image.hpp"
+#include "vitmsn/io.hpp"
 #include "vitmsn/preprocess.hpp"
 #include "vitmsn/safetensors.hpp"
 #include "vitmsn/torch_checkpoint.hpp"
@@ -271,6 +272,24 @@ inline void torch_input(const std::uint8_t* data, std::size_t size) {
     total += t.bytes.size();
   }
   VITMSN_FUZZ_CHECK(total <= limits.max_total_bytes);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// .npy feature files (vitmsn-merge reads the shards' parts)
+
+/// Reads the bytes as a .npy file; an accepted array must fit the file and match its shape.
+inline void npy_input(const std::uint8_t* data, std::size_t size) {
+  static ScratchFile scratch("npy");
+  const std::string& path = scratch.write(data, size);
+  std::vector<std::int64_t> shape;
+  const std::vector<float> values = read_npy(path, &shape);
+  std::uint64_t numel = 1;
+  for (const std::int64_t d : shape) {
+    VITMSN_FUZZ_CHECK(d >= 0);
+    numel *= static_cast<std::uint64_t>(d);
+  }
+  VITMSN_FUZZ_CHECK(values.size() == numel);
+  VITMSN_FUZZ_CHECK(values.size() * sizeof(float) + 10 <= size);
 }
 
 }  // namespace vitmsn::fuzz

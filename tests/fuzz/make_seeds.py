@@ -3,7 +3,7 @@
 
     make_seeds.py OUT_DIR
 
-writes OUT_DIR/{safetensors,json,image,torch}/seed-*: valid inputs that reach the branches the
+writes OUT_DIR/{safetensors,json,image,torch,npy}/seed-*: valid inputs that reach the branches the
 committed fixtures under tests/data do not (every safetensors dtype, scalar and empty tensors, the
 image formats besides PNG/JPEG, hand-written pickles with the less common globals and opcodes).
 run_fuzzers.sh adds the fixtures themselves.
@@ -262,6 +262,24 @@ def torch_seeds(out):
           checkpoint(p.stop(), {"a": struct.pack("<q", 42)}, method=zipfile.ZIP_DEFLATED, archive="ckpt"))
 
 
+# --- .npy -----------------------------------------------------------------------------------------
+
+def npy(header, data, version=1):
+    prefix = 10 if version == 1 else 12
+    header += " " * ((64 - (prefix + len(header) + 1) % 64) % 64) + "\n"
+    size = struct.pack("<H", len(header)) if version == 1 else struct.pack("<I", len(header))
+    return b"\x93NUMPY" + bytes([version, 0]) + size + header.encode() + data
+
+
+def npy_seeds(out):
+    f = lambda n: struct.pack("<%df" % n, *[0.5 * i for i in range(n)])
+    write(out, "npy", "2x3.npy", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", f(6)))
+    write(out, "npy", "scalar.npy", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", f(1)))
+    write(out, "npy", "empty.npy", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 5), }", b""))
+    write(out, "npy", "v2-quotes.npy", npy('{"descr": "<f4", "fortran_order": False, "shape": (4,)}', f(4), 2))
+    write(out, "npy", "v3-longs.npy", npy("{'shape': (1L, 2L), 'fortran_order': False, 'descr': '<f4'}", f(2), 3))
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: make_seeds.py OUT_DIR")
@@ -270,6 +288,7 @@ def main():
     json_seeds(out)
     image_seeds(out)
     torch_seeds(out)
+    npy_seeds(out)
 
 
 if __name__ == "__main__":

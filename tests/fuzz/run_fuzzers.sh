@@ -7,7 +7,7 @@
 # no longer fails (a timeout because the process was descheduled on a busy machine, say) is
 # reported as "flaky", not counted as a finding, and moved to artifacts/flaky/.
 #
-#   tests/fuzz/run_fuzzers.sh [SECONDS_PER_TARGET] [TARGET...]     TARGET: safetensors json image torch
+#   tests/fuzz/run_fuzzers.sh [SECONDS_PER_TARGET] [TARGET...]     TARGET: safetensors json image torch npy
 #
 # Environment: VITMSN_FUZZ_BUILD (build folder, default <repo>/build-fuzz), CXX (default clang++).
 # The corpus each target grows is kept in <build>/fuzz/<target>/corpus and reused by the next run.
@@ -16,7 +16,7 @@ set -euo pipefail
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(safetensors json image torch)
+[[ ${#targets[@]} -gt 0 ]] || targets=(safetensors json image torch npy)
 [[ $seconds =~ ^[0-9]+$ && $seconds -gt 0 ]] || { echo "error: SECONDS_PER_TARGET must be a positive integer" >&2; exit 2; }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -24,9 +24,9 @@ build=${VITMSN_FUZZ_BUILD:-$root/build-fuzz}
 work=$build/fuzz
 
 # Largest input per target: enough for every fixture of interest, small enough for fast iterations.
-declare -A max_len=([safetensors]=16384 [json]=4096 [image]=65536 [torch]=16384)
+declare -A max_len=([safetensors]=16384 [json]=4096 [image]=65536 [torch]=16384 [npy]=4096)
 for t in "${targets[@]}"; do
-  [[ -n ${max_len[$t]:-} ]] || { echo "error: unknown target '$t' (safetensors json image torch)" >&2; exit 2; }
+  [[ -n ${max_len[$t]:-} ]] || { echo "error: unknown target '$t' (safetensors json image torch npy)" >&2; exit 2; }
 done
 
 echo "== build ($build)"
@@ -52,6 +52,7 @@ fixtures() {  # fixtures of target $1, one path a line
     json) find "$d" -name '*.json' ;;
     image) find "$d/images" "$d/pillow" -type f \( -name '*.png' -o -name '*.jpg' -o -name '*.gif' -o -name '*.bmp' \) ;;
     torch) find "$d/torch" "$d/models" -name '*.pt' -o -name '*.bin' ;;
+    npy) find "$d" -name '*.npy' ;;
   esac
   if [[ -d $d/fuzz/$1 ]]; then find "$d/fuzz/$1" -type f; fi
   if [[ -d $crafted/$1 ]]; then find "$crafted/$1" -type f; fi
