@@ -1,6 +1,7 @@
 // vitmsn-extract: features of many images (files, folders, list files) or of ready pixel values,
 // to one .safetensors or .npy file.
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -196,7 +197,16 @@ Results read_part(const std::string& path, const std::string& inputs) {
   Results r;
   r.rows = split_lines(m.count("rows") ? m.at("rows") : "");
   r.failed = split_lines(m.count("failed") ? m.at("failed") : "");
-  r.row_size = m.count("row_size") ? std::stoll(m.at("row_size")) : -1;
+  r.row_size = -1;
+  if (m.count("row_size")) {
+    const std::string& v = m.at("row_size");
+    char* end = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || *end || errno || n < -1 || n > (1ll << 40))
+      throw Error(path + ": bad row_size '" + v + "' in the metadata of a saved chunk");
+    r.row_size = n;
+  }
   for (const auto& name : f.names()) {
     const TensorView& v = f.get(name);
     if (name == "__rows__") {

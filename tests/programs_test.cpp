@@ -351,6 +351,25 @@ TEST(Sharding, AKilledShardResumesFromItsSavedChunks) {
   EXPECT_FALSE(exists(dir + "/f-00000-of-00001.part-00000.safetensors")) << "part files must be removed when done";
 }
 
+TEST(Sharding, ACorruptSavedChunkIsRedoneWithANote) {
+  const std::string dir = test::temp_dir("programs/shard_corrupt_part");
+  const std::string imgs = shard_images(dir);
+  const std::string args = " --model " + test::data_path("models/tiny") +
+                           " --threads 1 --pool cls --chunk 1 --shard 0/1 --output " + dir + "/f.npy " + imgs;
+  // A chunk file for the first image whose metadata is damaged (row_size is not a number).
+  const std::string part = dir + "/f-00000-of-00001.part-00000.safetensors";
+  const std::vector<float> zeros(64, 0.0f);
+  write_safetensors(part, {TensorData::f32("__rows__", {1, 64}, zeros.data())},
+                    {{"inputs", imgs + "/img00.png\n"}, {"rows", imgs + "/img00.png"}, {"row_size", "banana"}});
+  const ProgramRun r = run("vitmsn-extract" + args);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("note: redoing chunk 0: " + part + ": bad row_size 'banana'"), std::string::npos) << r.output;
+  const ProgramRun single = run("vitmsn-extract --model " + test::data_path("models/tiny") +
+                                " --threads 1 --pool cls --output " + dir + "/single.npy " + imgs);
+  ASSERT_EQ(single.status, 0) << single.output;
+  EXPECT_EQ(read_npy(dir + "/f-00000-of-00001.npy", nullptr), read_npy(dir + "/single.npy", nullptr));
+}
+
 TEST(Sharding, MergeReportsMissingShardsAndImages) {
   const std::string dir = test::temp_dir("programs/shard_missing");
   const std::string imgs = shard_images(dir);
