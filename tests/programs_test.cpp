@@ -324,16 +324,13 @@ TEST(Sharding, AKilledShardResumesFromItsSavedChunks) {
   const std::string args = " --model " + test::data_path("models/tiny") +
                            " --threads 1 --pool mean --chunk 1 --shard 0/1 --output " + dir + "/f.npy " + imgs;
   // Start the shard, kill it (SIGKILL: no chance to clean up) once some chunks are saved.
-  const std::string start = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract" + args + " > " + dir + "/log 2>&1 & echo $!";
-  FILE* p = popen(start.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  char pid[32] = {0};
-  ASSERT_NE(std::fgets(pid, sizeof pid, p), nullptr);
-  pclose(p);
+  const std::string pid =
+      test::start_in_background(std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract" + args, dir + "/log");
+  ASSERT_FALSE(pid.empty());
   const std::string part = dir + "/f-00000-of-00001.part-00002.safetensors";
   for (int i = 0; i < 600 && !exists(part); ++i) usleep(50000);
   ASSERT_TRUE(exists(part)) << "no chunk saved within 30 s";
-  std::system(("kill -9 " + std::string(pid)).c_str());
+  std::system(("kill -9 " + pid).c_str());
   usleep(200000);
   ASSERT_FALSE(exists(dir + "/f-00000-of-00001.npy")) << "the killed shard finished before it could be killed";
   // Resume: the saved chunks are reused, the rest computed; the result equals a fresh single run.
@@ -415,20 +412,15 @@ void expect_clean_stop_on(const std::string& signal) {
   std::ifstream in(test::data_path("images/chelsea.png"), std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   for (int i = 0; i < 40; ++i) test::write_bytes(dir + "/imgs/c" + std::to_string(100 + i) + ".png", bytes);
-  const std::string cmd = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract --threads 1 --model " +
-                          test::data_path("models/tiny") + " --output " + dir + "/f.safetensors " + dir +
-                          "/imgs > " + dir + "/log 2>&1 & echo $!";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  char pid[32] = {0};
-  ASSERT_NE(std::fgets(pid, sizeof pid, p), nullptr);
-  pclose(p);
-  auto log = [&] {
-    std::ifstream l(dir + "/log");
-    return std::string((std::istreambuf_iterator<char>(l)), std::istreambuf_iterator<char>());
-  };
+  const std::string pid = test::start_in_background(std::string(VITMSN_PROGRAM_DIR) +
+                                                        "/vitmsn-extract --threads 1 --model " +
+                                                        test::data_path("models/tiny") + " --output " + dir +
+                                                        "/f.safetensors " + dir + "/imgs",
+                                                    dir + "/log");
+  ASSERT_FALSE(pid.empty());
+  auto log = [&] { return test::read_text(dir + "/log"); };
   for (int i = 0; i < 600 && log().find("[2/40]") == std::string::npos; ++i) usleep(50000);
-  std::system(("kill -" + signal + " " + std::string(pid)).c_str());
+  std::system(("kill -" + signal + " " + pid).c_str());
   for (int i = 0; i < 200 && log().find("interrupted") == std::string::npos; ++i) usleep(50000);
   const std::string text = log();
   EXPECT_NE(text.find("interrupted after"), std::string::npos) << signal << ": " << text;

@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <memory>
 
 namespace vitmsn::test {
@@ -70,6 +71,22 @@ ProgramRun run_command(const std::string& command) {
   const int st = pclose(p);
   r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   return r;
+}
+
+std::string start_in_background(const std::string& command, const std::string& log) {
+  FILE* p = popen((command + " > " + log + " 2>&1 & echo $!").c_str(), "r");
+  if (!p) return "";
+  char pid[32] = {0};
+  const bool ok = std::fgets(pid, sizeof pid, p) != nullptr;
+  pclose(p);
+  std::string s = ok ? pid : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 }  // namespace vitmsn::test

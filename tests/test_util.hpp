@@ -37,6 +37,13 @@ struct ProgramRun {
 /// Runs `command` through the shell (stderr joined to stdout) and waits for it.
 ProgramRun run_command(const std::string& command);
 
+/// Starts `command` in the background with stdout and stderr to `log`; returns its process id (empty
+/// when it could not be started).
+std::string start_in_background(const std::string& command, const std::string& log);
+
+/// The whole content of a file ("" when it cannot be read).
+std::string read_text(const std::string& path);
+
 #ifdef VITMSN_PROGRAM_DIR
 /// Runs one of the built programs: `args` starts with its name, e.g. "vitmsn-extract --help".
 inline ProgramRun run(const std::string& args) { return run_command(std::string(VITMSN_PROGRAM_DIR) + "/" + args); }

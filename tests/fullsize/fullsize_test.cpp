@@ -71,13 +71,9 @@ TEST(FullSize, ConvertInterruptedMidWriteLeavesNothing) {
   const char* model = std::getenv("VITMSN_FULLSIZE_MODEL");
   if (!model) GTEST_SKIP() << "set VITMSN_FULLSIZE_MODEL to the synthetic model folder";
   const std::string dir = test::temp_dir("fullsize/convert-interrupt");
-  const std::string cmd = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-convert " + model + " " + dir +
-                          "/out.safetensors > " + dir + ".log 2>&1 & echo $!";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  char pid[32] = {0};
-  ASSERT_NE(std::fgets(pid, sizeof pid, p), nullptr);
-  pclose(p);
+  const std::string pid = test::start_in_background(
+      std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-convert " + model + " " + dir + "/out.safetensors", dir + ".log");
+  ASSERT_FALSE(pid.empty());
   const std::string list = "ls " + dir + " 2>/dev/null";
   auto listing = [&] { return test::run_command(list).output; };
   // Wait until the temporary file has some hundred MB in it, then interrupt.
@@ -87,12 +83,11 @@ TEST(FullSize, ConvertInterruptedMidWriteLeavesNothing) {
     writing = test::run_command("find " + dir + " -name '*.tmp.*' -size +100M | grep -q .").status == 0;
   }
   ASSERT_TRUE(writing) << "no temporary file grew past 100 MB; folder: " << listing();
-  ASSERT_EQ(std::system(("kill -INT " + std::string(pid)).c_str()), 0);
+  ASSERT_EQ(std::system(("kill -INT " + pid).c_str()), 0);
   std::string log;
   for (int i = 0; i < 200 && log.find("interrupted") == std::string::npos; ++i) {
     usleep(50000);
-    std::ifstream l(dir + ".log");
-    log.assign(std::istreambuf_iterator<char>(l), std::istreambuf_iterator<char>());
+    log = test::read_text(dir + ".log");
   }
   EXPECT_NE(log.find("interrupted: stopped at once; unfinished output removed"), std::string::npos) << log;
   usleep(200000);
