@@ -391,13 +391,12 @@ void validate(const PreprocessorConfig& c, const std::string& source) {
 
 // -----------------------------------------------------------------------------------------------------
 
-Image resize(const Image& image, int width, int height, Resample filter) {
+Image resize(const Image& image, int width, int height, Resample filter, const ImageLimits& limits) {
   check_image(image, "resize");
   if (width < 1 || height < 1) {
     throw Error("resize: output size " + std::to_string(width) + "x" + std::to_string(height) +
                 " must be at least 1x1");
   }
-  const ImageLimits limits;
   if (static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(height) > limits.max_pixels) {
     throw Error("resize: output size " + std::to_string(width) + "x" + std::to_string(height) + " exceeds " +
                 std::to_string(limits.max_pixels) + " pixels");
@@ -422,6 +421,14 @@ Image resize(const Image& image, int width, int height, Resample filter) {
   int src_width = image.width;
   std::vector<std::uint8_t> temp;
   if (need_horizontal) {
+    const std::uint64_t temp_pixels = static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(row_last - row_first);
+    if (temp_pixels > limits.max_pixels) {
+      throw Error("resize: " + std::to_string(image.width) + "x" + std::to_string(image.height) + " to " +
+                  std::to_string(width) + "x" + std::to_string(height) + " needs an intermediate image of " +
+                  std::to_string(width) + "x" + std::to_string(row_last - row_first) +
+                  " pixels (Pillow resizes rows first), above the limit of " + std::to_string(limits.max_pixels) +
+                  " pixels");
+    }
     const Coefficients horiz = precompute_coefficients(image.width, width, f);
     temp.resize(static_cast<std::size_t>(width) * (row_last - row_first) * 3);
     resample_horizontal(image.rgb.data(), image.width, row_first, row_last - row_first, temp.data(), width, horiz);
@@ -533,7 +540,15 @@ Preprocessor Preprocessor::with_size(int height, int width) const {
   c.width = width;
   c.shortest_edge = 0;
   c.do_center_crop = false;
-  return Preprocessor(c);
+  Preprocessor p(c);
+  p.limits_ = limits_;
+  return p;
+}
+
+Preprocessor Preprocessor::with_limits(const ImageLimits& limits) const {
+  Preprocessor p = *this;
+  p.limits_ = limits;
+  return p;
 }
 
 Image Preprocessor::resize_only(const Image& image) const {
@@ -562,7 +577,7 @@ Image Preprocessor::resize_only(const Image& image) const {
         width = static_cast<int>(new_long);
       }
     }
-    out = resize(image, width, height, config_.resample);
+    out = resize(image, width, height, config_.resample, limits_);
     current = &out;
   }
   if (config_.do_center_crop) return center_crop(*current, config_.crop_height, config_.crop_width);

@@ -136,6 +136,34 @@ TEST(FuzzRegression, ShallowPreprocessorConfigValuesAreStillQuotedInErrors) {
 
 // --- images ------------------------------------------------------------------------------------
 
+Image zero_image(int width, int height) {
+  Image image;
+  image.width = width;
+  image.height = height;
+  image.rgb.assign(static_cast<std::size_t>(width) * height * 3, 0);
+  return image;
+}
+
+// A 23-byte PGM header claiming 3x265535 pixels: to 224x224, Pillow's order (rows first) widens every
+// one of the 265,535 rows to 224 columns before shrinking them, a 59 M pixel intermediate, 74 times
+// the image (10 s per input in the fuzzer; a 1x178M image would have asked for 120 GB). The resize
+// now counts that intermediate against the pixel limit.
+TEST(FuzzRegression, ResizeCountsItsIntermediateImageAgainstThePixelLimit) {
+  ImageLimits small;
+  small.max_pixels = 1u << 20;
+  const Image sliver = zero_image(3, 265535);
+  expect_error([&] { Preprocessor().with_limits(small)(sliver); },
+               "resize: 3x265535 to 224x224 needs an intermediate image of 224x265535 pixels (Pillow resizes rows "
+               "first), above the limit of 1048576 pixels");
+  // Within the default limit (Pillow's 178,956,970) the same image is resized.
+  EXPECT_EQ(Preprocessor()(sliver).dimension(1), 224);
+  // 1 x 800,000 widened to 224 columns: 179.2 M intermediate pixels, above the default limit.
+  expect_error([] { resize(zero_image(1, 800000), 224, 224, Resample::kBilinear); }, "above the limit of 178956970");
+  // The limit goes along with_size() copies.
+  EXPECT_EQ(Preprocessor().with_limits(small).with_size(100, 100).limits().max_pixels, small.max_pixels);
+}
+
+
 // stb_image 2.27 writes past its 257-entry Huffman size table when a DHT table declares more than
 // 256 codes (UBSan: index 257 out of bounds in stbi__build_huffman).
 TEST(FuzzRegression, JpegWithAHuffmanTableOfMoreThan256CodesIsRefused) {

@@ -249,6 +249,8 @@ std::vector<ResizeCase> resize_cases() {
       {"photo", {{24, 16}, {50, 33}, {7, 5}, {67, 45}}},
       // 3x2: extreme upscale
       {"tiny", {{50, 40}, {1, 7}}},
+      // 3x6000: columns widened while rows shrink (the intermediate is 64x6000)
+      {"sliver", {{64, 48}, {2, 4000}}},
   };
   std::vector<ResizeCase> cases;
   for (const Input& in : inputs) {

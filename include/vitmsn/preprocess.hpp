@@ -45,8 +45,12 @@ std::string to_json(const PreprocessorConfig& config);
 
 /// Pillow `Image.resize((width, height), filter)` on an 8-bit RGB image, bit-exact: antialiased
 /// (widened) kernel on downscale, 22-bit fixed-point weights, horizontal pass first into an 8-bit
-/// intermediate, a pass skipped when its size is unchanged. \throws Error for sizes < 1.
-Image resize(const Image& image, int width, int height, Resample filter);
+/// intermediate, a pass skipped when its size is unchanged.
+/// `limits.max_pixels` bounds the output and that intermediate (`width` x the source rows the
+/// vertical pass reads): a 1 x 800,000 image widened to 224 columns first would need 179 M
+/// intermediate pixels, and the memory and time that go with them, from a small file.
+/// \throws Error for sizes < 1 and sizes above the limit.
+Image resize(const Image& image, int width, int height, Resample filter, const ImageLimits& limits = {});
 
 /// Image -> pixel values [3, H, W] exactly as Hugging Face's ViTImageProcessor (PIL backend).
 /// Immutable after construction; operator() is const and thread-safe.
@@ -61,6 +65,11 @@ class Preprocessor {
   /// A copy that resizes to exactly height x width (shortest_edge and center crop turned off).
   Preprocessor with_size(int height, int width) const;
 
+  /// A copy whose resize refuses outputs and intermediates above `limits.max_pixels` (default:
+  /// ImageLimits{}, the limit load_image() applies to decoded images).
+  Preprocessor with_limits(const ImageLimits& limits) const;
+  const ImageLimits& limits() const { return limits_; }
+
   /// Resize (and crop), rescale, normalize: float32 [3, H, W].
   PixelValues operator()(const Image& image) const;
 
@@ -69,6 +78,7 @@ class Preprocessor {
 
  private:
   PreprocessorConfig config_;
+  ImageLimits limits_;
 };
 
 }  // namespace vitmsn

@@ -238,7 +238,8 @@ inline void image_input(const std::uint8_t* data, std::size_t size) {
                     kMaxImagePixels);
   VITMSN_FUZZ_CHECK(image.rgb.size() == static_cast<std::size_t>(image.width) * image.height * 3);
 
-  static const Preprocessor preprocess;  // default config: 224 x 224 bilinear, rescale, normalize
+  // Default config (224 x 224 bilinear, rescale, normalize), resize held to the same pixel limit.
+  static const Preprocessor preprocess = Preprocessor().with_limits(limits);
   const PixelValues pixels = preprocess(image);
   VITMSN_FUZZ_CHECK(pixels.size() == 3 * 224 * 224);
   // Every 8-bit value normalises to (v / 255 - mean) / std, within [-2.2, 2.7] for ImageNet stats.

@@ -109,6 +109,9 @@ def main(out_dir):
         # extreme upscale of a 3x2 image
         "tiny": (rng.integers(0, 256, (2, 3, 3)).astype(np.uint8), [(50, 40), (1, 7)]),
     }
+    # a 3x6000 sliver: columns widened while rows shrink 125x (the case resize's intermediate limit
+    # is about); drawn after the others so their inputs stay the same
+    inputs["sliver"] = (rng.integers(0, 256, (6000, 3, 3)).astype(np.uint8), [(64, 48), (2, 4000)])
     resized = {}
     for name, (arr, sizes) in inputs.items():
         resized[f"resize.{name}.input"] = arr
