@@ -7,7 +7,9 @@
 #include "vitmsn/image.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -214,6 +216,78 @@ bool stb_sniffs_jpeg(const std::uint8_t* d, std::size_t n) {
   return i > 0 && i < n && d[i] == 0xD8;
 }
 
+std::uint32_t read_le16(const std::uint8_t* p) { return p[0] | (p[1] << 8); }
+std::uint32_t read_le32(const std::uint8_t* p) { return read_le16(p) | (read_le16(p + 2) << 16); }
+
+/// Bytes an uncompressed image of the formats below needs, from its header; 0 when the header does
+/// not say (compressed data, unknown layout) or the file is of another format. stb_image reads zeros
+/// past the end of such files; Pillow raises "image file is truncated", and so do we.
+std::uint64_t uncompressed_size_needed(const std::uint8_t* d, std::size_t n) {
+  // BMP with uncompressed (BI_RGB) or bit-field rows: data offset + padded rows.
+  if (n >= 2 && d[0] == 'B' && d[1] == 'M') {
+    if (n < 30) return 30;  // the file and info headers themselves are cut
+    const std::uint32_t info = read_le32(d + 14);
+    std::uint64_t width = 0, height = 0, bpp = 0, compression = 0;
+    if (info == 12) {
+      width = read_le16(d + 18);
+      height = read_le16(d + 20);
+      bpp = read_le16(d + 24);
+    } else if (info >= 40) {
+      if (n < 34) return 34;
+      const auto w = static_cast<std::int32_t>(read_le32(d + 18));
+      const auto h = static_cast<std::int32_t>(read_le32(d + 22));
+      width = static_cast<std::uint64_t>(w < 0 ? -static_cast<std::int64_t>(w) : w);
+      height = static_cast<std::uint64_t>(h < 0 ? -static_cast<std::int64_t>(h) : h);
+      bpp = read_le16(d + 28);
+      compression = read_le32(d + 30);
+    } else {
+      return 0;
+    }
+    if (compression != 0 && compression != 3 && compression != 6) return 0;  // RLE: sizes vary
+    const std::uint64_t stride = (width * bpp + 31) / 32 * 4;
+    return read_le32(d + 10) + stride * height;
+  }
+  // TGA (types 1 colour-mapped, 2 true-colour, 3 gray, 9-11 their run-length versions). It has no
+  // signature: this runs only after stb_image took the input for an image, and the formats with
+  // signatures are ruled out.
+  const bool other = (n >= 4 && (std::memcmp(d, "GIF8", 4) == 0 || std::memcmp(d, "8BPS", 4) == 0 ||
+                                 std::memcmp(d, "\x53\x80\xF6\x34", 4) == 0)) ||
+                     (n >= 2 && d[0] == '#' && d[1] == '?');
+  if (!other && n < 18) return 18;  // stb_image took it for a TGA with a cut header
+  if (!other && (d[2] == 1 || d[2] == 2 || d[2] == 3 || d[2] == 9 || d[2] == 10 || d[2] == 11)) {
+    const std::uint64_t map_bytes = d[1] == 1 ? read_le16(d + 5) * ((d[7] + 7ull) / 8) : 0;
+    const std::uint64_t width = read_le16(d + 12), height = read_le16(d + 14);
+    const std::uint64_t pixel = (d[16] + 7ull) / 8;
+    const std::uint64_t start = 18 + d[0] + map_bytes;
+    if (d[2] < 9) return start + width * height * pixel;
+    // Run-length packets: a count byte, then one pixel (a run) or count pixels (literals).
+    std::uint64_t at = start, left = width * height;
+    while (left > 0) {
+      if (at >= n) return at + 1;  // ends inside the packets
+      const std::uint64_t count = (d[at] & 0x7F) + 1ull;
+      at += 1 + ((d[at] & 0x80) ? pixel : count * pixel);
+      left -= std::min(left, count);
+    }
+    return at;
+  }
+  // PSD with raw (uncompressed) planes: after the header and three length-prefixed sections,
+  // compression 0 and channels x height x width samples of depth bits.
+  if (n >= 26 && std::memcmp(d, "8BPS", 4) == 0) {
+    const std::uint64_t channels = (d[12] << 8) | d[13];
+    const std::uint64_t height = read_be32(d + 14), width = read_be32(d + 18);
+    const std::uint64_t depth = (d[22] << 8) | d[23];
+    std::uint64_t at = 26;
+    for (int section = 0; section < 3; ++section) {
+      if (at + 4 > n) return at + 4;
+      at += 4 + read_be32(d + at);
+    }
+    if (at + 2 > n) return at + 2;
+    if (d[at] != 0 || d[at + 1] != 0) return 0;  // RLE planes: sizes vary
+    return at + 2 + channels * height * width * ((depth + 7) / 8);
+  }
+  return 0;
+}
+
 void check_limits(const std::string& name, long long width, long long height, const ImageLimits& limits) {
   if (width <= 0 || height <= 0) {
     fail(name, "image header has an empty size " + std::to_string(width) + "x" + std::to_string(height));
@@ -236,6 +310,96 @@ Image allocate(int width, int height) {
 
 /// 8-bit samples with `channels` per pixel (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) to RGB:
 /// gray replicated, alpha dropped without compositing (Pillow's convert("RGB")).
+// --- binary PNM (P5 gray, P6 RGB), decoded as Pillow 9.4's PpmImagePlugin does -------------------
+// stb_image 2.27 reads 16-bit samples in the wrong byte order and ignores maxval; Pillow scales
+// samples to 8 bits (or, for 16-bit gray, to mode I, which convert("RGB") clips at 255).
+
+bool is_pnm(const std::uint8_t* d, std::size_t n) { return n >= 2 && d[0] == 'P' && (d[1] == '5' || d[1] == '6'); }
+
+struct PnmHeader {
+  int channels = 0;
+  std::uint64_t width = 0, height = 0, maxval = 0;
+  std::size_t data = 0;  // offset of the first sample
+};
+
+PnmHeader read_pnm_header(const std::uint8_t* d, std::size_t n, const std::string& name) {
+  auto space = [](std::uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; };
+  PnmHeader h;
+  h.channels = d[1] == '6' ? 3 : 1;
+  if (n < 3 || !space(d[2])) fail(name, "not a supported image: PNM magic P5/P6 must be followed by whitespace");
+  std::size_t i = 2;
+  std::uint64_t value[3] = {0, 0, 0};
+  for (auto& v : value) {
+    while (i < n && (space(d[i]) || d[i] == '#')) {
+      if (d[i] == '#') {
+        while (i < n && d[i] != '\n' && d[i] != '\r') ++i;
+      } else {
+        ++i;
+      }
+    }
+    if (i >= n) fail(name, "image file is truncated: the PNM header ends early");
+    std::size_t digits = 0;
+    while (i < n && d[i] >= '0' && d[i] <= '9') {
+      if (++digits > 10) fail(name, "corrupt PNM header: a number longer than 10 digits");
+      v = v * 10 + (d[i++] - '0');
+    }
+    if (digits == 0) fail(name, "corrupt PNM header: expected a number at byte " + std::to_string(i));
+    if (i >= n) fail(name, "image file is truncated: the PNM header ends early");
+    if (!space(d[i])) fail(name, "corrupt PNM header: unexpected byte after a number at byte " + std::to_string(i));
+  }
+  h.width = value[0];
+  h.height = value[1];
+  h.maxval = value[2];
+  if (h.maxval == 0 || h.maxval > 65535) {
+    fail(name, "corrupt PNM header: maxval " + std::to_string(h.maxval) + " is not between 1 and 65535");
+  }
+  h.data = i + 1;  // one whitespace byte ends the header
+  return h;
+}
+
+Image decode_pnm(const std::uint8_t* d, std::size_t n, const std::string& name, const ImageLimits& limits) {
+  const PnmHeader h = read_pnm_header(d, n, name);
+  check_limits(name, static_cast<long long>(h.width), static_cast<long long>(h.height), limits);
+  const std::size_t sample_bytes = h.maxval > 255 ? 2 : 1;
+  const std::size_t samples = static_cast<std::size_t>(h.width * h.height) * h.channels;
+  const std::uint64_t needed = h.data + static_cast<std::uint64_t>(samples) * sample_bytes;
+  if (needed > n) {
+    fail(name, "image file is truncated: " + std::to_string(n) + " bytes, its " + std::to_string(h.width) + "x" +
+                   std::to_string(h.height) + " pixels need " + std::to_string(needed));
+  }
+  const std::uint8_t* p = d + h.data;
+  auto sample = [&](std::size_t k) -> std::uint32_t {
+    return sample_bytes == 1 ? p[k] : (static_cast<std::uint32_t>(p[2 * k]) << 8) | p[2 * k + 1];
+  };
+  // Python: min(out_max, round(value / maxval * out_max)), round half to even (rint).
+  const double maxval = static_cast<double>(h.maxval);
+  auto scaled = [&](std::uint32_t v, double out_max) {
+    return static_cast<std::uint32_t>(std::min(out_max, std::rint(static_cast<double>(v) / maxval * out_max)));
+  };
+  Image image = allocate(static_cast<int>(h.width), static_cast<int>(h.height));
+  std::uint8_t* out = image.rgb.data();
+  if (h.channels == 3) {
+    for (std::size_t k = 0; k < samples; ++k) {
+      out[k] = static_cast<std::uint8_t>(h.maxval == 255 ? sample(k) : scaled(sample(k), 255.0));
+    }
+    return image;
+  }
+  for (std::size_t k = 0; k < samples; ++k) {
+    const std::uint32_t v = sample(k);
+    std::uint32_t g;
+    if (h.maxval == 255) {
+      g = v;
+    } else if (h.maxval < 255) {
+      g = scaled(v, 255.0);
+    } else {
+      // Mode I: the sample itself at maxval 65535, else scaled to 16 bits; RGB conversion clips.
+      g = std::min<std::uint32_t>(h.maxval == 65535 ? v : scaled(v, 65535.0), 255);
+    }
+    out[3 * k] = out[3 * k + 1] = out[3 * k + 2] = static_cast<std::uint8_t>(g);
+  }
+  return image;
+}
+
 Image rgb_from_8bit(const std::uint8_t* px, int width, int height, int channels) {
   Image image = allocate(width, height);
   const std::size_t count = static_cast<std::size_t>(width) * static_cast<std::size_t>(height);
@@ -356,6 +520,8 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
     Image image;
     if (decode_jpeg_turbo(data, size, name, limits, &image)) return image;
 #endif
+  } else if (is_pnm(data, size)) {
+    return decode_pnm(data, size, name, limits);
   } else {
     if (stb_sniffs_jpeg(data, size)) fail(name, "not a supported image: a JPEG must start with FF D8 FF");
     int w = 0, h = 0, n = 0;
@@ -368,6 +534,11 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
     width = w;
     height = h;
     check_limits(name, width, height, limits);
+    const std::uint64_t needed = uncompressed_size_needed(data, size);
+    if (needed > size) {
+      fail(name, "image file is truncated: " + std::to_string(size) + " bytes, its " + std::to_string(w) + "x" +
+                     std::to_string(h) + " pixels need " + std::to_string(needed));
+    }
   }
   const char* format = png ? "PNG" : jpeg ? "JPEG" : "image";
 

@@ -264,6 +264,86 @@ TEST(Image, DecoderNameSaysWhichJpegDecoderIsBuiltIn) {
   EXPECT_TRUE(name == "stb_image" || name == "libjpeg-turbo") << name;
 }
 
+// --- PNM, BMP, TGA written by Pillow -----------------------------------------------------------------
+
+// data/formats: one 7x5 image saved by Pillow 9.4 as PPM/PGM/BMP/TGA (raw and RLE) and as PNG;
+// gray16.pgm is 16-bit (Pillow mode I), compared with the 16-bit PNG of the same values.
+struct FormatCase {
+  const char* file;
+  const char* reference;
+};
+const FormatCase kFormats[] = {
+    {"rgb.ppm", "rgb.png"},   {"rgb.bmp", "rgb.png"},   {"rgb.tga", "rgb.png"},       {"rgb_rle.tga", "rgb.png"},
+    {"gray.pgm", "gray.png"}, {"gray.tga", "gray.png"}, {"gray16.pgm", "gray16.png"},
+};
+
+TEST(Image, PnmBmpAndTgaDecodeAsTheirPngTwins) {
+  for (const FormatCase& c : kFormats) {
+    const Image image = load_image(test::data_path(std::string("formats/") + c.file));
+    const Image reference = load_image(test::data_path(std::string("formats/") + c.reference));
+    ASSERT_EQ(image.width, reference.width) << c.file;
+    ASSERT_EQ(image.height, reference.height) << c.file;
+    EXPECT_TRUE(image.rgb == reference.rgb) << c.file << " differs from " << c.reference;
+  }
+}
+
+// PNM samples as Pillow 9.4 scales them: maxval 255 raw; else round(v / maxval * 255) half to even
+// (16-bit gray: to mode I first, clipped at 255 by convert("RGB")); 16-bit samples big-endian.
+// data/formats/*_maxval*.p?m.pillow.png hold Pillow's Image.open(f).convert("RGB").
+TEST(Image, PnmSamplesAreScaledByMaxvalAsPillowDoes) {
+  int checked = 0;
+  for (const char* kind : {"gray_maxval", "rgb_maxval"}) {
+    for (int maxval : {2, 6, 15, 100, 1000, 4095, 65535}) {
+      const std::string name = std::string(kind) + std::to_string(maxval) + (kind[0] == 'g' ? ".pgm" : ".ppm");
+      const Image image = load_image(test::data_path("formats/" + name));
+      const Image pillow = load_image(test::data_path("formats/" + name + ".pillow.png"));
+      ASSERT_EQ(image.rgb.size(), pillow.rgb.size()) << name;
+      std::size_t differing = 0;
+      for (std::size_t i = 0; i < image.rgb.size(); ++i) differing += image.rgb[i] != pillow.rgb[i];
+      EXPECT_EQ(differing, 0u) << name << ": " << differing << " of " << image.rgb.size() << " values differ from Pillow";
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 14);
+}
+
+TEST(Image, RejectsPnmHeadersPillowRejects) {
+  const std::string px(12, '\x10');
+  const std::string zero = "P5\n2 2\n0\n" + px;
+  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(zero.data()), zero.size(), "z.pgm"); },
+               {"z.pgm", "maxval 0 is not between 1 and 65535"});
+  const std::string big = "P6\n2 2\n70000\n" + px + px;
+  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(big.data()), big.size(), "b.ppm"); },
+               {"b.ppm", "maxval 70000"});
+  const std::string glued = "P61 1 255\n" + px;
+  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(glued.data()), glued.size(), "g.ppm"); },
+               {"g.ppm", "must be followed by whitespace"});
+  const std::string letters = "P5\n2 x\n255\n" + px;
+  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(letters.data()), letters.size(), "l.pgm"); },
+               {"l.pgm", "expected a number"});
+  const std::string longer = "P5\n12345678901 1\n255\n" + px;
+  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(longer.data()), longer.size(), "n.pgm"); },
+               {"n.pgm", "longer than 10 digits"});
+}
+
+// stb_image reads zeros past the end of these formats; Pillow raises "image file is truncated".
+// Every cut inside the pixel data (and any cut at all for RLE) must be refused.
+TEST(Image, RejectsEveryTruncationOfPnmBmpAndTga) {
+  for (const FormatCase& c : kFormats) {
+    const std::string bytes = read_bytes(test::data_path(std::string("formats/") + c.file));
+    for (std::size_t cut = 1; cut < bytes.size(); ++cut) {
+      SCOPED_TRACE(std::string(c.file) + " cut at " + std::to_string(cut) + " of " + std::to_string(bytes.size()));
+      // Pillow's TGA writer appends a 26-byte footer after the pixels: cutting there loses nothing.
+      const bool tga_footer = std::string(c.file).find(".tga") != std::string::npos && cut >= bytes.size() - 26;
+      if (tga_footer) continue;
+      expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), cut, c.file); }, {c.file});
+    }
+    const std::string path = tmp() + "/cut_" + c.file;
+    test::write_bytes(path, bytes.substr(0, bytes.size() - (std::string(c.file).find(".tga") != std::string::npos ? 27 : 1)));
+    expect_error([&] { load_image(path); }, {path, "image file is truncated"});
+  }
+}
+
 // --- bad input -----------------------------------------------------------------------------------------
 
 TEST(Image, RejectsTheTruncatedJpegNamingThePath) {
