@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "file_util.hpp"
@@ -205,6 +206,128 @@ bool jpeg_huffman_tables_fit(const std::uint8_t* d, std::size_t n) {
       }
     }
   }
+  return true;
+}
+
+// The standard Huffman tables of ITU T.81 Annex K.3 (K.3: DC luminance, K.4: DC chrominance,
+// K.5: AC luminance, K.6: AC chrominance): code counts per length 1..16, then the symbols.
+constexpr std::uint8_t kDcLuminanceBits[16] = {0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0};
+constexpr std::uint8_t kDcChrominanceBits[16] = {0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0};
+constexpr std::uint8_t kDcSymbols[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+constexpr std::uint8_t kAcLuminanceBits[16] = {0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7d};
+constexpr std::uint8_t kAcLuminanceSymbols[162] = {
+    0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07, 0x22, 0x71,
+    0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52, 0xd1, 0xf0, 0x24, 0x33, 0x62, 0x72,
+    0x82, 0x09, 0x0a, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x34, 0x35, 0x36, 0x37,
+    0x38, 0x39, 0x3a, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59,
+    0x5a, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a, 0x83,
+    0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a, 0xa2, 0xa3,
+    0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3,
+    0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xe1, 0xe2,
+    0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa};
+constexpr std::uint8_t kAcChrominanceBits[16] = {0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77};
+constexpr std::uint8_t kAcChrominanceSymbols[162] = {
+    0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61, 0x71, 0x13, 0x22,
+    0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33, 0x52, 0xf0, 0x15, 0x62, 0x72, 0xd1,
+    0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1, 0x17, 0x18, 0x19, 0x1a, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x35, 0x36,
+    0x37, 0x38, 0x39, 0x3a, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58,
+    0x59, 0x5a, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a,
+    0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a,
+    0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba,
+    0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda,
+    0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa};
+
+/// A scan may use a Huffman table the file never defines (Motion-JPEG frames leave them out).
+/// libjpeg-turbo, and so Pillow, then uses the standard table of that class for ids 0 and 1 and
+/// fails for ids 2 and 3; stb_image 2.27 reads its never-initialised table memory (undefined
+/// behaviour). Walks the segments, tracks which tables are defined when each scan starts, and, when
+/// a scan needs a missing table 0 or 1, writes into `out` the file with a DHT segment of the
+/// standard tables placed before the first scan. Returns whether it did. \throws Error for a
+/// missing table 2 or 3.
+bool add_missing_standard_huffman_tables(const std::uint8_t* d, std::size_t n, const std::string& name,
+                                         std::vector<std::uint8_t>* out) {
+  bool defined[2][4] = {{false, false, false, false}, {false, false, false, false}};
+  bool missing[2][2] = {{false, false}, {false, false}};
+  bool progressive = false;
+  std::size_t first_scan = 0;
+  std::size_t i = 2;
+  while (i < n) {
+    if (d[i] != 0xFF) {
+      ++i;
+      continue;
+    }
+    const std::size_t marker_at = i;
+    while (i < n && d[i] == 0xFF) ++i;
+    if (i >= n) break;
+    const std::uint8_t marker = d[i++];
+    if (marker == 0xD9) break;
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;
+    if (i + 2 > n) break;
+    const std::size_t length = (static_cast<std::size_t>(d[i]) << 8) | d[i + 1];
+    if (length < 2 || length > n - i) break;  // refused by jpeg_reaches_end_marker()
+    const std::uint8_t* seg = d + i + 2;
+    const std::size_t seg_len = length - 2;
+    if (marker == 0xC2) progressive = true;
+    if (marker == 0xC4) {
+      for (std::size_t p = 0; p + 17 <= seg_len;) {
+        const int table_class = seg[p] >> 4, id = seg[p] & 15;
+        if (table_class <= 1 && id <= 3) defined[table_class][id] = true;
+        std::size_t codes = 0;
+        for (std::size_t k = 1; k <= 16; ++k) codes += seg[p + k];
+        p += 17 + codes;
+      }
+    }
+    if (marker == 0xDA && seg_len >= 1) {
+      const std::size_t components = seg[0];
+      if (seg_len >= 1 + 2 * components + 3) {
+        const std::uint8_t ss = seg[1 + 2 * components], ah = seg[3 + 2 * components] >> 4;
+        for (std::size_t c = 0; c < components; ++c) {
+          const int dc = seg[2 + 2 * c] >> 4, ac = seg[2 + 2 * c] & 15;
+          // Sequential scans use both tables; progressive ones the DC table in a first DC scan, the
+          // AC table in an AC scan, none in a DC refinement.
+          const bool uses_dc = !progressive || (ss == 0 && ah == 0);
+          const bool uses_ac = !progressive || ss > 0;
+          for (const auto& [uses, table_class, id] : {std::tuple<bool, int, int>{uses_dc, 0, dc}, {uses_ac, 1, ac}}) {
+            if (!uses || id > 3 || defined[table_class][id]) continue;
+            if (id > 1) {
+              fail(name, std::string("corrupt JPEG: a scan uses ") + (table_class == 0 ? "DC" : "AC") +
+                             " Huffman table " + std::to_string(id) + ", which the file does not define");
+            }
+            missing[table_class][id] = true;
+          }
+        }
+      }
+    }
+    if (marker == 0xDA && first_scan == 0) first_scan = marker_at;
+    i += length;
+    if (marker == 0xDA) {
+      while (i + 1 < n) {
+        if (d[i] == 0xFF) {
+          const std::uint8_t next = d[i + 1];
+          if (next != 0x00 && next != 0xFF && !(next >= 0xD0 && next <= 0xD7)) break;
+        }
+        ++i;
+      }
+    }
+  }
+  if (!(missing[0][0] || missing[0][1] || missing[1][0] || missing[1][1])) return false;
+  std::vector<std::uint8_t> dht = {0xFF, 0xC4, 0, 0};
+  auto add = [&](int table_class, int id, const std::uint8_t* bits, const std::uint8_t* symbols, std::size_t count) {
+    if (!missing[table_class][id]) return;
+    dht.push_back(static_cast<std::uint8_t>(table_class << 4 | id));
+    dht.insert(dht.end(), bits, bits + 16);
+    dht.insert(dht.end(), symbols, symbols + count);
+  };
+  add(0, 0, kDcLuminanceBits, kDcSymbols, sizeof kDcSymbols);
+  add(0, 1, kDcChrominanceBits, kDcSymbols, sizeof kDcSymbols);
+  add(1, 0, kAcLuminanceBits, kAcLuminanceSymbols, sizeof kAcLuminanceSymbols);
+  add(1, 1, kAcChrominanceBits, kAcChrominanceSymbols, sizeof kAcChrominanceSymbols);
+  const std::size_t dht_length = dht.size() - 2;
+  dht[2] = static_cast<std::uint8_t>(dht_length >> 8);
+  dht[3] = static_cast<std::uint8_t>(dht_length & 0xFF);
+  out->assign(d, d + first_scan);
+  out->insert(out->end(), dht.begin(), dht.end());
+  out->insert(out->end(), d + first_scan, d + n);
   return true;
 }
 
@@ -494,7 +617,8 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
   if (size > static_cast<std::size_t>(INT_MAX)) {
     fail(name, "file is " + std::to_string(size) + " bytes, more than the decoder's 2 GiB limit");
   }
-  const int length = static_cast<int>(size);
+  int length = static_cast<int>(size);
+  std::vector<std::uint8_t> with_standard_tables;
   const bool png = is_png(data, size);
   const bool jpeg = is_jpeg(data, size);
 
@@ -516,6 +640,12 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
       fail(name, "truncated or corrupt JPEG: the data end before the end-of-image marker");
     }
     if (!jpeg_huffman_tables_fit(data, size)) fail(name, "corrupt JPEG: a Huffman table has more than 256 codes");
+    if (add_missing_standard_huffman_tables(data, size, name, &with_standard_tables)) {
+      data = with_standard_tables.data();
+      size = with_standard_tables.size();
+      if (size > static_cast<std::size_t>(INT_MAX)) fail(name, "file is too large for the decoder");
+      length = static_cast<int>(size);
+    }
 #ifdef VITMSN_WITH_TURBOJPEG
     Image image;
     if (decode_jpeg_turbo(data, size, name, limits, &image)) return image;

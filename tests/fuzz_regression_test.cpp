@@ -172,6 +172,16 @@ TEST(FuzzRegression, JpegWithAHuffmanTableOfMoreThan256CodesIsRefused) {
                "dht.jpg: corrupt JPEG: a Huffman table has more than 256 codes");
 }
 
+// A progressive JPEG whose AC scans use tables the file never defines: stb_image decoded them with
+// its uninitialised table memory (UBSan: index -16776858 out of bounds in stbi__jpeg_huff_decode,
+// seen only when the heap held the right garbage). Missing tables 0 and 1 are now the standard
+// ones, as in libjpeg-turbo; this stream is then corrupt for them too, as Pillow also says.
+TEST(FuzzRegression, JpegScansUsingUndefinedHuffmanTablesNeverReachUninitialisedMemory) {
+  const std::string bytes = read_file(data_path("fuzz/image/jpeg-progressive-scans-use-undefined-ac-tables.jpg"));
+  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "p.jpg"); },
+               "p.jpg: cannot decode JPEG");
+}
+
 // The same table behind an extra fill byte (FF FF D8): not a JPEG to Pillow or to our checks, but
 // stb_image's sniffer took it for one and decoded it unchecked.
 TEST(FuzzRegression, JpegSignatureWithExtraFillBytesIsNotHandedToStbImage) {

@@ -264,6 +264,48 @@ TEST(Image, DecoderNameSaysWhichJpegDecoderIsBuiltIn) {
   EXPECT_TRUE(name == "stb_image" || name == "libjpeg-turbo") << name;
 }
 
+// --- JPEG Huffman tables -----------------------------------------------------------------------------
+
+/// The JPEG without its DHT segments (as Motion-JPEG frames come).
+std::string without_huffman_tables(const std::string& jpeg) {
+  std::string out = jpeg.substr(0, 2);
+  std::size_t i = 2;
+  while (i + 4 <= jpeg.size()) {
+    const auto marker = static_cast<std::uint8_t>(jpeg[i + 1]);
+    if (marker == 0xDA) return out + jpeg.substr(i);
+    const std::size_t length =
+        (static_cast<std::size_t>(static_cast<std::uint8_t>(jpeg[i + 2])) << 8) | static_cast<std::uint8_t>(jpeg[i + 3]);
+    if (marker != 0xC4) out += jpeg.substr(i, 2 + length);
+    i += 2 + length;
+  }
+  return out;
+}
+
+// These JPEGs were written with the standard tables of ITU T.81 K.3 (4:2:0, 4:2:2, 4:4:4, gray, odd
+// sizes). Without their DHT segments libjpeg-turbo (Pillow) falls back on those tables and decodes
+// them unchanged (checked with Pillow 9.4: max difference 0); so must we.
+TEST(Image, JpegWithoutHuffmanTablesDecodesWithTheStandardOnes) {
+  for (const char* name : {"images/chelsea_q90.jpg", "pillow/odd_420.jpg", "pillow/photo_420.jpg",
+                           "pillow/photo_422.jpg", "pillow/photo_444.jpg", "pillow/photo_gray.jpg"}) {
+    const std::string bytes = read_bytes(test::data_path(name));
+    const std::string stripped = without_huffman_tables(bytes);
+    ASSERT_LT(stripped.size(), bytes.size()) << name << " has no DHT segment to strip";
+    const Image original = decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), name);
+    const Image bare = decode_image(reinterpret_cast<const std::uint8_t*>(stripped.data()), stripped.size(), name);
+    ASSERT_EQ(bare.width, original.width);
+    EXPECT_TRUE(bare.rgb == original.rgb) << name << " decodes differently without its DHT segments";
+  }
+}
+
+TEST(Image, JpegScanUsingAnUndefinedHuffmanTable2Or3IsRefused) {
+  std::string bytes = without_huffman_tables(read_bytes(test::data_path("images/chelsea_q90.jpg")));
+  const std::size_t sos = bytes.find("\xFF\xDA");
+  ASSERT_NE(sos, std::string::npos);
+  bytes[sos + 6] = '\x02';  // first component: DC table 0, AC table 2
+  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "t2.jpg"); },
+               {"t2.jpg", "a scan uses AC Huffman table 2, which the file does not define"});
+}
+
 // --- PNM, BMP, TGA written by Pillow -----------------------------------------------------------------
 
 // data/formats: one 7x5 image saved by Pillow 9.4 as PPM/PGM/BMP/TGA (raw and RLE) and as PNG;
