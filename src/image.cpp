@@ -127,10 +127,15 @@ bool read_jpeg_size(const std::uint8_t* d, std::size_t n, std::uint32_t* width, 
   return false;
 }
 
-/// Walks the JPEG marker structure and reports whether it reaches the end-of-image marker. Decoders
-/// (stb_image, libjpeg) fill a stream that stops early with grey and report success or a mere warning;
-/// Pillow raises "image file is truncated", and so do we.
-bool jpeg_reaches_end_marker(const std::uint8_t* d, std::size_t n) {
+/// Walks the marker segments of a JPEG after SOI, as libjpeg reads them: stray bytes between
+/// segments and fill bytes before a marker are skipped, markers without a length field (TEM, RSTn,
+/// SOI) passed over, and the entropy-coded data after each SOS skipped up to the next marker that is
+/// neither stuffing (FF 00), a restart marker (FF D0..D7) nor a fill byte. Calls
+/// visit(marker, offset of the marker's first FF, offset of the segment's payload, payload length)
+/// for each segment with a length field. Returns true when it reaches EOI, false when the data end
+/// first or a segment length runs past them.
+template <class Visit>
+bool walk_jpeg_segments(const std::uint8_t* d, std::size_t n, Visit&& visit) {
   if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return false;
   std::size_t i = 2;
   while (i < n) {
@@ -138,19 +143,18 @@ bool jpeg_reaches_end_marker(const std::uint8_t* d, std::size_t n) {
       ++i;
       continue;
     }
+    const std::size_t marker_at = i;
     while (i < n && d[i] == 0xFF) ++i;  // fill bytes before a marker
     if (i >= n) return false;
     const std::uint8_t marker = d[i++];
     if (marker == 0xD9) return true;  // EOI
-    // Markers without a length field: stuffing, TEM, RSTn, SOI.
     if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;
     if (i + 2 > n) return false;
     const std::size_t length = (static_cast<std::size_t>(d[i]) << 8) | d[i + 1];
     if (length < 2 || length > n - i) return false;
+    visit(marker, marker_at, i + 2, length - 2);
     i += length;
     if (marker == 0xDA) {
-      // Entropy-coded data after SOS: runs until a 0xFF that is neither stuffing (FF 00), a restart
-      // marker (FF D0..D7) nor a fill byte (FF FF).
       while (i + 1 < n) {
         if (d[i] == 0xFF) {
           const std::uint8_t next = d[i + 1];
@@ -164,49 +168,33 @@ bool jpeg_reaches_end_marker(const std::uint8_t* d, std::size_t n) {
   return false;
 }
 
+/// Whether the JPEG's marker structure reaches the end-of-image marker. Decoders (stb_image,
+/// libjpeg) fill a stream that stops early with grey and report success or a mere warning; Pillow
+/// raises "image file is truncated", and so do we.
+bool jpeg_reaches_end_marker(const std::uint8_t* d, std::size_t n) {
+  return walk_jpeg_segments(d, n, [](std::uint8_t, std::size_t, std::size_t, std::size_t) {});
+}
+
 /// stb_image (2.27) writes past its Huffman tables when a DHT table declares more than 256 codes
-/// (libjpeg refuses such a table). Walks the segments as jpeg_reaches_end_marker() does and reads
-/// each DHT segment as stb_image does (tables until the segment length is used up, the last one
-/// possibly reaching past it; bytes past the end read as 0); false when a table has too many codes.
+/// (libjpeg refuses such a table). Reads each DHT segment as stb_image does (tables until the
+/// segment length is used up, the last one possibly reaching past it; bytes past the end of the data
+/// read as 0); false when a table has too many codes.
 bool jpeg_huffman_tables_fit(const std::uint8_t* d, std::size_t n) {
-  std::size_t i = 2;
-  while (i < n) {
-    if (d[i] != 0xFF) {
-      ++i;
-      continue;
+  bool fit = true;
+  walk_jpeg_segments(d, n, [&](std::uint8_t marker, std::size_t, std::size_t at, std::size_t len) {
+    if (marker != 0xC4) return;
+    // Each table: class/id byte, 16 code counts, then as many symbol bytes as codes.
+    std::size_t p = at;
+    long left = static_cast<long>(len);
+    while (left > 0) {
+      std::size_t codes = 0;
+      for (std::size_t k = 1; k <= 16; ++k) codes += p + k < n ? d[p + k] : 0;
+      if (codes > 256) fit = false;
+      p += 17 + codes;
+      left -= static_cast<long>(17 + codes);
     }
-    while (i < n && d[i] == 0xFF) ++i;
-    if (i >= n) return true;
-    const std::uint8_t marker = d[i++];
-    if (marker == 0xD9) return true;
-    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;
-    if (i + 2 > n) return true;
-    const std::size_t length = (static_cast<std::size_t>(d[i]) << 8) | d[i + 1];
-    if (length < 2 || length > n - i) return true;  // refused by jpeg_reaches_end_marker()
-    if (marker == 0xC4) {
-      // Each table: class/id byte, 16 code counts, then as many symbol bytes as codes.
-      std::size_t p = i + 2;
-      long left = static_cast<long>(length) - 2;
-      while (left > 0) {
-        std::size_t codes = 0;
-        for (std::size_t k = 1; k <= 16; ++k) codes += p + k < n ? d[p + k] : 0;
-        if (codes > 256) return false;
-        p += 17 + codes;
-        left -= static_cast<long>(17 + codes);
-      }
-    }
-    i += length;
-    if (marker == 0xDA) {
-      while (i + 1 < n) {
-        if (d[i] == 0xFF) {
-          const std::uint8_t next = d[i + 1];
-          if (next != 0x00 && next != 0xFF && !(next >= 0xD0 && next <= 0xD7)) break;
-        }
-        ++i;
-      }
-    }
-  }
-  return true;
+  });
+  return fit;
 }
 
 // The standard Huffman tables of ITU T.81 Annex K.3 (K.3: DC luminance, K.4: DC chrominance,
@@ -237,39 +225,41 @@ constexpr std::uint8_t kAcChrominanceSymbols[162] = {
     0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda,
     0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa};
 
-/// A scan may use a Huffman table the file never defines (Motion-JPEG frames leave them out).
-/// libjpeg-turbo, and so Pillow, then uses the standard table of that class for ids 0 and 1 and
-/// fails for ids 2 and 3; stb_image 2.27 reads its never-initialised table memory (undefined
-/// behaviour). Walks the segments, tracks which tables are defined when each scan starts, and, when
-/// a scan needs a missing table 0 or 1, writes into `out` the file with a DHT segment of the
-/// standard tables placed before the first scan. Returns whether it did. \throws Error for a
-/// missing table 2 or 3.
+/// Checks the tables each scan uses, as libjpeg does when a scan starts. A scan may use a Huffman
+/// table the file never defines (Motion-JPEG frames leave them out): libjpeg-turbo, and so Pillow,
+/// then uses the standard table of that class for ids 0 and 1 and fails for ids 2 and 3, and fails
+/// for a quantization table never defined. stb_image 2.27 would read its never-initialised table
+/// memory instead (undefined behaviour, output that changes from run to run). When a scan needs a
+/// missing Huffman table 0 or 1, writes into `out` the file with a DHT segment of the standard tables
+/// placed before the first scan, and returns true. \throws Error for the cases libjpeg refuses.
 bool add_missing_standard_huffman_tables(const std::uint8_t* d, std::size_t n, const std::string& name,
                                          std::vector<std::uint8_t>* out) {
   bool defined[2][4] = {{false, false, false, false}, {false, false, false, false}};
   bool missing[2][2] = {{false, false}, {false, false}};
+  bool quant_defined[4] = {false, false, false, false};
+  int quant_of_component[256];
+  std::fill(std::begin(quant_of_component), std::end(quant_of_component), -1);
   bool progressive = false;
   std::size_t first_scan = 0;
-  std::size_t i = 2;
-  while (i < n) {
-    if (d[i] != 0xFF) {
-      ++i;
-      continue;
+  walk_jpeg_segments(d, n, [&](std::uint8_t marker, std::size_t marker_at, std::size_t at, std::size_t len) {
+    const std::uint8_t* seg = d + at;
+    if (marker == 0xC0 || marker == 0xC1 || marker == 0xC2) {  // the frames stb_image decodes
+      progressive = marker == 0xC2;
+      // precision, height, width, component count, then (id, sampling, quantization table) each
+      const std::size_t components = len >= 6 ? seg[5] : 0;
+      for (std::size_t c = 0; c < components && 6 + 3 * c + 2 < len; ++c) {
+        quant_of_component[seg[6 + 3 * c]] = seg[6 + 3 * c + 2];
+      }
     }
-    const std::size_t marker_at = i;
-    while (i < n && d[i] == 0xFF) ++i;
-    if (i >= n) break;
-    const std::uint8_t marker = d[i++];
-    if (marker == 0xD9) break;
-    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;
-    if (i + 2 > n) break;
-    const std::size_t length = (static_cast<std::size_t>(d[i]) << 8) | d[i + 1];
-    if (length < 2 || length > n - i) break;  // refused by jpeg_reaches_end_marker()
-    const std::uint8_t* seg = d + i + 2;
-    const std::size_t seg_len = length - 2;
-    if (marker == 0xC2) progressive = true;
+    if (marker == 0xDB) {
+      // Each table: precision/id byte, then 64 entries of 1 (precision 0) or 2 bytes.
+      for (std::size_t p = 0; p < len;) {
+        if ((seg[p] & 15) <= 3) quant_defined[seg[p] & 15] = true;
+        p += 1 + ((seg[p] >> 4) ? 128 : 64);
+      }
+    }
     if (marker == 0xC4) {
-      for (std::size_t p = 0; p + 17 <= seg_len;) {
+      for (std::size_t p = 0; p + 17 <= len;) {
         const int table_class = seg[p] >> 4, id = seg[p] & 15;
         if (table_class <= 1 && id <= 3) defined[table_class][id] = true;
         std::size_t codes = 0;
@@ -277,39 +267,32 @@ bool add_missing_standard_huffman_tables(const std::uint8_t* d, std::size_t n, c
         p += 17 + codes;
       }
     }
-    if (marker == 0xDA && seg_len >= 1) {
-      const std::size_t components = seg[0];
-      if (seg_len >= 1 + 2 * components + 3) {
-        const std::uint8_t ss = seg[1 + 2 * components], ah = seg[3 + 2 * components] >> 4;
-        for (std::size_t c = 0; c < components; ++c) {
-          const int dc = seg[2 + 2 * c] >> 4, ac = seg[2 + 2 * c] & 15;
-          // Sequential scans use both tables; progressive ones the DC table in a first DC scan, the
-          // AC table in an AC scan, none in a DC refinement.
-          const bool uses_dc = !progressive || (ss == 0 && ah == 0);
-          const bool uses_ac = !progressive || ss > 0;
-          for (const auto& [uses, table_class, id] : {std::tuple<bool, int, int>{uses_dc, 0, dc}, {uses_ac, 1, ac}}) {
-            if (!uses || id > 3 || defined[table_class][id]) continue;
-            if (id > 1) {
-              fail(name, std::string("corrupt JPEG: a scan uses ") + (table_class == 0 ? "DC" : "AC") +
-                             " Huffman table " + std::to_string(id) + ", which the file does not define");
-            }
-            missing[table_class][id] = true;
-          }
+    if (marker != 0xDA) return;
+    if (first_scan == 0) first_scan = marker_at;
+    const std::size_t components = len >= 1 ? seg[0] : 0;
+    if (len < 1 + 2 * components + 3) return;  // stb_image refuses the scan header
+    const std::uint8_t ss = seg[1 + 2 * components], ah = seg[3 + 2 * components] >> 4;
+    for (std::size_t c = 0; c < components; ++c) {
+      const int quant = quant_of_component[seg[1 + 2 * c]];
+      if (quant >= 0 && quant <= 3 && !quant_defined[quant]) {
+        fail(name, "corrupt JPEG: a scan uses quantization table " + std::to_string(quant) +
+                       ", which the file does not define");
+      }
+      const int dc = seg[2 + 2 * c] >> 4, ac = seg[2 + 2 * c] & 15;
+      // Sequential scans use both Huffman tables; progressive ones the DC table in a first DC scan,
+      // the AC table in an AC scan, none in a DC refinement.
+      const bool uses_dc = !progressive || (ss == 0 && ah == 0);
+      const bool uses_ac = !progressive || ss > 0;
+      for (const auto& [uses, table_class, id] : {std::tuple<bool, int, int>{uses_dc, 0, dc}, {uses_ac, 1, ac}}) {
+        if (!uses || id > 3 || defined[table_class][id]) continue;
+        if (id > 1) {
+          fail(name, std::string("corrupt JPEG: a scan uses ") + (table_class == 0 ? "DC" : "AC") + " Huffman table " +
+                         std::to_string(id) + ", which the file does not define");
         }
+        missing[table_class][id] = true;
       }
     }
-    if (marker == 0xDA && first_scan == 0) first_scan = marker_at;
-    i += length;
-    if (marker == 0xDA) {
-      while (i + 1 < n) {
-        if (d[i] == 0xFF) {
-          const std::uint8_t next = d[i + 1];
-          if (next != 0x00 && next != 0xFF && !(next >= 0xD0 && next <= 0xD7)) break;
-        }
-        ++i;
-      }
-    }
-  }
+  });
   if (!(missing[0][0] || missing[0][1] || missing[1][0] || missing[1][1])) return false;
   std::vector<std::uint8_t> dht = {0xFF, 0xC4, 0, 0};
   auto add = [&](int table_class, int id, const std::uint8_t* bits, const std::uint8_t* symbols, std::size_t count) {

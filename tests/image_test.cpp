@@ -266,8 +266,8 @@ TEST(Image, DecoderNameSaysWhichJpegDecoderIsBuiltIn) {
 
 // --- JPEG Huffman tables -----------------------------------------------------------------------------
 
-/// The JPEG without its DHT segments (as Motion-JPEG frames come).
-std::string without_huffman_tables(const std::string& jpeg) {
+/// The JPEG without the segments of `marker`.
+std::string without_segments(const std::string& jpeg, std::uint8_t drop) {
   std::string out = jpeg.substr(0, 2);
   std::size_t i = 2;
   while (i + 4 <= jpeg.size()) {
@@ -275,7 +275,7 @@ std::string without_huffman_tables(const std::string& jpeg) {
     if (marker == 0xDA) return out + jpeg.substr(i);
     const std::size_t length =
         (static_cast<std::size_t>(static_cast<std::uint8_t>(jpeg[i + 2])) << 8) | static_cast<std::uint8_t>(jpeg[i + 3]);
-    if (marker != 0xC4) out += jpeg.substr(i, 2 + length);
+    if (marker != drop) out += jpeg.substr(i, 2 + length);
     i += 2 + length;
   }
   return out;
@@ -288,7 +288,7 @@ TEST(Image, JpegWithoutHuffmanTablesDecodesWithTheStandardOnes) {
   for (const char* name : {"images/chelsea_q90.jpg", "pillow/odd_420.jpg", "pillow/photo_420.jpg",
                            "pillow/photo_422.jpg", "pillow/photo_444.jpg", "pillow/photo_gray.jpg"}) {
     const std::string bytes = read_bytes(test::data_path(name));
-    const std::string stripped = without_huffman_tables(bytes);
+    const std::string stripped = without_segments(bytes, 0xC4);  // as Motion-JPEG frames come
     ASSERT_LT(stripped.size(), bytes.size()) << name << " has no DHT segment to strip";
     const Image original = decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), name);
     const Image bare = decode_image(reinterpret_cast<const std::uint8_t*>(stripped.data()), stripped.size(), name);
@@ -297,8 +297,16 @@ TEST(Image, JpegWithoutHuffmanTablesDecodesWithTheStandardOnes) {
   }
 }
 
+// libjpeg refuses ("Quantization table 0x00 was not defined"; Pillow: "broken data stream"); stb_image would dequantize
+// with whatever its table memory held.
+TEST(Image, JpegWithoutQuantizationTablesIsRefused) {
+  const std::string bytes = without_segments(read_bytes(test::data_path("images/chelsea_q90.jpg")), 0xDB);
+  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "q.jpg"); },
+               {"q.jpg", "a scan uses quantization table 0, which the file does not define"});
+}
+
 TEST(Image, JpegScanUsingAnUndefinedHuffmanTable2Or3IsRefused) {
-  std::string bytes = without_huffman_tables(read_bytes(test::data_path("images/chelsea_q90.jpg")));
+  std::string bytes = without_segments(read_bytes(test::data_path("images/chelsea_q90.jpg")), 0xC4);
   const std::size_t sos = bytes.find("\xFF\xDA");
   ASSERT_NE(sos, std::string::npos);
   bytes[sos + 6] = '\x02';  // first component: DC table 0, AC table 2
