@@ -10,6 +10,7 @@
 #include <cctype>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -18,6 +19,22 @@
 
 #include "file_util.hpp"
 #include "vitmsn/error.hpp"
+
+// Every buffer stb_image allocates starts zeroed, grown parts included. stb_image 2.27 reads memory
+// it never wrote for some malformed files (Huffman or quantization tables a file never defines,
+// coefficients of blocks no scan covers); zeroed, such reads are deterministic and the coefficients
+// are 0 as in libjpeg, whose coefficient arrays start zeroed. Large buffers come from calloc's fresh
+// pages, so the zeroing costs next to nothing.
+namespace {
+void* stbi_realloc_zeroed(void* p, std::size_t old_size, std::size_t new_size) {
+  void* q = std::realloc(p, new_size);
+  if (q != nullptr && new_size > old_size) std::memset(static_cast<char*>(q) + old_size, 0, new_size - old_size);
+  return q;
+}
+}  // namespace
+#define STBI_MALLOC(size) std::calloc(1, (size))
+#define STBI_REALLOC_SIZED(p, old_size, new_size) stbi_realloc_zeroed((p), (old_size), (new_size))
+#define STBI_FREE(p) std::free(p)
 
 // The one translation unit that compiles stb_image and stb_image_write (STYLE.md: image module).
 #define STB_IMAGE_IMPLEMENTATION

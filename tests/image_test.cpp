@@ -314,6 +314,39 @@ TEST(Image, JpegScanUsingAnUndefinedHuffmanTable2Or3IsRefused) {
                {"t2.jpg", "a scan uses AC Huffman table 2, which the file does not define"});
 }
 
+// A 64x48 gray progressive JPEG (Pillow) cut after its first scan, the DC one: no scan writes any AC
+// coefficient, which must read as 0 (libjpeg's arrays start zeroed; stb_image zeroes a block in the
+// first DC scan, and every buffer it allocates now starts zeroed too). Decoded after the heap was
+// filled with garbage, twice: the same result, every 8x8 block flat. (Pillow's own output differs:
+// libjpeg smooths the blocks of an incomplete progressive image, stb_image does not.)
+TEST(Image, IncompleteProgressiveJpegDecodesDeterministicallyWithZeroAcCoefficients) {
+  const std::string path = test::data_path("images/gray_progressive_dc_scan_only.jpg");
+  auto decode_on_dirty_heap = [&](std::uint8_t garbage) {
+    {
+      std::vector<std::vector<std::uint8_t>> dirt;
+      for (int k = 0; k < 64; ++k) dirt.emplace_back(std::size_t{512} << (k % 8), garbage);
+    }
+    return load_image(path);
+  };
+  const Image a = decode_on_dirty_heap(0xAB);
+  const Image b = decode_on_dirty_heap(0x5C);
+  EXPECT_TRUE(a.rgb == b.rgb) << "decoding depends on what the heap held";
+  ASSERT_EQ(a.width, 64);
+  ASSERT_EQ(a.height, 48);
+  int uneven_blocks = 0;
+  for (int by = 0; by < 48; by += 8) {
+    for (int bx = 0; bx < 64; bx += 8) {
+      const std::uint8_t first = a.rgb[(static_cast<std::size_t>(by) * 64 + bx) * 3];
+      bool flat = true;
+      for (int y = by; y < by + 8; ++y) {
+        for (int x = bx; x < bx + 8; ++x) flat = flat && a.rgb[(static_cast<std::size_t>(y) * 64 + x) * 3] == first;
+      }
+      uneven_blocks += !flat;
+    }
+  }
+  EXPECT_EQ(uneven_blocks, 0) << "blocks with non-zero AC coefficients, which no scan wrote";
+}
+
 // --- PNM, BMP, TGA written by Pillow -----------------------------------------------------------------
 
 // data/formats: one 7x5 image saved by Pillow 9.4 as PPM/PGM/BMP/TGA (raw and RLE) and as PNG;
