@@ -5,7 +5,7 @@
 # produced a finding (crash, leak, UB, timeout > 10 s, RSS > 2 GB), whose input is then under
 # <build>/fuzz/<target>/artifacts/. Every saved input is replayed once more at the end: one that
 # no longer fails (a timeout because the process was descheduled on a busy machine, say) is
-# reported as "flaky", not counted as a finding, and moved to artifacts/flaky/.
+# reported as "flaky", not counted as a finding, and moved to artifacts/flaky/; crashes always count.
 #
 #   tests/fuzz/run_fuzzers.sh [SECONDS_PER_TARGET] [TARGET...]     TARGET: safetensors json image torch npy
 #
@@ -112,7 +112,12 @@ for t in "${targets[@]}"; do
   mkdir -p "$dir/artifacts/flaky"
   while IFS= read -r a; do
     [[ -n $a ]] || continue
-    if nice -n 10 "$exe" -timeout=10 -rss_limit_mb=2048 "$a" >"$a.replay.log" 2>&1; then
+    # Only a timeout or an out-of-memory can be the machine's fault; a crash (a sanitizer report, a
+    # signal) is a finding even when the replay passes: it may have read memory whose content
+    # differs from run to run.
+    replayed=0
+    nice -n 10 "$exe" -timeout=10 -rss_limit_mb=2048 "$a" >"$a.replay.log" 2>&1 || replayed=$?
+    if [[ $replayed -eq 0 && $(basename "$a") != crash-* ]]; then
       flaky=$((flaky + 1))
       mv "$a" "$a.replay.log" "$dir/artifacts/flaky/"
       echo "   [$t] flaky (passes when replayed): $(basename "$a")"
