@@ -20,20 +20,13 @@
 #include "file_util.hpp"
 #include "vitmsn/error.hpp"
 
-// Every buffer stb_image allocates starts zeroed, grown parts included. stb_image 2.27 reads memory
-// it never wrote for some malformed files (Huffman or quantization tables a file never defines,
-// coefficients of blocks no scan covers); zeroed, such reads are deterministic and the coefficients
-// are 0 as in libjpeg, whose coefficient arrays start zeroed. Large buffers come from calloc's fresh
-// pages, so the zeroing costs next to nothing.
-namespace {
-void* stbi_realloc_zeroed(void* p, std::size_t old_size, std::size_t new_size) {
-  void* q = std::realloc(p, new_size);
-  if (q != nullptr && new_size > old_size) std::memset(static_cast<char*>(q) + old_size, 0, new_size - old_size);
-  return q;
-}
-}  // namespace
+// Every buffer stb_image allocates starts zeroed. stb_image 2.27 reads memory it never wrote for
+// some malformed files (Huffman or quantization tables a file never defines); zeroed, such reads
+// are deterministic. Large buffers come from calloc's fresh pages, so the zeroing costs next to
+// nothing. Buffers it grows (zlib output, PNG data) are written before they are read: plain realloc,
+// which also leaves untouched whatever a bogus length would have it reserve.
 #define STBI_MALLOC(size) std::calloc(1, (size))
-#define STBI_REALLOC_SIZED(p, old_size, new_size) stbi_realloc_zeroed((p), (old_size), (new_size))
+#define STBI_REALLOC(p, size) std::realloc((p), (size))
 #define STBI_FREE(p) std::free(p)
 
 // The one translation unit that compiles stb_image and stb_image_write (STYLE.md: image module).
@@ -99,6 +92,25 @@ bool read_png_header(const std::uint8_t* data, std::size_t size, PngHeader* out)
 /// (undefined behaviour, though nothing is copied). Empty IDAT chunks carry nothing, so a PNG that
 /// has one is decoded from a copy without them; false (and `out` untouched) when there is none.
 /// Chunks are walked while their lengths fit; what follows is copied as is, for stb_image to judge.
+/// The first PNG chunk (before IEND) whose length field claims more bytes than the file has left;
+/// empty when there is none. stb_image 2.27 grows its buffer to an IDAT chunk's claimed length before
+/// reading it, so a 117-byte file could make it allocate 1.9 GB.
+std::string png_chunk_past_end(const std::uint8_t* d, std::size_t n) {
+  for (std::size_t p = 8; n - p >= 12;) {
+    const std::uint32_t length = read_be32(d + p);
+    const std::string type(reinterpret_cast<const char*>(d + p + 4), 4);
+    if (length > n - p - 12) {
+      std::string shown;
+      for (const char c : type) shown += (c >= 32 && c < 127) ? c : '?';
+      return "chunk '" + shown + "' claims " + std::to_string(length) + " bytes, " + std::to_string(n - p - 12) +
+             " are left";
+    }
+    if (type == "IEND") break;
+    p += 12 + length;
+  }
+  return "";
+}
+
 bool strip_empty_png_idat(const std::uint8_t* d, std::size_t n, std::vector<std::uint8_t>* out) {
   auto empty_idat = [d](std::size_t p) { return read_be32(d + p) == 0 && std::memcmp(d + p + 4, "IDAT", 4) == 0; };
   bool found = false;
@@ -627,6 +639,8 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
   PngHeader png_header;
   if (png) {
     if (!read_png_header(data, size, &png_header)) fail(name, "corrupt PNG: no IHDR header chunk");
+    const std::string past_end = png_chunk_past_end(data, size);
+    if (!past_end.empty()) fail(name, "truncated or corrupt PNG: " + past_end);
     width = png_header.width;
     height = png_header.height;
     check_limits(name, width, height, limits);

@@ -172,6 +172,15 @@ TEST(FuzzRegression, JpegWithAHuffmanTableOfMoreThan256CodesIsRefused) {
                "dht.jpg: corrupt JPEG: a Huffman table has more than 256 codes");
 }
 
+// A 117-byte PNG whose second chunk claims 1,962,934,332 bytes: stb_image grows its buffer to the
+// claimed length before reading (with the zeroing realloc tried for a while, that meant a 1.9 GB
+// memset: the fuzzer's RSS limit caught it). Chunk lengths are now checked against the file first.
+TEST(FuzzRegression, PngChunkClaimingMoreThanTheFileIsRefusedBeforeAllocating) {
+  const std::string bytes = read_file(data_path("fuzz/image/png-idat-claiming-1.9-GB.png"));
+  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "c.png"); },
+               "c.png: truncated or corrupt PNG: chunk 'IDAT' claims 1962934332 bytes, 72 are left");
+}
+
 // A progressive JPEG whose AC scans use tables the file never defines: stb_image decoded them with
 // its uninitialised table memory (UBSan: index -16776858 out of bounds in stbi__jpeg_huff_decode,
 // seen only when the heap held the right garbage). Missing tables 0 and 1 are now the standard
