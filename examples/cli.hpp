@@ -163,23 +163,21 @@ inline void on_interrupt(int sig) {
   std::signal(sig, SIG_DFL);
   std::raise(sig);
 }
+
+inline void install_on_interrupt(bool graceful) {
+  graceful_interrupts().store(graceful);
+  std::signal(SIGINT, on_interrupt);
+  std::signal(SIGTERM, on_interrupt);
+}
 }  // namespace detail
 
 /// Every program: SIGINT/SIGTERM stop it at once without leaving a partial output (run_main
 /// installs this).
-inline void install_immediate_interrupt_handler() {
-  detail::graceful_interrupts().store(false);
-  std::signal(SIGINT, detail::on_interrupt);
-  std::signal(SIGTERM, detail::on_interrupt);
-}
+inline void install_immediate_interrupt_handler() { detail::install_on_interrupt(false); }
 
 /// Programs with a long loop: the first SIGINT/SIGTERM sets interrupted() and the loop stops after
 /// its current item; a second one stops at once.
-inline void install_interrupt_handler() {
-  detail::graceful_interrupts().store(true);
-  std::signal(SIGINT, detail::on_interrupt);
-  std::signal(SIGTERM, detail::on_interrupt);
-}
+inline void install_interrupt_handler() { detail::install_on_interrupt(true); }
 
 /// Progress of a loop over items: a self-rewriting line with rate and ETA on a terminal, plain lines
 /// otherwise (logs, pipes).

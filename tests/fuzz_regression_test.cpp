@@ -168,7 +168,7 @@ TEST(FuzzRegression, ResizeCountsItsIntermediateImageAgainstThePixelLimit) {
 // 256 codes (UBSan: index 257 out of bounds in stbi__build_huffman).
 TEST(FuzzRegression, JpegWithAHuffmanTableOfMoreThan256CodesIsRefused) {
   const std::string bytes = read_file(data_path("fuzz/image/jpeg-dht-more-than-256-codes.jpg"));
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "dht.jpg"); },
+  expect_error([&] { test::decode_bytes(bytes, "dht.jpg"); },
                "dht.jpg: corrupt JPEG: a Huffman table has more than 256 codes");
 }
 
@@ -177,7 +177,7 @@ TEST(FuzzRegression, JpegWithAHuffmanTableOfMoreThan256CodesIsRefused) {
 // memset: the fuzzer's RSS limit caught it). Chunk lengths are now checked against the file first.
 TEST(FuzzRegression, PngChunkClaimingMoreThanTheFileIsRefusedBeforeAllocating) {
   const std::string bytes = read_file(data_path("fuzz/image/png-idat-claiming-1.9-GB.png"));
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "c.png"); },
+  expect_error([&] { test::decode_bytes(bytes, "c.png"); },
                "c.png: truncated or corrupt PNG: chunk 'IDAT' claims 1962934332 bytes, 72 are left");
 }
 
@@ -187,7 +187,7 @@ TEST(FuzzRegression, PngChunkClaimingMoreThanTheFileIsRefusedBeforeAllocating) {
 // ones, as in libjpeg-turbo; this stream is then corrupt for them too, as Pillow also says.
 TEST(FuzzRegression, JpegScansUsingUndefinedHuffmanTablesNeverReachUninitialisedMemory) {
   const std::string bytes = read_file(data_path("fuzz/image/jpeg-progressive-scans-use-undefined-ac-tables.jpg"));
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "p.jpg"); },
+  expect_error([&] { test::decode_bytes(bytes, "p.jpg"); },
                "p.jpg: cannot decode JPEG");
 }
 
@@ -195,7 +195,7 @@ TEST(FuzzRegression, JpegScansUsingUndefinedHuffmanTablesNeverReachUninitialised
 // stb_image's sniffer took it for one and decoded it unchecked.
 TEST(FuzzRegression, JpegSignatureWithExtraFillBytesIsNotHandedToStbImage) {
   const std::string bytes = read_file(data_path("fuzz/image/jpeg-dht-behind-ff-ff-d8.bin"));
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "ff.bin"); },
+  expect_error([&] { test::decode_bytes(bytes, "ff.bin"); },
                "ff.bin: not a supported image: a JPEG must start with FF D8 FF");
 }
 

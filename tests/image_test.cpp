@@ -171,7 +171,7 @@ TEST(Image, GrayscalePngIsReplicatedIntoThreeEqualChannels) {
 
 TEST(Image, DecodeImageFromMemoryEqualsLoadImage) {
   const std::string bytes = read_bytes(test::data_path("images/horse.png"));
-  const Image a = decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "horse.png");
+  const Image a = test::decode_bytes(bytes, "horse.png");
   const Image b = load_image(test::data_path("images/horse.png"));
   EXPECT_EQ(a.width, b.width);
   EXPECT_EQ(a.height, b.height);
@@ -290,8 +290,8 @@ TEST(Image, JpegWithoutHuffmanTablesDecodesWithTheStandardOnes) {
     const std::string bytes = read_bytes(test::data_path(name));
     const std::string stripped = without_segments(bytes, 0xC4);  // as Motion-JPEG frames come
     ASSERT_LT(stripped.size(), bytes.size()) << name << " has no DHT segment to strip";
-    const Image original = decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), name);
-    const Image bare = decode_image(reinterpret_cast<const std::uint8_t*>(stripped.data()), stripped.size(), name);
+    const Image original = test::decode_bytes(bytes, name);
+    const Image bare = test::decode_bytes(stripped, name);
     ASSERT_EQ(bare.width, original.width);
     EXPECT_TRUE(bare.rgb == original.rgb) << name << " decodes differently without its DHT segments";
   }
@@ -301,7 +301,7 @@ TEST(Image, JpegWithoutHuffmanTablesDecodesWithTheStandardOnes) {
 // with whatever its table memory held.
 TEST(Image, JpegWithoutQuantizationTablesIsRefused) {
   const std::string bytes = without_segments(read_bytes(test::data_path("images/chelsea_q90.jpg")), 0xDB);
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "q.jpg"); },
+  expect_error([&] { test::decode_bytes(bytes, "q.jpg"); },
                {"q.jpg", "a scan uses quantization table 0, which the file does not define"});
 }
 
@@ -310,7 +310,7 @@ TEST(Image, JpegScanUsingAnUndefinedHuffmanTable2Or3IsRefused) {
   const std::size_t sos = bytes.find("\xFF\xDA");
   ASSERT_NE(sos, std::string::npos);
   bytes[sos + 6] = '\x02';  // first component: DC table 0, AC table 2
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "t2.jpg"); },
+  expect_error([&] { test::decode_bytes(bytes, "t2.jpg"); },
                {"t2.jpg", "a scan uses AC Huffman table 2, which the file does not define"});
 }
 
@@ -393,19 +393,19 @@ TEST(Image, PnmSamplesAreScaledByMaxvalAsPillowDoes) {
 TEST(Image, RejectsPnmHeadersPillowRejects) {
   const std::string px(12, '\x10');
   const std::string zero = "P5\n2 2\n0\n" + px;
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(zero.data()), zero.size(), "z.pgm"); },
+  expect_error([&] { test::decode_bytes(zero, "z.pgm"); },
                {"z.pgm", "maxval 0 is not between 1 and 65535"});
   const std::string big = "P6\n2 2\n70000\n" + px + px;
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(big.data()), big.size(), "b.ppm"); },
+  expect_error([&] { test::decode_bytes(big, "b.ppm"); },
                {"b.ppm", "maxval 70000"});
   const std::string glued = "P61 1 255\n" + px;
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(glued.data()), glued.size(), "g.ppm"); },
+  expect_error([&] { test::decode_bytes(glued, "g.ppm"); },
                {"g.ppm", "must be followed by whitespace"});
   const std::string letters = "P5\n2 x\n255\n" + px;
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(letters.data()), letters.size(), "l.pgm"); },
+  expect_error([&] { test::decode_bytes(letters, "l.pgm"); },
                {"l.pgm", "expected a number"});
   const std::string longer = "P5\n12345678901 1\n255\n" + px;
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(longer.data()), longer.size(), "n.pgm"); },
+  expect_error([&] { test::decode_bytes(longer, "n.pgm"); },
                {"n.pgm", "longer than 10 digits"});
 }
 
@@ -544,7 +544,7 @@ TEST(Image, RejectsAMissingFileNamingIt) {
 
 TEST(Image, DecodeImageNamesTheBufferInErrors) {
   const std::string bytes = "GIF89a but not really";
-  expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), "upload #7"); },
+  expect_error([&] { test::decode_bytes(bytes, "upload #7"); },
                {"upload #7"});
   expect_error([&] { decode_image(nullptr, 0, "upload #8"); }, {"upload #8", "empty"});
 }

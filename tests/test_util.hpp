@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "vitmsn/image.hpp"
 #include "vitmsn/safetensors.hpp"
 
 namespace vitmsn::test {
@@ -24,6 +25,11 @@ const TensorView& tiny_output(const std::string& key);
 
 /// Largest |a[i] - b[i]|; sizes must agree (a test failure otherwise).
 double max_abs_diff(const float* a, const float* b, std::size_t n);
+
+/// decode_image() on the bytes of a string (an encoded image built or read by a test).
+inline Image decode_bytes(const std::string& bytes, const std::string& name) {
+  return decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), name);
+}
 
 /// Writes bytes to a file (for error tests that build broken inputs).
 void write_bytes(const std::string& path, const std::string& bytes);
