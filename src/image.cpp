@@ -7,6 +7,7 @@
 #include "vitmsn/image.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <climits>
 #include <cmath>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "file_util.hpp"
+#include "image_stats.hpp"
 #include "vitmsn/error.hpp"
 
 // Every buffer stb_image allocates starts zeroed. stb_image 2.27 reads memory it never wrote for
@@ -43,6 +45,11 @@ namespace vitmsn {
 namespace {
 
 [[noreturn]] void fail(const std::string& name, const std::string& what) { throw Error(name + ": " + what); }
+
+std::atomic<std::uint64_t> g_pixel_buffers{0};
+
+/// Called right before a decoder allocates a pixel buffer (see image_stats.hpp).
+void note_pixel_buffer() { g_pixel_buffers.fetch_add(1, std::memory_order_relaxed); }
 
 std::string stb_reason() {
   const char* reason = stbi_failure_reason();
@@ -436,6 +443,7 @@ void check_limits(const std::string& name, long long width, long long height, co
 }
 
 Image allocate(int width, int height) {
+  note_pixel_buffer();
   Image image;
   image.width = width;
   image.height = height;
@@ -591,6 +599,7 @@ bool decode_jpeg_turbo(const std::uint8_t* data, std::size_t size, const std::st
   if (colorspace == TJCS_CMYK || colorspace == TJCS_YCCK) return false;
   const bool gray = colorspace == TJCS_GRAY;
   const int channels = gray ? 1 : 3;
+  note_pixel_buffer();
   std::vector<std::uint8_t> pixels(static_cast<std::size_t>(width) * height * channels);
   if (tjDecompress2(handle.get(), data, static_cast<unsigned long>(size), pixels.data(), width, 0, height,
                     gray ? TJPF_GRAY : TJPF_RGB, 0) != 0 &&
@@ -610,6 +619,8 @@ void append_bytes(void* context, void* data, int size) {
 }
 
 }  // namespace
+
+std::uint64_t detail::pixel_buffers_allocated() { return g_pixel_buffers.load(std::memory_order_relaxed); }
 
 const char* jpeg_decoder_name() {
 #ifdef VITMSN_WITH_TURBOJPEG
@@ -687,6 +698,7 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
   const char* format = png ? "PNG" : jpeg ? "JPEG" : "image";
 
   int w = 0, h = 0, n = 0;
+  note_pixel_buffer();
   if (stbi_is_16_bit_from_memory(data, length)) {
     std::unique_ptr<stbi_us, StbFree> px(stbi_load_16_from_memory(data, length, &w, &h, &n, 0));
     if (!px) fail(name, std::string("cannot decode ") + format + " (" + stb_reason() + ")");

@@ -1042,8 +1042,8 @@ class StateDictWalker {
       // Every entry of a tree of dicts costs the pickle at least one opcode; only a dict shared under
       // several keys is walked more than once, and sharing nested k deep multiplies the walk by 2^k.
       if (visited_ > vm_.ops_executed()) {
-        throw Error(path_ + ": state dict shares dicts so often that it has more entries than the " +
-                    std::to_string(vm_.ops_executed()) + " opcodes of data.pkl");
+        throw Error(path_ + ": state dict shares dicts so often that walking it reached " + std::to_string(visited_) +
+                    " entries, more than the " + std::to_string(vm_.ops_executed()) + " opcodes of data.pkl");
       }
       if (v.kind != Kind::kTensor && v.kind != Kind::kDict) continue;
       const std::string name = prefix.empty() ? vm_.key_text(k) : prefix + "." + vm_.key_text(k);

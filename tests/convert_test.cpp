@@ -30,7 +30,7 @@ double max_error_vs_hf(const Model& m, const std::string& c) {
 }
 
 TEST(Convert, PytorchBinGivesTensorsIdenticalToModelSafetensors) {
-  const std::string out = test::temp_dir("convert/bin") + "/tiny.safetensors";
+  const std::string out = test::temp_dir() + "/tiny.safetensors";
   const ConvertReport r = convert_checkpoint(test::data_path("models/tiny/pytorch_model.bin"), out);
   EXPECT_EQ(r.tensors, 38u);
   EXPECT_TRUE(r.dropped.empty());
@@ -48,7 +48,7 @@ TEST(Convert, PytorchBinGivesTensorsIdenticalToModelSafetensors) {
 }
 
 TEST(Convert, ConvertedFileIsACompleteModelMatchingHuggingFace) {
-  const std::string dir = test::temp_dir("convert/single");
+  const std::string dir = test::temp_dir();
   const std::string out = dir + "/tiny.safetensors";
   convert_checkpoint(test::data_path("models/tiny"), out);
   const SafetensorsFile f = SafetensorsFile::open(out);
@@ -62,7 +62,7 @@ TEST(Convert, ConvertedFileIsACompleteModelMatchingHuggingFace) {
 }
 
 TEST(Convert, ClassificationCheckpointKeepsItsHeadAndLabels) {
-  const std::string out = test::temp_dir("convert/cls") + "/tiny_cls.safetensors";
+  const std::string out = test::temp_dir() + "/tiny_cls.safetensors";
   const ConvertReport r = convert_checkpoint(test::data_path("models/tiny-cls"), out);
   EXPECT_TRUE(r.has_classifier);
   const Model m = Model::load(out);
@@ -75,7 +75,7 @@ TEST(Convert, ClassificationCheckpointKeepsItsHeadAndLabels) {
 class ConvertHalf : public ::testing::TestWithParam<DType> {};
 
 TEST_P(ConvertHalf, HalvesTheMatricesAndStaysClose) {
-  const std::string out = test::temp_dir(std::string("convert/") + dtype_name(GetParam())) + "/tiny.safetensors";
+  const std::string out = test::temp_dir() + "/tiny.safetensors";
   ConvertOptions o;
   o.dtype = GetParam();
   convert_checkpoint(test::data_path("models/tiny"), out, o);
@@ -99,7 +99,7 @@ INSTANTIATE_TEST_SUITE_P(Bf16AndF16, ConvertHalf, ::testing::Values(DType::kBF16
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
 TEST(Convert, MergesAClassifierHeadWithLabels) {
-  const std::string dir = test::temp_dir("convert/head");
+  const std::string dir = test::temp_dir();
   std::vector<float> w(3 * 64), b = {0.5f, -0.25f, 0.0f};
   for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>((i * 37) % 11) * 0.01f - 0.05f;
   write_safetensors(dir + "/head.safetensors",
@@ -121,7 +121,7 @@ TEST(Convert, MergesAClassifierHeadWithLabels) {
 }
 
 TEST(Convert, RejectsHeadOfTheWrongWidth) {
-  const std::string dir = test::temp_dir("convert/badhead");
+  const std::string dir = test::temp_dir();
   std::vector<float> w(2 * 32, 0.0f), b(2, 0.0f);
   write_safetensors(dir + "/head.safetensors",
                     {TensorData::f32("classifier.weight", {2, 32}, w.data()), TensorData::f32("classifier.bias", {2}, b.data())});
@@ -137,7 +137,7 @@ TEST(Convert, RejectsHeadOfTheWrongWidth) {
 }
 
 TEST(Convert, RefusesToOverwriteAndNeedsAConfig) {
-  const std::string dir = test::temp_dir("convert/errors");
+  const std::string dir = test::temp_dir();
   test::write_bytes(dir + "/exists.safetensors", "x");
   EXPECT_THROW(convert_checkpoint(test::data_path("models/tiny"), dir + "/exists.safetensors"), Error);
   // A .bin alone, with no config.json beside it.

@@ -55,7 +55,7 @@ int in_child(F body) {
 }
 
 TEST(Interrupt, UnfinishedOutputsAreRegisteredAndRemovedOnRequest) {
-  const std::string dir = test::temp_dir("interrupt/registry");
+  const std::string dir = test::temp_dir();
   {
     detail::AtomicFile a(dir + "/a.npy");
     detail::AtomicFile b(dir + "/b.npy");
@@ -78,7 +78,7 @@ TEST(Interrupt, UnfinishedOutputsAreRegisteredAndRemovedOnRequest) {
 
 TEST(Interrupt, SignalDuringAWriteEndsTheProgramAndLeavesNothing) {
   for (int sig : {SIGINT, SIGTERM}) {
-    const std::string dir = test::temp_dir("interrupt/immediate" + std::to_string(sig));
+    const std::string dir = test::temp_dir("signal" + std::to_string(sig));
     const int status = in_child([&] {
       cli::install_immediate_interrupt_handler();
       detail::AtomicFile out(dir + "/features.npy");
@@ -93,7 +93,7 @@ TEST(Interrupt, SignalDuringAWriteEndsTheProgramAndLeavesNothing) {
 }
 
 TEST(Interrupt, FirstSignalLetsALoopFinishItsItemSecondStopsAtOnce) {
-  const std::string dir = test::temp_dir("interrupt/graceful");
+  const std::string dir = test::temp_dir();
   int pipe_fds[2];
   ASSERT_EQ(::pipe(pipe_fds), 0);
   const int status = in_child([&] {

@@ -42,7 +42,7 @@ std::string floats(std::size_t n) {
 }
 
 TEST(Npy, RoundTripsEveryShape) {
-  const std::string dir = test::temp_dir("io/roundtrip");
+  const std::string dir = test::temp_dir();
   const std::vector<std::vector<std::int64_t>> shapes = {{}, {3}, {2, 3}, {0, 5}, {2, 1, 4}};
   for (const auto& shape : shapes) {
     std::size_t n = 1;
@@ -58,7 +58,7 @@ TEST(Npy, RoundTripsEveryShape) {
 }
 
 TEST(Npy, ReadsFilesAsNumpyWritesThem) {
-  const std::string dir = test::temp_dir("io/numpy");
+  const std::string dir = test::temp_dir();
   // numpy.save's spelling (version 1 and 2), double quotes, no trailing comma, Python 2 longs.
   const std::vector<std::string> dicts = {
       "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }",
@@ -78,7 +78,7 @@ TEST(Npy, ReadsFilesAsNumpyWritesThem) {
 }
 
 void expect_npy_error(const std::string& bytes, const std::string& phrase) {
-  const std::string path = test::temp_dir("io/bad") + "/bad.npy";
+  const std::string path = test::temp_dir() + "/bad.npy";
   test::write_bytes(path, bytes);
   try {
     read_npy(path, nullptr);
@@ -123,7 +123,7 @@ TEST(Npy, MalformedFilesAreErrorsNamingTheFile) {
 }
 
 TEST(Npy, AnEmptyDimensionMakesAnEmptyArrayWhateverTheOthers) {
-  const std::string path = test::temp_dir("io/empty") + "/e.npy";
+  const std::string path = test::temp_dir() + "/e.npy";
   test::write_bytes(path, npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 0)}", ""));
   std::vector<std::int64_t> shape;
   EXPECT_TRUE(read_npy(path, &shape).empty());

@@ -44,7 +44,7 @@ void copy_file(const std::string& from, const std::string& to) {
 // A model folder with the tiny config and `tensors`; returns its path.
 std::string make_folder(const std::string& name, const std::vector<TensorData>& tensors,
                         const std::string& config_text = "") {
-  const std::string d = test::temp_dir("load/" + name);
+  const std::string d = test::temp_dir(name);
   write_safetensors(d + "/model.safetensors", tensors);
   if (config_text.empty()) {
     copy_file(tiny_dir() + "/config.json", d + "/config.json");
@@ -72,7 +72,7 @@ TEST(ModelLoad, AcceptsAFolderOrItsSafetensorsFile) {
 }
 
 TEST(ModelLoad, SingleFileWithConfigInMetadataIsAWholeModel) {
-  const std::string d = test::temp_dir("load/single");
+  const std::string d = test::temp_dir();
   const Config c = load_config(tiny_dir() + "/config.json");
   write_safetensors(d + "/alone.safetensors", read_all(tiny_dir() + "/model.safetensors"),
                     {{"config", to_json(c)}, {"format", "pt"}});
@@ -83,13 +83,13 @@ TEST(ModelLoad, SingleFileWithConfigInMetadataIsAWholeModel) {
 }
 
 TEST(ModelLoad, FileWithoutAnyConfigIsAnError) {
-  const std::string d = test::temp_dir("load/noconfig");
+  const std::string d = test::temp_dir();
   write_safetensors(d + "/x.safetensors", read_all(tiny_dir() + "/model.safetensors"));
   expect_load_error(d + "/x.safetensors", {"x.safetensors", "no model config"});
 }
 
 TEST(ModelLoad, FolderWithOnlyPytorchBinSaysToConvert) {
-  const std::string d = test::temp_dir("load/binonly");
+  const std::string d = test::temp_dir();
   copy_file(tiny_dir() + "/pytorch_model.bin", d + "/pytorch_model.bin");
   expect_load_error(d, {"pytorch_model.bin", "vitmsn-convert"});
 }

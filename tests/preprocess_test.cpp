@@ -25,8 +25,7 @@ namespace {
 constexpr double kPixelTolerance = 1e-6;
 
 std::string tmp() {
-  static const std::string d = test::temp_dir("preprocess");
-  return d;
+  return test::temp_dir();
 }
 
 /// A U8 [H, W, 3] tensor as an Image.

@@ -357,7 +357,7 @@ TEST(ProbeHead, SavesClassifierTensorsWithLabelsAndSettingsInTheMetadata) {
   ProbeOptions o;
   o.l2 = 0.05;
   const Probe p = train_probe(b.x, b.y, 3, o);
-  const std::string dir = test::temp_dir("probe/head");
+  const std::string dir = test::temp_dir();
   save_head(dir + "/head.safetensors", p, {"cat", "dog", "hummingbird"}, {{"data", "somewhere"}});
   const SafetensorsFile f = SafetensorsFile::open(dir + "/head.safetensors");
   EXPECT_EQ(f.names().size(), 2u);
@@ -395,7 +395,7 @@ TEST(ProbeHead, MergedIntoTheTinyModelGivesTheHeadsLogitsOnTheClsFeature) {
   ProbeOptions o;
   o.l2 = 1e-3;
   const Probe p = train_probe(x, y, 3, o);
-  const std::string dir = test::temp_dir("probe/merge");
+  const std::string dir = test::temp_dir();
   save_head(dir + "/head.safetensors", p, {"cats", "people", "things"});
   ConvertOptions co;
   co.classifier = dir + "/head.safetensors";
@@ -483,7 +483,7 @@ double overall_accuracy(const std::string& output) {
 }
 
 TEST(ProbeProgram, TrainsAHeadThatTheTinyModelLoadsAndClassifiesTheTrainingImagesWith) {
-  const std::string dir = test::temp_dir("probe/program");
+  const std::string dir = test::temp_dir();
   const std::string data = make_image_folder(dir), head = dir + "/head.safetensors";
   const std::string cmd = "vitmsn-probe --model " + test::data_path("models/tiny") + " --data " + data + " --output " +
                           head + " --folds 3 --seed 1";
@@ -524,7 +524,7 @@ TEST(ProbeProgram, TrainsAHeadThatTheTinyModelLoadsAndClassifiesTheTrainingImage
 }
 
 TEST(ProbeProgram, HeldOutEvaluationAndASkippedBadImage) {
-  const std::string dir = test::temp_dir("probe/program_holdout");
+  const std::string dir = test::temp_dir();
   const std::string data = make_image_folder(dir), head = dir + "/head.safetensors";
   test::write_bytes(data + "/red_disk/broken.png", "\x89PNG\r\n\x1a\nnot really");
   const ProgramRun r = run("vitmsn-probe --model " + test::data_path("models/tiny") + " --data " + data + " --output " +
@@ -542,7 +542,7 @@ TEST(ProbeProgram, HeldOutEvaluationAndASkippedBadImage) {
 }
 
 TEST(ProbeProgram, BadFlagsAndInputsGiveClearErrors) {
-  const std::string dir = test::temp_dir("probe/program_errors");
+  const std::string dir = test::temp_dir();
   const std::string tiny = test::data_path("models/tiny");
   ProgramRun r = run("vitmsn-probe --bogus");
   EXPECT_EQ(r.status, 2);

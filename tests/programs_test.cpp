@@ -1,12 +1,14 @@
 // The programs in examples/, run as a user runs them: exit status, messages, and output files.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
-#include <chrono>
+#include <csignal>
 #include <cstring>
 #include <cstdlib>
 #include <cstdio>
@@ -36,7 +38,7 @@ std::string pixel_value_args() {
 bool exists(const std::string& p) { return std::ifstream(p).good(); }
 
 TEST(ExtractProgram, ReproducesEveryTinyOutputFromPixelValues) {
-  const std::string dir = test::temp_dir("programs/extract_pv");
+  const std::string dir = test::temp_dir();
   const std::string out = dir + "/tiny.safetensors", out_cls = dir + "/tiny_cls.safetensors";
   ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + pixel_value_args() +
               " --hidden-states --cls-attention");
@@ -60,7 +62,7 @@ TEST(ExtractProgram, ReproducesEveryTinyOutputFromPixelValues) {
 }
 
 TEST(ExtractProgram, ReportsABadImageAndStillProcessesTheOthers) {
-  const std::string dir = test::temp_dir("programs/extract_bad");
+  const std::string dir = test::temp_dir();
   const std::string out = dir + "/f.safetensors";
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
                     test::data_path("images/truncated.jpg") + " " + test::data_path("images/chelsea.png"));
@@ -73,7 +75,7 @@ TEST(ExtractProgram, ReportsABadImageAndStillProcessesTheOthers) {
 }
 
 TEST(ExtractProgram, ImagesGiveHuggingFaceFeatures) {
-  const std::string dir = test::temp_dir("programs/extract_png");
+  const std::string dir = test::temp_dir();
   const std::string out = dir + "/f.safetensors";
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
                     test::data_path("images/chelsea.png") + " " + test::data_path("images/horse.png") + " " +
@@ -91,7 +93,7 @@ TEST(ExtractProgram, ImagesGiveHuggingFaceFeatures) {
 }
 
 TEST(ExtractProgram, FolderInputWithClashingStemsIsAnErrorNamingBoth) {
-  const std::string dir = test::temp_dir("programs/extract_clash");
+  const std::string dir = test::temp_dir();
   std::ifstream a(test::data_path("images/chelsea.png"), std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(a)), std::istreambuf_iterator<char>());
   std::system(("mkdir -p " + dir + "/in/sub").c_str());
@@ -106,7 +108,7 @@ TEST(ExtractProgram, FolderInputWithClashingStemsIsAnErrorNamingBoth) {
 }
 
 TEST(ExtractProgram, DoesNotOverwriteWithoutForce) {
-  const std::string dir = test::temp_dir("programs/extract_force");
+  const std::string dir = test::temp_dir();
   const std::string out = dir + "/f.safetensors";
   test::write_bytes(out, "keep me");
   ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
@@ -123,14 +125,15 @@ TEST(ExtractProgram, DoesNotOverwriteWithoutForce) {
 }
 
 TEST(ExtractProgram, BadFlagsGiveUsageErrors) {
+  const std::string out = test::temp_dir() + "/x.safetensors";
   ProgramRun r = run("vitmsn-extract --bogus");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.output.find("error: unknown option --bogus"), std::string::npos) << r.output;
-  r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output /tmp/x.safetensors --size 100x7 " +
+  r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " --size 100x7 " +
           test::data_path("images/camera.png"));
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.output.find("multiples of the patch size"), std::string::npos) << r.output;
-  r = run("vitmsn-extract --threads zero --output /tmp/x.safetensors x.png");
+  r = run("vitmsn-extract --threads zero --output " + out + " x.png");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.output.find("--threads"), std::string::npos) << r.output;
   r = run("vitmsn-extract --help");
@@ -139,14 +142,14 @@ TEST(ExtractProgram, BadFlagsGiveUsageErrors) {
 }
 
 TEST(ExtractProgram, MissingModelIsAClearError) {
-  const ProgramRun r = run("vitmsn-extract --model /nonexistent/model --output /tmp/x.safetensors " +
+  const ProgramRun r = run("vitmsn-extract --model /nonexistent/model --output " + test::temp_dir() + "/x.safetensors " +
                     test::data_path("images/camera.png"));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("error: /nonexistent/model"), std::string::npos) << r.output;
 }
 
 TEST(ExtractProgram, OtherSizeUsesInterpolatedPositions) {
-  const std::string dir = test::temp_dir("programs/extract_size");
+  const std::string dir = test::temp_dir();
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
                     "/f.safetensors --size 280x280 " + test::data_path("images/chelsea.png"));
   ASSERT_EQ(r.status, 0) << r.output;
@@ -159,7 +162,7 @@ TEST(ExtractProgram, OtherSizeUsesInterpolatedPositions) {
 
 
 TEST(ExtractProgram, PooledNpyWithListFileAndBatchesHasOneRowPerImageInOrder) {
-  const std::string dir = test::temp_dir("programs/extract_npy");
+  const std::string dir = test::temp_dir();
   test::write_bytes(dir + "/list.txt", "# more images\n" + test::data_path("images/camera.png") + "\n\n" +
                                            test::data_path("images/horse.png") + "\n");
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
@@ -184,7 +187,7 @@ TEST(ExtractProgram, PooledNpyWithListFileAndBatchesHasOneRowPerImageInOrder) {
 }
 
 TEST(ExtractProgram, MeanPoolingToSafetensorsAveragesThePatchTokens) {
-  const std::string dir = test::temp_dir("programs/extract_mean");
+  const std::string dir = test::temp_dir();
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
                            "/f.safetensors --pool mean " + test::data_path("images/astronaut.png"));
   ASSERT_EQ(r.status, 0) << r.output;
@@ -199,7 +202,7 @@ TEST(ExtractProgram, MeanPoolingToSafetensorsAveragesThePatchTokens) {
 }
 
 TEST(ExtractProgram, AllTokensNpyIsImagesByTokensByHidden) {
-  const std::string dir = test::temp_dir("programs/extract_npy_all");
+  const std::string dir = test::temp_dir();
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
                            "/f.npy --batch 2 " + test::data_path("images/chelsea.png") + " " +
                            test::data_path("images/green_palette.png"));
@@ -232,7 +235,7 @@ TEST(ClassifyProgram, ModelWithoutHeadGetsAClearMessage) {
 }
 
 TEST(ConvertProgram, ConvertsTheTorchBinToAWorkingSingleFileModel) {
-  const std::string dir = test::temp_dir("programs/convert");
+  const std::string dir = test::temp_dir();
   ProgramRun r = run("vitmsn-convert " + test::data_path("models/tiny") + "/pytorch_model.bin " + dir + "/m.safetensors");
   ASSERT_EQ(r.status, 0) << r.output;  // config.json beside the .bin is picked up
   EXPECT_NE(r.output.find("config.json"), std::string::npos) << r.output;
@@ -256,7 +259,7 @@ TEST(DemoProgram, FallsBackToTheBundledModelAndSaysSo) {
 }
 
 TEST(AttentionProgram, WritesAHeatMapOfTheImagesSize) {
-  const std::string dir = test::temp_dir("programs/attention");
+  const std::string dir = test::temp_dir();
   const std::string in = test::data_path("images/chelsea.png");
   ProgramRun r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/a.png --layer 0 " + in);
   ASSERT_EQ(r.status, 0) << r.output;
@@ -288,7 +291,7 @@ std::string shard_images(const std::string& dir) {
 }
 
 TEST(Sharding, FourParallelShardsMergeToTheSingleProcessResultBitForBit) {
-  const std::string dir = test::temp_dir("programs/shards");
+  const std::string dir = test::temp_dir();
   const std::string imgs = shard_images(dir);
   const std::string model = " --model " + test::data_path("models/tiny") + " --threads 1 --pool cls ";
   ProgramRun r = run("vitmsn-extract" + model + "--output " + dir + "/single.safetensors " + imgs);
@@ -319,24 +322,23 @@ TEST(Sharding, FourParallelShardsMergeToTheSingleProcessResultBitForBit) {
 }
 
 TEST(Sharding, AKilledShardResumesFromItsSavedChunks) {
-  const std::string dir = test::temp_dir("programs/shard_resume");
+  const std::string dir = test::temp_dir();
   const std::string imgs = shard_images(dir);
   const std::string args = " --model " + test::data_path("models/tiny") +
                            " --threads 1 --pool mean --chunk 1 --shard 0/1 --output " + dir + "/f.npy " + imgs;
-  // Start the shard, kill it (SIGKILL: no chance to clean up) once some chunks are saved.
-  const std::string pid =
-      test::start_in_background(std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract" + args, dir + "/log");
-  ASSERT_FALSE(pid.empty());
-  const std::string part = dir + "/f-00000-of-00001.part-00002.safetensors";
-  for (int i = 0; i < 600 && !exists(part); ++i) usleep(50000);
-  ASSERT_TRUE(exists(part)) << "no chunk saved within 30 s";
-  std::system(("kill -9 " + pid).c_str());
-  usleep(200000);
-  ASSERT_FALSE(exists(dir + "/f-00000-of-00001.npy")) << "the killed shard finished before it could be killed";
+  // The shard dies by SIGKILL (no chance to clean up) right after saving its third chunk: the test
+  // hook makes the kill land at that point on any machine.
+  ProgramRun r = test::run_command("VITMSN_TEST_KILL_AFTER_CHUNK=2 " + std::string(VITMSN_PROGRAM_DIR) +
+                                   "/vitmsn-extract" + args);
+  ASSERT_EQ(r.status, 128 + SIGKILL) << "the shard should have died by SIGKILL (the shell reports 137): " << r.output;
+  for (int k = 0; k < 3; ++k)
+    EXPECT_TRUE(exists(dir + "/f-00000-of-00001.part-0000" + std::to_string(k) + ".safetensors")) << "chunk " << k;
+  EXPECT_FALSE(exists(dir + "/f-00000-of-00001.part-00003.safetensors"));
+  ASSERT_FALSE(exists(dir + "/f-00000-of-00001.npy")) << "a killed shard must leave no output";
   // Resume: the saved chunks are reused, the rest computed; the result equals a fresh single run.
-  ProgramRun r = run("vitmsn-extract" + args);
+  r = run("vitmsn-extract" + args);
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("resumed:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resumed: 3 of 12 chunks were already done"), std::string::npos) << r.output;
   r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --threads 1 --pool mean --output " + dir +
           "/single.npy " + imgs);
   ASSERT_EQ(r.status, 0) << r.output;
@@ -349,7 +351,7 @@ TEST(Sharding, AKilledShardResumesFromItsSavedChunks) {
 }
 
 TEST(Sharding, ACorruptSavedChunkIsRedoneWithANote) {
-  const std::string dir = test::temp_dir("programs/shard_corrupt_part");
+  const std::string dir = test::temp_dir();
   const std::string imgs = shard_images(dir);
   const std::string args = " --model " + test::data_path("models/tiny") +
                            " --threads 1 --pool cls --chunk 1 --shard 0/1 --output " + dir + "/f.npy " + imgs;
@@ -368,7 +370,7 @@ TEST(Sharding, ACorruptSavedChunkIsRedoneWithANote) {
 }
 
 TEST(Sharding, MergeReportsMissingShardsAndImages) {
-  const std::string dir = test::temp_dir("programs/shard_missing");
+  const std::string dir = test::temp_dir();
   const std::string imgs = shard_images(dir);
   const std::string model = " --model " + test::data_path("models/tiny") + " --threads 1 --pool cls ";
   for (int i : {0, 2}) {
@@ -387,8 +389,26 @@ TEST(Sharding, MergeReportsMissingShardsAndImages) {
   EXPECT_FALSE(exists(dir + "/m.safetensors"));
 }
 
+TEST(Sharding, MergeReadsShardNamesExactlyAndRefusesOthers) {
+  const std::string dir = test::temp_dir();
+  // A NAME that itself looks like a shard name: only the last "-IIIII-of-NNNNN" counts.
+  const std::string imgs = shard_images(dir);
+  ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --threads 1 --pool cls --shard 0/1 "
+                     "--output " + dir + "/x-00003-of-00007.npy " + imgs);
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run("vitmsn-merge --output " + dir + "/m.npy " + dir + "/x-00003-of-00007-00000-of-00001.npy");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("merged 1 shards, 12 images"), std::string::npos) << r.output;
+  for (const std::string bad : {"f-0001-of-00002.npy", "f-00001-of-0002.npy", "f-00001_of-00002.npy", "f-00001-of-00002.bin",
+                                "f00001-of-00002.npy", "f-0a001-of-00002.npy", "-of-00002.npy"}) {
+    r = run("vitmsn-merge --output " + dir + "/m2.npy " + dir + "/" + bad);
+    EXPECT_EQ(r.status, 1) << bad << ": " << r.output;
+    EXPECT_NE(r.output.find(bad + ": not a shard output"), std::string::npos) << bad << ": " << r.output;
+  }
+}
+
 TEST(Sharding, TaskIndexComesFromSlurmOrKubernetes) {
-  const std::string dir = test::temp_dir("programs/shard_env");
+  const std::string dir = test::temp_dir();
   const std::string imgs = shard_images(dir);
   const std::string model = " --model " + test::data_path("models/tiny") + " --threads 1 --pool cls ";
   ProgramRun r = run("vitmsn-extract" + model + "--output " + dir + "/s.safetensors " + imgs);
@@ -407,7 +427,7 @@ TEST(Sharding, TaskIndexComesFromSlurmOrKubernetes) {
 // Starts vitmsn-extract on 40 images, sends `signal` once two are done; it must stop after the
 // current image, write nothing, leave no temporary file and say how far it got.
 void expect_clean_stop_on(const std::string& signal) {
-  const std::string dir = test::temp_dir("programs/interrupt-" + signal);
+  const std::string dir = test::temp_dir();
   std::system(("mkdir -p " + dir + "/imgs").c_str());
   std::ifstream in(test::data_path("images/chelsea.png"), std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -436,21 +456,23 @@ TEST(ExtractProgram, TerminatedRunLeavesNoPartialOutputAndSaysWhatWasDone) { exp
 
 TEST(WeightsScript, FailsFastAndClearlyWhenTheHubIsUnreachable) {
   const std::string script = std::string(VITMSN_TEST_DATA_DIR) + "/../../weights/fetch_vit_msn_large_7.sh";
+  // "Fast" without a clock: a curl wrapper first on PATH logs every call the script makes, then runs
+  // the real curl. Offline, the script must make exactly one request, bounded by both timeouts.
+  const std::string dir = test::temp_dir();
+  const std::string log = dir + "/curl-calls.txt";
+  test::write_bytes(dir + "/curl", "#!/bin/sh\necho \"$*\" >> '" + log + "'\nexec /usr/bin/curl \"$@\"\n");
+  ASSERT_EQ(::chmod((dir + "/curl").c_str(), 0755), 0);
   // Port 9 on loopback: nothing listens, the connection is refused at once (no outside traffic).
-  const std::string cmd = "HF_ENDPOINT=http://127.0.0.1:9 bash " + script + " --convert " +
-                          std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-convert 2>&1";
-  const auto t0 = std::chrono::steady_clock::now();
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  std::array<char, 4096> buf;
-  while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
-  const int st = pclose(p);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_EQ(WIFEXITED(st) ? WEXITSTATUS(st) : -1, 1) << out;
-  EXPECT_NE(out.find("error: cannot reach http://127.0.0.1:9"), std::string::npos) << out;
-  EXPECT_NE(out.find("resolve/main/config.json"), std::string::npos) << out;
-  EXPECT_LT(seconds, 30.0);
+  const ProgramRun r = test::run_command("PATH='" + dir + "':\"$PATH\" HF_ENDPOINT=http://127.0.0.1:9 bash " + script +
+                                         " --convert " + std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-convert");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: cannot reach http://127.0.0.1:9"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resolve/main/config.json"), std::string::npos) << r.output;
+  const std::string calls = test::read_text(log);
+  EXPECT_EQ(std::count(calls.begin(), calls.end(), '\n'), 1) << "curl calls:\n" << calls;
+  EXPECT_NE(calls.find("-fsSI "), std::string::npos) << "expected one HEAD request: " << calls;
+  EXPECT_NE(calls.find("--connect-timeout "), std::string::npos) << calls;
+  EXPECT_NE(calls.find("--max-time "), std::string::npos) << calls;
 }
 
 }  // namespace

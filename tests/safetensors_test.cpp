@@ -24,8 +24,7 @@ std::string make_file(const std::string& header, const std::string& data, std::u
 }
 
 std::string dir() {
-  static const std::string d = test::temp_dir("safetensors");
-  return d;
+  return test::temp_dir();
 }
 
 // Writes `bytes` as <name>.safetensors and expects open() to throw an Error mentioning the file and

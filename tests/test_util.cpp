@@ -1,22 +1,76 @@
 #include "test_util.hpp"
 
-#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
+#include <cctype>
 #include <cstdio>
-
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
 
 namespace vitmsn::test {
 
-std::string temp_dir(const std::string& name) {
-  const std::string dir = std::string(VITMSN_BINARY_DIR) + "/test-tmp/" + name;
-  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
-  return dir;
+namespace {
+
+/// The folder of the running test (empty before its first temp_dir() call); removed at its end.
+struct TestFolder {
+  const ::testing::TestInfo* test = nullptr;
+  std::filesystem::path path;
+};
+TestFolder& current_folder() {
+  static TestFolder folder;
+  return folder;
+}
+
+void remove_current_folder() {
+  TestFolder& f = current_folder();
+  if (!f.path.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(f.path, ec);
+  }
+  f = TestFolder{};
+}
+
+/// Removes each test's folder when the test ends, passed or failed.
+class TempFolderRemover : public ::testing::EmptyTestEventListener {
+  void OnTestEnd(const ::testing::TestInfo&) override { remove_current_folder(); }
+};
+
+/// Registered before main() runs: gtest_main's RUN_ALL_TESTS then calls it after every test.
+const bool kRemoverRegistered = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new TempFolderRemover);
+  return true;
+}();
+
+std::string file_name_safe(std::string s) {
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
+  return s;
+}
+
+}  // namespace
+
+std::string temp_dir(const std::string& sub) {
+  const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  if (!test) throw std::logic_error("test::temp_dir() called outside a running test");
+  TestFolder& f = current_folder();
+  if (f.test != test) {
+    remove_current_folder();
+    f.test = test;
+    f.path = std::filesystem::path(VITMSN_BINARY_DIR) / "test-tmp" /
+             file_name_safe(std::string(test->test_suite_name()) + "." + test->name() + "." +
+                            std::to_string(::getpid()));
+    std::filesystem::remove_all(f.path);  // left by a crashed earlier process with the same pid
+    std::filesystem::create_directories(f.path);
+  }
+  if (sub.empty()) return f.path.string();
+  const std::filesystem::path dir = f.path / sub;
+  std::filesystem::create_directories(dir);
+  return dir.string();
 }
 
 namespace {

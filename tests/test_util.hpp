@@ -14,8 +14,11 @@ namespace vitmsn::test {
 /// Path inside tests/data.
 inline std::string data_path(const std::string& rel) { return std::string(VITMSN_TEST_DATA_DIR) + "/" + rel; }
 
-/// A fresh empty folder under the build tree for files a test writes.
-std::string temp_dir(const std::string& name);
+/// The running test's own folder for the files it writes: `<build>/test-tmp/<test name>.<pid>`, made
+/// empty on the test's first call and removed when the test ends. Unique per test and process, so
+/// tests running in parallel (ctest -j) never see each other's files. `sub` names a subfolder of it
+/// (created). Outside a test (static initialisation) it is an error.
+std::string temp_dir(const std::string& sub = "");
 
 /// The split copy of HF's preprocess.safetensors (tests/data/expected/preprocess.{0,1,2}).
 const TensorView& preprocess_fixture(const std::string& key);

@@ -203,13 +203,7 @@ std::string float_storage(int n) {
 
 /// Writes `bytes` to `file` in a folder of the running test's own (ctest runs tests in parallel).
 std::string write_temp(const std::string& file, const std::string& bytes) {
-  static std::string dir_test, dir;
-  const std::string test_name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
-  if (test_name != dir_test) {
-    dir = test::temp_dir("torch_checkpoint/" + test_name);
-    dir_test = test_name;
-  }
-  const std::string path = dir + "/" + file;
+  const std::string path = test::temp_dir() + "/" + file;
   test::write_bytes(path, bytes);
   return path;
 }

@@ -70,7 +70,7 @@ TEST(FullSize, SyntheticVitL7RunsAndMatchesTheReference) {
 TEST(FullSize, ConvertInterruptedMidWriteLeavesNothing) {
   const char* model = std::getenv("VITMSN_FULLSIZE_MODEL");
   if (!model) GTEST_SKIP() << "set VITMSN_FULLSIZE_MODEL to the synthetic model folder";
-  const std::string dir = test::temp_dir("fullsize/convert-interrupt");
+  const std::string dir = test::temp_dir();
   const std::string pid = test::start_in_background(
       std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-convert " + model + " " + dir + "/out.safetensors", dir + ".log");
   ASSERT_FALSE(pid.empty());
