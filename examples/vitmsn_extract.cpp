@@ -2,6 +2,8 @@
 // to one .safetensors or .npy file.
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -495,6 +497,10 @@ int main(int argc, char** argv) {
     progress = cli::Progress(last - first, "images");
     Results all;
     std::size_t reused = 0, chunks = 0;
+    // Test hook (tests/programs_test.cpp): die by SIGKILL right after saving chunk N, the one point at
+    // which a killed task's resume is tested the same way on a fast and on a slow machine.
+    const char* kill_hook = std::getenv("VITMSN_TEST_KILL_AFTER_CHUNK");
+    const long long kill_after_chunk = kill_hook ? std::atoll(kill_hook) : -1;
     for (std::size_t c0 = first; c0 < last && !cli::interrupted(); c0 += chunk, ++chunks) {
       const std::size_t c1 = std::min(last, c0 + static_cast<std::size_t>(chunk));
       std::string chunk_inputs;
@@ -515,6 +521,7 @@ int main(int argc, char** argv) {
       Results r = run_range(c0, c1);
       if (cli::interrupted()) break;
       write_part(part, r, chunk_inputs);
+      if (static_cast<long long>(chunks) == kill_after_chunk) std::raise(SIGKILL);
       all.append(std::move(r));
     }
     progress.break_line();
