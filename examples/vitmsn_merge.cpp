@@ -5,7 +5,6 @@
 #include <fstream>
 #include <iterator>
 #include <map>
-#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -50,6 +49,30 @@ struct Shard {
   std::vector<std::string> files;
 };
 
+/// Reads `p` as NAME-0000I-of-0000N.safetensors|.npy (five digits each, as vitmsn-extract writes them).
+bool parse_shard_name(const std::string& p, Shard* s) {
+  auto ends_with = [&](const std::string& tail) {
+    return p.size() >= tail.size() && p.compare(p.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  const std::string ext = ends_with(".safetensors") ? "safetensors" : ends_with(".npy") ? "npy" : "";
+  if (ext.empty()) return false;
+  const std::string stem = p.substr(0, p.size() - ext.size() - 1);
+  // The stem ends in "-IIIII-of-NNNNN" (15 characters) after a NAME that may itself contain anything.
+  constexpr std::size_t kTail = 15;
+  if (stem.size() < kTail) return false;
+  const std::string tail = stem.substr(stem.size() - kTail);
+  const auto digits = [&](std::size_t at) {
+    return std::all_of(tail.begin() + at, tail.begin() + at + 5, [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (tail[0] != '-' || !digits(1) || tail.compare(6, 4, "-of-") != 0 || !digits(10)) return false;
+  s->path = p;
+  s->base = stem;
+  s->ext = ext;
+  s->index = std::stoi(tail.substr(1, 5));
+  s->count = std::stoi(tail.substr(10, 5));
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -64,18 +87,11 @@ int main(int argc, char** argv) {
     const std::string output = args.get("--output");
     if (cli::file_exists(output) && !args.has("--force")) throw Error(output + ": already exists (use --force to overwrite)");
 
-    const std::regex pattern(R"((.*)-(\d{5})-of-(\d{5})\.(safetensors|npy)$)");
     std::vector<Shard> shards;
     std::vector<std::string> problems;
     for (const auto& p : args.positional()) {
-      std::smatch m;
-      if (!std::regex_match(p, m, pattern)) throw Error(p + ": not a shard output (NAME-0000I-of-0000N.safetensors|.npy)");
       Shard s;
-      s.path = p;
-      s.base = m[1].str() + "-" + m[2].str() + "-of-" + m[3].str();
-      s.ext = m[4];
-      s.index = std::stoi(m[2]);
-      s.count = std::stoi(m[3]);
+      if (!parse_shard_name(p, &s)) throw Error(p + ": not a shard output (NAME-0000I-of-0000N.safetensors|.npy)");
       shards.push_back(std::move(s));
     }
     const int count = shards[0].count;
