@@ -125,7 +125,9 @@ inline std::string model_path_or_throw(const Args& args) {
   if (args.has("--model")) return args.get("--model");
   std::string p = default_model_path();
   if (p.empty())
-    throw UsageError("no model: give --model PATH, set VITMSN_MODEL, or fetch the real weights with weights/fetch_vit_msn_large_7.sh");
+    throw UsageError(
+        "no model: give --model PATH, set VITMSN_MODEL, or fetch the real weights with "
+        "weights/fetch_vit_msn_large_7.sh");
   return p;
 }
 
@@ -154,7 +156,8 @@ inline void on_interrupt(int sig) {
   }
   const int removed = vitmsn::remove_unfinished_outputs();
   static const char msg[] = "\ninterrupted: stopped at once; no output was left half-written\n";
-  static const char msg_removed[] = "\ninterrupted: stopped at once; unfinished output removed, nothing half-written left\n";
+  static const char msg_removed[] =
+      "\ninterrupted: stopped at once; unfinished output removed, nothing half-written left\n";
   if (removed > 0) {
     (void)!::write(2, msg_removed, sizeof msg_removed - 1);
   } else {
@@ -205,9 +208,7 @@ class Progress {
   void break_line() {
     if (tty_ && done_ < total_) std::fprintf(stderr, "\n");
   }
-  double elapsed() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  }
+  double elapsed() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
 
  private:
   static std::string clock(double s) {

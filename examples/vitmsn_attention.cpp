@@ -31,8 +31,7 @@ options:
 
 // A perceptually ordered colour ramp (dark blue → purple → orange → yellow), t in [0, 1].
 void colormap(double t, double rgb[3]) {
-  static const double stops[5][3] = {
-      {13, 8, 135}, {126, 3, 168}, {204, 71, 120}, {248, 149, 64}, {240, 249, 33}};
+  static const double stops[5][3] = {{13, 8, 135}, {126, 3, 168}, {204, 71, 120}, {248, 149, 64}, {240, 249, 33}};
   t = std::clamp(t, 0.0, 1.0) * 4.0;
   const int i = std::min(3, static_cast<int>(t));
   const double f = t - i;
@@ -61,7 +60,8 @@ int main(int argc, char** argv) {
     if (args.positional().size() != 1) throw cli::UsageError("give exactly one IMAGE");
     if (!args.has("--output")) throw cli::UsageError("--output OUT.png is required");
     const std::string output = args.get("--output");
-    if (cli::file_exists(output) && !args.has("--force")) throw Error(output + ": already exists (use --force to overwrite)");
+    if (cli::file_exists(output) && !args.has("--force"))
+      throw Error(output + ": already exists (use --force to overwrite)");
     const double alpha = args.has("--alpha") ? parse_double(args.get("--alpha"), "--alpha", 0.0, 1.0) : 0.6;
     LoadOptions lo;
     lo.threads = args.get_int("--threads", 0, 1, 4096);
@@ -77,7 +77,8 @@ int main(int argc, char** argv) {
 
     const Image image = load_image(args.positional()[0]);
     const PixelValues px = pre(image);
-    const int gh = static_cast<int>(px.dimension(1)) / c.patch_size, gw = static_cast<int>(px.dimension(2)) / c.patch_size;
+    const int gh = static_cast<int>(px.dimension(1)) / c.patch_size,
+              gw = static_cast<int>(px.dimension(2)) / c.patch_size;
     FeatureOptions fo;
     fo.cls_attention = {layer};
     const Features f = model.extract_features(px, fo);
@@ -105,13 +106,14 @@ int main(int argc, char** argv) {
       double rgb[3];
       colormap(heat.rgb[3 * i] / 255.0, rgb);
       for (int ch = 0; ch < 3; ++ch)
-        out.rgb[3 * i + ch] = static_cast<std::uint8_t>(std::lround((1 - alpha) * image.rgb[3 * i + ch] + alpha * rgb[ch]));
+        out.rgb[3 * i + ch] =
+            static_cast<std::uint8_t>(std::lround((1 - alpha) * image.rgb[3 * i + ch] + alpha * rgb[ch]));
     }
     write_png(output, out);
     const int layer_index = f.cls_attention.begin()->first;
     std::printf("%s: layer %d, %s, %dx%d patches; strongest patch row %d col %d (%.2f%% of the attention)\n",
-                output.c_str(), layer_index, head >= 0 ? ("head " + std::to_string(head)).c_str() : "mean of heads",
-                gh, gw, peak / gw, peak % gw, 100.0 * grid[peak]);
+                output.c_str(), layer_index, head >= 0 ? ("head " + std::to_string(head)).c_str() : "mean of heads", gh,
+                gw, peak / gw, peak % gw, 100.0 * grid[peak]);
     return 0;
   });
 }

@@ -68,7 +68,8 @@ int main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return 0;
     }
-    if (args.has("--model") == args.has("--synthetic")) throw cli::UsageError("give exactly one of --model PATH and --synthetic");
+    if (args.has("--model") == args.has("--synthetic"))
+      throw cli::UsageError("give exactly one of --model PATH and --synthetic");
     if (!args.positional().empty()) throw cli::UsageError("unexpected argument '" + args.positional()[0] + "'");
     const int threads = args.get_int("--threads", default_threads(), 1, 4096);
     const int batch = args.get_int("--batch", 1, 1, 1024);
@@ -96,7 +97,8 @@ int main(int argc, char** argv) {
     int h = c.image_size, w = c.image_size;
     if (args.has("--size")) std::tie(h, w) = cli::parse_size(args.get("--size"), "--size");
     if (h % c.patch_size || w % c.patch_size)
-      throw cli::UsageError("--size: height and width must be multiples of the patch size " + std::to_string(c.patch_size));
+      throw cli::UsageError("--size: height and width must be multiples of the patch size " +
+                            std::to_string(c.patch_size));
 
     // Deterministic inputs (normal noise, as the PyTorch peer feeds).
     std::mt19937 rng(0);
@@ -141,11 +143,13 @@ int main(int argc, char** argv) {
     }
 
     const double n = static_cast<double>(runs) * batch;
-    const std::pair<const char*, double> rows[] = {
-        {"patch embedding", stages.patch_embedding}, {"layer norms", stages.layer_norm},
-        {"qkv projections", stages.qkv},             {"attention", stages.attention},
-        {"attention output", stages.attention_output}, {"mlp", stages.mlp},
-        {"other", stages.other}};
+    const std::pair<const char*, double> rows[] = {{"patch embedding", stages.patch_embedding},
+                                                   {"layer norms", stages.layer_norm},
+                                                   {"qkv projections", stages.qkv},
+                                                   {"attention", stages.attention},
+                                                   {"attention output", stages.attention_output},
+                                                   {"mlp", stages.mlp},
+                                                   {"other", stages.other}};
     std::printf("  stages (seconds per image, mean of %d runs of batch %d):\n", runs, batch);
     for (const auto& [name, s] : rows)
       std::printf("    %-18s %8.4f s  %5.1f %%\n", name, s / n, stages.total() > 0 ? 100.0 * s / stages.total() : 0.0);
@@ -156,12 +160,15 @@ int main(int argc, char** argv) {
       std::printf("  GEMM        %.1f GFLOP/s on [%d x %d]·[%d x %d]ᵀ: forward reaches %.1f %% of it\n", gemm,
                   c.num_tokens(h, w), c.hidden_size, c.intermediate_size, c.hidden_size, 100.0 * gflops / gemm);
     }
-    std::printf("  load        %.3f s%s\n", load_seconds,
-                generate_seconds > 0 ? (" (+ " + std::to_string(generate_seconds) + " s generating weights)").c_str() : "");
-    std::printf("  peak RSS    %.0f MB (weights copied at load: %.0f MB)\n", rss, model.copied_weight_bytes() / 1048576.0);
+    std::printf(
+        "  load        %.3f s%s\n", load_seconds,
+        generate_seconds > 0 ? (" (+ " + std::to_string(generate_seconds) + " s generating weights)").c_str() : "");
+    std::printf("  peak RSS    %.0f MB (weights copied at load: %.0f MB)\n", rss,
+                model.copied_weight_bytes() / 1048576.0);
     std::printf(
         "{\"seconds_per_image\": %.6f, \"seconds_per_image_min\": %.6f, \"gflops\": %.3f, \"fma_peak_gflops\": %.3f, "
-        "\"gemm_gflops\": %.3f, \"peak_fraction\": %.4f, \"load_seconds\": %.6f, \"peak_rss_mb\": %.1f, \"threads\": %d, "
+        "\"gemm_gflops\": %.3f, \"peak_fraction\": %.4f, \"load_seconds\": %.6f, \"peak_rss_mb\": %.1f, \"threads\": "
+        "%d, "
         "\"batch\": %d, \"runs\": %d, \"height\": %d, \"width\": %d, \"isa\": \"%s\", \"gflop_per_image\": %.3f}\n",
         med, best, gflops, peak, gemm, peak > 0 ? gflops / peak : 0.0, load_seconds, rss, threads, batch, runs, h, w,
         kernel_isa().c_str(), gflop);

@@ -38,9 +38,12 @@ int main(int argc, char** argv) {
     const std::string path = vitmsn::cli::model_path_or_throw(args);
     const vitmsn::Model model = vitmsn::Model::load(path, lo);
     if (!model.has_classifier())
-      throw vitmsn::Error(path + " has no classifier head (it is a feature extractor, like facebook/vit-msn-large-7). "
+      throw vitmsn::Error(path +
+                          " has no classifier head (it is a feature extractor, like facebook/vit-msn-large-7). "
                           "Train one on your labelled images with vitmsn-probe, merge it with "
-                          "vitmsn-convert --add-classifier HEAD.safetensors " + path + " OUT.safetensors, "
+                          "vitmsn-convert --add-classifier HEAD.safetensors " +
+                          path +
+                          " OUT.safetensors, "
                           "then run vitmsn-classify --model OUT.safetensors");
     int failures = 0;
     for (const auto& image : args.positional()) {
@@ -60,7 +63,8 @@ int main(int argc, char** argv) {
       std::vector<int> order(logits.size());
       std::iota(order.begin(), order.end(), 0);
       const int k = std::min<int>(top, static_cast<int>(order.size()));
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int a, int b) { return logits[a] > logits[b]; });
       std::printf("%s\n", image.c_str());
       for (int i = 0; i < k; ++i)
         std::printf("  %6.2f %%  %-24s (logit %.4f)\n", 100.0 * p[order[i]] / sum, model.labels()[order[i]].c_str(),

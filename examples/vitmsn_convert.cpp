@@ -8,7 +8,8 @@
 #include "vitmsn/vitmsn.hpp"
 
 namespace {
-const char* kUsage = R"(usage: vitmsn-convert [--dtype f32|bf16|f16] [--add-classifier HEAD.safetensors] [--force] INPUT OUTPUT.safetensors
+const char* kUsage =
+    R"(usage: vitmsn-convert [--dtype f32|bf16|f16] [--add-classifier HEAD.safetensors] [--force] INPUT OUTPUT.safetensors
 
 INPUT is a Hugging Face model folder (model.safetensors or pytorch_model.bin, config.json,
 preprocessor_config.json), a pytorch_model.bin or a .safetensors file (config.json beside it).

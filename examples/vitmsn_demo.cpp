@@ -57,7 +57,8 @@ int main(int argc, char** argv) {
                 static_cast<long>(f.last_hidden_state.rows() - 1));
     const vitmsn::Vector cls = f.cls();
     std::printf("CLS       [");
-    for (int i = 0; i < std::min<int>(6, static_cast<int>(cls.size())); ++i) std::printf("%s% .4f", i ? ", " : "", cls[i]);
+    for (int i = 0; i < std::min<int>(6, static_cast<int>(cls.size())); ++i)
+      std::printf("%s% .4f", i ? ", " : "", cls[i]);
     std::printf(", …]  norm %.4f\n", cls.norm());
     if (model.has_classifier()) {
       const vitmsn::Vector logits = model.logits(f);
@@ -65,9 +66,8 @@ int main(int argc, char** argv) {
       logits.maxCoeff(&best);
       std::printf("class     %s (logit %.3f)\n", model.labels()[best].c_str(), logits[best]);
     }
-    std::printf("time      load %.3f s, forward %.3f s on %d threads\n",
-                std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count(),
-                model.threads());
+    std::printf("time      load %.3f s, forward %.3f s on %d threads\n", std::chrono::duration<double>(t1 - t0).count(),
+                std::chrono::duration<double>(t2 - t1).count(), model.threads());
     return 0;
   });
 }

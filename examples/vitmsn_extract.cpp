@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -64,7 +64,8 @@ options:
   -h, --help                this text
 )";
 
-const std::set<std::string> kImageExtensions = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".ppm", ".pgm", ".pnm"};
+const std::set<std::string> kImageExtensions = {".png", ".jpg", ".jpeg", ".bmp", ".gif",
+                                                ".tga", ".ppm", ".pgm",  ".pnm"};
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -111,8 +112,8 @@ std::vector<std::string> read_list(const std::string& path) {
 }
 
 struct Input {
-  std::string name;    // case name, the key prefix
-  std::string source;  // file path, or "IN.safetensors:key"
+  std::string name;                    // case name, the key prefix
+  std::string source;                  // file path, or "IN.safetensors:key"
   const TensorView* pixels = nullptr;  // set for --pixel-values inputs
 };
 
@@ -121,7 +122,7 @@ enum class Pool { kNone, kCls, kMean };
 // What a run produced: per-case tensors (--pool none to .safetensors), or rows of one array.
 struct Results {
   std::vector<TensorData> tensors;
-  std::vector<float> row_data;   // rows of row_size floats
+  std::vector<float> row_data;  // rows of row_size floats
   std::int64_t row_size = -1;
   std::vector<std::string> rows, failed;  // sources of the rows written, and of failed inputs
 
@@ -188,7 +189,9 @@ void write_part(const std::string& path, const Results& r, const std::string& in
   const std::int64_t n = static_cast<std::int64_t>(r.rows.size());
   if (r.row_size >= 0) t.push_back(TensorData::f32("__rows__", {n, r.row_size}, r.row_data.data()));
   write_safetensors(path, t,
-                    {{"inputs", inputs}, {"rows", join_lines(r.rows)}, {"failed", join_lines(r.failed)},
+                    {{"inputs", inputs},
+                     {"rows", join_lines(r.rows)},
+                     {"failed", join_lines(r.failed)},
                      {"row_size", std::to_string(r.row_size)}});
 }
 
@@ -234,7 +237,8 @@ std::optional<std::pair<int, int>> shard_of(const cli::Args& args) {
   auto number = [](const std::string& s, const std::string& what) {
     char* end = nullptr;
     const long v = std::strtol(s.c_str(), &end, 10);
-    if (s.empty() || *end || v < 0 || v > 9999999) throw cli::UsageError(what + " must be a non-negative integer, got '" + s + "'");
+    if (s.empty() || *end || v < 0 || v > 9999999)
+      throw cli::UsageError(what + " must be a non-negative integer, got '" + s + "'");
     return static_cast<int>(v);
   };
   int index = -1, count = args.has("--shards") ? number(args.get("--shards"), "--shards") : -1;
@@ -247,7 +251,8 @@ std::optional<std::pair<int, int>> shard_of(const cli::Args& args) {
   } else if (const char* id = std::getenv("SLURM_ARRAY_TASK_ID")) {
     const char* min = std::getenv("SLURM_ARRAY_TASK_MIN");
     index = number(id, "SLURM_ARRAY_TASK_ID") - (min ? number(min, "SLURM_ARRAY_TASK_MIN") : 0);
-    if (const char* n = std::getenv("SLURM_ARRAY_TASK_COUNT"); n && count < 0) count = number(n, "SLURM_ARRAY_TASK_COUNT");
+    if (const char* n = std::getenv("SLURM_ARRAY_TASK_COUNT"); n && count < 0)
+      count = number(n, "SLURM_ARRAY_TASK_COUNT");
   } else if (const char* k = std::getenv("JOB_COMPLETION_INDEX")) {
     index = number(k, "JOB_COMPLETION_INDEX");
   } else if (count >= 0) {
@@ -266,8 +271,8 @@ std::optional<std::pair<int, int>> shard_of(const cli::Args& args) {
 int main(int argc, char** argv) {
   return cli::run_main(kUsage, [&]() -> int {
     cli::Args args(argc, argv,
-                   {"--model", "--output", "--pixel-values", "--preprocessor", "--size", "--threads", "--list", "--pool",
-                    "--batch", "--shard", "--shards", "--chunk"},
+                   {"--model", "--output", "--pixel-values", "--preprocessor", "--size", "--threads", "--list",
+                    "--pool", "--batch", "--shard", "--shards", "--chunk"},
                    {"--hidden-states", "--cls-attention", "--save-pixel-values", "--force", "--help"});
     if (args.has("--help")) {
       std::fputs(kUsage, stdout);
@@ -283,7 +288,8 @@ int main(int argc, char** argv) {
     if (pool == Pool::kNone && pool_name != "none") throw cli::UsageError("--pool must be cls, mean or none");
     const bool extras = args.has("--hidden-states") || args.has("--cls-attention") || args.has("--save-pixel-values");
     if (extras && (pool != Pool::kNone || npy))
-      throw cli::UsageError("--hidden-states, --cls-attention and --save-pixel-values need --pool none and .safetensors output");
+      throw cli::UsageError(
+          "--hidden-states, --cls-attention and --save-pixel-values need --pool none and .safetensors output");
     if (args.positional().empty() && !args.has("--pixel-values") && !args.has("--list"))
       throw cli::UsageError("nothing to do: give images, folders, --list FILE or --pixel-values IN.safetensors");
     const int threads = args.get_int("--threads", 0, 1, 4096);
@@ -294,17 +300,20 @@ int main(int argc, char** argv) {
     const int chunk = args.get_int("--chunk", 64, 1, 1 << 20);
     if (!args.has("--force") && !shard) {
       if (cli::file_exists(output)) throw Error(output + ": already exists (use --force to overwrite)");
-      if (with_sidecar && cli::file_exists(sidecar)) throw Error(sidecar + ": already exists (use --force to overwrite)");
+      if (with_sidecar && cli::file_exists(sidecar))
+        throw Error(sidecar + ": already exists (use --force to overwrite)");
     }
 
     LoadOptions lo;
     lo.threads = threads;
     const Model model = Model::load(cli::model_path_or_throw(args), lo);
-    Preprocessor pre = args.has("--preprocessor") ? Preprocessor::from_file(args.get("--preprocessor")) : model.preprocessor();
+    Preprocessor pre =
+        args.has("--preprocessor") ? Preprocessor::from_file(args.get("--preprocessor")) : model.preprocessor();
     if (args.has("--size")) {
       const auto [h, w] = cli::parse_size(args.get("--size"), "--size");
       if (h % model.config().patch_size || w % model.config().patch_size)
-        throw cli::UsageError("--size " + args.get("--size") + ": height and width must be multiples of the patch size " +
+        throw cli::UsageError("--size " + args.get("--size") +
+                              ": height and width must be multiples of the patch size " +
                               std::to_string(model.config().patch_size));
       pre = pre.with_size(h, w);
     }
@@ -401,9 +410,10 @@ int main(int argc, char** argv) {
           } else if (npy) {
             if (res.row_size >= 0 && res.row_size != N * D) {
               progress.break_line();
-              std::fprintf(stderr, "error: %s: %ld tokens, earlier images had %ld; one .npy array needs one size "
-                           "(use --pool, --size, or .safetensors output)\n", in.source.c_str(), static_cast<long>(N),
-                           static_cast<long>(res.row_size / D));
+              std::fprintf(stderr,
+                           "error: %s: %ld tokens, earlier images had %ld; one .npy array needs one size "
+                           "(use --pool, --size, or .safetensors output)\n",
+                           in.source.c_str(), static_cast<long>(N), static_cast<long>(res.row_size / D));
               res.failed.push_back(in.source);
               progress.step(in.source);
               continue;
@@ -413,7 +423,8 @@ int main(int argc, char** argv) {
           } else {
             res.tensors.push_back(TensorData::f32(in.name + ".last_hidden_state", {N, D}, f.last_hidden_state.data()));
             for (const auto& [i, hs] : f.hidden_states)
-              res.tensors.push_back(TensorData::f32(in.name + ".hidden_states." + std::to_string(i), {N, D}, hs.data()));
+              res.tensors.push_back(
+                  TensorData::f32(in.name + ".hidden_states." + std::to_string(i), {N, D}, hs.data()));
             for (const auto& [l, a] : f.cls_attention)
               res.tensors.push_back(
                   TensorData::f32(in.name + ".cls_attention." + std::to_string(l), {a.rows(), a.cols()}, a.data()));
@@ -423,8 +434,8 @@ int main(int argc, char** argv) {
             }
             if (args.has("--save-pixel-values")) {
               const PixelValues& p = px[k];
-              res.tensors.push_back(
-                  TensorData::f32(in.name + ".pixel_values", {p.dimension(0), p.dimension(1), p.dimension(2)}, p.data()));
+              res.tensors.push_back(TensorData::f32(in.name + ".pixel_values",
+                                                    {p.dimension(0), p.dimension(1), p.dimension(2)}, p.data()));
             }
           }
           res.rows.push_back(in.source);
@@ -441,8 +452,8 @@ int main(int argc, char** argv) {
       const std::int64_t n = static_cast<std::int64_t>(res.rows.size());
       if (keep_rows) {
         const std::int64_t tokens = res.row_size > 0 && pool == Pool::kNone ? res.row_size / hidden : 0;
-        std::vector<std::int64_t> shape = pool != Pool::kNone ? std::vector<std::int64_t>{n, hidden}
-                                                              : std::vector<std::int64_t>{n, tokens, hidden};
+        std::vector<std::int64_t> shape =
+            pool != Pool::kNone ? std::vector<std::int64_t>{n, hidden} : std::vector<std::int64_t>{n, tokens, hidden};
         if (npy) {
           write_npy(path, shape, res.row_data.data());
         } else {
@@ -476,7 +487,9 @@ int main(int argc, char** argv) {
       }
       if (!res.rows.empty()) write_output(output, with_sidecar ? sidecar : "", res);
       return finish(res, inputs.size(),
-                    res.rows.empty() ? "(nothing written)" : with_sidecar ? output + " + " + sidecar : output);
+                    res.rows.empty() ? "(nothing written)"
+                    : with_sidecar   ? output + " + " + sidecar
+                                     : output);
     }
 
     // A shard: its contiguous slice of the input list, computed in chunks that are each saved as a
@@ -526,15 +539,17 @@ int main(int argc, char** argv) {
     }
     progress.break_line();
     if (cli::interrupted()) {
-      std::fprintf(stderr, "interrupted: shard %d/%d has %zu of %zu chunks saved as %s.part-*; run the same command "
-                   "again to finish it\n", shard->first, shard->second, chunks, (last - first + chunk - 1) / chunk,
-                   sp.base.c_str());
+      std::fprintf(stderr,
+                   "interrupted: shard %d/%d has %zu of %zu chunks saved as %s.part-*; run the same command "
+                   "again to finish it\n",
+                   shard->first, shard->second, chunks, (last - first + chunk - 1) / chunk, sp.base.c_str());
       return 130;
     }
     write_output(sp.output, sp.files, all);
     std::string done = expected;
     write_text_file(sp.done, done);
-    for (std::size_t k = 0; k < chunks; ++k) std::remove((sp.base + ".part-" + pad5(static_cast<int>(k)) + ".safetensors").c_str());
+    for (std::size_t k = 0; k < chunks; ++k)
+      std::remove((sp.base + ".part-" + pad5(static_cast<int>(k)) + ".safetensors").c_str());
     if (reused) std::fprintf(stderr, "resumed: %zu of %zu chunks were already done\n", reused, chunks);
     return finish(all, last - first, sp.output + " + " + sp.files);
   });

@@ -85,7 +85,8 @@ int main(int argc, char** argv) {
     if (!args.has("--output")) throw cli::UsageError("--output OUT is required");
     if (args.positional().empty()) throw cli::UsageError("give the shard outputs to merge");
     const std::string output = args.get("--output");
-    if (cli::file_exists(output) && !args.has("--force")) throw Error(output + ": already exists (use --force to overwrite)");
+    if (cli::file_exists(output) && !args.has("--force"))
+      throw Error(output + ": already exists (use --force to overwrite)");
 
     std::vector<Shard> shards;
     std::vector<std::string> problems;
@@ -97,8 +98,9 @@ int main(int argc, char** argv) {
     const int count = shards[0].count;
     const std::string ext = shards[0].ext;
     for (const auto& s : shards) {
-      if (s.count != count) throw Error(s.path + ": is one of " + std::to_string(s.count) + " shards, " +
-                                        shards[0].path + " one of " + std::to_string(count));
+      if (s.count != count)
+        throw Error(s.path + ": is one of " + std::to_string(s.count) + " shards, " + shards[0].path + " one of " +
+                    std::to_string(count));
       if (s.ext != ext) throw Error(s.path + ": mixes ." + s.ext + " and ." + ext + " shards");
     }
     if ((ext == "npy") != (output.size() > 4 && output.compare(output.size() - 4, 4, ".npy") == 0))
@@ -108,7 +110,8 @@ int main(int argc, char** argv) {
     for (const auto& s : shards) ++seen[s.index];
     for (int i = 0; i < count; ++i) {
       if (seen[i] == 0) problems.push_back("missing shard " + std::to_string(i) + " of " + std::to_string(count));
-      if (seen[i] > 1) problems.push_back("shard " + std::to_string(i) + " given " + std::to_string(seen[i]) + " times");
+      if (seen[i] > 1)
+        problems.push_back("shard " + std::to_string(i) + " given " + std::to_string(seen[i]) + " times");
     }
     std::map<std::string, int> owner;
     for (auto& s : shards) {
@@ -119,8 +122,9 @@ int main(int argc, char** argv) {
       s.files = lines_of(s.base + ".files.txt");
       for (const auto& f : s.files) {
         auto [it, fresh] = owner.emplace(f, s.index);
-        if (!fresh) problems.push_back("image " + f + " is in shards " + std::to_string(it->second) + " and " +
-                                       std::to_string(s.index));
+        if (!fresh)
+          problems.push_back("image " + f + " is in shards " + std::to_string(it->second) + " and " +
+                             std::to_string(s.index));
       }
     }
     if (args.has("--inputs")) {
@@ -149,8 +153,8 @@ int main(int argc, char** argv) {
         std::vector<std::int64_t> sh;
         const std::vector<float> part = read_npy(s.path, &sh);
         if (sh.empty() || static_cast<std::size_t>(sh[0]) != s.files.size())
-          throw Error(s.path + ": has " + (sh.empty() ? std::string("no") : std::to_string(sh[0])) + " rows, its list " +
-                      std::to_string(s.files.size()));
+          throw Error(s.path + ": has " + (sh.empty() ? std::string("no") : std::to_string(sh[0])) +
+                      " rows, its list " + std::to_string(s.files.size()));
         if (shape.empty()) {
           shape = sh;
           shape[0] = 0;
@@ -174,7 +178,8 @@ int main(int argc, char** argv) {
           const TensorView& v = f.get(name);
           if (name == "features") {
             if (v.shape.empty() || static_cast<std::size_t>(v.shape[0]) != s.files.size())
-              throw Error(s.path + ": 'features' has " + v.shape_string() + " rows, its list " + std::to_string(s.files.size()));
+              throw Error(s.path + ": 'features' has " + v.shape_string() + " rows, its list " +
+                          std::to_string(s.files.size()));
             if (row_shape.empty()) {
               row_shape = v.shape;
               row_shape[0] = 0;
@@ -198,7 +203,8 @@ int main(int argc, char** argv) {
       write_safetensors(output, out, meta);
     }
     write_text_file(sidecar, list);
-    std::fprintf(stderr, "merged %d shards, %zu images -> %s + %s\n", count, files.size(), output.c_str(), sidecar.c_str());
+    std::fprintf(stderr, "merged %d shards, %zu images -> %s + %s\n", count, files.size(), output.c_str(),
+                 sidecar.c_str());
     return 0;
   });
 }

@@ -59,8 +59,8 @@ Config parse_config(const std::string& json_text, const std::string& source) {
     throw Error(source + ": hidden_act '" + c.hidden_act + "' is not supported (ViT-MSN uses \"gelu\")");
   if (auto it = j.find("model_type"); it != j.end() && it->is_string()) c.model_type = it->get<std::string>();
   if (c.hidden_size % c.num_attention_heads != 0)
-    throw Error(source + ": hidden_size " + std::to_string(c.hidden_size) + " is not divisible by num_attention_heads " +
-                std::to_string(c.num_attention_heads));
+    throw Error(source + ": hidden_size " + std::to_string(c.hidden_size) +
+                " is not divisible by num_attention_heads " + std::to_string(c.num_attention_heads));
   if (c.image_size % c.patch_size != 0)
     throw Error(source + ": image_size " + std::to_string(c.image_size) + " is not a multiple of patch_size " +
                 std::to_string(c.patch_size));

@@ -123,7 +123,8 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     config = parse_config(in_meta["config"], weights + " (__metadata__ config)");
     report.config_source = weights + " (__metadata__)";
   } else {
-    throw Error(weights + ": no config.json beside it and no config in its metadata; put the model's config.json next to it");
+    throw Error(weights +
+                ": no config.json beside it and no config in its metadata; put the model's config.json next to it");
   }
   const std::string pre_json = detail::join_path(dir, "preprocessor_config.json");
   PreprocessorConfig pre;
@@ -180,19 +181,21 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     auto it = views.find(name);
     if (it == views.end()) throw Error(weights + ": missing tensor '" + name + "'");
     if (!is_float(it->second.dtype))
-      throw Error(weights + ": tensor '" + name + "' has dtype " + dtype_name(it->second.dtype) + ", expected a float type");
+      throw Error(weights + ": tensor '" + name + "' has dtype " + dtype_name(it->second.dtype) +
+                  ", expected a float type");
   }
   // Shapes and the layer count against the config, exactly as Model::load checks them. F64 tensors
   // are presented as F32 for this check only (the binder looks at shapes; values are converted below).
   std::map<std::string, TensorView> shape_views = views;
   for (auto& [name, v] : shape_views)
     if (v.dtype == DType::kF64) v.dtype = DType::kF32;
-  bind_weights(config,
-               [&](const std::string& n) -> const TensorView* {
-                 auto it = shape_views.find(n);
-                 return it == shape_views.end() ? nullptr : &it->second;
-               },
-               weights);
+  bind_weights(
+      config,
+      [&](const std::string& n) -> const TensorView* {
+        auto it = shape_views.find(n);
+        return it == shape_views.end() ? nullptr : &it->second;
+      },
+      weights);
 
   std::vector<TensorData> out;
   for (auto& t : tensors) {

@@ -201,4 +201,4 @@ int remove_unfinished_outputs() noexcept {
   return removed;
 }
 
-}  // namespace vitmsn::detail
+}  // namespace vitmsn

@@ -65,7 +65,6 @@ struct Avx2 {
   static void transpose8(const float* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
     blocked::ymm::transpose8(src, lds, dst, ldd);
   }
-
 };
 
 constexpr int kMr = 6;

@@ -71,7 +71,6 @@ struct Avx512 {
   static void transpose8(const float* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
     blocked::ymm::transpose8(src, lds, dst, ldd);
   }
-
 };
 
 constexpr int kMr = 14;

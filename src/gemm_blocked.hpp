@@ -140,8 +140,8 @@ inline __m256 widen8(const std::uint16_t* p) {
 }
 
 /// dst[c·ldd + r] = r_r[c] for r, c < 8: the 8×8 transpose of eight rows held in registers.
-inline void transpose8_store(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5, __m256 r6,
-                             __m256 r7, float* dst, std::ptrdiff_t ldd) {
+inline void transpose8_store(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5, __m256 r6, __m256 r7,
+                             float* dst, std::ptrdiff_t ldd) {
   const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
   const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
   const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);

@@ -44,9 +44,9 @@ inline std::uint16_t float_to_half(float f) {
   const std::uint32_t u = float_to_bits(f);
   const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
   const std::uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;                // NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;               // overflow (>= 65520 rounds to inf)
-  if (abs < 0x38800000u) {                                     // below the smallest normal half
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // overflow (>= 65520 rounds to inf)
+  if (abs < 0x38800000u) {                        // below the smallest normal half
     // Subnormal: round abs·2^24 to nearest even integer.
     const float v = bits_to_float(abs) * 16777216.0f;
     std::uint32_t m = static_cast<std::uint32_t>(v);

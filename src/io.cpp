@@ -16,8 +16,10 @@ void write_npy(const std::string& path, const std::vector<std::int64_t>& shape, 
     n *= static_cast<std::size_t>(d);
   }
   // numpy's own spelling: "(3, 4)", "(3,)", "()".
-  if (shape.size() > 1) dims.resize(dims.size() - 2);
-  else if (shape.size() == 1) dims.resize(dims.size() - 1);
+  if (shape.size() > 1)
+    dims.resize(dims.size() - 2);
+  else if (shape.size() == 1)
+    dims.resize(dims.size() - 1);
   std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
   // magic(6) + version(2) + length(2) + header + '\n', padded with spaces to a multiple of 64.
   const std::size_t total = 10 + header.size() + 1;

@@ -18,8 +18,8 @@ namespace vitmsn {
 struct Model::Impl {
   std::string source;
   Config config;
-  std::unique_ptr<SafetensorsFile> file;    // keeps the memory map alive (file-backed models)
-  std::vector<TensorData> memory_tensors;   // tensor storage (in-memory models)
+  std::unique_ptr<SafetensorsFile> file;       // keeps the memory map alive (file-backed models)
+  std::vector<TensorData> memory_tensors;      // tensor storage (in-memory models)
   std::unique_ptr<const Weights> weights_ptr;  // Eigen maps are not assignable: built in place
   const Weights& weights() const { return *weights_ptr; }
   std::vector<std::string> labels;
@@ -34,7 +34,6 @@ using Clock = std::chrono::steady_clock;
 
 // Largest token count accepted (e.g. 1792x1792 at patch 7): 16 GB of activations at ViT-L width.
 constexpr long long kMaxTokens = 65537;
-
 
 // Adds the time since `start` to `slot` (when profiling) and restarts the clock.
 struct Stopwatch {
@@ -238,8 +237,8 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
     weights_path = detail::join_path(dir, "model.safetensors");
     if (!detail::is_regular_file(weights_path)) {
       if (detail::is_regular_file(detail::join_path(dir, "pytorch_model.bin")))
-        throw Error(path + ": has pytorch_model.bin but no model.safetensors; convert it first: vitmsn-convert " + path +
-                    " model.safetensors");
+        throw Error(path + ": has pytorch_model.bin but no model.safetensors; convert it first: vitmsn-convert " +
+                    path + " model.safetensors");
       throw Error(path + ": no model.safetensors in this folder");
     }
   } else {
@@ -308,7 +307,8 @@ int Model::threads() const { return impl_->threads; }
 const std::string& Model::source() const { return impl_->source; }
 std::size_t Model::copied_weight_bytes() const { return impl_->weights().owned_bytes; }
 
-std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch, const FeatureOptions& options) const {
+std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
+                                              const FeatureOptions& options) const {
   std::vector<Features> out(batch.size());
   for (const auto& px : batch) check_pixels(impl_->config, px);
   // Group images by size; each group runs as one batch.
@@ -318,7 +318,8 @@ std::vector<Features> Model::extract_features(const std::vector<PixelValues>& ba
     std::vector<const PixelValues*> group;
     std::vector<std::size_t> index;
     for (std::size_t j = i; j < batch.size(); ++j)
-      if (!done[j] && batch[j].dimension(1) == batch[i].dimension(1) && batch[j].dimension(2) == batch[i].dimension(2)) {
+      if (!done[j] && batch[j].dimension(1) == batch[i].dimension(1) &&
+          batch[j].dimension(2) == batch[i].dimension(2)) {
         group.push_back(&batch[j]);
         index.push_back(j);
         done[j] = true;
@@ -347,7 +348,8 @@ Features Model::extract_features(const std::string& image_path, const FeatureOpt
 
 Vector Model::logits(const Features& features) const {
   if (!has_classifier())
-    throw Error(impl_->source + ": this model has no classifier head (a ViTMSNModel checkpoint); "
+    throw Error(impl_->source +
+                ": this model has no classifier head (a ViTMSNModel checkpoint); "
                 "use extract_features(), or add a head (classifier.weight/classifier.bias)");
   const Weights& w = impl_->weights();
   if (features.last_hidden_state.cols() != w.classifier_weight.cols() || features.last_hidden_state.rows() < 1)

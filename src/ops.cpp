@@ -16,8 +16,8 @@ namespace {
 constexpr int kQueryBlock = 128;
 }  // namespace
 
-void layer_norm(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
-                const float* w, const float* b, double eps, int threads) {
+void layer_norm(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols, const float* w,
+                const float* b, double eps, int threads) {
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows >= 64)
 #endif
@@ -60,7 +60,7 @@ namespace {
 // (aten/src/ATen/native/UpSample.h get_cubic_upsample_coefficients).
 void cubic_weights(double t, double w[4]) {
   constexpr double A = -0.75;
-  auto near = [](double x) { return ((A + 2) * x - (A + 3)) * x * x + 1; };   // |x| <= 1
+  auto near = [](double x) { return ((A + 2) * x - (A + 3)) * x * x + 1; };       // |x| <= 1
   auto far = [](double x) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; };  // 1 < |x| < 2
   w[0] = far(t + 1.0);
   w[1] = near(t);
@@ -81,8 +81,7 @@ std::vector<Taps> cubic_taps(int in, int out) {
     const double real = (o + 0.5) * scale - 0.5;
     const double fl = std::floor(real);
     cubic_weights(real - fl, taps[o].weight);
-    for (int k = 0; k < 4; ++k)
-      taps[o].index[k] = std::min(std::max(static_cast<int>(fl) - 1 + k, 0), in - 1);
+    for (int k = 0; k < 4; ++k) taps[o].index[k] = std::min(std::max(static_cast<int>(fl) - 1 + k, 0), in - 1);
   }
   return taps;
 }
@@ -146,8 +145,8 @@ void attention(Isa isa, const float* qkv_all, std::ptrdiff_t ld_qkv, int images,
     softmax_rows(isa, s, rows, tokens, tokens);
     if (cls_row && r0 == 0) std::memcpy(cls_row + static_cast<std::ptrdiff_t>(h) * tokens, s, sizeof(float) * tokens);
     // ctx[:, head h] = a·v_h  [rows, hd]
-    gemm(isa, rows, head_dim, tokens, s, tokens, v, ld_qkv, /*b_trans=*/false, ctx + r0 * ld_ctx + h * head_dim,
-         ld_ctx, Epilogue{}, 1);
+    gemm(isa, rows, head_dim, tokens, s, tokens, v, ld_qkv, /*b_trans=*/false, ctx + r0 * ld_ctx + h * head_dim, ld_ctx,
+         Epilogue{}, 1);
   }
 }
 

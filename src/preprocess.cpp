@@ -421,7 +421,8 @@ Image resize(const Image& image, int width, int height, Resample filter, const I
   int src_width = image.width;
   std::vector<std::uint8_t> temp;
   if (need_horizontal) {
-    const std::uint64_t temp_pixels = static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(row_last - row_first);
+    const std::uint64_t temp_pixels =
+        static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(row_last - row_first);
     if (temp_pixels > limits.max_pixels) {
       throw Error("resize: " + std::to_string(image.width) + "x" + std::to_string(image.height) + " to " +
                   std::to_string(width) + "x" + std::to_string(height) + " needs an intermediate image of " +

@@ -31,10 +31,9 @@ struct DTypeInfo {
 };
 
 constexpr DTypeInfo kDTypes[] = {
-    {"F32", DType::kF32, 4}, {"F16", DType::kF16, 2}, {"BF16", DType::kBF16, 2},
-    {"F64", DType::kF64, 8}, {"I64", DType::kI64, 8}, {"I32", DType::kI32, 4},
-    {"I16", DType::kI16, 2}, {"I8", DType::kI8, 1},   {"U8", DType::kU8, 1},
-    {"BOOL", DType::kBool, 1},
+    {"F32", DType::kF32, 4}, {"F16", DType::kF16, 2},   {"BF16", DType::kBF16, 2}, {"F64", DType::kF64, 8},
+    {"I64", DType::kI64, 8}, {"I32", DType::kI32, 4},   {"I16", DType::kI16, 2},   {"I8", DType::kI8, 1},
+    {"U8", DType::kU8, 1},   {"BOOL", DType::kBool, 1},
 };
 
 const DTypeInfo* find_dtype(const std::string& name) {
@@ -149,7 +148,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
   const std::uint64_t size = impl->map.size();
   auto fail = [&](const std::string& what) -> Error { return Error(path + ": " + what); };
 
-  if (size < 8) throw fail("not a safetensors file: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  if (size < 8)
+    throw fail("not a safetensors file: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
   std::uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | base[i];
   if (header_len > limits.max_header_bytes)
@@ -225,23 +225,23 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
         throw fail(where + ": data_offsets must be non-negative integers");
     const auto begin = (*off)[0].get<std::uint64_t>();
     const auto end = (*off)[1].get<std::uint64_t>();
-    if (begin > end) throw fail(where + ": data_offsets [" + std::to_string(begin) + "," + std::to_string(end) + "] are reversed");
+    if (begin > end)
+      throw fail(where + ": data_offsets [" + std::to_string(begin) + "," + std::to_string(end) + "] are reversed");
     if (end > data_size)
       throw fail(where + ": data_offsets [" + std::to_string(begin) + "," + std::to_string(end) +
                  "] run past the end of the data (" + std::to_string(data_size) + " bytes)");
     if (numel > std::numeric_limits<std::uint64_t>::max() / d->size)  // numel * size below would wrap
       throw fail(where + ": shape " + shape_to_string(view.shape) + " is larger than the file");
     if (end - begin != numel * d->size)
-      throw fail(where + ": data_offsets span " + std::to_string(end - begin) + " bytes but " + d->name +
-                 " shape " + shape_to_string(view.shape) + " needs " + std::to_string(numel * d->size));
+      throw fail(where + ": data_offsets span " + std::to_string(end - begin) + " bytes but " + d->name + " shape " +
+                 shape_to_string(view.shape) + " needs " + std::to_string(numel * d->size));
     view.data = base + data_begin + begin;
     view.nbytes = static_cast<std::size_t>(end - begin);
     ranges.push_back({begin, end, impl->tensors.size()});
     impl->tensors.push_back(std::move(view));
   }
-  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
   // Sorted by begin, a range overlaps an earlier one exactly when it starts before the furthest end
   // seen so far. Empty tensors occupy no bytes and overlap nothing.
   std::uint64_t furthest = 0;
@@ -319,7 +319,8 @@ void write_safetensors(const std::string& path, const std::vector<TensorData>& t
       throw Error(path + ": tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) + " bytes, shape " +
                   shape_to_string(t.shape) + " of " + dtype_name(t.dtype) + " needs " +
                   std::to_string(numel * dtype_size(t.dtype)));
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
+    header[t.name] = {
+        {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
     offset += t.bytes.size();
   }
   std::string h = header.dump();

@@ -51,16 +51,20 @@ constexpr LayerKey kLayerKeys[] = {
 };
 }  // namespace
 
-std::vector<std::pair<std::string, std::vector<std::int64_t>>> encoder_tensors(const Config& c,
-                                                                                const std::string& p) {
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> encoder_tensors(const Config& c, const std::string& p) {
   const std::int64_t D = c.hidden_size, F = c.intermediate_size, P = c.patch_size, C = c.num_channels;
   auto dims = [&](Shape s) -> std::vector<std::int64_t> {
     switch (s) {
-      case Shape::kDD: return {D, D};
-      case Shape::kFD: return {F, D};
-      case Shape::kDF: return {D, F};
-      case Shape::kD: return {D};
-      case Shape::kF: return {F};
+      case Shape::kDD:
+        return {D, D};
+      case Shape::kFD:
+        return {F, D};
+      case Shape::kDF:
+        return {D, F};
+      case Shape::kD:
+        return {D};
+      case Shape::kF:
+        return {F};
     }
     return {};
   };
@@ -93,8 +97,7 @@ std::string shape_str(const std::vector<std::int64_t>& s) {
 
 class Binder {
  public:
-  Binder(const TensorLookup& lookup, const std::string& source, Weights& w)
-      : lookup_(lookup), source_(source), w_(w) {}
+  Binder(const TensorLookup& lookup, const std::string& source, Weights& w) : lookup_(lookup), source_(source), w_(w) {}
 
   // A linear weight matrix with exactly `shape`: F32, BF16 and F16 are used in place when aligned;
   // the float map is bound too for F32 (empty otherwise).
@@ -120,7 +123,8 @@ class Binder {
     const TensorView* t = lookup_(name);
     if (!t) throw Error(source_ + ": missing tensor '" + name + "'");
     if (t->shape != shape)
-      throw Error(source_ + ": tensor '" + name + "' has shape " + t->shape_string() + ", expected " + shape_str(shape));
+      throw Error(source_ + ": tensor '" + name + "' has shape " + t->shape_string() + ", expected " +
+                  shape_str(shape));
     if (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16)
       throw Error(source_ + ": tensor '" + name + "' has dtype " + dtype_name(t->dtype) +
                   ", expected F32, F16 or BF16");
@@ -149,7 +153,8 @@ void bind(ConstMatrixMap& m, const float* p, std::int64_t r, std::int64_t c) { n
 std::string detect_prefix(const TensorLookup& lookup, const std::string& source) {
   if (lookup(keys::cls_token(""))) return "";
   if (lookup(keys::cls_token("vit."))) return "vit.";
-  throw Error(source + ": missing tensor 'embeddings.cls_token' (nor 'vit.embeddings.cls_token'): not a ViT-MSN checkpoint");
+  throw Error(source +
+              ": missing tensor 'embeddings.cls_token' (nor 'vit.embeddings.cls_token'): not a ViT-MSN checkpoint");
 }
 
 Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::string& source) {
@@ -165,9 +170,9 @@ Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::str
       throw Error(source + ": missing tensor '" + keys::layer(p, i, "layernorm_before.weight") + "': config has " +
                   std::to_string(c.num_hidden_layers) + " layers, the file fewer");
   if (lookup(keys::layer(p, c.num_hidden_layers, "layernorm_before.weight")))
-    throw Error(source + ": file has more layers than the config's num_hidden_layers = " +
-                std::to_string(c.num_hidden_layers) + " (found '" +
-                keys::layer(p, c.num_hidden_layers, "layernorm_before.weight") + "')");
+    throw Error(source +
+                ": file has more layers than the config's num_hidden_layers = " + std::to_string(c.num_hidden_layers) +
+                " (found '" + keys::layer(p, c.num_hidden_layers, "layernorm_before.weight") + "')");
 
   bind(w.cls_token, b.get(keys::cls_token(p), {1, 1, D}), D);
   bind(w.position_embeddings, b.get(keys::position_embeddings(p), {1, N, D}), N, D);

@@ -16,8 +16,8 @@ namespace {
 
 TEST(Concurrency, FourThreadsSharingOneModelMatchSerialCallsBitForBit) {
   const Model model = Model::load(test::data_path("models/tiny-cls"));
-  const std::vector<std::string> images = {"chelsea.png", "astronaut.png", "coffee.png", "camera.png",
-                                           "horse.png",   "green_palette.png"};
+  const std::vector<std::string> images = {"chelsea.png", "astronaut.png", "coffee.png",
+                                           "camera.png",  "horse.png",     "green_palette.png"};
   FeatureOptions opt;
   opt.hidden_states = {1};
   opt.cls_attention = {0};
@@ -35,12 +35,14 @@ TEST(Concurrency, FourThreadsSharingOneModelMatchSerialCallsBitForBit) {
           try {
             const Features f = model.extract_features(test::data_path("images/" + images[i]), opt);
             const Features& s = serial[i];
-            const bool same =
-                f.last_hidden_state.size() == s.last_hidden_state.size() &&
-                std::memcmp(f.last_hidden_state.data(), s.last_hidden_state.data(), sizeof(float) * s.last_hidden_state.size()) == 0 &&
-                std::memcmp(f.hidden_states.at(1).data(), s.hidden_states.at(1).data(), sizeof(float) * s.hidden_states.at(1).size()) == 0 &&
-                std::memcmp(f.cls_attention.at(0).data(), s.cls_attention.at(0).data(), sizeof(float) * s.cls_attention.at(0).size()) == 0 &&
-                model.logits(f) == model.logits(s);
+            const bool same = f.last_hidden_state.size() == s.last_hidden_state.size() &&
+                              std::memcmp(f.last_hidden_state.data(), s.last_hidden_state.data(),
+                                          sizeof(float) * s.last_hidden_state.size()) == 0 &&
+                              std::memcmp(f.hidden_states.at(1).data(), s.hidden_states.at(1).data(),
+                                          sizeof(float) * s.hidden_states.at(1).size()) == 0 &&
+                              std::memcmp(f.cls_attention.at(0).data(), s.cls_attention.at(0).data(),
+                                          sizeof(float) * s.cls_attention.at(0).size()) == 0 &&
+                              model.logits(f) == model.logits(s);
             if (!same) ++mismatches;
           } catch (...) {
             ++errors;

@@ -1,4 +1,6 @@
 // The converter: Hugging Face checkpoints (.bin and .safetensors) into single-file vitmsn models.
+#include "vitmsn/convert.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -7,7 +9,6 @@
 #include <string>
 
 #include "test_util.hpp"
-#include "vitmsn/convert.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/model.hpp"
 #include "vitmsn/safetensors.hpp"
@@ -102,9 +103,10 @@ TEST(Convert, MergesAClassifierHeadWithLabels) {
   const std::string dir = test::temp_dir();
   std::vector<float> w(3 * 64), b = {0.5f, -0.25f, 0.0f};
   for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>((i * 37) % 11) * 0.01f - 0.05f;
-  write_safetensors(dir + "/head.safetensors",
-                    {TensorData::f32("classifier.weight", {3, 64}, w.data()), TensorData::f32("classifier.bias", {3}, b.data())},
-                    {{"id2label", R"({"0":"red","1":"green","2":"blue"})"}});
+  write_safetensors(
+      dir + "/head.safetensors",
+      {TensorData::f32("classifier.weight", {3, 64}, w.data()), TensorData::f32("classifier.bias", {3}, b.data())},
+      {{"id2label", R"({"0":"red","1":"green","2":"blue"})"}});
   ConvertOptions o;
   o.classifier = dir + "/head.safetensors";
   convert_checkpoint(test::data_path("models/tiny"), dir + "/with_head.safetensors", o);
@@ -123,8 +125,8 @@ TEST(Convert, MergesAClassifierHeadWithLabels) {
 TEST(Convert, RejectsHeadOfTheWrongWidth) {
   const std::string dir = test::temp_dir();
   std::vector<float> w(2 * 32, 0.0f), b(2, 0.0f);
-  write_safetensors(dir + "/head.safetensors",
-                    {TensorData::f32("classifier.weight", {2, 32}, w.data()), TensorData::f32("classifier.bias", {2}, b.data())});
+  write_safetensors(dir + "/head.safetensors", {TensorData::f32("classifier.weight", {2, 32}, w.data()),
+                                                TensorData::f32("classifier.bias", {2}, b.data())});
   ConvertOptions o;
   o.classifier = dir + "/head.safetensors";
   try {

@@ -55,7 +55,8 @@ TEST_P(JpegEndToEnd, ImageFileGivesHuggingFaceFeaturesUpToTheDecoder) {
   const Features f = tiny().extract_features(test::data_path("images/" + file));
   const double err = error_vs_hf(f, GetParam() + ".last_hidden_state");
   const bool exact = std::string(jpeg_decoder_name()) == "libjpeg-turbo";
-  std::printf("    %-20s (%s) -> last_hidden_state: max abs error %.3g\n", GetParam().c_str(), jpeg_decoder_name(), err);
+  std::printf("    %-20s (%s) -> last_hidden_state: max abs error %.3g\n", GetParam().c_str(), jpeg_decoder_name(),
+              err);
   EXPECT_LE(err, exact ? 1e-4 : 0.15) << GetParam() << " with " << jpeg_decoder_name() << ": max abs error " << err;
 }
 

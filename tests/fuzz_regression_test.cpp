@@ -100,7 +100,8 @@ TEST(FuzzRegression, SafetensorsShapeWhoseByteSizeWrapsAroundIsRefused) {
 // was read as an empty array with that shape (vitmsn-merge would then have indexed by it).
 TEST(FuzzRegression, NpyShapeWhoseElementCountWrapsAroundIsRefused) {
   const std::string path = data_path("fuzz/npy/shape-whose-size-wraps-to-0.npy");
-  expect_error([&] { read_npy(path, nullptr); }, "shape (281474976710656, 65536) needs more data than the file's 0 bytes");
+  expect_error([&] { read_npy(path, nullptr); },
+               "shape (281474976710656, 65536) needs more data than the file's 0 bytes");
 }
 
 // A shape that is not a tuple of integers escaped as std::invalid_argument from std::stoll.
@@ -163,7 +164,6 @@ TEST(FuzzRegression, ResizeCountsItsIntermediateImageAgainstThePixelLimit) {
   EXPECT_EQ(Preprocessor().with_limits(small).with_size(100, 100).limits().max_pixels, small.max_pixels);
 }
 
-
 // stb_image 2.27 writes past its 257-entry Huffman size table when a DHT table declares more than
 // 256 codes (UBSan: index 257 out of bounds in stbi__build_huffman).
 TEST(FuzzRegression, JpegWithAHuffmanTableOfMoreThan256CodesIsRefused) {
@@ -187,8 +187,7 @@ TEST(FuzzRegression, PngChunkClaimingMoreThanTheFileIsRefusedBeforeAllocating) {
 // ones, as in libjpeg-turbo; this stream is then corrupt for them too, as Pillow also says.
 TEST(FuzzRegression, JpegScansUsingUndefinedHuffmanTablesNeverReachUninitialisedMemory) {
   const std::string bytes = read_file(data_path("fuzz/image/jpeg-progressive-scans-use-undefined-ac-tables.jpg"));
-  expect_error([&] { test::decode_bytes(bytes, "p.jpg"); },
-               "p.jpg: cannot decode JPEG");
+  expect_error([&] { test::decode_bytes(bytes, "p.jpg"); }, "p.jpg: cannot decode JPEG");
 }
 
 // The same table behind an extra fill byte (FF FF D8): not a JPEG to Pillow or to our checks, but
@@ -240,7 +239,8 @@ TEST(FuzzRegression, CheckpointWithExponentiallySharedDictsIsRefusedWithinThePic
   const long long file_bytes = static_cast<long long>(std::ifstream(path, std::ios::binary | std::ios::ate).tellg());
   EXPECT_GT(opcodes, 0) << message;
   EXPECT_LE(opcodes, file_bytes) << message;
-  EXPECT_LE(visited, opcodes + 1) << "the walk over shared dicts is no longer bounded by the pickle's size: " << message;
+  EXPECT_LE(visited, opcodes + 1) << "the walk over shared dicts is no longer bounded by the pickle's size: "
+                                  << message;
 }
 
 // A 600-byte checkpoint whose tensor is a stride-0 view of one float expanded to 2^58 elements.

@@ -31,9 +31,7 @@ std::string read_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
-std::string tmp() {
-  return test::temp_dir();
-}
+std::string tmp() { return test::temp_dir(); }
 
 /// How far an 8-bit image is from an expected U8 [H, W, 3] tensor.
 struct LevelDiff {
@@ -272,8 +270,8 @@ std::string without_segments(const std::string& jpeg, std::uint8_t drop) {
   while (i + 4 <= jpeg.size()) {
     const auto marker = static_cast<std::uint8_t>(jpeg[i + 1]);
     if (marker == 0xDA) return out + jpeg.substr(i);
-    const std::size_t length =
-        (static_cast<std::size_t>(static_cast<std::uint8_t>(jpeg[i + 2])) << 8) | static_cast<std::uint8_t>(jpeg[i + 3]);
+    const std::size_t length = (static_cast<std::size_t>(static_cast<std::uint8_t>(jpeg[i + 2])) << 8) |
+                               static_cast<std::uint8_t>(jpeg[i + 3]);
     if (marker != drop) out += jpeg.substr(i, 2 + length);
     i += 2 + length;
   }
@@ -382,7 +380,8 @@ TEST(Image, PnmSamplesAreScaledByMaxvalAsPillowDoes) {
       ASSERT_EQ(image.rgb.size(), pillow.rgb.size()) << name;
       std::size_t differing = 0;
       for (std::size_t i = 0; i < image.rgb.size(); ++i) differing += image.rgb[i] != pillow.rgb[i];
-      EXPECT_EQ(differing, 0u) << name << ": " << differing << " of " << image.rgb.size() << " values differ from Pillow";
+      EXPECT_EQ(differing, 0u) << name << ": " << differing << " of " << image.rgb.size()
+                               << " values differ from Pillow";
       ++checked;
     }
   }
@@ -392,20 +391,15 @@ TEST(Image, PnmSamplesAreScaledByMaxvalAsPillowDoes) {
 TEST(Image, RejectsPnmHeadersPillowRejects) {
   const std::string px(12, '\x10');
   const std::string zero = "P5\n2 2\n0\n" + px;
-  expect_error([&] { test::decode_bytes(zero, "z.pgm"); },
-               {"z.pgm", "maxval 0 is not between 1 and 65535"});
+  expect_error([&] { test::decode_bytes(zero, "z.pgm"); }, {"z.pgm", "maxval 0 is not between 1 and 65535"});
   const std::string big = "P6\n2 2\n70000\n" + px + px;
-  expect_error([&] { test::decode_bytes(big, "b.ppm"); },
-               {"b.ppm", "maxval 70000"});
+  expect_error([&] { test::decode_bytes(big, "b.ppm"); }, {"b.ppm", "maxval 70000"});
   const std::string glued = "P61 1 255\n" + px;
-  expect_error([&] { test::decode_bytes(glued, "g.ppm"); },
-               {"g.ppm", "must be followed by whitespace"});
+  expect_error([&] { test::decode_bytes(glued, "g.ppm"); }, {"g.ppm", "must be followed by whitespace"});
   const std::string letters = "P5\n2 x\n255\n" + px;
-  expect_error([&] { test::decode_bytes(letters, "l.pgm"); },
-               {"l.pgm", "expected a number"});
+  expect_error([&] { test::decode_bytes(letters, "l.pgm"); }, {"l.pgm", "expected a number"});
   const std::string longer = "P5\n12345678901 1\n255\n" + px;
-  expect_error([&] { test::decode_bytes(longer, "n.pgm"); },
-               {"n.pgm", "longer than 10 digits"});
+  expect_error([&] { test::decode_bytes(longer, "n.pgm"); }, {"n.pgm", "longer than 10 digits"});
 }
 
 // stb_image reads zeros past the end of these formats; Pillow raises "image file is truncated".
@@ -421,7 +415,8 @@ TEST(Image, RejectsEveryTruncationOfPnmBmpAndTga) {
       expect_error([&] { decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), cut, c.file); }, {c.file});
     }
     const std::string path = tmp() + "/cut_" + c.file;
-    test::write_bytes(path, bytes.substr(0, bytes.size() - (std::string(c.file).find(".tga") != std::string::npos ? 27 : 1)));
+    test::write_bytes(path,
+                      bytes.substr(0, bytes.size() - (std::string(c.file).find(".tga") != std::string::npos ? 27 : 1)));
     expect_error([&] { load_image(path); }, {path, "image file is truncated"});
   }
 }
@@ -543,8 +538,7 @@ TEST(Image, RejectsAMissingFileNamingIt) {
 
 TEST(Image, DecodeImageNamesTheBufferInErrors) {
   const std::string bytes = "GIF89a but not really";
-  expect_error([&] { test::decode_bytes(bytes, "upload #7"); },
-               {"upload #7"});
+  expect_error([&] { test::decode_bytes(bytes, "upload #7"); }, {"upload #7"});
   expect_error([&] { decode_image(nullptr, 0, "upload #8"); }, {"upload #8", "empty"});
 }
 

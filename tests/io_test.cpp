@@ -1,5 +1,7 @@
 // .npy reading and writing: round trips, files as numpy writes them, and malformed files (each a
 // vitmsn::Error naming the file, before anything is allocated from the header's numbers).
+#include "vitmsn/io.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -8,7 +10,6 @@
 
 #include "test_util.hpp"
 #include "vitmsn/error.hpp"
-#include "vitmsn/io.hpp"
 
 namespace vitmsn {
 namespace {
@@ -98,10 +99,8 @@ TEST(Npy, MalformedFilesAreErrorsNamingTheFile) {
   expect_npy_error(npy_bytes(ok, floats(2)).substr(0, 40), "header runs past the end");
   expect_npy_error(npy_bytes(ok, floats(3)), "holds 12 data bytes, shape (2,) needs 8");
   expect_npy_error(npy_bytes(ok, floats(1)), "shape (2,) needs more data than the file's 4 bytes");
-  expect_npy_error(npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", floats(4)),
-                   "dtype is '<f8'");
-  expect_npy_error(npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", floats(2)),
-                   "Fortran order");
+  expect_npy_error(npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", floats(4)), "dtype is '<f8'");
+  expect_npy_error(npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", floats(2)), "Fortran order");
   expect_npy_error(npy_bytes("{'descr': '<f4', 'fortran_order': False, }", floats(2)), "lacks descr");
   expect_npy_error(npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (abc), }", floats(2)),
                    "expected a dimension");

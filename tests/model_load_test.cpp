@@ -98,7 +98,8 @@ TEST(ModelLoad, MissingPathIsAnError) { expect_load_error("/nonexistent/model", 
 
 TEST(ModelLoad, MissingTensorIsNamed) {
   auto t = read_all(tiny_dir() + "/model.safetensors");
-  t.erase(std::remove_if(t.begin(), t.end(), [](const TensorData& x) { return x.name == "encoder.layer.1.output.dense.bias"; }),
+  t.erase(std::remove_if(t.begin(), t.end(),
+                         [](const TensorData& x) { return x.name == "encoder.layer.1.output.dense.bias"; }),
           t.end());
   const std::string d = make_folder("missing", t);
   expect_load_error(d, {"model.safetensors", "missing tensor 'encoder.layer.1.output.dense.bias'"});
@@ -187,23 +188,30 @@ TEST(ModelLoad, ClassifierHeadWithMismatchedLabelsIsAnError) {
 TEST(Config, RejectsMissingAndMistypedFields) {
   EXPECT_THROW(parse_config("{}", "c.json"), Error);
   try {
-    parse_config(R"({"hidden_size":"64","num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7})",
-                 "c.json");
+    parse_config(
+        R"({"hidden_size":"64","num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7})",
+        "c.json");
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("c.json: field 'hidden_size' must be an integer"), std::string::npos)
         << e.what();
   }
   EXPECT_THROW(parse_config("not json", "c.json"), Error);
-  EXPECT_THROW(parse_config(R"({"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":5,"intermediate_size":256,"patch_size":7})",
-                            "c.json"),
-               Error);
-  EXPECT_THROW(parse_config(R"({"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7,"hidden_act":"relu"})",
-                            "c.json"),
-               Error);
-  EXPECT_THROW(parse_config(R"({"hidden_size":64,"num_hidden_layers":-2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7})",
-                            "c.json"),
-               Error);
+  EXPECT_THROW(
+      parse_config(
+          R"({"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":5,"intermediate_size":256,"patch_size":7})",
+          "c.json"),
+      Error);
+  EXPECT_THROW(
+      parse_config(
+          R"({"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7,"hidden_act":"relu"})",
+          "c.json"),
+      Error);
+  EXPECT_THROW(
+      parse_config(
+          R"({"hidden_size":64,"num_hidden_layers":-2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7})",
+          "c.json"),
+      Error);
 }
 
 TEST(Config, RoundTripsThroughJson) {

@@ -1,5 +1,7 @@
 // Golden tests: the forward pass against Hugging Face's own outputs (tests/data/expected, computed by
 // transformers in float64). Tolerance: max abs error 1e-4 (HF's own float32 run differs by 2–3e-6).
+#include "vitmsn/model.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,15 +10,14 @@
 
 #include "test_util.hpp"
 #include "vitmsn/error.hpp"
-#include "vitmsn/model.hpp"
 
 namespace vitmsn {
 namespace {
 
 constexpr double kTolerance = 1e-4;
 
-const std::vector<std::string> kImageCases = {"astronaut", "camera", "chelsea", "chelsea_q90", "coffee",
-                                              "coffee_progressive", "green_palette", "horse", "rocket"};
+const std::vector<std::string> kImageCases = {"astronaut",          "camera",        "chelsea", "chelsea_q90", "coffee",
+                                              "coffee_progressive", "green_palette", "horse",   "rocket"};
 
 PixelValues pixels(const std::string& case_name) {
   const TensorView& t = test::preprocess_fixture(case_name + ".pixel_values");
@@ -40,8 +41,8 @@ const Model& tiny_cls() {
 void expect_close(const Matrix& got, const std::string& key) {
   const TensorView& ref = test::tiny_output(key);
   const std::vector<float> want = ref.to_float();
-  ASSERT_EQ(static_cast<std::size_t>(got.size()), want.size()) << key << ": got " << got.rows() << "x" << got.cols()
-                                                               << ", HF " << ref.shape_string();
+  ASSERT_EQ(static_cast<std::size_t>(got.size()), want.size())
+      << key << ": got " << got.rows() << "x" << got.cols() << ", HF " << ref.shape_string();
   const double err = test::max_abs_diff(got.data(), want.data(), want.size());
   EXPECT_LE(err, kTolerance) << key << ": max abs error " << err;
   ::testing::Test::RecordProperty(key, std::to_string(err));
@@ -189,7 +190,8 @@ TEST(Threads, OneAndTwoThreadsAgree) {
   two.threads = 2;
   const Features a = tiny().extract_features(pixels("coffee"), one);
   const Features b = tiny().extract_features(pixels("coffee"), two);
-  const double err = test::max_abs_diff(a.last_hidden_state.data(), b.last_hidden_state.data(), a.last_hidden_state.size());
+  const double err =
+      test::max_abs_diff(a.last_hidden_state.data(), b.last_hidden_state.data(), a.last_hidden_state.size());
   EXPECT_LE(err, 1e-5) << "1 vs 2 threads: max abs difference " << err;
 }
 

@@ -24,9 +24,7 @@ namespace {
 /// HF's float32 pipeline rounds exactly as ours does; 1e-6 leaves room for nothing but that.
 constexpr double kPixelTolerance = 1e-6;
 
-std::string tmp() {
-  return test::temp_dir();
-}
+std::string tmp() { return test::temp_dir(); }
 
 /// A U8 [H, W, 3] tensor as an Image.
 Image image_from_tensor(const TensorView& t) {

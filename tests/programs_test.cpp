@@ -1,17 +1,15 @@
 // The programs in examples/, run as a user runs them: exit status, messages, and output files.
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 #include <sys/wait.h>
-
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <csignal>
-#include <cstring>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -31,7 +29,8 @@ using test::run;
 
 std::string pixel_value_args() {
   std::string s;
-  for (int i = 0; i < 3; ++i) s += " --pixel-values " + test::data_path("expected/preprocess." + std::to_string(i) + ".safetensors");
+  for (int i = 0; i < 3; ++i)
+    s += " --pixel-values " + test::data_path("expected/preprocess." + std::to_string(i) + ".safetensors");
   return s;
 }
 
@@ -40,8 +39,8 @@ bool exists(const std::string& p) { return std::ifstream(p).good(); }
 TEST(ExtractProgram, ReproducesEveryTinyOutputFromPixelValues) {
   const std::string dir = test::temp_dir();
   const std::string out = dir + "/tiny.safetensors", out_cls = dir + "/tiny_cls.safetensors";
-  ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + pixel_value_args() +
-              " --hidden-states --cls-attention");
+  ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out +
+                     pixel_value_args() + " --hidden-states --cls-attention");
   ASSERT_EQ(r.status, 0) << r.output;
   r = run("vitmsn-extract --model " + test::data_path("models/tiny-cls") + " --output " + out_cls + pixel_value_args());
   ASSERT_EQ(r.status, 0) << r.output;
@@ -65,7 +64,7 @@ TEST(ExtractProgram, ReportsABadImageAndStillProcessesTheOthers) {
   const std::string dir = test::temp_dir();
   const std::string out = dir + "/f.safetensors";
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
-                    test::data_path("images/truncated.jpg") + " " + test::data_path("images/chelsea.png"));
+                           test::data_path("images/truncated.jpg") + " " + test::data_path("images/chelsea.png"));
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("error: " + test::data_path("images/truncated.jpg")), std::string::npos) << r.output;
   ASSERT_TRUE(exists(out)) << r.output;
@@ -78,16 +77,18 @@ TEST(ExtractProgram, ImagesGiveHuggingFaceFeatures) {
   const std::string dir = test::temp_dir();
   const std::string out = dir + "/f.safetensors";
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
-                    test::data_path("images/chelsea.png") + " " + test::data_path("images/horse.png") + " " +
-                    test::data_path("images/green_palette.png") + " --save-pixel-values");
+                           test::data_path("images/chelsea.png") + " " + test::data_path("images/horse.png") + " " +
+                           test::data_path("images/green_palette.png") + " --save-pixel-values");
   ASSERT_EQ(r.status, 0) << r.output;
   const SafetensorsFile f = SafetensorsFile::open(out);
   for (const std::string c : {"chelsea", "horse", "green_palette"}) {
-    const auto got = f.get(c + ".last_hidden_state").to_float(), want = test::tiny_output(c + ".last_hidden_state").to_float();
+    const auto got = f.get(c + ".last_hidden_state").to_float(),
+               want = test::tiny_output(c + ".last_hidden_state").to_float();
     ASSERT_EQ(got.size(), want.size());
     const double err = test::max_abs_diff(got.data(), want.data(), want.size());
     EXPECT_LE(err, 1e-4) << c << ": max abs error " << err;
-    const auto px = f.get(c + ".pixel_values").to_float(), px_want = test::preprocess_fixture(c + ".pixel_values").to_float();
+    const auto px = f.get(c + ".pixel_values").to_float(),
+               px_want = test::preprocess_fixture(c + ".pixel_values").to_float();
     EXPECT_LE(test::max_abs_diff(px.data(), px_want.data(), px_want.size()), 1e-6) << c;
   }
 }
@@ -99,8 +100,8 @@ TEST(ExtractProgram, FolderInputWithClashingStemsIsAnErrorNamingBoth) {
   std::system(("mkdir -p " + dir + "/in/sub").c_str());
   test::write_bytes(dir + "/in/cat.png", bytes);
   test::write_bytes(dir + "/in/sub/cat.png", bytes);
-  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir + "/f.safetensors " +
-                    dir + "/in");
+  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
+                           "/f.safetensors " + dir + "/in");
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find(dir + "/in/cat.png"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find(dir + "/in/sub/cat.png"), std::string::npos) << r.output;
@@ -112,7 +113,7 @@ TEST(ExtractProgram, DoesNotOverwriteWithoutForce) {
   const std::string out = dir + "/f.safetensors";
   test::write_bytes(out, "keep me");
   ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
-              test::data_path("images/camera.png"));
+                     test::data_path("images/camera.png"));
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("already exists"), std::string::npos) << r.output;
   std::ifstream in(out);
@@ -142,8 +143,8 @@ TEST(ExtractProgram, BadFlagsGiveUsageErrors) {
 }
 
 TEST(ExtractProgram, MissingModelIsAClearError) {
-  const ProgramRun r = run("vitmsn-extract --model /nonexistent/model --output " + test::temp_dir() + "/x.safetensors " +
-                    test::data_path("images/camera.png"));
+  const ProgramRun r = run("vitmsn-extract --model /nonexistent/model --output " + test::temp_dir() +
+                           "/x.safetensors " + test::data_path("images/camera.png"));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("error: /nonexistent/model"), std::string::npos) << r.output;
 }
@@ -151,7 +152,7 @@ TEST(ExtractProgram, MissingModelIsAClearError) {
 TEST(ExtractProgram, OtherSizeUsesInterpolatedPositions) {
   const std::string dir = test::temp_dir();
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
-                    "/f.safetensors --size 280x280 " + test::data_path("images/chelsea.png"));
+                           "/f.safetensors --size 280x280 " + test::data_path("images/chelsea.png"));
   ASSERT_EQ(r.status, 0) << r.output;
   const auto got = SafetensorsFile::open(dir + "/f.safetensors").get("chelsea.last_hidden_state").to_float();
   const auto want = test::tiny_output("chelsea.280x280.last_hidden_state").to_float();
@@ -159,7 +160,6 @@ TEST(ExtractProgram, OtherSizeUsesInterpolatedPositions) {
   const double err = test::max_abs_diff(got.data(), want.data(), want.size());
   EXPECT_LE(err, 1e-4) << "chelsea 280x280 from the image: max abs error " << err;
 }
-
 
 TEST(ExtractProgram, PooledNpyWithListFileAndBatchesHasOneRowPerImageInOrder) {
   const std::string dir = test::temp_dir();
@@ -203,9 +203,9 @@ TEST(ExtractProgram, MeanPoolingToSafetensorsAveragesThePatchTokens) {
 
 TEST(ExtractProgram, AllTokensNpyIsImagesByTokensByHidden) {
   const std::string dir = test::temp_dir();
-  const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir +
-                           "/f.npy --batch 2 " + test::data_path("images/chelsea.png") + " " +
-                           test::data_path("images/green_palette.png"));
+  const ProgramRun r =
+      run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + dir + "/f.npy --batch 2 " +
+          test::data_path("images/chelsea.png") + " " + test::data_path("images/green_palette.png"));
   ASSERT_EQ(r.status, 0) << r.output;
   std::vector<std::int64_t> shape;
   const std::vector<float> f = read_npy(dir + "/f.npy", &shape);
@@ -227,8 +227,8 @@ TEST(ClassifyProgram, PrintsTopClassesWithLabels) {
 }
 
 TEST(ClassifyProgram, ModelWithoutHeadGetsAClearMessage) {
-  const ProgramRun r = run("vitmsn-classify --model " + test::data_path("models/tiny") + " " +
-                           test::data_path("images/rocket.jpg"));
+  const ProgramRun r =
+      run("vitmsn-classify --model " + test::data_path("models/tiny") + " " + test::data_path("images/rocket.jpg"));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("has no classifier head"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("vitmsn-probe"), std::string::npos) << r.output;
@@ -236,7 +236,8 @@ TEST(ClassifyProgram, ModelWithoutHeadGetsAClearMessage) {
 
 TEST(ConvertProgram, ConvertsTheTorchBinToAWorkingSingleFileModel) {
   const std::string dir = test::temp_dir();
-  ProgramRun r = run("vitmsn-convert " + test::data_path("models/tiny") + "/pytorch_model.bin " + dir + "/m.safetensors");
+  ProgramRun r =
+      run("vitmsn-convert " + test::data_path("models/tiny") + "/pytorch_model.bin " + dir + "/m.safetensors");
   ASSERT_EQ(r.status, 0) << r.output;  // config.json beside the .bin is picked up
   EXPECT_NE(r.output.find("config.json"), std::string::npos) << r.output;
   r = run("vitmsn-convert --dtype bf16 " + test::data_path("models/tiny") + " " + dir + "/m16.safetensors");
@@ -261,7 +262,8 @@ TEST(DemoProgram, FallsBackToTheBundledModelAndSaysSo) {
 TEST(AttentionProgram, WritesAHeatMapOfTheImagesSize) {
   const std::string dir = test::temp_dir();
   const std::string in = test::data_path("images/chelsea.png");
-  ProgramRun r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/a.png --layer 0 " + in);
+  ProgramRun r =
+      run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/a.png --layer 0 " + in);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("layer 0, mean of heads, 32x32 patches"), std::string::npos) << r.output;
   const Image src = load_image(in), heat = load_image(dir + "/a.png");
@@ -270,7 +272,8 @@ TEST(AttentionProgram, WritesAHeatMapOfTheImagesSize) {
   std::size_t changed = 0;
   for (std::size_t i = 0; i < src.rgb.size(); ++i) changed += src.rgb[i] != heat.rgb[i];
   EXPECT_GT(changed, src.rgb.size() / 2) << "the heat map must be visible over most of the image";
-  r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/b.png --head 3 --alpha 0 " + in);
+  r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir +
+          "/b.png --head 3 --alpha 0 " + in);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(load_image(dir + "/b.png").rgb, src.rgb) << "alpha 0 must leave the image unchanged";
   r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/c.png --layer 2 " + in);
@@ -328,8 +331,8 @@ TEST(Sharding, AKilledShardResumesFromItsSavedChunks) {
                            " --threads 1 --pool mean --chunk 1 --shard 0/1 --output " + dir + "/f.npy " + imgs;
   // The shard dies by SIGKILL (no chance to clean up) right after saving its third chunk: the test
   // hook makes the kill land at that point on any machine.
-  ProgramRun r = test::run_command("VITMSN_TEST_KILL_AFTER_CHUNK=2 " + std::string(VITMSN_PROGRAM_DIR) +
-                                   "/vitmsn-extract" + args);
+  ProgramRun r =
+      test::run_command("VITMSN_TEST_KILL_AFTER_CHUNK=2 " + std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract" + args);
   ASSERT_EQ(r.status, 128 + SIGKILL) << "the shard should have died by SIGKILL (the shell reports 137): " << r.output;
   for (int k = 0; k < 3; ++k)
     EXPECT_TRUE(exists(dir + "/f-00000-of-00001.part-0000" + std::to_string(k) + ".safetensors")) << "chunk " << k;
@@ -393,14 +396,17 @@ TEST(Sharding, MergeReadsShardNamesExactlyAndRefusesOthers) {
   const std::string dir = test::temp_dir();
   // A NAME that itself looks like a shard name: only the last "-IIIII-of-NNNNN" counts.
   const std::string imgs = shard_images(dir);
-  ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --threads 1 --pool cls --shard 0/1 "
-                     "--output " + dir + "/x-00003-of-00007.npy " + imgs);
+  ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") +
+                     " --threads 1 --pool cls --shard 0/1 "
+                     "--output " +
+                     dir + "/x-00003-of-00007.npy " + imgs);
   ASSERT_EQ(r.status, 0) << r.output;
   r = run("vitmsn-merge --output " + dir + "/m.npy " + dir + "/x-00003-of-00007-00000-of-00001.npy");
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("merged 1 shards, 12 images"), std::string::npos) << r.output;
-  for (const std::string bad : {"f-0001-of-00002.npy", "f-00001-of-0002.npy", "f-00001_of-00002.npy", "f-00001-of-00002.bin",
-                                "f00001-of-00002.npy", "f-0a001-of-00002.npy", "-of-00002.npy"}) {
+  for (const std::string bad :
+       {"f-0001-of-00002.npy", "f-00001-of-0002.npy", "f-00001_of-00002.npy", "f-00001-of-00002.bin",
+        "f00001-of-00002.npy", "f-0a001-of-00002.npy", "-of-00002.npy"}) {
     r = run("vitmsn-merge --output " + dir + "/m2.npy " + dir + "/" + bad);
     EXPECT_EQ(r.status, 1) << bad << ": " << r.output;
     EXPECT_NE(r.output.find(bad + ": not a shard output"), std::string::npos) << bad << ": " << r.output;
@@ -414,10 +420,14 @@ TEST(Sharding, TaskIndexComesFromSlurmOrKubernetes) {
   ProgramRun r = run("vitmsn-extract" + model + "--output " + dir + "/s.safetensors " + imgs);
   const std::string prog = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract" + model;
   ASSERT_EQ(std::system(("SLURM_ARRAY_TASK_ID=5 SLURM_ARRAY_TASK_MIN=4 SLURM_ARRAY_TASK_COUNT=2 " + prog + "--output " +
-                         dir + "/s.safetensors " + imgs + " > /dev/null 2>&1").c_str()), 0);
+                         dir + "/s.safetensors " + imgs + " > /dev/null 2>&1")
+                            .c_str()),
+            0);
   EXPECT_TRUE(exists(dir + "/s-00001-of-00002.safetensors"));
   ASSERT_EQ(std::system(("JOB_COMPLETION_INDEX=0 " + prog + "--shards 2 --output " + dir + "/s.safetensors " + imgs +
-                         " > /dev/null 2>&1").c_str()), 0);
+                         " > /dev/null 2>&1")
+                            .c_str()),
+            0);
   EXPECT_TRUE(exists(dir + "/s-00000-of-00002.safetensors"));
   r = run("vitmsn-extract" + model + "--shard 4/4 --output " + dir + "/s.safetensors " + imgs);
   EXPECT_EQ(r.status, 2);
@@ -432,11 +442,10 @@ void expect_clean_stop_on(const std::string& signal) {
   std::ifstream in(test::data_path("images/chelsea.png"), std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   for (int i = 0; i < 40; ++i) test::write_bytes(dir + "/imgs/c" + std::to_string(100 + i) + ".png", bytes);
-  const std::string pid = test::start_in_background(std::string(VITMSN_PROGRAM_DIR) +
-                                                        "/vitmsn-extract --threads 1 --model " +
-                                                        test::data_path("models/tiny") + " --output " + dir +
-                                                        "/f.safetensors " + dir + "/imgs",
-                                                    dir + "/log");
+  const std::string pid = test::start_in_background(
+      std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract --threads 1 --model " + test::data_path("models/tiny") +
+          " --output " + dir + "/f.safetensors " + dir + "/imgs",
+      dir + "/log");
   ASSERT_FALSE(pid.empty());
   auto log = [&] { return test::read_text(dir + "/log"); };
   for (int i = 0; i < 600 && log().find("[2/40]") == std::string::npos; ++i) usleep(50000);

@@ -1,5 +1,7 @@
 // The safetensors reader: valid files, and every kind of broken header rejected with a message that
 // names the file and the problem.
+#include "vitmsn/safetensors.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -10,7 +12,6 @@
 
 #include "test_util.hpp"
 #include "vitmsn/error.hpp"
-#include "vitmsn/safetensors.hpp"
 
 namespace vitmsn {
 namespace {
@@ -23,9 +24,7 @@ std::string make_file(const std::string& header, const std::string& data, std::u
   return out + header + data;
 }
 
-std::string dir() {
-  return test::temp_dir();
-}
+std::string dir() { return test::temp_dir(); }
 
 // Writes `bytes` as <name>.safetensors and expects open() to throw an Error mentioning the file and
 // every string in `needles`.
@@ -97,7 +96,8 @@ TEST(Safetensors, WriterRejectsSizeMismatchAndLeavesNoFile) {
 }
 
 TEST(Safetensors, AcceptsEmptyTensors) {
-  const std::string h = R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  const std::string h =
+      R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
   const std::string path = dir() + "/empty_tensor.safetensors";
   test::write_bytes(path, make_file(h, kFloats8));
   const SafetensorsFile f = SafetensorsFile::open(path);
@@ -141,17 +141,21 @@ TEST(Safetensors, RejectsSizeThatDisagreesWithShape) {
 }
 
 TEST(Safetensors, RejectsOverlappingTensors) {
-  expect_rejected("overlap",
-                  make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                            kFloats8),
-                  {"overlap"});
+  expect_rejected(
+      "overlap",
+      make_file(
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          kFloats8),
+      {"overlap"});
 }
 
 TEST(Safetensors, RejectsOverlapHiddenBehindAnEmptyTensor) {
-  expect_rejected("overlap_empty",
-                  make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                            kFloats8),
-                  {"overlap"});
+  expect_rejected(
+      "overlap_empty",
+      make_file(
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          kFloats8),
+      {"overlap"});
 }
 
 TEST(Safetensors, RejectsReversedOffsets) {
@@ -167,9 +171,10 @@ TEST(Safetensors, RejectsNegativeOrNonIntegerShape) {
 }
 
 TEST(Safetensors, RejectsShapeWhoseElementCountOverflows) {
-  expect_rejected("overflow_shape",
-                  make_file(R"({"x":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", kFloats8),
-                  {"larger than the file"});
+  expect_rejected(
+      "overflow_shape",
+      make_file(R"({"x":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", kFloats8),
+      {"larger than the file"});
 }
 
 TEST(Safetensors, RejectsNonStringMetadata) {
@@ -199,7 +204,11 @@ TEST(Safetensors, MissingTensorNamesFileAndTensor) {
 
 TEST(Safetensors, RejectsTooManyTensorsByLimit) {
   const std::string path = dir() + "/many.safetensors";
-  test::write_bytes(path, make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", kFloats8));
+  test::write_bytes(
+      path,
+      make_file(
+          R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          kFloats8));
   SafetensorsLimits limits;
   limits.max_tensors = 1;
   EXPECT_THROW(SafetensorsFile::open(path, limits), Error);

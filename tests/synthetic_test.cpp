@@ -1,12 +1,13 @@
 // Synthetic weights must be bit-identical to the Python reference (vitmsn_ref.synth_state); the
 // expected values below were printed by that reference (float.hex) for the tiny layout.
+#include "vitmsn/synthetic.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 
 #include "vitmsn/model.hpp"
-#include "vitmsn/synthetic.hpp"
 
 namespace vitmsn {
 namespace {

@@ -61,9 +61,9 @@ std::string temp_dir(const std::string& sub) {
   if (f.test != test) {
     remove_current_folder();
     f.test = test;
-    f.path = std::filesystem::path(VITMSN_BINARY_DIR) / "test-tmp" /
-             file_name_safe(std::string(test->test_suite_name()) + "." + test->name() + "." +
-                            std::to_string(::getpid()));
+    f.path =
+        std::filesystem::path(VITMSN_BINARY_DIR) / "test-tmp" /
+        file_name_safe(std::string(test->test_suite_name()) + "." + test->name() + "." + std::to_string(::getpid()));
     std::filesystem::remove_all(f.path);  // left by a crashed earlier process with the same pid
     std::filesystem::create_directories(f.path);
   }

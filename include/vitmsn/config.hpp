@@ -10,12 +10,12 @@ namespace vitmsn {
 /// The hyper-parameters of a ViT-MSN encoder (Hugging Face `ViTMSNConfig` field names).
 /// Defaults are facebook/vit-msn-large-7's; real values always come from the checkpoint.
 struct Config {
-  int hidden_size = 1024;         ///< D
-  int num_hidden_layers = 24;     ///< L
-  int num_attention_heads = 16;   ///< H; head dim D/H
-  int intermediate_size = 4096;   ///< F, MLP width
-  int patch_size = 7;             ///< P
-  int image_size = 224;           ///< S, the resolution the position embeddings were trained at
+  int hidden_size = 1024;        ///< D
+  int num_hidden_layers = 24;    ///< L
+  int num_attention_heads = 16;  ///< H; head dim D/H
+  int intermediate_size = 4096;  ///< F, MLP width
+  int patch_size = 7;            ///< P
+  int image_size = 224;          ///< S, the resolution the position embeddings were trained at
   int num_channels = 3;
   double layer_norm_eps = 1e-6;
   bool qkv_bias = true;

@@ -23,13 +23,13 @@ struct ConvertOptions {
 
 /// What convert_checkpoint() did.
 struct ConvertReport {
-  std::string weights_input;              ///< the checkpoint file read
-  std::string config_source;              ///< where the config came from
-  std::string preprocessor_source;        ///< where the preprocessor settings came from ("defaults" if none)
-  std::size_t tensors = 0;                ///< tensors written
-  std::size_t bytes = 0;                  ///< bytes of tensor data written
+  std::string weights_input;        ///< the checkpoint file read
+  std::string config_source;        ///< where the config came from
+  std::string preprocessor_source;  ///< where the preprocessor settings came from ("defaults" if none)
+  std::size_t tensors = 0;          ///< tensors written
+  std::size_t bytes = 0;            ///< bytes of tensor data written
   bool has_classifier = false;
-  std::vector<std::string> dropped;       ///< tensors of the input that are not part of a ViT-MSN model
+  std::vector<std::string> dropped;  ///< tensors of the input that are not part of a ViT-MSN model
 };
 
 /// Reads `input` — a model folder (model.safetensors, else pytorch_model.bin; config.json;

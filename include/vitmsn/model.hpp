@@ -31,9 +31,7 @@ struct StageTimes {
   double attention_output = 0;  ///< output projection + residual
   double mlp = 0;               ///< fc1 + GELU + fc2 + residual
   double other = 0;             ///< copies of requested outputs, classifier, buffers
-  double total() const {
-    return patch_embedding + layer_norm + qkv + attention + attention_output + mlp + other;
-  }
+  double total() const { return patch_embedding + layer_norm + qkv + attention + attention_output + mlp + other; }
 };
 
 /// What extract_features() returns besides last_hidden_state.
@@ -61,9 +59,7 @@ struct Features {
   /// The CLS token's embedding: row 0 of last_hidden_state, [hidden].
   Vector cls() const { return last_hidden_state.row(0); }
   /// The mean over the patch tokens (rows 1..), [hidden].
-  Vector mean_patch() const {
-    return last_hidden_state.bottomRows(last_hidden_state.rows() - 1).colwise().mean();
-  }
+  Vector mean_patch() const { return last_hidden_state.bottomRows(last_hidden_state.rows() - 1).colwise().mean(); }
 };
 
 /// A loaded ViT-MSN model. Immutable after load: every const method may be called from several
@@ -77,8 +73,7 @@ class Model {
   static Model load(const std::string& path, const LoadOptions& options = {});
 
   /// A model over tensors held in memory (e.g. generated weights); names as in a checkpoint file.
-  static Model from_tensors(const Config& config, std::vector<TensorData> tensors,
-                            const LoadOptions& options = {},
+  static Model from_tensors(const Config& config, std::vector<TensorData> tensors, const LoadOptions& options = {},
                             const PreprocessorConfig& preprocessor = {});
 
   const Config& config() const;

@@ -18,9 +18,9 @@ enum class Resample { kNearest = 0, kLanczos = 1, kBilinear = 2, kBicubic = 3, k
 /// (facebook/vit-msn-large-7): resize to 224x224 bilinear, rescale 1/255, ImageNet mean/std.
 struct PreprocessorConfig {
   bool do_resize = true;
-  int height = 224;         ///< target height when `shortest_edge == 0`
-  int width = 224;          ///< target width when `shortest_edge == 0`
-  int shortest_edge = 0;    ///< when > 0: resize so the shorter side has this length (aspect kept)
+  int height = 224;       ///< target height when `shortest_edge == 0`
+  int width = 224;        ///< target width when `shortest_edge == 0`
+  int shortest_edge = 0;  ///< when > 0: resize so the shorter side has this length (aspect kept)
   Resample resample = Resample::kBilinear;
   bool do_center_crop = false;
   int crop_height = 224;

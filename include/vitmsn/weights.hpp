@@ -32,37 +32,37 @@ struct LinearWeight {
 
 /// One pre-LN transformer block. Linear weights are PyTorch's [out, in]: y = x·Wᵀ + b.
 struct LayerWeights {
-  ConstVectorMap layernorm_before_weight{nullptr, 0};  // [D]
-  ConstVectorMap layernorm_before_bias{nullptr, 0};    // [D]
-  ConstMatrixMap query_weight{nullptr, 0, 0};          // [D, D]  (empty when stored as F16/BF16)
-  ConstVectorMap query_bias{nullptr, 0};               // [D] (size 0 when qkv_bias is false)
-  ConstMatrixMap key_weight{nullptr, 0, 0};            // [D, D]
-  ConstVectorMap key_bias{nullptr, 0};                 // [D] (size 0 when qkv_bias is false)
-  ConstMatrixMap value_weight{nullptr, 0, 0};          // [D, D]
-  ConstVectorMap value_bias{nullptr, 0};               // [D] (size 0 when qkv_bias is false)
+  ConstVectorMap layernorm_before_weight{nullptr, 0};     // [D]
+  ConstVectorMap layernorm_before_bias{nullptr, 0};       // [D]
+  ConstMatrixMap query_weight{nullptr, 0, 0};             // [D, D]  (empty when stored as F16/BF16)
+  ConstVectorMap query_bias{nullptr, 0};                  // [D] (size 0 when qkv_bias is false)
+  ConstMatrixMap key_weight{nullptr, 0, 0};               // [D, D]
+  ConstVectorMap key_bias{nullptr, 0};                    // [D] (size 0 when qkv_bias is false)
+  ConstMatrixMap value_weight{nullptr, 0, 0};             // [D, D]
+  ConstVectorMap value_bias{nullptr, 0};                  // [D] (size 0 when qkv_bias is false)
   ConstMatrixMap attention_output_weight{nullptr, 0, 0};  // [D, D]  attention.output.dense
   ConstVectorMap attention_output_bias{nullptr, 0};       // [D]
-  ConstVectorMap layernorm_after_weight{nullptr, 0};   // [D]
-  ConstVectorMap layernorm_after_bias{nullptr, 0};     // [D]
-  ConstMatrixMap intermediate_weight{nullptr, 0, 0};   // [F, D]  intermediate.dense (fc1)
-  ConstVectorMap intermediate_bias{nullptr, 0};        // [F]
-  ConstMatrixMap output_weight{nullptr, 0, 0};         // [D, F]  output.dense (fc2)
-  ConstVectorMap output_bias{nullptr, 0};              // [D]
+  ConstVectorMap layernorm_after_weight{nullptr, 0};      // [D]
+  ConstVectorMap layernorm_after_bias{nullptr, 0};        // [D]
+  ConstMatrixMap intermediate_weight{nullptr, 0, 0};      // [F, D]  intermediate.dense (fc1)
+  ConstVectorMap intermediate_bias{nullptr, 0};           // [F]
+  ConstMatrixMap output_weight{nullptr, 0, 0};            // [D, F]  output.dense (fc2)
+  ConstVectorMap output_bias{nullptr, 0};                 // [D]
   // The six matrices above as stored (also for F16/BF16, where the maps above are empty):
   LinearWeight query, key, value, attention_output, intermediate, output;
 };
 
 /// All weights of a ViTMSNModel, plus the optional ViTMSNForImageClassification head.
 struct Weights {
-  ConstVectorMap cls_token{nullptr, 0};                 // [D]           stored [1, 1, D]
-  ConstMatrixMap position_embeddings{nullptr, 0, 0};    // [1+(S/P)², D] stored [1, N, D]
-  ConstMatrixMap patch_weight{nullptr, 0, 0};           // [D, C·P·P]    stored [D, C, P, P] (conv)
-  ConstVectorMap patch_bias{nullptr, 0};                // [D]
-  std::vector<LayerWeights> layers;                     // L blocks
-  ConstVectorMap layernorm_weight{nullptr, 0};          // [D] final layer norm
-  ConstVectorMap layernorm_bias{nullptr, 0};            // [D]
-  ConstMatrixMap classifier_weight{nullptr, 0, 0};      // [num_labels, D]; 0 rows without a head
-  ConstVectorMap classifier_bias{nullptr, 0};           // [num_labels]
+  ConstVectorMap cls_token{nullptr, 0};               // [D]           stored [1, 1, D]
+  ConstMatrixMap position_embeddings{nullptr, 0, 0};  // [1+(S/P)², D] stored [1, N, D]
+  ConstMatrixMap patch_weight{nullptr, 0, 0};         // [D, C·P·P]    stored [D, C, P, P] (conv)
+  ConstVectorMap patch_bias{nullptr, 0};              // [D]
+  std::vector<LayerWeights> layers;                   // L blocks
+  ConstVectorMap layernorm_weight{nullptr, 0};        // [D] final layer norm
+  ConstVectorMap layernorm_bias{nullptr, 0};          // [D]
+  ConstMatrixMap classifier_weight{nullptr, 0, 0};    // [num_labels, D]; 0 rows without a head
+  ConstVectorMap classifier_bias{nullptr, 0};         // [num_labels]
 
   bool has_classifier() const { return classifier_weight.rows() > 0; }
   /// Float32 copies made for tensors that could not be used in place (F16/BF16 widened, or
@@ -80,7 +80,8 @@ using TensorLookup = std::function<const TensorView*(const std::string&)>;
 std::string detect_prefix(const TensorLookup& lookup, const std::string& source);
 
 /// Binds every tensor the config calls for, checking names, shapes and dtypes; float32 tensors are
-/// used in place, and so are F16/BF16 linear weight matrices (other half tensors are widened). \throws Error naming `source`, the tensor, the expected and the actual shape.
+/// used in place, and so are F16/BF16 linear weight matrices (other half tensors are widened). \throws Error naming
+/// `source`, the tensor, the expected and the actual shape.
 Weights bind_weights(const Config& config, const TensorLookup& lookup, const std::string& source);
 
 /// Checkpoint key names (Hugging Face), for tools that write checkpoints. `prefix` as detect_prefix.
@@ -97,7 +98,7 @@ extern const char* const kClassifierWeight;  // "classifier.weight"
 extern const char* const kClassifierBias;    // "classifier.bias"
 /// Every tensor name of an encoder with `config`'s layer count, in Hugging Face's order, with shapes.
 std::vector<std::pair<std::string, std::vector<std::int64_t>>> encoder_tensors(const Config& config,
-                                                                                const std::string& prefix);
+                                                                               const std::string& prefix);
 }  // namespace keys
 
 }  // namespace vitmsn
