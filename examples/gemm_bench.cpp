@@ -13,8 +13,9 @@
 #include <random>
 #include <vector>
 
-#include "half.hpp"
-#include "kernels.hpp"
+#include "cpu/half.hpp"
+#include "cpu/kernels.hpp"
+#include "vitmsn/cpu.hpp"
 
 namespace {
 
@@ -82,7 +83,7 @@ Timing time_weights(Isa isa, const Shape& s, const std::vector<float>& A, const 
 
 int main(int argc, char** argv) {
   try {
-    const int threads = argc > 1 ? std::atoi(argv[1]) : vitmsn::detail::default_threads();
+    const int threads = argc > 1 ? std::atoi(argv[1]) : vitmsn::default_threads();
     const int reps = argc > 2 ? std::max(1, std::atoi(argv[2])) : 7;
     const Isa best = vitmsn::detail::detected_isa();
     std::printf("threads %d, best variant %s\n", threads, vitmsn::detail::isa_name(best));
@@ -104,7 +105,7 @@ int main(int argc, char** argv) {
           B(static_cast<std::size_t>(s.b_trans ? s.N : s.K) * s.ldb), bias(s.N), C(static_cast<std::size_t>(s.M) * s.N);
       for (auto* v : {&A, &B, &bias, &C})
         for (float& x : *v) x = u(rng);
-      const double peak = vitmsn::detail::measure_fma_peak_gflops(threads, 0.2);
+      const double peak = vitmsn::measure_fma_peak_gflops(threads, 0.2);
       const double gflop = 2.0 * s.M * s.N * s.K * 1e-9;
       const Timing portable = time_gemm(Isa::kPortable, s, A, B, bias, C, threads, reps);
       const Timing fast = time_gemm(best, s, A, B, bias, C, threads, reps);

@@ -7,7 +7,7 @@
 #include <set>
 
 #include "file_util.hpp"
-#include "half.hpp"
+#include "cpu/half.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/preprocess.hpp"

@@ -7,9 +7,10 @@
 #include <cstring>
 #include <thread>
 
+#include "cpu/kernels.hpp"
 #include "file_util.hpp"
-#include "kernels.hpp"
 #include "ops.hpp"
+#include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/weights.hpp"
 
@@ -211,7 +212,7 @@ void forward(const Model::Impl& m, const std::vector<const PixelValues*>& images
 std::shared_ptr<Model::Impl> finish(std::shared_ptr<Model::Impl> impl, const LoadOptions& options,
                                     const TensorLookup& lookup) {
   impl->weights_ptr = std::make_unique<const Weights>(bind_weights(impl->config, lookup, impl->source));
-  impl->threads = options.threads > 0 ? options.threads : detail::default_threads();
+  impl->threads = options.threads > 0 ? options.threads : default_threads();
   impl->isa = detail::detected_isa();
   if (impl->weights().has_classifier()) {
     const auto n = static_cast<std::size_t>(impl->weights().classifier_weight.rows());

@@ -2,7 +2,7 @@
 // The ViT operations as free functions over float buffers: they know shapes, never tensor names.
 #include <cstddef>
 
-#include "kernels.hpp"
+#include "cpu/kernels.hpp"
 
 namespace vitmsn::detail {
 

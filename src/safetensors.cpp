@@ -17,7 +17,7 @@
 #include <unordered_map>
 
 #include "file_util.hpp"
-#include "half.hpp"
+#include "cpu/half.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {

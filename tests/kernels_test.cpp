@@ -1,7 +1,7 @@
 // The compute kernels: every vectorised GEMM variant against the portable (Eigen) one over edge
 // shapes, strides, both B layouts and every epilogue; bit-identity across thread counts; the
 // vectorised GELU and softmax against scalar references. Variants the CPU lacks are skipped.
-#include "kernels.hpp"
+#include "cpu/kernels.hpp"
 
 #include <gtest/gtest.h>
 
@@ -14,8 +14,9 @@
 #include <string>
 #include <vector>
 
-#include "gemm_blocked.hpp"
-#include "half.hpp"
+#include "cpu/gemm_blocked.hpp"
+#include "cpu/half.hpp"
+#include "vitmsn/cpu.hpp"
 
 namespace vitmsn::detail {
 namespace {
@@ -397,7 +398,7 @@ struct ScalarLanes {
     for (int r = 0; r < 8; ++r)
       for (int c = 0; c < 8; ++c) dst[c * ldd + r] = src[r * lds + c];
   }
-  // Widening with src/half.hpp's conversions (an independent reference for the packing logic).
+  // Widening with src/cpu/half.hpp's scalar conversions (the vector packing is checked against them).
   template <WeightType T>
   static void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
     for (int r = 0; r < 8; ++r)
@@ -410,7 +411,7 @@ struct ScalarLanes {
 
 TEST(GemmBlocked, AvxFiveTwelveTilingThroughPlainLanesMatchesPortable) {
   using V = ScalarLanes<16>;
-  const blocked::Blocking bl{128, 28, std::size_t{1} << 14};  // small mc, nc: many blocks
+  const Blocking bl{128, 28, std::size_t{1} << 14};  // small mc, nc: many blocks
   double worst_abs = 0.0, worst_ratio = 0.0;
   // Each epilogue feature, and all of them at once with the residual in place.
   const std::vector<EpilogueCase> epilogues = {{1.0f, false, false, 0},
@@ -656,31 +657,41 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-TEST(KernelsHalf, ScalarWideningMatchesHalfHppOnAllBitPatterns) {
+// The value of an IEEE binary16 code by its definition, in double arithmetic: an independent
+// reference for the integer decoder of src/cpu/half.hpp.
+double half_by_definition(std::uint16_t h) {
+  const int sign = h >> 15, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  const double magnitude = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25);
+  return sign ? -magnitude : magnitude;
+}
+
+TEST(KernelsHalf, ScalarDecodersMatchTheDefinitionOnAllBitPatterns) {
   int nan_f16 = 0;
   for (std::uint32_t u = 0; u < 65536u; ++u) {
     const auto h = static_cast<std::uint16_t>(u);
-    // bf16: every pattern bit for bit (NaNs included: both are the plain shift).
-    const float b = blocked::widen_bf16(h), b_ref = bf16_to_float(h);
-    EXPECT_EQ(float_to_bits(b), float_to_bits(b_ref)) << "bf16 0x" << std::hex << u;
-    const float f = blocked::widen_f16(h), f_ref = half_to_float(h);
-    if (std::isnan(f_ref)) {
-      // NaN: both NaN with the same sign and payload; widen_f16 may set the quiet bit (as F16C does).
+    // bf16: the upper half of a float32, NaNs included.
+    EXPECT_EQ(float_to_bits(bf16_to_float(h)), u << 16) << "bf16 0x" << std::hex << u;
+    const float f = half_to_float(h);
+    const std::uint32_t sign = (u & 0x8000u) << 16;
+    if ((u & 0x7c00u) == 0x7c00u && (u & 0x3ffu) != 0) {
+      // NaN: sign and payload kept, made quiet (as F16C's vcvtph2ps).
       ++nan_f16;
-      EXPECT_TRUE(std::isnan(f)) << "f16 0x" << std::hex << u;
-      EXPECT_EQ(float_to_bits(f) | 0x00400000u, float_to_bits(f_ref) | 0x00400000u) << "f16 0x" << std::hex << u;
+      EXPECT_EQ(float_to_bits(f), sign | 0x7fc00000u | ((u & 0x3ffu) << 13)) << "f16 0x" << std::hex << u;
+    } else if ((u & 0x7c00u) == 0x7c00u) {
+      EXPECT_EQ(float_to_bits(f), sign | 0x7f800000u) << "f16 0x" << std::hex << u;  // infinity
     } else {
-      EXPECT_EQ(float_to_bits(f), float_to_bits(f_ref)) << "f16 0x" << std::hex << u << " " << f << " vs " << f_ref;
+      EXPECT_EQ(static_cast<double>(f), half_by_definition(h)) << "f16 0x" << std::hex << u;
+      EXPECT_EQ(float_to_bits(f) & 0x80000000u, sign) << "f16 0x" << std::hex << u;  // -0 stays -0
     }
   }
   EXPECT_EQ(nan_f16, 2 * 1023);
   // Spot values.
-  EXPECT_EQ(blocked::widen_f16(0x3c00), 1.0f);
-  EXPECT_EQ(blocked::widen_f16(0xc000), -2.0f);
-  EXPECT_EQ(blocked::widen_f16(0x0001), 5.9604644775390625e-08f);  // smallest subnormal, 2^-24
-  EXPECT_EQ(blocked::widen_f16(0x7bff), 65504.0f);
-  EXPECT_EQ(blocked::widen_bf16(0x3f80), 1.0f);
-  EXPECT_EQ(blocked::widen_bf16(0xc040), -3.0f);
+  EXPECT_EQ(half_to_float(0x3c00), 1.0f);
+  EXPECT_EQ(half_to_float(0xc000), -2.0f);
+  EXPECT_EQ(half_to_float(0x0001), 5.9604644775390625e-08f);  // smallest subnormal, 2^-24
+  EXPECT_EQ(half_to_float(0x7bff), 65504.0f);
+  EXPECT_EQ(bf16_to_float(0x3f80), 1.0f);
+  EXPECT_EQ(bf16_to_float(0xc040), -3.0f);
 }
 
 TEST(GemmWeights, WideningInThePackingIsExactForEveryFiniteBitPattern) {
@@ -819,7 +830,7 @@ TEST(GemmBlocked, HalfWeightsThroughPlainLanesEqualTheFloatGemmOnTheWidenedWeigh
   // The 14×32 (AVX-512) geometry with small blocks: the half-weight packing (8×8 blocks and the
   // scalar edges) must give exactly the panels of the float packing.
   using V = ScalarLanes<16>;
-  const blocked::Blocking bl{128, 28, std::size_t{1} << 14};
+  const Blocking bl{128, 28, std::size_t{1} << 14};
   const std::vector<EpilogueCase> epilogues = {{1.0f, false, false, 0}, {0.5f, true, true, 2}};
   for (WeightType wt : {WeightType::kBF16, WeightType::kF16}) {
     for (const Shape& s : weight_shapes()) {

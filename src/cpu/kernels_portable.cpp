@@ -1,28 +1,18 @@
-// Portable kernels, the run-time ISA dispatch, and the machine measurements. The portable GEMM is
-// Eigen's (single-threaded per call; the row range is split over threads here), the reference every
-// vectorised variant (src/gemm_avx2.cpp, src/gemm_avx512.cpp over src/gemm_blocked.hpp) is tested
-// against. gemm_weights with 16-bit weights: the vectorised variants widen while packing B; the
-// portable one widens blocks of rows of W (gemm_weights_portable below).
+// The portable kernels: the reference every vectorised variant (src/cpu/kernels_avx2.cpp,
+// kernels_avx512.cpp over src/cpu/gemm_blocked.hpp) is tested against, and the path on CPUs without
+// them. The GEMM is Eigen's (single-threaded per call; the row range is split over threads here).
+// gemm_weights with 16-bit weights widens blocks of rows of W (gemm_weights_portable below).
 #include <Eigen/Core>
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <string>
-#include <thread>
 #include <vector>
 
-#include "gemm_blocked.hpp"
-#include "kernels.hpp"
+#include "cpu/half.hpp"
+#include "cpu/kernels.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
-#endif
-
-#if defined(__linux__)
-#include <sched.h>
 #endif
 
 namespace vitmsn::detail {
@@ -75,67 +65,6 @@ void gemm_rows_portable(int m0, int m1, int N, int K, const float* A, std::ptrdi
   }
 }
 
-}  // namespace
-
-bool isa_available(Isa isa) {
-  switch (isa) {
-    case Isa::kPortable:
-      return true;
-#if VITMSN_X86_KERNELS
-    // GCC's and Clang's __builtin_cpu_supports report a feature only when the OS also saves its
-    // registers (XCR0 checked via xgetbv), so this is "CPU and OS support".
-    case Isa::kAvx2:
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case Isa::kAvx512:
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-    default:
-      return false;
-  }
-}
-
-Isa detected_isa() {
-  static const Isa isa = [] {
-    Isa best = Isa::kPortable;
-    if (isa_available(Isa::kAvx2)) best = Isa::kAvx2;
-    if (isa_available(Isa::kAvx512)) best = Isa::kAvx512;
-    if (const char* env = std::getenv("VITMSN_ISA")) {
-      const std::string want(env);
-      Isa asked = best;
-      if (want == "portable") asked = Isa::kPortable;
-      if (want == "avx2") asked = Isa::kAvx2;
-      if (want == "avx512") asked = Isa::kAvx512;
-      if (static_cast<int>(asked) < static_cast<int>(best)) best = asked;  // only ever lower
-    }
-    return best;
-  }();
-  return isa;
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kAvx2:
-      return "avx2";
-    default:
-      return "portable";
-  }
-}
-
-namespace {
-
-// The variant that runs for a request: `isa` if available, else the best available one below it.
-Isa runnable(Isa isa) {
-  if (isa == Isa::kAvx512 && isa_available(Isa::kAvx512)) return Isa::kAvx512;
-  if (isa != Isa::kPortable && isa_available(Isa::kAvx2)) return Isa::kAvx2;
-  return Isa::kPortable;
-}
-
 void gemm_portable(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
                    bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
   threads = std::max(1, std::min(threads, M / 16 + 1));
@@ -166,7 +95,7 @@ void widen_rows(const std::uint16_t* W, std::ptrdiff_t ldw, int rows, int K, flo
   for (int n = 0; n < rows; ++n) {
     const std::uint16_t* s = W + n * ldw;
     float* d = dst + static_cast<std::ptrdiff_t>(n) * K;
-    for (int k = 0; k < K; ++k) d[k] = blocked::widen<T>(s[k]);
+    for (int k = 0; k < K; ++k) d[k] = T == WeightType::kBF16 ? bf16_to_float(s[k]) : half_to_float(s[k]);
   }
 }
 
@@ -208,10 +137,11 @@ void gemm_weights_block_portable(int n0, int nb, int M, int K, const float* A, s
   }
 }
 
-void gemm_weights_portable(int M, int N, int K, const float* A, std::ptrdiff_t lda, const std::uint16_t* W,
-                           WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep,
-                           int threads) {
+// The table's gemm_weights entry: 16-bit W only (kF32 goes to gemm_portable).
+void gemm_weights_portable(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W_any, WeightType wt,
+                           std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
   if (M <= 0 || N <= 0) return;
+  const auto* W = static_cast<const std::uint16_t*>(W_any);
   const int blocks = (N + kWidenRows - 1) / kWidenRows;
   const auto part = [&](int t, int nt) {
     const int b0 = static_cast<int>(static_cast<long long>(blocks) * t / nt);
@@ -232,49 +162,7 @@ void gemm_weights_portable(int M, int N, int K, const float* A, std::ptrdiff_t l
   part(0, 1);
 }
 
-}  // namespace
-
-void gemm_weights(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
-                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  if (wt == WeightType::kF32)
-    return gemm(isa, M, N, K, A, lda, static_cast<const float*>(W), ldw, /*b_trans=*/true, C, ldc, ep, threads);
-  switch (runnable(isa)) {
-#if VITMSN_X86_KERNELS
-    case Isa::kAvx512:
-      return avx512::gemm_weights(M, N, K, A, lda, W, wt, ldw, C, ldc, ep, threads);
-    case Isa::kAvx2:
-      return avx2::gemm_weights(M, N, K, A, lda, W, wt, ldw, C, ldc, ep, threads);
-#endif
-    default:
-      return gemm_weights_portable(M, N, K, A, lda, static_cast<const std::uint16_t*>(W), wt, ldw, C, ldc, ep, threads);
-  }
-}
-
-void gemm(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
-          bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  switch (runnable(isa)) {
-#if VITMSN_X86_KERNELS
-    case Isa::kAvx512:
-      return avx512::gemm(M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep, threads);
-    case Isa::kAvx2:
-      return avx2::gemm(M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep, threads);
-#endif
-    default:
-      return gemm_portable(M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep, threads);
-  }
-}
-
-void softmax_rows(Isa isa, float* x, int rows, int cols, std::ptrdiff_t ld) {
-  switch (runnable(isa)) {
-#if VITMSN_X86_KERNELS
-    case Isa::kAvx512:
-      return avx512::softmax_rows(x, rows, cols, ld);
-    case Isa::kAvx2:
-      return avx2::softmax_rows(x, rows, cols, ld);
-#endif
-    default:
-      break;
-  }
+void softmax_rows_portable(float* x, int rows, int cols, std::ptrdiff_t ld) {
   for (int i = 0; i < rows; ++i) {
     float* r = x + i * ld;
     float mx = r[0];
@@ -289,21 +177,9 @@ void softmax_rows(Isa isa, float* x, int rows, int cols, std::ptrdiff_t ld) {
   }
 }
 
-void gelu_erf(Isa isa, float* x, std::ptrdiff_t n) {
-  switch (runnable(isa)) {
-#if VITMSN_X86_KERNELS
-    case Isa::kAvx512:
-      return avx512::gelu_erf(x, n);
-    case Isa::kAvx2:
-      return avx2::gelu_erf(x, n);
-#endif
-    default:
-      break;
-  }
+void gelu_erf_portable(float* x, std::ptrdiff_t n) {
   for (std::ptrdiff_t i = 0; i < n; ++i) x[i] = gelu_scalar(x[i]);
 }
-
-namespace {
 
 // Scalar stand-in for CPUs without the vector kernels: 8 independent multiply-add chains (2 FLOP each).
 double fma_burst_scalar(long iterations) {
@@ -320,41 +196,15 @@ double fma_burst_scalar(long iterations) {
 
 }  // namespace
 
-double measure_fma_peak_gflops(int threads, double seconds) {
-  threads = std::max(1, threads);
-  double (*burst)(long) = fma_burst_scalar;
-#if VITMSN_X86_KERNELS
-  if (isa_available(Isa::kAvx2)) burst = avx2::fma_burst;
-  if (isa_available(Isa::kAvx512)) burst = avx512::fma_burst;
-#endif
-  std::vector<double> flops(static_cast<std::size_t>(threads), 0.0);
-  const auto start = std::chrono::steady_clock::now();
-  const auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
-  const auto work = [&](int t) {
-    do flops[static_cast<std::size_t>(t)] += burst(1 << 14);
-    while (elapsed() < seconds);
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& th : pool) th.join();
-  const double total_time = elapsed();
-  double total = 0.0;
-  for (double f : flops) total += f;
-  return total_time > 0.0 ? total / total_time * 1e-9 : 0.0;
-}
-
-int default_threads() {
-#if defined(__linux__)
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    const int n = CPU_COUNT(&set);
-    if (n > 0) return n;
-  }
-#endif
-  const unsigned n = std::thread::hardware_concurrency();
-  return n > 0 ? static_cast<int>(n) : 1;
+KernelTable portable_kernel_table() {
+  KernelTable t;
+  t.isa = Isa::kPortable;
+  t.gemm = gemm_portable;
+  t.gemm_weights = gemm_weights_portable;
+  t.softmax_rows = softmax_rows_portable;
+  t.gelu_erf = gelu_erf_portable;
+  t.fma_burst = fma_burst_scalar;
+  return t;
 }
 
 }  // namespace vitmsn::detail

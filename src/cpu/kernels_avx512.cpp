@@ -1,12 +1,11 @@
-// AVX-512 kernels (compiled with -mavx512f/bw/dq/vl; called only after the CPU check in
-// src/gemm.cpp). GEMM micro-tile 14×32: 28 zmm accumulators + 2 B vectors + 1 broadcast of the 32 zmm
-// registers; per k: 2 loads of B, 14 broadcasts of A (k-major packed A: one address stream), 28 FMAs.
-// Zen 4 runs a zmm FMA as two 256-bit halves (1 zmm FMA/cycle), Intel server cores on two 512-bit
-// ports: either way FMA-bound. NOT MEASURED: the development machine (Zen 3) has no AVX-512; the
-// shared tiling logic is tested with this geometry through plain C++ lanes (tests/kernels_test.cpp).
-// Half-size weights (gemm_weights) are widened in 8×8 blocks with the same 256-bit code as the AVX2
-// build (blocked::ymm: vpmovzxwd + shift for bf16, vcvtph2ps for f16); the packing is a small part
-// of the work (each weight is widened once per GEMM and then used by all M rows).
+// AVX-512 kernels (compiled with -mavx512f/bw/dq/vl; reached only through kernels() in
+// src/cpu/cpu.cpp, after the CPU check). GEMM micro-tile 14×32: 28 zmm accumulators + 2 B vectors + 1 broadcast of the
+// 32 zmm registers; per k: 2 loads of B, 14 broadcasts of A (k-major packed A: one address stream), 28 FMAs. Zen 4 runs
+// a zmm FMA as two 256-bit halves (1 zmm FMA/cycle), Intel server cores on two 512-bit ports: either way FMA-bound. NOT
+// MEASURED: the development machine (Zen 3) has no AVX-512; the shared tiling logic is tested with this geometry
+// through plain C++ lanes (tests/kernels_test.cpp). Half-size weights (gemm_weights) are widened in 8×8 blocks with the
+// same 256-bit code as the AVX2 build (blocked::ymm: vpmovzxwd + shift for bf16, vcvtph2ps for f16); the packing is a
+// small part of the work (each weight is widened once per GEMM and then used by all M rows).
 #include <immintrin.h>
 
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*() temporaries
@@ -17,10 +16,9 @@
 #endif
 
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 
-#include "gemm_blocked.hpp"
+#include "cpu/gemm_blocked.hpp"
+#include "cpu/kernels.hpp"
 
 namespace vitmsn::detail {
 namespace {
@@ -75,41 +73,29 @@ struct Avx512 {
 
 constexpr int kMr = 14;
 constexpr int kNv = 2;  // NR = 32
-// Cache blocking by analogy with the AVX2 measurements (not measured on an AVX-512 CPU): kc = 256
-// (a kc×NR slice of B is 32 KB), mc = 224 (A block 224 KB in a 1-2 MB L2); packed B up to 8 MB.
-blocked::Blocking blocking() {
-  blocked::Blocking b{256, 224, std::size_t{2} << 20};
-  if (const char* s = std::getenv("VITMSN_GEMM_BLOCKING")) {
-    long kc = 0, mc = 0, bf = 0;
-    if (std::sscanf(s, "%ld,%ld,%ld", &kc, &mc, &bf) == 3) b = {int(kc), int(mc), std::size_t(bf)};
-  }
-  return b;
-}
 
-}  // namespace
-
-namespace avx512 {
-
-void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
-          float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  static const blocked::Blocking bl = blocking();
+void gemm_avx512(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
+                 bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  static const Blocking bl = gemm_blocking(Isa::kAvx512);
   const blocked::Problem p{M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep};
   blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(p, bl, threads);
 }
 
-void gemm_weights(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
-                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  static const blocked::Blocking bl = blocking();
+void gemm_weights_avx512(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                         std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  static const Blocking bl = gemm_blocking(Isa::kAvx512);
   const blocked::Problem p{
       M, N, K, A, lda, nullptr, ldw, /*b_trans=*/true, C, ldc, ep, static_cast<const std::uint16_t*>(W), wt};
   blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(p, bl, threads);
 }
 
-void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld) { blocked::softmax_rows<Avx512>(x, rows, cols, ld); }
+void softmax_rows_avx512(float* x, int rows, int cols, std::ptrdiff_t ld) {
+  blocked::softmax_rows<Avx512>(x, rows, cols, ld);
+}
 
-void gelu_erf(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx512>(x, n); }
+void gelu_erf_avx512(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx512>(x, n); }
 
-double fma_burst(long iterations) {
+double fma_burst_avx512(long iterations) {
   // 16 independent zmm chains: more than 2 ports × 4 cycles of FMA latency.
   constexpr int kChains = 16;
   __m512 acc[kChains];
@@ -126,5 +112,17 @@ double fma_burst(long iterations) {
   return 2.0 * 16 * kChains * static_cast<double>(iterations);
 }
 
-}  // namespace avx512
+}  // namespace
+
+KernelTable avx512_kernel_table() {
+  KernelTable t;
+  t.isa = Isa::kAvx512;
+  t.gemm = gemm_avx512;
+  t.gemm_weights = gemm_weights_avx512;
+  t.softmax_rows = softmax_rows_avx512;
+  t.gelu_erf = gelu_erf_avx512;
+  t.fma_burst = fma_burst_avx512;
+  return t;
+}
+
 }  // namespace vitmsn::detail

@@ -1,13 +1,12 @@
-// AVX2 + FMA kernels (compiled with -mavx2 -mfma; called only after the CPU check in src/gemm.cpp).
-// GEMM micro-tile 6×16: 12 ymm accumulators + 2 B vectors + 1 broadcast of the 16 ymm registers;
-// per k: 2 loads of B, 6 broadcasts of A, 12 FMAs (the two FMA pipes of Zen 3 / Haswell+ are the limit).
+// AVX2 + FMA kernels (compiled with -mavx2 -mfma; reached only through kernels() in src/cpu/cpu.cpp, after the CPU
+// check). GEMM micro-tile 6×16: 12 ymm accumulators + 2 B vectors + 1 broadcast of the 16 ymm registers; per k: 2 loads
+// of B, 6 broadcasts of A, 12 FMAs (the two FMA pipes of Zen 3 / Haswell+ are the limit).
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 
-#include "gemm_blocked.hpp"
+#include "cpu/gemm_blocked.hpp"
+#include "cpu/kernels.hpp"
 
 namespace vitmsn::detail {
 namespace {
@@ -69,43 +68,29 @@ struct Avx2 {
 
 constexpr int kMr = 6;
 constexpr int kNv = 2;  // NR = 16
-// Cache blocking, measured on Zen 3 (32 KB L1d, 512 KB L2): kc = 512 (a kc×NR slice of B is 32 KB,
-// streamed from L2 with prefetch and reused over mc/MR tiles; fewer passes over partial sums than
-// kc = 256, which measured 4-8 % slower), mc = 96 (A block 192 KB in L2); packed B up to 8 MB (K × nc)
-// so that A is packed once per thread for the model's shapes.
-blocked::Blocking blocking() {
-  blocked::Blocking b{512, 96, std::size_t{2} << 20};
-  if (const char* s = std::getenv("VITMSN_GEMM_BLOCKING")) {
-    long kc = 0, mc = 0, bf = 0;
-    if (std::sscanf(s, "%ld,%ld,%ld", &kc, &mc, &bf) == 3) b = {int(kc), int(mc), std::size_t(bf)};
-  }
-  return b;
-}
 
-}  // namespace
-
-namespace avx2 {
-
-void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
-          float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  static const blocked::Blocking bl = blocking();
+void gemm_avx2(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
+               bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  static const Blocking bl = gemm_blocking(Isa::kAvx2);
   const blocked::Problem p{M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep};
   blocked::gemm<Avx2, kMr, kNv, /*KMajorA=*/false>(p, bl, threads);
 }
 
-void gemm_weights(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
-                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  static const blocked::Blocking bl = blocking();
+void gemm_weights_avx2(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                       std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  static const Blocking bl = gemm_blocking(Isa::kAvx2);
   const blocked::Problem p{
       M, N, K, A, lda, nullptr, ldw, /*b_trans=*/true, C, ldc, ep, static_cast<const std::uint16_t*>(W), wt};
   blocked::gemm<Avx2, kMr, kNv, /*KMajorA=*/false>(p, bl, threads);
 }
 
-void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld) { blocked::softmax_rows<Avx2>(x, rows, cols, ld); }
+void softmax_rows_avx2(float* x, int rows, int cols, std::ptrdiff_t ld) {
+  blocked::softmax_rows<Avx2>(x, rows, cols, ld);
+}
 
-void gelu_erf(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx2>(x, n); }
+void gelu_erf_avx2(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx2>(x, n); }
 
-double fma_burst(long iterations) {
+double fma_burst_avx2(long iterations) {
   // 12 independent accumulator chains: more than 2 pipes × 4-5 cycles of FMA latency.
   constexpr int kChains = 12;
   __m256 acc[kChains];
@@ -122,5 +107,17 @@ double fma_burst(long iterations) {
   return 2.0 * 8 * kChains * static_cast<double>(iterations);
 }
 
-}  // namespace avx2
+}  // namespace
+
+KernelTable avx2_kernel_table() {
+  KernelTable t;
+  t.isa = Isa::kAvx2;
+  t.gemm = gemm_avx2;
+  t.gemm_weights = gemm_weights_avx2;
+  t.softmax_rows = softmax_rows_avx2;
+  t.gelu_erf = gelu_erf_avx2;
+  t.fma_burst = fma_burst_avx2;
+  return t;
+}
+
 }  // namespace vitmsn::detail

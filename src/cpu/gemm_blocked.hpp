@@ -1,7 +1,7 @@
 #pragma once
 // The packed, register-blocked GEMM (GotoBLAS/BLIS scheme) and the vectorised exp/erf, written once
-// over a small vector-traits type `V` and instantiated per instruction set by src/gemm_avx2.cpp and
-// src/gemm_avx512.cpp (each compiled with its own -m flags). Everything here has internal linkage
+// over a small vector-traits type `V` and instantiated per instruction set by src/cpu/kernels_avx2.cpp
+// and src/cpu/kernels_avx512.cpp (each compiled with its own -m flags). Everything here has internal linkage
 // (anonymous namespace): every file that includes it gets its own copy compiled for its own ISA, so the
 // linker can never pick an AVX-512 body for the AVX2 path.
 //
@@ -28,9 +28,9 @@
 //
 // Half-size weights (gemm_weights: bf16 / f16 W [N,K], b_trans): only pack_b differs. It widens the
 // 16-bit values to float while it transposes them into the panels (V::transpose8_half<T>, scalar
-// widen_bf16 / widen_f16 for the edges), so the packed panels, the micro-kernel and therefore the
-// results are exactly those of the float32 GEMM run on the widened weights. Each weight is widened
-// once per thread range that needs it (the same number of times B is packed for float32).
+// bf16_to_float / half_to_float of src/cpu/half.hpp for the edges), so the packed panels, the micro-kernel and
+// therefore the results are exactly those of the float32 GEMM run on the widened weights. Each weight is widened once
+// per thread range that needs it (the same number of times B is packed for float32).
 
 #include <cstddef>
 #include <cstdint>
@@ -38,7 +38,8 @@
 #include <cstring>
 #include <new>
 
-#include "kernels.hpp"
+#include "cpu/half.hpp"
+#include "cpu/kernels.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -47,35 +48,6 @@
 #if defined(__AVX2__) && defined(__F16C__)
 #include <immintrin.h>
 #endif
-
-namespace vitmsn::detail {
-
-// Entry points of the ISA files (defined only when VITMSN_X86_KERNELS; called by src/gemm.cpp after
-// checking the CPU). Same contracts as the functions of the same name in kernels.hpp.
-namespace avx2 {
-void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
-          float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
-/// wt is kBF16 or kF16 (src/gemm.cpp sends kF32 to gemm()).
-void gemm_weights(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
-                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
-void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld);
-void gelu_erf(float* x, std::ptrdiff_t n);
-/// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done.
-double fma_burst(long iterations);
-}  // namespace avx2
-namespace avx512 {
-void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
-          float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
-/// wt is kBF16 or kF16 (src/gemm.cpp sends kF32 to gemm()).
-void gemm_weights(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
-                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
-void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld);
-void gelu_erf(float* x, std::ptrdiff_t n);
-/// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done.
-double fma_burst(long iterations);
-}  // namespace avx512
-
-}  // namespace vitmsn::detail
 
 namespace vitmsn::detail::blocked {
 namespace {
@@ -87,41 +59,11 @@ constexpr int imax(int a, int b) { return a > b ? a : b; }
 constexpr int iclamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // ---------------------------------------------------------------------------------------------
-// 16-bit weights -> float, scalar (edges of the packing, and the portable path). Exact; integer only,
-// so every ISA build gives the same bits.
-
-inline float bits_as_float(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-/// bfloat16: the upper half of a float32.
-inline float widen_bf16(std::uint16_t h) { return bits_as_float(static_cast<std::uint32_t>(h) << 16); }
-
-/// IEEE binary16 -> float32 (exact; subnormal halves become normal floats). A signalling NaN comes
-/// out quiet (quiet bit set, payload kept), as F16C's vcvtph2ps does, so the scalar edges of a packed
-/// panel agree with its vector part bit for bit.
-inline float widen_f16(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  std::uint32_t bits;
-  if (e == 0x1fu) {
-    bits = 0x7f800000u | (m << 13) | (m != 0 ? 0x00400000u : 0u);  // inf, or NaN made quiet
-  } else if (e != 0) {
-    bits = ((e + 112u) << 23) | (m << 13);  // rebias 15 -> 127
-  } else if (m == 0) {
-    bits = 0;
-  } else {  // subnormal m·2^-24: shift the leading 1 up to bit 10 (s shifts), exponent 2^(-14-s)
-    const int shift = __builtin_clz(m) - 21;
-    bits = ((113u - static_cast<std::uint32_t>(shift)) << 23) | (((m << shift) & 0x3ffu) << 13);
-  }
-  return bits_as_float(sign | bits);
-}
+// 16-bit weights -> float, scalar (edges of the packing): src/cpu/half.hpp's exact conversions.
 
 template <WeightType T>
 inline float widen(std::uint16_t h) {
-  return T == WeightType::kBF16 ? widen_bf16(h) : widen_f16(h);
+  return T == WeightType::kBF16 ? bf16_to_float(h) : half_to_float(h);
 }
 
 #if defined(__AVX2__) && defined(__F16C__)
@@ -304,14 +246,6 @@ struct Problem {
   // (b_trans must be true) with leading dimension ldb in elements.
   const std::uint16_t* Bh = nullptr;
   WeightType wtype = WeightType::kF32;
-};
-
-/// Cache blocking. kc: depth of one packed block (the kc×NR slice of B stays in L1); mc: rows of A
-/// packed at once (mc×kc stays in L2); b_pack_floats: budget for the packed B (K × nc).
-struct Blocking {
-  int kc;
-  int mc;
-  std::size_t b_pack_floats;
 };
 
 struct TileEpilogue {

@@ -1,0 +1,101 @@
+#pragma once
+// The compute kernels behind the ops: GEMM with fused epilogues, and the row-wise helpers that
+// attention and the MLP need. Pure functions of raw float buffers; they never see the model or tensor
+// names. Each instruction-set variant (portable, AVX2+FMA, AVX-512) fills one KernelTable in its own
+// file — src/cpu/kernels_portable.cpp, kernels_avx2.cpp, kernels_avx512.cpp, the ISA files compiled
+// with their -m flags — and kernels(isa) hands out the best table the CPU runs at or below `isa`.
+// All variants give results independent of the thread count: work is split over output tiles only,
+// never over the summation dimension.
+//
+// Adding a kernel: one member in KernelTable (with its contract), one assignment in each
+// *_kernel_table() function, and a test in tests/kernels_test.cpp against the portable entry.
+
+#include <cstddef>
+
+#include "cpu/cpu.hpp"
+
+namespace vitmsn::detail {
+
+/// What happens to alpha·A·op(B) before it is stored in C, in this order:
+///   t = alpha·(A·op(B)); t += bias[n]; t = gelu_erf(t) if gelu; t += residual[m, n]; C[m, n] = t.
+/// `residual` may be the same buffer as C (in-place residual add, ldr == ldc).
+struct Epilogue {
+  float alpha = 1.0f;
+  const float* bias = nullptr;      // [N] or null
+  bool gelu = false;                // exact erf GELU: 0.5·x·(1 + erf(x/√2))
+  const float* residual = nullptr;  // [M, N] with leading dimension ldr, or null
+  std::ptrdiff_t ldr = 0;
+};
+
+/// Element type of a weight matrix used in place (e.g. memory-mapped from a safetensors file).
+enum class WeightType { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+/// One instruction set's kernels. Every entry is set by every table.
+struct KernelTable {
+  Isa isa = Isa::kPortable;
+
+  /// C[M,N] = epilogue(A[M,K]·op(B)); A row-major with leading dimension lda; C row-major (ldc).
+  /// b_trans: B is [N,K] row-major (ldb) and op(B) = Bᵀ — the layout of PyTorch linear weights, so
+  /// y = x·Wᵀ. Otherwise B is [K,N] row-major (ldb). C must not overlap A or B. threads: how many
+  /// threads to use (1 = the calling thread only; safe inside a parallel region).
+  void (*gemm)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
+               bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) = nullptr;
+
+  /// C[M,N] = epilogue(A[M,K]·Wᵀ) with W [N,K] row-major of 16-bit type wt (kBF16 or kF16; kF32 goes
+  /// to gemm, see the gemm_weights() wrapper below), leading dimension ldw in elements. bf16: value =
+  /// bits << 16; f16: IEEE half. W stays half-size: it is widened to float32 while the GEMM packs its
+  /// panels of B (vectorised variants, in the packing the float32 path does anyway), or a block of
+  /// rows at a time into a thread-local buffer (portable: at most 256 rows of W at once per thread).
+  /// The compute is float32 FMA with float32 accumulation, so the AVX2 and AVX-512 results are
+  /// bit-identical to gemm(…, b_trans = true, …) on the widened weights. Results are independent of
+  /// the thread count. (A vdpbf16ps path for CPUs with AVX512_BF16 would round A to bf16 too, i.e.
+  /// give other, less accurate results: it would be a separate, opt-in entry.)
+  void (*gemm_weights)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                       std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) = nullptr;
+
+  /// In place, for each of `rows` rows of x (leading dimension ld): x = softmax(x) over `cols` values.
+  void (*softmax_rows)(float* x, int rows, int cols, std::ptrdiff_t ld) = nullptr;
+
+  /// In place: x[i] = 0.5·x·(1 + erf(x/√2)) for n values (exact-erf GELU, as torch.nn.functional.gelu).
+  void (*gelu_erf)(float* x, std::ptrdiff_t n) = nullptr;
+
+  /// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done (the
+  /// FMA-peak measurement of src/cpu/cpu.cpp).
+  double (*fma_burst)(long iterations) = nullptr;
+};
+
+/// The table of `isa` if this build has it and the CPU runs it, else of the best variant below it.
+/// Tables are built once; the reference stays valid for the whole process. Thread-safe.
+const KernelTable& kernels(Isa isa);
+
+/// Each variant's table, defined in its own file (called once, by kernels()).
+KernelTable portable_kernel_table();
+#if VITMSN_X86_KERNELS
+KernelTable avx2_kernel_table();
+KernelTable avx512_kernel_table();
+#endif
+
+// Thin wrappers: the entry of kernels(isa), with the contracts above.
+
+inline void gemm(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
+                 bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  kernels(isa).gemm(M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep, threads);
+}
+
+/// Any WeightType: kF32 is exactly gemm(isa, …, W, ldw, b_trans = true, …).
+inline void gemm_weights(Isa isa, int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                         std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  if (wt == WeightType::kF32) {
+    kernels(isa).gemm(M, N, K, A, lda, static_cast<const float*>(W), ldw, /*b_trans=*/true, C, ldc, ep, threads);
+  } else {
+    kernels(isa).gemm_weights(M, N, K, A, lda, W, wt, ldw, C, ldc, ep, threads);
+  }
+}
+
+inline void softmax_rows(Isa isa, float* x, int rows, int cols, std::ptrdiff_t ld) {
+  kernels(isa).softmax_rows(x, rows, cols, ld);
+}
+
+inline void gelu_erf(Isa isa, float* x, std::ptrdiff_t n) { kernels(isa).gelu_erf(x, n); }
+
+}  // namespace vitmsn::detail
