@@ -10,7 +10,6 @@
 #include <cstring>
 
 #include "vitmsn/error.hpp"
-#include "vitmsn/io.hpp"
 
 namespace vitmsn::detail {
 
@@ -189,16 +188,12 @@ void AtomicFile::commit() {
   slot_ = -1;
 }
 
-}  // namespace vitmsn::detail
-
-namespace vitmsn {
-
-int remove_unfinished_outputs() noexcept {
+int remove_registered_temp_files() noexcept {
   int removed = 0;
-  for (auto& slot : detail::g_temp_slots) {
+  for (auto& slot : g_temp_slots) {
     if (slot.state.load(std::memory_order_acquire) == 2 && ::unlink(slot.path) == 0) ++removed;
   }
   return removed;
 }
 
-}  // namespace vitmsn
+}  // namespace vitmsn::detail

@@ -54,7 +54,11 @@ class AtomicFile {
  private:
   std::string path_, temp_;
   int fd_ = -1;
-  int slot_ = -1;  // in the registry remove_unfinished_outputs() reads
+  int slot_ = -1;  // in the registry remove_registered_temp_files() reads
 };
+
+/// Removes the temporary file of every AtomicFile that exists right now and returns how many it
+/// removed. Async-signal-safe (atomics and unlink(2) only): vitmsn::remove_unfinished_outputs().
+int remove_registered_temp_files() noexcept;
 
 }  // namespace vitmsn::detail

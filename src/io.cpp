@@ -211,4 +211,6 @@ void write_text_file(const std::string& path, const std::string& text) {
   f.commit();
 }
 
+int remove_unfinished_outputs() noexcept { return detail::remove_registered_temp_files(); }
+
 }  // namespace vitmsn

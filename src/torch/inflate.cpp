@@ -1,4 +1,4 @@
-#include "inflate.hpp"
+#include "torch/inflate.hpp"
 
 #include <array>
 #include <cstring>
