@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
       pre = pre.with_size(h, w);
     }
 
-    const Image image = load_image(args.positional()[0]);
+    const Image image = read_image(args.positional()[0]);
     const PixelValues px = pre(image);
     const int gh = static_cast<int>(px.dimension(1)) / c.patch_size,
               gw = static_cast<int>(px.dimension(2)) / c.patch_size;

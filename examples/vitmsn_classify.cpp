@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
     for (const auto& image : args.positional()) {
       vitmsn::Vector logits;
       try {
-        logits = model.classify(vitmsn::load_image(image));
+        logits = model.classify(vitmsn::read_image(image));
       } catch (const vitmsn::Error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         ++failures;

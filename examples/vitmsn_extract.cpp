@@ -376,7 +376,7 @@ int main(int argc, char** argv) {
               std::copy(v.begin(), v.end(), p.data());
               px.push_back(std::move(p));
             } else {
-              px.push_back(pre(load_image(in.source)));
+              px.push_back(pre(read_image(in.source)));
             }
             ok.push_back(&in);
           } catch (const Error& e) {

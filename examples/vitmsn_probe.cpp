@@ -518,7 +518,7 @@ int main(int argc, char** argv) {
                 to_string(probe.solver.stop), number(probe.solver.gradient_norm).c_str());
     std::map<std::string, std::string> meta = {{"producer", "vitmsn-probe"}, {"model", model.source()}, {"data", data}};
     if (!evaluation_note.empty()) meta["evaluation"] = evaluation_note;
-    save_head(output, probe, classes, meta);
+    write_head(output, probe, classes, meta);
     std::string names;
     for (const auto& c : classes) names += (names.empty() ? "" : ", ") + c;
     std::printf("saved %s: classifier.weight [%d,%d], classifier.bias [%d]; labels %s\n", output.c_str(), num_classes,

@@ -88,7 +88,7 @@ Config parse_config(const std::string& json_text, const std::string& source) {
   return c;
 }
 
-Config load_config(const std::string& path) { return parse_config(detail::read_text_file(path), path); }
+Config read_config(const std::string& path) { return parse_config(detail::read_text_file(path), path); }
 
 std::string to_json(const Config& c) {
   json j = {{"model_type", c.model_type},

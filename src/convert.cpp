@@ -6,13 +6,13 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "file_util.hpp"
 #include "cpu/half.hpp"
+#include "file_util.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/preprocess.hpp"
 #include "vitmsn/torch_checkpoint.hpp"
-#include "vitmsn/weights.hpp"
+#include "weights.hpp"
 
 namespace vitmsn {
 
@@ -117,7 +117,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   const std::string config_json = detail::join_path(dir, "config.json");
   Config config;
   if (detail::is_regular_file(config_json)) {
-    config = load_config(config_json);
+    config = read_config(config_json);
     report.config_source = config_json;
   } else if (in_meta.count("config")) {
     config = parse_config(in_meta["config"], weights + " (__metadata__ config)");
@@ -129,7 +129,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   const std::string pre_json = detail::join_path(dir, "preprocessor_config.json");
   PreprocessorConfig pre;
   if (detail::is_regular_file(pre_json)) {
-    pre = load_preprocessor_config(pre_json);
+    pre = read_preprocessor_config(pre_json);
     report.preprocessor_source = pre_json;
   } else if (in_meta.count("preprocessor_config")) {
     pre = parse_preprocessor_config(in_meta["preprocessor_config"], weights + " (__metadata__ preprocessor_config)");
@@ -141,14 +141,15 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   // Merge a separately trained head (replacing any head the checkpoint has).
   if (!options.classifier.empty()) {
     const SafetensorsFile head = SafetensorsFile::open(options.classifier);
-    const TensorView& w = head.get(keys::kClassifierWeight);
-    const TensorView& b = head.get(keys::kClassifierBias);
+    const TensorView& w = head.get(detail::keys::kClassifierWeight);
+    const TensorView& b = head.get(detail::keys::kClassifierBias);
     if (w.shape.size() != 2 || w.shape[1] != config.hidden_size || b.shape.size() != 1 || b.shape[0] != w.shape[0])
       throw Error(options.classifier + ": classifier.weight " + w.shape_string() + " / classifier.bias " +
                   b.shape_string() + " do not fit hidden size " + std::to_string(config.hidden_size));
     tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
                                  [](const TensorData& t) {
-                                   return t.name == keys::kClassifierWeight || t.name == keys::kClassifierBias;
+                                   return t.name == detail::keys::kClassifierWeight ||
+                                          t.name == detail::keys::kClassifierBias;
                                  }),
                   tensors.end());
     tensors.push_back(copy_view(w));
@@ -168,14 +169,14 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     if (views.count(t.name)) throw Error(weights + ": tensor '" + t.name + "' appears twice");
     views[t.name] = view_of(t);
   }
-  const TensorLookup any_dtype = [&](const std::string& n) -> const TensorView* {
+  const detail::TensorLookup any_dtype = [&](const std::string& n) -> const TensorView* {
     auto it = views.find(n);
     return it == views.end() ? nullptr : &it->second;
   };
-  const std::string prefix = detect_prefix(any_dtype, weights);
+  const std::string prefix = detail::detect_prefix(any_dtype, weights);
   std::set<std::string> wanted;
-  for (const auto& entry : keys::encoder_tensors(config, prefix)) wanted.insert(entry.first);
-  for (const char* k : {keys::kClassifierWeight, keys::kClassifierBias})
+  for (const auto& entry : detail::keys::encoder_tensors(config, prefix)) wanted.insert(entry.first);
+  for (const char* k : {detail::keys::kClassifierWeight, detail::keys::kClassifierBias})
     if (views.count(k)) wanted.insert(k);
   for (const auto& name : wanted) {
     auto it = views.find(name);
@@ -189,7 +190,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   std::map<std::string, TensorView> shape_views = views;
   for (auto& [name, v] : shape_views)
     if (v.dtype == DType::kF64) v.dtype = DType::kF32;
-  bind_weights(
+  detail::bind_weights(
       config,
       [&](const std::string& n) -> const TensorView* {
         auto it = shape_views.find(n);
@@ -212,7 +213,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     out.push_back(std::move(t));
   }
   report.tensors = out.size();
-  report.has_classifier = wanted.count(keys::kClassifierWeight) != 0;
+  report.has_classifier = wanted.count(detail::keys::kClassifierWeight) != 0;
   write_safetensors(output, out,
                     {{"format", "pt"},
                      {"config", to_json(config)},

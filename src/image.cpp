@@ -714,7 +714,7 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
   return rgb_from_8bit(px.get(), w, h, n);
 }
 
-Image load_image(const std::string& path, const ImageLimits& limits) {
+Image read_image(const std::string& path, const ImageLimits& limits) {
   // Missing, unreadable, a directory, not a regular file: MappedFile throws naming the path.
   const detail::MappedFile file = detail::MappedFile::open(path);
   return decode_image(file.data(), file.size(), path, limits);

@@ -1,36 +1,56 @@
-// ViT-MSN forward, step by step as Hugging Face's modeling_vit_msn.py (eval mode, dropout = identity).
+// ViT-MSN forward, step by step as Hugging Face's modeling_vit_msn.py (eval mode, dropout = identity):
+// embed_patches() ← ViTMSNEmbeddings.forward, encoder_layer() ← ViTMSNLayer.forward (attention_block()
+// ← ViTMSNAttention, mlp_block() ← ViTMSNIntermediate + ViTMSNOutput), final_norm() ←
+// ViTMSNModel.layernorm. The arithmetic of every step is the kernels' (src/cpu/), applied to
+// activation buffers allocated once per call.
 #include "vitmsn/model.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <thread>
 
 #include "cpu/kernels.hpp"
 #include "file_util.hpp"
+#include "model.hpp"
 #include "ops.hpp"
 #include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
-#include "vitmsn/weights.hpp"
+#include "weights.hpp"
 
 namespace vitmsn {
 
 struct Model::Impl {
   std::string source;
   Config config;
-  std::unique_ptr<SafetensorsFile> file;       // keeps the memory map alive (file-backed models)
-  std::vector<TensorData> memory_tensors;      // tensor storage (in-memory models)
-  std::unique_ptr<const Weights> weights_ptr;  // Eigen maps are not assignable: built in place
-  const Weights& weights() const { return *weights_ptr; }
+  std::unique_ptr<SafetensorsFile> file;               // keeps the memory map alive (file-backed models)
+  std::vector<TensorData> memory_tensors;              // tensor storage (in-memory models)
+  std::unique_ptr<const detail::Weights> weights_ptr;  // Eigen maps are not assignable: built in place
+  const detail::Weights& weights() const { return *weights_ptr; }
   std::vector<std::string> labels;
   Preprocessor preprocessor;
   int threads = 1;
   detail::Isa isa = detail::Isa::kPortable;
+
+  /// Binds the weights (checking names, shapes and dtypes against the config), then threads, kernels
+  /// and labels.
+  void bind(const detail::TensorLookup& lookup, const LoadOptions& options);
 };
+
+namespace detail {
+
+const Weights& ModelAccess::weights(const Model& model) { return model.impl_->weights(); }
+const SafetensorsFile* ModelAccess::file(const Model& model) { return model.impl_->file.get(); }
+
+}  // namespace detail
 
 namespace {
 
+using detail::Epilogue;
+using detail::Isa;
+using detail::LayerWeights;
+using detail::LinearWeight;
+using detail::Weights;
 using Clock = std::chrono::steady_clock;
 
 // Largest token count accepted (e.g. 1792x1792 at patch 7): 16 GB of activations at ViT-L width.
@@ -48,12 +68,58 @@ struct Stopwatch {
   }
 };
 
+// The sizes of one forward call: B images of H×W pixels, N = (H/P)·(W/P) + 1 tokens each, stored one
+// image after the other (row b·N + t is token t of image b).
+struct Shape {
+  int B, H, W;
+  int P, D, F, L, heads, hd;    // patch, hidden, MLP width, layers, heads, head dim
+  int gh, gw, patches, N, CPP;  // patch grid, patches, tokens, values per patch (C·P·P)
+  std::ptrdiff_t rows;          // B·N
+};
+
+Shape shape_of(const Config& c, int images, int height, int width) {
+  Shape s;
+  s.B = images;
+  s.H = height;
+  s.W = width;
+  s.P = c.patch_size;
+  s.D = c.hidden_size;
+  s.F = c.intermediate_size;
+  s.L = c.num_hidden_layers;
+  s.heads = c.num_attention_heads;
+  s.hd = c.head_dim();
+  s.gh = height / s.P;
+  s.gw = width / s.P;
+  s.patches = s.gh * s.gw;
+  s.N = s.patches + 1;
+  s.CPP = c.num_channels * s.P * s.P;
+  s.rows = static_cast<std::ptrdiff_t>(s.B) * s.N;
+  return s;
+}
+
+// The activation buffers of one call, allocated once and reused by every layer.
+struct Activations {
+  std::vector<float> x;         // [B·N, D]   the residual stream (hidden_states)
+  std::vector<float> h;         // [B·N, D]   layer-norm output; also the attention context (ctx)
+  std::vector<float> qkv;       // [N, 3D] per image, q | k | v side by side, images one after the other
+  std::vector<float> mlp;       // [B·N, F]   MLP hidden; before the layers, the im2col patches
+  std::vector<float> scratch;   // attention scores, a block of query rows per thread
+  std::vector<float> cls_rows;  // [heads, N] CLS attention of the layer being captured
+
+  Activations(const Shape& s, int threads)
+      : x(s.rows * s.D),
+        h(s.rows * s.D),
+        qkv(s.rows * 3 * s.D),
+        mlp(std::max<std::ptrdiff_t>(s.rows * s.F, static_cast<std::ptrdiff_t>(s.B) * s.patches * s.CPP)),
+        scratch(detail::attention_scratch_floats(s.N, threads)) {}
+};
+
 // y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16 or f16.
-void linear(detail::Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight& w, float* y,
-            std::ptrdiff_t ldy, const detail::Epilogue& ep, int threads) {
-  const auto type = w.storage == WeightStorage::kBF16  ? detail::WeightType::kBF16
-                    : w.storage == WeightStorage::kF16 ? detail::WeightType::kF16
-                                                       : detail::WeightType::kF32;
+void linear(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight& w, float* y, std::ptrdiff_t ldy,
+            const Epilogue& ep, int threads) {
+  const auto type = w.dtype == DType::kBF16  ? detail::WeightType::kBF16
+                    : w.dtype == DType::kF16 ? detail::WeightType::kF16
+                                             : detail::WeightType::kF32;
   detail::gemm_weights(isa, M, static_cast<int>(w.rows), static_cast<int>(w.cols), x, ldx, w.data, type, w.cols, y, ldy,
                        ep, threads);
 }
@@ -81,151 +147,190 @@ void check_pixels(const Config& c, const PixelValues& px) {
                 std::to_string(tokens) + " tokens, more than the limit of " + std::to_string(kMaxTokens));
 }
 
-// Runs images of one size together: GEMMs over all B·N rows, attention per image.
-void forward(const Model::Impl& m, const std::vector<const PixelValues*>& images, const FeatureOptions& opt,
-             std::vector<Features>& out) {
-  const Config& c = m.config;
-  const Weights& w = m.weights();
-  const detail::Isa isa = m.isa;
-  const int threads = opt.threads > 0 ? opt.threads : m.threads;
-  const int B = static_cast<int>(images.size());
-  const int H = static_cast<int>(images[0]->dimension(1)), W = static_cast<int>(images[0]->dimension(2));
-  const int P = c.patch_size, D = c.hidden_size, F = c.intermediate_size, L = c.num_hidden_layers;
-  const int heads = c.num_attention_heads, hd = c.head_dim();
-  const int gh = H / P, gw = W / P, patches = gh * gw, N = patches + 1, CPP = c.num_channels * P * P;
-  const std::ptrdiff_t rows = static_cast<std::ptrdiff_t>(B) * N;
-  const float eps = static_cast<float>(c.layer_norm_eps);
+// ViTMSNEmbeddings.interpolate_pos_encoding: the position embeddings for a gh×gw grid — as stored at
+// the trained size, else the (S/P)² grid bicubic-resized to gh×gw (F.interpolate, mode="bicubic",
+// align_corners=False), the CLS row unchanged. Returns the [N, D] rows (stored, or in `resized`).
+const float* position_embeddings(const Config& c, const Weights& w, const Shape& s, std::vector<float>& resized) {
+  const int g0 = c.grid_size();
+  const float* pos = w.position_embeddings.data();
+  if (s.gh == g0 && s.gw == g0) return pos;
+  resized.resize(static_cast<std::size_t>(s.N) * s.D);
+  std::memcpy(resized.data(), pos, sizeof(float) * s.D);  // class_pos_embed
+  detail::interpolate_bicubic(pos + s.D, g0, g0, s.D, s.gh, s.gw, resized.data() + s.D);
+  return resized.data();
+}
 
+// ViTMSNEmbeddings.forward, per image:
+//   embeddings = self.patch_embeddings(pixel_values)     # Conv2d(stride P) → flatten(2).transpose(1, 2)
+//   embeddings = torch.cat((cls_tokens, embeddings), dim=1)
+//   embeddings = embeddings + position_embeddings        # [N, D]
+// The convolution is im2col + one GEMM whose epilogue adds the conv bias and the position embeddings.
+void embed_patches(Isa isa, const Config& c, const Weights& w, const Shape& s,
+                   const std::vector<const PixelValues*>& images, const float* pos, Activations& a, int threads) {
+  for (int b = 0; b < s.B; ++b) {
+    float* patch_rows = a.mlp.data() + static_cast<std::ptrdiff_t>(b) * s.patches * s.CPP;
+    detail::extract_patches(images[b]->data(), c.num_channels, s.H, s.W, s.P, patch_rows);
+    float* xb = a.x.data() + static_cast<std::ptrdiff_t>(b) * s.N * s.D;
+    for (int d = 0; d < s.D; ++d) xb[d] = w.cls_token[d] + pos[d];  // CLS row: cls_token + its position
+    Epilogue ep;
+    ep.bias = w.patch_bias.data();  // projection.bias
+    ep.residual = pos + s.D;        // + position_embeddings of the patches
+    ep.ldr = s.D;
+    detail::gemm(isa, s.patches, s.D, s.CPP, patch_rows, s.CPP, w.patch_weight.data(), s.CPP, true, xb + s.D, s.D, ep,
+                 threads);
+  }
+}
+
+// ViTMSNLayer.forward, first half:
+//   hidden_states_norm = self.layernorm_before(hidden_states)
+//   attention_output = self.attention(hidden_states_norm)   # ViTMSNSelfAttention + ViTMSNSelfOutput.dense
+//   hidden_states = attention_output + hidden_states        # first residual connection
+// ViTMSNSelfAttention: q, k, v = query/key/value(h) split into heads; eager_attention_forward:
+// softmax(q·kᵀ · head_dim^-½) · v, heads concatenated (context_layer).
+// `cls_attention[b]` (when not null) receives image b's CLS-query attention rows [heads, N].
+void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s, Activations& a,
+                     std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
+  const int D = s.D, N = s.N;
+  detail::layer_norm(a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_before_weight.data(),
+                     lw.layernorm_before_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
+  sw.lap(&StageTimes::layer_norm);
+  // Per image: q | k | v = h·Wqᵀ + bq | h·Wkᵀ + bk | h·Wvᵀ + bv side by side in qkv [N, 3D], then
+  // ctx = concat_heads(softmax(q·kᵀ·d^-½)·v). Image by image so that attention reads q, k, v while
+  // they are still in cache (a batched projection would have evicted the first images' by then).
+  // ctx shares h's buffer: image b's ctx rows overwrite only h rows already projected.
+  float* ctx = a.h.data();
+  const std::ptrdiff_t ld3 = 3 * static_cast<std::ptrdiff_t>(D);
+  const LinearWeight* proj[3] = {&lw.query, &lw.key, &lw.value};
+  const detail::ConstVectorMap* bias[3] = {&lw.query_bias, &lw.key_bias, &lw.value_bias};
+  for (int b = 0; b < s.B; ++b) {
+    const std::ptrdiff_t r0 = static_cast<std::ptrdiff_t>(b) * N;
+    for (int j = 0; j < 3; ++j) {
+      Epilogue ep;
+      ep.bias = bias[j]->size() ? bias[j]->data() : nullptr;  // qkv_bias
+      linear(isa, N, a.h.data() + r0 * D, D, *proj[j], a.qkv.data() + r0 * ld3 + j * D, ld3, ep, threads);
+    }
+    sw.lap(&StageTimes::qkv);
+    Matrix* keep = cls_attention[b];
+    if (keep) a.cls_rows.assign(static_cast<std::size_t>(s.heads) * N, 0.0f);
+    detail::attention(isa, a.qkv.data() + r0 * ld3, ld3, 1, N, s.heads, s.hd,
+                      1.0f / std::sqrt(static_cast<float>(s.hd)), ctx + r0 * D, D, a.scratch.data(),
+                      keep ? a.cls_rows.data() : nullptr, threads);
+    if (keep) *keep = Eigen::Map<const Matrix>(a.cls_rows.data(), s.heads, N);
+    sw.lap(&StageTimes::attention);
+  }
+  // ViTMSNSelfOutput.dense, then the first residual: x = x + ctx·Woᵀ + bo
+  Epilogue ep;
+  ep.bias = lw.attention_output_bias.data();
+  ep.residual = a.x.data();
+  ep.ldr = D;
+  linear(isa, static_cast<int>(s.rows), ctx, D, lw.attention_output, a.x.data(), D, ep, threads);
+  sw.lap(&StageTimes::attention_output);
+}
+
+// ViTMSNLayer.forward, second half:
+//   layer_output = self.layernorm_after(hidden_states)
+//   layer_output = self.intermediate(layer_output)          # dense + gelu (exact erf)
+//   layer_output = self.output(layer_output, hidden_states) # dense + second residual connection
+void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s, Activations& a, Stopwatch& sw,
+               int threads) {
+  const int D = s.D;
+  detail::layer_norm(a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_after_weight.data(),
+                     lw.layernorm_after_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
+  sw.lap(&StageTimes::layer_norm);
+  // x = x + gelu(h·W1ᵀ + b1)·W2ᵀ + b2
+  Epilogue ep1;
+  ep1.bias = lw.intermediate_bias.data();
+  ep1.gelu = true;
+  linear(isa, static_cast<int>(s.rows), a.h.data(), D, lw.intermediate, a.mlp.data(), s.F, ep1, threads);
+  Epilogue ep2;
+  ep2.bias = lw.output_bias.data();
+  ep2.residual = a.x.data();
+  ep2.ldr = D;
+  linear(isa, static_cast<int>(s.rows), a.mlp.data(), s.F, lw.output, a.x.data(), D, ep2, threads);
+  sw.lap(&StageTimes::mlp);
+}
+
+// ViTMSNLayer.forward: the attention block, then the MLP block, both pre-norm with residuals.
+void encoder_layer(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s, Activations& a,
+                   std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
+  attention_block(isa, c, lw, s, a, std::move(cls_attention), sw, threads);
+  mlp_block(isa, c, lw, s, a, sw, threads);
+}
+
+// ViTMSNModel.forward: sequence_output = self.layernorm(sequence_output) — all N tokens, no pooler.
+void final_norm(const Config& c, const Weights& w, const Shape& s, const Activations& a, std::vector<Features>& out,
+                int threads) {
+  for (int b = 0; b < s.B; ++b) {
+    out[b].last_hidden_state.resize(s.N, s.D);
+    detail::layer_norm(a.x.data() + static_cast<std::ptrdiff_t>(b) * s.N * s.D, s.D, out[b].last_hidden_state.data(),
+                       s.D, s.N, s.D, w.layernorm_weight.data(), w.layernorm_bias.data(),
+                       static_cast<float>(c.layer_norm_eps), threads);
+  }
+}
+
+// ViTMSNModel.forward for images of one size, run together: GEMMs over all B·N rows, attention per
+// image. hidden_states[0] is the embeddings output, hidden_states[l + 1] layer l's output (before the
+// final layer norm), as HF's output_hidden_states.
+void forward(Isa isa, const Config& c, const Weights& w, int model_threads,
+             const std::vector<const PixelValues*>& images, const FeatureOptions& opt, std::vector<Features>& out) {
+  const int threads = opt.threads > 0 ? opt.threads : model_threads;
+  const Shape s = shape_of(c, static_cast<int>(images.size()), static_cast<int>(images[0]->dimension(1)),
+                           static_cast<int>(images[0]->dimension(2)));
   std::vector<int> want_hidden, want_attn;
-  for (int i : opt.hidden_states) want_hidden.push_back(resolve_index(i, L + 1, "hidden state"));
-  for (int i : opt.cls_attention) want_attn.push_back(resolve_index(i, L, "attention layer"));
+  for (int i : opt.hidden_states) want_hidden.push_back(resolve_index(i, s.L + 1, "hidden state"));
+  for (int i : opt.cls_attention) want_attn.push_back(resolve_index(i, s.L, "attention layer"));
   auto wants = [](const std::vector<int>& v, int i) { return std::find(v.begin(), v.end(), i) != v.end(); };
 
   Stopwatch sw{opt.profile};
-  // Activation buffers, allocated once per call and reused by every layer.
-  std::vector<float> x(rows * D), h(rows * D), qkv(rows * 3 * D),
-      mlp(std::max<std::ptrdiff_t>(rows * F, static_cast<std::ptrdiff_t>(B) * patches * CPP));
-  std::vector<float> scratch(detail::attention_scratch_floats(N, threads));
-  float* ctx = h.data();  // h is dead between the QKV projections and layernorm_after
-
-  // Position embeddings for this grid: as stored at the trained size, else bicubic-resized
-  // (HF interpolate_pos_encoding: CLS row unchanged, the (S/P)² grid resized to gh×gw).
-  const int g0 = c.grid_size();
+  Activations a(s, threads);
   std::vector<float> pos_resized;
-  const float* pos = w.position_embeddings.data();
-  if (gh != g0 || gw != g0) {
-    pos_resized.resize(static_cast<std::size_t>(N) * D);
-    std::memcpy(pos_resized.data(), pos, sizeof(float) * D);
-    detail::interpolate_bicubic(pos + D, g0, g0, D, gh, gw, pos_resized.data() + D);
-    pos = pos_resized.data();
-  }
+  const float* pos = position_embeddings(c, w, s, pos_resized);
   sw.lap(&StageTimes::other);
 
-  // embeddings: x = concat(cls_token, conv(pixels)) + position_embeddings   [N, D] per image
-  for (int b = 0; b < B; ++b) {
-    float* patch_rows = mlp.data() + static_cast<std::ptrdiff_t>(b) * patches * CPP;
-    detail::extract_patches(images[b]->data(), c.num_channels, H, W, P, patch_rows);
-    float* xb = x.data() + static_cast<std::ptrdiff_t>(b) * N * D;
-    for (int d = 0; d < D; ++d) xb[d] = w.cls_token[d] + pos[d];
-    detail::Epilogue ep;
-    ep.bias = w.patch_bias.data();
-    ep.residual = pos + D;
-    ep.ldr = D;
-    detail::gemm(isa, patches, D, CPP, patch_rows, CPP, w.patch_weight.data(), CPP, true, xb + D, D, ep, threads);
-  }
+  embed_patches(isa, c, w, s, images, pos, a, threads);
   sw.lap(&StageTimes::patch_embedding);
 
   auto capture_hidden = [&](int index) {
     if (!wants(want_hidden, index)) return;
-    for (int b = 0; b < B; ++b)
-      out[b].hidden_states[index] = Eigen::Map<const Matrix>(x.data() + static_cast<std::ptrdiff_t>(b) * N * D, N, D);
+    for (int b = 0; b < s.B; ++b)
+      out[b].hidden_states[index] =
+          Eigen::Map<const Matrix>(a.x.data() + static_cast<std::ptrdiff_t>(b) * s.N * s.D, s.N, s.D);
     sw.lap(&StageTimes::other);
   };
   capture_hidden(0);
-
-  const std::ptrdiff_t ld3 = 3 * static_cast<std::ptrdiff_t>(D);
-  std::vector<float> cls_rows;
-  for (int l = 0; l < L; ++l) {
-    const LayerWeights& lw = w.layers[l];
-    // h = layernorm_before(x)
-    detail::layer_norm(x.data(), D, h.data(), D, static_cast<int>(rows), D, lw.layernorm_before_weight.data(),
-                       lw.layernorm_before_bias.data(), eps, threads);
-    sw.lap(&StageTimes::layer_norm);
-    // Per image: q | k | v = h·Wqᵀ + bq | h·Wkᵀ + bk | h·Wvᵀ + bv side by side in qkv [N, 3D], then
-    // ctx = concat_heads(softmax(q·kᵀ·d^-½)·v). Image by image so that attention reads q, k, v while
-    // they are still in cache (a batched projection would have evicted the first images' by then).
-    // ctx shares h's buffer: image b's ctx rows overwrite only h rows already projected.
-    const bool keep_cls = wants(want_attn, l);
-    if (keep_cls) cls_rows.assign(static_cast<std::size_t>(heads) * N, 0.0f);
-    const LinearWeight* proj[3] = {&lw.query, &lw.key, &lw.value};
-    const ConstVectorMap* bias[3] = {&lw.query_bias, &lw.key_bias, &lw.value_bias};
-    for (int b = 0; b < B; ++b) {
-      const std::ptrdiff_t r0 = static_cast<std::ptrdiff_t>(b) * N;
-      for (int j = 0; j < 3; ++j) {
-        detail::Epilogue ep;
-        ep.bias = bias[j]->size() ? bias[j]->data() : nullptr;
-        linear(isa, N, h.data() + r0 * D, D, *proj[j], qkv.data() + r0 * ld3 + j * D, ld3, ep, threads);
-      }
-      sw.lap(&StageTimes::qkv);
-      detail::attention(isa, qkv.data() + r0 * ld3, ld3, 1, N, heads, hd, 1.0f / std::sqrt(static_cast<float>(hd)),
-                        ctx + r0 * D, D, scratch.data(), keep_cls ? cls_rows.data() : nullptr, threads);
-      if (keep_cls) out[b].cls_attention[l] = Eigen::Map<const Matrix>(cls_rows.data(), heads, N);
-      sw.lap(&StageTimes::attention);
-    }
-    // x = x + ctx·Woᵀ + bo
-    {
-      detail::Epilogue ep;
-      ep.bias = lw.attention_output_bias.data();
-      ep.residual = x.data();
-      ep.ldr = D;
-      linear(isa, static_cast<int>(rows), ctx, D, lw.attention_output, x.data(), D, ep, threads);
-    }
-    sw.lap(&StageTimes::attention_output);
-    // h = layernorm_after(x)
-    detail::layer_norm(x.data(), D, h.data(), D, static_cast<int>(rows), D, lw.layernorm_after_weight.data(),
-                       lw.layernorm_after_bias.data(), eps, threads);
-    sw.lap(&StageTimes::layer_norm);
-    // x = x + gelu(h·W1ᵀ + b1)·W2ᵀ + b2
-    {
-      detail::Epilogue ep1;
-      ep1.bias = lw.intermediate_bias.data();
-      ep1.gelu = true;
-      linear(isa, static_cast<int>(rows), h.data(), D, lw.intermediate, mlp.data(), F, ep1, threads);
-      detail::Epilogue ep2;
-      ep2.bias = lw.output_bias.data();
-      ep2.residual = x.data();
-      ep2.ldr = D;
-      linear(isa, static_cast<int>(rows), mlp.data(), F, lw.output, x.data(), D, ep2, threads);
-    }
-    sw.lap(&StageTimes::mlp);
+  for (int l = 0; l < s.L; ++l) {
+    std::vector<Matrix*> cls_attention(s.B, nullptr);
+    if (wants(want_attn, l))
+      for (int b = 0; b < s.B; ++b) cls_attention[b] = &out[b].cls_attention[l];
+    encoder_layer(isa, c, w.layers[l], s, a, std::move(cls_attention), sw, threads);
     capture_hidden(l + 1);
   }
-  // last_hidden_state = layernorm(x), all tokens
-  for (int b = 0; b < B; ++b) {
-    out[b].last_hidden_state.resize(N, D);
-    detail::layer_norm(x.data() + static_cast<std::ptrdiff_t>(b) * N * D, D, out[b].last_hidden_state.data(), D, N, D,
-                       w.layernorm_weight.data(), w.layernorm_bias.data(), eps, threads);
-  }
+  final_norm(c, w, s, a, out, threads);
   sw.lap(&StageTimes::layer_norm);
 }
 
-std::shared_ptr<Model::Impl> finish(std::shared_ptr<Model::Impl> impl, const LoadOptions& options,
-                                    const TensorLookup& lookup) {
-  impl->weights_ptr = std::make_unique<const Weights>(bind_weights(impl->config, lookup, impl->source));
-  impl->threads = options.threads > 0 ? options.threads : default_threads();
-  impl->isa = detail::detected_isa();
-  if (impl->weights().has_classifier()) {
-    const auto n = static_cast<std::size_t>(impl->weights().classifier_weight.rows());
-    if (impl->config.id2label.size() == n) {
-      impl->labels = impl->config.id2label;
-    } else {
-      for (std::size_t i = 0; i < n; ++i) impl->labels.push_back("LABEL_" + std::to_string(i));
-    }
-  }
-  return impl;
+// The error for head-only calls on a model without one.
+[[noreturn]] void no_classifier(const std::string& source) {
+  throw Error(source +
+              ": this model has no classifier head (a ViTMSNModel checkpoint); "
+              "use extract_features(), or add a head (classifier.weight/classifier.bias)");
 }
 
 }  // namespace
+
+void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& options) {
+  weights_ptr = std::make_unique<const detail::Weights>(detail::bind_weights(config, lookup, source));
+  threads = options.threads > 0 ? options.threads : default_threads();
+  isa = detail::detected_isa();
+  if (weights().has_classifier()) {
+    const auto n = static_cast<std::size_t>(weights().classifier_weight.rows());
+    if (config.id2label.size() == n) {
+      labels = config.id2label;
+    } else {
+      for (std::size_t i = 0; i < n; ++i) labels.push_back("LABEL_" + std::to_string(i));
+    }
+  }
+}
 
 Model::Model(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
@@ -254,11 +359,11 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
   const bool have_json = detail::is_regular_file(config_json);
   auto meta_config = meta.find("config");
   if (folder && have_json) {
-    impl->config = load_config(config_json);
+    impl->config = read_config(config_json);
   } else if (meta_config != meta.end()) {
     impl->config = parse_config(meta_config->second, weights_path + " (__metadata__ config)");
   } else if (have_json) {
-    impl->config = load_config(config_json);
+    impl->config = read_config(config_json);
   } else {
     throw Error(weights_path + ": no model config: neither a \"config\" entry in __metadata__ nor " + config_json);
   }
@@ -271,7 +376,8 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
         Preprocessor(parse_preprocessor_config(meta_pre->second, weights_path + " (__metadata__ preprocessor_config)"));
   }
   const SafetensorsFile* file = impl->file.get();
-  return Model(finish(impl, options, [file](const std::string& name) { return file->find(name); }));
+  impl->bind([file](const std::string& name) { return file->find(name); }, options);
+  return Model(impl);
 }
 
 Model Model::from_tensors(const Config& config, std::vector<TensorData> tensors, const LoadOptions& options,
@@ -294,10 +400,13 @@ Model Model::from_tensors(const Config& config, std::vector<TensorData> tensors,
                   v.shape_string());
     (*views)[t.name] = std::move(v);
   }
-  return Model(finish(impl, options, [views](const std::string& name) -> const TensorView* {
-    auto it = views->find(name);
-    return it == views->end() ? nullptr : &it->second;
-  }));
+  impl->bind(
+      [views](const std::string& name) -> const TensorView* {
+        auto it = views->find(name);
+        return it == views->end() ? nullptr : &it->second;
+      },
+      options);
+  return Model(impl);
 }
 
 const Config& Model::config() const { return impl_->config; }
@@ -326,7 +435,7 @@ std::vector<Features> Model::extract_features(const std::vector<PixelValues>& ba
         done[j] = true;
       }
     std::vector<Features> part(group.size());
-    forward(*impl_, group, options, part);
+    forward(impl_->isa, impl_->config, impl_->weights(), impl_->threads, group, options, part);
     for (std::size_t k = 0; k < index.size(); ++k) out[index[k]] = std::move(part[k]);
   }
   return out;
@@ -335,7 +444,7 @@ std::vector<Features> Model::extract_features(const std::vector<PixelValues>& ba
 Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
   check_pixels(impl_->config, pixel_values);
   std::vector<Features> out(1);
-  forward(*impl_, {&pixel_values}, options, out);
+  forward(impl_->isa, impl_->config, impl_->weights(), impl_->threads, {&pixel_values}, options, out);
   return std::move(out[0]);
 }
 
@@ -344,19 +453,17 @@ Features Model::extract_features(const Image& image, const FeatureOptions& optio
 }
 
 Features Model::extract_features(const std::string& image_path, const FeatureOptions& options) const {
-  return extract_features(load_image(image_path), options);
+  return extract_features(read_image(image_path), options);
 }
 
 Vector Model::logits(const Features& features) const {
-  if (!has_classifier())
-    throw Error(impl_->source +
-                ": this model has no classifier head (a ViTMSNModel checkpoint); "
-                "use extract_features(), or add a head (classifier.weight/classifier.bias)");
-  const Weights& w = impl_->weights();
+  if (!has_classifier()) no_classifier(impl_->source);
+  const detail::Weights& w = impl_->weights();
   if (features.last_hidden_state.cols() != w.classifier_weight.cols() || features.last_hidden_state.rows() < 1)
     throw Error("features of width " + std::to_string(features.last_hidden_state.cols()) +
                 " do not fit the classifier of width " + std::to_string(w.classifier_weight.cols()));
-  // logits = last_hidden_state[0]·Wcᵀ + bc
+  // ViTMSNForImageClassification: logits = self.classifier(sequence_output[:, 0, :]), the CLS token
+  // after the final layer norm: last_hidden_state[0]·Wcᵀ + bc.
   Vector out(w.classifier_weight.rows());
   for (Eigen::Index j = 0; j < w.classifier_weight.rows(); ++j) {
     float acc = 0.0f;
@@ -367,21 +474,20 @@ Vector Model::logits(const Features& features) const {
   return out;
 }
 
-Vector Model::classify(const PixelValues& pixel_values, int threads) const {
-  if (!has_classifier()) return logits(Features{});
-  FeatureOptions o;
-  o.threads = threads;
-  return logits(extract_features(pixel_values, o));
+Vector Model::classify(const PixelValues& pixel_values, const FeatureOptions& options) const {
+  if (!has_classifier()) no_classifier(impl_->source);  // before any work
+  return logits(extract_features(pixel_values, options));
 }
 
-Vector Model::classify(const Image& image, int threads) const { return classify(impl_->preprocessor(image), threads); }
+Vector Model::classify(const Image& image, const FeatureOptions& options) const {
+  if (!has_classifier()) no_classifier(impl_->source);
+  return classify(impl_->preprocessor(image), options);
+}
 
-std::vector<Vector> Model::classify(const std::vector<PixelValues>& batch, int threads) const {
-  if (!has_classifier()) return {logits(Features{})};
-  FeatureOptions o;
-  o.threads = threads;
+std::vector<Vector> Model::classify(const std::vector<PixelValues>& batch, const FeatureOptions& options) const {
+  if (!has_classifier()) no_classifier(impl_->source);
   std::vector<Vector> out;
-  for (const auto& f : extract_features(batch, o)) out.push_back(logits(f));
+  for (const auto& f : extract_features(batch, options)) out.push_back(logits(f));
   return out;
 }
 

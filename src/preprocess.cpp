@@ -330,7 +330,7 @@ Preprocessor::Preprocessor(PreprocessorConfig config) : config_(config) {
   validate_preprocessor_config(config_, "PreprocessorConfig");
 }
 
-Preprocessor Preprocessor::from_file(const std::string& path) { return Preprocessor(load_preprocessor_config(path)); }
+Preprocessor Preprocessor::from_file(const std::string& path) { return Preprocessor(read_preprocessor_config(path)); }
 
 Preprocessor Preprocessor::with_size(int height, int width) const {
   PreprocessorConfig c = config_;
@@ -385,7 +385,7 @@ Image Preprocessor::resize_only(const Image& image) const {
 }
 
 PixelValues Preprocessor::operator()(const Image& image) const {
-  // do_convert_rgb: an Image is already RGB (load_image converts as Pillow's convert("RGB")).
+  // do_convert_rgb: an Image is already RGB (read_image converts as Pillow's convert("RGB")).
   const Image rgb = resize_only(image);
 
   // Each output value depends only on the 8-bit level and the channel: tabulate the 3 x 256 results.

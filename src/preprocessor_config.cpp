@@ -189,7 +189,7 @@ PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const
   return c;
 }
 
-PreprocessorConfig load_preprocessor_config(const std::string& path) {
+PreprocessorConfig read_preprocessor_config(const std::string& path) {
   // Missing, unreadable, a directory, larger than 1 MB: read_text_file throws naming the path.
   return parse_preprocessor_config(detail::read_text_file(path, 1u << 20), path);
 }

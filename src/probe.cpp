@@ -13,6 +13,22 @@
 #include "vitmsn/safetensors.hpp"
 
 namespace vitmsn {
+namespace detail {
+
+// Internals of the probe (not public API).
+
+/// The same classifier over raw features: a head trained on standardised features z folded into
+/// weight/scale and bias − (weight/scale)·mean, so that it applies to x directly.
+LinearHead fold_standardization(const LinearHead& standardized_head, const Standardization& standardization);
+
+/// Parameters in softmax_cross_entropy()'s layout → a head. \throws Error when the size is not K·(D+1).
+LinearHead unpack_head(const Eigen::VectorXd& params, int num_classes, int dim);
+
+/// Rows `rows` of `features` / entries of `labels`.
+Eigen::MatrixXd select_rows(const Eigen::MatrixXd& features, const std::vector<int>& rows);
+std::vector<int> select_labels(const std::vector<int>& labels, const std::vector<int>& rows);
+
+}  // namespace detail
 
 namespace {
 
@@ -311,15 +327,15 @@ Selection select_l2(const MatrixXd& x, const std::vector<int>& y, int k, int fol
   for (int f = 0; f < folds; ++f) {
     std::vector<int> train, test;
     for (std::size_t i = 0; i < y.size(); ++i) (fold[i] == f ? test : train).push_back(static_cast<int>(i));
-    const MatrixXd x_train = select_rows(x, train);
-    const std::vector<int> y_train = select_labels(y, train);
+    const MatrixXd x_train = detail::select_rows(x, train);
+    const std::vector<int> y_train = detail::select_labels(y, train);
     const Standardization st = fit_standardization(x_train, options.min_std);
-    const MatrixXd z_train = standardize(x_train, st), z_test = standardize(select_rows(x, test), st);
+    const MatrixXd z_train = standardize(x_train, st), z_test = standardize(detail::select_rows(x, test), st);
     VectorXd warm;
     for (std::size_t g : order) {
       const LbfgsResult r = fit(z_train, y_train, k, grid[g], options.solver, warm);
       warm = r.x;
-      const MatrixXd logits = unpack_head(r.x, k, static_cast<int>(x.cols())).logits(z_test);
+      const MatrixXd logits = detail::unpack_head(r.x, k, static_cast<int>(x.cols())).logits(z_test);
       for (Index i = 0; i < logits.rows(); ++i) {
         Index best = 0;
         const double m = logits.row(i).maxCoeff(&best);
@@ -485,7 +501,7 @@ Eigen::MatrixXd standardize(const Eigen::MatrixXd& features, const Standardizati
   return ((features.rowwise() - s.mean).array().rowwise() / s.scale.array()).matrix();
 }
 
-LinearHead fold_standardization(const LinearHead& h, const Standardization& s) {
+LinearHead detail::fold_standardization(const LinearHead& h, const Standardization& s) {
   if (h.weight.cols() != s.scale.size())
     throw Error("standardization: head over " + std::to_string(h.weight.cols()) + " dimensions, fitted on " +
                 std::to_string(s.scale.size()));
@@ -523,7 +539,7 @@ LbfgsResult fit_softmax(const Eigen::MatrixXd& standardized_features, const std:
   return fit(standardized_features, labels, num_classes, l2, options, initial);
 }
 
-LinearHead unpack_head(const Eigen::VectorXd& params, int num_classes, int dim) {
+LinearHead detail::unpack_head(const Eigen::VectorXd& params, int num_classes, int dim) {
   if (num_classes < 1 || dim < 1 || params.size() != static_cast<Index>(num_classes) * (dim + 1))
     throw Error("probe: " + std::to_string(params.size()) + " parameters do not make a head of " +
                 std::to_string(num_classes) + " classes over " + std::to_string(dim) + " dimensions");
@@ -580,8 +596,8 @@ Probe train_probe(const Eigen::MatrixXd& features, const std::vector<int>& label
   p.standardization = fit_standardization(features, options.min_std);
   const MatrixXd z = standardize(features, p.standardization);
   p.solver = fit(z, labels, num_classes, p.l2, options.solver, VectorXd());
-  p.standardized_head = unpack_head(p.solver.x, num_classes, static_cast<int>(features.cols()));
-  p.head = fold_standardization(p.standardized_head, p.standardization);
+  p.standardized_head = detail::unpack_head(p.solver.x, num_classes, static_cast<int>(features.cols()));
+  p.head = detail::fold_standardization(p.standardized_head, p.standardization);
   return p;
 }
 
@@ -649,7 +665,7 @@ HoldoutSplit stratified_holdout(const std::vector<int>& labels, int num_classes,
   return split;
 }
 
-Eigen::MatrixXd select_rows(const Eigen::MatrixXd& features, const std::vector<int>& rows) {
+Eigen::MatrixXd detail::select_rows(const Eigen::MatrixXd& features, const std::vector<int>& rows) {
   MatrixXd out(rows.size(), features.cols());
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (rows[i] < 0 || rows[i] >= features.rows())
@@ -659,7 +675,7 @@ Eigen::MatrixXd select_rows(const Eigen::MatrixXd& features, const std::vector<i
   return out;
 }
 
-std::vector<int> select_labels(const std::vector<int>& labels, const std::vector<int>& rows) {
+std::vector<int> detail::select_labels(const std::vector<int>& labels, const std::vector<int>& rows) {
   std::vector<int> out(rows.size());
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (rows[i] < 0 || rows[i] >= static_cast<int>(labels.size()))
@@ -688,8 +704,9 @@ CrossValidation cross_validate(const Eigen::MatrixXd& features, const std::vecto
     for (std::size_t i = 0; i < labels.size(); ++i) (cv.fold[i] == f ? test : train).push_back(static_cast<int>(i));
     ProbeOptions inner = options;
     inner.seed = derive_seed(options.seed, static_cast<std::uint64_t>(f));
-    const Probe p = train_probe(select_rows(features, train), select_labels(labels, train), num_classes, inner);
-    const std::vector<int> pred = predict(p.head, select_rows(features, test));
+    const Probe p =
+        train_probe(detail::select_rows(features, train), detail::select_labels(labels, train), num_classes, inner);
+    const std::vector<int> pred = predict(p.head, detail::select_rows(features, test));
     for (std::size_t i = 0; i < test.size(); ++i) predictions[test[i]] = pred[i];
     cv.fold_l2.push_back(p.l2);
     cv.fold_l2_source.push_back(p.l2_source);
@@ -705,16 +722,18 @@ HoldoutEvaluation holdout_evaluate(const Eigen::MatrixXd& features, const std::v
   h.split = stratified_holdout(labels, num_classes, test_fraction, options.seed);
   ProbeOptions inner = options;
   inner.seed = derive_seed(options.seed, 0);
-  h.probe = train_probe(select_rows(features, h.split.train), select_labels(labels, h.split.train), num_classes, inner);
-  h.evaluation = evaluate(h.probe.head, select_rows(features, h.split.test), select_labels(labels, h.split.test));
+  h.probe = train_probe(detail::select_rows(features, h.split.train), detail::select_labels(labels, h.split.train),
+                        num_classes, inner);
+  h.evaluation =
+      evaluate(h.probe.head, detail::select_rows(features, h.split.test), detail::select_labels(labels, h.split.test));
   return h;
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Saving
 
-void save_head(const std::string& path, const Probe& probe, const std::vector<std::string>& labels,
-               const std::map<std::string, std::string>& extra_metadata) {
+void write_head(const std::string& path, const Probe& probe, const std::vector<std::string>& labels,
+                const std::map<std::string, std::string>& extra_metadata) {
   const LinearHead& h = probe.head;
   const Index k = h.weight.rows(), d = h.weight.cols();
   if (k < 1 || d < 1 || h.bias.size() != k) throw Error(path + ": the probe has no head to save");
@@ -736,7 +755,7 @@ void save_head(const std::string& path, const Probe& probe, const std::vector<st
       {"standardization", "folded"},
   };
   for (const auto& [key, value] : extra_metadata)
-    if (!meta.emplace(key, value).second) throw Error(path + ": metadata key '" + key + "' is reserved by save_head");
+    if (!meta.emplace(key, value).second) throw Error(path + ": metadata key '" + key + "' is reserved by write_head");
 
   using RowMajorMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const RowMajorMatrixXf w = h.weight.cast<float>();

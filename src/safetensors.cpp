@@ -16,8 +16,8 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
-#include "file_util.hpp"
 #include "cpu/half.hpp"
+#include "file_util.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {

@@ -4,10 +4,13 @@
 #include <cstring>
 
 #include "vitmsn/error.hpp"
-#include "vitmsn/weights.hpp"
+#include "weights.hpp"
 
 namespace vitmsn {
 
+namespace {
+
+/// The i-th uniform in [0, 1) of tensor number t: a splitmix64-style hash, 24 bits.
 double synthetic_uniform(std::uint64_t t, std::uint64_t i) {
   // x = i·φ64 + (t+1)·C1; x ^= x>>31; x *= C2; x ^= x>>29; u = (x>>40) / 2^24 (all mod 2^64)
   std::uint64_t x = i * 0x9E3779B97F4A7C15ull + (t + 1) * 0xBF58476D1CE4E5B9ull;
@@ -16,8 +19,6 @@ double synthetic_uniform(std::uint64_t t, std::uint64_t i) {
   x ^= x >> 29;
   return static_cast<double>(x >> 40) / static_cast<double>(1 << 24);
 }
-
-namespace {
 
 bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
@@ -29,7 +30,7 @@ std::vector<TensorData> synthetic_tensors(const Config& config) {
   if (!config.qkv_bias) throw Error("synthetic weights: the reference generator assumes qkv_bias = true");
   std::vector<TensorData> out;
   std::uint64_t t = 0;
-  for (const auto& [name, shape] : keys::encoder_tensors(config, "")) {
+  for (const auto& [name, shape] : detail::keys::encoder_tensors(config, "")) {
     std::size_t n = 1;
     for (auto d : shape) n *= static_cast<std::size_t>(d);
     // Kind by name, as vitmsn_ref.vit_keys labels them.

@@ -1,11 +1,11 @@
-#include "vitmsn/weights.hpp"
+#include "weights.hpp"
 
 #include <cstdint>
 #include <cstring>
 
 #include "vitmsn/error.hpp"
 
-namespace vitmsn {
+namespace vitmsn::detail {
 
 namespace keys {
 
@@ -99,9 +99,9 @@ class Binder {
  public:
   Binder(const TensorLookup& lookup, const std::string& source, Weights& w) : lookup_(lookup), source_(source), w_(w) {}
 
-  // A linear weight matrix with exactly `shape`: F32, BF16 and F16 are used in place when aligned;
-  // the float map is bound too for F32 (empty otherwise).
-  LinearWeight linear(const std::string& name, const std::vector<std::int64_t>& shape, ConstMatrixMap& map) {
+  // A linear weight matrix with exactly `shape`: F32, BF16 and F16 are used in place when aligned
+  // (other float types and misaligned data are widened to an owned float32 copy).
+  LinearWeight linear(const std::string& name, const std::vector<std::int64_t>& shape) {
     const TensorView* t = lookup_(name);
     LinearWeight lw;
     lw.rows = shape[0];
@@ -109,12 +109,10 @@ class Binder {
     if (t && t->shape == shape && (t->dtype == DType::kBF16 || t->dtype == DType::kF16) &&
         reinterpret_cast<std::uintptr_t>(t->data) % 2 == 0) {
       lw.data = t->data;
-      lw.storage = t->dtype == DType::kBF16 ? WeightStorage::kBF16 : WeightStorage::kF16;
+      lw.dtype = t->dtype;
       return lw;
     }
-    const float* p = get(name, shape);
-    new (&map) ConstMatrixMap(p, shape[0], shape[1]);
-    lw.data = p;
+    lw.data = get(name, shape);
     return lw;
   }
 
@@ -184,21 +182,21 @@ Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::str
     auto k = [&](const char* rest) { return keys::layer(p, i, rest); };
     bind(l.layernorm_before_weight, b.get(k("layernorm_before.weight"), {D}), D);
     bind(l.layernorm_before_bias, b.get(k("layernorm_before.bias"), {D}), D);
-    l.query = b.linear(k("attention.attention.query.weight"), {D, D}, l.query_weight);
-    l.key = b.linear(k("attention.attention.key.weight"), {D, D}, l.key_weight);
-    l.value = b.linear(k("attention.attention.value.weight"), {D, D}, l.value_weight);
+    l.query = b.linear(k("attention.attention.query.weight"), {D, D});
+    l.key = b.linear(k("attention.attention.key.weight"), {D, D});
+    l.value = b.linear(k("attention.attention.value.weight"), {D, D});
     if (c.qkv_bias) {
       bind(l.query_bias, b.get(k("attention.attention.query.bias"), {D}), D);
       bind(l.key_bias, b.get(k("attention.attention.key.bias"), {D}), D);
       bind(l.value_bias, b.get(k("attention.attention.value.bias"), {D}), D);
     }
-    l.attention_output = b.linear(k("attention.output.dense.weight"), {D, D}, l.attention_output_weight);
+    l.attention_output = b.linear(k("attention.output.dense.weight"), {D, D});
     bind(l.attention_output_bias, b.get(k("attention.output.dense.bias"), {D}), D);
     bind(l.layernorm_after_weight, b.get(k("layernorm_after.weight"), {D}), D);
     bind(l.layernorm_after_bias, b.get(k("layernorm_after.bias"), {D}), D);
-    l.intermediate = b.linear(k("intermediate.dense.weight"), {F, D}, l.intermediate_weight);
+    l.intermediate = b.linear(k("intermediate.dense.weight"), {F, D});
     bind(l.intermediate_bias, b.get(k("intermediate.dense.bias"), {F}), F);
-    l.output = b.linear(k("output.dense.weight"), {D, F}, l.output_weight);
+    l.output = b.linear(k("output.dense.weight"), {D, F});
     bind(l.output_bias, b.get(k("output.dense.bias"), {D}), D);
   }
   bind(w.layernorm_weight, b.get(keys::final_norm_weight(p), {D}), D);
@@ -222,4 +220,4 @@ Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::str
   return w;
 }
 
-}  // namespace vitmsn
+}  // namespace vitmsn::detail

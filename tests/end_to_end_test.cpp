@@ -36,7 +36,7 @@ INSTANTIATE_TEST_SUITE_P(EveryPng, PngEndToEnd,
                          [](const auto& info) { return info.param; });
 
 TEST(EndToEnd, OtherSizesUseInterpolatedPositionEmbeddings) {
-  const Image img = load_image(test::data_path("images/chelsea.png"));
+  const Image img = read_image(test::data_path("images/chelsea.png"));
   for (const auto& [h, w] : {std::pair<int, int>{280, 280}, {224, 336}}) {
     const std::string key = "chelsea." + std::to_string(h) + "x" + std::to_string(w) + ".last_hidden_state";
     const Features f = tiny().extract_features(tiny().preprocessor().with_size(h, w)(img));

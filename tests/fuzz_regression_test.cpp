@@ -122,7 +122,7 @@ TEST(FuzzRegression, PreprocessorConfigWithANumberBeyondDoubleRangeThrowsError) 
 }
 
 // The error message quoted the offending value with a recursive dump(): a value nested 500,000
-// levels deep (a 1 MB file, within the size limit of load_preprocessor_config) overflowed the stack.
+// levels deep (a 1 MB file, within the size limit of read_preprocessor_config) overflowed the stack.
 TEST(FuzzRegression, DeeplyNestedPreprocessorConfigValueThrowsErrorWithoutExhaustingTheStack) {
   constexpr std::size_t kDepth = 500000;
   const std::string text = "{\"size\": " + std::string(kDepth, '[') + std::string(kDepth, ']') + "}";
@@ -202,8 +202,8 @@ TEST(FuzzRegression, JpegSignatureWithExtraFillBytesIsNotHandedToStbImage) {
 // zero-length IDAT chunk before the image data. Such chunks are legal and carry nothing: the image
 // must decode exactly as it does without one.
 TEST(FuzzRegression, PngWithAnEmptyIdatChunkDecodesAsWithoutIt) {
-  const Image with = load_image(data_path("fuzz/image/png-empty-idat-before-data.png"));
-  const Image without = load_image(data_path("pillow/gray1.png"));
+  const Image with = read_image(data_path("fuzz/image/png-empty-idat-before-data.png"));
+  const Image without = read_image(data_path("pillow/gray1.png"));
   EXPECT_EQ(with.width, without.width);
   EXPECT_EQ(with.height, without.height);
   EXPECT_TRUE(with.rgb == without.rgb);
@@ -211,7 +211,7 @@ TEST(FuzzRegression, PngWithAnEmptyIdatChunkDecodesAsWithoutIt) {
 
 TEST(FuzzRegression, WellFormedJpegsStillDecodeAfterTheHuffmanTableCheck) {
   for (const char* name : {"images/chelsea_q90.jpg", "images/coffee_progressive.jpg", "pillow/photo_420.jpg"}) {
-    const Image image = load_image(data_path(name));
+    const Image image = read_image(data_path(name));
     EXPECT_GT(image.width, 0) << name;
   }
 }

@@ -104,7 +104,7 @@ class PillowConversion : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(PillowConversion, MatchesPillowConvertRgbBitForBit) {
   const std::string file = GetParam();
-  const Image image = load_image(test::data_path("pillow/" + file));
+  const Image image = read_image(test::data_path("pillow/" + file));
   const LevelDiff d = compare_levels(image, pillow_conversions().get("convert." + stem(file)));
   ASSERT_TRUE(d.shape_error.empty()) << d.shape_error;
   EXPECT_EQ(d.differing, 0u) << file << ": " << d.summary();
@@ -120,7 +120,7 @@ INSTANTIATE_TEST_SUITE_P(Image, PillowConversion, ::testing::ValuesIn(kLosslessF
 TEST(Image, SixteenBitGrayIsClippedAt255LikePillow) {
   // gray16.png starts with 0, 1, 2, 100, 254, 255, 256, 257, 511, 1000 (see make_pillow_fixtures.py):
   // Pillow opens 16-bit gray as mode I and convert("RGB") clips, it does not take the high byte.
-  const Image image = load_image(test::data_path("pillow/gray16.png"));
+  const Image image = read_image(test::data_path("pillow/gray16.png"));
   const int expected[] = {0, 1, 2, 100, 254, 255, 255, 255, 255, 255};
   for (int i = 0; i < 10; ++i) {
     EXPECT_EQ(image.at(0, i, 0), expected[i]) << "column " << i;
@@ -131,7 +131,7 @@ TEST(Image, SixteenBitGrayIsClippedAt255LikePillow) {
 
 TEST(Image, SixteenBitRgbKeepsTheHighByteLikePillow) {
   // rgb16.png's first pixel is (0, 255, 256) and the second (65535, 0x80FF, 0x7F00).
-  const Image image = load_image(test::data_path("pillow/rgb16.png"));
+  const Image image = read_image(test::data_path("pillow/rgb16.png"));
   EXPECT_EQ(image.at(0, 0, 0), 0);
   EXPECT_EQ(image.at(0, 0, 1), 0);
   EXPECT_EQ(image.at(0, 0, 2), 1);
@@ -149,7 +149,7 @@ TEST(Image, FixtureImagesHaveTheirSizes) {
        {Case{"astronaut.png", 512, 512}, Case{"camera.png", 512, 512}, Case{"chelsea.png", 451, 300},
         Case{"coffee.png", 600, 400}, Case{"green_palette.png", 320, 240}, Case{"horse.png", 400, 328},
         Case{"rocket.jpg", 640, 427}, Case{"chelsea_q90.jpg", 451, 300}, Case{"coffee_progressive.jpg", 600, 400}}) {
-    const Image image = load_image(test::data_path(std::string("images/") + c.file));
+    const Image image = read_image(test::data_path(std::string("images/") + c.file));
     EXPECT_EQ(image.width, c.width) << c.file;
     EXPECT_EQ(image.height, c.height) << c.file;
     EXPECT_EQ(image.rgb.size(), static_cast<std::size_t>(c.width) * c.height * 3) << c.file;
@@ -157,7 +157,7 @@ TEST(Image, FixtureImagesHaveTheirSizes) {
 }
 
 TEST(Image, GrayscalePngIsReplicatedIntoThreeEqualChannels) {
-  const Image image = load_image(test::data_path("images/camera.png"));
+  const Image image = read_image(test::data_path("images/camera.png"));
   for (int y = 0; y < image.height; y += 37) {
     for (int x = 0; x < image.width; x += 41) {
       EXPECT_EQ(image.at(y, x, 0), image.at(y, x, 1));
@@ -169,7 +169,7 @@ TEST(Image, GrayscalePngIsReplicatedIntoThreeEqualChannels) {
 TEST(Image, DecodeImageFromMemoryEqualsLoadImage) {
   const std::string bytes = read_bytes(test::data_path("images/horse.png"));
   const Image a = test::decode_bytes(bytes, "horse.png");
-  const Image b = load_image(test::data_path("images/horse.png"));
+  const Image b = read_image(test::data_path("images/horse.png"));
   EXPECT_EQ(a.width, b.width);
   EXPECT_EQ(a.height, b.height);
   EXPECT_TRUE(a.rgb == b.rgb);
@@ -184,7 +184,7 @@ class FixtureJpeg : public ::testing::TestWithParam<const char*> {
  protected:
   LevelDiff measure() const {
     const std::string name = GetParam();
-    const Image image = load_image(test::data_path("images/" + name + ".jpg"));
+    const Image image = read_image(test::data_path("images/" + name + ".jpg"));
     const LevelDiff d = compare_levels(image, test::preprocess_fixture(name + ".decoded_rgb"));
     std::printf("[ JPEG     ] %s.jpg, %s vs Pillow: %s\n", name.c_str(), jpeg_decoder_name(), d.summary().c_str());
     return d;
@@ -229,7 +229,7 @@ class ExtraJpegTest : public ::testing::TestWithParam<ExtraJpeg> {};
 
 TEST_P(ExtraJpegTest, MatchesPillowWithinTheDecodersBound) {
   const ExtraJpeg& c = GetParam();
-  const Image image = load_image(test::data_path(std::string("pillow/") + c.file));
+  const Image image = read_image(test::data_path(std::string("pillow/") + c.file));
   const TensorView& expected = pillow_conversions().get("convert." + stem(c.file));
   const LevelDiff d = compare_levels(image, expected);
   ASSERT_TRUE(d.shape_error.empty()) << d.shape_error;
@@ -323,7 +323,7 @@ TEST(Image, IncompleteProgressiveJpegDecodesDeterministicallyWithZeroAcCoefficie
       std::vector<std::vector<std::uint8_t>> dirt;
       for (int k = 0; k < 64; ++k) dirt.emplace_back(std::size_t{512} << (k % 8), garbage);
     }
-    return load_image(path);
+    return read_image(path);
   };
   const Image a = decode_on_dirty_heap(0xAB);
   const Image b = decode_on_dirty_heap(0x5C);
@@ -359,8 +359,8 @@ const FormatCase kFormats[] = {
 
 TEST(Image, PnmBmpAndTgaDecodeAsTheirPngTwins) {
   for (const FormatCase& c : kFormats) {
-    const Image image = load_image(test::data_path(std::string("formats/") + c.file));
-    const Image reference = load_image(test::data_path(std::string("formats/") + c.reference));
+    const Image image = read_image(test::data_path(std::string("formats/") + c.file));
+    const Image reference = read_image(test::data_path(std::string("formats/") + c.reference));
     ASSERT_EQ(image.width, reference.width) << c.file;
     ASSERT_EQ(image.height, reference.height) << c.file;
     EXPECT_TRUE(image.rgb == reference.rgb) << c.file << " differs from " << c.reference;
@@ -375,8 +375,8 @@ TEST(Image, PnmSamplesAreScaledByMaxvalAsPillowDoes) {
   for (const char* kind : {"gray_maxval", "rgb_maxval"}) {
     for (int maxval : {2, 6, 15, 100, 1000, 4095, 65535}) {
       const std::string name = std::string(kind) + std::to_string(maxval) + (kind[0] == 'g' ? ".pgm" : ".ppm");
-      const Image image = load_image(test::data_path("formats/" + name));
-      const Image pillow = load_image(test::data_path("formats/" + name + ".pillow.png"));
+      const Image image = read_image(test::data_path("formats/" + name));
+      const Image pillow = read_image(test::data_path("formats/" + name + ".pillow.png"));
       ASSERT_EQ(image.rgb.size(), pillow.rgb.size()) << name;
       std::size_t differing = 0;
       for (std::size_t i = 0; i < image.rgb.size(); ++i) differing += image.rgb[i] != pillow.rgb[i];
@@ -417,7 +417,7 @@ TEST(Image, RejectsEveryTruncationOfPnmBmpAndTga) {
     const std::string path = tmp() + "/cut_" + c.file;
     test::write_bytes(path,
                       bytes.substr(0, bytes.size() - (std::string(c.file).find(".tga") != std::string::npos ? 27 : 1)));
-    expect_error([&] { load_image(path); }, {path, "image file is truncated"});
+    expect_error([&] { read_image(path); }, {path, "image file is truncated"});
   }
 }
 
@@ -425,7 +425,7 @@ TEST(Image, RejectsEveryTruncationOfPnmBmpAndTga) {
 
 TEST(Image, RejectsTheTruncatedJpegNamingThePath) {
   const std::string path = test::data_path("images/truncated.jpg");
-  expect_error([&] { load_image(path); }, {path, "truncated"});
+  expect_error([&] { read_image(path); }, {path, "truncated"});
 }
 
 TEST(Image, RejectsJpegsCutShortInTheMiddleOfTheScan) {
@@ -433,7 +433,7 @@ TEST(Image, RejectsJpegsCutShortInTheMiddleOfTheScan) {
     const std::string bytes = read_bytes(test::data_path(std::string("images/") + name));
     const std::string path = tmp() + "/cut_" + name;
     test::write_bytes(path, bytes.substr(0, bytes.size() * 6 / 10));
-    expect_error([&] { load_image(path); }, {path, "truncated"});
+    expect_error([&] { read_image(path); }, {path, "truncated"});
   }
 }
 
@@ -441,7 +441,7 @@ TEST(Image, RejectsAPngCutInHalf) {
   const std::string bytes = read_bytes(test::data_path("images/chelsea.png"));
   const std::string path = tmp() + "/half.png";
   test::write_bytes(path, bytes.substr(0, bytes.size() / 2));
-  expect_error([&] { load_image(path); }, {path});
+  expect_error([&] { read_image(path); }, {path});
 }
 
 TEST(Image, RejectsEveryTruncationOfAJpegAndAPngWithoutCrashing) {
@@ -460,7 +460,7 @@ TEST(Image, RejectsEveryTruncationOfAJpegAndAPngWithoutCrashing) {
 TEST(Image, RejectsAnEmptyFile) {
   const std::string path = tmp() + "/empty.png";
   test::write_bytes(path, "");
-  expect_error([&] { load_image(path); }, {path, "empty"});
+  expect_error([&] { read_image(path); }, {path, "empty"});
 }
 
 TEST(Image, RejectsRandomBytes) {
@@ -472,13 +472,13 @@ TEST(Image, RejectsRandomBytes) {
   }
   const std::string path = tmp() + "/random.bin";
   test::write_bytes(path, bytes);
-  expect_error([&] { load_image(path); }, {path, "not a supported image"});
+  expect_error([&] { read_image(path); }, {path, "not a supported image"});
 }
 
 TEST(Image, RejectsATextFileNamedPng) {
   const std::string path = tmp() + "/notes.png";
   test::write_bytes(path, "This is a text file, not a picture.\n");
-  expect_error([&] { load_image(path); }, {path, "not a supported image"});
+  expect_error([&] { read_image(path); }, {path, "not a supported image"});
 }
 
 std::uint32_t crc32(const std::string& bytes) {
@@ -505,7 +505,7 @@ TEST(Image, RefusesAPngClaiming100000x100000PixelsFromItsHeaderAlone) {
   const std::string path = tmp() + "/huge.png";
   test::write_bytes(path, png_header(100000, 100000));
   const std::uint64_t buffers_before = detail::pixel_buffers_allocated();
-  expect_error([&] { load_image(path); }, {path, "100000x100000", "10000000000 pixels", "max_pixels"});
+  expect_error([&] { read_image(path); }, {path, "100000x100000", "10000000000 pixels", "max_pixels"});
   // Refused from the header alone: no decoder started, no pixel buffer was allocated.
   EXPECT_EQ(detail::pixel_buffers_allocated(), buffers_before);
 }
@@ -514,26 +514,26 @@ TEST(Image, RespectsTheCallersPixelLimit) {
   const std::string path = test::data_path("images/chelsea.png");
   ImageLimits limits;
   limits.max_pixels = 451 * 300 - 1;
-  expect_error([&] { load_image(path, limits); }, {path, "451x300", "max_pixels"});
+  expect_error([&] { read_image(path, limits); }, {path, "451x300", "max_pixels"});
   limits.max_pixels = 451 * 300;
-  EXPECT_EQ(load_image(path, limits).width, 451);
+  EXPECT_EQ(read_image(path, limits).width, 451);
 }
 
 TEST(Image, RefusesALargeJpegFromItsHeaderAlone) {
   ImageLimits limits;
   limits.max_pixels = 1000;
   const std::string path = test::data_path("images/rocket.jpg");
-  expect_error([&] { load_image(path, limits); }, {path, "640x427", "max_pixels"});
+  expect_error([&] { read_image(path, limits); }, {path, "640x427", "max_pixels"});
 }
 
 TEST(Image, RejectsADirectoryNamingIt) {
   const std::string path = tmp();
-  expect_error([&] { load_image(path); }, {path, "directory"});
+  expect_error([&] { read_image(path); }, {path, "directory"});
 }
 
 TEST(Image, RejectsAMissingFileNamingIt) {
   const std::string path = tmp() + "/no_such_image.png";
-  expect_error([&] { load_image(path); }, {path});
+  expect_error([&] { read_image(path); }, {path});
 }
 
 TEST(Image, DecodeImageNamesTheBufferInErrors) {
@@ -564,7 +564,7 @@ TEST(ImageWritePng, RoundTripsExactly) {
   const Image image = gradient(37, 23);
   const std::string path = tmp() + "/roundtrip.png";
   write_png(path, image);
-  const Image back = load_image(path);
+  const Image back = read_image(path);
   EXPECT_EQ(back.width, 37);
   EXPECT_EQ(back.height, 23);
   EXPECT_TRUE(back.rgb == image.rgb);
@@ -575,7 +575,7 @@ TEST(ImageWritePng, ReplacesAnExistingFileAndLeavesNoTemporaryFile) {
   const std::string path = dir + "/out.png";
   test::write_bytes(path, "old contents");
   write_png(path, gradient(5, 4));
-  EXPECT_EQ(load_image(path).width, 5);
+  EXPECT_EQ(read_image(path).width, 5);
   int files = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
     ++files;

@@ -73,7 +73,7 @@ TEST(ModelLoad, AcceptsAFolderOrItsSafetensorsFile) {
 
 TEST(ModelLoad, SingleFileWithConfigInMetadataIsAWholeModel) {
   const std::string d = test::temp_dir();
-  const Config c = load_config(tiny_dir() + "/config.json");
+  const Config c = read_config(tiny_dir() + "/config.json");
   write_safetensors(d + "/alone.safetensors", read_all(tiny_dir() + "/model.safetensors"),
                     {{"config", to_json(c)}, {"format", "pt"}});
   const Model m = Model::load(d + "/alone.safetensors");
@@ -215,7 +215,7 @@ TEST(Config, RejectsMissingAndMistypedFields) {
 }
 
 TEST(Config, RoundTripsThroughJson) {
-  Config c = load_config(test::data_path("models/tiny-cls/config.json"));
+  Config c = read_config(test::data_path("models/tiny-cls/config.json"));
   EXPECT_EQ(c.id2label.size(), 5u);
   EXPECT_EQ(c.id2label[3], "rocket");
   const Config d = parse_config(to_json(c), "roundtrip");

@@ -156,7 +156,7 @@ class PngGolden : public ::testing::TestWithParam<GoldenCase> {};
 
 TEST_P(PngGolden, ResizedRgbIsBitExactWithPillow) {
   const GoldenCase& c = GetParam();
-  const Image image = load_image(test::data_path(std::string("images/") + c.file));
+  const Image image = read_image(test::data_path(std::string("images/") + c.file));
   const Image resized = preprocessor_for(c).resize_only(image);
   const LevelDiff d = compare_levels(resized, test::preprocess_fixture(std::string(c.key) + ".resized_rgb"));
   EXPECT_EQ(d.differing, 0u) << c.key << ": " << d.summary();
@@ -164,7 +164,7 @@ TEST_P(PngGolden, ResizedRgbIsBitExactWithPillow) {
 
 TEST_P(PngGolden, PixelValuesMatchHuggingFaceWithin1e6) {
   const GoldenCase& c = GetParam();
-  const Image image = load_image(test::data_path(std::string("images/") + c.file));
+  const Image image = read_image(test::data_path(std::string("images/") + c.file));
   const PixelValues pixels = preprocessor_for(c)(image);
   const double err = pixel_error(pixels, test::preprocess_fixture(std::string(c.key) + ".pixel_values"));
   EXPECT_LE(err, kPixelTolerance) << c.key << ": max abs error " << err;
@@ -189,7 +189,7 @@ TEST_P(JpegGolden, ResizingPillowsDecodedPixelsIsBitExact) {
 
 TEST_P(JpegGolden, PixelValuesStayWithinTheBoundSetByTheDecoderDifference) {
   const GoldenCase& c = GetParam();
-  const Image image = load_image(test::data_path(std::string("images/") + c.file));
+  const Image image = read_image(test::data_path(std::string("images/") + c.file));
   int decode_max = 0;
   {
     const LevelDiff d = compare_levels(image, test::preprocess_fixture(image_key(c.key) + ".decoded_rgb"));
@@ -361,7 +361,7 @@ TEST(Resize, RejectsEmptySizesAndInconsistentImages) {
 
 TEST(Preprocess, ShortestEdgeKeepsTheAspectRatioAsHuggingFaceComputesIt) {
   // chelsea is 451x300: short side 300 -> 224, long side int(224 * 451 / 300) = int(336.75) = 336.
-  const Image image = load_image(test::data_path("images/chelsea.png"));
+  const Image image = read_image(test::data_path("images/chelsea.png"));
   PreprocessorConfig config;
   config.shortest_edge = 224;
   const Preprocessor pre(config);
@@ -420,7 +420,7 @@ TEST(Preprocess, CenterCropPadsASmallImageWithZerosAsHuggingFace) {
 }
 
 TEST(Preprocess, ResizeComesBeforeTheCrop) {
-  const Image image = load_image(test::data_path("images/chelsea.png"));
+  const Image image = read_image(test::data_path("images/chelsea.png"));
   PreprocessorConfig config;
   config.shortest_edge = 256;
   config.do_center_crop = true;
@@ -485,7 +485,7 @@ TEST(Preprocess, RejectsAnInconsistentImage) {
 
 TEST(PreprocessConfig, ParsesTheTinyModelsConfig) {
   const std::string path = test::data_path("models/tiny/preprocessor_config.json");
-  const PreprocessorConfig c = load_preprocessor_config(path);
+  const PreprocessorConfig c = read_preprocessor_config(path);
   EXPECT_TRUE(c.do_resize);
   EXPECT_EQ(c.height, 224);
   EXPECT_EQ(c.width, 224);
@@ -598,7 +598,7 @@ TEST(PreprocessConfig, RejectsInvalidJsonAndNonObjectsNamingTheSource) {
 
 TEST(PreprocessConfig, LoadingNamesAMissingFileOrADirectory) {
   const std::string missing = tmp() + "/no_such_preprocessor_config.json";
-  expect_error([&] { load_preprocessor_config(missing); }, {missing});
+  expect_error([&] { read_preprocessor_config(missing); }, {missing});
   expect_error([&] { Preprocessor::from_file(tmp()); }, {tmp()});
 }
 

@@ -358,7 +358,7 @@ TEST(ProbeHead, SavesClassifierTensorsWithLabelsAndSettingsInTheMetadata) {
   o.l2 = 0.05;
   const Probe p = train_probe(b.x, b.y, 3, o);
   const std::string dir = test::temp_dir();
-  save_head(dir + "/head.safetensors", p, {"cat", "dog", "hummingbird"}, {{"data", "somewhere"}});
+  write_head(dir + "/head.safetensors", p, {"cat", "dog", "hummingbird"}, {{"data", "somewhere"}});
   const SafetensorsFile f = SafetensorsFile::open(dir + "/head.safetensors");
   EXPECT_EQ(f.names().size(), 2u);
   const TensorView& w = f.get("classifier.weight");
@@ -374,8 +374,8 @@ TEST(ProbeHead, SavesClassifierTensorsWithLabelsAndSettingsInTheMetadata) {
   EXPECT_EQ(f.metadata().at("l2"), "0.05");
   EXPECT_EQ(f.metadata().at("l2_source"), "given");
   EXPECT_EQ(f.metadata().at("data"), "somewhere");
-  EXPECT_THROW(save_head(dir + "/bad.safetensors", p, {"cat", "dog"}), Error);
-  EXPECT_THROW(save_head(dir + "/bad.safetensors", p, {"cat", "dog", "x"}, {{"pool", "mean"}}), Error);
+  EXPECT_THROW(write_head(dir + "/bad.safetensors", p, {"cat", "dog"}), Error);
+  EXPECT_THROW(write_head(dir + "/bad.safetensors", p, {"cat", "dog", "x"}, {{"pool", "mean"}}), Error);
   EXPECT_FALSE(std::ifstream(dir + "/bad.safetensors").good());
 }
 
@@ -388,7 +388,7 @@ TEST(ProbeHead, MergedIntoTheTinyModelGivesTheHeadsLogitsOnTheClsFeature) {
   MatrixXd x(images.size(), 64);
   std::vector<Image> decoded;
   for (std::size_t i = 0; i < images.size(); ++i) {
-    decoded.push_back(load_image(test::data_path("images/" + images[i])));
+    decoded.push_back(read_image(test::data_path("images/" + images[i])));
     x.row(i) = model.extract_features(decoded.back()).cls().cast<double>();
   }
   const std::vector<int> y = {0, 0, 1, 1, 2, 2};
@@ -396,7 +396,7 @@ TEST(ProbeHead, MergedIntoTheTinyModelGivesTheHeadsLogitsOnTheClsFeature) {
   o.l2 = 1e-3;
   const Probe p = train_probe(x, y, 3, o);
   const std::string dir = test::temp_dir();
-  save_head(dir + "/head.safetensors", p, {"cats", "people", "things"});
+  write_head(dir + "/head.safetensors", p, {"cats", "people", "things"});
   ConvertOptions co;
   co.classifier = dir + "/head.safetensors";
   convert_checkpoint(test::data_path("models/tiny"), dir + "/model.safetensors", co);
@@ -511,7 +511,7 @@ TEST(ProbeProgram, TrainsAHeadThatTheTinyModelLoadsAndClassifiesTheTrainingImage
     for (int i = 0; i < 6; ++i) {
       const std::string path = data + "/" + kClasses[c] + (i >= 4 ? "/sub/" : "/") + std::to_string(i) + ".png";
       Eigen::Index best = 0;
-      model.classify(load_image(path)).maxCoeff(&best);
+      model.classify(read_image(path)).maxCoeff(&best);
       EXPECT_EQ(best, c) << path;
     }
 

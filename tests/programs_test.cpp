@@ -266,7 +266,7 @@ TEST(AttentionProgram, WritesAHeatMapOfTheImagesSize) {
       run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/a.png --layer 0 " + in);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("layer 0, mean of heads, 32x32 patches"), std::string::npos) << r.output;
-  const Image src = load_image(in), heat = load_image(dir + "/a.png");
+  const Image src = read_image(in), heat = read_image(dir + "/a.png");
   ASSERT_EQ(heat.width, src.width);
   ASSERT_EQ(heat.height, src.height);
   std::size_t changed = 0;
@@ -275,7 +275,7 @@ TEST(AttentionProgram, WritesAHeatMapOfTheImagesSize) {
   r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir +
           "/b.png --head 3 --alpha 0 " + in);
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_EQ(load_image(dir + "/b.png").rgb, src.rgb) << "alpha 0 must leave the image unchanged";
+  EXPECT_EQ(read_image(dir + "/b.png").rgb, src.rgb) << "alpha 0 must leave the image unchanged";
   r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/c.png --layer 2 " + in);
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_NE(r.output.find("--layer"), std::string::npos) << r.output;

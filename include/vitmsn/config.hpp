@@ -40,7 +40,7 @@ struct Config {
 Config parse_config(const std::string& json_text, const std::string& source);
 
 /// Reads a config.json file. \throws Error naming the file.
-Config load_config(const std::string& path);
+Config read_config(const std::string& path);
 
 /// The config as Hugging Face-style JSON (round-trips through parse_config).
 std::string to_json(const Config& config);

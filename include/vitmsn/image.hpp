@@ -34,9 +34,9 @@ struct ImageLimits {
 /// \throws Error naming `path` when the file cannot be read, is not a supported image, is corrupt or
 ///         truncated, or exceeds `limits`.
 /// Thread-safe.
-Image load_image(const std::string& path, const ImageLimits& limits = {});
+Image read_image(const std::string& path, const ImageLimits& limits = {});
 
-/// Same as load_image() for an encoded image in memory; `name` is used in error messages.
+/// Same as read_image() for an encoded image in memory; `name` is used in error messages.
 Image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name, const ImageLimits& limits = {});
 
 /// Which decoder handles JPEG in this build: "stb_image" (default) or "libjpeg-turbo".

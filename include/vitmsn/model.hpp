@@ -16,6 +16,10 @@
 
 namespace vitmsn {
 
+namespace detail {
+struct ModelAccess;
+}  // namespace detail
+
 /// How a model is loaded.
 struct LoadOptions {
   /// Threads for each forward pass; 0 = the CPUs this process may use.
@@ -96,23 +100,27 @@ class Model {
   Features extract_features(const PixelValues& pixel_values, const FeatureOptions& options = {}) const;
   /// Preprocesses with preprocessor() then extract_features().
   Features extract_features(const Image& image, const FeatureOptions& options = {}) const;
-  /// Loads the image file (load_image) then as above. \throws Error naming the file.
+  /// Loads the image file (read_image) then as above. \throws Error naming the file.
   Features extract_features(const std::string& image_path, const FeatureOptions& options = {}) const;
   /// A batch: images of the same size run together (one GEMM per weight for all of them).
   std::vector<Features> extract_features(const std::vector<PixelValues>& batch,
                                          const FeatureOptions& options = {}) const;
 
-  /// Classifier logits [num_labels] from the CLS token after the final layer norm.
-  /// \throws Error when the model has no classifier head.
-  Vector classify(const PixelValues& pixel_values, int threads = 0) const;
-  Vector classify(const Image& image, int threads = 0) const;
-  std::vector<Vector> classify(const std::vector<PixelValues>& batch, int threads = 0) const;
+  /// Classifier logits [num_labels]: the head applied to the CLS token after the final layer norm
+  /// (ViTMSNForImageClassification). `options` as for extract_features(); its threads and profile
+  /// apply, hidden states or attention rows it asks for are computed and dropped.
+  /// \throws Error when the model has no classifier head (checked before any work), and as
+  /// extract_features().
+  Vector classify(const PixelValues& pixel_values, const FeatureOptions& options = {}) const;
+  Vector classify(const Image& image, const FeatureOptions& options = {}) const;
+  std::vector<Vector> classify(const std::vector<PixelValues>& batch, const FeatureOptions& options = {}) const;
   /// The head applied to features already computed: last_hidden_state row 0 · Wᵀ + b.
+  /// \throws Error when the model has no classifier head or the width does not fit.
   Vector logits(const Features& features) const;
 
-  struct Impl;
-
  private:
+  struct Impl;
+  friend struct detail::ModelAccess;  // internal views for tests (src/model.hpp)
   explicit Model(std::shared_ptr<const Impl> impl);
   std::shared_ptr<const Impl> impl_;
 };

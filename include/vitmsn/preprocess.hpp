@@ -34,7 +34,7 @@ class Preprocessor {
   Preprocessor with_size(int height, int width) const;
 
   /// A copy whose resize refuses outputs and intermediates above `limits.max_pixels` (default:
-  /// ImageLimits{}, the limit load_image() applies to decoded images).
+  /// ImageLimits{}, the limit read_image() applies to decoded images).
   Preprocessor with_limits(const ImageLimits& limits) const;
   const ImageLimits& limits() const { return limits_; }
 

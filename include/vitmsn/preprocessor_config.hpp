@@ -35,7 +35,7 @@ struct PreprocessorConfig {
 PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const std::string& source);
 
 /// Reads a `preprocessor_config.json` file. \throws Error naming the file.
-PreprocessorConfig load_preprocessor_config(const std::string& path);
+PreprocessorConfig read_preprocessor_config(const std::string& path);
 
 /// Checks the ranges parse_preprocessor_config() checks (sizes 1..65536, resample 0..5, a finite
 /// rescale factor > 0, finite means, finite stds > 0). \throws Error naming `source` and the key.

@@ -96,10 +96,6 @@ struct LinearHead {
   }
 };
 
-/// The same classifier over raw features: a head trained on standardised features z folded into
-/// weight/scale and bias − (weight/scale)·mean, so that it applies to x directly.
-LinearHead fold_standardization(const LinearHead& standardized_head, const Standardization& standardization);
-
 /// Index of the largest logit per row (the first on ties), [N]. \throws Error when D ≠ head.dim().
 std::vector<int> predict(const LinearHead& head, const Eigen::MatrixXd& features);
 
@@ -111,12 +107,10 @@ double softmax_cross_entropy(const Eigen::MatrixXd& features, const std::vector<
                              double l2, const Eigen::VectorXd& params, Eigen::VectorXd* gradient = nullptr);
 
 /// Fits the objective above by minimize_lbfgs() from `initial` (zeros when empty) and returns the
-/// solver's result; its x unpacks with unpack_head(). Inputs are checked as for train_probe().
+/// solver's result (x in softmax_cross_entropy()'s layout: W row-major, then b). Inputs are checked
+/// as for train_probe().
 LbfgsResult fit_softmax(const Eigen::MatrixXd& standardized_features, const std::vector<int>& labels, int num_classes,
                         double l2, const LbfgsOptions& options = {}, const Eigen::VectorXd& initial = {});
-
-/// Parameters in softmax_cross_entropy()'s layout → a head. \throws Error when the size is not K·(D+1).
-LinearHead unpack_head(const Eigen::VectorXd& params, int num_classes, int dim);
 
 // ---------------------------------------------------------------------------------------------------
 // Training with cross-validated regularisation
@@ -163,8 +157,8 @@ struct L2Score {
 
 /// A trained probe.
 struct Probe {
-  LinearHead head;                  ///< over the ORIGINAL features: what save_head() writes
-  LinearHead standardized_head;     ///< the same classifier over standardised features
+  LinearHead head;               ///< over the ORIGINAL features (standardisation folded in): what write_head() writes
+  LinearHead standardized_head;  ///< the same classifier over standardised features
   Standardization standardization;  ///< fitted on all training examples, folded into `head`
   double l2 = 0;                    ///< the L2 strength of the final fit
   L2Source l2_source = L2Source::kGiven;
@@ -227,10 +221,6 @@ struct HoldoutSplit {
 HoldoutSplit stratified_holdout(const std::vector<int>& labels, int num_classes, double test_fraction,
                                 std::uint64_t seed);
 
-/// Rows `rows` of `features` / entries of `labels`.
-Eigen::MatrixXd select_rows(const Eigen::MatrixXd& features, const std::vector<int>& rows);
-std::vector<int> select_labels(const std::vector<int>& labels, const std::vector<int>& rows);
-
 /// What cross_validate() measured.
 struct CrossValidation {
   Evaluation evaluation;        ///< out-of-fold predictions of all N examples
@@ -270,7 +260,7 @@ HoldoutEvaluation holdout_evaluate(const Eigen::MatrixXd& features, const std::v
 /// "hidden_size", "standardization" ("folded"), plus `extra_metadata`. Written atomically
 /// (write_safetensors()). \throws Error naming `path` when labels.size() ≠ K, a label is empty, an
 /// extra key collides with one above, the head is not finite, or the file cannot be written.
-void save_head(const std::string& path, const Probe& probe, const std::vector<std::string>& labels,
-               const std::map<std::string, std::string>& extra_metadata = {});
+void write_head(const std::string& path, const Probe& probe, const std::vector<std::string>& labels,
+                const std::map<std::string, std::string>& extra_metadata = {});
 
 }  // namespace vitmsn

@@ -11,13 +11,10 @@
 
 namespace vitmsn {
 
-/// The i-th uniform in [0, 1) of tensor number `tensor_index`: a splitmix64-style hash, 24 bits.
-double synthetic_uniform(std::uint64_t tensor_index, std::uint64_t element_index);
-
 /// Every encoder tensor of `config` (Hugging Face names, no prefix, float32), tensor t in Hugging
-/// Face's key order, element i = scale(kind) · (2·synthetic_uniform(t, i) − 1) with the kinds of
-/// vitmsn_ref.synth_state: linear/conv weights 1.7/√fan_in, layer-norm gains 1 + 0.3·u, embeddings
-/// 0.8·u, biases 0.15·u. Requires config.qkv_bias (as the reference).
+/// Face's key order, element i = scale(kind) · (2·u(t, i) − 1), u a 24-bit splitmix64-style hash in [0, 1), with the
+/// kinds of vitmsn_ref.synth_state: linear/conv weights 1.7/√fan_in, layer-norm gains 1 + 0.3·u, embeddings 0.8·u,
+/// biases 0.15·u. Requires config.qkv_bias (as the reference).
 std::vector<TensorData> synthetic_tensors(const Config& config);
 
 /// facebook/vit-msn-large-7's configuration (ViT-L, patch 7, 224×224, 1025 tokens, 24 blocks).

@@ -1,7 +1,7 @@
 #pragma once
-/// \file
-/// The weights of a ViT-MSN encoder as plain structs of Eigen maps into the (memory-mapped) checkpoint.
-/// Every checkpoint key string lives in weights.cpp.
+// The weights of a ViT-MSN encoder as plain structs of Eigen maps and raw views into the
+// (memory-mapped) checkpoint. Every checkpoint key string lives in weights.cpp. Internal: used by the
+// model, the converter and the synthetic-weight generator.
 
 #include <functional>
 #include <memory>
@@ -12,44 +12,39 @@
 #include "vitmsn/safetensors.hpp"
 #include "vitmsn/tensor.hpp"
 
-namespace vitmsn {
+namespace vitmsn::detail {
 
 using ConstMatrixMap = Eigen::Map<const Matrix>;
 using ConstVectorMap = Eigen::Map<const Vector>;
-
-/// How a linear weight matrix is stored in memory.
-enum class WeightStorage { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
 /// A linear layer's weight [out, in] (y = x·Wᵀ + b) as stored in the checkpoint: float32, bfloat16
 /// or float16, used in place from the memory map (half types are widened inside the GEMM, a panel at
 /// a time, never as a whole matrix).
 struct LinearWeight {
   const void* data = nullptr;
-  WeightStorage storage = WeightStorage::kF32;
-  std::int64_t rows = 0;  // out
-  std::int64_t cols = 0;  // in
+  DType dtype = DType::kF32;  // kF32, kBF16 or kF16
+  std::int64_t rows = 0;      // out
+  std::int64_t cols = 0;      // in
 };
 
 /// One pre-LN transformer block. Linear weights are PyTorch's [out, in]: y = x·Wᵀ + b.
 struct LayerWeights {
-  ConstVectorMap layernorm_before_weight{nullptr, 0};     // [D]
-  ConstVectorMap layernorm_before_bias{nullptr, 0};       // [D]
-  ConstMatrixMap query_weight{nullptr, 0, 0};             // [D, D]  (empty when stored as F16/BF16)
-  ConstVectorMap query_bias{nullptr, 0};                  // [D] (size 0 when qkv_bias is false)
-  ConstMatrixMap key_weight{nullptr, 0, 0};               // [D, D]
-  ConstVectorMap key_bias{nullptr, 0};                    // [D] (size 0 when qkv_bias is false)
-  ConstMatrixMap value_weight{nullptr, 0, 0};             // [D, D]
-  ConstVectorMap value_bias{nullptr, 0};                  // [D] (size 0 when qkv_bias is false)
-  ConstMatrixMap attention_output_weight{nullptr, 0, 0};  // [D, D]  attention.output.dense
-  ConstVectorMap attention_output_bias{nullptr, 0};       // [D]
-  ConstVectorMap layernorm_after_weight{nullptr, 0};      // [D]
-  ConstVectorMap layernorm_after_bias{nullptr, 0};        // [D]
-  ConstMatrixMap intermediate_weight{nullptr, 0, 0};      // [F, D]  intermediate.dense (fc1)
-  ConstVectorMap intermediate_bias{nullptr, 0};           // [F]
-  ConstMatrixMap output_weight{nullptr, 0, 0};            // [D, F]  output.dense (fc2)
-  ConstVectorMap output_bias{nullptr, 0};                 // [D]
-  // The six matrices above as stored (also for F16/BF16, where the maps above are empty):
-  LinearWeight query, key, value, attention_output, intermediate, output;
+  ConstVectorMap layernorm_before_weight{nullptr, 0};  // [D]
+  ConstVectorMap layernorm_before_bias{nullptr, 0};    // [D]
+  LinearWeight query;                                  // [D, D]  attention.attention.query
+  ConstVectorMap query_bias{nullptr, 0};               // [D] (size 0 when qkv_bias is false)
+  LinearWeight key;                                    // [D, D]  attention.attention.key
+  ConstVectorMap key_bias{nullptr, 0};                 // [D] (size 0 when qkv_bias is false)
+  LinearWeight value;                                  // [D, D]  attention.attention.value
+  ConstVectorMap value_bias{nullptr, 0};               // [D] (size 0 when qkv_bias is false)
+  LinearWeight attention_output;                       // [D, D]  attention.output.dense
+  ConstVectorMap attention_output_bias{nullptr, 0};    // [D]
+  ConstVectorMap layernorm_after_weight{nullptr, 0};   // [D]
+  ConstVectorMap layernorm_after_bias{nullptr, 0};     // [D]
+  LinearWeight intermediate;                           // [F, D]  intermediate.dense (fc1)
+  ConstVectorMap intermediate_bias{nullptr, 0};        // [F]
+  LinearWeight output;                                 // [D, F]  output.dense (fc2)
+  ConstVectorMap output_bias{nullptr, 0};              // [D]
 };
 
 /// All weights of a ViTMSNModel, plus the optional ViTMSNForImageClassification head.
@@ -101,4 +96,4 @@ std::vector<std::pair<std::string, std::vector<std::int64_t>>> encoder_tensors(c
                                                                                const std::string& prefix);
 }  // namespace keys
 
-}  // namespace vitmsn
+}  // namespace vitmsn::detail
