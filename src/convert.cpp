@@ -8,6 +8,7 @@
 
 #include "cpu/half.hpp"
 #include "file_util.hpp"
+#include "model_files.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/preprocess.hpp"
@@ -89,54 +90,21 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   if (!options.overwrite && (detail::is_regular_file(output) || detail::is_directory(output)))
     throw Error(output + ": already exists");
 
-  // Locate the checkpoint, its config and its preprocessor settings.
-  std::string dir, weights;
-  if (detail::is_directory(input)) {
-    dir = input;
-    weights = detail::join_path(dir, "model.safetensors");
-    if (!detail::is_regular_file(weights)) weights = detail::join_path(dir, "pytorch_model.bin");
-    if (!detail::is_regular_file(weights))
-      throw Error(input + ": no model.safetensors or pytorch_model.bin in this folder");
-  } else {
-    if (!detail::is_regular_file(input)) throw Error(input + ": no such file or folder");
-    weights = input;
-    dir = detail::parent_dir(input);
-  }
+  // The checkpoint, its config and its preprocessor settings (src/model_files.hpp: one precedence,
+  // shared with Model::load).
+  detail::ModelFiles files = detail::resolve_model_files(input, detail::Checkpoints::kSafetensorsOrTorch);
+  const std::string& weights = files.weights;
   report.weights_input = weights;
-
   std::vector<TensorData> tensors;
-  std::map<std::string, std::string> in_meta;
-  if (ends_with(weights, ".safetensors")) {
-    const SafetensorsFile f = SafetensorsFile::open(weights);
-    in_meta = f.metadata();
-    for (const auto& name : f.names()) tensors.push_back(copy_view(f.get(name)));
+  if (files.file) {
+    for (const auto& name : files.file->names()) tensors.push_back(copy_view(files.file->get(name)));
   } else {
     tensors = read_torch_checkpoint(weights);
   }
-
-  const std::string config_json = detail::join_path(dir, "config.json");
-  Config config;
-  if (detail::is_regular_file(config_json)) {
-    config = read_config(config_json);
-    report.config_source = config_json;
-  } else if (in_meta.count("config")) {
-    config = parse_config(in_meta["config"], weights + " (__metadata__ config)");
-    report.config_source = weights + " (__metadata__)";
-  } else {
-    throw Error(weights +
-                ": no config.json beside it and no config in its metadata; put the model's config.json next to it");
-  }
-  const std::string pre_json = detail::join_path(dir, "preprocessor_config.json");
-  PreprocessorConfig pre;
-  if (detail::is_regular_file(pre_json)) {
-    pre = read_preprocessor_config(pre_json);
-    report.preprocessor_source = pre_json;
-  } else if (in_meta.count("preprocessor_config")) {
-    pre = parse_preprocessor_config(in_meta["preprocessor_config"], weights + " (__metadata__ preprocessor_config)");
-    report.preprocessor_source = weights + " (__metadata__)";
-  } else {
-    report.preprocessor_source = "defaults (facebook/vit-msn-large-7's)";
-  }
+  Config config = files.config;
+  report.config_source = files.config_source;
+  const PreprocessorConfig pre = files.preprocessor;
+  report.preprocessor_source = files.preprocessor_source;
 
   // Merge a separately trained head (replacing any head the checkpoint has).
   if (!options.classifier.empty()) {

@@ -13,6 +13,7 @@
 #include "cpu/kernels.hpp"
 #include "file_util.hpp"
 #include "model.hpp"
+#include "model_files.hpp"
 #include "ops.hpp"
 #include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
@@ -335,46 +336,12 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
 Model::Model(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
 Model Model::load(const std::string& path, const LoadOptions& options) {
+  detail::ModelFiles files = detail::resolve_model_files(path, detail::Checkpoints::kSafetensors);
   auto impl = std::make_shared<Impl>();
-  std::string dir, weights_path;
-  const bool folder = detail::is_directory(path);
-  if (folder) {
-    dir = path;
-    weights_path = detail::join_path(dir, "model.safetensors");
-    if (!detail::is_regular_file(weights_path)) {
-      if (detail::is_regular_file(detail::join_path(dir, "pytorch_model.bin")))
-        throw Error(path + ": has pytorch_model.bin but no model.safetensors; convert it first: vitmsn-convert " +
-                    path + " model.safetensors");
-      throw Error(path + ": no model.safetensors in this folder");
-    }
-  } else {
-    if (!detail::is_regular_file(path)) throw Error(path + ": no such model file or folder");
-    weights_path = path;
-    dir = detail::parent_dir(path);
-  }
-  impl->file = std::make_unique<SafetensorsFile>(SafetensorsFile::open(weights_path));
-  impl->source = weights_path;
-  const auto& meta = impl->file->metadata();
-  const std::string config_json = detail::join_path(dir, "config.json");
-  const bool have_json = detail::is_regular_file(config_json);
-  auto meta_config = meta.find("config");
-  if (folder && have_json) {
-    impl->config = read_config(config_json);
-  } else if (meta_config != meta.end()) {
-    impl->config = parse_config(meta_config->second, weights_path + " (__metadata__ config)");
-  } else if (have_json) {
-    impl->config = read_config(config_json);
-  } else {
-    throw Error(weights_path + ": no model config: neither a \"config\" entry in __metadata__ nor " + config_json);
-  }
-  const std::string pre_json = detail::join_path(dir, "preprocessor_config.json");
-  auto meta_pre = meta.find("preprocessor_config");
-  if ((folder || meta_pre == meta.end()) && detail::is_regular_file(pre_json)) {
-    impl->preprocessor = Preprocessor::from_file(pre_json);
-  } else if (meta_pre != meta.end()) {
-    impl->preprocessor =
-        Preprocessor(parse_preprocessor_config(meta_pre->second, weights_path + " (__metadata__ preprocessor_config)"));
-  }
+  impl->source = files.weights;
+  impl->file = std::move(files.file);
+  impl->config = std::move(files.config);
+  impl->preprocessor = Preprocessor(files.preprocessor);
   const SafetensorsFile* file = impl->file.get();
   impl->bind([file](const std::string& name) { return file->find(name); }, options);
   return Model(impl);

@@ -10,6 +10,7 @@
 
 #include "test_util.hpp"
 #include "vitmsn/config.hpp"
+#include "vitmsn/convert.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/model.hpp"
 #include "vitmsn/safetensors.hpp"
@@ -80,6 +81,35 @@ TEST(ModelLoad, SingleFileWithConfigInMetadataIsAWholeModel) {
   EXPECT_EQ(m.config().hidden_size, 64);
   EXPECT_EQ(m.config().num_hidden_layers, 2);
   EXPECT_EQ(m.config().num_attention_heads, 4);
+}
+
+// One precedence for Model::load and the converter (src/model_files.hpp): a weights file's own
+// __metadata__ config first, then the config.json beside it.
+TEST(ModelLoad, MetadataConfigWinsOverAConfigJsonBesideIt) {
+  const std::string d = test::temp_dir();
+  const Config c = read_config(tiny_dir() + "/config.json");
+  PreprocessorConfig pre;
+  pre.height = pre.width = 280;
+  write_safetensors(d + "/model.safetensors", read_all(tiny_dir() + "/model.safetensors"),
+                    {{"config", to_json(c)}, {"preprocessor_config", to_json(pre)}});
+  std::string wrong = test::read_text(tiny_dir() + "/config.json");
+  wrong.replace(wrong.find("\"hidden_size\": 64"), 17, "\"hidden_size\": 32");
+  test::write_bytes(d + "/config.json", wrong);  // would not fit the tensors
+  test::write_bytes(d + "/preprocessor_config.json", test::read_text(tiny_dir() + "/preprocessor_config.json"));
+  for (const std::string& path : {d, d + "/model.safetensors"}) {
+    const Model m = Model::load(path);
+    EXPECT_EQ(m.config().hidden_size, 64) << path;
+    EXPECT_EQ(m.preprocessor().config().height, 280) << path;
+  }
+  const ConvertReport r = convert_checkpoint(d, d + "/out.safetensors");
+  EXPECT_EQ(r.config_source, d + "/model.safetensors (__metadata__)");
+  EXPECT_EQ(r.preprocessor_source, d + "/model.safetensors (__metadata__)");
+}
+
+TEST(ModelLoad, ConfigJsonBesideTheWeightsIsUsedWithoutMetadata) {
+  const ConvertReport r = convert_checkpoint(tiny_dir(), test::temp_dir() + "/out.safetensors");
+  EXPECT_EQ(r.config_source, tiny_dir() + "/config.json");
+  EXPECT_EQ(r.preprocessor_source, tiny_dir() + "/preprocessor_config.json");
 }
 
 TEST(ModelLoad, FileWithoutAnyConfigIsAnError) {
