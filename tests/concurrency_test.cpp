@@ -4,10 +4,13 @@
 
 #include <atomic>
 #include <cstring>
+#include <exception>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "model.hpp"  // src/: detail::ModelAccess
 #include "test_util.hpp"
 #include "vitmsn/model.hpp"
 
@@ -25,7 +28,9 @@ TEST(Concurrency, FourThreadsSharingOneModelMatchSerialCallsBitForBit) {
   for (const auto& img : images) serial.push_back(model.extract_features(test::data_path("images/" + img), opt));
 
   constexpr int kThreads = 4, kRounds = 3;
-  std::atomic<int> mismatches{0}, errors{0};
+  std::atomic<int> mismatches{0};
+  std::mutex errors_mutex;
+  std::vector<std::string> errors;  // what each failed call threw
   std::vector<std::thread> pool;
   for (int t = 0; t < kThreads; ++t)
     pool.emplace_back([&, t] {
@@ -44,19 +49,40 @@ TEST(Concurrency, FourThreadsSharingOneModelMatchSerialCallsBitForBit) {
                                           sizeof(float) * s.cls_attention.at(0).size()) == 0 &&
                               model.logits(f) == model.logits(s);
             if (!same) ++mismatches;
+          } catch (const std::exception& e) {
+            const std::lock_guard<std::mutex> lock(errors_mutex);
+            errors.push_back(images[i] + ": " + e.what());
           } catch (...) {
-            ++errors;
+            const std::lock_guard<std::mutex> lock(errors_mutex);
+            errors.push_back(images[i] + ": an exception not derived from std::exception");
           }
         }
     });
   for (auto& th : pool) th.join();
-  EXPECT_EQ(errors.load(), 0);
+  EXPECT_TRUE(errors.empty()) << errors.size() << " calls threw; the first: " << errors.front();
   EXPECT_EQ(mismatches.load(), 0) << "of " << kThreads * kRounds * images.size() << " concurrent calls";
 }
 
 TEST(Concurrency, CopiesOfAModelShareWeightsAndAgree) {
   const Model a = Model::load(test::data_path("models/tiny"));
   const Model b = a;  // cheap copy: shared, immutable weights
+  // Sharing, concretely: one Weights object, whose float32 matrices point into the one memory map.
+  const detail::Weights& wa = detail::ModelAccess::weights(a);
+  const detail::Weights& wb = detail::ModelAccess::weights(b);
+  EXPECT_EQ(&wa, &wb) << "a copy must share the weights, not duplicate them";
+  const SafetensorsFile* file = detail::ModelAccess::file(a);
+  ASSERT_NE(file, nullptr);
+  EXPECT_EQ(detail::ModelAccess::file(b), file);
+  const TensorView& query = file->get("encoder.layer.0.attention.attention.query.weight");
+  EXPECT_EQ(wb.layers[0].query.data, static_cast<const void*>(query.data)) << "used in place from the map";
+  EXPECT_EQ(wb.patch_weight.data(),
+            reinterpret_cast<const float*>(file->get("embeddings.patch_embeddings.projection.weight").data));
+  EXPECT_EQ(b.copied_weight_bytes(), 0u);
+  // A second load is a separate model: the check above can tell sharing from equal values.
+  const Model c = Model::load(test::data_path("models/tiny"));
+  EXPECT_NE(&detail::ModelAccess::weights(c), &wa);
+  EXPECT_NE(detail::ModelAccess::weights(c).layers[0].query.data, wa.layers[0].query.data);
+  // And the copies agree, bit for bit.
   const Features fa = a.extract_features(test::data_path("images/rocket.jpg"));
   const Features fb = b.extract_features(test::data_path("images/rocket.jpg"));
   EXPECT_EQ(fa.last_hidden_state, fb.last_hidden_state);

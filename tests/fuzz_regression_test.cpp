@@ -34,22 +34,13 @@
 namespace vitmsn {
 namespace {
 
+using test::expect_error;
+
 using test::data_path;
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-/// Expects `fn` to throw vitmsn::Error (and nothing else) whose message contains `needle`.
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no vitmsn::Error; expected one mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message lacks '" << needle << "': " << e.what();
-  }
 }
 
 using Target = void (*)(const std::uint8_t*, std::size_t);

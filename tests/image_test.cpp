@@ -24,6 +24,8 @@
 namespace vitmsn {
 namespace {
 
+using test::expect_error;
+
 bool built_with_turbojpeg() { return std::string(jpeg_decoder_name()) == "libjpeg-turbo"; }
 
 std::string read_bytes(const std::string& path) {
@@ -72,20 +74,6 @@ LevelDiff compare_levels(const Image& image, const TensorView& expected) {
 const SafetensorsFile& pillow_conversions() {
   static const SafetensorsFile f = SafetensorsFile::open(test::data_path("pillow/convert.safetensors"));
   return f;
-}
-
-/// Expects `fn` to throw vitmsn::Error whose message contains every string in `needles`.
-template <typename Fn>
-void expect_error(Fn fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "no vitmsn::Error thrown";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& n : needles) {
-      EXPECT_NE(msg.find(n), std::string::npos) << "message lacks '" << n << "': " << msg;
-    }
-  }
 }
 
 // --- Pillow conversions ----------------------------------------------------------------------------
@@ -207,7 +195,8 @@ TEST_P(FixtureJpeg, IsIdenticalToPillowWithLibjpegTurbo) {
   EXPECT_EQ(d.differing, 0u) << d.summary();
 }
 
-INSTANTIATE_TEST_SUITE_P(Image, FixtureJpeg, ::testing::ValuesIn(kFixtureJpegs));
+INSTANTIATE_TEST_SUITE_P(Image, FixtureJpeg, ::testing::ValuesIn(kFixtureJpegs),
+                         [](const ::testing::TestParamInfo<const char*>& info) { return std::string(info.param); });
 
 /// Small JPEGs written by Pillow with each chroma layout, and the bound stb_image keeps to.
 struct ExtraJpeg {

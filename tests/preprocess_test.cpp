@@ -21,6 +21,8 @@
 namespace vitmsn {
 namespace {
 
+using test::expect_error;
+
 /// HF's float32 pipeline rounds exactly as ours does; 1e-6 leaves room for nothing but that.
 constexpr double kPixelTolerance = 1e-6;
 
@@ -95,20 +97,6 @@ const char* filter_name(Resample r) {
 
 const Resample kAllFilters[] = {Resample::kNearest, Resample::kLanczos, Resample::kBilinear,
                                 Resample::kBicubic, Resample::kBox,     Resample::kHamming};
-
-template <typename Fn>
-void expect_error(Fn fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "no vitmsn::Error thrown";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& n : needles) {
-      EXPECT_NE(msg.find(n), std::string::npos) << "message lacks '" << n << "': " << msg;
-    }
-  }
-}
-
 std::string param_name(std::string name) {
   std::replace(name.begin(), name.end(), '.', '_');
   return name;

@@ -12,6 +12,8 @@
 #include <iterator>
 #include <memory>
 
+#include "vitmsn/error.hpp"
+
 namespace vitmsn::test {
 
 namespace {
@@ -141,6 +143,27 @@ std::string start_in_background(const std::string& command, const std::string& l
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "no vitmsn::Error; expected one mentioning '" << (needles.empty() ? "" : needles[0]) << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message lacks '" << n << "': " << msg;
+  }
+}
+
+void expect_error(const std::function<void()>& fn, const std::string& prefix, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "no vitmsn::Error; expected one starting with '" << prefix << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.rfind(prefix, 0), 0u) << "message does not start with '" << prefix << "': " << msg;
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message lacks '" << n << "': " << msg;
+  }
 }
 
 }  // namespace vitmsn::test

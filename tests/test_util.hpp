@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,15 @@ double max_abs_diff(const float* a, const float* b, std::size_t n);
 inline Image decode_bytes(const std::string& bytes, const std::string& name) {
   return decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), name);
 }
+
+/// Runs `fn` and expects a vitmsn::Error whose message contains every one of `needles` (a test
+/// failure naming the missing piece and showing the message otherwise).
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles);
+inline void expect_error(const std::function<void()>& fn, const char* needle) {
+  expect_error(fn, std::vector<std::string>{needle});
+}
+/// As above, and the message must start with `prefix` (e.g. the file's path).
+void expect_error(const std::function<void()>& fn, const std::string& prefix, const std::vector<std::string>& needles);
 
 /// Writes bytes to a file (for error tests that build broken inputs).
 void write_bytes(const std::string& path, const std::string& bytes);

@@ -22,25 +22,13 @@
 namespace vitmsn {
 namespace {
 
+using test::expect_error;
+
 using test::data_path;
 
 std::string torch_path(const std::string& name) { return data_path("torch/" + name); }
 
 std::vector<std::uint8_t> bytes_of(const std::string& s) { return {s.begin(), s.end()}; }
-
-/// Runs `fn`, expecting an Error whose message starts with `prefix` and contains every `needle`.
-void expect_error(const std::function<void()>& fn, const std::string& prefix, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one mentioning '" << (needles.empty() ? "" : needles[0]) << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.rfind(prefix, 0), 0u) << "message does not start with '" << prefix << "': " << msg;
-    for (const std::string& n : needles) {
-      EXPECT_NE(msg.find(n), std::string::npos) << "message lacks '" << n << "': " << msg;
-    }
-  }
-}
 
 void expect_checkpoint_error(const std::string& path, const std::vector<std::string>& needles,
                              const TorchCheckpointLimits& limits = {}) {
