@@ -4,6 +4,7 @@
 // the library itself never prints.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -11,12 +12,18 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "vitmsn/error.hpp"
 #include "vitmsn/io.hpp"
 
 namespace vitmsn::cli {
@@ -110,6 +117,32 @@ inline std::pair<int, int> parse_size(const std::string& s, const std::string& o
 }
 
 inline bool file_exists(const std::string& p) { return ::access(p.c_str(), F_OK) == 0; }
+
+/// ASCII lower case.
+inline std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+inline bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+/// The whole file as bytes. \throws vitmsn::Error naming `path` when it cannot be read.
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot open: " + std::strerror(errno));
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw Error(path + ": read error");
+  return bytes;
+}
+
+/// The extensions the programs take for images when they search folders (any case).
+inline bool is_image_file_name(const std::filesystem::path& p) {
+  static const std::set<std::string> kImageExtensions = {".png", ".jpg", ".jpeg", ".bmp", ".gif",
+                                                         ".tga", ".ppm", ".pgm",  ".pnm"};
+  return kImageExtensions.count(lower(p.extension().string())) != 0;
+}
 
 /// Where the programs look for the model when --model is not given: $VITMSN_MODEL, then
 /// weights/vit-msn-large-7.safetensors (what weights/fetch_vit_msn_large_7.sh writes), relative to the

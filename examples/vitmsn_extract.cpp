@@ -64,18 +64,6 @@ options:
   -h, --help                this text
 )";
 
-const std::set<std::string> kImageExtensions = {".png", ".jpg", ".jpeg", ".bmp", ".gif",
-                                                ".tga", ".ppm", ".pgm",  ".pnm"};
-
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
-
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // Files as given, folders expanded recursively (image extensions only, sorted).
 std::vector<std::string> collect_images(const std::vector<std::string>& inputs) {
   std::vector<std::string> out;
@@ -85,8 +73,7 @@ std::vector<std::string> collect_images(const std::vector<std::string>& inputs) 
       std::vector<std::string> found;
       for (auto it = fs::recursive_directory_iterator(in, fs::directory_options::skip_permission_denied, ec);
            !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-        if (it->is_regular_file(ec) && kImageExtensions.count(lower(it->path().extension().string())))
-          found.push_back(it->path().string());
+        if (it->is_regular_file(ec) && cli::is_image_file_name(it->path())) found.push_back(it->path().string());
       if (ec) throw Error(in + ": cannot list folder: " + ec.message());
       std::sort(found.begin(), found.end());
       out.insert(out.end(), found.begin(), found.end());
@@ -156,9 +143,13 @@ std::vector<std::string> split_lines(const std::string& s) {
   return out;
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+// The file's bytes, or "" when it cannot be read (a damaged .done record means: redo the shard).
+std::string read_or_empty(const std::string& path) {
+  try {
+    return cli::read_file(path);
+  } catch (const Error&) {
+    return "";
+  }
 }
 
 std::string pad5(int i) {
@@ -218,12 +209,7 @@ Results read_part(const std::string& path, const std::string& inputs) {
       r.row_data = v.to_float();
       continue;
     }
-    TensorData t;
-    t.name = name;
-    t.dtype = v.dtype;
-    t.shape = v.shape;
-    t.bytes.assign(v.data, v.data + v.nbytes);
-    r.tensors.push_back(std::move(t));
+    r.tensors.push_back(v.to_tensor_data());
   }
   if (r.row_size >= 0 && r.row_data.size() != r.rows.size() * static_cast<std::size_t>(r.row_size))
     throw Error(path + ": rows and data disagree");
@@ -280,8 +266,8 @@ int main(int argc, char** argv) {
     }
     if (!args.has("--output")) throw cli::UsageError("--output OUT.safetensors|OUT.npy is required");
     const std::string output = args.get("--output");
-    const bool npy = ends_with(lower(output), ".npy");
-    if (!npy && !ends_with(lower(output), ".safetensors"))
+    const bool npy = cli::ends_with(cli::lower(output), ".npy");
+    if (!npy && !cli::ends_with(cli::lower(output), ".safetensors"))
       throw cli::UsageError("--output must end in .safetensors or .npy");
     const std::string pool_name = args.get("--pool", "none");
     const Pool pool = pool_name == "cls" ? Pool::kCls : pool_name == "mean" ? Pool::kMean : Pool::kNone;
@@ -343,7 +329,7 @@ int main(int argc, char** argv) {
           continue;
         }
         std::string name = key;
-        if (ends_with(name, ".pixel_values") && name.size() > 13) name.resize(name.size() - 13);
+        if (cli::ends_with(name, ".pixel_values") && name.size() > 13) name.resize(name.size() - 13);
         add(name, pv + ":" + key, &t);
       }
     }
@@ -500,7 +486,7 @@ int main(int argc, char** argv) {
     std::string expected;
     for (std::size_t i = first; i < last; ++i) expected += inputs[i].source + "\n";
     const ShardPaths sp = shard_paths(output, shard->first, shard->second);
-    if (!args.has("--force") && cli::file_exists(sp.done) && read_file(sp.done) == expected) {
+    if (!args.has("--force") && cli::file_exists(sp.done) && read_or_empty(sp.done) == expected) {
       std::fprintf(stderr, "shard %d/%d already complete: %s (use --force to redo)\n", shard->first, shard->second,
                    sp.output.c_str());
       return 0;

@@ -190,12 +190,7 @@ int main(int argc, char** argv) {
             continue;
           }
           if (!names.insert(name).second) throw Error(s.path + ": tensor '" + name + "' is also in an earlier shard");
-          TensorData t;
-          t.name = name;
-          t.dtype = v.dtype;
-          t.shape = v.shape;
-          t.bytes.assign(v.data, v.data + v.nbytes);
-          out.push_back(std::move(t));
+          out.push_back(v.to_tensor_data());
         }
       }
       if (!row_shape.empty()) out.push_back(TensorData::f32("features", row_shape, rows.data()));

@@ -57,14 +57,6 @@ Images that cannot be read are reported and skipped; the exit status is non-zero
 nothing could be trained.
 )";
 
-const std::set<std::string> kImageExtensions = {".png", ".jpg", ".jpeg", ".bmp", ".gif",
-                                                ".tga", ".ppm", ".pgm",  ".pnm"};
-
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
-
 // --- SHA-256 (FIPS 180-4): the cache keys -----------------------------------------------------------
 
 class Sha256 {
@@ -175,14 +167,6 @@ class Sha256 {
   std::uint64_t total_ = 0;
 };
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open: " + std::strerror(errno));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw Error(path + ": read error");
-  return bytes;
-}
-
 // The cache folder of a model: what decides its CLS features — config (without the labels),
 // preprocessor settings, and the weights file's size, first and last MiB — hashed, so a copied or
 // moved model keeps its cache and a different one never reads it.
@@ -251,8 +235,7 @@ std::vector<Sample> scan_image_folder(const std::string& dir, std::vector<std::s
     std::vector<std::string> found;
     for (auto it = fs::recursive_directory_iterator(folder, fs::directory_options::skip_permission_denied, ec);
          !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-      if (it->is_regular_file(ec) && kImageExtensions.count(lower(it->path().extension().string())))
-        found.push_back(it->path().string());
+      if (it->is_regular_file(ec) && cli::is_image_file_name(it->path())) found.push_back(it->path().string());
     if (ec) throw Error(folder + ": cannot list folder: " + ec.message());
     if (found.empty())
       throw Error(folder + ": no images in this class folder (.png .jpg .jpeg .bmp .gif .tga .ppm .pgm .pnm)");
@@ -416,7 +399,7 @@ int main(int argc, char** argv) {
     for (const Sample& s : samples) {
       if (cli::interrupted()) break;
       try {
-        const std::string bytes = read_file(s.path);
+        const std::string bytes = cli::read_file(s.path);
         Sha256 h;
         h.update(bytes);
         const std::string entry = (fs::path(cache) / (h.hex() + ".safetensors")).string();

@@ -23,15 +23,6 @@ bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
-TensorData copy_view(const TensorView& v) {
-  TensorData t;
-  t.name = v.name;
-  t.dtype = v.dtype;
-  t.shape = v.shape;
-  t.bytes.assign(v.data, v.data + v.nbytes);
-  return t;
-}
-
 TensorView view_of(const TensorData& t) {
   TensorView v;
   v.name = t.name;
@@ -97,7 +88,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   report.weights_input = weights;
   std::vector<TensorData> tensors;
   if (files.file) {
-    for (const auto& name : files.file->names()) tensors.push_back(copy_view(files.file->get(name)));
+    for (const auto& name : files.file->names()) tensors.push_back(files.file->get(name).to_tensor_data());
   } else {
     tensors = read_torch_checkpoint(weights);
   }
@@ -120,8 +111,8 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
                                           t.name == detail::keys::kClassifierBias;
                                  }),
                   tensors.end());
-    tensors.push_back(copy_view(w));
-    tensors.push_back(copy_view(b));
+    tensors.push_back(w.to_tensor_data());
+    tensors.push_back(b.to_tensor_data());
     config.id2label.clear();
     if (auto it = head.metadata().find("id2label"); it != head.metadata().end()) {
       config.id2label = parse_labels(it->second, options.classifier);

@@ -2,7 +2,7 @@
 //
 // stb_image decodes every format; with VITMSN_WITH_TURBOJPEG, JPEG goes through libjpeg-turbo with its
 // default settings (accurate integer IDCT, fancy upsampling), which is what Pillow links, so the pixels
-// match Pillow's bit for bit. stb_image's own JPEG decoder differs by a few levels (NUMERICS.md §2).
+// match Pillow's bit for bit. stb_image's own JPEG decoder differs by a few levels (docs/NUMERICS.md, Preprocessing).
 
 #include "vitmsn/image.hpp"
 

@@ -1,5 +1,5 @@
 // Hugging Face ViTImageProcessor (PIL path) reproduced bit for bit: Pillow's 8-bit resampling
-// (src/libImaging/Resample.c, Geometry.c), HF's center crop, rescale and normalize (NUMERICS.md §2).
+// (src/libImaging/Resample.c, Geometry.c), HF's center crop, rescale and normalize (docs/NUMERICS.md, Preprocessing).
 //
 // Floating-point note: the normalize step must round twice in float32 and never fuse; CMake compiles
 // this file with -ffp-contract=off (VITMSN_FP_EXACT_SOURCES), for GCC and Clang alike.

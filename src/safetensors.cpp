@@ -116,6 +116,15 @@ float TensorView::value(std::size_t i) const {
   return 0.0f;
 }
 
+TensorData TensorView::to_tensor_data() const {
+  TensorData t;
+  t.name = name;
+  t.dtype = dtype;
+  t.shape = shape;
+  t.bytes.assign(data, data + nbytes);
+  return t;
+}
+
 std::vector<float> TensorView::to_float() const {
   const std::size_t n = static_cast<std::size_t>(numel());
   std::vector<float> out(n);

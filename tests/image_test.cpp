@@ -201,7 +201,7 @@ INSTANTIATE_TEST_SUITE_P(Image, FixtureJpeg, ::testing::ValuesIn(kFixtureJpegs),
 /// Small JPEGs written by Pillow with each chroma layout, and the bound stb_image keeps to.
 struct ExtraJpeg {
   const char* file;
-  int stb_max_levels;  ///< largest difference stb_image may show (NUMERICS.md §2)
+  int stb_max_levels;  ///< largest difference stb_image may show (docs/NUMERICS.md, Preprocessing)
 };
 
 const ExtraJpeg kExtraJpegs[] = {
@@ -210,7 +210,7 @@ const ExtraJpeg kExtraJpegs[] = {
     {"photo_gray.jpg", 1},
     {"odd_420.jpg", 3},
     // stb's horizontal-only 2x chroma upsampler weighs the last chroma column differently from
-    // libjpeg: up to tens of levels there (NUMERICS.md §2), within 3 levels elsewhere.
+    // libjpeg: up to tens of levels there (docs/NUMERICS.md, Preprocessing), within 3 levels elsewhere.
     {"photo_422.jpg", 255},
 };
 

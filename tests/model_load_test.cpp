@@ -24,15 +24,7 @@ std::string tiny_dir() { return test::data_path("models/tiny"); }
 std::vector<TensorData> read_all(const std::string& path) {
   const SafetensorsFile f = SafetensorsFile::open(path);
   std::vector<TensorData> out;
-  for (const auto& name : f.names()) {
-    const TensorView& v = f.get(name);
-    TensorData t;
-    t.name = name;
-    t.dtype = v.dtype;
-    t.shape = v.shape;
-    t.bytes.assign(v.data, v.data + v.nbytes);
-    out.push_back(std::move(t));
-  }
+  for (const auto& name : f.names()) out.push_back(f.get(name).to_tensor_data());
   return out;
 }
 

@@ -19,6 +19,8 @@ const char* dtype_name(DType dtype);
 /// Size of one element in bytes.
 std::size_t dtype_size(DType dtype);
 
+struct TensorData;
+
 /// One tensor of an open file: a view into the memory map (valid while the file object lives).
 struct TensorView {
   std::string name;
@@ -34,6 +36,8 @@ struct TensorView {
   float value(std::size_t i) const;
   /// All elements widened to float32 (copy).
   std::vector<float> to_float() const;
+  /// An owning copy: same name, dtype, shape and bytes (e.g. to write the tensor again).
+  TensorData to_tensor_data() const;
 };
 
 /// Limits applied while validating a header (before anything in it is trusted).

@@ -22,7 +22,7 @@
 namespace vitmsn {
 namespace {
 
-// NUMERICS.md §3: plain float32 PyTorch lands ~8e-6 from float64 at full size; a float32
+// docs/NUMERICS.md, Tolerances: plain float32 PyTorch lands ~8e-6 from float64 at full size; a float32
 // implementation with another summation order "a few 1e-4". We hold ourselves to 5e-4.
 constexpr double kFullSizeTolerance = 5e-4;
 
