@@ -36,16 +36,22 @@ struct Timing {
   double best, median;
 };
 
-Timing time_gemm(Isa isa, const Shape& s, const std::vector<float>& A, const std::vector<float>& B,
-                 const std::vector<float>& bias, std::vector<float>& C, int threads, int reps) {
+/// The shape's epilogue; a residual is added in place, as the model's x += ...
+Epilogue epilogue_of(const Shape& s, const std::vector<float>& bias, std::vector<float>& C) {
   Epilogue ep;
   ep.alpha = s.alpha;
   ep.bias = s.bias ? bias.data() : nullptr;
   ep.gelu = s.gelu;
   if (s.residual) {
-    ep.residual = C.data();  // in place, as the model's x += ...
+    ep.residual = C.data();
     ep.ldr = s.N;
   }
+  return ep;
+}
+
+Timing time_gemm(Isa isa, const Shape& s, const std::vector<float>& A, const std::vector<float>& B,
+                 const std::vector<float>& bias, std::vector<float>& C, int threads, int reps) {
+  const Epilogue ep = epilogue_of(s, bias, C);
   std::vector<double> t;
   for (int r = 0; r < reps + 1; ++r) {  // the first run warms caches and scratch buffers
     const auto t0 = std::chrono::steady_clock::now();
@@ -60,14 +66,7 @@ Timing time_gemm(Isa isa, const Shape& s, const std::vector<float>& A, const std
 /// gemm_weights (the linear layers: W [N,K], ldw = K) with weights of type wt stored in W.
 Timing time_weights(Isa isa, const Shape& s, const std::vector<float>& A, const void* W, WeightType wt,
                     const std::vector<float>& bias, std::vector<float>& C, int threads, int reps) {
-  Epilogue ep;
-  ep.alpha = s.alpha;
-  ep.bias = s.bias ? bias.data() : nullptr;
-  ep.gelu = s.gelu;
-  if (s.residual) {
-    ep.residual = C.data();
-    ep.ldr = s.N;
-  }
+  const Epilogue ep = epilogue_of(s, bias, C);
   std::vector<double> t;
   for (int r = 0; r < reps + 1; ++r) {
     const auto t0 = std::chrono::steady_clock::now();

@@ -23,21 +23,11 @@ bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
-TensorView view_of(const TensorData& t) {
-  TensorView v;
-  v.name = t.name;
-  v.dtype = t.dtype;
-  v.shape = t.shape;
-  v.data = t.bytes.data();
-  v.nbytes = t.bytes.size();
-  return v;
-}
-
 bool is_float(DType d) { return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16 || d == DType::kF64; }
 
 // Re-encodes a float tensor as `dtype` (round to nearest even).
 void convert_dtype(TensorData& t, DType dtype) {
-  const std::vector<float> values = view_of(t).to_float();
+  const std::vector<float> values = t.view().to_float();
   t.dtype = dtype;
   if (dtype == DType::kF32) {
     t.bytes.resize(values.size() * 4);
@@ -126,7 +116,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   std::map<std::string, TensorView> views;
   for (const auto& t : tensors) {
     if (views.count(t.name)) throw Error(weights + ": tensor '" + t.name + "' appears twice");
-    views[t.name] = view_of(t);
+    views[t.name] = t.view();
   }
   const detail::TensorLookup any_dtype = [&](const std::string& n) -> const TensorView* {
     auto it = views.find(n);

@@ -356,12 +356,7 @@ Model Model::from_tensors(const Config& config, std::vector<TensorData> tensors,
   impl->memory_tensors = std::move(tensors);
   auto views = std::make_shared<std::map<std::string, TensorView>>();
   for (const auto& t : impl->memory_tensors) {
-    TensorView v;
-    v.name = t.name;
-    v.dtype = t.dtype;
-    v.shape = t.shape;
-    v.data = t.bytes.data();
-    v.nbytes = t.bytes.size();
+    TensorView v = t.view();
     if (v.numel() * static_cast<std::int64_t>(dtype_size(v.dtype)) != static_cast<std::int64_t>(v.nbytes))
       throw Error("<memory>: tensor '" + t.name + "' has " + std::to_string(v.nbytes) + " bytes for shape " +
                   v.shape_string());

@@ -116,6 +116,16 @@ float TensorView::value(std::size_t i) const {
   return 0.0f;
 }
 
+TensorView TensorData::view() const {
+  TensorView v;
+  v.name = name;
+  v.dtype = dtype;
+  v.shape = shape;
+  v.data = bytes.data();
+  v.nbytes = bytes.size();
+  return v;
+}
+
 TensorData TensorView::to_tensor_data() const {
   TensorData t;
   t.name = name;

@@ -84,6 +84,8 @@ struct TensorData {
   DType dtype = DType::kF32;
   std::vector<std::int64_t> shape;
   std::vector<std::uint8_t> bytes;
+  /// A view of these bytes (valid while this object lives and its bytes are not resized).
+  TensorView view() const;
   /// Convenience: an F32 tensor from floats.
   static TensorData f32(std::string name, std::vector<std::int64_t> shape, const float* values);
 };
