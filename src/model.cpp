@@ -104,15 +104,13 @@ struct Activations {
   std::vector<float> h;         // [B·N, D]   layer-norm output; also the attention context (ctx)
   std::vector<float> qkv;       // [N, 3D] per image, q | k | v side by side, images one after the other
   std::vector<float> mlp;       // [B·N, F]   MLP hidden; before the layers, the im2col patches
-  std::vector<float> scratch;   // attention scores, a block of query rows per thread
   std::vector<float> cls_rows;  // [heads, N] CLS attention of the layer being captured
 
-  Activations(const Shape& s, int threads)
+  explicit Activations(const Shape& s)
       : x(s.rows * s.D),
         h(s.rows * s.D),
         qkv(s.rows * 3 * s.D),
-        mlp(std::max<std::ptrdiff_t>(s.rows * s.F, static_cast<std::ptrdiff_t>(s.B) * s.patches * s.CPP)),
-        scratch(detail::attention_scratch_floats(s.N, threads)) {}
+        mlp(std::max<std::ptrdiff_t>(s.rows * s.F, static_cast<std::ptrdiff_t>(s.B) * s.patches * s.CPP)) {}
 };
 
 // y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16 or f16.
@@ -214,8 +212,8 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
     Matrix* keep = cls_attention[b];
     if (keep) a.cls_rows.assign(static_cast<std::size_t>(s.heads) * N, 0.0f);
     detail::attention(isa, a.qkv.data() + r0 * ld3, ld3, 1, N, s.heads, s.hd,
-                      1.0f / std::sqrt(static_cast<float>(s.hd)), ctx + r0 * D, D, a.scratch.data(),
-                      keep ? a.cls_rows.data() : nullptr, threads);
+                      1.0f / std::sqrt(static_cast<float>(s.hd)), ctx + r0 * D, D, keep ? a.cls_rows.data() : nullptr,
+                      threads);
     if (keep) *keep = Eigen::Map<const Matrix>(a.cls_rows.data(), s.heads, N);
     sw.lap(&StageTimes::attention);
   }
@@ -283,7 +281,7 @@ void forward(Isa isa, const Config& c, const Weights& w, int model_threads,
   auto wants = [](const std::vector<int>& v, int i) { return std::find(v.begin(), v.end(), i) != v.end(); };
 
   Stopwatch sw{opt.profile};
-  Activations a(s, threads);
+  Activations a(s);
   std::vector<float> pos_resized;
   const float* pos = position_embeddings(c, w, s, pos_resized);
   sw.lap(&StageTimes::other);

@@ -11,11 +11,6 @@
 
 namespace vitmsn::detail {
 
-namespace {
-// Query rows per attention block: the [block, N] score tile (N = 1025: 512 KB) stays in L2.
-constexpr int kQueryBlock = 128;
-}  // namespace
-
 void layer_norm(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols, const float* w,
                 const float* b, double eps, int threads) {
 #ifdef _OPENMP
@@ -110,43 +105,21 @@ void interpolate_bicubic(const float* src, int src_h, int src_w, int dim, int ds
     }
 }
 
-std::size_t attention_scratch_floats(int tokens, int threads) {
-  return static_cast<std::size_t>(std::max(1, threads)) * kQueryBlock * static_cast<std::size_t>(tokens);
-}
-
 void attention(Isa isa, const float* qkv_all, std::ptrdiff_t ld_qkv, int images, int tokens, int heads, int head_dim,
-               float scale, float* ctx_all, std::ptrdiff_t ld_ctx, float* scratch, float* cls_all, int threads) {
+               float scale, float* ctx_all, std::ptrdiff_t ld_ctx, float* cls_all, int threads) {
+  const KernelTable& kt = kernels(isa);
   const int D = heads * head_dim;
-  const int blocks = (tokens + kQueryBlock - 1) / kQueryBlock;
-  const int tasks = images * heads * blocks;
+  const int tasks = images * heads;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && tasks > 1)
 #endif
   for (int task = 0; task < tasks; ++task) {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
-    const int image = task / (heads * blocks), h = task / blocks % heads, blk = task % blocks;
+    const int image = task / heads, h = task % heads;
     const float* qkv = qkv_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_qkv;
-    float* ctx = ctx_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_ctx;
-    float* cls_row = cls_all ? cls_all + static_cast<std::ptrdiff_t>(image) * heads * tokens : nullptr;
-    const int r0 = blk * kQueryBlock, rows = std::min(kQueryBlock, tokens - r0);
-    float* s = scratch + static_cast<std::ptrdiff_t>(tid) * kQueryBlock * tokens;
-    const float* q = qkv + r0 * ld_qkv + h * head_dim;
-    const float* k = qkv + D + h * head_dim;
-    const float* v = qkv + 2 * D + h * head_dim;
-    // s = q_h·k_hᵀ·scale  [rows, N]
-    Epilogue ep;
-    ep.alpha = scale;
-    gemm(isa, rows, tokens, head_dim, q, ld_qkv, k, ld_qkv, /*b_trans=*/true, s, tokens, ep, 1);
-    // a = softmax(s) over keys
-    softmax_rows(isa, s, rows, tokens, tokens);
-    if (cls_row && r0 == 0) std::memcpy(cls_row + static_cast<std::ptrdiff_t>(h) * tokens, s, sizeof(float) * tokens);
-    // ctx[:, head h] = a·v_h  [rows, hd]
-    gemm(isa, rows, head_dim, tokens, s, tokens, v, ld_qkv, /*b_trans=*/false, ctx + r0 * ld_ctx + h * head_dim, ld_ctx,
-         Epilogue{}, 1);
+    float* cls_row = cls_all ? cls_all + (static_cast<std::ptrdiff_t>(image) * heads + h) * tokens : nullptr;
+    kt.attention_head(qkv + h * head_dim, qkv + D + h * head_dim, qkv + 2 * D + h * head_dim, ld_qkv, tokens, head_dim,
+                      scale, ctx_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_ctx + h * head_dim, ld_ctx,
+                      cls_row);
   }
 }
 

@@ -25,14 +25,11 @@ void interpolate_bicubic(const float* src, int src_h, int src_w, int dim, int ds
 /// Multi-head self-attention core for `images` images of N tokens stored one after the other: image
 /// b's qkv is rows b·N… of qkv [images·N, 3·D] (q | k | v, head h in columns h·hd…(h+1)·hd of each
 /// part, leading dimension ld_qkv); its ctx rows b·N… of ctx [images·N, D] (ld_ctx) receive
-/// concat_h softmax(q_h·k_hᵀ·scale)·v_h. Scores are computed a block of query rows at a time per
-/// (image, head) task — never all heads' N×N at once — in `scratch` of
-/// attention_scratch_floats(N, threads) floats; all tasks of all images share one parallel region.
+/// concat_h softmax(q_h·k_hᵀ·scale)·v_h. One task per (image, head), run by the kernel table's
+/// attention_head (fused: a block of queries' scores at a time, never all heads' N×N at once); all
+/// tasks of all images share one parallel region, so the result does not depend on `threads`.
 /// cls_row (optional, [images, heads, N]) receives each head's softmax row of query 0.
 void attention(Isa isa, const float* qkv, std::ptrdiff_t ld_qkv, int images, int tokens, int heads, int head_dim,
-               float scale, float* ctx, std::ptrdiff_t ld_ctx, float* scratch, float* cls_row, int threads);
-
-/// Floats of scratch attention() needs for `tokens` tokens on `threads` threads.
-std::size_t attention_scratch_floats(int tokens, int threads);
+               float scale, float* ctx, std::ptrdiff_t ld_ctx, float* cls_row, int threads);
 
 }  // namespace vitmsn::detail

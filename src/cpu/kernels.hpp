@@ -59,6 +59,14 @@ struct KernelTable {
   /// In place: x[i] = 0.5·x·(1 + erf(x/√2)) for n values (exact-erf GELU, as torch.nn.functional.gelu).
   void (*gelu_erf)(float* x, std::ptrdiff_t n) = nullptr;
 
+  /// One attention head on the calling thread: ctx[i, :] = Σ_j softmax_j(q_i·k_jᵀ·scale)·v_j for
+  /// i < tokens. q, k, v: `tokens` rows of head_dim floats each, leading dimension ld (the columns of
+  /// one head inside the q | k | v buffer); ctx: [tokens, head_dim], leading dimension ldc.
+  /// cls_row (optional, [tokens]): receives query 0's softmax probabilities. The scores of a block of
+  /// queries stay in the cache (never all N×N); the result does not depend on which thread runs it.
+  void (*attention_head)(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim,
+                         float scale, float* ctx, std::ptrdiff_t ldc, float* cls_row) = nullptr;
+
   /// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done (the
   /// FMA-peak measurement of src/cpu/cpu.cpp).
   double (*fma_burst)(long iterations) = nullptr;

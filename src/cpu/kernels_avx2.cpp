@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "cpu/attention_blocked.hpp"
 #include "cpu/gemm_blocked.hpp"
 #include "cpu/kernels.hpp"
 
@@ -88,6 +89,14 @@ void softmax_rows_avx2(float* x, int rows, int cols, std::ptrdiff_t ld) {
   blocked::softmax_rows<Avx2>(x, rows, cols, ld);
 }
 
+// Attention: score tiles 6 queries × 16 keys (the GEMM's), P·V tiles 3 queries × 24 columns (9
+// accumulators of the 16 ymm registers); 120 queries per block (0.5 MB of scores).
+void attention_head_avx2(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim,
+                         float scale, float* ctx, std::ptrdiff_t ldc, float* cls_row) {
+  attn_blocked::attention_head<Avx2, /*SMR=*/kMr, /*PMR=*/3, /*NVP_MAX=*/3, /*QB=*/120>(q, k, v, ld, tokens, head_dim,
+                                                                                        scale, ctx, ldc, cls_row);
+}
+
 void gelu_erf_avx2(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx2>(x, n); }
 
 double fma_burst_avx2(long iterations) {
@@ -116,6 +125,7 @@ KernelTable avx2_kernel_table() {
   t.gemm_weights = gemm_weights_avx2;
   t.softmax_rows = softmax_rows_avx2;
   t.gelu_erf = gelu_erf_avx2;
+  t.attention_head = attention_head_avx2;
   t.fma_burst = fma_burst_avx2;
   return t;
 }

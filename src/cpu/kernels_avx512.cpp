@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "cpu/attention_blocked.hpp"
 #include "cpu/gemm_blocked.hpp"
 #include "cpu/kernels.hpp"
 
@@ -93,6 +94,14 @@ void softmax_rows_avx512(float* x, int rows, int cols, std::ptrdiff_t ld) {
   blocked::softmax_rows<Avx512>(x, rows, cols, ld);
 }
 
+// Attention: score tiles 14 queries × 32 keys (the GEMM's), P·V tiles 6 queries × 64 columns (24
+// accumulators, 4 loads of v + 6 broadcasts of P per key); 126 queries per block (0.5 MB of scores).
+void attention_head_avx512(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim,
+                           float scale, float* ctx, std::ptrdiff_t ldc, float* cls_row) {
+  attn_blocked::attention_head<Avx512, /*SMR=*/kMr, /*PMR=*/6, /*NVP_MAX=*/4, /*QB=*/126>(q, k, v, ld, tokens, head_dim,
+                                                                                          scale, ctx, ldc, cls_row);
+}
+
 void gelu_erf_avx512(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx512>(x, n); }
 
 double fma_burst_avx512(long iterations) {
@@ -121,6 +130,7 @@ KernelTable avx512_kernel_table() {
   t.gemm_weights = gemm_weights_avx512;
   t.softmax_rows = softmax_rows_avx512;
   t.gelu_erf = gelu_erf_avx512;
+  t.attention_head = attention_head_avx512;
   t.fma_burst = fma_burst_avx512;
   return t;
 }

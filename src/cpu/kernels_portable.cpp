@@ -181,6 +181,27 @@ void gelu_erf_portable(float* x, std::ptrdiff_t n) {
   for (std::ptrdiff_t i = 0; i < n; ++i) x[i] = gelu_scalar(x[i]);
 }
 
+// One head as the reference computes it: for each block of kQueryBlock queries, scores = q·kᵀ·scale
+// with the portable GEMM, softmax over the keys, ctx = probabilities·v. The scores of one block
+// (kQueryBlock × tokens floats) live in a thread-local buffer.
+constexpr int kQueryBlock = 128;
+
+void attention_head_portable(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
+                             int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* cls_row) {
+  static thread_local std::vector<float> scores;
+  scores.resize(static_cast<std::size_t>(kQueryBlock) * static_cast<std::size_t>(tokens));
+  for (int r0 = 0; r0 < tokens; r0 += kQueryBlock) {
+    const int rows = std::min(kQueryBlock, tokens - r0);
+    Epilogue ep;
+    ep.alpha = scale;
+    gemm_portable(rows, tokens, head_dim, q + r0 * ld, ld, k, ld, /*b_trans=*/true, scores.data(), tokens, ep, 1);
+    softmax_rows_portable(scores.data(), rows, tokens, tokens);
+    if (cls_row != nullptr && r0 == 0) std::copy(scores.begin(), scores.begin() + tokens, cls_row);
+    gemm_portable(rows, head_dim, tokens, scores.data(), tokens, v, ld, /*b_trans=*/false, ctx + r0 * ldc, ldc,
+                  Epilogue{}, 1);
+  }
+}
+
 // Scalar stand-in for CPUs without the vector kernels: 8 independent multiply-add chains (2 FLOP each).
 double fma_burst_scalar(long iterations) {
   float acc[8];
@@ -203,6 +224,7 @@ KernelTable portable_kernel_table() {
   t.gemm_weights = gemm_weights_portable;
   t.softmax_rows = softmax_rows_portable;
   t.gelu_erf = gelu_erf_portable;
+  t.attention_head = attention_head_portable;
   t.fma_burst = fma_burst_scalar;
   return t;
 }

@@ -1,0 +1,301 @@
+#pragma once
+// Fused multi-head attention for one (image, head): ctx = softmax(q·kᵀ·scale)·v, written once over the
+// vector-traits type V of gemm_blocked.hpp and instantiated per instruction set (like the GEMM, every
+// file that includes this gets its own copy compiled for its own ISA: internal linkage).
+//
+// The scheme (a blocked softmax that never leaves the cache, equivalent to the online one):
+//   once per head   pack kᵀ into panels of NRS = 2·L keys (d-major, as the GEMM's B panels) and copy
+//                   v into a dense [keys, hdp] block (hdp = hd rounded up to L);
+//   per query block (QB rows, QB·keys floats of scores: about 0.5 MB, in L2)
+//     pack the block's q rows k-major in groups of SMR, scaled by scale·log2(e);
+//     S = q·kᵀ           SMR×NRS micro-tiles over the panels (scores in log2 units);
+//     P = 2^(S − rowmax)  in place, row sums kept;
+//     ctx = P·v / rowsum  PMR×(NVP·L) micro-tiles reading P rows in place and v rows from the dense
+//                         block; the division by the row sum is the tile's epilogue.
+// Work per head: 4·N²·hd FLOPs in the two products, N² exponentials, O(N·hd) packing. Each head is
+// computed the same way whatever thread runs it, so results do not depend on the thread count.
+//
+// Requirements on V beyond gemm_blocked.hpp's: nothing new (exp2 is built from round, pow2, select).
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace vitmsn::detail::attn_blocked {
+namespace {
+
+constexpr int imin(int a, int b) { return a < b ? a : b; }
+constexpr int imax(int a, int b) { return a > b ? a : b; }
+
+/// 2^t for t <= 0 (softmax arguments in log2 units): 0 below 2^-126, ~1 ulp above. t = n + f with
+/// n = round(t), f in [-0.5, 0.5]; 2^f by a degree-6 polynomial (relative error < 2e-9 on that range).
+template <class V>
+inline typename V::R exp2_nonpositive(typename V::R t) {
+  using R = typename V::R;
+  const R lo = V::set1(-126.0f);
+  const auto underflow = V::lt(t, lo);
+  t = V::max(t, lo);
+  const R n = V::round(t);
+  const R f = V::sub(t, n);
+  R p = V::set1(1.5353362e-4f);
+  p = V::fma(p, f, V::set1(1.3398874e-3f));
+  p = V::fma(p, f, V::set1(9.6181351e-3f));
+  p = V::fma(p, f, V::set1(5.5503340e-2f));
+  p = V::fma(p, f, V::set1(2.4022652e-1f));
+  p = V::fma(p, f, V::set1(6.9314718e-1f));
+  p = V::fma(p, f, V::set1(1.0f));
+  return V::select(underflow, V::zero(), V::mul(p, V::pow2(n)));
+}
+
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { std::free(p_); }
+  float* get(std::size_t floats) {
+    if (floats > n_ || p_ == nullptr) {
+      std::free(p_);
+      n_ = ((floats < 16 ? 16 : floats) + 15) / 16 * 16;
+      p_ = static_cast<float*>(std::aligned_alloc(64, n_ * sizeof(float)));
+      if (p_ == nullptr) {
+        n_ = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return p_;
+  }
+
+ private:
+  float* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+struct Workspace {
+  Buffer kp, vp, qp, s, inv;
+};
+
+inline Workspace& workspace() {
+  static thread_local Workspace ws;
+  return ws;
+}
+
+/// kp[p][d][j] = k[(p·NRS + j)·ld + d] for the `keys` keys, zeros past them (NRS-wide panels).
+template <class V, int NRS>
+void pack_k(const float* k, std::ptrdiff_t ld, int keys, int hd, float* kp) {
+  const int panels = (keys + NRS - 1) / NRS;
+  for (int p = 0; p < panels; ++p) {
+    float* dst = kp + static_cast<std::ptrdiff_t>(p) * hd * NRS;
+    for (int j8 = 0; j8 < NRS; j8 += 8) {
+      const int key0 = p * NRS + j8;
+      const int rows = imax(0, imin(8, keys - key0));
+      int d = 0;
+      if (rows == 8)
+        for (; d + 8 <= hd; d += 8) V::transpose8(k + key0 * ld + d, ld, dst + d * NRS + j8, NRS);
+      for (; d < hd; ++d)
+        for (int r = 0; r < 8; ++r) dst[d * NRS + j8 + r] = r < rows ? k[(key0 + r) * ld + d] : 0.0f;
+    }
+  }
+}
+
+/// qp[g][d][i] = q[(g·SMR + i)·ld + d]·factor for the `rows` rows, zeros past them.
+template <class V, int SMR>
+void pack_q(const float* q, std::ptrdiff_t ld, int rows, int hd, float factor, float* qp) {
+  const int groups = (rows + SMR - 1) / SMR;
+  for (int g = 0; g < groups; ++g) {
+    float* dst = qp + static_cast<std::ptrdiff_t>(g) * hd * SMR;
+    const int r0 = g * SMR;
+    for (int i = 0; i < SMR; ++i) {
+      const int r = r0 + i;
+      if (r < rows) {
+        const float* src = q + r * ld;
+        for (int d = 0; d < hd; ++d) dst[d * SMR + i] = src[d] * factor;
+      } else {
+        for (int d = 0; d < hd; ++d) dst[d * SMR + i] = 0.0f;
+      }
+    }
+  }
+}
+
+/// S[i][key] for SMR query rows (packed qp) against one NRS-key panel: 2·SMR accumulators.
+template <class V, int SMR>
+inline void score_tile(int hd, const float* __restrict qp, const float* __restrict kpanel, float* s,
+                       std::ptrdiff_t lds) {
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  R acc[SMR][2];
+#pragma GCC unroll 32
+  for (int i = 0; i < SMR; ++i) acc[i][0] = acc[i][1] = V::zero();
+#pragma GCC unroll 4
+  for (int d = 0; d < hd; ++d) {
+    const R b0 = V::load(kpanel + d * 2 * L), b1 = V::load(kpanel + d * 2 * L + L);
+#pragma GCC unroll 32
+    for (int i = 0; i < SMR; ++i) {
+      const R a = V::bcast(qp + d * SMR + i);
+      acc[i][0] = V::fma(a, b0, acc[i][0]);
+      acc[i][1] = V::fma(a, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < SMR; ++i) {
+    V::store(s + i * lds, acc[i][0]);
+    V::store(s + i * lds + L, acc[i][1]);
+  }
+}
+
+/// Row r of s (cols valid values, padded to lds): s = 2^(s − max), padding zeroed; returns 1 / Σ.
+template <class V>
+float exp2_row(float* s, int cols, std::ptrdiff_t lds) {
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  const int full = cols / L * L;
+  R mx = V::set1(-__builtin_inff());
+  for (int j = 0; j < full; j += L) mx = V::max(mx, V::load(s + j));
+  if (full < cols) mx = V::max(mx, V::select(V::lanes_below(cols - full), V::load_n(s + full, cols - full), mx));
+  const R m = V::set1(V::hmax(mx));
+  R sum0 = V::zero(), sum1 = V::zero();
+  int j = 0;
+  for (; j + 2 * L <= full; j += 2 * L) {
+    const R e0 = exp2_nonpositive<V>(V::sub(V::load(s + j), m));
+    const R e1 = exp2_nonpositive<V>(V::sub(V::load(s + j + L), m));
+    V::store(s + j, e0);
+    V::store(s + j + L, e1);
+    sum0 = V::add(sum0, e0);
+    sum1 = V::add(sum1, e1);
+  }
+  for (; j < full; j += L) {
+    const R e = exp2_nonpositive<V>(V::sub(V::load(s + j), m));
+    V::store(s + j, e);
+    sum0 = V::add(sum0, e);
+  }
+  if (full < cols) {
+    const R e = V::select(V::lanes_below(cols - full), exp2_nonpositive<V>(V::sub(V::load(s + full), m)), V::zero());
+    V::store(s + full, e);  // lanes past cols become 0
+    sum0 = V::add(sum0, e);
+  }
+  (void)lds;
+  return 1.0f / V::hsum(V::add(sum0, sum1));
+}
+
+/// ctx[i][0:NVP·L] = (Σ_key P[i][key]·vp[key][0:NVP·L]) · inv[i] for PMR rows of P (row stride lds),
+/// columns [c0, c0 + NVP·L) of the dense v block (row stride hdp); stores `cols` columns of `rows` rows.
+template <class V, int PMR, int NVP>
+inline void pv_tile(int keys, const float* __restrict p, std::ptrdiff_t lds, const float* __restrict vp,
+                    std::ptrdiff_t hdp, const float* inv, float* ctx, std::ptrdiff_t ldc, int rows, int cols) {
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  R acc[PMR][NVP];
+#pragma GCC unroll 32
+  for (int i = 0; i < PMR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NVP; ++j) acc[i][j] = V::zero();
+  constexpr int NB = (PMR + 2) / 3;  // rows as base + {0,1,2}·lds: few address registers
+  const float* base[NB];
+#pragma GCC unroll 8
+  for (int g = 0; g < NB; ++g) base[g] = p + 3 * g * lds;
+#pragma GCC unroll 2
+  for (int key = 0; key < keys; ++key) {
+    R b[NVP];
+#pragma GCC unroll 8
+    for (int j = 0; j < NVP; ++j) b[j] = V::load(vp + key * hdp + j * L);
+#pragma GCC unroll 32
+    for (int i = 0; i < PMR; ++i) {
+      const R a = V::bcast(base[i / 3] + (i % 3) * lds + key);
+#pragma GCC unroll 8
+      for (int j = 0; j < NVP; ++j) acc[i][j] = V::fma(a, b[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < rows; ++i) {
+    const R scale = V::set1(inv[i]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NVP; ++j) {
+      const int n = imin(L, cols - j * L);
+      if (n <= 0) break;
+      const R x = V::mul(acc[i][j], scale);
+      if (n == L)
+        V::store(ctx + i * ldc + j * L, x);
+      else
+        V::store_n(ctx + i * ldc + j * L, x, n);
+    }
+  }
+}
+
+/// One head. q, k, v: rows of `tokens` tokens with leading dimension ld (head_dim columns each);
+/// ctx: [tokens, head_dim] with leading dimension ldc. cls_row (optional): the softmax row of query 0,
+/// [tokens]. SMR: score-tile rows (NRS = 2·L keys); PMR, NVP_MAX: P·V tile rows and widest column
+/// chunk (vectors); QB: query rows per block.
+template <class V, int SMR, int PMR, int NVP_MAX, int QB>
+void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd, float scale,
+                    float* ctx, std::ptrdiff_t ldc, float* cls_row) {
+  constexpr int L = V::kLanes;
+  constexpr int NRS = 2 * L;
+  static_assert(QB % SMR == 0, "score tiles must not straddle query blocks");
+  const int panels = (tokens + NRS - 1) / NRS;
+  const std::ptrdiff_t lds = static_cast<std::ptrdiff_t>(panels) * NRS;  // padded key count
+  const int hdp = (hd + L - 1) / L * L;
+  Workspace& ws = workspace();
+  float* kp = ws.kp.get(static_cast<std::size_t>(panels) * hd * NRS);
+  float* vp = ws.vp.get(static_cast<std::size_t>(tokens) * hdp);
+  float* qp = ws.qp.get(static_cast<std::size_t>(QB) * hd);
+  // PMR spare rows: the last P·V tile of a block may read (and discard) rows past the block.
+  float* s = ws.s.get(static_cast<std::size_t>(QB + PMR) * lds);
+  float* inv = ws.inv.get(static_cast<std::size_t>(QB + PMR));
+
+  pack_k<V, NRS>(k, ld, tokens, hd, kp);
+  for (int key = 0; key < tokens; ++key) {
+    std::memcpy(vp + static_cast<std::ptrdiff_t>(key) * hdp, v + key * ld, sizeof(float) * hd);
+    for (int d = hd; d < hdp; ++d) vp[static_cast<std::ptrdiff_t>(key) * hdp + d] = 0.0f;
+  }
+  for (int r = QB; r < QB + PMR; ++r) {
+    std::memset(s + r * lds, 0, sizeof(float) * lds);
+    inv[r] = 0.0f;
+  }
+  // softmax(x) = 2^(x·log2e − max): the factor folds into q (one rounding per q value, as the scale).
+  const float factor = scale * 1.44269504088896341f;
+
+  for (int r0 = 0; r0 < tokens; r0 += QB) {
+    const int rows = imin(QB, tokens - r0);
+    pack_q<V, SMR>(q + r0 * ld, ld, rows, hd, factor, qp);
+    const int groups = (rows + SMR - 1) / SMR;
+    // Panel outer, query groups inner: a panel (hd·NRS floats) and the packed q (≤ QB·hd) stay in L1.
+    for (int pnl = 0; pnl < panels; ++pnl)
+      for (int g = 0; g < groups; ++g)
+        score_tile<V, SMR>(hd, qp + static_cast<std::ptrdiff_t>(g) * hd * SMR,
+                           kp + static_cast<std::ptrdiff_t>(pnl) * hd * NRS, s + g * SMR * lds + pnl * NRS, lds);
+    for (int i = 0; i < rows; ++i) inv[i] = exp2_row<V>(s + i * lds, tokens, lds);
+    for (int i = rows; i < QB; ++i) {
+      std::memset(s + i * lds, 0, sizeof(float) * lds);
+      inv[i] = 0.0f;
+    }
+    if (cls_row != nullptr && r0 == 0)
+      for (int j = 0; j < tokens; ++j) cls_row[j] = s[j] * inv[0];
+    for (int c0 = 0; c0 < hd; c0 += NVP_MAX * L) {
+      const int cols = imin(NVP_MAX * L, hd - c0);
+      const int nvp = (cols + L - 1) / L;
+      for (int i0 = 0; i0 < rows; i0 += PMR) {
+        const int rr = imin(PMR, rows - i0);
+        const float* pr = s + i0 * lds;
+        float* out = ctx + (r0 + i0) * ldc + c0;
+        switch (nvp) {
+          case 1:
+            pv_tile<V, PMR, 1>(tokens, pr, lds, vp + c0, hdp, inv + i0, out, ldc, rr, cols);
+            break;
+          case 2:
+            if constexpr (NVP_MAX >= 2) pv_tile<V, PMR, 2>(tokens, pr, lds, vp + c0, hdp, inv + i0, out, ldc, rr, cols);
+            break;
+          case 3:
+            if constexpr (NVP_MAX >= 3) pv_tile<V, PMR, 3>(tokens, pr, lds, vp + c0, hdp, inv + i0, out, ldc, rr, cols);
+            break;
+          default:
+            if constexpr (NVP_MAX >= 4) pv_tile<V, PMR, 4>(tokens, pr, lds, vp + c0, hdp, inv + i0, out, ldc, rr, cols);
+            break;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace vitmsn::detail::attn_blocked
