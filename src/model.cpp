@@ -105,22 +105,27 @@ struct Activations {
   std::vector<float> qkv;       // [N, 3D] per image, q | k | v side by side, images one after the other
   std::vector<float> mlp;       // [B·N, F]   MLP hidden; before the layers, the im2col patches
   std::vector<float> cls_rows;  // [heads, N] CLS attention of the layer being captured
+  std::vector<float> qkv_bias;  // [3D] the query, key and value biases side by side
 
   explicit Activations(const Shape& s)
       : x(s.rows * s.D),
         h(s.rows * s.D),
         qkv(s.rows * 3 * s.D),
-        mlp(std::max<std::ptrdiff_t>(s.rows * s.F, static_cast<std::ptrdiff_t>(s.B) * s.patches * s.CPP)) {}
+        mlp(std::max<std::ptrdiff_t>(s.rows * s.F, static_cast<std::ptrdiff_t>(s.B) * s.patches * s.CPP)),
+        qkv_bias(3 * s.D) {}
 };
+
+detail::WeightType weight_type(const LinearWeight& w) {
+  return w.dtype == DType::kBF16  ? detail::WeightType::kBF16
+         : w.dtype == DType::kF16 ? detail::WeightType::kF16
+                                  : detail::WeightType::kF32;
+}
 
 // y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16 or f16.
 void linear(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight& w, float* y, std::ptrdiff_t ldy,
             const Epilogue& ep, int threads) {
-  const auto type = w.dtype == DType::kBF16  ? detail::WeightType::kBF16
-                    : w.dtype == DType::kF16 ? detail::WeightType::kF16
-                                             : detail::WeightType::kF32;
-  detail::gemm_weights(isa, M, static_cast<int>(w.rows), static_cast<int>(w.cols), x, ldx, w.data, type, w.cols, y, ldy,
-                       ep, threads);
+  detail::gemm_weights(isa, M, static_cast<int>(w.rows), static_cast<int>(w.cols), x, ldx, w.data, weight_type(w),
+                       w.cols, y, ldy, ep, threads);
 }
 
 int resolve_index(int index, int count, const char* what) {
@@ -199,14 +204,27 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
   // ctx shares h's buffer: image b's ctx rows overwrite only h rows already projected.
   float* ctx = a.h.data();
   const std::ptrdiff_t ld3 = 3 * static_cast<std::ptrdiff_t>(D);
+  // The three projections run as one GEMM over the stacked [3D, D] weight (the layer-norm output is
+  // packed once); their biases side by side in qkv_bias.
   const LinearWeight* proj[3] = {&lw.query, &lw.key, &lw.value};
   const detail::ConstVectorMap* bias[3] = {&lw.query_bias, &lw.key_bias, &lw.value_bias};
+  const bool has_bias = bias[0]->size() > 0;
+  for (int j = 0; j < 3 && has_bias; ++j)
+    std::copy(bias[j]->data(), bias[j]->data() + D, a.qkv_bias.begin() + static_cast<std::ptrdiff_t>(j) * D);
+  const void* stacked[3] = {lw.query.data, lw.key.data, lw.value.data};
   for (int b = 0; b < s.B; ++b) {
     const std::ptrdiff_t r0 = static_cast<std::ptrdiff_t>(b) * N;
-    for (int j = 0; j < 3; ++j) {
-      Epilogue ep;
-      ep.bias = bias[j]->size() ? bias[j]->data() : nullptr;  // qkv_bias
-      linear(isa, N, a.h.data() + r0 * D, D, *proj[j], a.qkv.data() + r0 * ld3 + j * D, ld3, ep, threads);
+    Epilogue ep;
+    ep.bias = has_bias ? a.qkv_bias.data() : nullptr;  // qkv_bias
+    if (lw.key.dtype == lw.query.dtype && lw.value.dtype == lw.query.dtype) {
+      detail::kernels(isa).gemm_weights_stacked(N, D, 3, D, a.h.data() + r0 * D, D, stacked, weight_type(lw.query),
+                                                lw.query.cols, a.qkv.data() + r0 * ld3, ld3, ep, threads);
+    } else {  // mixed storage types (a tensor widened at load): one projection at a time
+      for (int j = 0; j < 3; ++j) {
+        Epilogue ej;
+        ej.bias = has_bias ? bias[j]->data() : nullptr;
+        linear(isa, N, a.h.data() + r0 * D, D, *proj[j], a.qkv.data() + r0 * ld3 + j * D, ld3, ej, threads);
+      }
     }
     sw.lap(&StageTimes::qkv);
     Matrix* keep = cls_attention[b];

@@ -18,6 +18,7 @@
 #include "cpu/gemm_blocked.hpp"
 #include "cpu/half.hpp"
 #include "ops.hpp"
+#include "test_util.hpp"
 #include "vitmsn/cpu.hpp"
 
 namespace vitmsn::detail {
@@ -252,8 +253,8 @@ TEST(Gemm, UnavailableVariantFallsBackToAnAvailableOne) {
 
 TEST(Gemm, ResultsAreBitIdenticalForOneTwoAndThreeThreads) {
   const std::vector<Shape> cases = {
-      {1025, 1024, 96, 0, 0, 0}, {300, 3072, 64, 0, 0, 0}, {257, 64, 520, 0, 3072 - 64, 0},
-      {61, 200, 300, 5, 3, 2},   {13, 1025, 64, 0, 0, 0},
+      {1025, 1024, 96, 0, 0, 0}, {300, 3072, 64, 0, 0, 0}, {257, 64, 520, 0, 3072 - 64, 0}, {61, 200, 300, 5, 3, 2},
+      {13, 1025, 64, 0, 0, 0},   {61, 37, 70, 0, 0, 0},    {200, 37, 520, 1, 0, 0},
   };
   const EpilogueCase e{0.5f, true, true, 2};
   for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
@@ -1021,6 +1022,82 @@ TEST(Attention, ResultsAreBitIdenticalForOneTwoAndThreeThreads) {
     EXPECT_TRUE(same_bits(cls[0], cls[1]) && same_bits(cls[0], cls[2])) << isa_name(isa);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stacked weights (the query, key and value projections as one GEMM) and the blocking.
+
+TEST(GemmWeightsStacked, IsBitIdenticalToOneCallPerSegment) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  // seg_rows 37: segments meet inside an NR panel and inside an 8-row transpose group.
+  for (const int seg_rows : {64, 37, 8}) {
+    const int M = 61, K = 70, S = 3, N = S * seg_rows;
+    const std::ptrdiff_t ldw = K + 2, ldc = N + 5;
+    std::vector<float> A(static_cast<std::size_t>(M) * K), bias(N), Wf[S];
+    std::vector<std::uint16_t> Wh[S];
+    for (float& x : A) x = nd(rng);
+    for (float& x : bias) x = nd(rng);
+    for (int s = 0; s < S; ++s) {
+      Wf[s].resize(static_cast<std::size_t>(seg_rows) * ldw);
+      Wh[s].resize(Wf[s].size());
+      for (std::size_t i = 0; i < Wf[s].size(); ++i) {
+        Wf[s][i] = nd(rng);
+        Wh[s][i] = float_to_half(Wf[s][i]);
+      }
+    }
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+      if (!isa_available(isa)) continue;
+      for (WeightType wt : {WeightType::kF32, WeightType::kF16}) {
+        const void* W[S];
+        for (int s = 0; s < S; ++s)
+          W[s] =
+              wt == WeightType::kF32 ? static_cast<const void*>(Wf[s].data()) : static_cast<const void*>(Wh[s].data());
+        Epilogue ep;
+        ep.bias = bias.data();
+        ep.gelu = true;
+        std::vector<float> stacked(static_cast<std::size_t>(M) * ldc, 3.0f), apart = stacked;
+        kernels(isa).gemm_weights_stacked(M, seg_rows, S, K, A.data(), K, W, wt, ldw, stacked.data(), ldc, ep, 2);
+        for (int s = 0; s < S; ++s) {
+          Epilogue e = ep;
+          e.bias = bias.data() + s * seg_rows;
+          gemm_weights(isa, M, seg_rows, K, A.data(), K, W[s], wt, ldw, apart.data() + s * seg_rows, ldc, e, 1);
+        }
+        EXPECT_TRUE(same_bits(stacked, apart)) << isa_name(isa) << " " << wt_name(wt) << " seg_rows " << seg_rows;
+      }
+    }
+  }
+}
+
+#ifdef VITMSN_PROGRAM_DIR
+// The blocking (VITMSN_GEMM_BLOCKING=kc,mc,packed_b_floats) changes only the speed: features of the
+// tiny model are bit-identical under very different blockings, for every kernel variant this CPU has
+// (one process per setting: the blocking is read once per process).
+TEST(Gemm, FeaturesAreBitIdenticalForAnyBlocking) {
+  const std::string dir = test::temp_dir();
+  const std::string args = " --model " + test::data_path("models/tiny") + " --pool none --threads 2 " +
+                           test::data_path("images/chelsea.png") + " " + test::data_path("images/camera.png");
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_available(isa)) continue;
+    std::string first;
+    int n = 0;
+    for (const char* blocking : {"", "64,28,4096", "8,14,1", "200,140,65536", "1024,2048,8388608"}) {
+      const std::string out = dir + "/" + isa_name(isa) + "-" + std::to_string(n++) + ".safetensors";
+      const std::string env = std::string("VITMSN_ISA=") + isa_name(isa) +
+                              (*blocking ? std::string(" VITMSN_GEMM_BLOCKING=") + blocking : std::string());
+      const test::ProgramRun r =
+          test::run_command(env + " " + std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract --output " + out + args);
+      ASSERT_EQ(r.status, 0) << r.output;
+      const std::string bytes = test::read_text(out);
+      ASSERT_GT(bytes.size(), 2u * 1025 * 64 * 4) << out;
+      if (first.empty()) {
+        first = bytes;
+      } else {
+        EXPECT_TRUE(bytes == first) << isa_name(isa) << ": blocking " << blocking << " changed the features";
+      }
+    }
+  }
+}
+#endif
 
 }  // namespace
 }  // namespace vitmsn::detail

@@ -37,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include "cpu/half.hpp"
 #include "cpu/kernels.hpp"
@@ -246,7 +247,29 @@ struct Problem {
   // (b_trans must be true) with leading dimension ldb in elements.
   const std::uint16_t* Bh = nullptr;
   WeightType wtype = WeightType::kF32;
+  // b_trans only: op(B)ᵀ stacked from `segments` matrices of seg_rows rows each (the query, key and
+  // value weights as one [3·D, D] operand); segment s's rows start at segs[s] (float or 16-bit as
+  // wtype, leading dimension ldb). segments == 1: B / Bh as above.
+  int segments = 1;
+  int seg_rows = 0;
+  const void* segs[3] = {nullptr, nullptr, nullptr};
 };
+
+/// Row n of op(B)ᵀ (b_trans) as stored: float* or const std::uint16_t*, across segments.
+template <class T>
+inline const T* b_row(const Problem& p, int n) {
+  if (p.segments == 1) {
+    const T* base = std::is_same<T, float>::value ? reinterpret_cast<const T*>(p.B) : reinterpret_cast<const T*>(p.Bh);
+    return base + static_cast<std::ptrdiff_t>(n) * p.ldb;
+  }
+  return static_cast<const T*>(p.segs[n / p.seg_rows]) + static_cast<std::ptrdiff_t>(n % p.seg_rows) * p.ldb;
+}
+
+/// True when rows [n, n + count) of op(B)ᵀ are equally spaced (one segment): a strided transpose may
+/// read them.
+inline bool b_rows_contiguous(const Problem& p, int n, int count) {
+  return p.segments == 1 || n / p.seg_rows == (n + count - 1) / p.seg_rows;
+}
 
 struct TileEpilogue {
   float alpha;
@@ -319,6 +342,22 @@ __attribute__((noinline)) void finish_tile(const float* tile, float* c, std::ptr
   }
 }
 
+/// Lines a micro-tile prefetches into L2 for the slice that follows its own (one line every 8
+/// k-steps): `count` lines, line i at base + (first + i) / per_row · row_stride + (first + i) % per_row
+/// · 16 floats. The slice is either rows of B still to be packed (per_row lines per row of B) or an
+/// already packed slice (one contiguous run: per_row = count).
+struct Prefetch {
+  const float* base = nullptr;
+  std::ptrdiff_t row_stride = 0;
+  int per_row = 1;
+  int first = 0;
+  int count = 0;
+  const float* line(int i) const {
+    const int l = first + i;
+    return base + static_cast<std::ptrdiff_t>(l / per_row) * row_stride + (l % per_row) * 16;
+  }
+};
+
 /// The MR×NR micro-tile (NR = NV·kLanes): C = acc(·) + A_panel · B_panel over kc, where acc starts at 0
 /// (first) or at the partial sum stored in C. Without `ep`, the raw sum is stored (more kc blocks
 /// follow); with it, the epilogue is applied first. rows <= MR, cols <= NR: the valid part of the tile.
@@ -326,7 +365,7 @@ __attribute__((noinline)) void finish_tile(const float* tile, float* c, std::ptr
 /// registers.
 template <class V, int MR, int NV, bool KMajorA>
 inline void micro_tile(int kc, const float* __restrict a, std::ptrdiff_t rsa, const float* __restrict b, float* c,
-                       std::ptrdiff_t ldc, int rows, int cols, bool first, const TileEpilogue* ep, const float* b_next,
+                       std::ptrdiff_t ldc, int rows, int cols, bool first, const TileEpilogue* ep, const Prefetch& pf,
                        const float* c_next, int next_rows) {
   using R = typename V::R;
   constexpr int L = V::kLanes;
@@ -363,8 +402,8 @@ inline void micro_tile(int kc, const float* __restrict a, std::ptrdiff_t rsa, co
   for (int k = 0; k < kc; ++k) {
     // One k-slice of the next B panel per k (a no-op re-touch of this panel except on the last tile
     // of a column panel).
-#pragma GCC unroll 8
-    for (int q = 0; q < NR; q += 16) __builtin_prefetch(b_next + k * NR + q, 0, 3);
+    // Every 8th k-step, one line of what the next slice needs (see Prefetch).
+    if ((k & 7) == 0 && (k >> 3) < pf.count) __builtin_prefetch(pf.line(k >> 3), 0, 2);
     R bv[NV];
 #pragma GCC unroll 8
     for (int j = 0; j < NV; ++j) bv[j] = V::load(b + k * NR + j * L);
@@ -393,74 +432,65 @@ inline void micro_tile(int kc, const float* __restrict a, std::ptrdiff_t rsa, co
   finish_tile<V, MR, NV>(&tile[0][0], c, ldc, rows, cols, ep);
 }
 
-/// pack_b for 16-bit B [N,K] (b_trans): the same panels, widened to float on the way.
-template <class V, int NR, WeightType T>
-void pack_b_half(const Problem& p, int n0, int nb, float* dst) {
-  const int K = p.K;
-  for (int q = 0; q * NR < nb; ++q) {
-    const int nbase = n0 + q * NR;
-    const int valid = imin(NR, nb - q * NR);
-    float* d = dst + static_cast<std::ptrdiff_t>(q) * K * NR;
-    for (int j8 = 0; j8 < NR; j8 += 8) {
-      const int vr = iclamp(valid - j8, 0, 8);
-      if (vr == 0) {  // columns past N: zeros
-        for (int k = 0; k < K; ++k)
-          for (int r = 0; r < 8; ++r) d[k * NR + j8 + r] = 0.0f;
-        continue;
+/// widen<T> as a function of float for the f32 case (identity), so one packing loop serves all types.
+template <class T, WeightType W>
+inline float element(T v) {
+  if constexpr (std::is_same<T, float>::value) {
+    return v;
+  } else {
+    return widen<W>(v);
+  }
+}
+
+/// Packs rows k0..k0+kb of op(B)ᵀ's columns… i.e. op(B)[k0:k0+kb, n0:n0+valid] with B [N,K] (b_trans)
+/// of element type T (float, or 16-bit widened as W), into the kb × NR slice at dst (row stride NR),
+/// columns past `valid` zero. 8×8 transposes where 8 rows lie in one segment, scalar otherwise.
+template <class V, int NR, class T, WeightType W>
+void pack_b_slice_trans(const Problem& p, int n0, int valid, int k0, int kb, float* dst) {
+  for (int j8 = 0; j8 < NR; j8 += 8) {
+    const int vr = iclamp(valid - j8, 0, 8);
+    if (vr == 0) {  // columns past N: zeros
+      for (int k = 0; k < kb; ++k)
+        for (int r = 0; r < 8; ++r) dst[k * NR + j8 + r] = 0.0f;
+      continue;
+    }
+    int k = 0;
+    if (vr == 8 && b_rows_contiguous(p, n0 + j8, 8)) {
+      const T* s = b_row<T>(p, n0 + j8) + k0;
+      for (; k + 8 <= kb; k += 8) {
+        if constexpr (std::is_same<T, float>::value) {
+          V::transpose8(s + k, p.ldb, dst + k * NR + j8, NR);
+        } else {
+          V::template transpose8_half<W>(s + k, p.ldb, dst + k * NR + j8, NR);
+        }
       }
-      const std::uint16_t* s = p.Bh + static_cast<std::ptrdiff_t>(nbase + j8) * p.ldb;
-      int k = 0;
-      if (vr == 8) {
-        for (; k + 8 <= K; k += 8) V::template transpose8_half<T>(s + k, p.ldb, d + k * NR + j8, NR);
-      }
-      for (; k < K; ++k) {
-        float* dk = d + k * NR + j8;
-        for (int r = 0; r < 8; ++r) dk[r] = r < vr ? widen<T>(s[r * p.ldb + k]) : 0.0f;
-      }
+    }
+    for (int r = 0; r < 8; ++r) {
+      const T* s = r < vr ? b_row<T>(p, n0 + j8 + r) + k0 : nullptr;
+      for (int kk = k; kk < kb; ++kk) dst[kk * NR + j8 + r] = s ? element<T, W>(s[kk]) : 0.0f;
     }
   }
 }
 
-/// Packs op(B)[0:K, n0:n0+nb] into ceil(nb/NR) panels of K×NR floats (k-major, columns past nb zero).
+/// Packs op(B)[k0:k0+kb, n0:n0+valid] into the kb × NR slice at dst (row stride NR; columns past
+/// `valid` zero): one k-block of one NR-wide panel, in the layout micro_tile reads.
 template <class V, int NR>
-void pack_b(const Problem& p, int n0, int nb, float* dst) {
-  if (p.wtype == WeightType::kBF16) return pack_b_half<V, NR, WeightType::kBF16>(p, n0, nb, dst);
-  if (p.wtype == WeightType::kF16) return pack_b_half<V, NR, WeightType::kF16>(p, n0, nb, dst);
-  const int K = p.K;
-  for (int q = 0; q * NR < nb; ++q) {
-    const int nbase = n0 + q * NR;
-    const int valid = imin(NR, nb - q * NR);
-    float* d = dst + static_cast<std::ptrdiff_t>(q) * K * NR;
-    if (p.b_trans) {
-      // B is [N, K]: column n of op(B) is row n of B. 8×8 transposes, rows of B become k-slices.
-      for (int j8 = 0; j8 < NR; j8 += 8) {
-        const int vr = iclamp(valid - j8, 0, 8);
-        if (vr == 0) {  // columns past N: zeros
-          for (int k = 0; k < K; ++k)
-            for (int r = 0; r < 8; ++r) d[k * NR + j8 + r] = 0.0f;
-          continue;
-        }
-        const float* s = p.B + static_cast<std::ptrdiff_t>(nbase + j8) * p.ldb;
-        int k = 0;
-        if (vr == 8) {
-          for (; k + 8 <= K; k += 8) V::transpose8(s + k, p.ldb, d + k * NR + j8, NR);
-        }
-        for (; k < K; ++k) {
-          float* dk = d + k * NR + j8;
-          for (int r = 0; r < 8; ++r) dk[r] = r < vr ? s[r * p.ldb + k] : 0.0f;
-        }
-      }
-    } else {
-      // B is [K, N]: a k-slice of the panel is a piece of row k.
-      constexpr int L = V::kLanes;
-      for (int k = 0; k < K; ++k) {
-        const float* s = p.B + static_cast<std::ptrdiff_t>(k) * p.ldb + nbase;
-        float* dk = d + k * NR;
-        for (int j = 0; j < NR; j += L) {
-          const int n = iclamp(valid - j, 0, L);
-          V::store(dk + j, n == L ? V::load(s + j) : V::load_n(s + j, n));
-        }
-      }
+void pack_b_slice(const Problem& p, int n0, int valid, int k0, int kb, float* dst) {
+  if (p.b_trans) {
+    if (p.wtype == WeightType::kBF16)
+      return pack_b_slice_trans<V, NR, std::uint16_t, WeightType::kBF16>(p, n0, valid, k0, kb, dst);
+    if (p.wtype == WeightType::kF16)
+      return pack_b_slice_trans<V, NR, std::uint16_t, WeightType::kF16>(p, n0, valid, k0, kb, dst);
+    return pack_b_slice_trans<V, NR, float, WeightType::kF32>(p, n0, valid, k0, kb, dst);
+  }
+  // B is [K, N]: a k-slice of the panel is a piece of row k.
+  constexpr int L = V::kLanes;
+  for (int k = 0; k < kb; ++k) {
+    const float* s = p.B + static_cast<std::ptrdiff_t>(k0 + k) * p.ldb + n0;
+    float* dk = dst + k * NR;
+    for (int j = 0; j < NR; j += L) {
+      const int n = iclamp(valid - j, 0, L);
+      V::store(dk + j, n == L ? V::load(s + j) : V::load_n(s + j, n));
     }
   }
 }
@@ -503,6 +533,11 @@ void pack_a(const Problem& p, int m0, int mb, int k0, int kb, float* dst, std::p
 }
 
 /// One thread's share: C[m0:m1, n0:n1].
+///
+/// B is packed a kc × NR slice at a time, right before the first row block uses it (so a weight read
+/// from memory is packed and then used by every row tile while it is in L1/L2), into a K × nc buffer
+/// that later row blocks reuse. While one slice computes, its micro-tiles prefetch into L2 what the
+/// next slice needs: the rows of B it will be packed from (first row block), or the packed slice.
 template <class V, int MR, int NV, bool KMajorA>
 void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking& bl) {
   constexpr int NR = NV * V::kLanes;
@@ -519,6 +554,9 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
   const std::ptrdiff_t rsa = (imin(kc, imax(K, 1)) + 15) / 16 * 16;
   const bool multi_k = K > kc;
   const bool save_residual = multi_k && p.ep.residual != nullptr;
+  // Prefetching rows of B to pack works on float rows (16 per line); 16-bit and [K,N] B rely on the
+  // hardware prefetchers.
+  const bool prefetch_source = p.b_trans && p.wtype == WeightType::kF32;
 
   Workspace& ws = workspace();
   float* bp = ws.b.get(static_cast<std::size_t>(nc) * imax(K, 1));
@@ -527,9 +565,10 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
 
   for (int jc = n0; jc < n1; jc += nc) {
     const int nb = imin(nc, n1 - jc);
-    pack_b<V, NR>(p, jc, nb, bp);
     for (int ic = m0; ic < m1; ic += mc) {
       const int mb = imin(mc, m1 - ic);
+      const bool pack_now = ic == m0;
+      const int tiles = (mb + MR - 1) / MR;
       if (save_residual) {
         for (int i = 0; i < mb; ++i)
           std::memcpy(rs + static_cast<std::ptrdiff_t>(i) * nb,
@@ -545,10 +584,31 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
         TileEpilogue te{p.ep.alpha, p.ep.alpha != 1.0f, nullptr, p.ep.gelu, nullptr, 0};
         for (int jr = 0; jr < nb; jr += NR) {
           const int cols = imin(NR, nb - jr);
-          const float* bpanel =
-              bp + static_cast<std::ptrdiff_t>(jr / NR) * K * NR + static_cast<std::ptrdiff_t>(pc) * NR;
+          float* bpanel = bp + static_cast<std::ptrdiff_t>(jr / NR) * K * NR + static_cast<std::ptrdiff_t>(pc) * NR;
+          if (pack_now) pack_b_slice<V, NR>(p, jc + jr, cols, pc, kb, bpanel);
+          // The next slice: the next panel at this k-block, or the first panel of the next one.
+          Prefetch next;
+          const bool next_in_block = jr + NR < nb;
+          const int next_jr = next_in_block ? jr + NR : 0;
+          const int next_pc = next_in_block ? pc : pc + kb;
+          if (next_pc < K) {
+            const int next_kb = imin(kc, K - next_pc);
+            if (pack_now && prefetch_source) {
+              const int next_cols = imin(NR, nb - next_jr);
+              next.base = b_row<float>(p, jc + next_jr) + next_pc;
+              next.row_stride = p.ldb;
+              next.per_row = (next_kb + 15) / 16;
+              next.count = next_cols * next.per_row;
+              if (!b_rows_contiguous(p, jc + next_jr, next_cols)) next.count = 0;
+            } else if (!pack_now) {
+              next.base =
+                  bp + static_cast<std::ptrdiff_t>(next_jr / NR) * K * NR + static_cast<std::ptrdiff_t>(next_pc) * NR;
+              next.per_row = next.count = next_kb * NR / 16;
+            }
+          }
+          const int total_lines = next.count;
           if (last) te.bias = p.ep.bias ? p.ep.bias + jc + jr : nullptr;
-          for (int ir = 0; ir < mb; ir += MR) {
+          for (int ir = 0, t = 0; ir < mb; ir += MR, ++t) {
             const int rows = imin(MR, mb - ir);
             float* ct = p.C + static_cast<std::ptrdiff_t>(ic + ir) * p.ldc + jc + jr;
             if (last && p.ep.residual) {
@@ -560,13 +620,16 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
                 te.ldr = p.ep.ldr;
               }
             }
-            // Prefetch targets: the next tile's C rows, and on the last row tile the next B panel.
+            // This tile's share of the next slice's lines, at most one per 8 k-steps.
+            next.first = static_cast<int>(static_cast<long long>(total_lines) * t / tiles);
+            next.count = imin(static_cast<int>(static_cast<long long>(total_lines) * (t + 1) / tiles) - next.first,
+                              (kb + 7) / 8);
+            // The next tile's C rows (L2/L3 -> L1 while this tile computes).
             const bool last_tile = ir + MR >= mb;
-            const float* b_next = last_tile && jr + NR < nb ? bpanel + K * NR : bpanel;
             const float* c_next = last_tile ? ct : ct + MR * p.ldc;
             const int next_rows = last_tile ? rows : imin(MR, mb - ir - MR);
             micro_tile<V, MR, NV, KMajorA>(kb, ap + static_cast<std::ptrdiff_t>(ir) * rsa, rsa, bpanel, ct, p.ldc, rows,
-                                           cols, first, last ? &te : nullptr, b_next, c_next, next_rows);
+                                           cols, first, last ? &te : nullptr, next, c_next, next_rows);
           }
         }
         pc += kb;

@@ -53,6 +53,14 @@ struct KernelTable {
   void (*gemm_weights)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
                        std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) = nullptr;
 
+  /// C[M, S·R] = epilogue(A[M,K]·[W_0; …; W_{S−1}]ᵀ): `segments` (S ≤ 3) weight matrices of
+  /// seg_rows (R) rows each, of one type wt (kF32 included), leading dimension ldw, stacked along N as
+  /// one operand — the query, key and value projections as one GEMM, so A is packed once. ep.bias
+  /// covers all S·R columns. Bit-identical to one gemm_weights call per segment.
+  void (*gemm_weights_stacked)(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
+                               const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
+                               const Epilogue& ep, int threads) = nullptr;
+
   /// In place, for each of `rows` rows of x (leading dimension ld): x = softmax(x) over `cols` values.
   void (*softmax_rows)(float* x, int rows, int cols, std::ptrdiff_t ld) = nullptr;
 

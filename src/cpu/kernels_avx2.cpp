@@ -85,6 +85,17 @@ void gemm_weights_avx2(int M, int N, int K, const float* A, std::ptrdiff_t lda, 
   blocked::gemm<Avx2, kMr, kNv, /*KMajorA=*/false>(p, bl, threads);
 }
 
+void gemm_weights_stacked_avx2(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
+                               const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
+                               const Epilogue& ep, int threads) {
+  static const Blocking bl = gemm_blocking(Isa::kAvx2);
+  blocked::Problem p{M, seg_rows * segments, K, A, lda, nullptr, ldw, /*b_trans=*/true, C, ldc, ep, nullptr, wt};
+  p.segments = segments;
+  p.seg_rows = seg_rows;
+  for (int s = 0; s < segments; ++s) p.segs[s] = W[s];
+  blocked::gemm<Avx2, kMr, kNv, /*KMajorA=*/false>(p, bl, threads);
+}
+
 void softmax_rows_avx2(float* x, int rows, int cols, std::ptrdiff_t ld) {
   blocked::softmax_rows<Avx2>(x, rows, cols, ld);
 }
@@ -126,6 +137,7 @@ KernelTable avx2_kernel_table() {
   t.softmax_rows = softmax_rows_avx2;
   t.gelu_erf = gelu_erf_avx2;
   t.attention_head = attention_head_avx2;
+  t.gemm_weights_stacked = gemm_weights_stacked_avx2;
   t.fma_burst = fma_burst_avx2;
   return t;
 }

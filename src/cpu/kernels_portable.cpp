@@ -65,22 +65,30 @@ void gemm_rows_portable(int m0, int m1, int N, int K, const float* A, std::ptrdi
   }
 }
 
+// Rows of C per Eigen product. Eigen chooses its kernels and its own K blocking from the product's
+// size, so the same rows must always be computed in the same call: C is cut into fixed blocks of
+// kRowBlock rows whatever the thread count, and threads take whole blocks. That makes the result
+// independent of the thread count.
+constexpr int kRowBlock = 64;
+
 void gemm_portable(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
                    bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  threads = std::max(1, std::min(threads, M / 16 + 1));
+  const int blocks = (M + kRowBlock - 1) / kRowBlock;
+  const auto part = [&](int t, int nt) {
+    const int b0 = static_cast<int>(static_cast<long long>(blocks) * t / nt);
+    const int b1 = static_cast<int>(static_cast<long long>(blocks) * (t + 1) / nt);
+    for (int b = b0; b < b1; ++b)
+      gemm_rows_portable(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), N, K, A, lda, B, ldb, b_trans, C, ldc, ep);
+  };
+  threads = std::max(1, std::min(threads, blocks));
 #ifdef _OPENMP
   if (threads > 1) {
 #pragma omp parallel num_threads(threads)
-    {
-      const int t = omp_get_thread_num(), n = omp_get_num_threads();
-      const int chunk = (M + n - 1) / n;
-      gemm_rows_portable(std::min(M, t * chunk), std::min(M, (t + 1) * chunk), N, K, A, lda, B, ldb, b_trans, C, ldc,
-                         ep);
-    }
+    part(omp_get_thread_num(), omp_get_num_threads());
     return;
   }
 #endif
-  gemm_rows_portable(0, M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep);
+  part(0, 1);
 }
 
 // Portable gemm_weights for 16-bit W: blocks of kWidenRows rows of W (columns of C) are widened into a
@@ -162,6 +170,24 @@ void gemm_weights_portable(int M, int N, int K, const float* A, std::ptrdiff_t l
   part(0, 1);
 }
 
+// One call per segment, each with its share of the bias (its own columns of C).
+void gemm_weights_stacked_portable(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
+                                   const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C,
+                                   std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  for (int s = 0; s < segments; ++s) {
+    Epilogue e = ep;
+    if (e.bias) e.bias += static_cast<std::ptrdiff_t>(s) * seg_rows;
+    if (e.residual) e.residual += static_cast<std::ptrdiff_t>(s) * seg_rows;
+    float* Cs = C + static_cast<std::ptrdiff_t>(s) * seg_rows;
+    if (wt == WeightType::kF32) {
+      gemm_portable(M, seg_rows, K, A, lda, static_cast<const float*>(W[s]), ldw, /*b_trans=*/true, Cs, ldc, e,
+                    threads);
+    } else {
+      gemm_weights_portable(M, seg_rows, K, A, lda, W[s], wt, ldw, Cs, ldc, e, threads);
+    }
+  }
+}
+
 void softmax_rows_portable(float* x, int rows, int cols, std::ptrdiff_t ld) {
   for (int i = 0; i < rows; ++i) {
     float* r = x + i * ld;
@@ -225,6 +251,7 @@ KernelTable portable_kernel_table() {
   t.softmax_rows = softmax_rows_portable;
   t.gelu_erf = gelu_erf_portable;
   t.attention_head = attention_head_portable;
+  t.gemm_weights_stacked = gemm_weights_stacked_portable;
   t.fma_burst = fma_burst_scalar;
   return t;
 }
