@@ -195,7 +195,7 @@ void embed_patches(Isa isa, const Config& c, const Weights& w, const Shape& s,
 void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s, Activations& a,
                      std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
   const int D = s.D, N = s.N;
-  detail::layer_norm(a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_before_weight.data(),
+  detail::layer_norm(isa, a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_before_weight.data(),
                      lw.layernorm_before_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
   sw.lap(&StageTimes::layer_norm);
   // Per image: q | k | v = h·Wqᵀ + bq | h·Wkᵀ + bk | h·Wvᵀ + bv side by side in qkv [N, 3D], then
@@ -251,7 +251,7 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
 void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s, Activations& a, Stopwatch& sw,
                int threads) {
   const int D = s.D;
-  detail::layer_norm(a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_after_weight.data(),
+  detail::layer_norm(isa, a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_after_weight.data(),
                      lw.layernorm_after_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
   sw.lap(&StageTimes::layer_norm);
   // x = x + gelu(h·W1ᵀ + b1)·W2ᵀ + b2
@@ -275,13 +275,13 @@ void encoder_layer(Isa isa, const Config& c, const LayerWeights& lw, const Shape
 }
 
 // ViTMSNModel.forward: sequence_output = self.layernorm(sequence_output) — all N tokens, no pooler.
-void final_norm(const Config& c, const Weights& w, const Shape& s, const Activations& a, std::vector<Features>& out,
-                int threads) {
+void final_norm(Isa isa, const Config& c, const Weights& w, const Shape& s, const Activations& a,
+                std::vector<Features>& out, int threads) {
   for (int b = 0; b < s.B; ++b) {
     out[b].last_hidden_state.resize(s.N, s.D);
-    detail::layer_norm(a.x.data() + static_cast<std::ptrdiff_t>(b) * s.N * s.D, s.D, out[b].last_hidden_state.data(),
-                       s.D, s.N, s.D, w.layernorm_weight.data(), w.layernorm_bias.data(),
-                       static_cast<float>(c.layer_norm_eps), threads);
+    detail::layer_norm(isa, a.x.data() + static_cast<std::ptrdiff_t>(b) * s.N * s.D, s.D,
+                       out[b].last_hidden_state.data(), s.D, s.N, s.D, w.layernorm_weight.data(),
+                       w.layernorm_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
   }
 }
 
@@ -322,7 +322,7 @@ void forward(Isa isa, const Config& c, const Weights& w, int model_threads,
     encoder_layer(isa, c, w.layers[l], s, a, std::move(cls_attention), sw, threads);
     capture_hidden(l + 1);
   }
-  final_norm(c, w, s, a, out, threads);
+  final_norm(isa, c, w, s, a, out, threads);
   sw.lap(&StageTimes::layer_norm);
 }
 

@@ -11,26 +11,18 @@
 
 namespace vitmsn::detail {
 
-void layer_norm(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols, const float* w,
-                const float* b, double eps, int threads) {
+void layer_norm(Isa isa, const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                const float* w, const float* b, double eps, int threads) {
+  const KernelTable& kt = kernels(isa);
+  // Rows in blocks of 16 (whole rows per thread: the result does not depend on the thread count).
+  constexpr int kBlock = 16;
+  const int blocks = (rows + kBlock - 1) / kBlock;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows >= 64)
 #endif
-  for (int r = 0; r < rows; ++r) {
-    const float* xr = x + r * ldx;
-    float* yr = y + r * ldy;
-    // mean = Σx/n, var = Σx²/n − mean² (biased, as torch), both in double in a single pass.
-    double sum = 0.0, sumsq = 0.0;
-    for (int c = 0; c < cols; ++c) {
-      const double v = xr[c];
-      sum += v;
-      sumsq += v * v;
-    }
-    const double mean = sum / cols;
-    const double var = std::max(0.0, sumsq / cols - mean * mean);
-    const float rstd = static_cast<float>(1.0 / std::sqrt(var + eps));
-    const float m = static_cast<float>(mean);
-    for (int c = 0; c < cols; ++c) yr[c] = (xr[c] - m) * rstd * w[c] + b[c];
+  for (int blk = 0; blk < blocks; ++blk) {
+    const int r0 = blk * kBlock, n = std::min(kBlock, rows - r0);
+    kt.layer_norm(x + r0 * ldx, ldx, y + r0 * ldy, ldy, n, cols, w, b, eps);
   }
 }
 

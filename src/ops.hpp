@@ -8,8 +8,8 @@ namespace vitmsn::detail {
 
 /// y[r,:] = (x[r,:] − mean) / sqrt(var + eps) · w + b for each row (biased variance, accumulated in
 /// double in one pass), as torch.nn.LayerNorm. x and y may be the same buffer.
-void layer_norm(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols, const float* w,
-                const float* b, double eps, int threads);
+void layer_norm(Isa isa, const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                const float* w, const float* b, double eps, int threads);
 
 /// im2col for a stride-P, P×P convolution: pixels [C, H, W] → patches [(H/P)·(W/P), C·P·P], patches
 /// in row-major grid order, each patch's values in (c, ky, kx) order — the order of the flattened

@@ -1099,5 +1099,56 @@ TEST(Gemm, FeaturesAreBitIdenticalForAnyBlocking) {
 }
 #endif
 
+// ---------------------------------------------------------------------------------------------
+// Layer norm: every variant against the portable one (double sums: the statistics agree to double
+// rounding, so the outputs agree to the last float bit but for rare ties) and against float64.
+
+void check_layer_norm(Isa isa) {
+  std::mt19937 rng(31);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  double worst_portable = 0.0, worst_exact = 0.0;
+  std::size_t differing = 0, total = 0;
+  for (int cols : {1, 7, 16, 17, 64, 1023, 1024, 4096}) {
+    const int rows = 9;
+    const std::ptrdiff_t ld = cols + 5;
+    std::vector<float> x(static_cast<std::size_t>(rows) * ld), w(cols), b(cols);
+    for (float& v : x) v = nd(rng) + 40.0f;  // an offset: the variance formula must not cancel badly
+    for (float& v : w) v = 1.0f + 0.3f * nd(rng);
+    for (float& v : b) v = nd(rng);
+    std::vector<float> got(x.size(), 5.0f), ref(x.size(), 5.0f);
+    kernels(isa).layer_norm(x.data(), ld, got.data(), ld, rows, cols, w.data(), b.data(), 1e-6);
+    kernels(Isa::kPortable).layer_norm(x.data(), ld, ref.data(), ld, rows, cols, w.data(), b.data(), 1e-6);
+    for (int r = 0; r < rows; ++r) {
+      double mean = 0.0, var = 0.0;
+      for (int c = 0; c < cols; ++c) mean += x[r * ld + c];
+      mean /= cols;
+      for (int c = 0; c < cols; ++c) var += (x[r * ld + c] - mean) * (x[r * ld + c] - mean);
+      var /= cols;
+      for (int c = 0; c < cols; ++c) {
+        const double exact = (x[r * ld + c] - mean) / std::sqrt(var + 1e-6) * w[c] + b[c];
+        worst_exact = std::max(worst_exact, std::fabs(got[r * ld + c] - exact));
+        worst_portable = std::max(worst_portable, static_cast<double>(std::fabs(got[r * ld + c] - ref[r * ld + c])));
+        differing += got[r * ld + c] != ref[r * ld + c];
+        ++total;
+      }
+      for (std::ptrdiff_t c = cols; c < ld; ++c) EXPECT_EQ(got[r * ld + c], 5.0f) << "padding";
+    }
+  }
+  std::printf("[ %s layer norm ] max |y - portable| %.3g (%zu of %zu values differ), max |y - exact| %.3g\n",
+              isa_name(isa), worst_portable, differing, total, worst_exact);
+  EXPECT_LE(worst_portable, 2e-6);
+  EXPECT_LE(worst_exact, 1e-5);
+}
+
+TEST(KernelsLayerNorm, PortableMatchesFloat64) { check_layer_norm(Isa::kPortable); }
+TEST(KernelsLayerNorm, Avx2MatchesPortable) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
+  check_layer_norm(Isa::kAvx2);
+}
+TEST(KernelsLayerNorm, Avx512MatchesPortable) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
+  check_layer_norm(Isa::kAvx512);
+}
+
 }  // namespace
 }  // namespace vitmsn::detail

@@ -15,12 +15,24 @@
 #include "cpu/cpu.hpp"
 #include "cpu/kernels.hpp"
 
+#if VITMSN_X86_KERNELS
+#include <cpuid.h>
+#endif
+
 #if defined(__linux__)
 #include <sched.h>
 #endif
 
 namespace vitmsn {
 namespace detail {
+
+namespace {
+// The fractions of L1d and L2 that the GEMM's B slice and A block fill (derive_blocking()), per
+// variant, from sweeps on real CPUs. AVX2 (Zen 3): kc·16·4 = 32 KB = all of L1d, mc·kc·4 = 192 KB of
+// 512 KB. AVX-512: measured on an Intel Xeon (Sapphire Rapids class).
+constexpr double kAvx2L1Share = 1.0, kAvx2L2Share = 0.375;
+constexpr double kAvx512L1Share = 0.5, kAvx512L2Share = 0.375;
+}  // namespace
 
 bool isa_available(Isa isa) {
   switch (isa) {
@@ -84,6 +96,117 @@ const KernelTable& kernels(Isa isa) {
   return portable;
 }
 
+namespace {
+
+constexpr std::size_t kKiB = 1024;
+
+std::size_t clamp_size(std::size_t v, std::size_t lo, std::size_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// "48K", "2048K", "32M" as sysfs writes them; 0 when unreadable.
+std::size_t read_sysfs_size(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return 0;
+  char buf[64] = {0};
+  const bool ok = std::fgets(buf, sizeof buf, f) != nullptr;
+  std::fclose(f);
+  if (!ok) return 0;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(buf, &end, 10);
+  if (end == buf) return 0;
+  if (*end == 'K') return static_cast<std::size_t>(v) * kKiB;
+  if (*end == 'M') return static_cast<std::size_t>(v) * kKiB * kKiB;
+  return static_cast<std::size_t>(v);
+}
+
+std::string read_sysfs_word(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return "";
+  char buf[64] = {0};
+  const bool ok = std::fgets(buf, sizeof buf, f) != nullptr;
+  std::fclose(f);
+  std::string s = ok ? buf : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+bool caches_from_sysfs(CacheSizes* c) {
+  bool any = false;
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    const std::string level = read_sysfs_word(dir + "level"), type = read_sysfs_word(dir + "type");
+    if (level.empty()) break;
+    const std::size_t size = read_sysfs_size(dir + "size");
+    if (size == 0 || type == "Instruction") continue;
+    if (level == "1") c->l1d = size;
+    if (level == "2") c->l2 = size;
+    if (level == "3") c->l3 = size;
+    any = true;
+  }
+  return any;
+}
+
+#if VITMSN_X86_KERNELS
+// CPUID's deterministic cache parameters: leaf 4 (Intel) or 0x8000001D (AMD), one sub-leaf per cache.
+bool caches_from_cpuid(CacheSizes* c) {
+  unsigned a = 0, b = 0, cx = 0, d = 0;
+  if (!__get_cpuid(0, &a, &b, &cx, &d)) return false;
+  const bool amd = b == 0x68747541u;  // "Auth"enticAMD
+  const unsigned leaf = amd ? 0x8000001Du : 4u;
+  if (amd) {
+    unsigned max_ext = 0;
+    __cpuid(0x80000000u, max_ext, b, cx, d);
+    if (max_ext < leaf) return false;
+  } else if (a < 4) {
+    return false;
+  }
+  bool any = false;
+  for (unsigned sub = 0; sub < 16; ++sub) {
+    __cpuid_count(leaf, sub, a, b, cx, d);
+    const unsigned type = a & 0x1fu;  // 1 data, 2 instruction, 3 unified, 0 no more caches
+    if (type == 0) break;
+    if (type == 2) continue;
+    const unsigned level = (a >> 5) & 0x7u;
+    const std::size_t ways = ((b >> 22) & 0x3ffu) + 1, parts = ((b >> 12) & 0x3ffu) + 1, line = (b & 0xfffu) + 1;
+    const std::size_t size = ways * parts * line * (static_cast<std::size_t>(cx) + 1);
+    if (level == 1) c->l1d = size;
+    if (level == 2) c->l2 = size;
+    if (level == 3) c->l3 = size;
+    any = true;
+  }
+  return any;
+}
+#endif
+
+}  // namespace
+
+CacheSizes cache_sizes() {
+  static const CacheSizes sizes = [] {
+    CacheSizes c{32 * kKiB, 512 * kKiB, 8 * kKiB * kKiB, "defaults"};
+    if (caches_from_sysfs(&c)) {
+      c.source = "sysfs";
+#if VITMSN_X86_KERNELS
+    } else if (caches_from_cpuid(&c)) {
+      c.source = "cpuid";
+#endif
+    }
+    c.l1d = clamp_size(c.l1d, 16 * kKiB, 128 * kKiB);
+    c.l2 = clamp_size(c.l2, 128 * kKiB, 8 * kKiB * kKiB);
+    c.l3 = clamp_size(c.l3, c.l2, 1024 * kKiB * kKiB);
+    return c;
+  }();
+  return sizes;
+}
+
+Blocking derive_blocking(const CacheSizes& caches, int mr, int nr, double l1_share, double l2_share) {
+  const double floats_l1 = static_cast<double>(caches.l1d) / sizeof(float);
+  const double floats_l2 = static_cast<double>(caches.l2) / sizeof(float);
+  int kc = static_cast<int>(l1_share * floats_l1 / nr) / 8 * 8;
+  kc = std::min(1024, std::max(64, kc));
+  int mc = static_cast<int>(l2_share * floats_l2 / kc) / mr * mr;
+  mc = std::min(4096 / mr * mr, std::max(mr, mc));
+  return {kc, mc, std::size_t{2} << 20};
+}
+
 Blocking gemm_blocking(Isa isa) {
   // The override, read once: three integers, else ignored.
   static const struct Override {
@@ -102,15 +225,14 @@ Blocking gemm_blocking(Isa isa) {
   if (override_blocking.set) return override_blocking.value;
   switch (isa) {
     case Isa::kAvx512:
-      // By analogy with the AVX2 measurements (not measured on an AVX-512 CPU): kc = 256 (a kc×NR
-      // slice of B is 32 KB), mc = 224 (A block 224 KB in a 1-2 MB L2); packed B up to 8 MB.
-      return {256, 224, std::size_t{2} << 20};
+      // 14 × 32 tiles. Shares measured on an Intel Xeon (Sapphire Rapids class, 48 KB L1d, 2 MB L2):
+      // see gemm_blocking_shares() below.
+      return derive_blocking(cache_sizes(), 14, 32, kAvx512L1Share, kAvx512L2Share);
     default:
-      // Measured on Zen 3 (32 KB L1d, 512 KB L2): kc = 512 (a kc×NR slice of B is 32 KB, streamed from
-      // L2 with prefetch and reused over mc/MR tiles; fewer passes over partial sums than kc = 256,
-      // which measured 4-8 % slower), mc = 96 (A block 192 KB in L2); packed B up to 8 MB (K × nc) so
-      // that A is packed once per thread for the model's shapes. (The portable GEMM does not block.)
-      return {512, 96, std::size_t{2} << 20};
+      // 6 × 16 tiles. Shares measured on AMD Zen 3 (32 KB L1d, 512 KB L2), where kc = 512 and mc = 96
+      // were the best of a sweep (kc = 256 4-8 % slower): a B slice filling L1, streamed from L2 with
+      // prefetch, and an A block of 192 KB in L2.
+      return derive_blocking(cache_sizes(), 6, 16, kAvx2L1Share, kAvx2L2Share);
   }
 }
 

@@ -29,8 +29,28 @@ struct Blocking {
   std::size_t b_pack_floats;
 };
 
-/// The blocking of the `isa` variant: its defaults, or VITMSN_GEMM_BLOCKING=kc,mc,packed_b_floats
-/// when that is set (three integers; read once per process, a tuning aid).
+/// Data cache sizes of the CPU the process runs on, in bytes: L1 data and L2 of one core, L3 (shared).
+/// From sysfs (Linux), else CPUID (x86), else defaults (32 KB, 512 KB, 8 MB). A virtual machine may
+/// report its host's caches, so the values are bounded: L1d to [16 KB, 128 KB], L2 to [128 KB, 8 MB].
+struct CacheSizes {
+  std::size_t l1d;
+  std::size_t l2;
+  std::size_t l3;
+  const char* source;  ///< "sysfs", "cpuid" or "defaults"
+};
+CacheSizes cache_sizes();
+
+/// The blocking a micro-tile of mr × nr floats needs on CPUs with these caches (after Low et al.,
+/// "Analytical Modeling Is Enough for High-Performance BLIS", ACM TOMS 2016):
+///   kc: the kc × nr slice of B that every micro-tile of a row block reuses fills `l1_share` of L1d;
+///   mc: the mc × kc block of A that every slice streams over fills `l2_share` of L2;
+///   b_pack_floats: 8 MB of packed B at most (B is reused across row blocks only when mc < M).
+/// l1_share and l2_share are per-variant constants measured on real CPUs (see gemm_blocking()).
+Blocking derive_blocking(const CacheSizes& caches, int mr, int nr, double l1_share, double l2_share);
+
+/// The blocking of the `isa` variant: derived from cache_sizes() for its micro-tile, or
+/// VITMSN_GEMM_BLOCKING=kc,mc,packed_b_floats when that is set (three integers; read once per
+/// process, a tuning aid). Results do not depend on it, only speed does.
 Blocking gemm_blocking(Isa isa);
 
 }  // namespace vitmsn::detail

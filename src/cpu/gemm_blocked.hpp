@@ -706,6 +706,34 @@ void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld) {
   }
 }
 
+/// Layer norm of `rows` rows (the table's layer_norm entry): sums in double through
+/// V::sum_and_squares, then y = (x − m)·rstd·w + b in float with the portable entry's operations.
+template <class V>
+void layer_norm_rows(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                     const float* w, const float* b, double eps) {
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    float* yr = y + r * ldy;
+    double sum = 0.0, sumsq = 0.0;
+    V::sum_and_squares(xr, cols, &sum, &sumsq);
+    const double mean = sum / cols;
+    const double var = mean * mean > sumsq / cols ? 0.0 : sumsq / cols - mean * mean;
+    const R rstd = V::set1(static_cast<float>(1.0 / __builtin_sqrt(var + eps)));
+    const R m = V::set1(static_cast<float>(mean));
+    int c = 0;
+    for (; c + L <= cols; c += L)
+      V::store(yr + c, V::add(V::mul(V::mul(V::sub(V::load(xr + c), m), rstd), V::load(w + c)), V::load(b + c)));
+    if (c < cols) {
+      const int n = cols - c;
+      V::store_n(
+          yr + c,
+          V::add(V::mul(V::mul(V::sub(V::load_n(xr + c, n), m), rstd), V::load_n(w + c, n)), V::load_n(b + c, n)), n);
+    }
+  }
+}
+
 template <class V>
 void gelu_erf(float* x, std::ptrdiff_t n) {
   constexpr int L = V::kLanes;

@@ -64,6 +64,12 @@ struct KernelTable {
   /// In place, for each of `rows` rows of x (leading dimension ld): x = softmax(x) over `cols` values.
   void (*softmax_rows)(float* x, int rows, int cols, std::ptrdiff_t ld) = nullptr;
 
+  /// For each of `rows` rows on the calling thread: y = (x − mean)·rstd·w + b with mean and the
+  /// biased variance of the row's `cols` values accumulated in double (rstd = 1/√(var + eps), both then
+  /// rounded to float), as torch.nn.LayerNorm. x and y may be the same buffer.
+  void (*layer_norm)(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                     const float* w, const float* b, double eps) = nullptr;
+
   /// In place: x[i] = 0.5·x·(1 + erf(x/√2)) for n values (exact-erf GELU, as torch.nn.functional.gelu).
   void (*gelu_erf)(float* x, std::ptrdiff_t n) = nullptr;
 

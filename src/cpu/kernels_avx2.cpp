@@ -51,6 +51,29 @@ struct Avx2 {
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
+  /// Σx and Σx² of n floats, accumulated in double (4 lanes per quarter of 16 floats).
+  static void sum_and_squares(const float* p, int n, double* sum, double* sumsq) {
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd(), q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(p + i)), b = _mm256_cvtps_pd(_mm_loadu_ps(p + i + 4));
+      s0 = _mm256_add_pd(s0, a);
+      s1 = _mm256_add_pd(s1, b);
+      q0 = _mm256_fmadd_pd(a, a, q0);
+      q1 = _mm256_fmadd_pd(b, b, q1);
+    }
+    alignas(32) double sv[4], qv[4];
+    _mm256_store_pd(sv, _mm256_add_pd(s0, s1));
+    _mm256_store_pd(qv, _mm256_add_pd(q0, q1));
+    double s = (sv[0] + sv[1]) + (sv[2] + sv[3]), q = (qv[0] + qv[1]) + (qv[2] + qv[3]);
+    for (; i < n; ++i) {
+      const double v = p[i];
+      s += v;
+      q += v * v;
+    }
+    *sum = s;
+    *sumsq = q;
+  }
   static float hsum(R v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -108,6 +131,11 @@ void attention_head_avx2(const float* q, const float* k, const float* v, std::pt
                                                                                         scale, ctx, ldc, cls_row);
 }
 
+void layer_norm_avx2(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                     const float* w, const float* b, double eps) {
+  blocked::layer_norm_rows<Avx2>(x, ldx, y, ldy, rows, cols, w, b, eps);
+}
+
 void gelu_erf_avx2(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx2>(x, n); }
 
 double fma_burst_avx2(long iterations) {
@@ -136,6 +164,7 @@ KernelTable avx2_kernel_table() {
   t.gemm_weights = gemm_weights_avx2;
   t.softmax_rows = softmax_rows_avx2;
   t.gelu_erf = gelu_erf_avx2;
+  t.layer_norm = layer_norm_avx2;
   t.attention_head = attention_head_avx2;
   t.gemm_weights_stacked = gemm_weights_stacked_avx2;
   t.fma_burst = fma_burst_avx2;

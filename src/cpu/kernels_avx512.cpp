@@ -62,6 +62,26 @@ struct Avx512 {
   }
   static float hmax(R v) { return _mm512_reduce_max_ps(v); }
   static float hsum(R v) { return _mm512_reduce_add_ps(v); }
+  /// Σx and Σx² of n floats, accumulated in double (8 lanes per half vector).
+  static void sum_and_squares(const float* p, int n, double* sum, double* sumsq) {
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+      const __m512d a = _mm512_cvtps_pd(_mm256_loadu_ps(p + i)), b = _mm512_cvtps_pd(_mm256_loadu_ps(p + i + 8));
+      s0 = _mm512_add_pd(s0, a);
+      s1 = _mm512_add_pd(s1, b);
+      q0 = _mm512_fmadd_pd(a, a, q0);
+      q1 = _mm512_fmadd_pd(b, b, q1);
+    }
+    double s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)), q = _mm512_reduce_add_pd(_mm512_add_pd(q0, q1));
+    for (; i < n; ++i) {
+      const double v = p[i];
+      s += v;
+      q += v * v;
+    }
+    *sum = s;
+    *sumsq = q;
+  }
   /// transpose8 of 16-bit weights, widened to float on the way (bf16: integer unpack and shift; f16: F16C).
   template <WeightType T>
   static void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
@@ -113,6 +133,11 @@ void attention_head_avx512(const float* q, const float* k, const float* v, std::
                                                                                           scale, ctx, ldc, cls_row);
 }
 
+void layer_norm_avx512(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                       const float* w, const float* b, double eps) {
+  blocked::layer_norm_rows<Avx512>(x, ldx, y, ldy, rows, cols, w, b, eps);
+}
+
 void gelu_erf_avx512(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx512>(x, n); }
 
 double fma_burst_avx512(long iterations) {
@@ -141,6 +166,7 @@ KernelTable avx512_kernel_table() {
   t.gemm_weights = gemm_weights_avx512;
   t.softmax_rows = softmax_rows_avx512;
   t.gelu_erf = gelu_erf_avx512;
+  t.layer_norm = layer_norm_avx512;
   t.attention_head = attention_head_avx512;
   t.gemm_weights_stacked = gemm_weights_stacked_avx512;
   t.fma_burst = fma_burst_avx512;

@@ -203,6 +203,26 @@ void softmax_rows_portable(float* x, int rows, int cols, std::ptrdiff_t ld) {
   }
 }
 
+void layer_norm_portable(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                         const float* w, const float* b, double eps) {
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    float* yr = y + r * ldy;
+    // mean = Σx/n, var = Σx²/n − mean² (biased, as torch), both in double in a single pass.
+    double sum = 0.0, sumsq = 0.0;
+    for (int c = 0; c < cols; ++c) {
+      const double v = xr[c];
+      sum += v;
+      sumsq += v * v;
+    }
+    const double mean = sum / cols;
+    const double var = std::max(0.0, sumsq / cols - mean * mean);
+    const float rstd = static_cast<float>(1.0 / std::sqrt(var + eps));
+    const float m = static_cast<float>(mean);
+    for (int c = 0; c < cols; ++c) yr[c] = (xr[c] - m) * rstd * w[c] + b[c];
+  }
+}
+
 void gelu_erf_portable(float* x, std::ptrdiff_t n) {
   for (std::ptrdiff_t i = 0; i < n; ++i) x[i] = gelu_scalar(x[i]);
 }
@@ -250,6 +270,7 @@ KernelTable portable_kernel_table() {
   t.gemm_weights = gemm_weights_portable;
   t.softmax_rows = softmax_rows_portable;
   t.gelu_erf = gelu_erf_portable;
+  t.layer_norm = layer_norm_portable;
   t.attention_head = attention_head_portable;
   t.gemm_weights_stacked = gemm_weights_stacked_portable;
   t.fma_burst = fma_burst_scalar;
