@@ -1150,5 +1150,51 @@ TEST(KernelsLayerNorm, Avx512MatchesPortable) {
   check_layer_norm(Isa::kAvx512);
 }
 
+// ---------------------------------------------------------------------------------------------
+// erf over the whole float range: every `stride`-th bit pattern (all 2^32 with stride 1), against
+// std::erf in double. The bound: |error| <= 2e-7.
+
+constexpr double kErfAbsTol = 2e-7;
+
+double erf_max_error(Isa isa, std::uint64_t stride, std::uint64_t* checked) {
+  constexpr std::size_t kChunk = 1 << 16;
+  std::vector<float> x(kChunk), y(kChunk);
+  double worst = 0.0;
+  *checked = 0;
+  std::uint64_t bits = 0;
+  while (bits < (std::uint64_t{1} << 32)) {
+    std::size_t n = 0;
+    for (; n < kChunk && bits < (std::uint64_t{1} << 32); bits += stride) {
+      const std::uint32_t b = static_cast<std::uint32_t>(bits);
+      float f;
+      std::memcpy(&f, &b, sizeof f);
+      if (std::isnan(f)) continue;
+      x[n++] = f;
+    }
+    std::copy(x.begin(), x.begin() + n, y.begin());
+    kernels(isa).erf(y.data(), static_cast<std::ptrdiff_t>(n));
+    for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(y[i] - std::erf(static_cast<double>(x[i]))));
+    *checked += n;
+  }
+  return worst;
+}
+
+void check_erf(Isa isa, std::uint64_t stride) {
+  std::uint64_t checked = 0;
+  const double worst = erf_max_error(isa, stride, &checked);
+  std::printf("[ %s erf ] max |erf - std::erf| %.3g over %llu floats (every %llu-th bit pattern)\n", isa_name(isa),
+              worst, static_cast<unsigned long long>(checked), static_cast<unsigned long long>(stride));
+  EXPECT_LE(worst, kErfAbsTol) << isa_name(isa);
+}
+
+TEST(KernelsErf, Avx2IsWithin2e7OfStdErfAcrossTheFloatRange) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
+  check_erf(Isa::kAvx2, 7);
+}
+TEST(KernelsErf, Avx512IsWithin2e7OfStdErfAcrossTheFloatRange) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
+  check_erf(Isa::kAvx512, 7);
+}
+
 }  // namespace
 }  // namespace vitmsn::detail

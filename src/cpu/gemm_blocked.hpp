@@ -735,6 +735,14 @@ void layer_norm_rows(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_
 }
 
 template <class V>
+void erf_buffer(float* x, std::ptrdiff_t n) {
+  constexpr int L = V::kLanes;
+  std::ptrdiff_t i = 0;
+  for (; i + L <= n; i += L) V::store(x + i, erf_v<V>(V::load(x + i)));
+  if (i < n) V::store_n(x + i, erf_v<V>(V::load_n(x + i, static_cast<int>(n - i))), static_cast<int>(n - i));
+}
+
+template <class V>
 void gelu_erf(float* x, std::ptrdiff_t n) {
   constexpr int L = V::kLanes;
   std::ptrdiff_t i = 0;

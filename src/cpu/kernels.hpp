@@ -70,6 +70,9 @@ struct KernelTable {
   void (*layer_norm)(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
                      const float* w, const float* b, double eps) = nullptr;
 
+  /// In place: x[i] = erf(x[i]) (the erf the GELU epilogue uses; |error| <= 2e-7 over all floats).
+  void (*erf)(float* x, std::ptrdiff_t n) = nullptr;
+
   /// In place: x[i] = 0.5·x·(1 + erf(x/√2)) for n values (exact-erf GELU, as torch.nn.functional.gelu).
   void (*gelu_erf)(float* x, std::ptrdiff_t n) = nullptr;
 

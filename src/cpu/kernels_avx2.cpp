@@ -136,6 +136,8 @@ void layer_norm_avx2(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_
   blocked::layer_norm_rows<Avx2>(x, ldx, y, ldy, rows, cols, w, b, eps);
 }
 
+void erf_avx2(float* x, std::ptrdiff_t n) { blocked::erf_buffer<Avx2>(x, n); }
+
 void gelu_erf_avx2(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx2>(x, n); }
 
 double fma_burst_avx2(long iterations) {
@@ -164,6 +166,7 @@ KernelTable avx2_kernel_table() {
   t.gemm_weights = gemm_weights_avx2;
   t.softmax_rows = softmax_rows_avx2;
   t.gelu_erf = gelu_erf_avx2;
+  t.erf = erf_avx2;
   t.layer_norm = layer_norm_avx2;
   t.attention_head = attention_head_avx2;
   t.gemm_weights_stacked = gemm_weights_stacked_avx2;

@@ -138,6 +138,8 @@ void layer_norm_avx512(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdif
   blocked::layer_norm_rows<Avx512>(x, ldx, y, ldy, rows, cols, w, b, eps);
 }
 
+void erf_avx512(float* x, std::ptrdiff_t n) { blocked::erf_buffer<Avx512>(x, n); }
+
 void gelu_erf_avx512(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx512>(x, n); }
 
 double fma_burst_avx512(long iterations) {
@@ -166,6 +168,7 @@ KernelTable avx512_kernel_table() {
   t.gemm_weights = gemm_weights_avx512;
   t.softmax_rows = softmax_rows_avx512;
   t.gelu_erf = gelu_erf_avx512;
+  t.erf = erf_avx512;
   t.layer_norm = layer_norm_avx512;
   t.attention_head = attention_head_avx512;
   t.gemm_weights_stacked = gemm_weights_stacked_avx512;

@@ -223,6 +223,10 @@ void layer_norm_portable(const float* x, std::ptrdiff_t ldx, float* y, std::ptrd
   }
 }
 
+void erf_portable(float* x, std::ptrdiff_t n) {
+  for (std::ptrdiff_t i = 0; i < n; ++i) x[i] = std::erf(x[i]);
+}
+
 void gelu_erf_portable(float* x, std::ptrdiff_t n) {
   for (std::ptrdiff_t i = 0; i < n; ++i) x[i] = gelu_scalar(x[i]);
 }
@@ -270,6 +274,7 @@ KernelTable portable_kernel_table() {
   t.gemm_weights = gemm_weights_portable;
   t.softmax_rows = softmax_rows_portable;
   t.gelu_erf = gelu_erf_portable;
+  t.erf = erf_portable;
   t.layer_norm = layer_norm_portable;
   t.attention_head = attention_head_portable;
   t.gemm_weights_stacked = gemm_weights_stacked_portable;
