@@ -86,6 +86,11 @@ int main(int argc, char** argv) {
     const int reps = argc > 2 ? std::max(1, std::atoi(argv[2])) : 7;
     const Isa best = vitmsn::detail::detected_isa();
     std::printf("threads %d, best variant %s\n", threads, vitmsn::detail::isa_name(best));
+    const vitmsn::detail::CacheSizes caches = vitmsn::detail::cache_sizes();
+    const vitmsn::detail::Blocking bl = vitmsn::detail::gemm_blocking(best);
+    std::printf("caches (%s): L1d %zu KB, L2 %zu KB, L3 %zu KB; blocking kc %d, mc %d, packed B %zu floats%s\n",
+                caches.source, caches.l1d / 1024, caches.l2 / 1024, caches.l3 / 1024, bl.kc, bl.mc, bl.b_pack_floats,
+                std::getenv("VITMSN_GEMM_BLOCKING") ? " (VITMSN_GEMM_BLOCKING)" : "");
     // The per-layer GEMMs of ViT-L/7 (1025 tokens, hidden 1024, MLP 4096, heads of 64).
     const std::vector<Shape> shapes = {
         {"qkv", 1025, 3072, 1024, true, 1024, 1024, true, false, false, 1.0f},

@@ -43,13 +43,18 @@ double peak_rss_mb() {
   return u.ru_maxrss / 1024.0;
 }
 
-// FLOPs of one forward (multiply-adds counted as 2): patch GEMM, then per layer Q/K/V, scores,
-// attention·V, output projection and the two MLP products.
-double forward_flops(const Config& c, int h, int w) {
-  const double D = c.hidden_size, F = c.intermediate_size, P = c.patch_size;
+// FLOPs of one forward per stage (multiply-adds counted as 2): the patch GEMM; per layer the Q/K/V
+// projections, the scores and attention·V, the output projection and the two MLP products.
+struct StageFlops {
+  double patch, qkv, attention, attention_output, mlp;
+  double total() const { return patch + qkv + attention + attention_output + mlp; }
+};
+
+StageFlops forward_flops(const Config& c, int h, int w) {
+  const double D = c.hidden_size, F = c.intermediate_size, P = c.patch_size, L = c.num_hidden_layers;
   const double patches = (h / c.patch_size) * (w / c.patch_size), N = patches + 1;
-  const double per_layer = 2 * N * D * 3 * D + 2 * N * N * D + 2 * N * N * D + 2 * N * D * D + 2 * 2 * N * D * F;
-  return 2 * patches * c.num_channels * P * P * D + c.num_hidden_layers * per_layer;
+  return {2 * patches * c.num_channels * P * P * D, L * 2 * N * D * 3 * D, L * 2 * 2 * N * N * D, L * 2 * N * D * D,
+          L * 2 * 2 * N * D * F};
 }
 
 double median(std::vector<double> v) {
@@ -133,7 +138,8 @@ int main(int argc, char** argv) {
     }
     const double rss = peak_rss_mb();
     const double med = median(per_image), best = *std::min_element(per_image.begin(), per_image.end());
-    const double gflop = forward_flops(c, h, w) * 1e-9;
+    const StageFlops flops = forward_flops(c, h, w);
+    const double gflop = flops.total() * 1e-9;
     const double gflops = gflop / med;
 
     double peak = 0, gemm = 0;
@@ -143,16 +149,32 @@ int main(int argc, char** argv) {
     }
 
     const double n = static_cast<double>(runs) * batch;
-    const std::pair<const char*, double> rows[] = {{"patch embedding", stages.patch_embedding},
-                                                   {"layer norms", stages.layer_norm},
-                                                   {"qkv projections", stages.qkv},
-                                                   {"attention", stages.attention},
-                                                   {"attention output", stages.attention_output},
-                                                   {"mlp", stages.mlp},
-                                                   {"other", stages.other}};
-    std::printf("  stages (seconds per image, mean of %d runs of batch %d):\n", runs, batch);
-    for (const auto& [name, s] : rows)
-      std::printf("    %-18s %8.4f s  %5.1f %%\n", name, s / n, stages.total() > 0 ? 100.0 * s / stages.total() : 0.0);
+    struct Row {
+      const char* name;
+      double seconds, flops;
+    };
+    const Row rows[] = {{"patch embedding", stages.patch_embedding, flops.patch},
+                        {"layer norms", stages.layer_norm, 0},
+                        {"qkv projections", stages.qkv, flops.qkv},
+                        {"attention", stages.attention, flops.attention},
+                        {"attention output", stages.attention_output, flops.attention_output},
+                        {"mlp", stages.mlp, flops.mlp},
+                        {"other", stages.other, 0}};
+    std::printf("  stages (seconds per image, mean of %d runs of batch %d; GFLOP/s%s):\n", runs, batch,
+                peak > 0 ? " and share of the FMA peak" : "");
+    for (const Row& r : rows) {
+      const double s = r.seconds / n;
+      std::printf("    %-18s %8.4f s  %5.1f %%", r.name, s,
+                  stages.total() > 0 ? 100.0 * r.seconds / stages.total() : 0.0);
+      if (r.flops > 0 && s > 0) {
+        std::printf("  %7.1f GFLOP/s", r.flops * 1e-9 / s);
+        if (peak > 0) std::printf("  %5.1f %% of peak", 100.0 * r.flops * 1e-9 / s / peak);
+      }
+      std::printf("\n");
+    }
+    const double outside = stages.patch_embedding + stages.layer_norm + stages.other;
+    std::printf("    %-18s %8.4f s  %5.1f %%  (patch embedding + layer norms + other)\n", "outside the GEMMs",
+                outside / n, stages.total() > 0 ? 100.0 * outside / stages.total() : 0.0);
     std::printf("  per image   median %.4f s, min %.4f s  (%.1f GFLOP each)\n", med, best, gflop);
     std::printf("  throughput  %.1f GFLOP/s, %.3f images/s\n", gflops, 1.0 / med);
     if (peak > 0) {
@@ -169,9 +191,12 @@ int main(int argc, char** argv) {
         "{\"seconds_per_image\": %.6f, \"seconds_per_image_min\": %.6f, \"gflops\": %.3f, \"fma_peak_gflops\": %.3f, "
         "\"gemm_gflops\": %.3f, \"peak_fraction\": %.4f, \"load_seconds\": %.6f, \"peak_rss_mb\": %.1f, \"threads\": "
         "%d, "
-        "\"batch\": %d, \"runs\": %d, \"height\": %d, \"width\": %d, \"isa\": \"%s\", \"gflop_per_image\": %.3f}\n",
+        "\"batch\": %d, \"runs\": %d, \"height\": %d, \"width\": %d, \"isa\": \"%s\", \"gflop_per_image\": %.3f, "
+        "\"stages_s\": {\"patch_embedding\": %.6f, \"layer_norms\": %.6f, \"qkv\": %.6f, \"attention\": %.6f, "
+        "\"attention_output\": %.6f, \"mlp\": %.6f, \"other\": %.6f}, \"attention_gflop\": %.3f}\n",
         med, best, gflops, peak, gemm, peak > 0 ? gflops / peak : 0.0, load_seconds, rss, threads, batch, runs, h, w,
-        kernel_isa().c_str(), gflop);
+        kernel_isa().c_str(), gflop, stages.patch_embedding / n, stages.layer_norm / n, stages.qkv / n,
+        stages.attention / n, stages.attention_output / n, stages.mlp / n, stages.other / n, flops.attention * 1e-9);
     return 0;
   });
 }

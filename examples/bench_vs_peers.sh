@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark in one run: vitmsn-bench, ONNX Runtime (shared/bench/onnxruntime/
+# peer_onnxruntime.sh: MLAS kernels, graph optimisations on) and PyTorch eager (shared/bench/
+# peer_torch.py, Debian python3-torch) on the same full-size synthetic ViT-L/7, same threads,
+# alternating in rounds so that each engine sees the same machine state. Each round runs every
+# engine for RUNS timed forwards (after a warm-up) and takes its median; the summary is the median
+# over the rounds, the ratios against vitmsn, and vitmsn's share of the FMA peak measured in the same
+# rounds. The last line is JSON.
+#
+#   examples/bench_vs_peers.sh [MODEL_DIR] [ROUNDS] [RUNS]      # defaults: build/synth-vit-msn-large-7 3 3
+#
+# MODEL_DIR is made with shared/bench/make_synth_model.py when missing (1.2 GB). THREADS (default: all
+# CPUs) sets every engine's thread count; PEERS="onnxruntime pytorch" chooses the peers.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+shared="${VITMSN_SHARED:-$here/../shared}"
+model="${1:-$here/build/synth-vit-msn-large-7}"
+rounds="${2:-3}"
+runs="${3:-3}"
+threads="${THREADS:-$(nproc)}"
+peers="${PEERS:-onnxruntime pytorch}"
+bench="${VITMSN_BENCH:-$here/build/examples/vitmsn-bench}"
+py=/usr/bin/python3
+
+die() { echo "error: $*" >&2; exit 1; }
+[ -x "$bench" ] || die "$bench not built (cmake --build build)"
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$rounds'"
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$runs'"
+$py -c "import numpy" 2>/dev/null || die "$py lacks numpy: apt-get install python3-numpy"
+for p in $peers; do
+  case "$p" in
+    pytorch)
+      $py -c "import torch" 2>/dev/null || die "$py lacks torch: apt-get install python3-torch"
+      # Debian's torch calls the system BLAS: without OpenBLAS it gets the reference BLAS (~20x slower).
+      blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)
+      [[ "$blas" == *openblas* ]] ||
+        die "PyTorch would use the reference BLAS ($blas): apt-get install libopenblas0-pthread" ;;
+    onnxruntime) command -v node >/dev/null && command -v npm >/dev/null || die "ONNX Runtime needs node and npm" ;;
+    *) die "unknown peer '$p' (onnxruntime, pytorch)" ;;
+  esac
+done
+if [ ! -f "$model/model.safetensors" ]; then
+  echo "making the synthetic ViT-L/7 in $model (1.2 GB)"
+  $py "$shared/bench/make_synth_model.py" "$model" >/dev/null
+fi
+
+cpu="$(lscpu | sed -n 's/^Model name: *//p')"
+flags="$(grep -m1 '^flags' /proc/cpuinfo)"
+isa="AVX2"
+[[ "$flags" == *avx512f* ]] && isa="AVX-512"
+[[ "$flags" == *avx512_bf16* ]] && isa="$isa+BF16"
+[[ "$flags" == *avx512_vnni* ]] && isa="$isa+VNNI"
+echo "machine: $cpu ($isa), $(nproc) CPUs, $threads threads; $(date -u '+%F %H:%M UTC')"
+json_field() { $py -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+ours=() peaks=() ort=() torch=() attn_frac=() outside=()
+last=""
+for r in $(seq 1 "$rounds"); do
+  line="round $r:"
+  o=$("$bench" --model "$model" --threads "$threads" --runs "$runs" --warmup 1 | tail -1)
+  last="$o"
+  ours+=("$(json_field "$o" seconds_per_image)")
+  peaks+=("$(json_field "$o" fma_peak_gflops)")
+  line="$line vitmsn ${ours[-1]} s"
+  for p in $peers; do
+    if [ "$p" = onnxruntime ]; then
+      t=$(THREADS=$threads bash "$shared/bench/onnxruntime/peer_onnxruntime.sh" "$model" "$runs" | tail -1)
+      ort+=("$(json_field "$t" median_s)")
+      line="$line, onnxruntime ${ort[-1]} s"
+    else
+      t=$(THREADS=$threads $py "$shared/bench/peer_torch.py" "$model/model.safetensors" "$runs" | tail -1)
+      torch+=("$(json_field "$t" median_s)")
+      line="$line, pytorch ${torch[-1]} s"
+    fi
+  done
+  echo "$line"
+done
+
+$py - "${ours[*]}" "${peaks[*]}" "${ort[*]:-}" "${torch[*]:-}" "$last" <<'PY'
+import json, statistics, sys
+num = lambda s: [float(x) for x in s.split()]
+ours, peaks, ort, torch = num(sys.argv[1]), num(sys.argv[2]), num(sys.argv[3]), num(sys.argv[4])
+last = json.loads(sys.argv[5])
+mo, peak = statistics.median(ours), statistics.median(peaks)
+gflop = last["gflop_per_image"]
+st = last["stages_s"]
+print(f"median over {len(ours)} rounds (seconds per image, {last['threads']} threads, batch 1, 224x224):")
+print(f"  vitmsn       {mo:.3f} s  {gflop / mo:6.1f} GFLOP/s  {100 * gflop / mo / peak:5.1f} % of the {peak:.0f} GFLOP/s FMA peak")
+out = {"vitmsn_seconds": mo, "fma_peak_gflops": peak, "peak_fraction": gflop / mo / peak,
+       "attention_peak_fraction": last["attention_gflop"] / st["attention"] / peak if st["attention"] else 0,
+       "outside_gemm_fraction": (st["patch_embedding"] + st["layer_norms"] + st["other"]) / sum(st.values())}
+for name, v in (("onnxruntime", ort), ("pytorch", torch)):
+    if v:
+        m = statistics.median(v)
+        print(f"  {name:12s} {m:.3f} s  {gflop / m:6.1f} GFLOP/s  {100 * gflop / m / peak:5.1f} % of peak;  vitmsn is {m / mo:.2f}x its speed")
+        out[name + "_seconds"] = m
+        out["speedup_vs_" + name] = m / mo
+print(f"  vitmsn attention stage {100 * out['attention_peak_fraction']:.1f} % of peak; outside the GEMMs "
+      f"(patch embedding + layer norms + other) {100 * out['outside_gemm_fraction']:.1f} % of the forward (last round)")
+print(json.dumps(out))
+PY
