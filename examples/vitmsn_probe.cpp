@@ -3,7 +3,6 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -56,116 +55,6 @@ options:
 Images that cannot be read are reported and skipped; the exit status is non-zero only when
 nothing could be trained.
 )";
-
-// --- SHA-256 (FIPS 180-4): the cache keys -----------------------------------------------------------
-
-class Sha256 {
- public:
-  Sha256() {
-    static const Constants c;
-    k_ = c.k;
-    std::copy(c.h0.begin(), c.h0.end(), h_.begin());
-  }
-  void update(const void* data, std::size_t n) {
-    const auto* p = static_cast<const std::uint8_t*>(data);
-    total_ += n;
-    while (n) {
-      const std::size_t take = std::min(n, 64 - used_);
-      std::memcpy(buf_.data() + used_, p, take);
-      used_ += take;
-      p += take;
-      n -= take;
-      if (used_ == 64) {
-        block(buf_.data());
-        used_ = 0;
-      }
-    }
-  }
-  void update(const std::string& s) { update(s.data(), s.size()); }
-  /// Lower-case hex of the digest; the object is spent afterwards.
-  std::string hex() {
-    const std::uint64_t bits = total_ * 8;
-    const std::uint8_t one = 0x80, zero = 0;
-    update(&one, 1);
-    while (used_ != 56) update(&zero, 1);
-    std::uint8_t len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<std::uint8_t>(bits >> (56 - 8 * i));
-    update(len, 8);
-    std::string out;
-    char b[9];
-    for (std::uint32_t w : h_) {
-      std::snprintf(b, sizeof b, "%08x", w);
-      out += b;
-    }
-    return out;
-  }
-
- private:
-  // The standard's constants are the first 32 bits of the fractional parts of the square roots
-  // (initial hash) and cube roots (round constants) of the first primes; computed exactly with
-  // integer roots rather than typed in.
-  struct Constants {
-    std::array<std::uint32_t, 64> k{};
-    std::array<std::uint32_t, 8> h0{};
-    Constants() {
-      std::vector<unsigned> primes;
-      for (unsigned n = 2; primes.size() < 64; ++n) {
-        bool prime = true;
-        for (unsigned p : primes)
-          if (n % p == 0) prime = false;
-        if (prime) primes.push_back(n);
-      }
-      using U = unsigned __int128;
-      auto iroot = [](U v, int degree) {  // floor(v^(1/degree)) by bisection
-        U lo = 0, hi = U(1) << 40;
-        while (lo < hi) {
-          const U mid = (lo + hi + 1) / 2;
-          U p = 1;
-          for (int i = 0; i < degree; ++i) p *= mid;
-          if (p <= v)
-            lo = mid;
-          else
-            hi = mid - 1;
-        }
-        return lo;
-      };
-      for (int i = 0; i < 64; ++i) k[i] = static_cast<std::uint32_t>(iroot(U(primes[i]) << 96, 3));
-      for (int i = 0; i < 8; ++i) h0[i] = static_cast<std::uint32_t>(iroot(U(primes[i]) << 64, 2));
-    }
-  };
-  static std::uint32_t rotr(std::uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-  void block(const std::uint8_t* p) {
-    std::uint32_t w[64];
-    for (int i = 0; i < 16; ++i)
-      w[i] = std::uint32_t(p[4 * i]) << 24 | std::uint32_t(p[4 * i + 1]) << 16 | std::uint32_t(p[4 * i + 2]) << 8 |
-             p[4 * i + 3];
-    for (int i = 16; i < 64; ++i) {
-      const std::uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      const std::uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    std::uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], h = h_[7];
-    for (int i = 0; i < 64; ++i) {
-      const std::uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k_[i] + w[i];
-      const std::uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-      h = g;
-      g = f;
-      f = e;
-      e = d + t1;
-      d = c;
-      c = b;
-      b = a;
-      a = t1 + t2;
-    }
-    const std::uint32_t v[8] = {a, b, c, d, e, f, g, h};
-    for (int i = 0; i < 8; ++i) h_[i] += v[i];
-  }
-  std::array<std::uint32_t, 64> k_{};
-  std::array<std::uint32_t, 8> h_{};
-  std::array<std::uint8_t, 64> buf_{};
-  std::size_t used_ = 0;
-  std::uint64_t total_ = 0;
-};
 
 // The cache folder of a model: what decides its CLS features — config (without the labels),
 // preprocessor settings, and the weights file's size, first and last MiB — hashed, so a copied or
