@@ -508,7 +508,8 @@ class Progress {
     }
     std::fflush(stderr);
   }
-  /// Erases the terminal line, so that a result printed next stands alone (step() draws it again).
+  /// Erases the terminal line, so that a message or result printed next stands alone (step() draws
+  /// the line again).
   void clear() {
     if (tty_) std::fprintf(stderr, "\r\033[K");
   }

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
         progress.clear();
         print_top(image, logits, model.labels(), top);
       } catch (const Error& e) {
-        progress.break_line();
+        progress.clear();
         std::fprintf(stderr, "error: %s\n", e.what());
         failed.push_back(image);
       }

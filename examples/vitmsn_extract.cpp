@@ -346,7 +346,7 @@ class Extractor {
           px.push_back(in.pixels ? to_pixel_values(*in.pixels) : pre_(read_image(in.source)));
           ok.push_back(&in);
         } catch (const Error& e) {
-          progress.break_line();
+          progress.clear();
           std::fprintf(stderr, "error: %s\n", e.what());
           res.failed.push_back(in.source);
           progress.step(in.source);
@@ -357,7 +357,7 @@ class Extractor {
       try {
         feats = model_.extract_features(px, fo_);
       } catch (const Error& e) {
-        progress.break_line();
+        progress.clear();
         for (const Input* in : ok) {
           std::fprintf(stderr, "error: %s: %s\n", in->source.c_str(), e.what());
           res.failed.push_back(in->source);
@@ -425,7 +425,7 @@ class Extractor {
       res.row_size = D;
     } else if (o_.npy) {
       if (res.row_size >= 0 && res.row_size != N * D) {
-        progress.break_line();
+        progress.clear();
         std::fprintf(stderr,
                      "error: %s: %ld tokens, earlier images had %ld; one .npy array needs one size "
                      "(use --pool, --size, or .safetensors output)\n",
@@ -524,7 +524,7 @@ int run_shard(const Options& o, const Extractor& x, const std::vector<Input>& in
         ++reused;
         continue;
       } catch (const Error& e) {
-        progress.break_line();
+        progress.clear();
         std::fprintf(stderr, "note: redoing chunk %zu: %s\n", chunks, e.what());
       }
     }

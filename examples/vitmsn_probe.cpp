@@ -243,7 +243,7 @@ FeatureRows extract(const Model& model, const Dataset& d, const std::string& cac
             write_safetensors(entry, {TensorData::f32("cls", {dim}, f.data())},
                               {{"producer", "vitmsn-probe"}, {"image", s.path}, {"model", model.source()}});
           } catch (const Error& e) {
-            progress.break_line();
+            progress.clear();
             std::fprintf(stderr, "warning: cannot write the feature cache: %s\n", e.what());
             cache_warned = true;
           }
@@ -252,7 +252,7 @@ FeatureRows extract(const Model& model, const Dataset& d, const std::string& cac
       out.rows.push_back(std::move(f));
       out.labels.push_back(s.label);
     } catch (const Error& e) {
-      progress.break_line();
+      progress.clear();
       std::fprintf(stderr, "error: %s (skipped)\n", e.what());
       out.failed.push_back(s.path);
     }
