@@ -266,6 +266,28 @@ FeatureRows extract(const Model& model, const Dataset& d, const std::string& cac
   return out;
 }
 
+// The features as a matrix [images, hidden], after listing the images that could not be read; every
+// class must have kept at least one. `count` gets the images per class.
+Eigen::MatrixXd usable_features(const FeatureRows& f, const Dataset& d, const std::string& data,
+                                std::vector<int>& count) {
+  if (!f.failed.empty()) {
+    std::printf("skipped %s that could not be read:\n", cli::count(f.failed.size(), "image").c_str());
+    for (const auto& p : f.failed) std::printf("  %s\n", p.c_str());
+  }
+  if (f.rows.empty()) throw Error(data + ": none of the " + std::to_string(d.samples.size()) + " images could be read");
+  count.assign(d.classes.size(), 0);
+  for (int y : f.labels) ++count[y];
+  for (std::size_t k = 0; k < d.classes.size(); ++k)
+    if (count[k] == 0)
+      throw Error((fs::path(data) / d.classes[k]).string() + ": none of this class's images could be read");
+  const Eigen::Index dim = static_cast<Eigen::Index>(f.rows[0].size());
+  Eigen::MatrixXd x(static_cast<Eigen::Index>(f.rows.size()), dim);
+  for (std::size_t i = 0; i < f.rows.size(); ++i)
+    for (Eigen::Index j = 0; j < dim; ++j) x(static_cast<Eigen::Index>(i), j) = f.rows[i][j];
+  std::fflush(stdout);
+  return x;
+}
+
 // --- Evaluation and training -------------------------------------------------------------------------
 
 std::string percent(double fraction) {
@@ -373,7 +395,8 @@ std::string report_evaluation(const Options& o, const Eigen::MatrixXd& x, const 
 
 // The head, trained on every image, written with the backbone identity of the model it fits.
 void train_and_write(const Options& o, const Eigen::MatrixXd& x, const std::vector<int>& labels,
-                     const std::vector<std::string>& classes, const std::string& evaluation_note) {
+                     const std::vector<std::string>& classes, const std::string& evaluation_note,
+                     const std::string& backbone) {
   const int num_classes = static_cast<int>(classes.size());
   const Probe probe = train_probe(x, labels, num_classes, o.probe);
   const Evaluation train = evaluate(probe.head, x, labels);
@@ -381,10 +404,8 @@ void train_and_write(const Options& o, const Eigen::MatrixXd& x, const std::vect
   std::printf("trained on all %d images: training accuracy %s (L-BFGS: %d iterations, stopped on %s, |grad| %s)\n",
               probe.num_examples, percent(train.accuracy()).c_str(), probe.solver.iterations,
               to_string(probe.solver.stop), g3(probe.solver.gradient_norm).c_str());
-  std::map<std::string, std::string> meta = {{"producer", "vitmsn-probe"},
-                                             {"model", o.model_path},
-                                             {"data", o.data},
-                                             {kBackboneMetadataKey, backbone_identity(o.model_path)}};
+  std::map<std::string, std::string> meta = {
+      {"producer", "vitmsn-probe"}, {"model", o.model_path}, {"data", o.data}, {kBackboneMetadataKey, backbone}};
   if (!evaluation_note.empty()) meta["evaluation"] = evaluation_note;
   write_head(o.output, probe, classes, meta);
   std::printf("saved %s: classifier.weight [%d,%ld], classifier.bias [%d]; labels %s\n", o.output.c_str(), num_classes,
@@ -404,6 +425,7 @@ int main(int argc, char** argv) {
     LoadOptions lo;
     lo.threads = o.threads;
     const Model model = Model::load(o.model_path, lo);
+    const std::string backbone = backbone_identity(o.model_path);  // for the head; computed before the work
     const int dim = model.config().hidden_size;
     const std::string cache = (fs::path(o.cache_root) / model_identity(model)).string();
     std::printf("vitmsn-probe: %s in %s under %s; model %s (CLS, %d dimensions)\n",
@@ -417,25 +439,11 @@ int main(int argc, char** argv) {
                    cli::count(d.samples.size(), "image").c_str(), o.output.c_str());
       return 130;
     }
-    if (!f.failed.empty()) {
-      std::printf("skipped %s that could not be read:\n", cli::count(f.failed.size(), "image").c_str());
-      for (const auto& p : f.failed) std::printf("  %s\n", p.c_str());
-    }
-    if (f.rows.empty())
-      throw Error(o.data + ": none of the " + std::to_string(d.samples.size()) + " images could be read");
-    std::vector<int> count(d.classes.size(), 0);
-    for (int y : f.labels) ++count[y];
-    for (std::size_t k = 0; k < d.classes.size(); ++k)
-      if (count[k] == 0)
-        throw Error((fs::path(o.data) / d.classes[k]).string() + ": none of this class's images could be read");
-    Eigen::MatrixXd x(static_cast<Eigen::Index>(f.rows.size()), dim);
-    for (std::size_t i = 0; i < f.rows.size(); ++i)
-      for (int j = 0; j < dim; ++j) x(static_cast<Eigen::Index>(i), j) = f.rows[i][j];
-    std::fflush(stdout);
-
+    std::vector<int> count;
+    const Eigen::MatrixXd x = usable_features(f, d, o.data, count);
     const std::string note = report_evaluation(o, x, f.labels, d.classes, count);
     std::fflush(stdout);
-    train_and_write(o, x, f.labels, d.classes, note);
+    train_and_write(o, x, f.labels, d.classes, note, backbone);
     return 0;
   });
 }
