@@ -624,7 +624,8 @@ TEST(ExtractProgram, AFolderWithOnlyPytorchBinGetsACommandThatFixesIt) {
   ASSERT_NE(at, std::string::npos) << r.output;
   const std::string fix = r.output.substr(at + hint.size(), r.output.find('\n', at) - at - hint.size());
   EXPECT_EQ(fix, "vitmsn-convert " + model + " " + model + "/model.safetensors");
-  r = run(fix);  // the command as printed
+  // The command as printed, run in the test's folder (so that a wrong hint cannot write elsewhere).
+  r = test::run_command("cd '" + dir + "' && " + std::string(VITMSN_PROGRAM_DIR) + "/" + fix);
   ASSERT_EQ(r.status, 0) << fix << "\n" << r.output;
   r = run(extract);
   EXPECT_EQ(r.status, 0) << "the same --model still fails after the printed fix:\n" << r.output;
