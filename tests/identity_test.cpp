@@ -59,12 +59,19 @@ TEST(BackboneIdentity, IsTheSameForACheckpointAndEveryConversionOfIt) {
   EXPECT_NE(backbone_identity(test::data_path("models/tiny-cls")), id);
 }
 
-TEST(BackboneIdentity, ChangesWithAnyEncoderWeightButNotWithTheHead) {
-  const std::string dir = test::temp_dir();
+// The tiny model's tensors, and its config.json copied into `dir` (a model folder once
+// model.safetensors is written there).
+std::vector<TensorData> tiny_tensors_in(const std::string& dir) {
   const SafetensorsFile tiny = SafetensorsFile::open(test::data_path("models/tiny/model.safetensors"));
   std::vector<TensorData> t;
   for (const auto& n : tiny.names()) t.push_back(tiny.get(n).to_tensor_data());
   test::write_bytes(dir + "/config.json", test::read_text(test::data_path("models/tiny/config.json")));
+  return t;
+}
+
+TEST(BackboneIdentity, ChangesWithAnyEncoderWeightButNotWithTheHead) {
+  const std::string dir = test::temp_dir();
+  std::vector<TensorData> t = tiny_tensors_in(dir);
   write_safetensors(dir + "/model.safetensors", t);
   const std::string id = backbone_identity(dir);
   EXPECT_EQ(id, backbone_identity(test::data_path("models/tiny")));
@@ -83,11 +90,7 @@ TEST(BackboneIdentity, ChangesWithAnyEncoderWeightButNotWithTheHead) {
 
 TEST(BackboneIdentity, ARecordedIdentityMustBeASha256) {
   const std::string dir = test::temp_dir();
-  const SafetensorsFile tiny = SafetensorsFile::open(test::data_path("models/tiny/model.safetensors"));
-  std::vector<TensorData> t;
-  for (const auto& n : tiny.names()) t.push_back(tiny.get(n).to_tensor_data());
-  test::write_bytes(dir + "/config.json", test::read_text(test::data_path("models/tiny/config.json")));
-  write_safetensors(dir + "/model.safetensors", t, {{kBackboneMetadataKey, "not-a-hash"}});
+  write_safetensors(dir + "/model.safetensors", tiny_tensors_in(dir), {{kBackboneMetadataKey, "not-a-hash"}});
   test::expect_error([&] { backbone_identity(dir); }, {dir + "/model.safetensors", "backbone_sha256 is not a SHA-256"});
 }
 
