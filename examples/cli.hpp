@@ -286,8 +286,9 @@ inline void check_output(const std::string& option, const std::string& path, con
   namespace fs = std::filesystem;
   const std::string ext = lower(fs::path(path).extension().string());
   if (std::find(extensions.begin(), extensions.end(), ext) == extensions.end())
-    throw UsageError(option + " " + path + ": the name must end in " + join(extensions, " or ") + " (" +
-                     (ext.empty() ? std::string("it has no extension") : "not " + ext) + "): that is what is written");
+    throw UsageError(option + " " + path + ": the name must end in " + join(extensions, " or ") + ", the " +
+                     (extensions.size() == 1 ? "format" : "formats") + " written (" +
+                     (ext.empty() ? std::string("it has no extension") : "not " + ext) + ")");
   std::error_code ec;
   if (fs::is_directory(path, ec)) throw Error(path + ": is a folder; give " + option + " a file name");
   const fs::path parent = fs::path(path).parent_path();
