@@ -1,7 +1,9 @@
 #pragma once
-// Small helpers shared by the vitmsn programs: argument parsing, the default model location, a
-// progress line, interruption by SIGINT/SIGTERM. Programs print `error: …` and exit non-zero;
-// the library itself never prints.
+// What the vitmsn programs share: the command line (options, --help, --version, usage errors), checks
+// of outputs and sizes made before any work, the image inputs (files, folders, list files), the
+// default model location, a progress line, and interruption by SIGINT/SIGTERM. Programs print
+// `error: …` and exit non-zero; the library itself never prints.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -18,33 +21,101 @@
 #include <functional>
 #include <iterator>
 #include <map>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "vitmsn/config.hpp"
+#include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
+#include "vitmsn/image.hpp"
 #include "vitmsn/io.hpp"
+#include "vitmsn/version.hpp"
 
 namespace vitmsn::cli {
 
-/// A command-line mistake: printed as `error: …` with a hint to --help.
+/// A command-line mistake: printed as `error: …` and a pointer to --help, exit status 2.
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// --- Words and numbers -------------------------------------------------------------------------------
+
+/// "1 image", "2 images": `n` and the noun, plural unless n is 1 (`plural` for irregular ones).
+inline std::string count(std::size_t n, const std::string& noun, const std::string& plural = "") {
+  return std::to_string(n) + " " + (n == 1 ? noun : plural.empty() ? noun + "s" : plural);
+}
+
+/// A number as a person writes it: 0.6, 1e-05, 100 (printf %g).
+inline std::string number(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  return b;
+}
+
+/// ASCII lower case.
+inline std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+inline bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+/// `items` joined by `separator`.
+inline std::string join(const std::vector<std::string>& items, const std::string& separator) {
+  std::string s;
+  for (const auto& x : items) s += (s.empty() ? "" : separator) + x;
+  return s;
+}
+
+/// The first `n` of `items` joined by ", ", and ", …" when there are more.
+inline std::string join_first(const std::vector<std::string>& items, std::size_t n) {
+  const std::vector<std::string> first(items.begin(), items.begin() + std::min(n, items.size()));
+  return join(first, ", ") + (items.size() > n ? ", …" : "");
+}
+
+// --- The command line --------------------------------------------------------------------------------
+
+/// A program: its name, its --help text and the options it takes (--help and --version are implied).
+/// In `usage`, "@EXTENSIONS@" stands for the image extensions folders are searched for.
+struct Spec {
+  const char* name;
+  const char* usage;
+  std::vector<std::string> with_value;  ///< options that take a value
+  std::vector<std::string> flags;       ///< options that don't
+};
+
+/// The --help text of `spec`, placeholders filled in.
+inline std::string usage_text(const Spec& spec) {
+  std::string text = spec.usage;
+  const std::string key = "@EXTENSIONS@";
+  if (const auto at = text.find(key); at != std::string::npos)
+    text.replace(at, key.size(), join(image_file_extensions(), " "));
+  return text;
+}
+
+/// What --version prints: the program, the library version and how this build computes and decodes.
+inline std::string version_text(const Spec& spec) {
+  return std::string(spec.name) + " (vitmsn " + kVersionString + "): kernels " + kernel_isa() + ", JPEG decoder " +
+         jpeg_decoder_name() + "\n";
+}
+
 /// Options of the form `--name value`, `--name=value` and `--flag`; everything else is positional.
 class Args {
  public:
-  /// `with_value`: options that take a value; `flags`: options that don't.
-  Args(int argc, char** argv, const std::vector<std::string>& with_value, const std::vector<std::string>& flags) {
+  /// \throws UsageError for an unknown option, a missing value, or a value given to a flag.
+  Args(int argc, char** argv, const Spec& spec) {
+    auto flags = spec.flags;
+    flags.insert(flags.end(), {"--help", "--version"});
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];
       if (a == "--") {
         for (++i; i < argc; ++i) positional_.push_back(argv[i]);
         break;
       }
-      if (a.size() > 1 && a[0] == '-' && !(a.size() > 1 && std::isdigit(static_cast<unsigned char>(a[1])))) {
+      if (a.size() > 1 && a[0] == '-' && !std::isdigit(static_cast<unsigned char>(a[1]))) {
         std::string name = a, value;
         bool has_value = false;
         if (auto eq = a.find('='); eq != std::string::npos) {
@@ -56,7 +127,7 @@ class Args {
         if (contains(flags, name)) {
           if (has_value) throw UsageError("option " + name + " takes no value");
           values_[name].push_back("");
-        } else if (contains(with_value, name)) {
+        } else if (contains(spec.with_value, name)) {
           if (!has_value) {
             if (i + 1 >= argc) throw UsageError("option " + name + " needs a value");
             value = argv[++i];
@@ -80,6 +151,7 @@ class Args {
     auto it = values_.find(name);
     return it == values_.end() ? std::vector<std::string>{} : it->second;
   }
+  /// The integer value of `name` in [min, max], or `fallback` when absent. \throws UsageError.
   int get_int(const std::string& name, int fallback, int min, int max) const {
     if (!has(name)) return fallback;
     const std::string v = get(name);
@@ -91,78 +163,40 @@ class Args {
                        ", got '" + v + "'");
     return static_cast<int>(n);
   }
+  /// The number value of `name` in [min, max] (or (min, max) when `open`), or `fallback` when absent.
+  /// \throws UsageError.
+  double get_double(const std::string& name, double fallback, double min, double max, bool open = false) const {
+    if (!has(name)) return fallback;
+    const std::string v = get(name);
+    char* end = nullptr;
+    errno = 0;
+    const double x = std::strtod(v.c_str(), &end);
+    const bool inside = open ? x > min && x < max : x >= min && x <= max;
+    if (v.empty() || *end || errno || !inside)
+      throw UsageError("option " + name + " needs a number in " + (open ? "(" : "[") + number(min) + ", " +
+                       (std::isinf(max) ? std::string("inf") : number(max)) + (open ? ")" : "]") + ", got '" + v + "'");
+    return x;
+  }
   const std::vector<std::string>& positional() const { return positional_; }
+  /// \throws UsageError when there are positional arguments.
+  void expect_no_positional() const {
+    if (!positional_.empty()) throw UsageError("unexpected argument '" + positional_[0] + "'");
+  }
+  /// \throws UsageError when `name` is absent, saying it is required as `what` ("--output OUT").
+  std::string required(const std::string& name, const std::string& what) const {
+    if (!has(name)) throw UsageError(what + " is required");
+    return get(name);
+  }
 
  private:
   static bool contains(const std::vector<std::string>& v, const std::string& s) {
-    for (const auto& x : v)
-      if (x == s) return true;
-    return false;
+    return std::find(v.begin(), v.end(), s) != v.end();
   }
   std::map<std::string, std::vector<std::string>> values_;
   std::vector<std::string> positional_;
 };
 
-/// "HxW" → {H, W}. \throws UsageError.
-inline std::pair<int, int> parse_size(const std::string& s, const std::string& option) {
-  const auto x = s.find_first_of("xX");
-  auto bad = [&] { return UsageError("option " + option + " needs HEIGHTxWIDTH (e.g. 224x224), got '" + s + "'"); };
-  if (x == std::string::npos || x == 0 || x + 1 == s.size()) throw bad();
-  char* end = nullptr;
-  const long h = std::strtol(s.c_str(), &end, 10);
-  if (end != s.c_str() + x) throw bad();
-  const long w = std::strtol(s.c_str() + x + 1, &end, 10);
-  if (*end || h < 1 || w < 1 || h > 16384 || w > 16384) throw bad();
-  return {static_cast<int>(h), static_cast<int>(w)};
-}
-
-inline bool file_exists(const std::string& p) { return ::access(p.c_str(), F_OK) == 0; }
-
-/// ASCII lower case.
-inline std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
-
-inline bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
-/// The whole file as bytes. \throws vitmsn::Error naming `path` when it cannot be read.
-inline std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open: " + std::strerror(errno));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw Error(path + ": read error");
-  return bytes;
-}
-
-/// The extensions the programs take for images when they search folders (any case).
-inline bool is_image_file_name(const std::filesystem::path& p) {
-  static const std::set<std::string> kImageExtensions = {".png", ".jpg", ".jpeg", ".bmp", ".gif",
-                                                         ".tga", ".ppm", ".pgm",  ".pnm"};
-  return kImageExtensions.count(lower(p.extension().string())) != 0;
-}
-
-/// Where the programs look for the model when --model is not given: $VITMSN_MODEL, then
-/// weights/vit-msn-large-7.safetensors (what weights/fetch_vit_msn_large_7.sh writes), relative to the
-/// working directory. Empty when none exists.
-inline std::string default_model_path() {
-  if (const char* env = std::getenv("VITMSN_MODEL"); env && *env) return env;
-  for (const char* p : {"weights/vit-msn-large-7.safetensors", "weights/vit-msn-large-7"})
-    if (file_exists(p)) return p;
-  return "";
-}
-
-inline std::string model_path_or_throw(const Args& args) {
-  if (args.has("--model")) return args.get("--model");
-  std::string p = default_model_path();
-  if (p.empty())
-    throw UsageError(
-        "no model: give --model PATH, set VITMSN_MODEL, or fetch the real weights with "
-        "weights/fetch_vit_msn_large_7.sh");
-  return p;
-}
+// --- Interruption ------------------------------------------------------------------------------------
 
 /// Set by SIGINT/SIGTERM once install_interrupt_handler() was called; long loops check it and
 /// stop cleanly after the current item.
@@ -215,27 +249,270 @@ inline void install_immediate_interrupt_handler() { detail::install_on_interrupt
 /// its current item; a second one stops at once.
 inline void install_interrupt_handler() { detail::install_on_interrupt(true); }
 
+/// Parses the command line, answers --help and --version, runs `body` and turns its exceptions into an
+/// `error: …` line: exit status 2 for a usage error (with one line pointing to --help), 1 otherwise.
+inline int run_main(int argc, char** argv, const Spec& spec, const std::function<int(const Args&)>& body) {
+  install_immediate_interrupt_handler();
+  try {
+    const Args args(argc, argv, spec);
+    if (args.has("--help")) {
+      std::fputs(usage_text(spec).c_str(), stdout);
+      return 0;
+    }
+    if (args.has("--version")) {
+      std::fputs(version_text(spec).c_str(), stdout);
+      return 0;
+    }
+    return body(args);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "error: %s\n(%s --help lists the options)\n", e.what(), spec.name);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
+
+// --- Checks made before any work ---------------------------------------------------------------------
+
+inline bool file_exists(const std::string& p) { return ::access(p.c_str(), F_OK) == 0; }
+
+/// Checks, before any work, that `path` can be written as the output given by `option`: its extension
+/// is one of `extensions` (lower case, e.g. ".npy"; any case accepted), it is not a folder, its folder
+/// exists and takes new files, and it does not exist yet unless `force`.
+/// \throws UsageError for the extension, Error for the rest.
+inline void check_output(const std::string& option, const std::string& path, const std::vector<std::string>& extensions,
+                         bool force) {
+  namespace fs = std::filesystem;
+  const std::string ext = lower(fs::path(path).extension().string());
+  if (std::find(extensions.begin(), extensions.end(), ext) == extensions.end())
+    throw UsageError(option + " " + path + ": the name must end in " + join(extensions, " or ") + ", the " +
+                     (extensions.size() == 1 ? "format" : "formats") + " written (" +
+                     (ext.empty() ? std::string("it has no extension") : "not " + ext) + ")");
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) throw Error(path + ": is a folder; give " + option + " a file name");
+  const fs::path parent = fs::path(path).parent_path();
+  const std::string folder = parent.empty() ? "." : parent.string();
+  if (!fs::exists(folder, ec)) throw Error(path + ": the folder " + folder + " does not exist");
+  if (!fs::is_directory(folder, ec)) throw Error(path + ": " + folder + " is not a folder");
+  // Try what the writer will do: create a file in that folder (and remove it at once).
+  const std::string probe =
+      (parent.empty() ? fs::path(".") : parent) / (".vitmsn-write-check." + std::to_string(::getpid()));
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0 && errno != EEXIST)
+    throw Error(path + ": cannot create files in the folder " + folder + ": " + std::strerror(errno));
+  if (fd >= 0) {
+    ::close(fd);
+    ::unlink(probe.c_str());
+  }
+  if (!force && file_exists(path)) throw Error(path + ": already exists (use --force to overwrite)");
+}
+
+/// "HxW" → {H, W}: the syntax only; check_input_size() judges the values. \throws UsageError.
+inline std::pair<int, int> parse_size(const std::string& s, const std::string& option) {
+  const auto x = s.find_first_of("xX");
+  auto bad = [&] { return UsageError("option " + option + " needs HEIGHTxWIDTH (e.g. 224x224), got '" + s + "'"); };
+  if (x == std::string::npos || x == 0 || x + 1 == s.size() || x > 9 || s.size() - x - 1 > 9) throw bad();
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if (i != x && !std::isdigit(static_cast<unsigned char>(s[i]))) throw bad();
+  return {std::atoi(s.substr(0, x).c_str()), std::atoi(s.substr(x + 1).c_str())};
+}
+
+/// The input size given by `option` (HxW) checked against `config` before any image is read: patch
+/// multiples and the token limit, with the nearest valid size when it is not one. \throws UsageError.
+inline std::pair<int, int> input_size(const Args& args, const std::string& option, const Config& config) {
+  const auto [h, w] = parse_size(args.get(option), option);
+  try {
+    check_input_size(config, h, w);
+  } catch (const Error& e) {
+    throw UsageError("option " + option + " " + e.what());
+  }
+  return {h, w};
+}
+
+// --- Inputs ------------------------------------------------------------------------------------------
+
+/// The whole file as bytes. \throws vitmsn::Error naming `path` when it cannot be read.
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot open: " + std::strerror(errno));
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw Error(path + ": read error");
+  return bytes;
+}
+
+/// The lines of a list file: one entry per line, surrounding blanks and `#` comment lines dropped.
+/// \throws Error naming `path` when it cannot be read.
+inline std::vector<std::string> read_list(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(path + ": cannot read the list file: " + std::strerror(errno));
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+    const auto first = line.find_first_not_of(" \t");
+    if (first == std::string::npos || line[first] == '#') continue;
+    out.push_back(line.substr(first));
+  }
+  return out;
+}
+
+/// Whether vitmsn decodes files of this name's extension (any case): image_file_extensions().
+inline bool is_image_file_name(const std::filesystem::path& p) {
+  const auto& known = image_file_extensions();
+  return std::find(known.begin(), known.end(), lower(p.extension().string())) != known.end();
+}
+
+/// What a folder scan passed over, and why.
+struct Skipped {
+  std::map<std::string, std::size_t> extensions;  ///< files of other formats, by extension ("" = none)
+  std::vector<std::string> hidden;                ///< hidden files and folders (names starting with '.')
+  std::vector<std::string> top_level;             ///< images at the top of an ImageFolder (vitmsn-probe)
+
+  bool empty() const { return extensions.empty() && hidden.empty() && top_level.empty(); }
+  /// One `note:` line per reason, e.g. "note: photos: skipped 2 files vitmsn does not decode (1 .webp,
+  /// 1 .txt)"; "" when nothing was skipped.
+  std::string notes(const std::string& folder) const {
+    std::string s;
+    if (!extensions.empty()) {
+      std::size_t n = 0;
+      std::vector<std::string> kinds;
+      for (const auto& [ext, k] : extensions) {
+        n += k;
+        kinds.push_back(std::to_string(k) + " " + (ext.empty() ? "without extension" : ext));
+      }
+      s += "note: " + folder + ": skipped " + count(n, "file") + " of formats vitmsn does not decode (" +
+           join(kinds, ", ") + "); it reads " + join(image_file_extensions(), " ") + "\n";
+    }
+    if (!hidden.empty())
+      s += "note: " + folder + ": skipped " + count(hidden.size(), "hidden file or folder", "hidden files or folders") +
+           " (" + join_first(hidden, 3) + ")\n";
+    if (!top_level.empty())
+      s += "note: " + folder + ": ignored " + count(top_level.size(), "image") + " outside the class folders (" +
+           join_first(top_level, 3) + "); only images inside a class sub-folder are used\n";
+    return s;
+  }
+};
+
+/// The image files under `dir`, recursively, sorted: files whose extension vitmsn decodes, outside
+/// hidden folders and not hidden themselves. What is passed over is counted in `skipped`.
+/// \throws Error when the folder cannot be listed.
+inline std::vector<std::string> scan_folder(const std::string& dir, Skipped& skipped) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code ec2;
+    if (!name.empty() && name[0] == '.') {
+      skipped.hidden.push_back(it->path().string());
+      if (it->is_directory(ec2)) it.disable_recursion_pending();
+      continue;
+    }
+    if (!it->is_regular_file(ec2)) continue;
+    if (is_image_file_name(it->path()))
+      found.push_back(it->path().string());
+    else
+      ++skipped.extensions[lower(it->path().extension().string())];
+  }
+  if (ec) throw Error(dir + ": cannot list folder: " + ec.message());
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+/// The images a program is given: each argument a file (as given) or a folder (scanned, see
+/// scan_folder; a note on stderr says what was skipped), then the entries of each `lists` file in
+/// order. Every file is checked to exist before any work. \throws Error naming what is missing.
+inline std::vector<std::string> collect_images(const std::vector<std::string>& arguments,
+                                               const std::vector<std::string>& lists) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> paths = arguments;
+  for (const auto& list : lists) {
+    const auto more = read_list(list);
+    paths.insert(paths.end(), more.begin(), more.end());
+  }
+  std::vector<std::string> images, missing;
+  for (const auto& p : paths) {
+    std::error_code ec;
+    if (fs::is_directory(p, ec)) {
+      Skipped skipped;
+      const auto found = scan_folder(p, skipped);
+      std::fputs(skipped.notes(p).c_str(), stderr);
+      if (found.empty()) std::fprintf(stderr, "note: %s: no images in this folder\n", p.c_str());
+      images.insert(images.end(), found.begin(), found.end());
+    } else if (fs::exists(p, ec)) {
+      images.push_back(p);
+    } else {
+      missing.push_back(p);
+    }
+  }
+  if (!missing.empty()) {
+    throw Error(count(missing.size(), "input does not exist", "inputs do not exist") + ": " + join_first(missing, 5) +
+                " (nothing was run)");
+  }
+  return images;
+}
+
+/// Where the programs look for the model when --model is not given: $VITMSN_MODEL, then
+/// weights/vit-msn-large-7.safetensors (what weights/fetch_vit_msn_large_7.sh writes), relative to the
+/// working directory. Empty when none exists.
+inline std::string default_model_path() {
+  if (const char* env = std::getenv("VITMSN_MODEL"); env && *env) return env;
+  for (const char* p : {"weights/vit-msn-large-7.safetensors", "weights/vit-msn-large-7"})
+    if (file_exists(p)) return p;
+  return "";
+}
+
+/// --model, else default_model_path(). \throws UsageError when there is none.
+inline std::string model_path_or_throw(const Args& args) {
+  if (args.has("--model")) return args.get("--model");
+  std::string p = default_model_path();
+  if (p.empty())
+    throw UsageError(
+        "no model: give --model PATH, set VITMSN_MODEL, or fetch the real weights with "
+        "weights/fetch_vit_msn_large_7.sh");
+  return p;
+}
+
+// --- Progress ----------------------------------------------------------------------------------------
+
 /// Progress of a loop over items: a self-rewriting line with rate and ETA on a terminal, plain lines
-/// otherwise (logs, pipes).
+/// otherwise (logs, pipes). start() shows the first line before the first item finishes.
 class Progress {
  public:
   Progress(std::size_t total, std::string what) : total_(total), what_(std::move(what)), tty_(::isatty(2) == 1) {}
+
+  /// The first line, before any item is done (the first image of ViT-L/7 takes seconds).
+  void start() {
+    if (tty_) {
+      draw("starting");
+    } else {
+      std::fprintf(stderr, "[0/%zu] %s: starting\n", total_, what_.c_str());
+    }
+    std::fflush(stderr);
+  }
 
   void step(const std::string& item) {
     ++done_;
     const double s = elapsed();
     const double rate = s > 0 ? done_ / s : 0.0;
-    const double eta = rate > 0 ? (total_ - done_) / rate : 0.0;
+    const std::string eta = rate > 0 ? clock((total_ - done_) / rate) : "-:--:--";
+    char line[64];
+    std::snprintf(line, sizeof line, "%.2f/s  ETA %s", rate, eta.c_str());
     if (tty_) {
-      const int width = 30;
-      const int filled = total_ ? static_cast<int>(width * done_ / total_) : width;
-      std::fprintf(stderr, "\r[%s%s] %zu/%zu %s  %.2f/s  ETA %s   ", std::string(filled, '#').c_str(),
-                   std::string(width - filled, '.').c_str(), done_, total_, what_.c_str(), rate, clock(eta).c_str());
+      draw(line);
       if (done_ == total_) std::fprintf(stderr, "\n");
     } else {
-      std::fprintf(stderr, "[%zu/%zu] %s (%.2f %s/s)\n", done_, total_, item.c_str(), rate, what_.c_str());
+      std::fprintf(stderr, "[%zu/%zu] %s (%.2f %s/s, ETA %s)\n", done_, total_, item.c_str(), rate, what_.c_str(),
+                   eta.c_str());
     }
     std::fflush(stderr);
+  }
+  /// Erases the terminal line, so that a message or result printed next stands alone (step() draws
+  /// the line again).
+  void clear() {
+    if (tty_) std::fprintf(stderr, "\r\033[K");
   }
   /// Ends a half-drawn terminal line (before printing an error or a summary).
   void break_line() {
@@ -244,6 +521,12 @@ class Progress {
   double elapsed() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
 
  private:
+  void draw(const std::string& tail) {
+    const int width = 30;
+    const int filled = total_ ? static_cast<int>(width * done_ / total_) : width;
+    std::fprintf(stderr, "\r[%s%s] %zu/%zu %s  %s   ", std::string(filled, '#').c_str(),
+                 std::string(width - filled, '.').c_str(), done_, total_, what_.c_str(), tail.c_str());
+  }
   static std::string clock(double s) {
     const long t = static_cast<long>(s + 0.5);
     char buf[32];
@@ -255,19 +538,5 @@ class Progress {
   bool tty_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
-
-/// Runs `body`, printing `error: …` for exceptions; returns the process exit status.
-inline int run_main(const char* usage, const std::function<int()>& body) {
-  install_immediate_interrupt_handler();
-  try {
-    return body();
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "error: %s\n%s", e.what(), usage);
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-}
 
 }  // namespace vitmsn::cli

@@ -18,13 +18,15 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-const char* kUsage = R"(usage: vitmsn-bench (--model PATH | --synthetic) [options]
+const cli::Spec kSpec = {"vitmsn-bench",
+                         R"(usage: vitmsn-bench [--model PATH | --synthetic] [options]
 
 Times the forward pass (after a warm-up) and prints per-stage times, seconds per image (median and
 min of the runs), GFLOP/s, the measured FMA peak and GEMM rate, the share of each reached, load time
 and peak RSS. The last line is a JSON object.
 options:
-  --model PATH       model folder or .safetensors
+  --model PATH       model folder or .safetensors (default: $VITMSN_MODEL, else
+                     weights/vit-msn-large-7.safetensors)
   --synthetic        build the full ViT-L/7 in memory from the reference synthetic weights
   --threads N        threads (default: the CPUs this process may use)
   --batch B          images per forward call (default 1)
@@ -33,7 +35,10 @@ options:
   --size HxW         input size (default: the model's image_size)
   --no-peak          skip measuring the FMA peak and GEMM rate
   -h, --help         this text
-)";
+  --version          the version, kernel instruction set and JPEG decoder
+)",
+                         {"--model", "--threads", "--batch", "--runs", "--warmup", "--size"},
+                         {"--synthetic", "--no-peak"}};
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -66,20 +71,16 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return cli::run_main(kUsage, [&]() -> int {
-    cli::Args args(argc, argv, {"--model", "--threads", "--batch", "--runs", "--warmup", "--size"},
-                   {"--synthetic", "--no-peak", "--help"});
-    if (args.has("--help")) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (args.has("--model") == args.has("--synthetic"))
-      throw cli::UsageError("give exactly one of --model PATH and --synthetic");
-    if (!args.positional().empty()) throw cli::UsageError("unexpected argument '" + args.positional()[0] + "'");
+  return cli::run_main(argc, argv, kSpec, [](const cli::Args& args) {
+    if (args.has("--model") && args.has("--synthetic"))
+      throw cli::UsageError("give --model PATH or --synthetic, not both");
+    args.expect_no_positional();
     const int threads = args.get_int("--threads", default_threads(), 1, 4096);
     const int batch = args.get_int("--batch", 1, 1, 1024);
     const int runs = args.get_int("--runs", 3, 1, 100000);
     const int warmup = args.get_int("--warmup", 1, 0, 1000);
+    if (args.has("--size")) cli::parse_size(args.get("--size"), "--size");  // the values: once the model is known
+    const std::string model_path = args.has("--synthetic") ? "" : cli::model_path_or_throw(args);
 
     LoadOptions lo;
     lo.threads = threads;
@@ -87,8 +88,8 @@ int main(int argc, char** argv) {
     std::string source;
     double generate_seconds = 0;
     Model model = [&] {
-      if (args.has("--model")) {
-        source = args.get("--model");
+      if (!model_path.empty()) {
+        source = model_path;
         return Model::load(source, lo);
       }
       source = "synthetic ViT-L/7 (in memory)";
@@ -100,10 +101,7 @@ int main(int argc, char** argv) {
     const double load_seconds = seconds_since(t0);
     const Config& c = model.config();
     int h = c.image_size, w = c.image_size;
-    if (args.has("--size")) std::tie(h, w) = cli::parse_size(args.get("--size"), "--size");
-    if (h % c.patch_size || w % c.patch_size)
-      throw cli::UsageError("--size: height and width must be multiples of the patch size " +
-                            std::to_string(c.patch_size));
+    if (args.has("--size")) std::tie(h, w) = cli::input_size(args, "--size", c);
 
     // Deterministic inputs (normal noise, as the PyTorch peer feeds).
     std::mt19937 rng(0);

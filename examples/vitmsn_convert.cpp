@@ -1,59 +1,94 @@
 // vitmsn-convert: Hugging Face checkpoint (folder, pytorch_model.bin or model.safetensors) → one
-// self-contained vitmsn safetensors file (config and preprocessor settings in __metadata__).
+// self-contained vitmsn safetensors file (config, preprocessor settings and backbone identity in
+// __metadata__), optionally with a classifier head merged.
 #include <cstdio>
 #include <string>
 
 #include "cli.hpp"
-#include "vitmsn/convert.hpp"
 #include "vitmsn/vitmsn.hpp"
 
+using namespace vitmsn;
+
 namespace {
-const char* kUsage =
+
+const cli::Spec kSpec = {
+    "vitmsn-convert",
     R"(usage: vitmsn-convert [--dtype f32|bf16|f16] [--add-classifier HEAD.safetensors] [--force] INPUT OUTPUT.safetensors
 
 INPUT is a Hugging Face model folder (model.safetensors or pytorch_model.bin, config.json,
 preprocessor_config.json), a pytorch_model.bin or a .safetensors file (config.json beside it).
 pytorch_model.bin is read without executing pickle code (only tensor data is accepted).
 OUTPUT is a single-file model: every tensor checked against the config, config and preprocessor
-settings embedded in __metadata__.
+settings embedded in __metadata__, and the backbone identity of INPUT (a SHA-256 of its weights,
+kept through conversions) that vitmsn-probe records in the heads it trains.
 options:
   --dtype T               storage type of the weight matrices: f32 (default), bf16 or f16;
                           layer norms, biases and embeddings stay f32
   --add-classifier HEAD   merge a classifier head (classifier.weight [K, D], classifier.bias [K],
-                          __metadata__ id2label), e.g. one trained by vitmsn-probe
-  --force                 overwrite OUTPUT
+                          __metadata__ id2label), e.g. one trained by vitmsn-probe on INPUT; a
+                          head trained on another model is refused (unless --force), one that
+                          replaces INPUT's own head is said so
+  --force                 overwrite OUTPUT; merge a head trained on another backbone
   -h, --help              this text
-)";
+  --version               the version, kernel instruction set and JPEG decoder
+)",
+    {"--dtype", "--add-classifier"},
+    {"--force"}};
+
+std::string short_id(const std::string& id) { return id.substr(0, 16); }
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  return vitmsn::cli::run_main(kUsage, [&]() -> int {
-    vitmsn::cli::Args args(argc, argv, {"--dtype", "--add-classifier"}, {"--force", "--help"});
-    if (args.has("--help")) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (args.positional().size() != 2) throw vitmsn::cli::UsageError("give INPUT and OUTPUT");
-    vitmsn::ConvertOptions o;
+  return cli::run_main(argc, argv, kSpec, [](const cli::Args& args) {
+    if (args.positional().size() != 2) throw cli::UsageError("give INPUT and OUTPUT");
+    ConvertOptions o;
     try {
-      o.dtype = vitmsn::parse_float_dtype(args.get("--dtype", "f32"));
-    } catch (const vitmsn::Error& e) {
-      throw vitmsn::cli::UsageError(std::string("--dtype: ") + e.what());
+      o.dtype = parse_float_dtype(args.get("--dtype", "f32"));
+    } catch (const Error& e) {
+      throw cli::UsageError(std::string("--dtype: ") + e.what());
     }
     o.classifier = args.get("--add-classifier");
-    o.overwrite = args.has("--force");
+    o.overwrite = o.allow_other_backbone = args.has("--force");
+    const std::string& input = args.positional()[0];
     const std::string& out = args.positional()[1];
-    const vitmsn::ConvertReport r = vitmsn::convert_checkpoint(args.positional()[0], out, o);
+    cli::check_output("OUTPUT", out, {".safetensors"}, o.overwrite);
+    if (!o.classifier.empty() && !cli::file_exists(o.classifier))
+      throw Error(o.classifier + ": no such head file (--add-classifier)");
+
+    const ConvertReport r = convert_checkpoint(input, out, o);
     std::printf("read      %s\n", r.weights_input.c_str());
     std::printf("config    %s\n", r.config_source.c_str());
     std::printf("preproc   %s\n", r.preprocessor_source.c_str());
+    std::printf("backbone  %s… (%s)\n", short_id(r.backbone).c_str(),
+                r.backbone_recorded ? "recorded in the input" : "computed from the weights");
     if (!r.dropped.empty()) {
-      std::printf("dropped   %zu tensors that are not part of a ViT-MSN model:", r.dropped.size());
+      std::printf("dropped   %s that are not part of a ViT-MSN model:", cli::count(r.dropped.size(), "tensor").c_str());
       for (std::size_t i = 0; i < r.dropped.size() && i < 8; ++i) std::printf(" %s", r.dropped[i].c_str());
       std::printf("%s\n", r.dropped.size() > 8 ? " …" : "");
     }
-    std::printf("wrote     %s: %zu tensors, %.1f MB, %s%s\n", out.c_str(), r.tensors, r.bytes / 1048576.0,
-                args.get("--dtype", "f32").c_str(), r.has_classifier ? ", with classifier head" : "");
+    switch (r.head_backbone) {
+      case HeadBackbone::kNoHead:
+      case HeadBackbone::kSame:
+        break;
+      case HeadBackbone::kUnrecorded:
+        std::fprintf(stderr,
+                     "warning: %s records no backbone, so it cannot be checked that it was trained on %s's "
+                     "features (heads written by vitmsn-probe since 0.2.0 record it)\n",
+                     o.classifier.c_str(), input.c_str());
+        break;
+      case HeadBackbone::kOther:
+        std::fprintf(stderr, "warning: %s was trained on another backbone (%s…, not %s…); merged because of --force\n",
+                     o.classifier.c_str(), short_id(r.head_backbone_recorded).c_str(), short_id(r.backbone).c_str());
+        break;
+    }
+    if (!r.replaced_labels.empty())
+      std::printf("replaced  the classifier head of %s (%s: %s) by %s's\n", input.c_str(),
+                  cli::count(r.replaced_labels.size(), "class", "classes").c_str(),
+                  cli::join_first(r.replaced_labels, 8).c_str(), o.classifier.c_str());
+    std::printf("wrote     %s: %s, %.1f MB, %s%s\n", out.c_str(), cli::count(r.tensors, "tensor").c_str(),
+                r.bytes / 1048576.0, args.get("--dtype", "f32").c_str(),
+                r.has_classifier ? ", with classifier head" : "");
     return 0;
   });
 }

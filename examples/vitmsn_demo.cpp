@@ -13,20 +13,25 @@
 #define VITMSN_SOURCE_DIR "."
 #endif
 
-const char* kUsage = R"(usage: vitmsn-demo [--model PATH] [--threads N] [IMAGE]
+namespace {
+const vitmsn::cli::Spec kSpec = {"vitmsn-demo",
+                                 R"(usage: vitmsn-demo [--model PATH] [--threads N] [IMAGE]
 
 Extracts ViT-MSN features of IMAGE (default: the bundled chelsea.png) and prints the CLS embedding.
 Without --model it uses $VITMSN_MODEL or weights/vit-msn-large-7.safetensors, and falls back to the
 bundled tiny test model (random weights) when the real weights are absent.
-)";
+options:
+  --model PATH   model folder or .safetensors
+  --threads N    threads (default: all CPUs this process may use)
+  -h, --help     this text
+  --version      the version, kernel instruction set and JPEG decoder
+)",
+                                 {"--model", "--threads"},
+                                 {}};
+}  // namespace
 
 int main(int argc, char** argv) {
-  return vitmsn::cli::run_main(kUsage, [&]() -> int {
-    vitmsn::cli::Args args(argc, argv, {"--model", "--threads"}, {"--help"});
-    if (args.has("--help")) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
+  return vitmsn::cli::run_main(argc, argv, kSpec, [](const vitmsn::cli::Args& args) {
     if (args.positional().size() > 1) throw vitmsn::cli::UsageError("give at most one image");
     const std::string image = args.positional().empty()
                                   ? std::string(VITMSN_SOURCE_DIR) + "/tests/data/images/chelsea.png"

@@ -1,9 +1,9 @@
 // vitmsn-probe: a linear probe (multinomial logistic regression on CLS features) trained on an
 // ImageFolder — MSN's label-efficient evaluation — saved as a classifier head for vitmsn-convert.
-#include <sys/stat.h>
-
+// main() reads the options (parse_options), scans the ImageFolder (scan_image_folder), extracts or
+// reads the cached features (extract), evaluates (evaluate), then trains on everything and writes
+// the head (train_and_write).
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -12,9 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <map>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -27,15 +25,18 @@ using namespace vitmsn;
 
 namespace {
 
-const char* kUsage = R"(usage: vitmsn-probe [--model PATH] --data DIR --output HEAD.safetensors [options]
+const cli::Spec kSpec = {
+    "vitmsn-probe",
+    R"(usage: vitmsn-probe [--model PATH] --data DIR --output HEAD.safetensors [options]
 
 Trains a linear probe — multinomial logistic regression on the model's CLS embedding — on the images
 of DIR, laid out as an ImageFolder: one sub-folder per class (class ids = sorted folder names),
-images inside, searched recursively (.png .jpg .jpeg .bmp .gif .tga .ppm .pgm .pnm). Features are
-standardised, the L2 strength is chosen by stratified cross-validation over 1e-4..1e2 (13 values),
-and the head is folded back to the raw CLS features. Reports cross-validated (or held-out) accuracy
-per class, then trains on all images and writes HEAD.safetensors (classifier.weight [K, D],
-classifier.bias [K], __metadata__ id2label), ready for vitmsn-convert --add-classifier.
+images inside, searched recursively (@EXTENSIONS@; hidden files
+skipped, images directly in DIR ignored). Features are standardised, the L2 strength is chosen by
+stratified cross-validation over 1e-4..1e2 (13 values), and the head is folded back to the raw CLS
+features. Reports cross-validated (or held-out) accuracy per class, then trains on all images and
+writes HEAD.safetensors (classifier.weight [K, D], classifier.bias [K], __metadata__ id2label and
+the model's backbone identity), ready for vitmsn-convert --add-classifier.
 options:
   --model PATH         model folder or .safetensors (default: $VITMSN_MODEL, else
                        weights/vit-msn-large-7.safetensors)
@@ -53,119 +54,105 @@ options:
   --threads N          threads of the model (default: all CPUs this process may use)
   --force              overwrite HEAD if it exists
   -h, --help           this text
+  --version            the version, kernel instruction set and JPEG decoder
 Images that cannot be read are reported and skipped; the exit status is non-zero only when
 nothing could be trained.
-)";
+)",
+    {"--model", "--data", "--output", "--cache", "--folds", "--test-fraction", "--threads", "--seed", "--l2"},
+    {"--force"}};
 
-// --- SHA-256 (FIPS 180-4): the cache keys -----------------------------------------------------------
+// --- Options -----------------------------------------------------------------------------------------
 
-class Sha256 {
- public:
-  Sha256() {
-    static const Constants c;
-    k_ = c.k;
-    std::copy(c.h0.begin(), c.h0.end(), h_.begin());
-  }
-  void update(const void* data, std::size_t n) {
-    const auto* p = static_cast<const std::uint8_t*>(data);
-    total_ += n;
-    while (n) {
-      const std::size_t take = std::min(n, 64 - used_);
-      std::memcpy(buf_.data() + used_, p, take);
-      used_ += take;
-      p += take;
-      n -= take;
-      if (used_ == 64) {
-        block(buf_.data());
-        used_ = 0;
-      }
-    }
-  }
-  void update(const std::string& s) { update(s.data(), s.size()); }
-  /// Lower-case hex of the digest; the object is spent afterwards.
-  std::string hex() {
-    const std::uint64_t bits = total_ * 8;
-    const std::uint8_t one = 0x80, zero = 0;
-    update(&one, 1);
-    while (used_ != 56) update(&zero, 1);
-    std::uint8_t len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<std::uint8_t>(bits >> (56 - 8 * i));
-    update(len, 8);
-    std::string out;
-    char b[9];
-    for (std::uint32_t w : h_) {
-      std::snprintf(b, sizeof b, "%08x", w);
-      out += b;
-    }
-    return out;
-  }
-
- private:
-  // The standard's constants are the first 32 bits of the fractional parts of the square roots
-  // (initial hash) and cube roots (round constants) of the first primes; computed exactly with
-  // integer roots rather than typed in.
-  struct Constants {
-    std::array<std::uint32_t, 64> k{};
-    std::array<std::uint32_t, 8> h0{};
-    Constants() {
-      std::vector<unsigned> primes;
-      for (unsigned n = 2; primes.size() < 64; ++n) {
-        bool prime = true;
-        for (unsigned p : primes)
-          if (n % p == 0) prime = false;
-        if (prime) primes.push_back(n);
-      }
-      using U = unsigned __int128;
-      auto iroot = [](U v, int degree) {  // floor(v^(1/degree)) by bisection
-        U lo = 0, hi = U(1) << 40;
-        while (lo < hi) {
-          const U mid = (lo + hi + 1) / 2;
-          U p = 1;
-          for (int i = 0; i < degree; ++i) p *= mid;
-          if (p <= v)
-            lo = mid;
-          else
-            hi = mid - 1;
-        }
-        return lo;
-      };
-      for (int i = 0; i < 64; ++i) k[i] = static_cast<std::uint32_t>(iroot(U(primes[i]) << 96, 3));
-      for (int i = 0; i < 8; ++i) h0[i] = static_cast<std::uint32_t>(iroot(U(primes[i]) << 64, 2));
-    }
-  };
-  static std::uint32_t rotr(std::uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-  void block(const std::uint8_t* p) {
-    std::uint32_t w[64];
-    for (int i = 0; i < 16; ++i)
-      w[i] = std::uint32_t(p[4 * i]) << 24 | std::uint32_t(p[4 * i + 1]) << 16 | std::uint32_t(p[4 * i + 2]) << 8 |
-             p[4 * i + 3];
-    for (int i = 16; i < 64; ++i) {
-      const std::uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      const std::uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    std::uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], h = h_[7];
-    for (int i = 0; i < 64; ++i) {
-      const std::uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k_[i] + w[i];
-      const std::uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-      h = g;
-      g = f;
-      f = e;
-      e = d + t1;
-      d = c;
-      c = b;
-      b = a;
-      a = t1 + t2;
-    }
-    const std::uint32_t v[8] = {a, b, c, d, e, f, g, h};
-    for (int i = 0; i < 8; ++i) h_[i] += v[i];
-  }
-  std::array<std::uint32_t, 64> k_{};
-  std::array<std::uint32_t, 8> h_{};
-  std::array<std::uint8_t, 64> buf_{};
-  std::size_t used_ = 0;
-  std::uint64_t total_ = 0;
+struct Options {
+  std::string model_path, data, output, cache_root;
+  int folds = 5, threads = 0;
+  bool holdout = false;
+  double test_fraction = 0;
+  ProbeOptions probe;
 };
+
+std::uint64_t parse_seed(const cli::Args& args) {
+  if (!args.has("--seed")) return 0;
+  const std::string v = args.get("--seed");
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long s = std::strtoull(v.c_str(), &end, 10);
+  if (v.empty() || v[0] == '-' || *end || errno)
+    throw cli::UsageError("option --seed needs a non-negative integer, got '" + v + "'");
+  return s;
+}
+
+// Every option, the data folder and the output, before any work.
+Options parse_options(const cli::Args& args) {
+  Options o;
+  args.expect_no_positional();
+  o.data = args.required("--data", "--data DIR");
+  o.output = args.required("--output", "--output HEAD.safetensors");
+  if (args.has("--folds") && args.has("--test-fraction"))
+    throw cli::UsageError("give --folds or --test-fraction, not both");
+  o.folds = args.get_int("--folds", 5, 2, 1000);
+  o.holdout = args.has("--test-fraction");
+  o.test_fraction = args.get_double("--test-fraction", 0, 0, 1, true);
+  o.threads = args.get_int("--threads", 0, 1, 4096);
+  o.probe.seed = parse_seed(args);
+  o.probe.l2 = args.get_double("--l2", o.probe.l2, 0, HUGE_VAL, true);
+  o.probe.folds = o.folds;
+  o.model_path = cli::model_path_or_throw(args);
+  o.cache_root = args.get("--cache", (fs::path(o.data) / ".vitmsn-cache").string());
+  std::error_code ec;
+  if (!fs::exists(o.data, ec)) throw Error(o.data + ": does not exist (give an ImageFolder: one sub-folder per class)");
+  if (!fs::is_directory(o.data, ec))
+    throw Error(o.data + ": is a file, not a folder (give an ImageFolder: one sub-folder per class)");
+  cli::check_output("--output", o.output, {".safetensors"}, args.has("--force"));
+  return o;
+}
+
+// --- The ImageFolder ---------------------------------------------------------------------------------
+
+struct Sample {
+  std::string path;
+  int label = 0;
+};
+
+struct Dataset {
+  std::vector<std::string> classes;
+  std::vector<Sample> samples;
+};
+
+// ImageFolder: the non-hidden sub-folders of `dir`, sorted, are the classes; what is passed over
+// (hidden files, other formats, images outside the class folders) is said in notes on stderr.
+Dataset scan_image_folder(const std::string& dir, const std::string& cache_root) {
+  Dataset d;
+  cli::Skipped skipped;
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code ec2;
+    if (!name.empty() && name[0] == '.') {
+      if (!fs::equivalent(it->path(), cache_root, ec2)) skipped.hidden.push_back(it->path().string());
+    } else if (it->is_directory(ec2)) {
+      d.classes.push_back(name);
+    } else if (cli::is_image_file_name(it->path())) {
+      skipped.top_level.push_back(it->path().string());
+    }
+  }
+  if (ec) throw Error(dir + ": cannot list folder: " + ec.message());
+  std::sort(d.classes.begin(), d.classes.end());
+  if (d.classes.size() < 2)
+    throw Error(dir + ": found " + std::to_string(d.classes.size()) +
+                " class folder(s); a probe needs at least 2 (one sub-folder of images per class)");
+  for (std::size_t c = 0; c < d.classes.size(); ++c) {
+    const std::string folder = (fs::path(dir) / d.classes[c]).string();
+    const std::vector<std::string> found = cli::scan_folder(folder, skipped);
+    if (found.empty())
+      throw Error(folder + ": no images in this class folder (" + cli::join(image_file_extensions(), " ") + ")");
+    for (const auto& f : found) d.samples.push_back({f, static_cast<int>(c)});
+  }
+  std::fputs(skipped.notes(dir).c_str(), stderr);
+  return d;
+}
+
+// --- Features ----------------------------------------------------------------------------------------
 
 // The cache folder of a model: what decides its CLS features — config (without the labels),
 // preprocessor settings, and the weights file's size, first and last MiB — hashed, so a copied or
@@ -209,64 +196,99 @@ std::vector<float> read_cached(const std::string& path, int dim) {
   }
 }
 
-struct Sample {
-  std::string path;
-  int label = 0;
+struct FeatureRows {
+  std::vector<std::vector<float>> rows;
+  std::vector<int> labels;
+  std::vector<std::string> failed;
+  std::size_t extracted = 0, cached = 0;
+  bool interrupted = false;
 };
 
-// ImageFolder: the non-hidden sub-folders of `dir`, sorted, are the classes.
-std::vector<Sample> scan_image_folder(const std::string& dir, std::vector<std::string>& classes) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw Error(dir + ": not a folder (give an ImageFolder: one sub-folder per class)");
-  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.empty() || name[0] == '.') continue;
-    std::error_code ec2;
-    if (it->is_directory(ec2)) classes.push_back(name);
+// Each image's CLS feature: from the cache when the image's bytes and the model match, else
+// extracted and cached. Unreadable images are reported and skipped.
+FeatureRows extract(const Model& model, const Dataset& d, const std::string& cache) {
+  FeatureRows out;
+  const int dim = model.config().hidden_size;
+  bool cache_warned = false;
+  {
+    std::error_code ec;
+    fs::create_directories(cache, ec);
+    if (ec) {
+      std::fprintf(stderr, "warning: %s: cannot create the feature cache (%s); features will not be kept\n",
+                   cache.c_str(), ec.message().c_str());
+      cache_warned = true;
+    }
   }
-  if (ec) throw Error(dir + ": cannot list folder: " + ec.message());
-  std::sort(classes.begin(), classes.end());
-  if (classes.size() < 2)
-    throw Error(dir + ": found " + std::to_string(classes.size()) +
-                " class folder(s); a probe needs at least 2 (one sub-folder of images per class)");
-  std::vector<Sample> samples;
-  for (std::size_t c = 0; c < classes.size(); ++c) {
-    const std::string folder = (fs::path(dir) / classes[c]).string();
-    std::vector<std::string> found;
-    for (auto it = fs::recursive_directory_iterator(folder, fs::directory_options::skip_permission_denied, ec);
-         !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-      if (it->is_regular_file(ec) && cli::is_image_file_name(it->path())) found.push_back(it->path().string());
-    if (ec) throw Error(folder + ": cannot list folder: " + ec.message());
-    if (found.empty())
-      throw Error(folder + ": no images in this class folder (.png .jpg .jpeg .bmp .gif .tga .ppm .pgm .pnm)");
-    std::sort(found.begin(), found.end());
-    for (auto& f : found) samples.push_back({std::move(f), static_cast<int>(c)});
+  cli::install_interrupt_handler();
+  cli::Progress progress(d.samples.size(), "images");
+  progress.start();
+  for (const Sample& s : d.samples) {
+    if (cli::interrupted()) break;
+    try {
+      const std::string bytes = cli::read_file(s.path);
+      Sha256 h;
+      h.update(bytes);
+      const std::string entry = (fs::path(cache) / (h.hex() + ".safetensors")).string();
+      std::vector<float> f = read_cached(entry, dim);
+      if (!f.empty()) {
+        ++out.cached;
+      } else {
+        const Image image = decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), s.path);
+        const Vector cls = model.extract_features(image).cls();
+        if (!cls.allFinite()) throw Error(s.path + ": the model's CLS feature is not finite");
+        f.assign(cls.data(), cls.data() + cls.size());
+        ++out.extracted;
+        if (!cache_warned) {
+          try {
+            write_safetensors(entry, {TensorData::f32("cls", {dim}, f.data())},
+                              {{"producer", "vitmsn-probe"}, {"image", s.path}, {"model", model.source()}});
+          } catch (const Error& e) {
+            progress.clear();
+            std::fprintf(stderr, "warning: cannot write the feature cache: %s\n", e.what());
+            cache_warned = true;
+          }
+        }
+      }
+      out.rows.push_back(std::move(f));
+      out.labels.push_back(s.label);
+    } catch (const Error& e) {
+      progress.clear();
+      std::fprintf(stderr, "error: %s (skipped)\n", e.what());
+      out.failed.push_back(s.path);
+    }
+    progress.step(s.path);
   }
-  return samples;
+  progress.break_line();
+  out.interrupted = cli::interrupted();
+  if (!out.interrupted)
+    std::printf("features: %zu extracted, %zu cached, %zu failed (%.1f s); cache %s\n", out.extracted, out.cached,
+                out.failed.size(), progress.elapsed(), cache.c_str());
+  return out;
 }
 
-double parse_double(const cli::Args& args, const std::string& name, double min_exclusive, double max_exclusive) {
-  const std::string v = args.get(name);
-  char* end = nullptr;
-  errno = 0;
-  const double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end || errno || !(x > min_exclusive && x < max_exclusive))
-    throw cli::UsageError("option " + name + " needs a number in (" + std::to_string(min_exclusive) + ", " +
-                          (std::isinf(max_exclusive) ? std::string("inf") : std::to_string(max_exclusive)) +
-                          "), got '" + v + "'");
+// The features as a matrix [images, hidden], after listing the images that could not be read; every
+// class must have kept at least one. `count` gets the images per class.
+Eigen::MatrixXd usable_features(const FeatureRows& f, const Dataset& d, const std::string& data,
+                                std::vector<int>& count) {
+  if (!f.failed.empty()) {
+    std::printf("skipped %s that could not be read:\n", cli::count(f.failed.size(), "image").c_str());
+    for (const auto& p : f.failed) std::printf("  %s\n", p.c_str());
+  }
+  if (f.rows.empty()) throw Error(data + ": none of the " + std::to_string(d.samples.size()) + " images could be read");
+  count.assign(d.classes.size(), 0);
+  for (int y : f.labels) ++count[y];
+  for (std::size_t k = 0; k < d.classes.size(); ++k)
+    if (count[k] == 0)
+      throw Error((fs::path(data) / d.classes[k]).string() + ": none of this class's images could be read");
+  const Eigen::Index dim = static_cast<Eigen::Index>(f.rows[0].size());
+  Eigen::MatrixXd x(static_cast<Eigen::Index>(f.rows.size()), dim);
+  for (std::size_t i = 0; i < f.rows.size(); ++i)
+    for (Eigen::Index j = 0; j < dim; ++j) x(static_cast<Eigen::Index>(i), j) = f.rows[i][j];
+  std::fflush(stdout);
   return x;
 }
 
-std::uint64_t parse_seed(const cli::Args& args) {
-  if (!args.has("--seed")) return 0;
-  const std::string v = args.get("--seed");
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long s = std::strtoull(v.c_str(), &end, 10);
-  if (v.empty() || v[0] == '-' || *end || errno)
-    throw cli::UsageError("option --seed needs a non-negative integer, got '" + v + "'");
-  return s;
-}
+// --- Evaluation and training -------------------------------------------------------------------------
 
 std::string percent(double fraction) {
   char b[32];
@@ -274,7 +296,8 @@ std::string percent(double fraction) {
   return b;
 }
 
-std::string number(double v) {
+// Three significant digits: l2 values, log-losses, gradient norms.
+std::string g3(double v) {
   char b[32];
   std::snprintf(b, sizeof b, "%.3g", v);
   return b;
@@ -311,205 +334,116 @@ void print_evaluation(const Evaluation& e, const std::vector<std::string>& class
 std::string describe_l2(const Probe& p) {
   switch (p.l2_source) {
     case L2Source::kGiven:
-      return number(p.l2) + " (given by --l2)";
+      return g3(p.l2) + " (given by --l2)";
     case L2Source::kFallback:
-      return number(p.l2) + " (default: a class has a single image, too few to cross-validate)";
+      return g3(p.l2) + " (default: a class has a single image, too few to cross-validate)";
     case L2Source::kCrossValidation:
       break;
   }
   const auto best =
       std::find_if(p.l2_scores.begin(), p.l2_scores.end(), [&](const L2Score& s) { return s.l2 == p.l2; });
-  std::string s = number(p.l2) + " (best of " + std::to_string(p.l2_scores.size()) + " values " +
-                  number(p.l2_scores.front().l2) + ".." + number(p.l2_scores.back().l2) + " by " +
-                  std::to_string(p.folds) + "-fold cross-validation";
-  if (best != p.l2_scores.end()) s += ": accuracy " + percent(best->accuracy) + ", log-loss " + number(best->log_loss);
+  std::string s = g3(p.l2) + " (best of " + std::to_string(p.l2_scores.size()) + " values " +
+                  g3(p.l2_scores.front().l2) + ".." + g3(p.l2_scores.back().l2) + " by " + std::to_string(p.folds) +
+                  "-fold cross-validation";
+  if (best != p.l2_scores.end()) s += ": accuracy " + percent(best->accuracy) + ", log-loss " + g3(best->log_loss);
   return s + ")";
 }
 
 std::string smallest_class(const std::vector<int>& count, const std::vector<std::string>& classes) {
   const auto it = std::min_element(count.begin(), count.end());
-  return "'" + classes[it - count.begin()] + "' (" + std::to_string(*it) + " image" + (*it == 1 ? "" : "s") + ")";
+  return "'" + classes[it - count.begin()] + "' (" + cli::count(*it, "image") + ")";
+}
+
+// The honest accuracy: nested (the l2 choice happens inside each training part). Returns a note for
+// the head's metadata ("" when there was no evaluation).
+std::string report_evaluation(const Options& o, const Eigen::MatrixXd& x, const std::vector<int>& labels,
+                              const std::vector<std::string>& classes, const std::vector<int>& count) {
+  const int num_classes = static_cast<int>(classes.size());
+  const int smallest = *std::min_element(count.begin(), count.end());
+  std::string note;
+  if (o.holdout) {
+    if (std::all_of(count.begin(), count.end(), [](int n) { return n < 2; })) {
+      std::printf("no held-out evaluation: every class has a single image\n");
+      return note;
+    }
+    const HoldoutEvaluation h = holdout_evaluate(x, labels, num_classes, o.test_fraction, o.probe);
+    std::printf("held-out evaluation (stratified, test fraction %s: %zu test / %zu training images, seed %llu):\n",
+                g3(o.test_fraction).c_str(), h.split.test.size(), h.split.train.size(),
+                static_cast<unsigned long long>(o.probe.seed));
+    print_evaluation(h.evaluation, classes);
+    std::printf("  l2 of the training part: %s\n", describe_l2(h.probe).c_str());
+    return "held-out accuracy " + g3(h.evaluation.accuracy()) + " on " + std::to_string(h.evaluation.total()) +
+           " images";
+  }
+  if (smallest < 2) {
+    std::printf("no cross-validation: the smallest class is %s, and it needs at least 2 images per class\n",
+                smallest_class(count, classes).c_str());
+    return note;
+  }
+  const CrossValidation cv = cross_validate(x, labels, num_classes, o.folds, o.probe);
+  std::printf("cross-validation (%d-fold stratified, seed %llu; l2 %s inside each fold):\n", cv.folds,
+              static_cast<unsigned long long>(o.probe.seed), o.probe.l2 > 0 ? "given" : "chosen");
+  if (cv.folds < o.folds)
+    std::printf("  (%d folds requested; the smallest class is %s)\n", o.folds, smallest_class(count, classes).c_str());
+  print_evaluation(cv.evaluation, classes);
+  std::string l2s;
+  for (double v : cv.fold_l2) l2s += (l2s.empty() ? "" : ", ") + g3(v);
+  std::printf("  l2 per fold: %s\n", l2s.c_str());
+  return std::to_string(cv.folds) + "-fold cross-validated accuracy " + g3(cv.evaluation.accuracy()) + " on " +
+         std::to_string(cv.evaluation.total()) + " images";
+}
+
+// The head, trained on every image, written with the backbone identity of the model it fits.
+void train_and_write(const Options& o, const Eigen::MatrixXd& x, const std::vector<int>& labels,
+                     const std::vector<std::string>& classes, const std::string& evaluation_note,
+                     const std::string& backbone) {
+  const int num_classes = static_cast<int>(classes.size());
+  const Probe probe = train_probe(x, labels, num_classes, o.probe);
+  const Evaluation train = evaluate(probe.head, x, labels);
+  std::printf("l2: %s\n", describe_l2(probe).c_str());
+  std::printf("trained on all %d images: training accuracy %s (L-BFGS: %d iterations, stopped on %s, |grad| %s)\n",
+              probe.num_examples, percent(train.accuracy()).c_str(), probe.solver.iterations,
+              to_string(probe.solver.stop), g3(probe.solver.gradient_norm).c_str());
+  std::map<std::string, std::string> meta = {
+      {"producer", "vitmsn-probe"}, {"model", o.model_path}, {"data", o.data}, {kBackboneMetadataKey, backbone}};
+  if (!evaluation_note.empty()) meta["evaluation"] = evaluation_note;
+  write_head(o.output, probe, classes, meta);
+  std::printf("saved %s: classifier.weight [%d,%ld], classifier.bias [%d]; labels %s\n", o.output.c_str(), num_classes,
+              static_cast<long>(x.cols()), num_classes, cli::join(classes, ", ").c_str());
+  std::printf(
+      "to use it:\n  vitmsn-convert --add-classifier %s %s OUT.safetensors\n"
+      "  vitmsn-classify --model OUT.safetensors IMAGE\n",
+      o.output.c_str(), o.model_path.c_str());
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  return cli::run_main(kUsage, [&]() -> int {
-    cli::Args args(
-        argc, argv,
-        {"--model", "--data", "--output", "--cache", "--folds", "--test-fraction", "--threads", "--seed", "--l2"},
-        {"--force", "--help"});
-    if (args.has("--help")) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (!args.positional().empty()) throw cli::UsageError("unexpected argument '" + args.positional()[0] + "'");
-    if (!args.has("--data")) throw cli::UsageError("--data DIR is required");
-    if (!args.has("--output")) throw cli::UsageError("--output HEAD.safetensors is required");
-    if (args.has("--folds") && args.has("--test-fraction"))
-      throw cli::UsageError("give --folds or --test-fraction, not both");
-    const std::string data = args.get("--data"), output = args.get("--output");
-    const int folds = args.get_int("--folds", 5, 2, 1000);
-    const bool holdout = args.has("--test-fraction");
-    const double test_fraction = holdout ? parse_double(args, "--test-fraction", 0, 1) : 0;
-    const int threads = args.get_int("--threads", 0, 1, 4096);
-    ProbeOptions options;
-    options.seed = parse_seed(args);
-    if (args.has("--l2")) options.l2 = parse_double(args, "--l2", 0, HUGE_VAL);
-    options.folds = folds;
-    const std::string model_path = cli::model_path_or_throw(args);
-    if (cli::file_exists(output) && !args.has("--force"))
-      throw Error(output + ": already exists (use --force to overwrite)");
-    {
-      std::error_code ec;
-      const fs::path parent = fs::path(output).parent_path();
-      if (!parent.empty() && !fs::is_directory(parent, ec))
-        throw Error(output + ": the folder " + parent.string() + " does not exist");
-    }
-
-    std::vector<std::string> classes;
-    const std::vector<Sample> samples = scan_image_folder(data, classes);
+  return cli::run_main(argc, argv, kSpec, [](const cli::Args& args) {
+    const Options o = parse_options(args);
+    const Dataset d = scan_image_folder(o.data, o.cache_root);
     LoadOptions lo;
-    lo.threads = threads;
-    const Model model = Model::load(model_path, lo);
+    lo.threads = o.threads;
+    const Model model = Model::load(o.model_path, lo);
+    const std::string backbone = backbone_identity(o.model_path);  // for the head; computed before the work
     const int dim = model.config().hidden_size;
-    const std::string cache_root = args.get("--cache", (fs::path(data) / ".vitmsn-cache").string());
-    const std::string cache = (fs::path(cache_root) / model_identity(model)).string();
-    std::printf("vitmsn-probe: %zu images in %zu classes under %s; model %s (CLS, %d dimensions)\n", samples.size(),
-                classes.size(), data.c_str(), model.source().c_str(), dim);
+    const std::string cache = (fs::path(o.cache_root) / model_identity(model)).string();
+    std::printf("vitmsn-probe: %s in %s under %s; model %s (CLS, %d dimensions)\n",
+                cli::count(d.samples.size(), "image").c_str(), cli::count(d.classes.size(), "class", "classes").c_str(),
+                o.data.c_str(), model.source().c_str(), dim);
     std::fflush(stdout);
 
-    // Features: from the cache when the image's bytes and the model match, else extracted and cached.
-    cli::install_interrupt_handler();
-    std::vector<std::vector<float>> rows;
-    std::vector<int> labels;
-    std::vector<std::string> failed;
-    std::size_t extracted = 0, cached = 0;
-    bool cache_warned = false;
-    {
-      std::error_code ec;
-      fs::create_directories(cache, ec);
-      if (ec) {
-        std::fprintf(stderr, "warning: %s: cannot create the feature cache (%s); features will not be kept\n",
-                     cache.c_str(), ec.message().c_str());
-        cache_warned = true;
-      }
-    }
-    cli::Progress progress(samples.size(), "images");
-    for (const Sample& s : samples) {
-      if (cli::interrupted()) break;
-      try {
-        const std::string bytes = cli::read_file(s.path);
-        Sha256 h;
-        h.update(bytes);
-        const std::string entry = (fs::path(cache) / (h.hex() + ".safetensors")).string();
-        std::vector<float> f = read_cached(entry, dim);
-        if (!f.empty()) {
-          ++cached;
-        } else {
-          const Image image = decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), s.path);
-          const Vector cls = model.extract_features(image).cls();
-          if (!cls.allFinite()) throw Error(s.path + ": the model's CLS feature is not finite");
-          f.assign(cls.data(), cls.data() + cls.size());
-          ++extracted;
-          if (!cache_warned) {
-            try {
-              write_safetensors(entry, {TensorData::f32("cls", {dim}, f.data())},
-                                {{"producer", "vitmsn-probe"}, {"image", s.path}, {"model", model.source()}});
-            } catch (const Error& e) {
-              progress.break_line();
-              std::fprintf(stderr, "warning: cannot write the feature cache: %s\n", e.what());
-              cache_warned = true;
-            }
-          }
-        }
-        rows.push_back(std::move(f));
-        labels.push_back(s.label);
-      } catch (const Error& e) {
-        progress.break_line();
-        std::fprintf(stderr, "error: %s (skipped)\n", e.what());
-        failed.push_back(s.path);
-      }
-      progress.step(s.path);
-    }
-    progress.break_line();
-    if (cli::interrupted()) {
-      std::fprintf(stderr, "interrupted after %zu of %zu images; %s was not written\n", rows.size() + failed.size(),
-                   samples.size(), output.c_str());
+    const FeatureRows f = extract(model, d, cache);
+    if (f.interrupted) {
+      std::fprintf(stderr, "interrupted after %zu of %s; %s was not written\n", f.rows.size() + f.failed.size(),
+                   cli::count(d.samples.size(), "image").c_str(), o.output.c_str());
       return 130;
     }
-    std::printf("features: %zu extracted, %zu cached, %zu failed (%.1f s); cache %s\n", extracted, cached,
-                failed.size(), progress.elapsed(), cache.c_str());
-    if (!failed.empty()) {
-      std::printf("skipped %zu image%s that could not be read:\n", failed.size(), failed.size() == 1 ? "" : "s");
-      for (const auto& f : failed) std::printf("  %s\n", f.c_str());
-    }
-    if (rows.empty()) throw Error(data + ": none of the " + std::to_string(samples.size()) + " images could be read");
-    std::vector<int> count(classes.size(), 0);
-    for (int y : labels) ++count[y];
-    for (std::size_t k = 0; k < classes.size(); ++k)
-      if (count[k] == 0)
-        throw Error((fs::path(data) / classes[k]).string() + ": none of this class's images could be read");
-
-    Eigen::MatrixXd x(static_cast<Eigen::Index>(rows.size()), dim);
-    for (std::size_t i = 0; i < rows.size(); ++i)
-      for (int j = 0; j < dim; ++j) x(static_cast<Eigen::Index>(i), j) = rows[i][j];
-    const int num_classes = static_cast<int>(classes.size());
-    const int smallest = *std::min_element(count.begin(), count.end());
+    std::vector<int> count;
+    const Eigen::MatrixXd x = usable_features(f, d, o.data, count);
+    const std::string note = report_evaluation(o, x, f.labels, d.classes, count);
     std::fflush(stdout);
-
-    // Evaluation: nested — the l2 choice happens inside each training part, so the accuracy is honest.
-    std::string evaluation_note;
-    if (holdout) {
-      if (std::all_of(count.begin(), count.end(), [](int n) { return n < 2; })) {
-        std::printf("no held-out evaluation: every class has a single image\n");
-      } else {
-        const HoldoutEvaluation h = holdout_evaluate(x, labels, num_classes, test_fraction, options);
-        std::printf("held-out evaluation (stratified, test fraction %s: %zu test / %zu training images, seed %llu):\n",
-                    number(test_fraction).c_str(), h.split.test.size(), h.split.train.size(),
-                    static_cast<unsigned long long>(options.seed));
-        print_evaluation(h.evaluation, classes);
-        std::printf("  l2 of the training part: %s\n", describe_l2(h.probe).c_str());
-        evaluation_note = "held-out accuracy " + number(h.evaluation.accuracy()) + " on " +
-                          std::to_string(h.evaluation.total()) + " images";
-      }
-    } else if (smallest < 2) {
-      std::printf("no cross-validation: the smallest class is %s, and it needs at least 2 images per class\n",
-                  smallest_class(count, classes).c_str());
-    } else {
-      const CrossValidation cv = cross_validate(x, labels, num_classes, folds, options);
-      std::printf("cross-validation (%d-fold stratified, seed %llu; l2 %s inside each fold):\n", cv.folds,
-                  static_cast<unsigned long long>(options.seed), options.l2 > 0 ? "given" : "chosen");
-      if (cv.folds < folds)
-        std::printf("  (%d folds requested; the smallest class is %s)\n", folds,
-                    smallest_class(count, classes).c_str());
-      print_evaluation(cv.evaluation, classes);
-      std::string l2s;
-      for (double v : cv.fold_l2) l2s += (l2s.empty() ? "" : ", ") + number(v);
-      std::printf("  l2 per fold: %s\n", l2s.c_str());
-      evaluation_note = std::to_string(cv.folds) + "-fold cross-validated accuracy " +
-                        number(cv.evaluation.accuracy()) + " on " + std::to_string(cv.evaluation.total()) + " images";
-    }
-    std::fflush(stdout);
-
-    // The head: trained on every image.
-    const Probe probe = train_probe(x, labels, num_classes, options);
-    const Evaluation train = evaluate(probe.head, x, labels);
-    std::printf("l2: %s\n", describe_l2(probe).c_str());
-    std::printf("trained on all %d images: training accuracy %s (L-BFGS: %d iterations, stopped on %s, |grad| %s)\n",
-                probe.num_examples, percent(train.accuracy()).c_str(), probe.solver.iterations,
-                to_string(probe.solver.stop), number(probe.solver.gradient_norm).c_str());
-    std::map<std::string, std::string> meta = {{"producer", "vitmsn-probe"}, {"model", model.source()}, {"data", data}};
-    if (!evaluation_note.empty()) meta["evaluation"] = evaluation_note;
-    write_head(output, probe, classes, meta);
-    std::string names;
-    for (const auto& c : classes) names += (names.empty() ? "" : ", ") + c;
-    std::printf("saved %s: classifier.weight [%d,%d], classifier.bias [%d]; labels %s\n", output.c_str(), num_classes,
-                dim, num_classes, names.c_str());
-    std::printf(
-        "to use it:\n  vitmsn-convert --add-classifier %s %s OUT.safetensors\n"
-        "  vitmsn-classify --model OUT.safetensors IMAGE\n",
-        output.c_str(), model_path.c_str());
+    train_and_write(o, x, f.labels, d.classes, note, backbone);
     return 0;
   });
 }

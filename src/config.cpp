@@ -1,8 +1,10 @@
 #include "vitmsn/config.hpp"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "file_util.hpp"
+#include "json_error.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {
@@ -26,12 +28,30 @@ int get_int(const json& j, const char* key, int fallback, bool required, const s
 
 }  // namespace
 
+void check_input_size(const Config& c, int height, int width) {
+  const long long p = c.patch_size;
+  const std::string size = std::to_string(height) + "x" + std::to_string(width);
+  auto nearest = [&](long long v) { return std::max(p, (v + p / 2) / p * p); };
+  if (height < p || width < p || height % p || width % p)
+    throw Error(size + ": height and width must be positive multiples of the patch size " + std::to_string(p) +
+                "; the nearest valid size is " + std::to_string(nearest(height)) + "x" +
+                std::to_string(nearest(width)));
+  const long long tokens = (height / p) * (width / p) + 1;
+  if (tokens > kMaxInputTokens) {
+    long long side = 1;  // the largest square grid within the limit
+    while ((side + 1) * (side + 1) + 1 <= kMaxInputTokens) ++side;
+    throw Error(size + " makes " + std::to_string(tokens) + " tokens at patch size " + std::to_string(p) +
+                ", more than the limit of " + std::to_string(kMaxInputTokens) + " (the largest square size is " +
+                std::to_string(side * p) + "x" + std::to_string(side * p) + ")");
+  }
+}
+
 Config parse_config(const std::string& json_text, const std::string& source) {
   json j;
   try {
     j = json::parse(json_text);
   } catch (const json::exception& e) {
-    throw Error(source + ": not valid JSON: " + e.what());
+    throw Error(source + ": not valid JSON: " + detail::describe_json_error(e, json_text));
   }
   if (!j.is_object()) throw Error(source + ": config is not a JSON object");
   Config c;

@@ -8,9 +8,12 @@
 
 #include "cpu/half.hpp"
 #include "file_util.hpp"
+#include "identity.hpp"
+#include "json_error.hpp"
 #include "model_files.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/error.hpp"
+#include "vitmsn/identity.hpp"
 #include "vitmsn/preprocess.hpp"
 #include "vitmsn/torch_checkpoint.hpp"
 #include "weights.hpp"
@@ -47,7 +50,7 @@ std::vector<std::string> parse_labels(const std::string& json_text, const std::s
   try {
     labels = nlohmann::json::parse(json_text);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(source + ": __metadata__ id2label is not valid JSON: " + e.what());
+    throw Error(source + ": __metadata__ id2label is not valid JSON: " + detail::describe_json_error(e, json_text));
   }
   const nlohmann::json wrapper = {{"hidden_size", 1},       {"num_hidden_layers", 1}, {"num_attention_heads", 1},
                                   {"intermediate_size", 1}, {"patch_size", 1},        {"image_size", 1},
@@ -69,7 +72,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   if (options.dtype != DType::kF32 && options.dtype != DType::kBF16 && options.dtype != DType::kF16)
     throw Error(output + ": output dtype must be F32, BF16 or F16");
   if (!options.overwrite && (detail::is_regular_file(output) || detail::is_directory(output)))
-    throw Error(output + ": already exists");
+    throw Error(output + ": already exists (set ConvertOptions::overwrite to replace it)");
 
   // The checkpoint, its config and its preprocessor settings (src/model_files.hpp: one precedence,
   // shared with Model::load).
@@ -87,32 +90,8 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   const PreprocessorConfig pre = files.preprocessor;
   report.preprocessor_source = files.preprocessor_source;
 
-  // Merge a separately trained head (replacing any head the checkpoint has).
-  if (!options.classifier.empty()) {
-    const SafetensorsFile head = SafetensorsFile::open(options.classifier);
-    const TensorView& w = head.get(detail::keys::kClassifierWeight);
-    const TensorView& b = head.get(detail::keys::kClassifierBias);
-    if (w.shape.size() != 2 || w.shape[1] != config.hidden_size || b.shape.size() != 1 || b.shape[0] != w.shape[0])
-      throw Error(options.classifier + ": classifier.weight " + w.shape_string() + " / classifier.bias " +
-                  b.shape_string() + " do not fit hidden size " + std::to_string(config.hidden_size));
-    tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
-                                 [](const TensorData& t) {
-                                   return t.name == detail::keys::kClassifierWeight ||
-                                          t.name == detail::keys::kClassifierBias;
-                                 }),
-                  tensors.end());
-    tensors.push_back(w.to_tensor_data());
-    tensors.push_back(b.to_tensor_data());
-    config.id2label.clear();
-    if (auto it = head.metadata().find("id2label"); it != head.metadata().end()) {
-      config.id2label = parse_labels(it->second, options.classifier);
-      if (static_cast<std::int64_t>(config.id2label.size()) != w.shape[0])
-        throw Error(options.classifier + ": id2label has " + std::to_string(config.id2label.size()) + " labels for " +
-                    std::to_string(w.shape[0]) + " classifier rows");
-    }
-  }
-
-  // Keep exactly the tensors of a ViT-MSN model (with the checkpoint's prefix).
+  // The backbone identity: carried over when the input records one (a converted file), else
+  // computed from the encoder tensors (a Hugging Face checkpoint).
   std::map<std::string, TensorView> views;
   for (const auto& t : tensors) {
     if (views.count(t.name)) throw Error(weights + ": tensor '" + t.name + "' appears twice");
@@ -123,6 +102,63 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     return it == views.end() ? nullptr : &it->second;
   };
   const std::string prefix = detail::detect_prefix(any_dtype, weights);
+  report.backbone = files.file ? detail::recorded_backbone_identity(files.file->metadata(), weights) : "";
+  report.backbone_recorded = !report.backbone.empty();
+  if (report.backbone.empty()) report.backbone = detail::compute_backbone_identity(config, any_dtype, weights);
+
+  // Merge a separately trained head (replacing any head the checkpoint has), if it was trained on
+  // this backbone.
+  if (!options.classifier.empty()) {
+    const SafetensorsFile head = SafetensorsFile::open(options.classifier);
+    const TensorView& w = head.get(detail::keys::kClassifierWeight);
+    const TensorView& b = head.get(detail::keys::kClassifierBias);
+    if (w.shape.size() != 2 || w.shape[1] != config.hidden_size || b.shape.size() != 1 || b.shape[0] != w.shape[0])
+      throw Error(options.classifier + ": classifier.weight " + w.shape_string() + " / classifier.bias " +
+                  b.shape_string() + " do not fit hidden size " + std::to_string(config.hidden_size));
+    report.head_backbone_recorded = detail::recorded_backbone_identity(head.metadata(), options.classifier);
+    if (report.head_backbone_recorded.empty()) {
+      report.head_backbone = HeadBackbone::kUnrecorded;
+    } else if (report.head_backbone_recorded == report.backbone) {
+      report.head_backbone = HeadBackbone::kSame;
+    } else if (options.allow_other_backbone) {
+      report.head_backbone = HeadBackbone::kOther;
+    } else {
+      const auto trained_on = head.metadata().find("model");
+      throw Error(options.classifier + ": this head was trained on the features of another model (backbone " +
+                  report.head_backbone_recorded.substr(0, 16) +
+                  (trained_on != head.metadata().end() ? ", " + trained_on->second : std::string()) + ") than " +
+                  weights + " (backbone " + report.backbone.substr(0, 16) +
+                  "): its classes would not fit these features. Train a head on this model with vitmsn-probe, "
+                  "or merge it anyway with vitmsn-convert --force (ConvertOptions::allow_other_backbone)");
+    }
+    if (views.count(detail::keys::kClassifierWeight)) {
+      report.replaced_labels = config.id2label;
+      const TensorView& old = views.at(detail::keys::kClassifierWeight);
+      if (report.replaced_labels.empty() && !old.shape.empty())
+        for (std::int64_t k = 0; k < old.shape[0]; ++k) report.replaced_labels.push_back("LABEL_" + std::to_string(k));
+    }
+    views.erase(detail::keys::kClassifierWeight);
+    views.erase(detail::keys::kClassifierBias);
+    tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
+                                 [](const TensorData& t) {
+                                   return t.name == detail::keys::kClassifierWeight ||
+                                          t.name == detail::keys::kClassifierBias;
+                                 }),
+                  tensors.end());
+    tensors.push_back(w.to_tensor_data());
+    tensors.push_back(b.to_tensor_data());
+    views[detail::keys::kClassifierWeight] = tensors[tensors.size() - 2].view();
+    views[detail::keys::kClassifierBias] = tensors.back().view();
+    config.id2label.clear();
+    if (auto it = head.metadata().find("id2label"); it != head.metadata().end()) {
+      config.id2label = parse_labels(it->second, options.classifier);
+      if (static_cast<std::int64_t>(config.id2label.size()) != w.shape[0])
+        throw Error(options.classifier + ": id2label has " + std::to_string(config.id2label.size()) + " labels for " +
+                    std::to_string(w.shape[0]) + " classifier rows");
+    }
+  }
+
+  // Keep exactly the tensors of a ViT-MSN model (with the checkpoint's prefix).
   std::set<std::string> wanted;
   for (const auto& entry : detail::keys::encoder_tensors(config, prefix)) wanted.insert(entry.first);
   for (const char* k : {detail::keys::kClassifierWeight, detail::keys::kClassifierBias})
@@ -168,7 +204,8 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
                      {"config", to_json(config)},
                      {"preprocessor_config", to_json(pre)},
                      {"dtype", dtype_name(options.dtype)},
-                     {"converted_by", "vitmsn-convert"}});
+                     {"converted_by", "vitmsn-convert"},
+                     {kBackboneMetadataKey, report.backbone}});
   return report;
 }
 

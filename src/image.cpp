@@ -32,6 +32,10 @@
 #define STBI_FREE(p) std::free(p)
 
 // The one translation unit that compiles stb_image and stb_image_write (STYLE.md: image module).
+// Radiance HDR and Softimage PIC are left out: Pillow reads neither, so there is no reference for
+// their pixels (image_file_extensions() lists what is decoded).
+#define STBI_NO_HDR
+#define STBI_NO_PIC
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image.h>
@@ -682,7 +686,7 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
     int w = 0, h = 0, n = 0;
     if (!stbi_info_from_memory(data, length, &w, &h, &n)) {
       fail(name,
-           "not a supported image (PNG, JPEG, BMP, GIF, TGA, PNM, PSD, HDR, PIC) or corrupt "
+           "not a supported image (PNG, JPEG, BMP, GIF, TGA, PSD, PNM) or corrupt "
            "header (" +
                stb_reason() + ")");
     }
@@ -712,6 +716,13 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
   if (!px) fail(name, std::string("cannot decode ") + format + " (" + stb_reason() + ")");
   if (w != width || h != height) fail(name, "decoded size differs from the header");
   return rgb_from_8bit(px.get(), w, h, n);
+}
+
+const std::vector<std::string>& image_file_extensions() {
+  // Pillow's names for the formats decode_image() reads (PNM: binary P5/P6 only, so no .pbm).
+  static const std::vector<std::string> kExtensions = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp",
+                                                       ".gif", ".tga", ".psd",  ".ppm", ".pgm",  ".pnm"};
+  return kExtensions;
 }
 
 Image read_image(const std::string& path, const ImageLimits& limits) {

@@ -23,7 +23,7 @@ std::string locate_weights(const std::string& path, Checkpoints accepted) {
   if (is_regular_file(bin)) {
     if (accepted == Checkpoints::kSafetensorsOrTorch) return bin;
     throw Error(path + ": has pytorch_model.bin but no model.safetensors; convert it first: vitmsn-convert " + path +
-                " model.safetensors");
+                " " + safetensors);
   }
   throw Error(path + (accepted == Checkpoints::kSafetensorsOrTorch
                           ? ": no model.safetensors or pytorch_model.bin in this folder"

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "file_util.hpp"
+#include "json_error.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {
@@ -141,7 +142,7 @@ PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const
   try {
     root = json::parse(json_text);
   } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e400
-    throw Error(source + ": invalid JSON: " + e.what());
+    throw Error(source + ": invalid JSON: " + detail::describe_json_error(e, json_text));
   }
   if (!root.is_object()) throw Error(source + ": expected a JSON object, got " + describe(root));
 

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -18,6 +19,7 @@
 
 #include "cpu/half.hpp"
 #include "file_util.hpp"
+#include "json_error.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {
@@ -55,6 +57,54 @@ std::string shape_to_string(const std::vector<std::int64_t>& shape) {
     s += std::to_string(shape[i]);
   }
   return s + "]";
+}
+
+bool starts_with(const std::uint8_t* p, std::uint64_t n, const char* magic, std::size_t m) {
+  return n >= m && std::memcmp(p, magic, m) == 0;
+}
+
+// What a file that is not safetensors is, with what to do, for the files people pass by mistake (a
+// checkpoint still to convert, an image, a config, a Git LFS pointer…); "" when it is not recognised.
+std::string what_else_it_is(const std::uint8_t* p, std::uint64_t n, const std::string& path) {
+  // A folder's pytorch_model.bin converted beside it makes the folder a model (config.json is there).
+  const bool in_hf_folder = path.size() >= 17 && path.compare(path.size() - 17, 17, "pytorch_model.bin") == 0 &&
+                            (path.size() == 17 || path[path.size() - 18] == '/');
+  const std::string out =
+      in_hf_folder ? detail::join_path(detail::parent_dir(path), "model.safetensors") : std::string("OUT.safetensors");
+  const std::string convert = "; convert it into one with: vitmsn-convert " + path + " " + out;
+  if (starts_with(p, n, "PK\x03\x04", 4)) {
+    // torch.save writes a zip whose entries are ARCHIVE/data.pkl, ARCHIVE/data/0, …
+    const std::uint64_t name_len = n >= 30 ? p[26] | (p[27] << 8) : 0;
+    const std::string first(reinterpret_cast<const char*>(p) + 30, n >= 30 + name_len ? name_len : 0);
+    const bool torch = first.size() >= 8 && first.compare(first.size() - 8, 8, "data.pkl") == 0;
+    return torch ? "a PyTorch checkpoint (torch.save zip, like pytorch_model.bin), not a safetensors file" + convert
+                 : "a zip archive, not a safetensors file";
+  }
+  if (n >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5)
+    return "a Python pickle (a PyTorch checkpoint in the legacy format?), not a safetensors file; re-save it with "
+           "torch.save (zip format, the default since PyTorch 1.6), then: vitmsn-convert " +
+           path + " OUT.safetensors";
+  if (starts_with(p, n, "\x89PNG\r\n\x1a\n", 8)) return "a PNG image, not a model";
+  if (n >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) return "a JPEG image, not a model";
+  if (starts_with(p, n, "GIF8", 4)) return "a GIF image, not a model";
+  if (starts_with(p, n, "\x93NUMPY", 6)) return "a NumPy .npy array (features?), not a model";
+  if (starts_with(p, n, "GGUF", 4)) return "a GGUF file (llama.cpp), not a safetensors model";
+  if (starts_with(p, n, "\x1f\x8b", 2)) return "a gzip archive, not a safetensors file; unpack it first";
+  if (starts_with(p, n, "version https://git-lfs", 23))
+    return "a Git LFS pointer, not the weights themselves; fetch them with: git lfs pull";
+  // Text: the first bytes are printable ASCII/UTF-8 and white space.
+  const std::uint64_t look = std::min<std::uint64_t>(n, 512);
+  const char* text = reinterpret_cast<const char*>(p);
+  const bool printable =
+      std::all_of(p, p + look, [](std::uint8_t c) { return c >= 0x20 || c == '\n' || c == '\r' || c == '\t'; });
+  if (look == 0 || !printable || detail::first_non_utf8(text, look) < look - std::min<std::uint64_t>(look, 3))
+    return "";
+  std::uint64_t first = 0;
+  while (first < look && std::isspace(static_cast<unsigned char>(text[first]))) ++first;
+  if (first < look && text[first] == '{') return "a JSON text file (a config?), not a safetensors model";
+  if (first < look && text[first] == '<')
+    return "an HTML or XML text file (a failed download?), not a safetensors model";
+  return "a text file, not a safetensors model";
 }
 
 }  // namespace
@@ -171,6 +221,10 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
     throw fail("not a safetensors file: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
   std::uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | base[i];
+  // A header that cannot be right (too long for the file or the cap, not a JSON object): say what
+  // the file is instead when it is a kind people pass by mistake.
+  if (header_len > limits.max_header_bytes || header_len > size - 8 || size < 9 || base[8] != '{')
+    if (const std::string other = what_else_it_is(base, size, path); !other.empty()) throw fail(other);
   if (header_len > limits.max_header_bytes)
     throw fail("header length " + std::to_string(header_len) + " exceeds the limit of " +
                std::to_string(limits.max_header_bytes) + " bytes");
@@ -183,7 +237,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
   try {
     header = nlohmann::json::parse(base + 8, base + 8 + header_len);
   } catch (const nlohmann::json::exception& e) {
-    throw fail(std::string("header is not valid JSON: ") + e.what());
+    throw fail("header is not valid JSON: " +
+               detail::describe_json_error(e, reinterpret_cast<const char*>(base + 8), header_len));
   }
   if (!header.is_object()) throw fail("header is not a JSON object");
   const std::size_t tensor_count = header.size() - (header.contains("__metadata__") ? 1 : 0);

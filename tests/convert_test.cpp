@@ -6,10 +6,12 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <string>
 
 #include "test_util.hpp"
 #include "vitmsn/error.hpp"
+#include "vitmsn/identity.hpp"
 #include "vitmsn/model.hpp"
 #include "vitmsn/safetensors.hpp"
 
@@ -120,6 +122,49 @@ TEST(Convert, MergesAClassifierHeadWithLabels) {
     for (int d = 0; d < 64; ++d) expect += static_cast<double>(w[k * 64 + d]) * f.last_hidden_state(0, d);
     EXPECT_NEAR(logits[k], expect, 1e-4);
   }
+}
+
+// A 3-class head for the tiny model's width, recording `backbone` (none when empty).
+std::string write_tiny_head(const std::string& path, const std::string& backbone) {
+  std::vector<float> w(3 * 64, 0.01f), b = {0.5f, -0.25f, 0.0f};
+  std::map<std::string, std::string> meta = {{"id2label", R"({"0":"red","1":"green","2":"blue"})"},
+                                             {"model", "somewhere/else"}};
+  if (!backbone.empty()) meta[kBackboneMetadataKey] = backbone;
+  write_safetensors(
+      path,
+      {TensorData::f32("classifier.weight", {3, 64}, w.data()), TensorData::f32("classifier.bias", {3}, b.data())},
+      meta);
+  return path;
+}
+
+TEST(Convert, RefusesAHeadTrainedOnAnotherBackboneUnlessAllowed) {
+  const std::string dir = test::temp_dir();
+  const std::string tiny = test::data_path("models/tiny");
+  ConvertOptions o;
+  o.classifier = write_tiny_head(dir + "/other.safetensors", backbone_identity(test::data_path("models/tiny-cls")));
+  test::expect_error([&] { convert_checkpoint(tiny, dir + "/out.safetensors", o); },
+                     dir + "/other.safetensors: this head was trained on the features of another model",
+                     {"somewhere/else", backbone_identity(tiny).substr(0, 16), "vitmsn-probe", "--force"});
+  EXPECT_FALSE(std::ifstream(dir + "/out.safetensors").good());
+  o.allow_other_backbone = true;
+  EXPECT_EQ(convert_checkpoint(tiny, dir + "/out.safetensors", o).head_backbone, HeadBackbone::kOther);
+  // The head of this very backbone merges without a word; one that records none is merged unchecked.
+  o.allow_other_backbone = false;
+  o.overwrite = true;
+  o.classifier = write_tiny_head(dir + "/same.safetensors", backbone_identity(tiny));
+  EXPECT_EQ(convert_checkpoint(tiny, dir + "/out.safetensors", o).head_backbone, HeadBackbone::kSame);
+  o.classifier = write_tiny_head(dir + "/old.safetensors", "");
+  EXPECT_EQ(convert_checkpoint(tiny, dir + "/out.safetensors", o).head_backbone, HeadBackbone::kUnrecorded);
+}
+
+TEST(Convert, SaysWhichHeadAMergedHeadReplaces) {
+  const std::string dir = test::temp_dir();
+  const std::string cls = test::data_path("models/tiny-cls");
+  ConvertOptions o;
+  o.classifier = write_tiny_head(dir + "/head.safetensors", backbone_identity(cls));
+  const ConvertReport r = convert_checkpoint(cls, dir + "/out.safetensors", o);
+  EXPECT_EQ(r.replaced_labels, Model::load(cls).labels()) << "tiny-cls's own 5 classes were replaced";
+  EXPECT_EQ(Model::load(dir + "/out.safetensors").labels(), (std::vector<std::string>{"red", "green", "blue"}));
 }
 
 TEST(Convert, RejectsHeadOfTheWrongWidth) {

@@ -410,6 +410,22 @@ TEST(Image, RejectsEveryTruncationOfPnmBmpAndTga) {
   }
 }
 
+TEST(Image, ReadsTheFormatsItsExtensionListNamesAndNoOthers) {
+  // What folder scans pick up is what the decoder reads: Pillow's formats, PSD included.
+  const auto& ext = image_file_extensions();
+  for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".psd", ".ppm", ".pgm", ".pnm"})
+    EXPECT_NE(std::find(ext.begin(), ext.end(), e), ext.end()) << e;
+  for (const char* e : {".hdr", ".pic", ".webp", ".pbm", ".tif"})
+    EXPECT_EQ(std::find(ext.begin(), ext.end(), e), ext.end()) << e;
+  const Image rgb = read_image(test::data_path("formats/rgb.png"));
+  const std::string psd = test::psd_bytes(rgb);
+  EXPECT_EQ(test::decode_bytes(psd, "rgb.psd").rgb, rgb.rgb);
+  // Radiance HDR, which stb_image could decode but Pillow cannot: no reference, so refused.
+  const std::string hdr = std::string("#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 2 +X 3\n") + std::string(24, '\x40');
+  expect_error([&] { test::decode_bytes(hdr, "x.hdr"); },
+               {"x.hdr: not a supported image (PNG, JPEG, BMP, GIF, TGA, PSD, PNM)"});
+}
+
 // --- bad input -----------------------------------------------------------------------------------------
 
 TEST(Image, RejectsTheTruncatedJpegNamingThePath) {

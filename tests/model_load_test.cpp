@@ -110,10 +110,11 @@ TEST(ModelLoad, FileWithoutAnyConfigIsAnError) {
   expect_load_error(d + "/x.safetensors", {"x.safetensors", "no model config"});
 }
 
-TEST(ModelLoad, FolderWithOnlyPytorchBinSaysToConvert) {
+TEST(ModelLoad, FolderWithOnlyPytorchBinSaysToConvertIntoTheFolder) {
   const std::string d = test::temp_dir();
   copy_file(tiny_dir() + "/pytorch_model.bin", d + "/pytorch_model.bin");
-  expect_load_error(d, {"pytorch_model.bin", "vitmsn-convert"});
+  // The command writes where the folder is looked up, so that the same path loads afterwards.
+  expect_load_error(d, {"pytorch_model.bin", "vitmsn-convert " + d + " " + d + "/model.safetensors"});
 }
 
 TEST(ModelLoad, MissingPathIsAnError) { expect_load_error("/nonexistent/model", {"/nonexistent/model"}); }
@@ -234,6 +235,18 @@ TEST(Config, RejectsMissingAndMistypedFields) {
           R"({"hidden_size":64,"num_hidden_layers":-2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7})",
           "c.json"),
       Error);
+}
+
+TEST(Config, InputSizesAreCheckedWithTheNearestValidSize) {
+  const Config c;  // ViT-L/7's: patch 7
+  EXPECT_NO_THROW(check_input_size(c, 224, 224));
+  EXPECT_NO_THROW(check_input_size(c, 1792, 1792));
+  test::expect_error([&] { check_input_size(c, 320, 240); },
+                     {"320x240: height and width must be positive multiples of the patch size 7",
+                      "the nearest valid size is 322x238"});
+  test::expect_error([&] { check_input_size(c, 0, 0); }, {"0x0", "the nearest valid size is 7x7"});
+  test::expect_error([&] { check_input_size(c, 7000, 7000); },
+                     {"7000x7000 makes 1000001 tokens", "limit of 65537", "largest square size is 1792x1792"});
 }
 
 TEST(Config, RoundTripsThroughJson) {

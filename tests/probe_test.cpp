@@ -22,6 +22,7 @@
 #include "test_util.hpp"
 #include "vitmsn/convert.hpp"
 #include "vitmsn/error.hpp"
+#include "vitmsn/identity.hpp"
 #include "vitmsn/image.hpp"
 #include "vitmsn/model.hpp"
 #include "vitmsn/safetensors.hpp"
@@ -500,6 +501,11 @@ TEST(ProbeProgram, TrainsAHeadThatTheTinyModelLoadsAndClassifiesTheTrainingImage
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("vitmsn-classify --model OUT.safetensors IMAGE"), std::string::npos) << r.output;
+
+  // The head records the backbone it was trained on, which convert checks before merging.
+  const auto meta = SafetensorsFile::open(head).metadata();
+  EXPECT_EQ(meta.count(kBackboneMetadataKey) ? meta.at(kBackboneMetadataKey) : "(none)",
+            backbone_identity(test::data_path("models/tiny")));
 
   // The head merges into the model, which then names and recognises the classes.
   ConvertOptions co;

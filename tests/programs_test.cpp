@@ -12,12 +12,17 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <regex>
 #include <string>
+#include <vector>
 
 #include "test_util.hpp"
+#include "vitmsn/identity.hpp"
 #include "vitmsn/image.hpp"
 #include "vitmsn/io.hpp"
 #include "vitmsn/safetensors.hpp"
+#include "vitmsn/version.hpp"
 
 #ifdef VITMSN_PROGRAM_DIR
 
@@ -262,8 +267,8 @@ TEST(DemoProgram, FallsBackToTheBundledModelAndSaysSo) {
 TEST(AttentionProgram, WritesAHeatMapOfTheImagesSize) {
   const std::string dir = test::temp_dir();
   const std::string in = test::data_path("images/chelsea.png");
-  ProgramRun r =
-      run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/a.png --layer 0 " + in);
+  ProgramRun r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir +
+                     "/a.png --no-legend --layer 0 " + in);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("layer 0, mean of heads, 32x32 patches"), std::string::npos) << r.output;
   const Image src = read_image(in), heat = read_image(dir + "/a.png");
@@ -273,7 +278,7 @@ TEST(AttentionProgram, WritesAHeatMapOfTheImagesSize) {
   for (std::size_t i = 0; i < src.rgb.size(); ++i) changed += src.rgb[i] != heat.rgb[i];
   EXPECT_GT(changed, src.rgb.size() / 2) << "the heat map must be visible over most of the image";
   r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir +
-          "/b.png --head 3 --alpha 0 " + in);
+          "/b.png --no-legend --head 3 --alpha 0 " + in);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(read_image(dir + "/b.png").rgb, src.rgb) << "alpha 0 must leave the image unchanged";
   r = run("vitmsn-attention --model " + test::data_path("models/tiny") + " --output " + dir + "/c.png --layer 2 " + in);
@@ -403,7 +408,7 @@ TEST(Sharding, MergeReadsShardNamesExactlyAndRefusesOthers) {
   ASSERT_EQ(r.status, 0) << r.output;
   r = run("vitmsn-merge --output " + dir + "/m.npy " + dir + "/x-00003-of-00007-00000-of-00001.npy");
   EXPECT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("merged 1 shards, 12 images"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("merged 1 shard, 12 images"), std::string::npos) << r.output;
   for (const std::string bad :
        {"f-0001-of-00002.npy", "f-00001-of-0002.npy", "f-00001_of-00002.npy", "f-00001-of-00002.bin",
         "f00001-of-00002.npy", "f-0a001-of-00002.npy", "-of-00002.npy"}) {
@@ -462,6 +467,330 @@ void expect_clean_stop_on(const std::string& signal) {
 TEST(ExtractProgram, InterruptedRunLeavesNoPartialOutputAndSaysWhatWasDone) { expect_clean_stop_on("INT"); }
 
 TEST(ExtractProgram, TerminatedRunLeavesNoPartialOutputAndSaysWhatWasDone) { expect_clean_stop_on("TERM"); }
+
+// ---------------------------------------------------------------------------------------------------
+// The programs as a newcomer meets them (issue #13)
+
+const std::string kAllPrograms[] = {"vitmsn-extract", "vitmsn-merge",     "vitmsn-classify", "vitmsn-probe",
+                                    "vitmsn-convert", "vitmsn-attention", "vitmsn-bench",    "vitmsn-demo"};
+
+std::string tiny() { return test::data_path("models/tiny"); }
+
+// Copies a fixture image to `dest` (folders created).
+void copy_image(const std::string& fixture, const std::string& dest) {
+  std::system(("mkdir -p '" + dest.substr(0, dest.find_last_of('/')) + "'").c_str());
+  test::write_bytes(dest, test::read_text(test::data_path("images/" + fixture)));
+}
+
+// True when the program started on images: the progress line's first line ("[0/N]") was printed.
+bool started_images(const ProgramRun& r) { return r.output.find("[0/") != std::string::npos; }
+
+TEST(Programs, CheckTheirOutputBeforeAnyImage) {
+  const std::string dir = test::temp_dir();
+  const std::string img = test::data_path("images/chelsea.png");
+  test::temp_dir("dir.npy");
+  struct Case {
+    std::string command, message;
+  } cases[] = {
+      {"vitmsn-extract --model " + tiny() + " --output " + dir + "/nodir/x.npy " + img,
+       dir + "/nodir/x.npy: the folder " + dir + "/nodir does not exist"},
+      {"vitmsn-extract --model " + tiny() + " --force --output " + dir + "/dir.npy " + img,
+       dir + "/dir.npy: is a folder; give --output a file name"},
+      {"vitmsn-extract --model " + tiny() + " --output /sys/x.npy " + img,
+       "/sys/x.npy: cannot create files in the folder /sys"},
+      {"vitmsn-attention --model " + tiny() + " --output " + dir + "/x.jpg " + img,
+       "--output " + dir + "/x.jpg: the name must end in .png, the format written (not .jpg)"},
+      {"vitmsn-convert " + tiny() + " " + dir + "/x.bin",
+       "the name must end in .safetensors, the format written (not .bin)"},
+      {"vitmsn-convert " + tiny() + " " + dir + "/x.onnx",
+       "the name must end in .safetensors, the format written (not .onnx)"},
+      {"vitmsn-convert " + tiny() + " " + dir + "/x",
+       "the name must end in .safetensors, the format written (it has no extension)"},
+      {"vitmsn-probe --model " + tiny() + " --data " + dir + " --output " + dir + "/nodir/h.safetensors",
+       "the folder " + dir + "/nodir does not exist"},
+      {"vitmsn-merge --output " + dir + "/nodir/m.npy " + dir + "/f-00000-of-00001.npy",
+       "the folder " + dir + "/nodir does not exist"},
+  };
+  for (const Case& c : cases) {
+    const ProgramRun r = run(c.command);
+    EXPECT_NE(r.status, 0) << c.command << "\n" << r.output;
+    EXPECT_NE(r.output.find("error: "), std::string::npos) << c.command << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.command << "\n" << r.output;
+    EXPECT_FALSE(started_images(r)) << "checked only after starting on the images: " << c.command << "\n" << r.output;
+  }
+  EXPECT_FALSE(exists(dir + "/x.jpg"));
+  EXPECT_FALSE(exists(dir + "/x.bin"));
+}
+
+TEST(ConvertProgram, RefusesAHeadOfAnotherBackboneAndSaysWhatItReplaces) {
+  const std::string dir = test::temp_dir();
+  const std::string cls = test::data_path("models/tiny-cls");
+  std::vector<float> w(2 * 64, 0.01f), b(2, 0.0f);
+  auto head = [&](const std::string& name, const std::string& backbone) {
+    std::map<std::string, std::string> meta = {{"id2label", R"({"0":"yes","1":"no"})"}};
+    if (!backbone.empty()) meta["backbone_sha256"] = backbone;
+    write_safetensors(
+        dir + "/" + name,
+        {TensorData::f32("classifier.weight", {2, 64}, w.data()), TensorData::f32("classifier.bias", {2}, b.data())},
+        meta);
+    return dir + "/" + name;
+  };
+  // A head recording tiny's backbone, merged into tiny-cls (other weights): refused, nothing written.
+  const std::string other = head("other.safetensors", backbone_identity(tiny()));
+  ProgramRun r = run("vitmsn-convert --add-classifier " + other + " " + cls + " " + dir + "/m.safetensors");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + other + ": this head was trained on the features of another model"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(exists(dir + "/m.safetensors"));
+  // --force merges it, with a warning; tiny-cls's own head is said to be replaced.
+  r = run("vitmsn-convert --force --add-classifier " + other + " " + cls + " " + dir + "/m.safetensors");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: " + other + " was trained on another backbone"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("replaced  the classifier head of " + cls +
+                          " (5 classes: cat, astronaut, coffee, rocket, camera) by "),
+            std::string::npos)
+      << r.output;
+  // A head without a recorded backbone: merged, with a warning that it could not be checked.
+  const std::string old = head("old.safetensors", "");
+  r = run("vitmsn-convert --add-classifier " + old + " " + tiny() + " " + dir + "/o.safetensors");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: " + old + " records no backbone"), std::string::npos) << r.output;
+  // The output records the backbone it was converted from.
+  EXPECT_NE(r.output.find("backbone  " + backbone_identity(tiny()).substr(0, 16) + "… (computed from the weights)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(SafetensorsFile::open(dir + "/o.safetensors").metadata().at("backbone_sha256"), backbone_identity(tiny()));
+}
+
+TEST(ExtractProgram, SizesAreCheckedOnceBeforeAnyImage) {
+  const std::string dir = test::temp_dir();
+  const std::string base =
+      "vitmsn-extract --model " + tiny() + " --output " + dir + "/f.npy " + test::data_path("images") + " --size ";
+  struct Case {
+    std::string size, message;
+  } cases[] = {
+      {"0x0",
+       "option --size 0x0: height and width must be positive multiples of the patch size 7; the nearest "
+       "valid size is 7x7"},
+      {"320x240",
+       "option --size 320x240: height and width must be positive multiples of the patch size 7; the "
+       "nearest valid size is 322x238"},
+      {"7000x7000", "option --size 7000x7000 makes 1000001 tokens at patch size 7, more than the limit of 65537"},
+      {"224by224", "option --size needs HEIGHTxWIDTH (e.g. 224x224), got '224by224'"},
+  };
+  for (const Case& c : cases) {
+    const ProgramRun r = run(base + c.size);
+    EXPECT_EQ(r.status, 2) << c.size << ": " << r.output;
+    EXPECT_NE(r.output.find("error: " + c.message), std::string::npos) << c.size << ": " << r.output;
+    EXPECT_FALSE(started_images(r)) << c.size << ": " << r.output;
+  }
+  const ProgramRun r = run("vitmsn-attention --model " + tiny() + " --output " + dir + "/a.png --size 320x240 " +
+                           test::data_path("images/chelsea.png"));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("322x238"), std::string::npos) << r.output;
+}
+
+TEST(Programs, AModelThatIsNotSafetensorsIsNamedWithWhatToDo) {
+  const std::string dir = test::temp_dir();
+  test::write_bytes(dir + "/notes.txt", "my model notes\nfetched from the hub\n");
+  struct Case {
+    std::string model, message;
+  } cases[] = {
+      {tiny() + "/pytorch_model.bin",
+       "a PyTorch checkpoint (torch.save zip, like pytorch_model.bin), not a safetensors file; convert it into one "
+       "with: vitmsn-convert " +
+           tiny() + "/pytorch_model.bin " + tiny() + "/model.safetensors"},
+      {test::data_path("images/chelsea.png"), "a PNG image, not a model"},
+      {dir + "/notes.txt", "a text file, not a safetensors model"},
+  };
+  for (const Case& c : cases) {
+    const ProgramRun r = run("vitmsn-extract --model " + c.model + " --output " + dir + "/f.npy " +
+                             test::data_path("images/chelsea.png"));
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("error: " + c.model + ": " + c.message), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("header length"), std::string::npos) << r.output;
+  }
+}
+
+TEST(ExtractProgram, AFolderWithOnlyPytorchBinGetsACommandThatFixesIt) {
+  const std::string dir = test::temp_dir();
+  const std::string model = test::temp_dir("ptonly");
+  for (const char* f : {"pytorch_model.bin", "config.json"})
+    test::write_bytes(model + "/" + f, test::read_text(tiny() + "/" + f));
+  const std::string extract =
+      "vitmsn-extract --model " + model + " --output " + dir + "/f.npy " + test::data_path("images/chelsea.png");
+  ProgramRun r = run(extract);
+  ASSERT_EQ(r.status, 1) << r.output;
+  const std::string hint = "convert it first: ";
+  const auto at = r.output.find(hint);
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const std::string fix = r.output.substr(at + hint.size(), r.output.find('\n', at) - at - hint.size());
+  EXPECT_EQ(fix, "vitmsn-convert " + model + " " + model + "/model.safetensors");
+  // The command as printed, run in the test's folder (so that a wrong hint cannot write elsewhere).
+  r = test::run_command("cd '" + dir + "' && " + std::string(VITMSN_PROGRAM_DIR) + "/" + fix);
+  ASSERT_EQ(r.status, 0) << fix << "\n" << r.output;
+  r = run(extract);
+  EXPECT_EQ(r.status, 0) << "the same --model still fails after the printed fix:\n" << r.output;
+}
+
+TEST(Programs, AUsageErrorIsOneLineAndAPointerToHelp) {
+  for (const std::string& p : kAllPrograms) {
+    const ProgramRun r = run(p + " --bogus");
+    EXPECT_EQ(r.status, 2) << p;
+    EXPECT_EQ(r.output, "error: unknown option --bogus\n(" + p + " --help lists the options)\n") << p;
+  }
+}
+
+TEST(Programs, VersionNamesTheLibraryTheKernelsAndTheJpegDecoder) {
+  for (const std::string& p : kAllPrograms) {
+    const ProgramRun r = run(p + " --version");
+    EXPECT_EQ(r.status, 0) << p;
+    EXPECT_EQ(r.output.rfind(p + " (vitmsn " + kVersionString + "): kernels ", 0), 0u) << p << ": " << r.output;
+    EXPECT_NE(r.output.find(std::string(", JPEG decoder ") + jpeg_decoder_name() + "\n"), std::string::npos)
+        << r.output;
+  }
+}
+
+TEST(Programs, MessagesSayWhatHappenedInPlainWords) {
+  const std::string dir = test::temp_dir();
+  // convert: the hint to --force, like every other program.
+  test::write_bytes(dir + "/exists.safetensors", "x");
+  ProgramRun r = run("vitmsn-convert " + tiny() + " " + dir + "/exists.safetensors");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("exists.safetensors: already exists (use --force to overwrite)"), std::string::npos)
+      << r.output;
+  // extract on an empty folder: no word of --pixel-values, which was not given.
+  test::temp_dir("empty");
+  r = run("vitmsn-extract --model " + tiny() + " --output " + dir + "/f.npy " + dir + "/empty");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: nothing to do: no images in " + dir + "/empty"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("pixel-values"), std::string::npos) << r.output;
+  // merge with a shard file that is not there: no such file, not "not complete"; one problem, singular.
+  r = run("vitmsn-merge --output " + dir + "/m.npy " + dir + "/f-00000-of-00001.npy");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + dir + "/f-00000-of-00001.npy: no such file\n1 problem; nothing written"),
+            std::string::npos)
+      << r.output;
+  // probe on a folder that does not exist.
+  r = run("vitmsn-probe --model " + tiny() + " --data " + dir + "/nodata --output " + dir + "/h.safetensors");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + dir + "/nodata: does not exist"), std::string::npos) << r.output;
+  // Ranges as numbers are written.
+  r = run("vitmsn-attention --model " + tiny() + " --output " + dir + "/a.png --alpha 2 " +
+          test::data_path("images/chelsea.png"));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("option --alpha needs a number in [0, 1], got '2'"), std::string::npos) << r.output;
+  // A missing input is named before any work.
+  r = run("vitmsn-extract --model " + tiny() + " --output " + dir + "/f.npy " + test::data_path("images/chelsea.png") +
+          " " + dir + "/typo.png");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: 1 input does not exist: " + dir + "/typo.png (nothing was run)"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(started_images(r)) << r.output;
+}
+
+TEST(BenchProgram, TakesTheModelFromVitmsnModelLikeTheOtherPrograms) {
+  const ProgramRun r = test::run_command("VITMSN_MODEL=" + tiny() + " " + std::string(VITMSN_PROGRAM_DIR) +
+                                         "/vitmsn-bench --runs 1 --warmup 0 --no-peak --threads 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("vitmsn-bench: " + tiny() + "\n"), std::string::npos) << r.output;
+}
+
+TEST(ClassifyProgram, TakesFoldersAndListFilesWithAProgressLine) {
+  const std::string dir = test::temp_dir();
+  copy_image("rocket.jpg", dir + "/in/a.jpg");
+  copy_image("chelsea.png", dir + "/in/sub/b.png");
+  copy_image("coffee.png", dir + "/more/c.png");
+  test::write_bytes(dir + "/list.txt", dir + "/more/c.png\n");
+  const ProgramRun r = run("vitmsn-classify --model " + test::data_path("models/tiny-cls") + " --top 1 " + dir +
+                           "/in --list " + dir + "/list.txt");
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const std::string f : {"/in/a.jpg\n", "/in/sub/b.png\n", "/more/c.png\n"})
+    EXPECT_NE(r.output.find(dir + f + "  "), std::string::npos) << f << r.output;
+  EXPECT_NE(r.output.find("[0/3] images: starting"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[3/3] " + dir + "/more/c.png ("), std::string::npos) << r.output;
+}
+
+TEST(ExtractProgram, FolderScansSayWhatTheySkipAndPickUpEveryDecodedFormat) {
+  const std::string dir = test::temp_dir();
+  copy_image("chelsea.png", dir + "/in/a.png");
+  copy_image("chelsea.png", dir + "/in/.hidden.png");     // hidden file (e.g. macOS ._ files)
+  copy_image("chelsea.png", dir + "/in/.thumbs/t.png");   // hidden folder
+  test::write_bytes(dir + "/in/b.webp", "RIFF....WEBP");  // a format vitmsn does not decode
+  test::write_bytes(dir + "/in/notes.txt", "hello");
+  test::write_bytes(dir + "/in/c.psd", test::psd_bytes(read_image(test::data_path("formats/rgb.png"))));
+  const ProgramRun r =
+      run("vitmsn-extract --model " + tiny() + " --pool cls --output " + dir + "/f.npy " + dir + "/in");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("note: " + dir + "/in: skipped 2 files of formats vitmsn does not decode (1 .txt, 1 .webp)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("note: " + dir + "/in: skipped 2 hidden files or folders ("), std::string::npos) << r.output;
+  EXPECT_EQ(test::read_text(dir + "/f.files.txt"), dir + "/in/a.png\n" + dir + "/in/c.psd\n");
+}
+
+TEST(ProbeProgram, SaysWhichImagesOfTheDataFolderItIgnores) {
+  const std::string dir = test::temp_dir();
+  copy_image("chelsea.png", dir + "/data/cats/a.png");
+  copy_image("horse.png", dir + "/data/horses/b.png");
+  copy_image("coffee.png", dir + "/data/stray.png");  // not in a class folder
+  const ProgramRun r = run("vitmsn-probe --model " + tiny() + " --data " + dir + "/data --output " + dir +
+                           "/h.safetensors --cache " + dir + "/cache");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("note: " + dir + "/data: ignored 1 image outside the class folders (" + dir +
+                          "/data/stray.png); only images inside a class sub-folder are used"),
+            std::string::npos)
+      << r.output;
+}
+
+TEST(ExtractProgram, ProgressShowsAFirstLineBeforeTheFirstImageAndAnEta) {
+  const std::string dir = test::temp_dir();
+  const ProgramRun r = run("vitmsn-extract --model " + tiny() + " --pool cls --output " + dir + "/f.npy " +
+                           test::data_path("images/chelsea.png") + " " + test::data_path("images/horse.png"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto first = r.output.find("[0/2] images: starting\n"), second = r.output.find("[1/2] ");
+  ASSERT_NE(first, std::string::npos) << r.output;
+  ASSERT_NE(second, std::string::npos) << r.output;
+  EXPECT_LT(first, second) << r.output;
+  EXPECT_TRUE(
+      std::regex_search(r.output, std::regex(R"(\[1/2\] \S+chelsea\.png \([\d.]+ images/s, ETA \d+:\d\d:\d\d\))")))
+      << r.output;
+}
+
+TEST(AttentionProgram, DrawsAColourBarWithTheAttentionScaleBelowTheImage) {
+  const std::string dir = test::temp_dir();
+  const std::string in = test::data_path("images/chelsea.png");
+  const ProgramRun r = run("vitmsn-attention --model " + tiny() + " --output " + dir + "/a.png " + in);
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(colour bar ([\d.e-]+)% to ([\d.e-]+)%)"))) << r.output;
+  EXPECT_LT(std::stod(m[1]), std::stod(m[2]));
+  const Image src = read_image(in), out = read_image(dir + "/a.png");
+  ASSERT_EQ(out.width, src.width);
+  ASSERT_GT(out.height, src.height + 10) << "no room for a colour bar below the image";
+  // The bar's ends have the colours the help names: dark blue for the least attention, yellow for the most.
+  int bar_row = -1;
+  for (int y = src.height; y < out.height && bar_row < 0; ++y)
+    if (out.at(y, out.width / 2, 0) != 255 || out.at(y, out.width / 2, 2) != 255) bar_row = y;
+  ASSERT_GE(bar_row, 0) << "no colour bar under the image";
+  int left = 0, right = out.width - 1;
+  while (left < out.width && out.at(bar_row, left, 0) == 255 && out.at(bar_row, left, 1) == 255) ++left;
+  while (right > 0 && out.at(bar_row, right, 0) == 255 && out.at(bar_row, right, 1) == 255) --right;
+  EXPECT_LT(out.at(bar_row, left, 0), 40) << "left end not dark blue";
+  EXPECT_GT(out.at(bar_row, left, 2), 100) << "left end not dark blue";
+  EXPECT_GT(out.at(bar_row, right, 0), 200) << "right end not yellow";
+  EXPECT_GT(out.at(bar_row, right, 1), 200) << "right end not yellow";
+  EXPECT_LT(out.at(bar_row, right, 2), 80) << "right end not yellow";
+  // The scale's numbers are written under the bar (dark pixels on the white panel).
+  std::size_t dark = 0;
+  for (int y = bar_row; y < out.height; ++y)
+    for (int x = 0; x < out.width; ++x) dark += out.at(y, x, 0) == 0 && out.at(y, x, 1) == 0 && out.at(y, x, 2) == 0;
+  EXPECT_GT(dark, 20u) << "no labels under the colour bar";
+  const ProgramRun help = run("vitmsn-attention --help");
+  EXPECT_NE(help.output.find("dark blue (the least attention)"), std::string::npos) << help.output;
+  EXPECT_NE(help.output.find("to yellow (the most)"), std::string::npos) << help.output;
+}
 
 TEST(WeightsScript, FailsFastAndClearlyWhenTheHubIsUnreachable) {
   const std::string script = std::string(VITMSN_TEST_DATA_DIR) + "/../../weights/fetch_vit_msn_large_7.sh";

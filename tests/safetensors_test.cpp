@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "test_util.hpp"
+#include "vitmsn/config.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {
@@ -118,6 +119,64 @@ TEST(Safetensors, RejectsHugeHeaderLength) {
 
 TEST(Safetensors, RejectsInvalidJson) {
   expect_rejected("bad_json", make_file("{\"x\": [1,2", ""), {"not valid JSON"});
+}
+
+TEST(Safetensors, JsonErrorsSayWhereInWordsWithBytesEscaped) {
+  // A header whose bytes are not UTF-8: nlohmann's own message would carry the raw bytes and its
+  // "[json.exception.parse_error.101]" tag; the reader's says where and shows them escaped.
+  const std::string path = dir() + "/latin1.safetensors";
+  test::write_bytes(path, make_file("{\"caf\xe9\": 1}", ""));
+  try {
+    SafetensorsFile::open(path);
+    FAIL() << "accepted a header that is not UTF-8";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("header is not valid JSON: byte 6 is 0xe9, not UTF-8 text (near '{\"caf\\xe9\": 1}')"),
+              std::string::npos)
+        << msg;
+    EXPECT_EQ(msg.find("json.exception"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\xe9'), std::string::npos) << "raw byte in the message: " << msg;
+  }
+  expect_rejected("syntax", make_file("{\"x\": tru}", ""), {"syntax error at byte 10 of 10, near '{\"x\": tru}'"});
+  expect_rejected("cut", make_file("{\"x\": [1,2", ""), {"the text ends before the JSON is complete"});
+}
+
+TEST(Config, JsonErrorsSayWhereInWords) {
+  try {
+    parse_config("{\"hidden_size\": 64,, }", "c.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("c.json: not valid JSON: syntax error at byte 20"), std::string::npos)
+        << e.what();
+    EXPECT_EQ(std::string(e.what()).find("json.exception"), std::string::npos) << e.what();
+  }
+}
+
+// What people pass as a model by mistake is named, with what to do, instead of a header length.
+TEST(Safetensors, SaysWhatAFileIsWhenItIsNotSafetensors) {
+  const std::string torch = test::read_text(test::data_path("models/tiny/pytorch_model.bin"));
+  const std::string png = test::read_text(test::data_path("images/chelsea.png"));
+  const std::string jpeg = test::read_text(test::data_path("images/rocket.jpg"));
+  expect_rejected("torch", torch, {"a PyTorch checkpoint (torch.save zip", "vitmsn-convert"});
+  expect_rejected("png", png, {"a PNG image, not a model"});
+  expect_rejected("jpeg", jpeg, {"a JPEG image, not a model"});
+  expect_rejected("text", "These are my notes about the model.\n", {"a text file, not a safetensors model"});
+  expect_rejected("config", "{\n  \"hidden_size\": 1024\n}\n", {"a JSON text file (a config?)"});
+  expect_rejected("lfs", "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1214099224\n",
+                  {"a Git LFS pointer", "git lfs pull"});
+  expect_rejected("npy", std::string("\x93NUMPY\x01\x00v\x00{'descr': '<f4'}", 26), {"a NumPy .npy array"});
+  // pytorch_model.bin in a folder: the command converts it into that folder's model.safetensors.
+  const std::string folder = test::temp_dir("hf");
+  test::write_bytes(folder + "/pytorch_model.bin", torch);
+  try {
+    SafetensorsFile::open(folder + "/pytorch_model.bin");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("vitmsn-convert " + folder + "/pytorch_model.bin " + folder + "/model.safetensors"),
+        std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Safetensors, RejectsHeaderThatIsNotAnObject) {

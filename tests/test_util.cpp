@@ -113,6 +113,22 @@ double max_abs_diff(const float* a, const float* b, std::size_t n) {
   return m;
 }
 
+std::string psd_bytes(const Image& image) {
+  auto be = [](std::uint32_t v, int bytes) {
+    std::string s;
+    for (int i = bytes - 1; i >= 0; --i) s += static_cast<char>((v >> (8 * i)) & 0xff);
+    return s;
+  };
+  // Header: signature, version 1, 6 reserved bytes, channels, height, width, depth, colour mode RGB;
+  // then empty colour-mode, image-resource and layer sections; then compression 0 (raw), planar data.
+  std::string out = "8BPS" + be(1, 2) + std::string(6, '\0') + be(3, 2) + be(image.height, 4) + be(image.width, 4) +
+                    be(8, 2) + be(3, 2) + be(0, 4) + be(0, 4) + be(0, 4) + be(0, 2);
+  for (int c = 0; c < 3; ++c)
+    for (int y = 0; y < image.height; ++y)
+      for (int x = 0; x < image.width; ++x) out += static_cast<char>(image.at(y, x, c));
+  return out;
+}
+
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));

@@ -33,6 +33,15 @@ struct Config {
   int num_tokens(int height, int width) const { return (height / patch_size) * (width / patch_size) + 1; }
 };
 
+/// Largest token count ((H/P)·(W/P) + 1) a model accepts: attention memory and time grow with its
+/// square (1792x1792 at patch 7 is 65,537 tokens, 16 GB of activations at ViT-L width).
+inline constexpr long long kMaxInputTokens = 65537;
+
+/// Checks an input size before any image is read, as extract_features() will: height and width
+/// positive multiples of patch_size, at most kMaxInputTokens tokens. \throws Error saying what is
+/// wrong, with the nearest valid size ("320x240: … the nearest valid size is 322x238").
+void check_input_size(const Config& config, int height, int width);
+
 /// Parses a Hugging Face config.json text. Missing fields keep the defaults above except the five
 /// size fields, which are required. \throws Error naming `source` and the field on a missing or
 /// mistyped field, a non-positive size, hidden_size not divisible by the head count, or an

@@ -19,6 +19,17 @@ struct ConvertOptions {
   std::string classifier;
   /// Replace an existing output file.
   bool overwrite = false;
+  /// Merge `classifier` even when its metadata records another backbone than the input's (a head
+  /// trained on other features; see backbone_identity()).
+  bool allow_other_backbone = false;
+};
+
+/// How a merged head's recorded backbone compares with the model's.
+enum class HeadBackbone {
+  kNoHead,      ///< no head was merged
+  kSame,        ///< the head was trained on this backbone
+  kUnrecorded,  ///< the head records no backbone (merged unchecked)
+  kOther,       ///< another backbone, merged because ConvertOptions::allow_other_backbone
 };
 
 /// What convert_checkpoint() did.
@@ -30,13 +41,24 @@ struct ConvertReport {
   std::size_t bytes = 0;            ///< bytes of tensor data written
   bool has_classifier = false;
   std::vector<std::string> dropped;  ///< tensors of the input that are not part of a ViT-MSN model
+  std::string backbone;              ///< the backbone identity written to the output's metadata
+  bool backbone_recorded = false;    ///< it was read from the input's metadata (else computed)
+  HeadBackbone head_backbone = HeadBackbone::kNoHead;
+  std::string head_backbone_recorded;  ///< the merged head's recorded backbone ("" when none)
+  /// The input's own head, replaced by the merged one: its class names (empty when none was replaced;
+  /// "LABEL_i" when the input's config names none).
+  std::vector<std::string> replaced_labels;
 };
 
 /// Reads `input` — a model folder (model.safetensors, else pytorch_model.bin; config.json;
 /// preprocessor_config.json), a `.bin` or a `.safetensors` file (config from its metadata or a
 /// config.json beside it) — checks every tensor against the config, converts the dtype, merges a
 /// classifier, and writes `output` atomically with `__metadata__` entries "config" and
-/// "preprocessor_config" (JSON), so that the file alone is a complete model for Model::load().
+/// "preprocessor_config" (JSON), so that the file alone is a complete model for Model::load(), and
+/// kBackboneMetadataKey: the input's backbone identity (include/vitmsn/identity.hpp), carried over
+/// from the input's metadata when it records one, else computed from its tensors.
+/// A merged head whose metadata records another backbone is refused unless
+/// `options.allow_other_backbone`.
 /// \throws Error naming the file and the problem; `output` is then not created.
 ConvertReport convert_checkpoint(const std::string& input, const std::string& output,
                                  const ConvertOptions& options = {});

@@ -28,7 +28,8 @@ struct ImageLimits {
 };
 
 /// Decodes PNG (8/16-bit; gray, gray+alpha, RGB, RGBA, palette), JPEG (baseline, progressive), BMP,
-/// GIF (first frame), TGA and PNM from a file and converts to RGB as Pillow's `convert("RGB")`:
+/// GIF (first frame), TGA, PSD and binary PNM (P5, P6) from a file — the formats Pillow reads too;
+/// others (Radiance HDR, WebP, …) are refused — and converts to RGB as Pillow's `convert("RGB")`:
 /// gray replicated, alpha dropped (not composited), palette looked up, 16-bit reduced as Pillow does.
 /// EXIF orientation is not applied (Hugging Face's processor does not either).
 /// \throws Error naming `path` when the file cannot be read, is not a supported image, is corrupt or
@@ -38,6 +39,10 @@ Image read_image(const std::string& path, const ImageLimits& limits = {});
 
 /// Same as read_image() for an encoded image in memory; `name` is used in error messages.
 Image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name, const ImageLimits& limits = {});
+
+/// The file name extensions (lower case, with the dot) of the formats read_image() decodes, for
+/// programs that pick images out of folders: .png .jpg .jpeg .jpe .jfif .bmp .gif .tga .psd .ppm .pgm .pnm.
+const std::vector<std::string>& image_file_extensions();
 
 /// Which decoder handles JPEG in this build: "stb_image" (default) or "libjpeg-turbo".
 const char* jpeg_decoder_name();

@@ -41,7 +41,7 @@
 
 namespace vitmsn::fuzz {
 
-/// Largest image the image target decodes (1024 x 1024). BMP, TGA, PNM, PSD and HDR headers of a
+/// Largest image the image target decodes (1024 x 1024). BMP, TGA, PNM and PSD headers of a
 /// few bytes decode to images of the size they claim, zero-filled, so the cap sets the cost of the
 /// commonest slow inputs (at 4096 x 4096 the target ran at ~25 inputs/s). The decoders take the same
 /// paths at this size.

@@ -137,8 +137,6 @@ def image_seeds(out):
     info = struct.pack("<IiiHHIIiiII", 108, w, h, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
     info += struct.pack("<IIII", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000) + b"\x00" * (108 - 56)
     write(out, "image", "argb.bmp", b"BM" + struct.pack("<IHHI", 14 + 108 + len(pixels), 0, 0, 14 + 108) + info + pixels)
-    # Radiance HDR, flat (not run-length) RGBE pixels.
-    write(out, "image", "tiny.hdr", b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 2 +X 3\n" + bytes(range(24)))
     # Photoshop: 3 channels, 8 bits, RGB mode, raw (uncompressed) planes.
     psd = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, h, w, 8, 3) + struct.pack(">III", 0, 0, 0) + b"\x00\x00"
     write(out, "image", "rgb.psd", psd + bytes(range(w * h * 3)))
