@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/buffer.hpp"
 #include "cpu/kernels.hpp"
 #include "file_util.hpp"
 #include "model.hpp"
@@ -100,10 +101,10 @@ Shape shape_of(const Config& c, int images, int height, int width) {
 
 // The activation buffers of one call, allocated once and reused by every layer.
 struct Activations {
-  std::vector<float> x;         // [B·N, D]   the residual stream (hidden_states)
-  std::vector<float> h;         // [B·N, D]   layer-norm output; also the attention context (ctx)
-  std::vector<float> qkv;       // [N, 3D] per image, q | k | v side by side, images one after the other
-  std::vector<float> mlp;       // [B·N, F]   MLP hidden; before the layers, the im2col patches
+  detail::FloatBuffer x;        // [B·N, D]   the residual stream (hidden_states)
+  detail::FloatBuffer h;        // [B·N, D]   layer-norm output; also the attention context (ctx)
+  detail::FloatBuffer qkv;      // [N, 3D] per image, q | k | v side by side, images one after the other
+  detail::FloatBuffer mlp;      // [B·N, F]   MLP hidden; before the layers, the im2col patches
   std::vector<float> cls_rows;  // [heads, N] CLS attention of the layer being captured
   std::vector<float> qkv_bias;  // [3D] the query, key and value biases side by side
 

@@ -22,6 +22,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
+
+#include "cpu/buffer.hpp"
 
 namespace vitmsn::detail::attn_blocked {
 namespace {
@@ -32,45 +35,50 @@ constexpr int imax(int a, int b) { return a > b ? a : b; }
 /// 2^t for t <= 0 (softmax arguments in log2 units): 0 below 2^-126, ~1 ulp above. t = n + f with
 /// n = round(t), f in [-0.5, 0.5]; 2^f by a degree-6 polynomial (relative error < 2e-9 on that range).
 template <class V>
-inline typename V::R exp2_nonpositive(typename V::R t) {
+inline typename V::R exp2_poly(typename V::R f) {
   using R = typename V::R;
-  const R lo = V::set1(-126.0f);
-  const auto underflow = V::lt(t, lo);
-  t = V::max(t, lo);
-  const R n = V::round(t);
-  const R f = V::sub(t, n);
   R p = V::set1(1.5353362e-4f);
   p = V::fma(p, f, V::set1(1.3398874e-3f));
   p = V::fma(p, f, V::set1(9.6181351e-3f));
   p = V::fma(p, f, V::set1(5.5503340e-2f));
   p = V::fma(p, f, V::set1(2.4022652e-1f));
   p = V::fma(p, f, V::set1(6.9314718e-1f));
-  p = V::fma(p, f, V::set1(1.0f));
-  return V::select(underflow, V::zero(), V::mul(p, V::pow2(n)));
+  return V::fma(p, f, V::set1(1.0f));
+}
+
+/// True when V has scalef (AVX-512's vscalefps: x·2^n in one instruction, 0 on underflow), announced
+/// by a member `static constexpr bool kHasScalef = true`.
+template <class V, class = void>
+struct HasScalef : std::false_type {};
+template <class V>
+struct HasScalef<V, std::void_t<decltype(V::kHasScalef)>> : std::bool_constant<V::kHasScalef> {};
+
+template <class V>
+inline typename V::R exp2_nonpositive(typename V::R t) {
+  using R = typename V::R;
+  if constexpr (HasScalef<V>::value) {
+    // t = n + f; vscalefps gives 2^n·p(f), and 0 once that is below the smallest normal float.
+    const R n = V::round(t);
+    const R r = V::scalef(exp2_poly<V>(V::sub(t, n)), n);
+    return V::select(V::lt(t, V::set1(-126.0f)), V::zero(), r);
+  } else {
+    const R lo = V::set1(-126.0f);
+    const auto underflow = V::lt(t, lo);
+    t = V::max(t, lo);
+    const R n = V::round(t);
+    return V::select(underflow, V::zero(), V::mul(exp2_poly<V>(V::sub(t, n)), V::pow2(n)));
+  }
 }
 
 class Buffer {
  public:
-  Buffer() = default;
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  ~Buffer() { std::free(p_); }
   float* get(std::size_t floats) {
-    if (floats > n_ || p_ == nullptr) {
-      std::free(p_);
-      n_ = ((floats < 16 ? 16 : floats) + 15) / 16 * 16;
-      p_ = static_cast<float*>(std::aligned_alloc(64, n_ * sizeof(float)));
-      if (p_ == nullptr) {
-        n_ = 0;
-        throw std::bad_alloc();
-      }
-    }
-    return p_;
+    buf_.resize(floats);
+    return buf_.data();
   }
 
  private:
-  float* p_ = nullptr;
-  std::size_t n_ = 0;
+  FloatBuffer buf_;
 };
 
 struct Workspace {
@@ -100,23 +108,34 @@ void pack_k(const float* k, std::ptrdiff_t ld, int keys, int hd, float* kp) {
   }
 }
 
-/// qp[g][d][i] = q[(g·SMR + i)·ld + d]·factor for the `rows` rows, zeros past them.
+/// qp[g][d][i] = q[(g·SMR + i)·ld + d]·factor for the `rows` rows, zeros past them. Full groups go
+/// through 8×8 transposes (rows [0, 8) and [SMR − 8, SMR), overlapping when SMR < 16), then the
+/// packed values are scaled in place (one rounding, as src·factor).
 template <class V, int SMR>
 void pack_q(const float* q, std::ptrdiff_t ld, int rows, int hd, float factor, float* qp) {
   const int groups = (rows + SMR - 1) / SMR;
   for (int g = 0; g < groups; ++g) {
     float* dst = qp + static_cast<std::ptrdiff_t>(g) * hd * SMR;
-    const int r0 = g * SMR;
+    const int r0 = g * SMR, valid = imin(SMR, rows - r0);
+    int d = 0;
+    if (valid == SMR && SMR >= 8)
+      for (; d + 8 <= hd; d += 8)
+        for (int i0 = 0; i0 < SMR; i0 += 8) {
+          const int i = imin(i0, SMR - 8);
+          V::transpose8(q + (r0 + i) * ld + d, ld, dst + d * SMR + i, SMR);
+        }
     for (int i = 0; i < SMR; ++i) {
-      const int r = r0 + i;
-      if (r < rows) {
-        const float* src = q + r * ld;
-        for (int d = 0; d < hd; ++d) dst[d * SMR + i] = src[d] * factor;
-      } else {
-        for (int d = 0; d < hd; ++d) dst[d * SMR + i] = 0.0f;
-      }
+      const float* src = q + (r0 + i) * ld;
+      for (int dd = d; dd < hd; ++dd) dst[dd * SMR + i] = i < valid ? src[dd] : 0.0f;
     }
   }
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  const R f = V::set1(factor);
+  const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(groups) * hd * SMR;
+  std::ptrdiff_t i = 0;
+  for (; i + L <= n; i += L) V::store(qp + i, V::mul(V::load(qp + i), f));
+  if (i < n) V::store_n(qp + i, V::mul(V::load_n(qp + i, static_cast<int>(n - i)), f), static_cast<int>(n - i));
 }
 
 /// S[i][key] for SMR query rows (packed qp) against one NRS-key panel: 2·SMR accumulators.

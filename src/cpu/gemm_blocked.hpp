@@ -39,6 +39,7 @@
 #include <new>
 #include <type_traits>
 
+#include "cpu/buffer.hpp"
 #include "cpu/half.hpp"
 #include "cpu/kernels.hpp"
 
@@ -198,26 +199,13 @@ inline typename V::R gelu_v(typename V::R x) {
 
 class Scratch {
  public:
-  Scratch() = default;
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() { std::free(p_); }
   float* get(std::size_t floats) {
-    if (floats > n_ || p_ == nullptr) {
-      std::free(p_);
-      p_ = nullptr;
-      n_ = 0;
-      const std::size_t bytes = ((floats < 16 ? 16 : floats) * sizeof(float) + 63) / 64 * 64;
-      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (p_ == nullptr) throw std::bad_alloc();
-      n_ = bytes / sizeof(float);
-    }
-    return p_;
+    buf_.resize(floats);
+    return buf_.data();
   }
 
  private:
-  float* p_ = nullptr;
-  std::size_t n_ = 0;
+  FloatBuffer buf_;
 };
 
 struct Workspace {

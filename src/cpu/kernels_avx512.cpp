@@ -61,6 +61,9 @@ struct Avx512 {
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
   }
   static float hmax(R v) { return _mm512_reduce_max_ps(v); }
+  /// x·2^n for integral n (vscalefps): 0 or ∞ where that leaves the float range.
+  static constexpr bool kHasScalef = true;
+  static R scalef(R x, R n) { return _mm512_scalef_ps(x, n); }
   static float hsum(R v) { return _mm512_reduce_add_ps(v); }
   /// Σx and Σx² of n floats, accumulated in double (8 lanes per half vector).
   static void sum_and_squares(const float* p, int n, double* sum, double* sumsq) {
