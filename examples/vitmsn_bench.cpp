@@ -158,8 +158,8 @@ int main(int argc, char** argv) {
                         {"attention output", stages.attention_output, flops.attention_output},
                         {"mlp", stages.mlp, flops.mlp},
                         {"other", stages.other, 0}};
-    std::printf("  stages (seconds per image, mean of %d runs of batch %d; GFLOP/s%s):\n", runs, batch,
-                peak > 0 ? " and share of the FMA peak" : "");
+    std::printf("  stages (seconds per image, mean of %d run%s of batch %d; GFLOP/s%s):\n", runs, runs == 1 ? "" : "s",
+                batch, peak > 0 ? " and share of the FMA peak" : "");
     for (const Row& r : rows) {
       const double s = r.seconds / n;
       std::printf("    %-18s %8.4f s  %5.1f %%", r.name, s,

@@ -55,9 +55,6 @@ using detail::LinearWeight;
 using detail::Weights;
 using Clock = std::chrono::steady_clock;
 
-// Largest token count accepted (e.g. 1792x1792 at patch 7): 16 GB of activations at ViT-L width.
-constexpr long long kMaxTokens = 65537;
-
 // Adds the time since `start` to `slot` (when profiling) and restarts the clock.
 struct Stopwatch {
   StageTimes* times;
@@ -147,9 +144,9 @@ void check_pixels(const Config& c, const PixelValues& px) {
                 ": height and width must be positive multiples of the patch size " + std::to_string(c.patch_size));
   // Attention memory and time grow with tokens²; refuse sizes no ViT-MSN use needs before allocating.
   const long long tokens = static_cast<long long>(H / c.patch_size) * (W / c.patch_size) + 1;
-  if (tokens > kMaxTokens)
+  if (tokens > kMaxInputTokens)
     throw Error("pixel values of size " + std::to_string(H) + "x" + std::to_string(W) + " make " +
-                std::to_string(tokens) + " tokens, more than the limit of " + std::to_string(kMaxTokens));
+                std::to_string(tokens) + " tokens, more than the limit of " + std::to_string(kMaxInputTokens));
 }
 
 // ViTMSNEmbeddings.interpolate_pos_encoding: the position embeddings for a gh×gw grid — as stored at
