@@ -134,7 +134,8 @@ int resolve_index(int index, int count, const char* what) {
   return i;
 }
 
-void check_pixels(const Config& c, const PixelValues& px) {
+template <class Pixels>
+void check_pixels(const Config& c, const Pixels& px) {
   const auto C = px.dimension(0), H = px.dimension(1), W = px.dimension(2);
   if (C != c.num_channels)
     throw Error("pixel values have " + std::to_string(C) + " channels, the model expects " +
@@ -167,11 +168,11 @@ const float* position_embeddings(const Config& c, const Weights& w, const Shape&
 //   embeddings = torch.cat((cls_tokens, embeddings), dim=1)
 //   embeddings = embeddings + position_embeddings        # [N, D]
 // The convolution is im2col + one GEMM whose epilogue adds the conv bias and the position embeddings.
-void embed_patches(Isa isa, const Config& c, const Weights& w, const Shape& s,
-                   const std::vector<const PixelValues*>& images, const float* pos, Activations& a, int threads) {
+void embed_patches(Isa isa, const Config& c, const Weights& w, const Shape& s, const std::vector<const float*>& images,
+                   const float* pos, Activations& a, int threads) {
   for (int b = 0; b < s.B; ++b) {
     float* patch_rows = a.mlp.data() + static_cast<std::ptrdiff_t>(b) * s.patches * s.CPP;
-    detail::extract_patches(images[b]->data(), c.num_channels, s.H, s.W, s.P, patch_rows);
+    detail::extract_patches(images[b], c.num_channels, s.H, s.W, s.P, patch_rows);
     float* xb = a.x.data() + static_cast<std::ptrdiff_t>(b) * s.N * s.D;
     for (int d = 0; d < s.D; ++d) xb[d] = w.cls_token[d] + pos[d];  // CLS row: cls_token + its position
     Epilogue ep;
@@ -286,11 +287,11 @@ void final_norm(Isa isa, const Config& c, const Weights& w, const Shape& s, cons
 // ViTMSNModel.forward for images of one size, run together: GEMMs over all B·N rows, attention per
 // image. hidden_states[0] is the embeddings output, hidden_states[l + 1] layer l's output (before the
 // final layer norm), as HF's output_hidden_states.
-void forward(Isa isa, const Config& c, const Weights& w, int model_threads,
-             const std::vector<const PixelValues*>& images, const FeatureOptions& opt, std::vector<Features>& out) {
+// images: B images of height × width, [C, H, W] float32 each (already checked by check_pixels).
+void forward(Isa isa, const Config& c, const Weights& w, int model_threads, const std::vector<const float*>& images,
+             int height, int width, const FeatureOptions& opt, std::vector<Features>& out) {
   const int threads = opt.threads > 0 ? opt.threads : model_threads;
-  const Shape s = shape_of(c, static_cast<int>(images.size()), static_cast<int>(images[0]->dimension(1)),
-                           static_cast<int>(images[0]->dimension(2)));
+  const Shape s = shape_of(c, static_cast<int>(images.size()), height, width);
   std::vector<int> want_hidden, want_attn;
   for (int i : opt.hidden_states) want_hidden.push_back(resolve_index(i, s.L + 1, "hidden state"));
   for (int i : opt.cls_attention) want_attn.push_back(resolve_index(i, s.L, "attention layer"));
@@ -393,35 +394,68 @@ int Model::threads() const { return impl_->threads; }
 const std::string& Model::source() const { return impl_->source; }
 std::size_t Model::copied_weight_bytes() const { return impl_->weights().owned_bytes; }
 
-std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
-                                              const FeatureOptions& options) const {
+namespace {
+
+// What a forward needs of a Model (its Impl is private to Model's members).
+struct Runner {
+  Isa isa;
+  const Config& config;
+  const Weights& weights;
+  int threads;
+};
+
+// Runs a batch of images (PixelValues or PixelValuesView) grouped by size: each group is one forward.
+template <class Pixels>
+std::vector<Features> extract_batch(const Runner& m, const std::vector<Pixels>& batch, const FeatureOptions& options) {
   std::vector<Features> out(batch.size());
-  for (const auto& px : batch) check_pixels(impl_->config, px);
-  // Group images by size; each group runs as one batch.
+  for (const auto& px : batch) check_pixels(m.config, px);
   std::vector<bool> done(batch.size(), false);
   for (std::size_t i = 0; i < batch.size(); ++i) {
     if (done[i]) continue;
-    std::vector<const PixelValues*> group;
+    std::vector<const float*> group;
     std::vector<std::size_t> index;
     for (std::size_t j = i; j < batch.size(); ++j)
       if (!done[j] && batch[j].dimension(1) == batch[i].dimension(1) &&
           batch[j].dimension(2) == batch[i].dimension(2)) {
-        group.push_back(&batch[j]);
+        group.push_back(batch[j].data());
         index.push_back(j);
         done[j] = true;
       }
     std::vector<Features> part(group.size());
-    forward(impl_->isa, impl_->config, impl_->weights(), impl_->threads, group, options, part);
+    forward(m.isa, m.config, m.weights, m.threads, group, static_cast<int>(batch[i].dimension(1)),
+            static_cast<int>(batch[i].dimension(2)), options, part);
     for (std::size_t k = 0; k < index.size(); ++k) out[index[k]] = std::move(part[k]);
   }
   return out;
 }
 
-Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
-  check_pixels(impl_->config, pixel_values);
+template <class Pixels>
+Features extract_one(const Runner& m, const Pixels& px, const FeatureOptions& options) {
+  check_pixels(m.config, px);
   std::vector<Features> out(1);
-  forward(impl_->isa, impl_->config, impl_->weights(), impl_->threads, {&pixel_values}, options, out);
+  forward(m.isa, m.config, m.weights, m.threads, {px.data()}, static_cast<int>(px.dimension(1)),
+          static_cast<int>(px.dimension(2)), options, out);
   return std::move(out[0]);
+}
+
+}  // namespace
+
+std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
+                                              const FeatureOptions& options) const {
+  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads}, batch, options);
+}
+
+std::vector<Features> Model::extract_features(const std::vector<PixelValuesView>& batch,
+                                              const FeatureOptions& options) const {
+  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads}, batch, options);
+}
+
+Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
+  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads}, pixel_values, options);
+}
+
+Features Model::extract_features(const PixelValuesView& pixel_values, const FeatureOptions& options) const {
+  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads}, pixel_values, options);
 }
 
 Features Model::extract_features(const Image& image, const FeatureOptions& options) const {

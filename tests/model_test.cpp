@@ -176,6 +176,30 @@ TEST(Batch, MixedSizesEqualSingleCalls) {
   expect_close(out[2].last_hidden_state, "astronaut.last_hidden_state");
 }
 
+TEST(PixelInput, AViewOfCallerMemoryGivesTheSameFeaturesAsATensor) {
+  // The caller's own buffer ([3, H, W] float32, contiguous), read in place through PixelValuesView.
+  const PixelValues owned = pixels("chelsea"), wide = pixels("chelsea.224x336");
+  std::vector<float> buffer(owned.data(), owned.data() + owned.size());
+  const PixelValuesView view(buffer.data(), 3, 224, 224);
+  const Features a = tiny().extract_features(owned), b = tiny().extract_features(view);
+  EXPECT_TRUE(a.last_hidden_state == b.last_hidden_state) << "a view must give bit-identical features";
+  expect_close(b.last_hidden_state, "chelsea.last_hidden_state");
+  // A batch of views of two sizes, as a batch of tensors.
+  const std::vector<PixelValuesView> views = {view, PixelValuesView(wide.data(), 3, 224, 336), view};
+  const std::vector<Features> out = tiny().extract_features(views);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_TRUE(out[0].last_hidden_state == a.last_hidden_state);
+  EXPECT_TRUE(out[2].last_hidden_state == a.last_hidden_state);
+  expect_close(out[1].last_hidden_state, "chelsea.224x336.last_hidden_state");
+  // Shape checks apply to views too.
+  try {
+    tiny().extract_features(PixelValuesView(buffer.data(), 1, 224, 672));
+    ADD_FAILURE() << "a one-channel view was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("channels"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Batch, ClassifyBatchMatchesSingle) {
   const std::vector<PixelValues> batch = {pixels("coffee"), pixels("camera")};
   const std::vector<Vector> out = tiny_cls().classify(batch);

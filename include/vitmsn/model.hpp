@@ -98,12 +98,18 @@ class Model {
   /// → features. \throws Error on a wrong channel count, a size not a multiple of the patch size,
   /// or an out-of-range layer index.
   Features extract_features(const PixelValues& pixel_values, const FeatureOptions& options = {}) const;
+  /// The same on pixel values in the caller's memory (PixelValuesView): read in place, not copied.
+  /// The memory must stay valid and unchanged during the call. \throws Error as above.
+  Features extract_features(const PixelValuesView& pixel_values, const FeatureOptions& options = {}) const;
   /// Preprocesses with preprocessor() then extract_features().
   Features extract_features(const Image& image, const FeatureOptions& options = {}) const;
   /// Loads the image file (read_image) then as above. \throws Error naming the file.
   Features extract_features(const std::string& image_path, const FeatureOptions& options = {}) const;
   /// A batch: images of the same size run together (one GEMM per weight for all of them).
   std::vector<Features> extract_features(const std::vector<PixelValues>& batch,
+                                         const FeatureOptions& options = {}) const;
+  /// A batch of views in the caller's memory (same grouping by size; nothing copied).
+  std::vector<Features> extract_features(const std::vector<PixelValuesView>& batch,
                                          const FeatureOptions& options = {}) const;
 
   /// Classifier logits [num_labels]: the head applied to the CLS token after the final layer norm
