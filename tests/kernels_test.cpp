@@ -17,6 +17,8 @@
 #include "cpu/attention_blocked.hpp"
 #include "cpu/gemm_blocked.hpp"
 #include "cpu/half.hpp"
+#include "cpu/int8_blocked.hpp"
+#include "cpu/int8_format.hpp"
 #include "ops.hpp"
 #include "test_util.hpp"
 #include "vitmsn/cpu.hpp"
@@ -1194,6 +1196,273 @@ TEST(KernelsErf, Avx2IsWithin2e7OfStdErfAcrossTheFloatRange) {
 TEST(KernelsErf, Avx512IsWithin2e7OfStdErfAcrossTheFloatRange) {
   SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
   check_erf(Isa::kAvx512, 7);
+}
+
+// ---------------------------------------------------------------------------------------------
+// int8 GEMM: every variant bit-identical to the portable entry (without GELU, whose erf differs
+// between the portable and the vector code), across shapes, segments, padding and thread counts;
+// the AVX512-VNNI and vpmaddubsw geometries also through plain C++ integer lanes.
+
+/// Integer lanes in plain C++ for int8_blocked.hpp: vpdpbusd semantics (Offset: u8·s8 in fours) or
+/// the sign trick with int16 saturation checked (vpmaddubsw), on N int32 lanes.
+template <int N, bool Offset>
+struct ScalarInt8 {
+  using V = ScalarLanes<N>;
+  struct Ri {
+    std::int32_t v[N];
+  };
+  using Rf = typename V::R;
+  static constexpr int kLanes = N;
+  static constexpr bool kOffset = Offset;
+  static Ri zero_i() { return Ri{}; }
+  static Rf zero_f() { return V::zero(); }
+  static Ri load_b(const std::int8_t* p) {
+    Ri r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
+  }
+  static Ri bcast4(const std::uint8_t* p) {
+    std::int32_t x;
+    std::memcpy(&x, p, 4);
+    Ri r;
+    for (int i = 0; i < N; ++i) r.v[i] = x;
+    return r;
+  }
+  static Ri bcast_u8(std::uint8_t b) {
+    Ri r;
+    for (int i = 0; i < N; ++i) r.v[i] = static_cast<std::int32_t>(0x01010101u * b);
+    return r;
+  }
+  static Ri dot(Ri acc, Ri a, Ri b) {
+    for (int i = 0; i < N; ++i) {
+      std::uint8_t ab[4];
+      std::int8_t bb[4];
+      std::memcpy(ab, &a.v[i], 4);
+      std::memcpy(bb, &b.v[i], 4);
+      if (Offset) {
+        for (int t = 0; t < 4; ++t) acc.v[i] += static_cast<std::int32_t>(ab[t]) * bb[t];
+      } else {
+        for (int t = 0; t < 4; t += 2) {  // vpmaddubsw pairs of |a|·(sign(a)·b): must not saturate
+          std::int32_t pair = 0;
+          for (int u = t; u < t + 2; ++u) {
+            const int as = static_cast<std::int8_t>(ab[u]);
+            const int mag = as < 0 ? -as : as, sb = as < 0 ? -bb[u] : (as == 0 ? 0 : bb[u]);
+            pair += mag * sb;
+          }
+          EXPECT_LE(std::abs(pair), 32767) << "vpmaddubsw would saturate";
+          acc.v[i] += pair;
+        }
+      }
+    }
+    return acc;
+  }
+  static Ri load_i(const std::int32_t* p) {
+    Ri r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
+  }
+  static void store_i(std::int32_t* p, Ri v) { std::memcpy(p, v.v, sizeof v.v); }
+  static Ri neg_i(Ri v) {
+    for (auto& x : v.v) x = -x;
+    return v;
+  }
+  static Rf to_float(Ri v) {
+    Rf r;
+    for (int i = 0; i < N; ++i) r.v[i] = static_cast<float>(v.v[i]);
+    return r;
+  }
+  static Rf set1_f(float x) { return V::set1(x); }
+  static Rf fma_f(Rf a, Rf b, Rf c) { return V::fma(a, b, c); }
+  static Rf mul_f(Rf a, Rf b) { return V::mul(a, b); }
+  static Rf load_f_n(const float* p, int n) { return V::load_n(p, n); }
+  static void store_f(float* p, Rf v) { V::store(p, v); }
+  static void store_f_n(float* p, Rf v, int n) { V::store_n(p, v, n); }
+  static float quantize_block(const float* x, int len, std::int8_t* q) {
+    return int8::quantize_block_scalar(x, len, q);
+  }
+};
+
+struct Int8Case {
+  int M, seg_rows, segments, K;
+};
+
+struct Int8Data {
+  Int8Case c;
+  int kp;
+  std::ptrdiff_t lda, ldc;
+  std::vector<float> A, bias, residual;
+  std::vector<std::vector<std::int8_t>> W;
+  std::vector<std::vector<float>> scales;
+};
+
+Int8Data make_int8_data(const Int8Case& c, unsigned seed) {
+  Int8Data d{c, int8::padded_k(c.K), c.K + 3, c.seg_rows * c.segments + 5, {}, {}, {}, {}, {}};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  d.A.resize(static_cast<std::size_t>(c.M) * d.lda);
+  for (float& x : d.A) x = nd(rng);
+  for (int i = 0; i < c.M; i += 7) d.A[i * d.lda + (i % c.K)] *= 60.0f;  // outlier values: block scales differ
+  d.bias.resize(static_cast<std::size_t>(c.seg_rows) * c.segments);
+  for (float& x : d.bias) x = nd(rng);
+  d.residual.resize(static_cast<std::size_t>(c.M) * d.ldc);
+  for (float& x : d.residual) x = nd(rng);
+  for (int s = 0; s < c.segments; ++s) {
+    std::vector<float> w(static_cast<std::size_t>(c.seg_rows) * c.K);
+    for (float& x : w) x = nd(rng) * 0.05f;
+    d.W.emplace_back();
+    d.scales.emplace_back();
+    int8::quantize_weights(w.data(), c.seg_rows, c.K, c.K, &d.W.back(), &d.scales.back());
+  }
+  return d;
+}
+
+using Int8Fn = void (*)(int, int, int, int, int, const float*, std::ptrdiff_t, const std::int8_t* const*,
+                        const float* const*, float*, std::ptrdiff_t, const Epilogue&, int);
+
+std::vector<float> run_int8(const Int8Data& d, int epilogue, int threads, Int8Fn fn) {
+  std::vector<const std::int8_t*> W;
+  std::vector<const float*> S;
+  for (int s = 0; s < d.c.segments; ++s) {
+    W.push_back(d.W[s].data());
+    S.push_back(d.scales[s].data());
+  }
+  std::vector<float> C(static_cast<std::size_t>(d.c.M) * d.ldc, 12345.0f);
+  Epilogue ep;
+  if (epilogue >= 1) ep.bias = d.bias.data();
+  if (epilogue == 2) {  // in-place residual, as the model's x += …
+    C = d.residual;
+    ep.residual = C.data();
+    ep.ldr = d.ldc;
+  }
+  if (epilogue == 3) ep.gelu = true;
+  fn(d.c.M, d.c.seg_rows, d.c.segments, d.c.K, d.kp, d.A.data(), d.lda, W.data(), S.data(), C.data(), d.ldc, ep,
+     threads);
+  return C;
+}
+
+std::vector<Int8Case> int8_cases() {
+  return {{1025, 96, 1, 64}, {37, 48, 3, 100}, {5, 16, 1, 32}, {130, 80, 1, 256}, {1, 32, 1, 4096}, {61, 64, 3, 1024}};
+}
+
+/// Float64 of the definition for a few rows: the reference the bit-identical chain is anchored to.
+double int8_vs_float64(const Int8Data& d, const std::vector<float>& C) {
+  double worst = 0.0;
+  const int N = d.c.seg_rows * d.c.segments, blocks = d.kp / int8::kBlock;
+  std::vector<std::int8_t> q(static_cast<std::size_t>(d.kp));
+  for (int t = 0; t < d.c.M; t += 1 + d.c.M / 9) {
+    std::vector<float> s(static_cast<std::size_t>(blocks));
+    for (int b = 0; b < blocks; ++b)
+      s[b] = int8::quantize_block_scalar(&d.A[t * d.lda + b * int8::kBlock],
+                                         std::max(0, std::min(int8::kBlock, d.c.K - b * int8::kBlock)),
+                                         &q[b * int8::kBlock]);
+    for (int n = 0; n < N; ++n) {
+      double y = 0.0;
+      for (int k = 0; k < d.c.K; ++k)
+        y += static_cast<double>(q[k]) * s[k / int8::kBlock] *
+             d.W[n / d.c.seg_rows][int8::panel_offset(n % d.c.seg_rows, k, d.kp)];
+      y = y * d.scales[n / d.c.seg_rows][n % d.c.seg_rows] + d.bias[n];
+      worst = std::max(worst, std::fabs(y - C[t * d.ldc + n]) / (1.0 + std::fabs(y)));
+    }
+  }
+  return worst;
+}
+
+void check_int8_variant(const char* name, Int8Fn fn) {
+  std::size_t compared = 0;
+  for (const Int8Case& c : int8_cases()) {
+    const Int8Data d = make_int8_data(c, 77u + static_cast<unsigned>(c.M + c.K));
+    for (int epilogue : {0, 1, 2}) {
+      const std::vector<float> want = run_int8(d, epilogue, 1, kernels(Isa::kPortable).gemm_int8);
+      for (int threads : {1, 2, 3}) {
+        const std::vector<float> got = run_int8(d, epilogue, threads, fn);
+        EXPECT_TRUE(same_bits(got, want)) << name << " M " << c.M << " seg_rows " << c.seg_rows << " x " << c.segments
+                                          << " K " << c.K << " epilogue " << epilogue << " threads " << threads;
+        ++compared;
+      }
+      if (epilogue == 1) {
+        const double rel = int8_vs_float64(d, want);
+        EXPECT_LE(rel, 1e-5) << "portable int8 vs its float64 definition, M " << c.M << " K " << c.K;
+      }
+    }
+    // GELU: the vector erf, within the GELU test's tolerance of the portable result.
+    const std::vector<float> g0 = run_int8(d, 3, 1, kernels(Isa::kPortable).gemm_int8), g1 = run_int8(d, 3, 2, fn);
+    for (std::size_t i = 0; i < g0.size(); ++i) ASSERT_NEAR(g0[i], g1[i], 1e-6 + 2e-6 * std::fabs(g0[i])) << name;
+  }
+  std::printf("[ %s int8 ] bit-identical to portable in %zu runs (3 epilogues × 3 thread counts × 6 shapes)\n", name,
+              compared);
+}
+
+TEST(Int8, PortableMatchesItsDefinition) {
+  for (const Int8Case& c : int8_cases()) {
+    const Int8Data d = make_int8_data(c, 5u + static_cast<unsigned>(c.K));
+    const double rel = int8_vs_float64(d, run_int8(d, 1, 1, kernels(Isa::kPortable).gemm_int8));
+    EXPECT_LE(rel, 1e-5) << "M " << c.M << " K " << c.K;
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+TEST(Int8, Avx2MaddubsIsBitIdenticalToPortable) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
+  check_int8_variant("avx2 vpmaddubsw", gemm_int8_maddubs);
+}
+
+TEST(Int8, AvxVnniIsBitIdenticalToPortable) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avxvnni")) GTEST_SKIP() << "this CPU has no AVX-VNNI";
+  check_int8_variant("avx-vnni", gemm_int8_avxvnni);
+}
+#endif
+
+TEST(Int8, Avx512VnniIsBitIdenticalToPortable) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_cpu_init();
+#endif
+  if (!__builtin_cpu_supports("avx512vnni")) GTEST_SKIP() << "this CPU has no AVX512-VNNI";
+  check_int8_variant("avx512-vnni", kernels(Isa::kAvx512).gemm_int8);
+}
+
+// The tilings of the vector variants through plain C++ integer lanes: the AVX512-VNNI geometry
+// (16 lanes, vpdpbusd with the +128 offset, 6 × 32 tiles) and the vpmaddubsw one (8 lanes, sign
+// trick, saturation checked, 2 × 16 tiles), on any CPU.
+template <class I, int MR, int NV>
+void int8_through_lanes(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+                        const Epilogue& ep, int threads) {
+  const int8::Problem p{M, seg_rows * segments, K, A, lda, int8::WeightView{W, w_scale, seg_rows, kp}, C, ldc, ep};
+  int8::gemm<I, MR, NV>(p, 2, threads);  // k-slices of 64: several slices even at small K
+}
+
+TEST(Int8Blocked, VnniAndMaddubsGeometriesThroughPlainLanesAreBitIdenticalToPortable) {
+  for (const Int8Case& c : {Int8Case{61, 64, 3, 100}, Int8Case{29, 48, 1, 256}, Int8Case{5, 16, 1, 32}}) {
+    const Int8Data d = make_int8_data(c, 11u + static_cast<unsigned>(c.M));
+    for (int epilogue : {0, 1, 2}) {
+      const std::vector<float> want = run_int8(d, epilogue, 1, kernels(Isa::kPortable).gemm_int8);
+      EXPECT_TRUE(same_bits(run_int8(d, epilogue, 2, int8_through_lanes<ScalarInt8<16, true>, 6, 2>), want))
+          << "16 lanes, offset: M " << c.M << " K " << c.K << " epilogue " << epilogue;
+      EXPECT_TRUE(same_bits(run_int8(d, epilogue, 2, int8_through_lanes<ScalarInt8<8, false>, 2, 2>), want))
+          << "8 lanes, sign trick: M " << c.M << " K " << c.K << " epilogue " << epilogue;
+    }
+  }
+}
+
+TEST(Int8, WeightQuantizationIsPerOutputChannelAndSymmetric) {
+  // Row 0: max 2.54 → scale 0.02, exact multiples; row 1 all zero; row 2 a single value.
+  const int K = 40;
+  std::vector<float> w(3 * K, 0.0f);
+  for (int k = 0; k < K; ++k) w[k] = 0.02f * static_cast<float>((k * 37) % 255 - 127);
+  w[2 * K + 5] = -3.0f;
+  std::vector<std::int8_t> panels;
+  std::vector<float> scales;
+  int8::quantize_weights(w.data(), 3, K, K, &panels, &scales);
+  EXPECT_EQ(panels.size(), static_cast<std::size_t>(16 * 64));  // one panel, K padded to 64
+  EXPECT_FLOAT_EQ(scales[0], 2.54f / 127.0f);
+  EXPECT_EQ(scales[1], 0.0f);
+  EXPECT_FLOAT_EQ(scales[2], 3.0f / 127.0f);
+  for (int k = 0; k < K; ++k) EXPECT_EQ(panels[int8::panel_offset(0, k, 64)], (k * 37) % 255 - 127) << k;
+  EXPECT_EQ(panels[int8::panel_offset(2, 5, 64)], -127);
+  for (int k = K; k < 64; ++k) EXPECT_EQ(panels[int8::panel_offset(0, k, 64)], 0) << "padding";
 }
 
 }  // namespace

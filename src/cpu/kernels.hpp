@@ -11,6 +11,7 @@
 // *_kernel_table() function, and a test in tests/kernels_test.cpp against the portable entry.
 
 #include <cstddef>
+#include <cstdint>
 
 #include "cpu/cpu.hpp"
 
@@ -61,6 +62,17 @@ struct KernelTable {
                                const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
                                const Epilogue& ep, int threads) = nullptr;
 
+  /// C[M, S·R] = epilogue(dequant(quantize(A[M,K])·[W_0; …; W_{S−1}]ᵀ)) with int8 weights: the scheme
+  /// of src/cpu/int8_blocked.hpp (activations quantized per row and block of 32 along K, on the fly;
+  /// int32 products; dequantized in float, then bias, GELU, residual as gemm's epilogue; ep.alpha is
+  /// ignored). W[s]: segment s's seg_rows output channels in the panel layout (16 channels × 4 k per
+  /// 64 bytes, K padded to kp, a multiple of 32), w_scale[s]: their scales [seg_rows]. With S > 1,
+  /// seg_rows is a multiple of 16. Results are the same bits for every variant and thread count
+  /// (the epilogue's GELU aside: the portable entry uses std::erf).
+  void (*gemm_int8)(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+                    const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+                    const Epilogue& ep, int threads) = nullptr;
+
   /// In place, for each of `rows` rows of x (leading dimension ld): x = softmax(x) over `cols` values.
   void (*softmax_rows)(float* x, int rows, int cols, std::ptrdiff_t ld) = nullptr;
 
@@ -99,6 +111,16 @@ KernelTable portable_kernel_table();
 KernelTable avx2_kernel_table();
 KernelTable avx512_kernel_table();
 #endif
+/// The int8 GEMM variants behind the AVX2 table's gemm_int8 (which picks AVX-VNNI when the CPU has
+/// it): vpmaddubsw (src/cpu/kernels_avx2.cpp) and vpdpbusd on ymm (src/cpu/kernels_avxvnni.cpp). Same
+/// contract as KernelTable::gemm_int8; callable only on CPUs with AVX2 (and AVX-VNNI), and defined
+/// only in x86-64 builds with GCC or Clang (VITMSN_X86_KERNELS).
+void gemm_int8_maddubs(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+                       const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+                       const Epilogue& ep, int threads);
+void gemm_int8_avxvnni(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+                       const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+                       const Epilogue& ep, int threads);
 
 // Thin wrappers: the entry of kernels(isa), with the contracts above.
 

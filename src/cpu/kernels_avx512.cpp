@@ -16,9 +16,11 @@
 #endif
 
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/attention_blocked.hpp"
 #include "cpu/gemm_blocked.hpp"
+#include "cpu/int8_blocked.hpp"
 #include "cpu/kernels.hpp"
 
 namespace vitmsn::detail {
@@ -95,6 +97,62 @@ struct Avx512 {
   }
 };
 
+/// 16 int32 lanes for int8_blocked.hpp on AVX512-VNNI: vpdpbusd on u8 activations stored with the
+/// +128 offset (its sum corrected by −128·Σ q_w per block).
+struct Int8Vnni512 {
+  using V = Avx512;
+  using Ri = __m512i;
+  using Rf = __m512;
+  static constexpr int kLanes = 16;
+  static constexpr bool kOffset = true;
+  static Ri zero_i() { return _mm512_setzero_si512(); }
+  static Rf zero_f() { return _mm512_setzero_ps(); }
+  static Ri load_b(const std::int8_t* p) { return _mm512_loadu_si512(p); }
+  static Ri bcast4(const std::uint8_t* p) {
+    std::int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+  }
+  static Ri bcast_u8(std::uint8_t b) { return _mm512_set1_epi8(static_cast<char>(b)); }
+  static Ri dot(Ri acc, Ri a, Ri b) { return _mm512_dpbusd_epi32(acc, a, b); }
+  static Ri load_i(const std::int32_t* p) { return _mm512_loadu_si512(p); }
+  static void store_i(std::int32_t* p, Ri v) { _mm512_storeu_si512(p, v); }
+  static Ri neg_i(Ri v) { return _mm512_sub_epi32(_mm512_setzero_si512(), v); }
+  static Rf to_float(Ri v) { return _mm512_cvtepi32_ps(v); }
+  static Rf set1_f(float x) { return _mm512_set1_ps(x); }
+  static Rf fma_f(Rf a, Rf b, Rf c) { return _mm512_fmadd_ps(a, b, c); }
+  static Rf mul_f(Rf a, Rf b) { return _mm512_mul_ps(a, b); }
+  static Rf load_f_n(const float* p, int n) { return n >= 16 ? _mm512_loadu_ps(p) : Avx512::load_n(p, n); }
+  static void store_f(float* p, Rf v) { _mm512_storeu_ps(p, v); }
+  static void store_f_n(float* p, Rf v, int n) {
+    if (n >= 16)
+      _mm512_storeu_ps(p, v);
+    else
+      Avx512::store_n(p, v, n);
+  }
+  /// int8_blocked.hpp's quantize_block_scalar, 16 lanes at a time (same operations, same results).
+  static float quantize_block(const float* x, int len, std::int8_t* q) {
+    const __m512 v0 = Avx512::load_n(x, len < 16 ? len : 16);
+    const __m512 v1 = len > 16 ? Avx512::load_n(x + 16, len - 16) : _mm512_setzero_ps();
+    // |x| > amax ? |x| : amax, lane by lane (vmaxps keeps the second operand when |x| is NaN).
+    const __m512 m = _mm512_max_ps(_mm512_abs_ps(v1), _mm512_max_ps(_mm512_abs_ps(v0), _mm512_setzero_ps()));
+    const float a = _mm512_reduce_max_ps(m);
+    if (!(a > 0.0f)) {
+      std::memset(q, 0, 32);
+      return 0.0f;
+    }
+    const __m512 inv = _mm512_set1_ps(127.0f / a), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    const auto quantize = [&](__m512 v) {
+      __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+      return _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r));
+    };
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), quantize(v0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), quantize(v1));
+    return a / 127.0f;
+  }
+};
+
 constexpr int kMr = 14;
 constexpr int kNv = 2;  // NR = 32
 
@@ -143,6 +201,23 @@ void layer_norm_avx512(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdif
 
 void erf_avx512(float* x, std::ptrdiff_t n) { blocked::erf_buffer<Avx512>(x, n); }
 
+// int8: 6 × 32 tiles (12 int32 + 12 float accumulators, 2 weight vectors, 1 broadcast); per k-quad 2
+// loads of weights + 6 broadcasts of activations for 12 vpdpbusd. A k-slice of 512 inputs: the 32
+// columns' weights (16 KB) stay in L1 while all row tiles use them. Without AVX512-VNNI, the AVX2
+// table's entry (AVX-VNNI or vpmaddubsw) runs.
+void gemm_int8_avx512(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+                      const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+                      const Epilogue& ep, int threads) {
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  if (!vnni)
+    return kernels(Isa::kAvx2).gemm_int8(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
+  const int8::Problem p{M, seg_rows * segments, K, A, lda, int8::WeightView{W, w_scale, seg_rows, kp}, C, ldc, ep};
+  int8::gemm<Int8Vnni512, 6, 2>(p, 512 / int8::kBlock, threads);
+}
+
 void gelu_erf_avx512(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx512>(x, n); }
 
 double fma_burst_avx512(long iterations) {
@@ -174,6 +249,7 @@ KernelTable avx512_kernel_table() {
   t.erf = erf_avx512;
   t.layer_norm = layer_norm_avx512;
   t.attention_head = attention_head_avx512;
+  t.gemm_int8 = gemm_int8_avx512;
   t.gemm_weights_stacked = gemm_weights_stacked_avx512;
   t.fma_burst = fma_burst_avx512;
   return t;

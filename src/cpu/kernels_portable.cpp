@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/half.hpp"
+#include "cpu/int8_blocked.hpp"
 #include "cpu/kernels.hpp"
 
 #ifdef _OPENMP
@@ -188,6 +189,53 @@ void gemm_weights_stacked_portable(int M, int seg_rows, int segments, int K, con
   }
 }
 
+// The int8 GEMM as src/cpu/int8_blocked.hpp defines it, element by element: the reference of the
+// vector variants (the same integers and the same float operations in the same order).
+void gemm_int8_portable(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+                        const Epilogue& ep, int threads) {
+  const int N = seg_rows * segments, blocks = kp / int8::kBlock;
+  const auto rows = [&](int r0, int r1) {
+    std::vector<std::int8_t> q(static_cast<std::size_t>(kp));
+    std::vector<float> s(static_cast<std::size_t>(blocks));
+    for (int t = r0; t < r1; ++t) {
+      for (int b = 0; b < blocks; ++b) {
+        const int k0 = b * int8::kBlock, len = std::max(0, std::min(int8::kBlock, K - k0));
+        s[b] = int8::quantize_block_scalar(A + t * lda + k0, len, q.data() + k0);
+      }
+      for (int n = 0; n < N; ++n) {
+        const std::int8_t* w = W[n / seg_rows];
+        const int nn = n % seg_rows;
+        float f = 0.0f;
+        for (int b = 0; b < blocks; ++b) {
+          std::int32_t acc = 0;
+          for (int k = b * int8::kBlock; k < (b + 1) * int8::kBlock; ++k)
+            acc += static_cast<std::int32_t>(q[k]) * w[int8::panel_offset(nn, k, kp)];
+          f = std::fma(static_cast<float>(acc), s[b], f);
+        }
+        float v = f * w_scale[n / seg_rows][nn];
+        if (ep.bias) v += ep.bias[n];
+        if (ep.gelu) v = gelu_scalar(v);
+        if (ep.residual) v += ep.residual[t * ep.ldr + n];
+        C[t * ldc + n] = v;
+      }
+    }
+  };
+  threads = std::max(1, std::min(threads, M));
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      rows(static_cast<int>(static_cast<long long>(M) * t / nt),
+           static_cast<int>(static_cast<long long>(M) * (t + 1) / nt));
+    }
+    return;
+  }
+#endif
+  rows(0, M);
+}
+
 void softmax_rows_portable(float* x, int rows, int cols, std::ptrdiff_t ld) {
   for (int i = 0; i < rows; ++i) {
     float* r = x + i * ld;
@@ -277,6 +325,7 @@ KernelTable portable_kernel_table() {
   t.erf = erf_portable;
   t.layer_norm = layer_norm_portable;
   t.attention_head = attention_head_portable;
+  t.gemm_int8 = gemm_int8_portable;
   t.gemm_weights_stacked = gemm_weights_stacked_portable;
   t.fma_burst = fma_burst_scalar;
   return t;

@@ -1,0 +1,304 @@
+#pragma once
+// The int8 GEMM of quantized linear layers, written once over an integer vector-traits type `I` and
+// instantiated per instruction set (internal linkage, like gemm_blocked.hpp).
+//
+// The scheme (docs/NUMERICS.md, "int8"):
+//   weights     int8 per output channel n, symmetric: w[n,k] ≈ s_w[n]·q_w[n,k], q_w in [−127, 127],
+//               stored by vitmsn-convert in panels of 16 output channels (see int8_panel_index()).
+//   activations int8 per row t and block b of 32 along K, symmetric, computed on the fly:
+//               a = max |x[t, b·32 … b·32+31]|; s_x = a/127; q_x = clamp(rint(x·(127/a)), −127, 127)
+//               (all zero when a = 0).
+//   product     acc_b = Σ_{k∈b} q_x·q_w exactly in int32 (|acc_b| <= 32·127² < 2^24: exact as a float);
+//               f = 0; for b in order: f = fma(float(acc_b), s_x[t,b], f); y = f·s_w[n]; then the
+//               epilogue (bias, GELU, residual) as the float GEMM's.
+// Every variant computes exactly these integers and floats in this order, so their results are
+// bit-identical (the epilogue's GELU aside, which the vector variants share with the float GEMM).
+//
+// Integer products by instruction set (the traits `I` below provide `dot`):
+//   AVX512-VNNI / AVX-VNNI  vpdpbusd multiplies u8·s8 and adds 4 products into int32. The activation
+//                           is stored as q_x + 128 (u8), so each block's sum carries 128·Σ q_w, which
+//                           is subtracted by starting the block's accumulator at −128·Σ_{k∈b} q_w
+//                           (computed once per packed weight slice, shared by all its row tiles).
+//   AVX2                    vpmaddubsw multiplies u8·s8 and adds pairs into int16 WITH saturation:
+//                           |q_x|·(sign(q_x)·q_w) pairs stay <= 2·127² = 32258 < 32767, so the
+//                           activation goes in as |q_x| (vpsignb) and its sign onto the weight
+//                           (vpsignb): no saturation, exact; vpmaddwd with ones widens to int32.
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/buffer.hpp"
+#include "cpu/gemm_blocked.hpp"
+#include "cpu/int8_format.hpp"
+#include "cpu/kernels.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace vitmsn::detail::int8 {
+namespace {
+
+inline int imin(int a, int b) { return a < b ? a : b; }
+inline int imax(int a, int b) { return a > b ? a : b; }
+
+/// Activations quantized and packed for the micro-tiles of MR rows: for row group g (rows g·MR …),
+/// quad q (k = 4q … 4q+3), row i: 4 bytes at data[((g·quads + q)·MR + i)·4]; block b's scale of row i
+/// at scales[(g·blocks + b)·MR + i]. Rows past M are zero. `offset` stores q + 128 (u8) for vpdpbusd.
+struct PackedA {
+  const std::uint8_t* data;
+  const float* scales;
+  int quads, blocks;
+};
+
+template <class I, int MR>
+void quantize_rows(const float* A, std::ptrdiff_t lda, int M, int K, int kp, std::uint8_t* data, float* scales, int g0,
+                   int g1) {
+  const int quads = kp / 4, blocks = kp / kBlock;
+  alignas(64) std::int8_t q[kBlock];
+  for (int g = g0; g < g1; ++g)
+    for (int i = 0; i < MR; ++i) {
+      const int row = g * MR + i;
+      for (int b = 0; b < blocks; ++b) {
+        float s = 0.0f;
+        if (row < M) {
+          const int k0 = b * kBlock, len = imin(kBlock, K - k0);
+          s = len > 0 ? I::quantize_block(A + row * lda + k0, len, q) : 0.0f;
+          if (len <= 0) std::memset(q, 0, sizeof q);
+        } else {
+          std::memset(q, 0, sizeof q);
+        }
+        scales[(static_cast<std::ptrdiff_t>(g) * blocks + b) * MR + i] = s;
+        for (int j = 0; j < kBlock / 4; ++j) {
+          std::uint8_t* d = data + ((static_cast<std::ptrdiff_t>(g) * quads + b * (kBlock / 4) + j) * MR + i) * 4;
+          for (int t = 0; t < 4; ++t) {
+            const std::uint8_t byte = static_cast<std::uint8_t>(q[4 * j + t]);
+            d[t] = I::kOffset ? static_cast<std::uint8_t>(byte ^ 0x80u) : byte;
+          }
+        }
+      }
+    }
+}
+
+/// Column n0 + c (c < NR) of a stacked weight: segment pointer and its row within the segment.
+struct WeightView {
+  const std::int8_t* const* panels;  // per segment: the panel-layout int8 data
+  const float* const* scales;        // per segment: s_w [seg_rows]
+  int seg_rows;                      // output channels per segment (a multiple of 16 when segments > 1)
+  int kp;
+  const std::int8_t* panel(int n) const {  // the 16-channel panel holding channel n
+    const int s = n / seg_rows, r = n % seg_rows;
+    return panels[s] + static_cast<std::ptrdiff_t>(r / kPanel) * (kp / 4) * (kPanel * 4);
+  }
+  float scale(int n) const { return scales[n / seg_rows][n % seg_rows]; }
+};
+
+/// MR×(NV·L) micro-tile over the blocks [b0, b1): f (float accumulators, from C unless first) +=
+/// Σ_b float(acc_b)·s_x; at the last k-slice y = f·s_w and the epilogue; else f is stored in C.
+/// `corr` (offset variants): −128·Σ_{k∈b} q_w per block and column, [b1 − b0][NV·L].
+template <class I, int MR, int NV>
+inline void tile(const PackedA& pa, int g, int b0, int b1, const std::int8_t* const* bpanel, const std::int32_t* corr,
+                 float* c, std::ptrdiff_t ldc, int rows, int cols, bool first, bool last, const float* w_scale,
+                 const blocked::TileEpilogue* ep) {
+  using Ri = typename I::Ri;
+  using Rf = typename I::Rf;
+  constexpr int L = I::kLanes;
+  constexpr int NR = NV * L;
+  Rf f[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j)
+      f[i][j] = first || i >= rows ? I::zero_f() : I::load_f_n(c + i * ldc + j * L, imin(L, imax(0, cols - j * L)));
+  const std::uint8_t* a_group = pa.data + static_cast<std::ptrdiff_t>(g) * pa.quads * MR * 4;
+  const float* s_group = pa.scales + static_cast<std::ptrdiff_t>(g) * pa.blocks * MR;
+  for (int b = b0; b < b1; ++b) {
+    Ri acc[MR][NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) {
+      const Ri init = I::kOffset ? I::load_i(corr + (b - b0) * NR + j * L) : I::zero_i();
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) acc[i][j] = init;
+    }
+#pragma GCC unroll 8
+    for (int qq = 0; qq < kBlock / 4; ++qq) {
+      const int q = b * (kBlock / 4) + qq;
+      Ri w[NV];
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) w[j] = I::load_b(bpanel[j] + static_cast<std::ptrdiff_t>(q) * (kPanel * 4));
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const Ri a = I::bcast4(a_group + (static_cast<std::ptrdiff_t>(q) * MR + i) * 4);
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[i][j] = I::dot(acc[i][j], a, w[j]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const Rf s = I::set1_f(s_group[b * MR + i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) f[i][j] = I::fma_f(I::to_float(acc[i][j]), s, f[i][j]);
+    }
+  }
+  if (!last) {
+    for (int i = 0; i < rows; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        const int n = imin(L, cols - j * L);
+        if (n > 0) I::store_f_n(c + i * ldc + j * L, f[i][j], n);
+      }
+    return;
+  }
+  // y = f·s_w, then the float GEMM's epilogue from a stack tile.
+  alignas(64) float t[MR][NR];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    const Rf sw = I::load_f_n(w_scale + j * L, imin(L, imax(0, cols - j * L)));
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) I::store_f(&t[i][j * L], I::mul_f(f[i][j], sw));
+  }
+  blocked::finish_tile<typename I::V, MR, NR / I::V::kLanes>(&t[0][0], c, ldc, rows, cols, ep);
+}
+
+/// −128·Σ_{k∈b} q_w for the blocks [b0, b1) and the NR columns of one slice (offset variants).
+template <class I, int NV>
+void slice_corrections(const std::int8_t* const* bpanel, int b0, int b1, std::int32_t* corr) {
+  using Ri = typename I::Ri;
+  constexpr int L = I::kLanes;
+  const Ri ones = I::bcast_u8(0x80);
+  for (int b = b0; b < b1; ++b)
+    for (int j = 0; j < NV; ++j) {
+      Ri s = I::zero_i();
+      for (int qq = 0; qq < kBlock / 4; ++qq) {
+        const int q = b * (kBlock / 4) + qq;
+        s = I::dot(s, ones, I::load_b(bpanel[j] + static_cast<std::ptrdiff_t>(q) * (kPanel * 4)));
+      }
+      I::store_i(corr + (b - b0) * NV * L + j * L, I::neg_i(s));
+    }
+}
+
+/// The problem: C[M, N] = epilogue(dequant(quantize(A)·Wᵀ)), N = segments·seg_rows.
+struct Problem {
+  int M, N, K;
+  const float* A;
+  std::ptrdiff_t lda;
+  WeightView w;
+  float* C;
+  std::ptrdiff_t ldc;
+  Epilogue ep;
+};
+
+struct Workspace {
+  FloatBuffer a;         // packed activations (bytes) + scales, shared by the threads of one call
+  FloatBuffer corr;      // per thread: corrections of one slice
+  FloatBuffer residual;  // per thread: its columns of an in-place residual, set aside
+};
+
+inline Workspace& workspace() {
+  static thread_local Workspace ws;
+  return ws;
+}
+
+/// One thread's columns [n0, n1) (multiples of NR except at N), all rows.
+template <class I, int MR, int NV>
+void gemm_columns(const Problem& p, const PackedA& pa, int n0, int n1, int kc_blocks, std::int32_t* corr) {
+  constexpr int L = I::kLanes;
+  constexpr int NR = NV * L;
+  static_assert(NR % kPanel == 0 || kPanel % NR == 0, "tiles cover whole panels or halves of one");
+  const int blocks = pa.blocks, groups = (p.M + MR - 1) / MR;
+  // C holds the partial sums between k-slices: a residual that is C itself (x += …) is set aside
+  // first, this thread's columns of it.
+  const float* residual = p.ep.residual;
+  std::ptrdiff_t ldr = p.ep.ldr;
+  if (residual != nullptr && blocks > kc_blocks) {
+    FloatBuffer& saved = workspace().residual;
+    saved.resize(static_cast<std::size_t>(p.M) * (n1 - n0));
+    for (int r = 0; r < p.M; ++r)
+      std::memcpy(saved.data() + static_cast<std::ptrdiff_t>(r) * (n1 - n0), residual + r * ldr + n0,
+                  sizeof(float) * static_cast<std::size_t>(n1 - n0));
+    residual = saved.data() - n0;  // indexed by the column as before
+    ldr = n1 - n0;
+  }
+  for (int b0 = 0; b0 < blocks; b0 += kc_blocks) {
+    const int b1 = imin(blocks, b0 + kc_blocks);
+    const bool first = b0 == 0, last = b1 == blocks;
+    blocked::TileEpilogue te{1.0f, false, nullptr, p.ep.gelu, nullptr, 0};
+    for (int jr = n0; jr < n1; jr += NR) {
+      const int cols = imin(NR, n1 - jr);
+      // Vector j covers channels jr + j·L …: its panel, at byte ((jr + j·L) % 16)·4 of each 64-byte
+      // quad. A vector entirely past N reads the first one's (valid) bytes; its columns are dropped.
+      const std::int8_t* bpanel[NV];
+      bpanel[0] = p.w.panel(jr) + static_cast<std::ptrdiff_t>(jr % kPanel) * 4;
+      for (int j = 1; j < NV; ++j) {
+        const int n = jr + j * L;
+        bpanel[j] = n < p.N ? p.w.panel(n) + static_cast<std::ptrdiff_t>(n % kPanel) * 4 : bpanel[0];
+      }
+      if (I::kOffset) slice_corrections<I, NV>(bpanel, b0, b1, corr);
+      alignas(64) float wscale[NR];
+      for (int c = 0; c < NR; ++c) wscale[c] = jr + c < p.N ? p.w.scale(jr + c) : 0.0f;
+      if (last) te.bias = p.ep.bias ? p.ep.bias + jr : nullptr;
+      for (int g = 0; g < groups; ++g) {
+        const int r0 = g * MR, rows = imin(MR, p.M - r0);
+        float* ct = p.C + static_cast<std::ptrdiff_t>(r0) * p.ldc + jr;
+        if (last && residual) {
+          te.residual = residual + static_cast<std::ptrdiff_t>(r0) * ldr + jr;
+          te.ldr = ldr;
+        }
+        tile<I, MR, NV>(pa, g, b0, b1, bpanel, corr, ct, p.ldc, rows, cols, first, last, wscale, last ? &te : nullptr);
+      }
+    }
+  }
+}
+
+/// The whole GEMM: activations quantized and packed once (rows split over the threads), then the
+/// columns split over the threads in whole NR-wide tiles. Results do not depend on the thread count.
+/// kc_blocks: 32-wide K blocks per k-slice (the packed weight slice of NR columns, kc_blocks·32·NR
+/// bytes, stays in L1/L2 while all row tiles use it).
+template <class I, int MR, int NV>
+void gemm(const Problem& p, int kc_blocks, int threads) {
+  constexpr int NR = NV * I::kLanes;
+  if (p.M <= 0 || p.N <= 0) return;
+  const int kp = p.w.kp, quads = kp / 4, blocks = kp / kBlock;
+  const int groups = (p.M + MR - 1) / MR;
+  // Shared packed activations: bytes then scales, in one buffer of the calling thread.
+  const std::size_t bytes = static_cast<std::size_t>(groups) * quads * MR * 4;
+  const std::size_t scale_floats = static_cast<std::size_t>(groups) * blocks * MR;
+  FloatBuffer& buf = workspace().a;
+  buf.resize((bytes + 63) / 64 * 16 + scale_floats);
+  auto* data = reinterpret_cast<std::uint8_t*>(buf.data());
+  float* scales = buf.data() + (bytes + 63) / 64 * 16;
+  const PackedA pa{data, scales, quads, blocks};
+  const int tiles_n = (p.N + NR - 1) / NR;
+  threads = imax(1, imin(threads, imax(tiles_n, groups)));
+  const auto run = [&](int t, int nt) {
+    const int g0 = static_cast<int>(static_cast<long long>(groups) * t / nt);
+    const int g1 = static_cast<int>(static_cast<long long>(groups) * (t + 1) / nt);
+    quantize_rows<I, MR>(p.A, p.lda, p.M, p.K, kp, data, scales, g0, g1);
+  };
+  const auto compute = [&](int t, int nt) {
+    const int q0 = static_cast<int>(static_cast<long long>(tiles_n) * t / nt);
+    const int q1 = static_cast<int>(static_cast<long long>(tiles_n) * (t + 1) / nt);
+    if (q0 >= q1) return;
+    FloatBuffer& cb = workspace().corr;
+    cb.resize(static_cast<std::size_t>(kc_blocks) * NR);
+    gemm_columns<I, MR, NV>(p, pa, q0 * NR, imin(p.N, q1 * NR), kc_blocks, reinterpret_cast<std::int32_t*>(cb.data()));
+  };
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      run(omp_get_thread_num(), omp_get_num_threads());
+#pragma omp barrier
+      compute(omp_get_thread_num(), omp_get_num_threads());
+    }
+    return;
+  }
+#endif
+  run(0, 1);
+  compute(0, 1);
+}
+
+}  // namespace
+}  // namespace vitmsn::detail::int8
