@@ -13,7 +13,7 @@ namespace {
 
 const cli::Spec kSpec = {
     "vitmsn-convert",
-    R"(usage: vitmsn-convert [--dtype f32|bf16|f16] [--add-classifier HEAD.safetensors] [--force] INPUT OUTPUT.safetensors
+    R"(usage: vitmsn-convert [--dtype f32|bf16|f16|int8] [--add-classifier HEAD.safetensors] [--force] INPUT OUTPUT.safetensors
 
 INPUT is a Hugging Face model folder (model.safetensors or pytorch_model.bin, config.json,
 preprocessor_config.json), a pytorch_model.bin or a .safetensors file (config.json beside it).
@@ -22,8 +22,10 @@ OUTPUT is a single-file model: every tensor checked against the config, config a
 settings embedded in __metadata__, and the backbone identity of INPUT (a SHA-256 of its weights,
 kept through conversions) that vitmsn-probe records in the heads it trains.
 options:
-  --dtype T               storage type of the weight matrices: f32 (default), bf16 or f16;
-                          layer norms, biases and embeddings stay f32
+  --dtype T               storage type of the weight matrices: f32 (default), bf16 or f16; or
+                          int8: the linear weights of the blocks quantized per output channel
+                          (activations are quantized at run time; the patch projection and the
+                          classifier stay f32); layer norms, biases and embeddings stay f32
   --add-classifier HEAD   merge a classifier head (classifier.weight [K, D], classifier.bias [K],
                           __metadata__ id2label), e.g. one trained by vitmsn-probe on INPUT; a
                           head trained on another model is refused (unless --force), one that
@@ -44,7 +46,7 @@ int main(int argc, char** argv) {
     if (args.positional().size() != 2) throw cli::UsageError("give INPUT and OUTPUT");
     ConvertOptions o;
     try {
-      o.dtype = parse_float_dtype(args.get("--dtype", "f32"));
+      o.dtype = parse_weight_dtype(args.get("--dtype", "f32"));
     } catch (const Error& e) {
       throw cli::UsageError(std::string("--dtype: ") + e.what());
     }

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "cpu/half.hpp"
+#include "cpu/int8_format.hpp"
 #include "file_util.hpp"
 #include "identity.hpp"
 #include "json_error.hpp"
@@ -44,6 +45,47 @@ void convert_dtype(TensorData& t, DType dtype) {
   }
 }
 
+// The six linear weights of a block: ...encoder.layer.{i}.{attention.attention.{query,key,value},
+// attention.output.dense, intermediate.dense, output.dense}.weight.
+bool is_block_linear_weight(const std::string& name) {
+  if (name.find("encoder.layer.") == std::string::npos) return false;
+  for (const char* tail :
+       {".attention.attention.query.weight", ".attention.attention.key.weight", ".attention.attention.value.weight",
+        ".attention.output.dense.weight", ".intermediate.dense.weight", ".output.dense.weight"})
+    if (ends_with(name, tail)) return true;
+  return false;
+}
+
+// A float32 [N, K] linear weight in place → its int8 panel layout (src/cpu/int8_format.hpp), shape
+// [ceil(N/16), ceil(K/32)·8, 16, 4]; returns the scales tensor "<name>_scale" F32 [N].
+TensorData quantize_int8(TensorData& t) {
+  const int N = static_cast<int>(t.shape[0]), K = static_cast<int>(t.shape[1]);
+  std::vector<float> w(static_cast<std::size_t>(N) * K);
+  if (!w.empty()) std::memcpy(w.data(), t.bytes.data(), w.size() * sizeof(float));
+  std::vector<std::int8_t> panels;
+  std::vector<float> scales;
+  detail::int8::quantize_weights(w.data(), N, K, K, &panels, &scales);
+  const int kp = detail::int8::padded_k(K);
+  t.dtype = DType::kI8;
+  t.shape = {detail::int8::padded_n(N) / detail::int8::kPanel, kp / 4, detail::int8::kPanel, 4};
+  t.bytes.assign(reinterpret_cast<const std::uint8_t*>(panels.data()),
+                 reinterpret_cast<const std::uint8_t*>(panels.data()) + panels.size());
+  return TensorData::f32(detail::int8_scale_name(t.name), {N}, scales.data());
+}
+
+// The __metadata__ "quantization" of an int8 file: the scheme the loader checks, and what it means.
+std::string int8_metadata() {
+  const nlohmann::json j = {
+      {"scheme", detail::kInt8Scheme},
+      {"weights",
+       "the six linear weights of every block: int8 per output channel, symmetric, "
+       "s = max|w|/127, q = rint(w·127/max|w|); stored in panels of 16 output channels × 4 inputs, "
+       "inputs padded to a multiple of 32; scales in '<name>_scale' (F32)"},
+      {"activations", "int8 per token and block of 32 inputs, symmetric, computed at run time"},
+      {"float32", "embeddings, patch projection, layer norms, biases, classifier"}};
+  return j.dump();
+}
+
 // id2label from a head file's metadata (a JSON object {"0": "cat", …}).
 std::vector<std::string> parse_labels(const std::string& json_text, const std::string& source) {
   nlohmann::json labels;
@@ -60,17 +102,19 @@ std::vector<std::string> parse_labels(const std::string& json_text, const std::s
 
 }  // namespace
 
-DType parse_float_dtype(const std::string& name) {
+DType parse_weight_dtype(const std::string& name) {
   if (name == "f32" || name == "float32" || name == "F32") return DType::kF32;
   if (name == "bf16" || name == "bfloat16" || name == "BF16") return DType::kBF16;
   if (name == "f16" || name == "float16" || name == "F16") return DType::kF16;
-  throw Error("unknown dtype '" + name + "' (expected f32, bf16 or f16)");
+  if (name == "int8" || name == "i8" || name == "I8") return DType::kI8;
+  throw Error("unknown dtype '" + name + "' (expected f32, bf16, f16 or int8)");
 }
 
 ConvertReport convert_checkpoint(const std::string& input, const std::string& output, const ConvertOptions& options) {
   ConvertReport report;
-  if (options.dtype != DType::kF32 && options.dtype != DType::kBF16 && options.dtype != DType::kF16)
-    throw Error(output + ": output dtype must be F32, BF16 or F16");
+  if (options.dtype != DType::kF32 && options.dtype != DType::kBF16 && options.dtype != DType::kF16 &&
+      options.dtype != DType::kI8)
+    throw Error(output + ": output dtype must be F32, BF16, F16 or I8");
   if (!options.overwrite && (detail::is_regular_file(output) || detail::is_directory(output)))
     throw Error(output + ": already exists (set ConvertOptions::overwrite to replace it)");
 
@@ -166,6 +210,9 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   for (const auto& name : wanted) {
     auto it = views.find(name);
     if (it == views.end()) throw Error(weights + ": missing tensor '" + name + "'");
+    if (it->second.dtype == DType::kI8)
+      throw Error(weights + ": tensor '" + name +
+                  "' is int8: this model is already quantized; convert from its float checkpoint");
     if (!is_float(it->second.dtype))
       throw Error(weights + ": tensor '" + name + "' has dtype " + dtype_name(it->second.dtype) +
                   ", expected a float type");
@@ -190,22 +237,32 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
       continue;
     }
     // Matrices (linear and patch weights) take the requested type; norms, biases, embeddings stay F32.
+    // int8 quantizes the six linear weights of the blocks only: the rest stays F32.
     const bool matrix =
         t.shape.size() >= 2 && !ends_with(t.name, "cls_token") && !ends_with(t.name, "position_embeddings");
-    const DType target = matrix ? options.dtype : DType::kF32;
+    if (options.dtype == DType::kI8 && is_block_linear_weight(t.name)) {
+      if (t.dtype != DType::kF32) convert_dtype(t, DType::kF32);
+      TensorData scales = quantize_int8(t);
+      report.bytes += t.bytes.size() + scales.bytes.size();
+      out.push_back(std::move(t));
+      out.push_back(std::move(scales));
+      continue;
+    }
+    const DType target = matrix && options.dtype != DType::kI8 ? options.dtype : DType::kF32;
     if (t.dtype != target) convert_dtype(t, target);
     report.bytes += t.bytes.size();
     out.push_back(std::move(t));
   }
   report.tensors = out.size();
   report.has_classifier = wanted.count(detail::keys::kClassifierWeight) != 0;
-  write_safetensors(output, out,
-                    {{"format", "pt"},
-                     {"config", to_json(config)},
-                     {"preprocessor_config", to_json(pre)},
-                     {"dtype", dtype_name(options.dtype)},
-                     {"converted_by", "vitmsn-convert"},
-                     {kBackboneMetadataKey, report.backbone}});
+  std::map<std::string, std::string> metadata = {{"format", "pt"},
+                                                 {"config", to_json(config)},
+                                                 {"preprocessor_config", to_json(pre)},
+                                                 {"dtype", dtype_name(options.dtype)},
+                                                 {"converted_by", "vitmsn-convert"},
+                                                 {kBackboneMetadataKey, report.backbone}};
+  if (options.dtype == DType::kI8) metadata[detail::kQuantizationMetadataKey] = int8_metadata();
+  write_safetensors(output, out, metadata);
   return report;
 }
 

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "cpu/buffer.hpp"
+#include "cpu/int8_format.hpp"
 #include "cpu/kernels.hpp"
 #include "file_util.hpp"
 #include "model.hpp"
@@ -120,8 +121,30 @@ detail::WeightType weight_type(const LinearWeight& w) {
 }
 
 // y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16 or f16.
+// An int8 weight (or `segments` of them stacked along the output): the int8 GEMM of the kernel table.
+void linear_int8(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight* const* w, int segments,
+                 float* y, std::ptrdiff_t ldy, const Epilogue& ep, int threads) {
+  const std::int8_t* panels[3];
+  const float* scales[3];
+  for (int s = 0; s < segments; ++s) {
+    panels[s] = static_cast<const std::int8_t*>(w[s]->data);
+    scales[s] = w[s]->scale;
+  }
+  const int K = static_cast<int>(w[0]->cols);
+  if (const auto g = detail::int8::activation_grouping(); g != detail::int8::Grouping::kBlock32)
+    return detail::int8::gemm_grouped(g, M, static_cast<int>(w[0]->rows), segments, K, detail::int8::padded_k(K), x,
+                                      ldx, panels, scales, y, ldy, ep.bias, ep.gelu, ep.residual, ep.ldr);
+  detail::kernels(isa).gemm_int8(M, static_cast<int>(w[0]->rows), segments, K, detail::int8::padded_k(K), x, ldx,
+                                 panels, scales, y, ldy, ep, threads);
+}
+
+// y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16, f16 or int8.
 void linear(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight& w, float* y, std::ptrdiff_t ldy,
             const Epilogue& ep, int threads) {
+  if (w.dtype == DType::kI8) {
+    const LinearWeight* one = &w;
+    return linear_int8(isa, M, x, ldx, &one, 1, y, ldy, ep, threads);
+  }
   detail::gemm_weights(isa, M, static_cast<int>(w.rows), static_cast<int>(w.cols), x, ldx, w.data, weight_type(w),
                        w.cols, y, ldy, ep, threads);
 }
@@ -215,7 +238,10 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
     const std::ptrdiff_t r0 = static_cast<std::ptrdiff_t>(b) * N;
     Epilogue ep;
     ep.bias = has_bias ? a.qkv_bias.data() : nullptr;  // qkv_bias
-    if (lw.key.dtype == lw.query.dtype && lw.value.dtype == lw.query.dtype) {
+    const bool same_type = lw.key.dtype == lw.query.dtype && lw.value.dtype == lw.query.dtype;
+    if (same_type && lw.query.dtype == DType::kI8 && D % detail::int8::kPanel == 0) {
+      linear_int8(isa, N, a.h.data() + r0 * D, D, proj, 3, a.qkv.data() + r0 * ld3, ld3, ep, threads);
+    } else if (same_type && lw.query.dtype != DType::kI8) {
       detail::kernels(isa).gemm_weights_stacked(N, D, 3, D, a.h.data() + r0 * D, D, stacked, weight_type(lw.query),
                                                 lw.query.cols, a.qkv.data() + r0 * ld3, ld3, ep, threads);
     } else {  // mixed storage types (a tensor widened at load): one projection at a time
@@ -358,7 +384,10 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
   impl->config = std::move(files.config);
   impl->preprocessor = Preprocessor(files.preprocessor);
   const SafetensorsFile* file = impl->file.get();
+  const bool quantized = !detail::quantization_scheme(file->metadata(), impl->source).empty();
   impl->bind([file](const std::string& name) { return file->find(name); }, options);
+  if (!quantized && detail::has_int8_weights(impl->weights()))
+    throw Error(impl->source + ": has int8 weights but no __metadata__ \"quantization\" naming their scheme");
   return Model(impl);
 }
 

@@ -2,7 +2,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
+#include "cpu/int8_format.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn::detail {
@@ -106,6 +108,7 @@ class Binder {
     LinearWeight lw;
     lw.rows = shape[0];
     lw.cols = shape[1];
+    if (t && t->dtype == DType::kI8) return int8_linear(name, *t, lw);
     if (t && t->shape == shape && (t->dtype == DType::kBF16 || t->dtype == DType::kF16) &&
         reinterpret_cast<std::uintptr_t>(t->data) % 2 == 0) {
       lw.data = t->data;
@@ -113,6 +116,29 @@ class Binder {
       return lw;
     }
     lw.data = get(name, shape);
+    return lw;
+  }
+
+  // A quantized linear weight (vitmsn-convert --dtype int8): the panel layout in place, and its scales.
+  LinearWeight int8_linear(const std::string& name, const TensorView& t, LinearWeight lw) {
+    const std::int64_t np = (lw.rows + int8::kPanel - 1) / int8::kPanel * int8::kPanel;
+    const std::int64_t kp = (lw.cols + int8::kBlock - 1) / int8::kBlock * int8::kBlock;
+    const std::vector<std::int64_t> panels = {np / int8::kPanel, kp / 4, int8::kPanel, 4};
+    if (t.shape != panels)
+      throw Error(source_ + ": int8 tensor '" + name + "' has shape " + t.shape_string() + ", expected " +
+                  shape_str(panels) + " (the int8 panel layout of a [" + std::to_string(lw.rows) + "," +
+                  std::to_string(lw.cols) + "] weight)");
+    lw.data = t.data;
+    lw.dtype = DType::kI8;
+    const std::string scale_name = int8_scale_name(name);
+    const TensorView* s = lookup_(scale_name);
+    if (!s) throw Error(source_ + ": int8 tensor '" + name + "' has no scales '" + scale_name + "'");
+    if (s->dtype != DType::kF32 || s->shape != std::vector<std::int64_t>{lw.rows})
+      throw Error(source_ + ": tensor '" + scale_name + "' has " + dtype_name(s->dtype) + " " + s->shape_string() +
+                  ", expected F32 [" + std::to_string(lw.rows) + "]");
+    if (reinterpret_cast<std::uintptr_t>(s->data) % alignof(float) != 0)
+      throw Error(source_ + ": tensor '" + scale_name + "' is not aligned to 4 bytes");
+    lw.scale = reinterpret_cast<const float*>(s->data);
     return lw;
   }
 
@@ -153,6 +179,28 @@ std::string detect_prefix(const TensorLookup& lookup, const std::string& source)
   if (lookup(keys::cls_token("vit."))) return "vit.";
   throw Error(source +
               ": missing tensor 'embeddings.cls_token' (nor 'vit.embeddings.cls_token'): not a ViT-MSN checkpoint");
+}
+
+std::string int8_scale_name(const std::string& weight_name) { return weight_name + "_scale"; }
+
+std::string quantization_scheme(const std::map<std::string, std::string>& metadata, const std::string& source) {
+  const auto it = metadata.find(kQuantizationMetadataKey);
+  if (it == metadata.end()) return "";
+  const nlohmann::json j = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("scheme") || !j["scheme"].is_string())
+    throw Error(source + ": __metadata__ \"quantization\" is not a JSON object with a \"scheme\" string");
+  const std::string scheme = j["scheme"].get<std::string>();
+  if (scheme != kInt8Scheme)
+    throw Error(source + ": quantization scheme '" + scheme + "' is not one this build of vitmsn reads (it reads " +
+                kInt8Scheme + "); convert the float checkpoint again with this version's vitmsn-convert");
+  return scheme;
+}
+
+bool has_int8_weights(const Weights& w) {
+  for (const LayerWeights& l : w.layers)
+    for (const LinearWeight* lw : {&l.query, &l.key, &l.value, &l.attention_output, &l.intermediate, &l.output})
+      if (lw->dtype == DType::kI8) return true;
+  return false;
 }
 
 Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::string& source) {

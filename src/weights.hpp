@@ -4,6 +4,7 @@
 // model, the converter and the synthetic-weight generator.
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,10 +23,24 @@ using ConstVectorMap = Eigen::Map<const Vector>;
 /// a time, never as a whole matrix).
 struct LinearWeight {
   const void* data = nullptr;
-  DType dtype = DType::kF32;  // kF32, kBF16 or kF16
+  DType dtype = DType::kF32;  // kF32, kBF16, kF16, or kI8 (quantized: see below)
   std::int64_t rows = 0;      // out
   std::int64_t cols = 0;      // in
+  /// kI8 only: `data` is the panel layout of src/cpu/int8_format.hpp ([ceil(out/16), in_padded/4,
+  /// 16, 4] int8, in_padded = in rounded up to 32) and `scale` the per-output-channel scales [out].
+  const float* scale = nullptr;
 };
+
+/// The name of the scales tensor of a quantized linear weight: "<weight name>_scale".
+std::string int8_scale_name(const std::string& weight_name);
+
+/// The metadata key and the one quantization scheme this build reads (vitmsn-convert --dtype int8).
+inline constexpr const char* kQuantizationMetadataKey = "quantization";
+inline constexpr const char* kInt8Scheme = "vitmsn-int8-v1";
+
+/// The quantization a file's __metadata__ declares: "" when none, else its scheme, which must be
+/// kInt8Scheme. \throws Error naming `source` for another scheme or unreadable metadata.
+std::string quantization_scheme(const std::map<std::string, std::string>& metadata, const std::string& source);
 
 /// One pre-LN transformer block. Linear weights are PyTorch's [out, in]: y = x·Wᵀ + b.
 struct LayerWeights {
@@ -95,5 +110,8 @@ extern const char* const kClassifierBias;    // "classifier.bias"
 std::vector<std::pair<std::string, std::vector<std::int64_t>>> encoder_tensors(const Config& config,
                                                                                const std::string& prefix);
 }  // namespace keys
+
+/// True when any linear weight of `w` is int8.
+bool has_int8_weights(const Weights& w);
 
 }  // namespace vitmsn::detail

@@ -197,7 +197,8 @@ TEST(Convert, RefusesToOverwriteAndNeedsAConfig) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("no config.json"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(parse_float_dtype("int8"), Error);
+  EXPECT_EQ(parse_weight_dtype("int8"), DType::kI8);
+  EXPECT_THROW(parse_weight_dtype("int4"), Error);
 }
 
 }  // namespace

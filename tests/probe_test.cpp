@@ -422,54 +422,12 @@ TEST(ProbeHead, MergedIntoTheTinyModelGivesTheHeadsLogitsOnTheClsFeature) {
 using test::ProgramRun;
 using test::run;
 
-const std::vector<std::string> kClasses = {"blue_checks", "green_stripes", "red_disk"};
+const std::vector<std::string> kClasses = test::probe_class_names();
 
 // A 40x40 picture of class c, varied by i (phase, position, size, noise) so no two files are equal.
-Image picture(int c, int i) {
-  Image im;
-  im.width = im.height = 40;
-  im.rgb.resize(40 * 40 * 3);
-  std::mt19937 rng(100 * c + i);
-  std::uniform_int_distribution<int> noise(-12, 12);
-  for (int y = 0; y < 40; ++y)
-    for (int x = 0; x < 40; ++x) {
-      int r = 0, g = 0, b = 0;
-      if (c == 0) {  // blue / white checkerboard
-        const bool on = ((x + i) / 5 + (y + 2 * i) / 5) % 2 == 0;
-        r = g = on ? 30 : 230;
-        b = on ? 220 : 240;
-      } else if (c == 1) {  // green horizontal stripes
-        const bool on = ((y + i) / 4) % 2 == 0;
-        r = on ? 20 : 200;
-        g = on ? 190 : 250;
-        b = on ? 30 : 200;
-      } else {  // red disk on dark grey
-        const int cx = 16 + i, cy = 22 - i, rad = 9 + i % 4;
-        const bool in = (x - cx) * (x - cx) + (y - cy) * (y - cy) <= rad * rad;
-        r = in ? 230 : 50;
-        g = in ? 25 : 50;
-        b = in ? 30 : 55;
-      }
-      const int n = noise(rng);
-      auto px = [&](int v) { return static_cast<std::uint8_t>(std::clamp(v + n, 0, 255)); };
-      std::uint8_t* p = &im.rgb[(y * 40 + x) * 3];
-      p[0] = px(r);
-      p[1] = px(g);
-      p[2] = px(b);
-    }
-  return im;
-}
 
 // DIR/<class>/[sub/]<i>.png, 6 images per class (two of them one folder deeper).
-std::string make_image_folder(const std::string& dir) {
-  const std::string data = dir + "/data";
-  for (int c = 0; c < 3; ++c) {
-    std::system(("mkdir -p '" + data + "/" + kClasses[c] + "/sub'").c_str());
-    for (int i = 0; i < 6; ++i)
-      write_png(data + "/" + kClasses[c] + (i >= 4 ? "/sub/" : "/") + std::to_string(i) + ".png", picture(c, i));
-  }
-  return data;
-}
+std::string make_image_folder(const std::string& dir) { return test::make_probe_image_folder(dir); }
 
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -568,7 +526,7 @@ TEST(ProbeProgram, BadFlagsAndInputsGiveClearErrors) {
   EXPECT_EQ(r.status, 2);
   // One class folder only.
   std::system(("mkdir -p '" + dir + "/one/only'").c_str());
-  write_png(dir + "/one/only/a.png", picture(0, 0));
+  write_png(dir + "/one/only/a.png", test::probe_picture(0, 0));
   r = run("vitmsn-probe --model " + tiny + " --data " + dir + "/one --output " + dir + "/h.safetensors");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("error: " + dir + "/one: found 1 class folder(s); a probe needs at least 2"),

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <random>
 
 #include "vitmsn/error.hpp"
 
@@ -180,6 +182,57 @@ void expect_error(const std::function<void()>& fn, const std::string& prefix, co
     EXPECT_EQ(msg.rfind(prefix, 0), 0u) << "message does not start with '" << prefix << "': " << msg;
     for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message lacks '" << n << "': " << msg;
   }
+}
+
+const std::vector<std::string>& probe_class_names() {
+  static const std::vector<std::string> names = {"blue_checks", "green_stripes", "red_disk"};
+  return names;
+}
+
+Image probe_picture(int c, int i) {
+  Image im;
+  im.width = im.height = 40;
+  im.rgb.resize(40 * 40 * 3);
+  std::mt19937 rng(100 * c + i);
+  std::uniform_int_distribution<int> noise(-12, 12);
+  for (int y = 0; y < 40; ++y)
+    for (int x = 0; x < 40; ++x) {
+      int r = 0, g = 0, b = 0;
+      if (c == 0) {  // blue / white checkerboard
+        const bool on = ((x + i) / 5 + (y + 2 * i) / 5) % 2 == 0;
+        r = g = on ? 30 : 230;
+        b = on ? 220 : 240;
+      } else if (c == 1) {  // green horizontal stripes
+        const bool on = ((y + i) / 4) % 2 == 0;
+        r = on ? 20 : 200;
+        g = on ? 190 : 250;
+        b = on ? 30 : 200;
+      } else {  // red disk on dark grey
+        const int cx = 16 + i, cy = 22 - i, rad = 9 + i % 4;
+        const bool in = (x - cx) * (x - cx) + (y - cy) * (y - cy) <= rad * rad;
+        r = in ? 230 : 50;
+        g = in ? 25 : 50;
+        b = in ? 30 : 55;
+      }
+      const int n = noise(rng);
+      auto px = [&](int v) { return static_cast<std::uint8_t>(std::clamp(v + n, 0, 255)); };
+      std::uint8_t* p = &im.rgb[(y * 40 + x) * 3];
+      p[0] = px(r);
+      p[1] = px(g);
+      p[2] = px(b);
+    }
+  return im;
+}
+
+std::string make_probe_image_folder(const std::string& dir) {
+  const std::string data = dir + "/data";
+  for (int c = 0; c < 3; ++c) {
+    std::filesystem::create_directories(data + "/" + probe_class_names()[c] + "/sub");
+    for (int i = 0; i < 6; ++i)
+      write_png(data + "/" + probe_class_names()[c] + (i >= 4 ? "/sub/" : "/") + std::to_string(i) + ".png",
+                probe_picture(c, i));
+  }
+  return data;
 }
 
 }  // namespace vitmsn::test

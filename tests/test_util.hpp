@@ -63,6 +63,14 @@ ProgramRun run_command(const std::string& command);
 /// when it could not be started).
 std::string start_in_background(const std::string& command, const std::string& log);
 
+/// The few-shot task of the probe tests: 3 classes (blue checkerboards, green stripes, red disks) of
+/// 40×40 pictures with noise. Class names, in label order.
+const std::vector<std::string>& probe_class_names();
+/// Picture i (0..5) of class c (0..2); deterministic.
+Image probe_picture(int c, int i);
+/// `dir`/data with a folder per class, 6 pictures each (two of them in a subfolder); returns its path.
+std::string make_probe_image_folder(const std::string& dir);
+
 /// The whole content of a file ("" when it cannot be read).
 std::string read_text(const std::string& path);
 

@@ -11,8 +11,10 @@
 namespace vitmsn {
 
 struct ConvertOptions {
-  /// Storage type of the matrices (linear and patch weights): F32, BF16 or F16. Layer-norm
-  /// parameters, biases and embeddings always stay F32.
+  /// Storage type of the weights: F32, BF16 or F16 for every matrix (linear and patch weights), or I8:
+  /// the six linear weights of every block quantized to int8 per output channel (the patch
+  /// projection and the classifier stay F32; see "int8" in docs/NUMERICS.md). Layer-norm parameters,
+  /// biases and embeddings always stay F32.
   DType dtype = DType::kF32;
   /// Optional classifier head to merge: a safetensors file with `classifier.weight` [K, D] and
   /// `classifier.bias` [K]; its `__metadata__` "id2label" (JSON object) names the classes.
@@ -63,7 +65,8 @@ struct ConvertReport {
 ConvertReport convert_checkpoint(const std::string& input, const std::string& output,
                                  const ConvertOptions& options = {});
 
-/// "f32" / "bf16" / "f16" (also "float32", "bfloat16", "float16") → DType. \throws Error otherwise.
-DType parse_float_dtype(const std::string& name);
+/// "f32" / "bf16" / "f16" / "int8" (also "float32", "bfloat16", "float16", "i8") → DType.
+/// \throws Error otherwise.
+DType parse_weight_dtype(const std::string& name);
 
 }  // namespace vitmsn

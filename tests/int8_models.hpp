@@ -1,0 +1,135 @@
+#pragma once
+// Models for the int8 tests (tests/int8_test.cpp, tests/fullsize/fullsize_test.cpp): float32 models
+// written as single files next to their `vitmsn-convert --dtype int8` conversions, the synthetic
+// "outlier" variant, and the agreement measures the int8 targets are stated in.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "vitmsn/config.hpp"
+#include "vitmsn/convert.hpp"
+#include "vitmsn/model.hpp"
+#include "vitmsn/safetensors.hpp"
+
+namespace vitmsn::test {
+
+/// The int8 targets (issue #16): CLS cosine >= 0.999 and every token's cosine >= 0.995 against the
+/// float32 forward of the same model on the same input.
+constexpr double kInt8ClsCosine = 0.999;
+constexpr double kInt8TokenCosine = 0.995;
+
+/// The outlier variant: real ViT-L checkpoints have a few hidden channels whose layer-norm outputs are
+/// 20-100x larger than the rest on every token ("outlier features"), which breaks int8 with one
+/// activation scale per tensor. Random weights have none; this makes them. In every layer, for
+/// channel c_j and factor f_j: layernorm_before and layernorm_after weight[c_j] and bias[c_j] are
+/// multiplied by f_j (the layer-norm outputs feeding query, key, value and intermediate.dense carry
+/// the outliers), and the columns c_j of those four weights are divided by f_j, so that the float
+/// function stays the base model's (up to rounding) and the test measures int8, not a new model.
+/// Full size: channels 37, 291, 612, 955 × 20, 40, 60, 100. Tiny (hidden 64): channels 5, 22, 41, 58
+/// × 4, 8, 12, 20 — at hidden 64 four channels are 6 % of all and sit in both blocks of 32, and ×20-100
+/// there defeats every data-free scheme tried (docs/NUMERICS.md, int8).
+struct OutlierSpec {
+  std::vector<int> channels;
+  std::vector<float> factors;
+};
+inline OutlierSpec tiny_outliers() { return {{5, 22, 41, 58}, {4.0f, 8.0f, 12.0f, 20.0f}}; }
+inline OutlierSpec full_size_outliers() { return {{37, 291, 612, 955}, {20.0f, 40.0f, 60.0f, 100.0f}}; }
+
+inline float* f32_data(TensorData& t) {
+  EXPECT_EQ(t.dtype, DType::kF32) << t.name;
+  return reinterpret_cast<float*>(t.bytes.data());
+}
+
+/// Applies the outlier rule to float32 tensors with Hugging Face names (no prefix).
+inline void make_outliers(std::vector<TensorData>& tensors, const Config& c, const OutlierSpec& o) {
+  auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  int touched = 0;
+  for (TensorData& t : tensors) {
+    if (t.name.rfind("encoder.layer.", 0) != 0) continue;
+    const bool gain = ends_with(t.name, "layernorm_before.weight") || ends_with(t.name, "layernorm_before.bias") ||
+                      ends_with(t.name, "layernorm_after.weight") || ends_with(t.name, "layernorm_after.bias");
+    const bool consumer =
+        ends_with(t.name, "attention.attention.query.weight") || ends_with(t.name, "attention.attention.key.weight") ||
+        ends_with(t.name, "attention.attention.value.weight") || ends_with(t.name, "intermediate.dense.weight");
+    if (!gain && !consumer) continue;
+    float* v = f32_data(t);
+    for (std::size_t j = 0; j < o.channels.size(); ++j) {
+      const int ch = o.channels[j];
+      if (gain) {
+        v[ch] *= o.factors[j];
+      } else {  // [out, D]: column ch
+        for (std::int64_t r = 0; r < t.shape[0]; ++r) v[r * c.hidden_size + ch] /= o.factors[j];
+      }
+    }
+    ++touched;
+  }
+  EXPECT_EQ(touched, 8 * c.num_hidden_layers) << "the outlier rule touches 8 tensors per layer";
+}
+
+/// A float32 model written as one file (config in its metadata) and its int8 conversion.
+struct ModelPair {
+  std::string f32, int8;
+};
+inline ModelPair write_model_pair(const std::string& dir, const Config& c, const std::vector<TensorData>& tensors) {
+  ModelPair p{dir + "/f32.safetensors", dir + "/int8.safetensors"};
+  write_safetensors(p.f32, tensors, {{"config", to_json(c)}});
+  ConvertOptions o;
+  o.dtype = DType::kI8;
+  convert_checkpoint(p.f32, p.int8, o);
+  return p;
+}
+
+/// How int8 features agree with float32 ones: cosine of the CLS token, min and mean cosine over all
+/// tokens, largest absolute difference.
+struct Agreement {
+  double cls = 1.0, min_token = 1.0, mean_token = 0.0, max_abs = 0.0;
+  bool meets_targets() const { return cls >= kInt8ClsCosine && min_token >= kInt8TokenCosine; }
+};
+
+inline double cosine(const float* a, const float* b, Eigen::Index n) {
+  double ab = 0, aa = 0, bb = 0;
+  for (Eigen::Index i = 0; i < n; ++i) {
+    ab += static_cast<double>(a[i]) * b[i];
+    aa += static_cast<double>(a[i]) * a[i];
+    bb += static_cast<double>(b[i]) * b[i];
+  }
+  return ab / std::sqrt(aa * bb);
+}
+
+/// Folds the agreement of one image's features into `total` (worst of each, mean of means).
+inline Agreement agreement(const Matrix& f32, const Matrix& int8) {
+  Agreement a;
+  const Eigen::Index D = f32.cols();
+  for (Eigen::Index t = 0; t < f32.rows(); ++t) {
+    const double c = cosine(f32.row(t).data(), int8.row(t).data(), D);
+    if (t == 0) a.cls = c;
+    a.min_token = std::min(a.min_token, c);
+    a.mean_token += c / static_cast<double>(f32.rows());
+  }
+  a.max_abs = (f32 - int8).cwiseAbs().maxCoeff();
+  return a;
+}
+
+inline Agreement worst_of(const Agreement& x, const Agreement& y, int count) {
+  Agreement w;
+  w.cls = std::min(x.cls, y.cls);
+  w.min_token = std::min(x.min_token, y.min_token);
+  w.mean_token = (x.mean_token * (count - 1) + y.mean_token) / count;
+  w.max_abs = std::max(x.max_abs, y.max_abs);
+  return w;
+}
+
+inline std::string describe(const Agreement& a) {
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "CLS cosine %.6f, token cosine min %.6f mean %.6f, max |diff| %.4f", a.cls,
+                a.min_token, a.mean_token, a.max_abs);
+  return buf;
+}
+
+}  // namespace vitmsn::test

@@ -1,0 +1,276 @@
+// int8 models (vitmsn-convert --dtype int8): their error against float32 on the tiny model with real
+// images and on its outlier variant (the scheme meets the targets, one activation scale per tensor does
+// not), few-shot results and neighbour rankings unchanged, and the file format's checks.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "cpu/int8_format.hpp"
+#include "int8_models.hpp"
+#include "test_util.hpp"
+#include "vitmsn/convert.hpp"
+#include "vitmsn/error.hpp"
+#include "vitmsn/identity.hpp"
+#include "vitmsn/image.hpp"
+#include "vitmsn/model.hpp"
+#include "vitmsn/probe.hpp"
+#include "weights.hpp"
+
+namespace vitmsn {
+namespace {
+
+const std::vector<std::string> kImageCases = {"astronaut",          "camera",        "chelsea", "chelsea_q90", "coffee",
+                                              "coffee_progressive", "green_palette", "horse",   "rocket"};
+
+PixelValues pixels(const std::string& case_name) {
+  const TensorView& t = test::preprocess_fixture(case_name + ".pixel_values");
+  PixelValues p(t.shape[0], t.shape[1], t.shape[2]);
+  const std::vector<float> v = t.to_float();
+  std::copy(v.begin(), v.end(), p.data());
+  return p;
+}
+
+std::vector<TensorData> tiny_tensors() {
+  const SafetensorsFile f = SafetensorsFile::open(test::data_path("models/tiny/model.safetensors"));
+  std::vector<TensorData> out;
+  for (const auto& name : f.names()) out.push_back(f.get(name).to_tensor_data());
+  return out;
+}
+
+Config tiny_config() { return read_config(test::data_path("models/tiny/config.json")); }
+
+/// Worst agreement of the int8 model with the float32 one over the fixture images.
+test::Agreement compare_on_fixtures(const Model& f32, const Model& int8) {
+  test::Agreement worst;
+  int n = 0;
+  for (const auto& c : kImageCases) {
+    const PixelValues px = pixels(c);
+    worst = test::worst_of(
+        worst, test::agreement(f32.extract_features(px).last_hidden_state, int8.extract_features(px).last_hidden_state),
+        ++n);
+  }
+  return worst;
+}
+
+/// Sets the activation grouping for one scope (the scheme is restored whatever happens).
+struct GroupingScope {
+  explicit GroupingScope(detail::int8::Grouping g) { detail::int8::set_activation_grouping(g); }
+  ~GroupingScope() { detail::int8::set_activation_grouping(detail::int8::Grouping::kBlock32); }
+};
+
+TEST(Int8Model, TinyMeetsTheTargetsOnTheFixtureImages) {
+  const test::ModelPair p = test::write_model_pair(test::temp_dir(), tiny_config(), tiny_tensors());
+  const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
+  const test::Agreement a = compare_on_fixtures(f32, int8);
+  std::printf("[ tiny, 9 images ] int8 vs float32: %s\n", test::describe(a).c_str());
+  EXPECT_GE(a.cls, test::kInt8ClsCosine) << test::describe(a);
+  EXPECT_GE(a.min_token, test::kInt8TokenCosine) << test::describe(a);
+}
+
+TEST(Int8Model, TinyOutlierModelMeetsTheTargetsAndOneScalePerTensorDoesNot) {
+  std::vector<TensorData> tensors = tiny_tensors();
+  const Config c = tiny_config();
+  test::make_outliers(tensors, c, test::tiny_outliers());
+  const test::ModelPair p = test::write_model_pair(test::temp_dir(), c, tensors);
+  const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
+  // The float32 outlier model computes the base model's function (the rule compensates the gains).
+  const Model base = Model::load(test::data_path("models/tiny"));
+  const test::Agreement same = test::agreement(base.extract_features(pixels("chelsea")).last_hidden_state,
+                                               f32.extract_features(pixels("chelsea")).last_hidden_state);
+  EXPECT_GE(same.min_token, 0.99999) << "the outlier rule changed the float function: " << test::describe(same);
+
+  const test::Agreement blocks = compare_on_fixtures(f32, int8);
+  test::Agreement per_token, per_tensor;
+  {
+    GroupingScope g(detail::int8::Grouping::kRow);
+    per_token = compare_on_fixtures(f32, int8);
+  }
+  {
+    GroupingScope g(detail::int8::Grouping::kTensor);
+    per_tensor = compare_on_fixtures(f32, int8);
+  }
+  std::printf("[ tiny outlier, 9 images ] per token and block of 32 (the scheme): %s\n",
+              test::describe(blocks).c_str());
+  std::printf("[ tiny outlier, 9 images ] one scale per token:                   %s\n",
+              test::describe(per_token).c_str());
+  std::printf("[ tiny outlier, 9 images ] one scale per tensor:                  %s\n",
+              test::describe(per_tensor).c_str());
+  EXPECT_TRUE(blocks.meets_targets()) << test::describe(blocks);
+  EXPECT_FALSE(per_tensor.meets_targets())
+      << "one activation scale per tensor should fail on outlier channels: " << test::describe(per_tensor);
+}
+
+// Few-shot: heads trained on int8 and on float32 features of the probe tests' three classes agree —
+// the cross-validated accuracy, and each image's class probabilities (which can differ even where
+// the accuracy is 100 %).
+TEST(Int8Model, FewShotProbeGivesTheSameAccuracyAndProbabilities) {
+  const std::string dir = test::temp_dir();
+  const test::ModelPair p = test::write_model_pair(dir, tiny_config(), tiny_tensors());
+  const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
+  const std::string data = test::make_probe_image_folder(dir);
+  Eigen::MatrixXd x32(18, 64), x8(18, 64);
+  std::vector<int> labels;
+  for (int c = 0; c < 3; ++c)
+    for (int i = 0; i < 6; ++i) {
+      const Image im = test::probe_picture(c, i);
+      const int row = static_cast<int>(labels.size());
+      x32.row(row) = f32.extract_features(im).cls().cast<double>();
+      x8.row(row) = int8.extract_features(im).cls().cast<double>();
+      labels.push_back(c);
+    }
+  ProbeOptions o;
+  const CrossValidation cv32 = cross_validate(x32, labels, 3, 3, o), cv8 = cross_validate(x8, labels, 3, 3, o);
+  std::printf("[ probe ] cross-validated accuracy: float32 %.4f, int8 %.4f\n", cv32.evaluation.accuracy(),
+              cv8.evaluation.accuracy());
+  EXPECT_EQ(cv8.evaluation.accuracy(), cv32.evaluation.accuracy());
+  EXPECT_EQ(cv8.evaluation.predictions, cv32.evaluation.predictions);
+  // Probabilities of the final heads, on every image.
+  const Probe h32 = train_probe(x32, labels, 3, o), h8 = train_probe(x8, labels, 3, o);
+  const auto softmax = [](const Eigen::MatrixXd& logits) {
+    Eigen::MatrixXd p = logits;
+    for (Eigen::Index r = 0; r < p.rows(); ++r) {
+      p.row(r) = (p.row(r).array() - p.row(r).maxCoeff()).exp().matrix();
+      p.row(r) /= p.row(r).sum();
+    }
+    return p;
+  };
+  const double worst = (softmax(h32.head.logits(x32)) - softmax(h8.head.logits(x8))).cwiseAbs().maxCoeff();
+  std::printf("[ probe ] largest difference of a class probability, float32 vs int8 heads: %.4f\n", worst);
+  EXPECT_LE(worst, 0.02);
+}
+
+// The CLS features of the fixture images rank each image's neighbours (cosine similarity) as with
+// float32: at every rank the int8 ranking's neighbour is as similar, by float32 features, as float32's
+// own neighbour at that rank, to within kTie — near-duplicates (chelsea and its JPEG, coffee and its
+// progressive JPEG) are nearly equally similar to a third image and may swap; nothing else may move.
+TEST(Int8Model, NearestNeighboursOfTheFixtureImagesRankAsWithFloat32) {
+  constexpr double kTie = 0.002;
+  const test::ModelPair p = test::write_model_pair(test::temp_dir(), tiny_config(), tiny_tensors());
+  const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
+  std::vector<Vector> a, b;
+  for (const auto& c : kImageCases) {
+    a.push_back(f32.extract_features(pixels(c)).cls());
+    b.push_back(int8.extract_features(pixels(c)).cls());
+  }
+  const auto sim = [](const std::vector<Vector>& v, std::size_t i, std::size_t j) {
+    return test::cosine(v[i].data(), v[j].data(), v[i].size());
+  };
+  const auto ranking = [&](const std::vector<Vector>& v, std::size_t i) {
+    std::vector<std::size_t> order;
+    for (std::size_t j = 0; j < v.size(); ++j)
+      if (j != i) order.push_back(j);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t x, std::size_t y) { return sim(v, i, x) > sim(v, i, y); });
+    return order;
+  };
+  double worst = 0.0;
+  int swaps = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const std::vector<std::size_t> want = ranking(a, i), got = ranking(b, i);
+    for (std::size_t r = 0; r < want.size(); ++r) {
+      const double gap = std::fabs(sim(a, i, got[r]) - sim(a, i, want[r]));
+      worst = std::max(worst, gap);
+      swaps += got[r] != want[r];
+      EXPECT_LE(gap, kTie) << kImageCases[i] << ": rank " << r + 1 << " is " << kImageCases[got[r]] << " with int8, "
+                           << kImageCases[want[r]] << " with float32";
+    }
+  }
+  std::printf(
+      "[ neighbours ] %d rank positions differ, all between near-duplicates: largest float32 similarity gap %.5f "
+      "(tie tolerance %.3f)\n",
+      swaps, worst, kTie);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file format: what the loader and the converter refuse.
+
+std::string int8_file(const std::string& dir) {
+  return test::write_model_pair(dir, tiny_config(), tiny_tensors()).int8;
+}
+
+std::vector<TensorData> read_all(const std::string& path, std::map<std::string, std::string>* metadata) {
+  const SafetensorsFile f = SafetensorsFile::open(path);
+  *metadata = f.metadata();
+  std::vector<TensorData> out;
+  for (const auto& n : f.names()) out.push_back(f.get(n).to_tensor_data());
+  return out;
+}
+
+void expect_load_error(const std::string& path, const std::string& needle) {
+  try {
+    Model::load(path);
+    ADD_FAILURE() << path << ": accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(Int8Format, ConvertedFileDeclaresItsSchemeAndKeepsTheBackbone) {
+  const std::string dir = test::temp_dir();
+  const test::ModelPair p = test::write_model_pair(dir, tiny_config(), tiny_tensors());
+  const SafetensorsFile f = SafetensorsFile::open(p.int8);
+  const auto q = f.metadata().find("quantization");
+  ASSERT_NE(q, f.metadata().end());
+  EXPECT_NE(q->second.find("\"scheme\":\"vitmsn-int8-v1\""), std::string::npos) << q->second;
+  EXPECT_EQ(f.metadata().at(kBackboneMetadataKey), backbone_identity(p.f32)) << "the backbone identity is carried";
+  // Six int8 weights and their scales per layer; everything else float32.
+  int int8_tensors = 0;
+  for (const auto& n : f.names()) {
+    const TensorView& t = f.get(n);
+    if (t.dtype == DType::kI8) {
+      ++int8_tensors;
+      EXPECT_TRUE(f.contains(n + "_scale")) << n;
+    } else {
+      EXPECT_EQ(t.dtype, DType::kF32) << n;
+    }
+  }
+  EXPECT_EQ(int8_tensors, 6 * 2);
+  EXPECT_EQ(f.get("encoder.layer.0.intermediate.dense.weight").shape, (std::vector<std::int64_t>{16, 16, 16, 4}));
+  // Converting it again is refused: int8 is the end of the line.
+  ConvertOptions o;
+  o.dtype = DType::kBF16;
+  try {
+    convert_checkpoint(p.int8, dir + "/again.safetensors", o);
+    ADD_FAILURE() << "an int8 file was converted again";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already quantized"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Int8Format, LoaderRefusesAnUnknownSchemeMissingMetadataBadShapesAndMissingScales) {
+  const std::string dir = test::temp_dir();
+  std::map<std::string, std::string> meta;
+  const std::vector<TensorData> tensors = read_all(int8_file(dir), &meta);
+
+  auto with_meta = meta;
+  with_meta["quantization"] = R"({"scheme":"vitmsn-int4-v9"})";
+  write_safetensors(dir + "/scheme.safetensors", tensors, with_meta);
+  expect_load_error(dir + "/scheme.safetensors", "quantization scheme 'vitmsn-int4-v9' is not one this build");
+
+  auto no_meta = meta;
+  no_meta.erase("quantization");
+  write_safetensors(dir + "/nometa.safetensors", tensors, no_meta);
+  expect_load_error(dir + "/nometa.safetensors", "has int8 weights but no __metadata__ \"quantization\"");
+
+  std::vector<TensorData> no_scale;
+  for (const TensorData& t : tensors)
+    if (t.name != "encoder.layer.1.attention.attention.key.weight_scale") no_scale.push_back(t);
+  write_safetensors(dir + "/noscale.safetensors", no_scale, meta);
+  expect_load_error(dir + "/noscale.safetensors",
+                    "has no scales 'encoder.layer.1.attention.attention.key.weight_scale'");
+  std::vector<TensorData> reshaped = tensors;
+  for (TensorData& t : reshaped)
+    if (t.name == "encoder.layer.1.output.dense.weight") t.shape = {8, 32, 16, 4};  // same bytes, wrong layout
+  write_safetensors(dir + "/shape.safetensors", reshaped, meta);
+  expect_load_error(dir + "/shape.safetensors",
+                    "int8 tensor 'encoder.layer.1.output.dense.weight' has shape [8,32,16,4]");
+}
+
+}  // namespace
+}  // namespace vitmsn
