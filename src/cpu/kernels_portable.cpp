@@ -350,19 +350,28 @@ void gemm_grouped(Grouping grouping, int M, int seg_rows, int segments, int K, i
     for (int t = 0; t < M; ++t)
       s[t] = quantize_scalar(A + t * lda, K, K, q.data() + static_cast<std::ptrdiff_t>(t) * K);
   }
-  for (int t = 0; t < M; ++t)
+  // Weights back to row-major int8 [N, K] so that the dot products run over contiguous bytes (the
+  // compiler vectorises them); int32 sums are exact (K·127² < 2^31 for K < 133,000).
+  std::vector<std::int8_t> rows(static_cast<std::size_t>(N) * K);
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < K; ++k)
+      rows[static_cast<std::size_t>(n) * K + k] = W[n / seg_rows][panel_offset(n % seg_rows, k, kp)];
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+  for (int t = 0; t < M; ++t) {
+    const std::int8_t* qt = q.data() + static_cast<std::size_t>(t) * K;
     for (int n = 0; n < N; ++n) {
-      const std::int8_t* w = W[n / seg_rows];
-      const int nn = n % seg_rows;
-      std::int64_t acc = 0;
-      for (int k = 0; k < K; ++k)
-        acc += static_cast<std::int64_t>(q[static_cast<std::size_t>(t) * K + k]) * w[panel_offset(nn, k, kp)];
-      float v = static_cast<float>(acc) * s[t] * w_scale[n / seg_rows][nn];
+      const std::int8_t* w = rows.data() + static_cast<std::size_t>(n) * K;
+      std::int32_t acc = 0;
+      for (int k = 0; k < K; ++k) acc += static_cast<std::int32_t>(qt[k]) * w[k];
+      float v = static_cast<float>(acc) * s[t] * w_scale[n / seg_rows][n % seg_rows];
       if (bias) v += bias[n];
       if (gelu) v = gelu_scalar(v);
       if (residual) v += residual[t * ldr + n];
       C[t * ldc + n] = v;
     }
+  }
 }
 
 }  // namespace int8

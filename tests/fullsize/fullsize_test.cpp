@@ -15,6 +15,8 @@
 #include <iterator>
 #include <string>
 
+#include "cpu/int8_format.hpp"
+#include "int8_models.hpp"
 #include "test_util.hpp"
 #include "vitmsn/model.hpp"
 #include "vitmsn/synthetic.hpp"
@@ -94,6 +96,34 @@ TEST(FullSize, ConvertInterruptedMidWriteLeavesNothing) {
   EXPECT_EQ(listing(), "") << "left behind after the interrupt";
 }
 #endif
+
+// int8 at full size (issue #16): the synthetic ViT-L/7 and its outlier variant (tests/int8_models.hpp),
+// int8 against float32 on chelsea; on the outlier variant one activation scale per tensor must fail.
+void int8_full_size(bool outliers) {
+  const std::string dir = test::temp_dir();
+  const Config c = vit_msn_large_7_config();
+  std::vector<TensorData> tensors = synthetic_tensors(c);
+  if (outliers) test::make_outliers(tensors, c, test::full_size_outliers());
+  const test::ModelPair p = test::write_model_pair(dir, c, tensors);
+  tensors.clear();
+  const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
+  const Matrix a = f32.extract_features(chelsea()).last_hidden_state;
+  const test::Agreement blocks = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
+  std::printf("    %s, int8 (per token and block of 32) vs float32: %s\n", outliers ? "outlier ViT-L/7" : "ViT-L/7",
+              test::describe(blocks).c_str());
+  EXPECT_TRUE(blocks.meets_targets()) << test::describe(blocks);
+  if (!outliers) return;
+  detail::int8::set_activation_grouping(detail::int8::Grouping::kTensor);
+  const test::Agreement tensor = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
+  detail::int8::set_activation_grouping(detail::int8::Grouping::kBlock32);
+  std::printf("    outlier ViT-L/7, one activation scale per tensor: %s\n", test::describe(tensor).c_str());
+  EXPECT_FALSE(tensor.meets_targets()) << "one scale per tensor should fail on outlier channels: "
+                                       << test::describe(tensor);
+}
+
+TEST(FullSize, Int8SyntheticVitL7MeetsTheTargets) { int8_full_size(false); }
+
+TEST(FullSize, Int8OutlierVitL7MeetsTheTargetsAndOneScalePerTensorDoesNot) { int8_full_size(true); }
 
 }  // namespace
 }  // namespace vitmsn
