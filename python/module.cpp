@@ -373,8 +373,8 @@ FeatureOptions feature_options(const PyModel& m, const py::handle hidden_states,
   return o;
 }
 
-PyFeatures extract_features(const PyModel& m, const py::handle x, const py::handle hidden_states,
-                            const py::handle cls_attention, const py::handle size) {
+PyFeatures extract_features(const PyModel& m, const py::object& x, const py::object& hidden_states,
+                            const py::object& cls_attention, const py::object& size) {
   const FeatureOptions o = feature_options(m, hidden_states, cls_attention);
   const Input in = to_input(x);
   const auto sz = to_size(size);
@@ -389,7 +389,7 @@ PyFeatures extract_features(const PyModel& m, const py::handle x, const py::hand
 }
 
 /// model(pixel_values): [B, 3, H, W] -> last_hidden_state [B, N, D] (ViTMSNModel(...).last_hidden_state).
-py::array call(const PyModel& m, const py::handle x) {
+py::array call(const PyModel& m, const py::object& x) {
   const std::optional<py::array> maybe = as_array(x);
   if (!maybe) {
     throw py::type_error("model(pixel_values) takes a float32 array [B, 3, H, W], got " +
@@ -448,7 +448,7 @@ Vector logits_of(const PyModel& m, const py::handle x) {
   return m.model.classify(pixels_of(in, pre));
 }
 
-py::list classify(const PyModel& m, const py::handle x, const py::handle top) {
+py::list classify(const PyModel& m, const py::object& x, const py::object& top) {
   int k = std::numeric_limits<int>::max();
   if (!top.is_none()) {
     k = to_int(top, "top");
@@ -472,8 +472,8 @@ py::list classify(const PyModel& m, const py::handle x, const py::handle top) {
 
 /// Model.embed's inner step: the pooled embedding of each input written into out[i] (a batch of
 /// images of one size per forward pass).
-void embed_into(const PyModel& m, py::array out, const py::sequence inputs, const std::string& pool,
-                const py::handle size) {
+void embed_into(const PyModel& m, py::array out, const py::sequence& inputs, const std::string& pool,
+                const py::object& size) {
   if (pool != "cls" && pool != "mean") throw Error("pool must be 'cls' or 'mean', got '" + pool + "'");
   const int d = m.model.config().hidden_size;
   if (!py::array_t<float, py::array::c_style>::check_(out) || !out.writeable() || out.ndim() != 2 ||
@@ -538,7 +538,7 @@ py::dict preprocessor_dict(const PreprocessorConfig& c) {
 
 // --- Preprocessor ------------------------------------------------------------------------------------
 
-PyPreprocessor make_preprocessor(const py::handle source) {
+PyPreprocessor make_preprocessor(const py::object& source) {
   if (source.is_none()) return {Preprocessor()};
   if (py::isinstance<PyModel>(source)) return {source.cast<const PyModel&>().model.preprocessor()};
   if (is_path_like(source)) {
@@ -568,7 +568,7 @@ Preprocessor with_optional_size(const Preprocessor& p, const py::handle size) {
   return p.with_size(sz->first, sz->second);
 }
 
-py::array preprocess(const PyPreprocessor& p, const py::handle x, const py::handle size) {
+py::array preprocess(const PyPreprocessor& p, const py::object& x, const py::object& size) {
   const Input in = image_input(x);
   const Preprocessor pre = with_optional_size(p.preprocessor, size);
   PixelValues px;
@@ -581,7 +581,7 @@ py::array preprocess(const PyPreprocessor& p, const py::handle x, const py::hand
   return float_view(static_cast<const PixelValues*>(owner.get_pointer())->data(), shape, owner);
 }
 
-py::array resize_only(const PyPreprocessor& p, const py::handle x, const py::handle size) {
+py::array resize_only(const PyPreprocessor& p, const py::object& x, const py::object& size) {
   const Input in = image_input(x);
   const Preprocessor pre = with_optional_size(p.preprocessor, size);
   Image image;
@@ -599,7 +599,7 @@ py::array resize_only(const PyPreprocessor& p, const py::handle x, const py::han
 /// Seconds of each of `runs` calls of Model::extract_features on pixel values [3, H, W], timed in C++
 /// with the GIL released: the reference the Python overhead is measured against
 /// (examples/python/bench_overhead.py).
-std::vector<double> forward_seconds(const PyModel& m, const py::handle x, int runs) {
+std::vector<double> forward_seconds(const PyModel& m, const py::object& x, int runs) {
   const Input in = to_input(x);
   if (in.kind != Input::Kind::kPixels) throw Error("_forward_seconds takes pixel values [3, H, W]");
   std::vector<double> out;
@@ -676,10 +676,19 @@ PYBIND11_MODULE(_core, m) {
       "Internal counters for the tests: library buffers held by arrays, pixel-value inputs that had to be\n"
       "converted, calls running without the GIL now and at most at once (reset=True restarts that maximum).");
 
-  py::class_<PyFeatures>(m, "Features",
-                         "What a forward pass returns (Model.extract_features). The arrays are views of the\n"
-                         "library's own buffers (no copy); they stay valid as long as any of them is referenced,\n"
-                         "whatever happens to the Features object or the Model.")
+  // Classes are declared first and named as the package's (vitmsn.Features, not vitmsn._core.Features)
+  // before any method is added: signatures in help() use that name.
+  py::class_<PyFeatures> features(m, "Features",
+                                  "What a forward pass returns (Model.extract_features). The arrays are views of the\n"
+                                  "library's own buffers (no copy); they stay valid as long as any of them is\n"
+                                  "referenced, whatever happens to the Features object or the Model.");
+  py::class_<PyPreprocessor> preprocessor(m, "Preprocessor",
+                                          "Hugging Face's ViTImageProcessor (PIL path), bit for bit: Pillow's resize "
+                                          "on 8-bit\nRGB, rescale, normalize -> float32 pixel values [3, H, W]. The "
+                                          "same code the Model\nruns on images.");
+  for (const char* name : {"Error", "Features", "Preprocessor"}) m.attr(name).attr("__module__") = "vitmsn";
+
+  features
       .def_property_readonly(
           "last_hidden_state", [](const PyFeatures& f) { return f.last_hidden_state; },
           "float32 [N, D]: the final layer norm over all tokens; row 0 is CLS, then the patches row-major\n"
@@ -724,7 +733,7 @@ PYBIND11_MODULE(_core, m) {
                       "Hugging Face does), a uint8 numpy array [H, W, 3] (RGB) or [H, W] (gray), or float32 pixel\n"
                       "values [3, H, W] (preprocessed, as ViTImageProcessor returns them; read in place when\n"
                       "C-contiguous, other float layouts and dtypes are converted once).")
-      .def(py::init([](const py::handle path, const py::handle threads) {
+      .def(py::init([](const py::object& path, const py::object& threads) {
              LoadOptions o;
              if (!threads.is_none()) {
                o.threads = to_int(threads, "threads");
@@ -778,9 +787,10 @@ PYBIND11_MODULE(_core, m) {
            "last_hidden_state float32 [B, N, D], as Hugging Face's ViTMSNModel(pixel_values).last_hidden_state.\n"
            "C-contiguous float32 input is read in place; B == 1 returns the library's buffer itself, B > 1\n"
            "copies each image's rows into the one output array.")
-      .def("logits", &logits_of, py::arg("x"),
-           "The classifier head's logits float32 [num_labels] for an input, or for a vitmsn.Features\n"
-           "already computed. Raises vitmsn.Error when the model has no classifier head.")
+      .def(
+          "logits", [](const PyModel& m, const py::object& x) { return vector_array(logits_of(m, x)); }, py::arg("x"),
+          "The classifier head's logits float32 [num_labels] for an input, or for a vitmsn.Features\n"
+          "already computed. Raises vitmsn.Error when the model has no classifier head.")
       .def("classify", &classify, py::arg("x"), py::arg("top") = 5,
            "The `top` most likely classes of an input as a list of (label, probability), most likely\n"
            "first (softmax of the logits; top=None: all classes). Raises vitmsn.Error without a head.")
@@ -790,10 +800,7 @@ PYBIND11_MODULE(_core, m) {
            "Benchmark support: seconds of each of `runs` C++ calls of the forward pass on pixel values.")
       .def("__repr__", &repr_model);
 
-  py::class_<PyPreprocessor>(m, "Preprocessor",
-                             "Hugging Face's ViTImageProcessor (PIL path), bit for bit: Pillow's resize on 8-bit\n"
-                             "RGB, rescale, normalize -> float32 pixel values [3, H, W]. The same code the Model\n"
-                             "runs on images.")
+  preprocessor
       .def(py::init(&make_preprocessor), py::arg("source") = py::none(),
            "Preprocessor(): the model card's defaults (224x224 bilinear, ImageNet mean/std);\n"
            "Preprocessor(model): a Model's; Preprocessor('preprocessor_config.json'): read from the file\n"
@@ -806,7 +813,7 @@ PYBIND11_MODULE(_core, m) {
            "resize gives.")
       .def(
           "with_size",
-          [](const PyPreprocessor& p, const py::handle h, const py::handle w) {
+          [](const PyPreprocessor& p, const py::object& h, const py::object& w) {
             const int height = to_int(h, "height"), width = to_int(w, "width");
             if (height < 1 || width < 1) {
               throw Error("size " + std::to_string(height) + "x" + std::to_string(width) + " must be at least 1x1");
@@ -825,6 +832,4 @@ PYBIND11_MODULE(_core, m) {
         if (!c.do_resize) size = "no resize";
         return "vitmsn.Preprocessor(" + size + ", resample " + std::to_string(static_cast<int>(c.resample)) + ")";
       });
-
-  for (const char* name : {"Error", "Features", "Preprocessor"}) m.attr(name).attr("__module__") = "vitmsn";
 }
