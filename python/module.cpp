@@ -44,6 +44,7 @@ struct Stats {
   std::atomic<int> max_in_flight{0};            ///< most such calls at once since the last reset
   std::atomic<long long> released_sections{0};  ///< WithoutGil sections entered
   std::atomic<long long> gil_still_held{0};     ///< sections that found the GIL held (must stay 0)
+  std::atomic<std::uintptr_t> last_result{0};   ///< last_hidden_state buffer of the latest forward pass
 };
 
 Stats& stats() {
@@ -318,6 +319,7 @@ struct PyFeatures {
 };
 
 PyFeatures wrap(Features&& f) {
+  stats().last_result = reinterpret_cast<std::uintptr_t>(f.last_hidden_state.data());  // as the library made it
   PyFeatures out;
   out.owner = own(std::move(f), "vitmsn.Features");
   const Features& g = out.features();
@@ -669,12 +671,14 @@ PYBIND11_MODULE(_core, m) {
         d["max_in_flight"] = s.max_in_flight.load();
         d["released_sections"] = s.released_sections.load();
         d["gil_still_held"] = s.gil_still_held.load();
+        d["last_result"] = s.last_result.load();
         if (reset) s.max_in_flight = s.in_flight.load();
         return d;
       },
       py::arg("reset") = false,
       "Internal counters for the tests: library buffers held by arrays, pixel-value inputs that had to be\n"
-      "converted, calls running without the GIL now and at most at once (reset=True restarts that maximum).");
+      "converted, calls running without the GIL now and at most at once (reset=True restarts that maximum),\n"
+      "the address of the latest result's last_hidden_state as the library returned it.");
 
   // Classes are declared first and named as the package's (vitmsn.Features, not vitmsn._core.Features)
   // before any method is added: signatures in help() use that name.

@@ -36,7 +36,9 @@ def live():
 
 def test_last_hidden_state_is_the_library_buffer_not_a_copy(tiny):
     f = tiny.extract_features(pixels("chelsea"), hidden_states=[1], cls_attention=[0])
+    library_buffer = _core._stats()["last_result"]  # last_hidden_state's data as Model.extract_features returned it
     h = f.last_hidden_state
+    assert h.ctypes.data == library_buffer, "the array is not the library's buffer"
     assert type(h.base).__name__ == "PyCapsule" and "vitmsn.Features" in repr(h.base)
     assert not h.flags.owndata and h.flags.c_contiguous and h.dtype == np.float32
     # The array's memory is the very Matrix the library returned, now owned by the capsule.
@@ -50,6 +52,7 @@ def test_last_hidden_state_is_the_library_buffer_not_a_copy(tiny):
 
 def test_model_call_of_one_image_returns_the_library_buffer(tiny):
     out = tiny(pixels("coffee")[None])
+    assert out.ctypes.data == _core._stats()["last_result"]
     assert out.shape == (1, 1025, 64) and not out.flags.owndata
     assert eigen_matrix_storage(out.base)[0] == out.ctypes.data
 
