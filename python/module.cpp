@@ -1,0 +1,839 @@
+// vitmsn._core: the Python extension over the C++ library (pybind11). Users import the package
+// python/vitmsn, whose __init__.py re-exports this module and adds Model.embed (a loop with a progress
+// bar, in Python).
+//
+// Three rules hold for every entry point here:
+// - Outputs are numpy arrays over the library's own buffers: a result (Features, PixelValues, Image)
+//   is moved into a heap object owned by a capsule, and the arrays name that capsule as their base.
+// - float32 C-contiguous pixel values are read in place (PixelValuesView); other layouts and float
+//   dtypes are converted once (counted in _stats()["input_copies"]). Image arrays (uint8) are always
+//   copied into the library's Image, which owns its pixels.
+// - Decoding, preprocessing and the forward pass run without the GIL (WithoutGil), so Python threads
+//   sharing one Model run in parallel. Python objects are only touched with the GIL held: inputs are
+//   turned into plain pointers and strings first, results wrapped after.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "vitmsn/vitmsn.hpp"
+
+namespace py = pybind11;
+
+namespace vitmsn::python {
+namespace {
+
+// --- Counters for the tests (module function _stats) -------------------------------------------------
+
+struct Stats {
+  std::atomic<long long> live_buffers{0};       ///< library buffers currently owned by capsules
+  std::atomic<long long> input_copies{0};       ///< pixel-value arrays converted before the forward
+  std::atomic<int> in_flight{0};                ///< calls running right now without the GIL
+  std::atomic<int> max_in_flight{0};            ///< most such calls at once since the last reset
+  std::atomic<long long> released_sections{0};  ///< WithoutGil sections entered
+  std::atomic<long long> gil_still_held{0};     ///< sections that found the GIL held (must stay 0)
+  std::atomic<std::uintptr_t> last_result{0};   ///< last_hidden_state buffer of the latest forward pass
+};
+
+Stats& stats() {
+  static Stats s;
+  return s;
+}
+
+/// Releases the GIL for its lifetime (decoding, preprocessing, the forward pass) and counts the
+/// section as in flight: the tests see calls overlap without reading a clock.
+class WithoutGil {
+ public:
+  WithoutGil() {
+    Stats& s = stats();
+    ++s.released_sections;
+    if (PyGILState_Check()) ++s.gil_still_held;
+    const int now = ++s.in_flight;
+    int seen = s.max_in_flight.load();
+    while (now > seen && !s.max_in_flight.compare_exchange_weak(seen, now)) {
+    }
+  }
+  ~WithoutGil() { --stats().in_flight; }
+  WithoutGil(const WithoutGil&) = delete;
+  WithoutGil& operator=(const WithoutGil&) = delete;
+
+ private:
+  py::gil_scoped_release release_;  // constructed before the body above, destroyed after ~WithoutGil's body
+};
+
+// --- Library buffers as numpy arrays ----------------------------------------------------------------
+
+template <class T>
+void destroy_owned(PyObject* capsule) {
+  delete static_cast<T*>(PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule)));
+  --stats().live_buffers;
+}
+
+/// Moves `value` into a heap object owned by a capsule named `name` (arrays over its memory name the
+/// capsule as their base, so it lives as long as the last of them).
+template <class T>
+py::capsule own(T&& value, const char* name) {
+  auto heap = std::make_unique<T>(std::move(value));
+  py::capsule capsule(heap.get(), name, &destroy_owned<T>);
+  heap.release();
+  ++stats().live_buffers;
+  return capsule;
+}
+
+/// A float32 array over `data` (C order) whose base is `owner`: no copy.
+py::array float_view(const float* data, std::vector<py::ssize_t> shape, const py::handle owner) {
+  return py::array_t<float>(std::move(shape), data, owner);
+}
+
+py::array matrix_view(const Matrix& m, const py::handle owner) {
+  return float_view(m.data(), {static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(m.cols())}, owner);
+}
+
+/// A Vector (logits, an embedding) as a 1-D array that owns it.
+py::array vector_array(Vector v) {
+  const auto n = static_cast<py::ssize_t>(v.size());
+  const py::capsule owner = own(std::move(v), "vitmsn.Vector");
+  return float_view(static_cast<const Vector*>(owner.get_pointer())->data(), {n}, owner);
+}
+
+// --- Inputs -------------------------------------------------------------------------------------------
+
+bool is_path_like(const py::handle x) {
+  return PyUnicode_Check(x.ptr()) || PyBytes_Check(x.ptr()) || py::hasattr(x, "__fspath__");
+}
+
+std::string to_path(const py::handle x) { return py::module_::import("os").attr("fsdecode")(x).cast<std::string>(); }
+
+/// True when `x` is a PIL.Image.Image (without importing Pillow: if it is not loaded, x is none).
+bool is_pil_image(const py::handle x) {
+  const py::dict modules = py::module_::import("sys").attr("modules");
+  if (!modules.contains("PIL.Image")) return false;
+  return py::isinstance(x, modules["PIL.Image"].attr("Image"));
+}
+
+std::string shape_string(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string dtype_string(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+int checked_dim(py::ssize_t n, const char* what) {
+  if (n > std::numeric_limits<int>::max()) throw Error(std::string(what) + " " + std::to_string(n) + " is too large");
+  return static_cast<int>(n);
+}
+
+/// One input of extract_features() & co., turned into plain data with the GIL held and used
+/// without it. The py::array members keep the caller's memory alive during the call.
+struct Input {
+  enum class Kind { kPath, kImage, kPixels } kind = Kind::kPath;
+  std::string path;
+
+  // kImage: uint8 [H, W, 3] (RGB) or [H, W] (gray), any strides (copied into an Image without the GIL).
+  py::array image_array;
+  const std::uint8_t* image_data = nullptr;
+  int height = 0, width = 0;
+  bool gray = false;
+  py::ssize_t stride_y = 0, stride_x = 0, stride_c = 0;
+
+  // kPixels: float32 C-contiguous [C, H, W], read in place.
+  py::array pixel_array;
+  int channels = 0;
+
+  const float* pixels() const { return static_cast<const float*>(pixel_array.data()); }
+  PixelValuesView view() const { return PixelValuesView(pixels(), channels, height, width); }
+};
+
+constexpr const char* kInputKinds =
+    "an image path, a PIL.Image.Image, a uint8 array [H, W, 3] (RGB) or [H, W] (gray), or float32 pixel values "
+    "[3, H, W]";
+
+/// `x` as an array when it is one or offers the array protocols (a torch CPU tensor, a memoryview, ...).
+std::optional<py::array> as_array(const py::handle x) {
+  if (py::isinstance<py::array>(x)) return py::reinterpret_borrow<py::array>(x);
+  if (py::hasattr(x, "__array__") || py::hasattr(x, "__array_interface__") || PyObject_CheckBuffer(x.ptr()))
+    return py::reinterpret_steal<py::array>(py::module_::import("numpy").attr("asarray")(x).release());
+  return std::nullopt;
+}
+
+/// float pixel values [C, H, W] (C-contiguous float32 read in place; anything else converted once).
+py::array pixel_array(py::array a) {
+  const bool aligned = py::detail::array_proxy(a.ptr())->flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  if (py::array_t<float, py::array::c_style>::check_(a) && aligned) return a;
+  ++stats().input_copies;
+  return py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
+}
+
+Input to_input(const py::handle x) {
+  Input in;
+  if (is_path_like(x)) {
+    in.kind = Input::Kind::kPath;
+    in.path = to_path(x);
+    return in;
+  }
+  py::object source = py::reinterpret_borrow<py::object>(x);
+  if (is_pil_image(x)) {
+    // What Hugging Face's processor does with a PIL image: convert("RGB"), then its pixels.
+    if (source.attr("mode").cast<std::string>() != "RGB") source = source.attr("convert")("RGB");
+  }
+  const std::optional<py::array> maybe = as_array(source);
+  if (!maybe) {
+    throw py::type_error("expected " + std::string(kInputKinds) + ", got " +
+                         py::str(py::type::handle_of(x).attr("__name__")).cast<std::string>());
+  }
+  const py::array& a = *maybe;
+  const char kind = a.dtype().kind();
+  if (a.dtype().is(py::dtype::of<std::uint8_t>())) {
+    if (!(a.ndim() == 2 || (a.ndim() == 3 && a.shape(2) == 3))) {
+      throw Error("a uint8 image array must be [H, W, 3] (RGB) or [H, W] (gray), got shape " + shape_string(a) +
+                  (a.ndim() == 3 && a.shape(2) == 4 ? " (RGBA: drop the alpha channel, e.g. image[..., :3])" : ""));
+    }
+    in.kind = Input::Kind::kImage;
+    in.image_array = a;
+    in.image_data = static_cast<const std::uint8_t*>(a.data());
+    in.height = checked_dim(a.shape(0), "image height");
+    in.width = checked_dim(a.shape(1), "image width");
+    in.gray = a.ndim() == 2;
+    in.stride_y = a.strides(0);
+    in.stride_x = a.strides(1);
+    in.stride_c = in.gray ? 0 : a.strides(2);
+    if (in.height == 0 || in.width == 0) throw Error("the image array is empty: shape " + shape_string(a));
+    return in;
+  }
+  if (kind == 'f') {
+    if (a.ndim() != 3) {
+      throw Error("float pixel values must be [3, H, W] (channel first, preprocessed), got shape " + shape_string(a) +
+                  (a.ndim() == 4 ? "; a batch [B, 3, H, W] goes to model(pixel_values)" : ""));
+    }
+    if (a.shape(0) != 3 && a.shape(2) == 3) {
+      throw Error("float pixel values must be channel first [3, H, W], got shape " + shape_string(a) +
+                  "; for an image pass uint8 [H, W, 3]");
+    }
+    in.kind = Input::Kind::kPixels;
+    in.pixel_array = pixel_array(a);
+    in.channels = checked_dim(a.shape(0), "channel count");
+    in.height = checked_dim(a.shape(1), "height");
+    in.width = checked_dim(a.shape(2), "width");
+    return in;
+  }
+  throw Error("an array input must be a uint8 image [H, W, 3] / [H, W] or float32 pixel values [3, H, W], got " +
+              dtype_string(a) + " " + shape_string(a));
+}
+
+/// The uint8 array of an Input as the library's Image (RGB; gray replicated as Pillow's convert("RGB")).
+Image to_image(const Input& in) {
+  Image image;
+  image.width = in.width;
+  image.height = in.height;
+  image.rgb.resize(static_cast<std::size_t>(in.width) * in.height * 3);
+  std::uint8_t* out = image.rgb.data();
+  for (int y = 0; y < in.height; ++y) {
+    const std::uint8_t* row = in.image_data + y * in.stride_y;
+    if (!in.gray && in.stride_x == 3 && in.stride_c == 1) {
+      std::memcpy(out, row, static_cast<std::size_t>(in.width) * 3);
+      out += static_cast<std::size_t>(in.width) * 3;
+      continue;
+    }
+    for (int x = 0; x < in.width; ++x) {
+      const std::uint8_t* px = row + x * in.stride_x;
+      for (int c = 0; c < 3; ++c) *out++ = px[c * in.stride_c];
+    }
+  }
+  return image;
+}
+
+/// True for an int (Python's or numpy's: anything with __index__), not a bool.
+bool is_int(const py::handle x) { return PyIndex_Check(x.ptr()) && !PyBool_Check(x.ptr()); }
+
+/// An int argument as a C int. \throws TypeError for other types, Error for values out of range.
+int to_int(const py::handle x, const char* what) {
+  if (!is_int(x)) throw py::type_error(std::string(what) + " must be an int, got " + py::repr(x).cast<std::string>());
+  PyObject* index = PyNumber_Index(x.ptr());
+  if (!index) throw py::error_already_set();
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(index, &overflow);
+  Py_DECREF(index);
+  if (overflow || (v == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    throw Error(std::string(what) + " " + py::repr(x).cast<std::string>() + " is out of range");
+  }
+  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+    throw Error(std::string(what) + " " + std::to_string(v) + " is out of range");
+  return static_cast<int>(v);
+}
+
+/// (height, width) from None, an int (square) or a pair.
+std::optional<std::pair<int, int>> to_size(const py::handle size) {
+  if (size.is_none()) return std::nullopt;
+  if (is_int(size)) {
+    const int s = to_int(size, "size");
+    return std::make_pair(s, s);
+  }
+  if (py::isinstance<py::sequence>(size) && !is_path_like(size) && py::len(size) == 2) {
+    const py::sequence seq = py::reinterpret_borrow<py::sequence>(size);
+    return std::make_pair(to_int(seq[0], "size"), to_int(seq[1], "size"));
+  }
+  throw py::type_error("size must be None, an int or a pair (height, width), got " +
+                       py::repr(size).cast<std::string>());
+}
+
+/// Layer indices from (), an int, an iterable of ints, True (all of `count`) or False/None (none).
+std::vector<int> to_indices(const py::handle v, int count) {
+  std::vector<int> out;
+  if (v.is_none() || (PyBool_Check(v.ptr()) && !v.cast<bool>())) return out;
+  if (PyBool_Check(v.ptr())) {
+    for (int i = 0; i < count; ++i) out.push_back(i);
+    return out;
+  }
+  if (is_int(v)) return {to_int(v, "a layer index")};
+  if (!py::isinstance<py::iterable>(v) || is_path_like(v))
+    throw py::type_error("layer indices must be an int, an iterable of ints or True, got " +
+                         py::repr(v).cast<std::string>());
+  for (const py::handle item : py::iter(v)) out.push_back(to_int(item, "a layer index"));
+  return out;
+}
+
+// --- Features ----------------------------------------------------------------------------------------
+
+/// The result of one forward pass; the arrays are views of the library's buffers (base: one capsule).
+struct PyFeatures {
+  py::capsule owner;  ///< owns the vitmsn::Features
+  py::array last_hidden_state;
+  py::dict hidden_states, cls_attention;
+  py::object mean_patch;  ///< computed on first use
+
+  const Features& features() const { return *static_cast<const Features*>(owner.get_pointer()); }
+};
+
+PyFeatures wrap(Features&& f) {
+  stats().last_result = reinterpret_cast<std::uintptr_t>(f.last_hidden_state.data());  // as the library made it
+  PyFeatures out;
+  out.owner = own(std::move(f), "vitmsn.Features");
+  const Features& g = out.features();
+  out.last_hidden_state = matrix_view(g.last_hidden_state, out.owner);
+  for (const auto& [i, m] : g.hidden_states) out.hidden_states[py::int_(i)] = matrix_view(m, out.owner);
+  for (const auto& [i, m] : g.cls_attention) out.cls_attention[py::int_(i)] = matrix_view(m, out.owner);
+  return out;
+}
+
+// --- Model -------------------------------------------------------------------------------------------
+
+struct PyModel {
+  Model model;
+  std::string path;  ///< as given
+};
+
+struct PyPreprocessor {
+  Preprocessor preprocessor;
+};
+
+/// The size of the pixel values an image becomes with `size` (checked: patch multiples, token limit).
+Preprocessor sized(const PyModel& m, const std::optional<std::pair<int, int>>& size) {
+  if (!size) return m.model.preprocessor();
+  check_input_size(m.model.config(), size->first, size->second);
+  return m.model.preprocessor().with_size(size->first, size->second);
+}
+
+void check_size_for_pixels(const Input& in, const std::optional<std::pair<int, int>>& size) {
+  if (in.kind == Input::Kind::kPixels && size && (size->first != in.height || size->second != in.width)) {
+    throw Error("size " + std::to_string(size->first) + "x" + std::to_string(size->second) +
+                " applies to images; these pixel values are " + std::to_string(in.height) + "x" +
+                std::to_string(in.width) + " (they are used as they are)");
+  }
+}
+
+/// Decodes / preprocesses one input to pixel values (without the GIL). For kPixels nothing is made:
+/// the caller uses in.view().
+PixelValues pixels_of(const Input& in, const Preprocessor& pre) {
+  if (in.kind == Input::Kind::kPath) return pre(read_image(in.path));
+  return pre(to_image(in));
+}
+
+Features forward(const PyModel& m, const Input& in, const Preprocessor& pre, const FeatureOptions& o) {
+  if (in.kind == Input::Kind::kPixels) return m.model.extract_features(in.view(), o);
+  return m.model.extract_features(pixels_of(in, pre), o);
+}
+
+FeatureOptions feature_options(const PyModel& m, const py::handle hidden_states, const py::handle cls_attention) {
+  FeatureOptions o;
+  const int layers = m.model.config().num_hidden_layers;
+  o.hidden_states = to_indices(hidden_states, layers + 1);
+  o.cls_attention = to_indices(cls_attention, layers);
+  return o;
+}
+
+PyFeatures extract_features(const PyModel& m, const py::object& x, const py::object& hidden_states,
+                            const py::object& cls_attention, const py::object& size) {
+  const FeatureOptions o = feature_options(m, hidden_states, cls_attention);
+  const Input in = to_input(x);
+  const auto sz = to_size(size);
+  check_size_for_pixels(in, sz);
+  const Preprocessor pre = sized(m, sz);
+  Features f;
+  {
+    WithoutGil no_gil;
+    f = forward(m, in, pre, o);
+  }
+  return wrap(std::move(f));
+}
+
+/// model(pixel_values): [B, 3, H, W] -> last_hidden_state [B, N, D] (ViTMSNModel(...).last_hidden_state).
+py::array call(const PyModel& m, const py::object& x) {
+  const std::optional<py::array> maybe = as_array(x);
+  if (!maybe) {
+    throw py::type_error("model(pixel_values) takes a float32 array [B, 3, H, W], got " +
+                         py::str(py::type::handle_of(x).attr("__name__")).cast<std::string>() +
+                         "; images go to extract_features() or embed()");
+  }
+  const py::array& raw = *maybe;
+  if (raw.dtype().kind() != 'f' || raw.ndim() != 4) {
+    throw Error("model(pixel_values) takes float pixel values [B, 3, H, W] (what ViTImageProcessor returns), got " +
+                dtype_string(raw) + " " + shape_string(raw) +
+                (raw.ndim() == 3 ? "; one image [3, H, W] goes to extract_features()" : ""));
+  }
+  const py::array a = pixel_array(raw);
+  const int batch = checked_dim(a.shape(0), "batch size");
+  const int c = checked_dim(a.shape(1), "channel count"), h = checked_dim(a.shape(2), "height"),
+            w = checked_dim(a.shape(3), "width");
+  if (batch == 0) throw Error("model(pixel_values): the batch is empty, shape " + shape_string(raw));
+  check_input_size(m.model.config(), h, w);
+  const float* data = static_cast<const float*>(a.data());
+  const std::size_t image = static_cast<std::size_t>(c) * h * w;
+  std::vector<PixelValuesView> views;
+  for (int b = 0; b < batch; ++b) views.emplace_back(data + b * image, c, h, w);
+
+  if (batch == 1) {  // the library's buffer itself, as [1, N, D]
+    Features f;
+    {
+      WithoutGil no_gil;
+      f = m.model.extract_features(views[0]);
+    }
+    const auto n = static_cast<py::ssize_t>(f.last_hidden_state.rows()),
+               d = static_cast<py::ssize_t>(f.last_hidden_state.cols());
+    const PyFeatures wrapped = wrap(std::move(f));
+    return float_view(wrapped.features().last_hidden_state.data(), {1, n, d}, wrapped.owner);
+  }
+  // B > 1: one output array for the batch; each image's rows are copied into it (without the GIL).
+  const auto n = static_cast<py::ssize_t>(m.model.config().num_tokens(h, w)),
+             d = static_cast<py::ssize_t>(m.model.config().hidden_size);
+  py::array_t<float> out({static_cast<py::ssize_t>(batch), n, d});
+  float* dst = out.mutable_data();
+  {
+    WithoutGil no_gil;
+    const std::vector<Features> fs = m.model.extract_features(views);
+    for (std::size_t b = 0; b < fs.size(); ++b)
+      std::memcpy(dst + b * n * d, fs[b].last_hidden_state.data(), sizeof(float) * n * d);
+  }
+  return std::move(out);
+}
+
+Vector logits_of(const PyModel& m, const py::handle x) {
+  if (py::isinstance<PyFeatures>(x)) return m.model.logits(x.cast<const PyFeatures&>().features());
+  if (!m.model.has_classifier()) return m.model.logits(Features{});  // the library's "no classifier head" error
+  const Input in = to_input(x);
+  const Preprocessor pre = m.model.preprocessor();
+  WithoutGil no_gil;
+  if (in.kind == Input::Kind::kPixels) return m.model.logits(m.model.extract_features(in.view()));
+  return m.model.classify(pixels_of(in, pre));
+}
+
+py::list classify(const PyModel& m, const py::object& x, const py::object& top) {
+  int k = std::numeric_limits<int>::max();
+  if (!top.is_none()) {
+    k = to_int(top, "top");
+    if (k < 1) throw Error("top must be at least 1, got " + std::to_string(k));
+  }
+  const Vector logits = logits_of(m, x);
+  // Softmax in double, as vitmsn-classify prints it.
+  std::vector<double> p(static_cast<std::size_t>(logits.size()));
+  const double mx = logits.maxCoeff();
+  double sum = 0;
+  for (Eigen::Index i = 0; i < logits.size(); ++i) sum += p[i] = std::exp(logits[i] - mx);
+  std::vector<int> order(p.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+  py::list out;
+  const auto& labels = m.model.labels();
+  for (std::size_t r = 0; r < order.size() && r < static_cast<std::size_t>(k); ++r)
+    out.append(py::make_tuple(labels[order[r]], p[order[r]] / sum));
+  return out;
+}
+
+/// Model.embed's inner step: the pooled embedding of each input written into out[i] (a batch of
+/// images of one size per forward pass).
+void embed_into(const PyModel& m, py::array out, const py::sequence& inputs, const std::string& pool,
+                const py::object& size) {
+  if (pool != "cls" && pool != "mean") throw Error("pool must be 'cls' or 'mean', got '" + pool + "'");
+  const int d = m.model.config().hidden_size;
+  if (!py::array_t<float, py::array::c_style>::check_(out) || !out.writeable() || out.ndim() != 2 ||
+      out.shape(0) != static_cast<py::ssize_t>(py::len(inputs)) || out.shape(1) != d) {
+    throw Error("embed: output must be C-contiguous float32 [" + std::to_string(py::len(inputs)) + ", " +
+                std::to_string(d) + "]");
+  }
+  const auto sz = to_size(size);
+  std::vector<Input> in;
+  for (const py::handle x : inputs) {
+    in.push_back(to_input(x));
+    check_size_for_pixels(in.back(), sz);
+  }
+  const Preprocessor pre = sized(m, sz);
+  float* dst = static_cast<float*>(out.mutable_data());
+  WithoutGil no_gil;
+  std::vector<PixelValues> owned(in.size());
+  std::vector<PixelValuesView> views;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i].kind == Input::Kind::kPixels) {
+      views.push_back(in[i].view());
+    } else {
+      owned[i] = pixels_of(in[i], pre);
+      views.emplace_back(owned[i].data(), owned[i].dimension(0), owned[i].dimension(1), owned[i].dimension(2));
+    }
+  }
+  const std::vector<Features> fs = m.model.extract_features(views);
+  for (std::size_t i = 0; i < fs.size(); ++i) {
+    const Vector v = pool == "cls" ? fs[i].cls() : fs[i].mean_patch();
+    std::memcpy(dst + i * d, v.data(), sizeof(float) * d);
+  }
+}
+
+py::dict config_dict(const Config& c) {
+  py::dict d;
+  d["model_type"] = c.model_type;
+  d["hidden_size"] = c.hidden_size;
+  d["num_hidden_layers"] = c.num_hidden_layers;
+  d["num_attention_heads"] = c.num_attention_heads;
+  d["intermediate_size"] = c.intermediate_size;
+  d["patch_size"] = c.patch_size;
+  d["image_size"] = c.image_size;
+  d["num_channels"] = c.num_channels;
+  d["layer_norm_eps"] = c.layer_norm_eps;
+  d["qkv_bias"] = c.qkv_bias;
+  d["hidden_act"] = c.hidden_act;
+  if (!c.id2label.empty()) {
+    py::dict id2label, label2id;
+    for (std::size_t i = 0; i < c.id2label.size(); ++i) {
+      id2label[py::int_(i)] = c.id2label[i];
+      label2id[py::str(c.id2label[i])] = i;
+    }
+    d["id2label"] = id2label;
+    d["label2id"] = label2id;
+  }
+  return d;
+}
+
+py::dict preprocessor_dict(const PreprocessorConfig& c) {
+  return py::module_::import("json").attr("loads")(to_json(c));
+}
+
+// --- Preprocessor ------------------------------------------------------------------------------------
+
+PyPreprocessor make_preprocessor(const py::object& source) {
+  if (source.is_none()) return {Preprocessor()};
+  if (py::isinstance<PyModel>(source)) return {source.cast<const PyModel&>().model.preprocessor()};
+  if (is_path_like(source)) {
+    const std::string path = to_path(source);
+    WithoutGil no_gil;
+    return {Preprocessor::from_file(path)};
+  }
+  throw py::type_error("Preprocessor(source): source must be None, a vitmsn.Model or a preprocessor_config.json path");
+}
+
+Input image_input(const py::handle x) {
+  Input in = to_input(x);
+  if (in.kind == Input::Kind::kPixels) {
+    throw Error(
+        "the Preprocessor takes images (a path, a PIL image, a uint8 array); float arrays are already "
+        "pixel values");
+  }
+  return in;
+}
+
+Preprocessor with_optional_size(const Preprocessor& p, const py::handle size) {
+  const auto sz = to_size(size);
+  if (!sz) return p;
+  if (sz->first < 1 || sz->second < 1) {
+    throw Error("size " + std::to_string(sz->first) + "x" + std::to_string(sz->second) + " must be at least 1x1");
+  }
+  return p.with_size(sz->first, sz->second);
+}
+
+py::array preprocess(const PyPreprocessor& p, const py::object& x, const py::object& size) {
+  const Input in = image_input(x);
+  const Preprocessor pre = with_optional_size(p.preprocessor, size);
+  PixelValues px;
+  {
+    WithoutGil no_gil;
+    px = pixels_of(in, pre);
+  }
+  const std::vector<py::ssize_t> shape = {px.dimension(0), px.dimension(1), px.dimension(2)};
+  const py::capsule owner = own(std::move(px), "vitmsn.PixelValues");
+  return float_view(static_cast<const PixelValues*>(owner.get_pointer())->data(), shape, owner);
+}
+
+py::array resize_only(const PyPreprocessor& p, const py::object& x, const py::object& size) {
+  const Input in = image_input(x);
+  const Preprocessor pre = with_optional_size(p.preprocessor, size);
+  Image image;
+  {
+    WithoutGil no_gil;
+    image = pre.resize_only(in.kind == Input::Kind::kPath ? read_image(in.path) : to_image(in));
+  }
+  const std::vector<py::ssize_t> shape = {image.height, image.width, 3};
+  const py::capsule owner = own(std::move(image), "vitmsn.Image");
+  return py::array_t<std::uint8_t>(shape, static_cast<const Image*>(owner.get_pointer())->rgb.data(), owner);
+}
+
+// --- Benchmark support -------------------------------------------------------------------------------
+
+/// Seconds of each of `runs` calls of Model::extract_features on pixel values [3, H, W], timed in C++
+/// with the GIL released: the reference the Python overhead is measured against
+/// (examples/python/bench_overhead.py).
+std::vector<double> forward_seconds(const PyModel& m, const py::object& x, int runs) {
+  const Input in = to_input(x);
+  if (in.kind != Input::Kind::kPixels) throw Error("_forward_seconds takes pixel values [3, H, W]");
+  std::vector<double> out;
+  WithoutGil no_gil;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    { const Features f = m.model.extract_features(in.view()); }  // the result freed too, as a caller's would be
+    out.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return out;
+}
+
+std::string repr_model(const PyModel& m) {
+  const Config& c = m.model.config();
+  return "vitmsn.Model('" + m.path + "': hidden " + std::to_string(c.hidden_size) + ", " +
+         std::to_string(c.num_hidden_layers) + " layers, " + std::to_string(c.num_attention_heads) + " heads, patch " +
+         std::to_string(c.patch_size) + ", " + std::to_string(c.image_size) + "x" + std::to_string(c.image_size) +
+         (m.model.has_classifier() ? ", " + std::to_string(m.model.labels().size()) + " classes" : "") + ", " +
+         std::to_string(m.model.threads()) + " threads, kernels " + kernel_isa() + ")";
+}
+
+std::string indices_string(const py::dict& d) {
+  std::string s = "[";
+  bool first = true;
+  for (const auto& kv : d) {
+    s += (first ? "" : ", ") + py::str(kv.first).cast<std::string>();
+    first = false;
+  }
+  return s + "]";
+}
+
+}  // namespace
+}  // namespace vitmsn::python
+
+// --- The module ------------------------------------------------------------------------------------------
+
+PYBIND11_MODULE(_core, m) {
+  using namespace vitmsn;
+  using namespace vitmsn::python;
+  m.doc() = "vitmsn's C++ core (pybind11). Import the package `vitmsn`, not this module.";
+  m.attr("__version__") = kVersionString;
+
+  py::register_exception<Error>(m, "Error", PyExc_ValueError);
+  m.attr("Error").attr("__doc__") =
+      "Raised for bad input: a file, a header, a shape, a dtype, a config, an image, an argument value. The\n"
+      "message is the library's, naming the culprit and the problem. A subclass of ValueError.";
+
+  m.def("kernel_isa", &kernel_isa,
+        "The compute kernels in use: 'avx512', 'avx2' or 'portable' (chosen at import from the CPU;\n"
+        "the environment variable VITMSN_ISA=portable|avx2|avx512 can force a lower one).");
+  m.def("default_threads", &default_threads,
+        "The number of CPUs this process may run on: the threads a Model uses when not told.");
+  m.def("image_file_extensions", &image_file_extensions,
+        "The file extensions (lower case, with the dot) of the formats the decoder reads, for picking\n"
+        "images out of folders: .png .jpg .jpeg .jpe .jfif .bmp .gif .tga .psd .ppm .pgm .pnm.");
+  m.def("jpeg_decoder", &jpeg_decoder_name,
+        "Which decoder this build uses for JPEG: 'stb_image' (default) or 'libjpeg-turbo' (bit-exact with\n"
+        "Pillow).");
+  m.def(
+      "_stats",
+      [](bool reset) {
+        Stats& s = stats();
+        py::dict d;
+        d["live_buffers"] = s.live_buffers.load();
+        d["input_copies"] = s.input_copies.load();
+        d["in_flight"] = s.in_flight.load();
+        d["max_in_flight"] = s.max_in_flight.load();
+        d["released_sections"] = s.released_sections.load();
+        d["gil_still_held"] = s.gil_still_held.load();
+        d["last_result"] = s.last_result.load();
+        if (reset) s.max_in_flight = s.in_flight.load();
+        return d;
+      },
+      py::arg("reset") = false,
+      "Internal counters for the tests: library buffers held by arrays, pixel-value inputs that had to be\n"
+      "converted, calls running without the GIL now and at most at once (reset=True restarts that maximum),\n"
+      "the address of the latest result's last_hidden_state as the library returned it.");
+
+  // Classes are declared first and named as the package's (vitmsn.Features, not vitmsn._core.Features)
+  // before any method is added: signatures in help() use that name.
+  py::class_<PyFeatures> features(m, "Features",
+                                  "What a forward pass returns (Model.extract_features). The arrays are views of the\n"
+                                  "library's own buffers (no copy); they stay valid as long as any of them is\n"
+                                  "referenced, whatever happens to the Features object or the Model.");
+  py::class_<PyPreprocessor> preprocessor(m, "Preprocessor",
+                                          "Hugging Face's ViTImageProcessor (PIL path), bit for bit: Pillow's resize "
+                                          "on 8-bit\nRGB, rescale, normalize -> float32 pixel values [3, H, W]. The "
+                                          "same code the Model\nruns on images.");
+  for (const char* name : {"Error", "Features", "Preprocessor"}) m.attr(name).attr("__module__") = "vitmsn";
+
+  features
+      .def_property_readonly(
+          "last_hidden_state", [](const PyFeatures& f) { return f.last_hidden_state; },
+          "float32 [N, D]: the final layer norm over all tokens; row 0 is CLS, then the patches row-major\n"
+          "(N = (H/P)*(W/P) + 1). Hugging Face's last_hidden_state[0].")
+      .def_property_readonly(
+          "cls",
+          [](const PyFeatures& f) {
+            const Matrix& h = f.features().last_hidden_state;
+            return float_view(h.data(), {static_cast<py::ssize_t>(h.cols())}, f.owner);
+          },
+          "float32 [D]: the CLS token's embedding, row 0 of last_hidden_state (a view of it).")
+      .def_property_readonly(
+          "mean_patch",
+          [](PyFeatures& f) {
+            if (!f.mean_patch) f.mean_patch = vector_array(f.features().mean_patch());
+            return f.mean_patch;
+          },
+          "float32 [D]: the mean of the patch tokens (rows 1..N-1 of last_hidden_state).")
+      .def_property_readonly(
+          "hidden_states", [](const PyFeatures& f) { return py::dict(f.hidden_states); },
+          "dict {index: float32 [N, D]}: the hidden states asked for, by Hugging Face's index (0 = embeddings,\n"
+          "i = output of layer i, before the final layer norm); negative requests appear as their index.")
+      .def_property_readonly(
+          "cls_attention", [](const PyFeatures& f) { return py::dict(f.cls_attention); },
+          "dict {layer: float32 [heads, N]}: the CLS query's attention row of each layer asked for,\n"
+          "softmax(q_cls K^T / sqrt(d)) per head.")
+      .def("__repr__", [](const PyFeatures& f) {
+        const Matrix& h = f.features().last_hidden_state;
+        std::string s =
+            "vitmsn.Features(last_hidden_state [" + std::to_string(h.rows()) + ", " + std::to_string(h.cols()) + "]";
+        if (!f.hidden_states.empty()) s += ", hidden_states " + indices_string(f.hidden_states);
+        if (!f.cls_attention.empty()) s += ", cls_attention " + indices_string(f.cls_attention);
+        return s + ")";
+      });
+
+  py::class_<PyModel>(m, "Model",
+                      "A ViT-MSN model loaded from a folder (model.safetensors + config.json\n"
+                      "[+ preprocessor_config.json]) or a single .safetensors file (its config in the metadata).\n"
+                      "float32 weights are used in place from a read-only memory map. Immutable: every method may\n"
+                      "be called from several threads at once, and runs without the GIL.\n\n"
+                      "Inputs (x) are an image path (str or os.PathLike), a PIL.Image.Image (converted to RGB as\n"
+                      "Hugging Face does), a uint8 numpy array [H, W, 3] (RGB) or [H, W] (gray), or float32 pixel\n"
+                      "values [3, H, W] (preprocessed, as ViTImageProcessor returns them; read in place when\n"
+                      "C-contiguous, other float layouts and dtypes are converted once).")
+      .def(py::init([](const py::object& path, const py::object& threads) {
+             LoadOptions o;
+             if (!threads.is_none()) {
+               o.threads = to_int(threads, "threads");
+               if (o.threads < 1) throw Error("threads must be at least 1 (None: every CPU this process may use)");
+             }
+             if (!is_path_like(path)) throw py::type_error("Model(path): path must be a str or os.PathLike");
+             const std::string p = to_path(path);
+             std::unique_ptr<PyModel> out;
+             {
+               WithoutGil no_gil;
+               out.reset(new PyModel{Model::load(p, o), p});
+             }
+             return out;
+           }),
+           py::arg("path"), py::arg("threads") = py::none(),
+           "Loads a model. threads: threads per forward pass (None: every CPU this process may use).\n"
+           "Raises vitmsn.Error naming the file and the problem (missing file or tensor, a shape or config\n"
+           "mismatch, a file that is not a safetensors model).")
+      .def_property_readonly(
+          "config", [](const PyModel& m) { return config_dict(m.model.config()); },
+          "The hyper-parameters as a dict with Hugging Face's ViTMSNConfig keys (hidden_size,\n"
+          "num_hidden_layers, ..., id2label {int: str} when the model has labels). A fresh copy.")
+      .def_property_readonly(
+          "labels", [](const PyModel& m) { return m.model.labels(); },
+          "Class names of the classifier head (id2label, or 'LABEL_i'); empty without a head.")
+      .def_property_readonly(
+          "has_classifier", [](const PyModel& m) { return m.model.has_classifier(); },
+          "True when the model has a classifier head (classify() and logits() need one).")
+      .def_property_readonly(
+          "kernel_isa", [](const PyModel&) { return kernel_isa(); },
+          "The compute kernels in use: 'avx512', 'avx2' or 'portable'.")
+      .def_property_readonly(
+          "threads", [](const PyModel& m) { return m.model.threads(); }, "Threads used by each forward pass.")
+      .def_property_readonly(
+          "source", [](const PyModel& m) { return m.model.source(); }, "The weights file the model was read from.")
+      .def_property_readonly(
+          "preprocessor", [](const PyModel& m) { return PyPreprocessor{m.model.preprocessor()}; },
+          "The model's Preprocessor (from its preprocessor_config.json or metadata, else the defaults).")
+      .def("extract_features", &extract_features, py::arg("x"), py::arg("hidden_states") = py::tuple(),
+           py::arg("cls_attention") = py::tuple(), py::arg("size") = py::none(),
+           "Features of one input (see the class doc for what x may be).\n\n"
+           "hidden_states: indices to return besides last_hidden_state (0 = embeddings, i = layer i,\n"
+           "  negative from the end; True = all). cls_attention: layers whose CLS attention row to return\n"
+           "  (True = all). size: (height, width) or an int, the size images are resized to instead of the\n"
+           "  preprocessor's (multiples of the patch size; position embeddings are interpolated as HF's\n"
+           "  interpolate_pos_encoding=True). Pixel values are used at their own size.\n"
+           "Returns a vitmsn.Features. Raises vitmsn.Error for an unreadable image, a bad shape or size, a\n"
+           "layer index out of range.")
+      .def("__call__", &call, py::arg("pixel_values"),
+           "model(pixel_values): float32 [B, 3, H, W] (what ViTImageProcessor returns as numpy) ->\n"
+           "last_hidden_state float32 [B, N, D], as Hugging Face's ViTMSNModel(pixel_values).last_hidden_state.\n"
+           "C-contiguous float32 input is read in place; B == 1 returns the library's buffer itself, B > 1\n"
+           "copies each image's rows into the one output array.")
+      .def(
+          "logits", [](const PyModel& m, const py::object& x) { return vector_array(logits_of(m, x)); }, py::arg("x"),
+          "The classifier head's logits float32 [num_labels] for an input, or for a vitmsn.Features\n"
+          "already computed. Raises vitmsn.Error when the model has no classifier head.")
+      .def("classify", &classify, py::arg("x"), py::arg("top") = 5,
+           "The `top` most likely classes of an input as a list of (label, probability), most likely\n"
+           "first (softmax of the logits; top=None: all classes). Raises vitmsn.Error without a head.")
+      .def("_embed_into", &embed_into, py::arg("out"), py::arg("inputs"), py::arg("pool"), py::arg("size"),
+           "Model.embed's step: the pooled embeddings of `inputs` written into `out` [len(inputs), D].")
+      .def("_forward_seconds", &forward_seconds, py::arg("pixel_values"), py::arg("runs"),
+           "Benchmark support: seconds of each of `runs` C++ calls of the forward pass on pixel values.")
+      .def("__repr__", &repr_model);
+
+  preprocessor
+      .def(py::init(&make_preprocessor), py::arg("source") = py::none(),
+           "Preprocessor(): the model card's defaults (224x224 bilinear, ImageNet mean/std);\n"
+           "Preprocessor(model): a Model's; Preprocessor('preprocessor_config.json'): read from the file\n"
+           "(raises vitmsn.Error naming the file and the key on a bad one).")
+      .def("__call__", &preprocess, py::arg("image"), py::arg("size") = py::none(),
+           "An image (path, PIL image, uint8 array [H, W, 3] / [H, W]) -> float32 pixel values [3, H, W].\n"
+           "size: (height, width) or an int to resize to instead of the configured size.")
+      .def("resize", &resize_only, py::arg("image"), py::arg("size") = py::none(),
+           "The 8-bit RGB image after resize (and crop), before rescale: uint8 [H, W, 3], what Pillow's\n"
+           "resize gives.")
+      .def(
+          "with_size",
+          [](const PyPreprocessor& p, const py::object& h, const py::object& w) {
+            const int height = to_int(h, "height"), width = to_int(w, "width");
+            if (height < 1 || width < 1) {
+              throw Error("size " + std::to_string(height) + "x" + std::to_string(width) + " must be at least 1x1");
+            }
+            return PyPreprocessor{p.preprocessor.with_size(height, width)};
+          },
+          py::arg("height"), py::arg("width"),
+          "A copy that resizes to exactly height x width (shortest_edge and center crop turned off).")
+      .def_property_readonly(
+          "config", [](const PyPreprocessor& p) { return preprocessor_dict(p.preprocessor.config()); },
+          "The settings as a dict in preprocessor_config.json form.")
+      .def("__repr__", [](const PyPreprocessor& p) {
+        const PreprocessorConfig& c = p.preprocessor.config();
+        std::string size = c.shortest_edge > 0 ? "shortest edge " + std::to_string(c.shortest_edge)
+                                               : std::to_string(c.height) + "x" + std::to_string(c.width);
+        if (!c.do_resize) size = "no resize";
+        return "vitmsn.Preprocessor(" + size + ", resample " + std::to_string(static_cast<int>(c.resample)) + ")";
+      });
+}
