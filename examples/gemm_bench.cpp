@@ -95,6 +95,7 @@ int main(int argc, char** argv) {
     const std::vector<Shape> shapes = {
         {"qkv", 1025, 3072, 1024, true, 1024, 1024, true, false, false, 1.0f},
         {"attn.out", 1025, 1024, 1024, true, 1024, 1024, true, false, true, 1.0f},
+        {"mlp.fc1", 1025, 4096, 1024, true, 1024, 1024, true, false, false, 1.0f},
         {"mlp.fc1+gelu", 1025, 4096, 1024, true, 1024, 1024, true, true, false, 1.0f},
         {"mlp.fc2", 1025, 1024, 4096, true, 4096, 4096, true, false, true, 1.0f},
         {"scores q·kT", 1025, 1025, 64, true, 3072, 3072, false, false, false, 0.125f},
