@@ -18,16 +18,8 @@
 namespace vitmsn {
 namespace {
 
-PixelValues pixels(const std::string& case_name) {
-  const TensorView& t = test::preprocess_fixture(case_name + ".pixel_values");
-  PixelValues p(t.shape[0], t.shape[1], t.shape[2]);
-  const auto v = t.to_float();
-  std::copy(v.begin(), v.end(), p.data());
-  return p;
-}
-
 double max_error_vs_hf(const Model& m, const std::string& c) {
-  const Features f = m.extract_features(pixels(c));
+  const Features f = m.extract_features(test::fixture_pixels(c));
   const auto want = test::tiny_output(c + ".last_hidden_state").to_float();
   return test::max_abs_diff(f.last_hidden_state.data(), want.data(), want.size());
 }
@@ -70,7 +62,7 @@ TEST(Convert, ClassificationCheckpointKeepsItsHeadAndLabels) {
   EXPECT_TRUE(r.has_classifier);
   const Model m = Model::load(out);
   EXPECT_EQ(m.labels(), (std::vector<std::string>{"cat", "astronaut", "coffee", "rocket", "camera"}));
-  const Vector logits = m.classify(pixels("coffee"));
+  const Vector logits = m.classify(test::fixture_pixels("coffee"));
   const auto want = test::tiny_output("coffee.logits").to_float();
   EXPECT_LE(test::max_abs_diff(logits.data(), want.data(), want.size()), 1e-4);
 }
@@ -91,8 +83,8 @@ TEST_P(ConvertHalf, HalvesTheMatricesAndStaysClose) {
   // Linear weights stay half-size in the memory map; only the small patch-embedding kernel is widened.
   EXPECT_LE(half.copied_weight_bytes(), 64u * 3 * 7 * 7 * 4) << "half weights must not be widened at load";
   const Model full = Model::load(test::data_path("models/tiny"));
-  const Features a = half.extract_features(pixels("astronaut"));
-  const Features b = full.extract_features(pixels("astronaut"));
+  const Features a = half.extract_features(test::fixture_pixels("astronaut"));
+  const Features b = full.extract_features(test::fixture_pixels("astronaut"));
   const float cos = a.cls().dot(b.cls()) / (a.cls().norm() * b.cls().norm());
   // bf16 keeps 8 bits of mantissa (relative error 2^-9 per weight), f16 11 bits.
   EXPECT_GT(cos, GetParam() == DType::kBF16 ? 0.999f : 0.99999f) << "CLS cosine vs float32 " << cos;
@@ -115,7 +107,7 @@ TEST(Convert, MergesAClassifierHeadWithLabels) {
   const Model m = Model::load(dir + "/with_head.safetensors");
   ASSERT_TRUE(m.has_classifier());
   EXPECT_EQ(m.labels(), (std::vector<std::string>{"red", "green", "blue"}));
-  const Features f = m.extract_features(pixels("camera"));
+  const Features f = m.extract_features(test::fixture_pixels("camera"));
   const Vector logits = m.logits(f);
   for (int k = 0; k < 3; ++k) {
     double expect = b[k];

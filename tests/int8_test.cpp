@@ -25,17 +25,6 @@
 namespace vitmsn {
 namespace {
 
-const std::vector<std::string> kImageCases = {"astronaut",          "camera",        "chelsea", "chelsea_q90", "coffee",
-                                              "coffee_progressive", "green_palette", "horse",   "rocket"};
-
-PixelValues pixels(const std::string& case_name) {
-  const TensorView& t = test::preprocess_fixture(case_name + ".pixel_values");
-  PixelValues p(t.shape[0], t.shape[1], t.shape[2]);
-  const std::vector<float> v = t.to_float();
-  std::copy(v.begin(), v.end(), p.data());
-  return p;
-}
-
 std::vector<TensorData> tiny_tensors() {
   const SafetensorsFile f = SafetensorsFile::open(test::data_path("models/tiny/model.safetensors"));
   std::vector<TensorData> out;
@@ -49,8 +38,8 @@ Config tiny_config() { return read_config(test::data_path("models/tiny/config.js
 test::Agreement compare_on_fixtures(const Model& f32, const Model& int8) {
   test::Agreement worst;
   int n = 0;
-  for (const auto& c : kImageCases) {
-    const PixelValues px = pixels(c);
+  for (const auto& c : test::image_cases()) {
+    const PixelValues px = test::fixture_pixels(c);
     worst = test::worst_of(
         worst, test::agreement(f32.extract_features(px).last_hidden_state, int8.extract_features(px).last_hidden_state),
         ++n);
@@ -81,8 +70,8 @@ TEST(Int8Model, TinyOutlierModelMeetsTheTargetsAndOneScalePerTensorDoesNot) {
   const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
   // The float32 outlier model computes the base model's function (the rule compensates the gains).
   const Model base = Model::load(test::data_path("models/tiny"));
-  const test::Agreement same = test::agreement(base.extract_features(pixels("chelsea")).last_hidden_state,
-                                               f32.extract_features(pixels("chelsea")).last_hidden_state);
+  const test::Agreement same = test::agreement(base.extract_features(test::fixture_pixels("chelsea")).last_hidden_state,
+                                               f32.extract_features(test::fixture_pixels("chelsea")).last_hidden_state);
   EXPECT_GE(same.min_token, 0.99999) << "the outlier rule changed the float function: " << test::describe(same);
 
   const test::Agreement blocks = compare_on_fixtures(f32, int8);
@@ -154,9 +143,9 @@ TEST(Int8Model, NearestNeighboursOfTheFixtureImagesRankAsWithFloat32) {
   const test::ModelPair p = test::write_model_pair(test::temp_dir(), tiny_config(), tiny_tensors());
   const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
   std::vector<Vector> a, b;
-  for (const auto& c : kImageCases) {
-    a.push_back(f32.extract_features(pixels(c)).cls());
-    b.push_back(int8.extract_features(pixels(c)).cls());
+  for (const auto& c : test::image_cases()) {
+    a.push_back(f32.extract_features(test::fixture_pixels(c)).cls());
+    b.push_back(int8.extract_features(test::fixture_pixels(c)).cls());
   }
   const auto sim = [](const std::vector<Vector>& v, std::size_t i, std::size_t j) {
     return test::cosine(v[i].data(), v[j].data(), v[i].size());
@@ -177,8 +166,8 @@ TEST(Int8Model, NearestNeighboursOfTheFixtureImagesRankAsWithFloat32) {
       const double gap = std::fabs(sim(a, i, got[r]) - sim(a, i, want[r]));
       worst = std::max(worst, gap);
       swaps += got[r] != want[r];
-      EXPECT_LE(gap, kTie) << kImageCases[i] << ": rank " << r + 1 << " is " << kImageCases[got[r]] << " with int8, "
-                           << kImageCases[want[r]] << " with float32";
+      EXPECT_LE(gap, kTie) << test::image_cases()[i] << ": rank " << r + 1 << " is " << test::image_cases()[got[r]]
+                           << " with int8, " << test::image_cases()[want[r]] << " with float32";
     }
   }
   std::printf(

@@ -16,17 +16,6 @@ namespace {
 
 constexpr double kTolerance = 1e-4;
 
-const std::vector<std::string> kImageCases = {"astronaut",          "camera",        "chelsea", "chelsea_q90", "coffee",
-                                              "coffee_progressive", "green_palette", "horse",   "rocket"};
-
-PixelValues pixels(const std::string& case_name) {
-  const TensorView& t = test::preprocess_fixture(case_name + ".pixel_values");
-  PixelValues p(t.shape[0], t.shape[1], t.shape[2]);
-  const std::vector<float> v = t.to_float();
-  std::copy(v.begin(), v.end(), p.data());
-  return p;
-}
-
 const Model& tiny() {
   static const Model m = Model::load(test::data_path("models/tiny"));
   return m;
@@ -52,23 +41,21 @@ void expect_close(const Matrix& got, const std::string& key) {
 class LastHiddenState : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(LastHiddenState, MatchesHuggingFace) {
-  const Features f = tiny().extract_features(pixels(GetParam()));
+  const Features f = tiny().extract_features(test::fixture_pixels(GetParam()));
   expect_close(f.last_hidden_state, GetParam() + ".last_hidden_state");
 }
 
-INSTANTIATE_TEST_SUITE_P(EveryImageCase, LastHiddenState,
-                         ::testing::Values("astronaut", "camera", "chelsea", "chelsea_q90", "coffee",
-                                           "coffee_progressive", "green_palette", "horse", "rocket"),
+INSTANTIATE_TEST_SUITE_P(EveryImageCase, LastHiddenState, ::testing::ValuesIn(test::image_cases()),
                          [](const auto& info) { return info.param; });
 
 TEST(InterpolatedPositions, Chelsea280x280MatchesHuggingFace) {
-  const Features f = tiny().extract_features(pixels("chelsea.280x280"));
+  const Features f = tiny().extract_features(test::fixture_pixels("chelsea.280x280"));
   EXPECT_EQ(f.last_hidden_state.rows(), 1601);
   expect_close(f.last_hidden_state, "chelsea.280x280.last_hidden_state");
 }
 
 TEST(InterpolatedPositions, Chelsea224x336MatchesHuggingFace) {
-  const Features f = tiny().extract_features(pixels("chelsea.224x336"));
+  const Features f = tiny().extract_features(test::fixture_pixels("chelsea.224x336"));
   EXPECT_EQ(f.last_hidden_state.rows(), 1537);
   expect_close(f.last_hidden_state, "chelsea.224x336.last_hidden_state");
 }
@@ -79,7 +66,7 @@ TEST_P(HiddenStatesAndAttention, MatchHuggingFace) {
   FeatureOptions o;
   o.hidden_states = {0, 1, 2};
   o.cls_attention = {0, 1};
-  const Features f = tiny().extract_features(pixels(GetParam()), o);
+  const Features f = tiny().extract_features(test::fixture_pixels(GetParam()), o);
   ASSERT_EQ(f.hidden_states.size(), 3u);
   ASSERT_EQ(f.cls_attention.size(), 2u);
   for (int i = 0; i < 3; ++i) expect_close(f.hidden_states.at(i), GetParam() + ".hidden_states." + std::to_string(i));
@@ -94,7 +81,7 @@ TEST(HiddenStates, NegativeIndicesCountFromTheEnd) {
   FeatureOptions o;
   o.hidden_states = {-1};
   o.cls_attention = {-1};
-  const Features f = tiny().extract_features(pixels("chelsea"), o);
+  const Features f = tiny().extract_features(test::fixture_pixels("chelsea"), o);
   ASSERT_EQ(f.hidden_states.count(2), 1u);
   ASSERT_EQ(f.cls_attention.count(1), 1u);
   expect_close(f.hidden_states.at(2), "chelsea.hidden_states.2");
@@ -103,16 +90,16 @@ TEST(HiddenStates, NegativeIndicesCountFromTheEnd) {
 TEST(HiddenStates, OutOfRangeIndexIsAnError) {
   FeatureOptions o;
   o.hidden_states = {3};
-  EXPECT_THROW(tiny().extract_features(pixels("chelsea"), o), Error);
+  EXPECT_THROW(tiny().extract_features(test::fixture_pixels("chelsea"), o), Error);
   o.hidden_states = {};
   o.cls_attention = {2};
-  EXPECT_THROW(tiny().extract_features(pixels("chelsea"), o), Error);
+  EXPECT_THROW(tiny().extract_features(test::fixture_pixels("chelsea"), o), Error);
 }
 
 class Logits : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Logits, MatchHuggingFace) {
-  const Vector logits = tiny_cls().classify(pixels(GetParam()));
+  const Vector logits = tiny_cls().classify(test::fixture_pixels(GetParam()));
   const TensorView& ref = test::tiny_output(GetParam() + ".logits");
   ASSERT_EQ(logits.size(), ref.numel());
   const std::vector<float> want = ref.to_float();
@@ -121,9 +108,7 @@ TEST_P(Logits, MatchHuggingFace) {
   std::printf("    %-40s max abs error %.3g\n", (GetParam() + ".logits").c_str(), err);
 }
 
-INSTANTIATE_TEST_SUITE_P(EveryImageCase, Logits,
-                         ::testing::Values("astronaut", "camera", "chelsea", "chelsea_q90", "coffee",
-                                           "coffee_progressive", "green_palette", "horse", "rocket"),
+INSTANTIATE_TEST_SUITE_P(EveryImageCase, Logits, ::testing::ValuesIn(test::image_cases()),
                          [](const auto& info) { return info.param; });
 
 TEST(Model, ClassifierModelHasLabelsFromConfig) {
@@ -135,7 +120,7 @@ TEST(Model, ClassifierModelHasLabelsFromConfig) {
 
 TEST(Model, ClassifyWithoutHeadIsAClearError) {
   try {
-    tiny().classify(pixels("chelsea"));
+    tiny().classify(test::fixture_pixels("chelsea"));
     FAIL() << "classify() on a model without a head did not throw";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("no classifier head"), std::string::npos) << e.what();
@@ -153,16 +138,17 @@ TEST(Model, ConfigComesFromTheFolder) {
 }
 
 TEST(Model, ClassifierFeaturesEqualBaseModelShapes) {
-  const Features f = tiny_cls().extract_features(pixels("rocket"));
+  const Features f = tiny_cls().extract_features(test::fixture_pixels("rocket"));
   EXPECT_EQ(f.last_hidden_state.rows(), 1025);
   EXPECT_EQ(f.last_hidden_state.cols(), 64);
   const Vector direct = tiny_cls().logits(f);
-  const Vector via = tiny_cls().classify(pixels("rocket"));
+  const Vector via = tiny_cls().classify(test::fixture_pixels("rocket"));
   EXPECT_EQ(direct, via);
 }
 
 TEST(Batch, MixedSizesEqualSingleCalls) {
-  const std::vector<PixelValues> batch = {pixels("chelsea"), pixels("chelsea.280x280"), pixels("astronaut")};
+  const std::vector<PixelValues> batch = {test::fixture_pixels("chelsea"), test::fixture_pixels("chelsea.280x280"),
+                                          test::fixture_pixels("astronaut")};
   const std::vector<Features> out = tiny().extract_features(batch);
   ASSERT_EQ(out.size(), 3u);
   for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -178,7 +164,7 @@ TEST(Batch, MixedSizesEqualSingleCalls) {
 
 TEST(PixelInput, AViewOfCallerMemoryGivesTheSameFeaturesAsATensor) {
   // The caller's own buffer ([3, H, W] float32, contiguous), read in place through PixelValuesView.
-  const PixelValues owned = pixels("chelsea"), wide = pixels("chelsea.224x336");
+  const PixelValues owned = test::fixture_pixels("chelsea"), wide = test::fixture_pixels("chelsea.224x336");
   std::vector<float> buffer(owned.data(), owned.data() + owned.size());
   const PixelValuesView view(buffer.data(), 3, 224, 224);
   const Features a = tiny().extract_features(owned), b = tiny().extract_features(view);
@@ -201,7 +187,7 @@ TEST(PixelInput, AViewOfCallerMemoryGivesTheSameFeaturesAsATensor) {
 }
 
 TEST(Batch, ClassifyBatchMatchesSingle) {
-  const std::vector<PixelValues> batch = {pixels("coffee"), pixels("camera")};
+  const std::vector<PixelValues> batch = {test::fixture_pixels("coffee"), test::fixture_pixels("camera")};
   const std::vector<Vector> out = tiny_cls().classify(batch);
   ASSERT_EQ(out.size(), 2u);
   EXPECT_LE((out[0] - tiny_cls().classify(batch[0])).cwiseAbs().maxCoeff(), 1e-5);
@@ -212,15 +198,15 @@ TEST(Threads, OneAndTwoThreadsAgree) {
   FeatureOptions one, two;
   one.threads = 1;
   two.threads = 2;
-  const Features a = tiny().extract_features(pixels("coffee"), one);
-  const Features b = tiny().extract_features(pixels("coffee"), two);
+  const Features a = tiny().extract_features(test::fixture_pixels("coffee"), one);
+  const Features b = tiny().extract_features(test::fixture_pixels("coffee"), two);
   const double err =
       test::max_abs_diff(a.last_hidden_state.data(), b.last_hidden_state.data(), a.last_hidden_state.size());
   EXPECT_LE(err, 1e-5) << "1 vs 2 threads: max abs difference " << err;
 }
 
 TEST(Features, ClsAndMeanPatchAccessors) {
-  const Features f = tiny().extract_features(pixels("horse"));
+  const Features f = tiny().extract_features(test::fixture_pixels("horse"));
   const Vector cls = f.cls();
   const Vector mean = f.mean_patch();
   ASSERT_EQ(cls.size(), 64);

@@ -101,6 +101,21 @@ const TensorView& preprocess_fixture(const std::string& key) {
   throw std::runtime_error("no preprocess fixture '" + key + "'");
 }
 
+const std::vector<std::string>& image_cases() {
+  static const std::vector<std::string> cases = {"astronaut",     "camera", "chelsea",
+                                                 "chelsea_q90",   "coffee", "coffee_progressive",
+                                                 "green_palette", "horse",  "rocket"};
+  return cases;
+}
+
+PixelValues fixture_pixels(const std::string& case_name) {
+  const TensorView& t = preprocess_fixture(case_name + ".pixel_values");
+  PixelValues p(t.shape[0], t.shape[1], t.shape[2]);
+  const std::vector<float> v = t.to_float();
+  std::copy(v.begin(), v.end(), p.data());
+  return p;
+}
+
 const TensorView& tiny_output(const std::string& key) {
   static const SafetensorsFile file = SafetensorsFile::open(data_path("expected/tiny_outputs.safetensors"));
   return file.get(key);

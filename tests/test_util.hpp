@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "vitmsn/image.hpp"
+#include "vitmsn/model.hpp"
 #include "vitmsn/safetensors.hpp"
 
 namespace vitmsn::test {
@@ -24,6 +25,10 @@ std::string temp_dir(const std::string& sub = "");
 /// The split copy of HF's preprocess.safetensors (tests/data/expected/preprocess.{0,1,2}).
 const TensorView& preprocess_fixture(const std::string& key);
 bool has_preprocess_fixture(const std::string& key);
+/// The nine fixture images (tests/data/images), by case name.
+const std::vector<std::string>& image_cases();
+/// HF's pixel_values of a fixture image case (preprocess_fixture(case + ".pixel_values")) as model input.
+PixelValues fixture_pixels(const std::string& case_name);
 /// HF's tiny_outputs.safetensors.
 const TensorView& tiny_output(const std::string& key);
 

@@ -70,19 +70,8 @@ inline typename V::R exp2_nonpositive(typename V::R t) {
   }
 }
 
-class Buffer {
- public:
-  float* get(std::size_t floats) {
-    buf_.resize(floats);
-    return buf_.data();
-  }
-
- private:
-  FloatBuffer buf_;
-};
-
 struct Workspace {
-  Buffer kp, vp, qp, s, inv;
+  FloatBuffer kp, vp, qp, s, inv;
 };
 
 inline Workspace& workspace() {

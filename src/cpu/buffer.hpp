@@ -11,7 +11,10 @@
 #include <sys/mman.h>
 #endif
 
+// Internal linkage (anonymous namespace), as half.hpp: the ISA files include this header too, and an
+// inline function compiled with -mavx512f must never be the copy the linker keeps for the others.
 namespace vitmsn::detail {
+namespace {
 
 class FloatBuffer {
  public:
@@ -43,6 +46,12 @@ class FloatBuffer {
     n_ = bytes / sizeof(float);
   }
 
+  /// Grow-only scratch: resize(floats), then data().
+  float* get(std::size_t floats) {
+    resize(floats);
+    return p_;
+  }
+
   float* data() { return p_; }
   const float* data() const { return p_; }
   std::size_t size() const { return n_; }
@@ -52,4 +61,5 @@ class FloatBuffer {
   std::size_t n_ = 0;
 };
 
+}  // namespace
 }  // namespace vitmsn::detail

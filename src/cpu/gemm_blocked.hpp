@@ -42,6 +42,7 @@
 #include "cpu/buffer.hpp"
 #include "cpu/half.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/parallel.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -194,24 +195,13 @@ inline typename V::R gelu_v(typename V::R x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Thread-local, grow-only, 64-byte-aligned scratch (reused across calls: no allocation in the
-// steady state).
-
-class Scratch {
- public:
-  float* get(std::size_t floats) {
-    buf_.resize(floats);
-    return buf_.data();
-  }
-
- private:
-  FloatBuffer buf_;
-};
+// Thread-local, grow-only, 64-byte-aligned scratch (FloatBuffer::get; reused across calls: no
+// allocation in the steady state).
 
 struct Workspace {
-  Scratch a;         // packed A block, mc × kc (row-major, row stride rsa)
-  Scratch b;         // packed B, K × nc in NR-wide panels
-  Scratch residual;  // residual block set aside when K spans several kc blocks
+  FloatBuffer a;         // packed A block, mc × kc (row-major, row stride rsa)
+  FloatBuffer b;         // packed B, K × nc in NR-wide panels
+  FloatBuffer residual;  // residual block set aside when K spans several kc blocks
 };
 
 inline Workspace& workspace() {
@@ -609,9 +599,8 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
               }
             }
             // This tile's share of the next slice's lines, at most one per 8 k-steps.
-            next.first = static_cast<int>(static_cast<long long>(total_lines) * t / tiles);
-            next.count = imin(static_cast<int>(static_cast<long long>(total_lines) * (t + 1) / tiles) - next.first,
-                              (kb + 7) / 8);
+            next.first = split_begin(total_lines, t, tiles);
+            next.count = imin(split_begin(total_lines, t + 1, tiles) - next.first, (kb + 7) / 8);
             // The next tile's C rows (L2/L3 -> L1 while this tile computes).
             const bool last_tile = ir + MR >= mb;
             const float* c_next = last_tile ? ct : ct + MR * p.ldc;
@@ -638,23 +627,16 @@ void gemm(const Problem& p, const Blocking& bl, int threads) {
   threads = imax(1, imin(threads, split_n ? panels_n : tiles_m));
   const auto part = [&](int t, int nt) {
     if (split_n) {
-      const int q0 = static_cast<int>(static_cast<long long>(panels_n) * t / nt);
-      const int q1 = static_cast<int>(static_cast<long long>(panels_n) * (t + 1) / nt);
+      const int q0 = split_begin(panels_n, t, nt);
+      const int q1 = split_begin(panels_n, t + 1, nt);
       gemm_range<V, MR, NV, KMajorA>(p, 0, p.M, q0 * NR, imin(p.N, q1 * NR), bl);
     } else {
-      const int q0 = static_cast<int>(static_cast<long long>(tiles_m) * t / nt);
-      const int q1 = static_cast<int>(static_cast<long long>(tiles_m) * (t + 1) / nt);
+      const int q0 = split_begin(tiles_m, t, nt);
+      const int q1 = split_begin(tiles_m, t + 1, nt);
       gemm_range<V, MR, NV, KMajorA>(p, q0 * MR, imin(p.M, q1 * MR), 0, p.N, bl);
     }
   };
-#ifdef _OPENMP
-  if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-    part(omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  part(0, 1);
+  run_split(threads, part);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@
 #include "cpu/gemm_blocked.hpp"
 #include "cpu/int8_format.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/parallel.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -273,13 +274,13 @@ void gemm(const Problem& p, int kc_blocks, int threads) {
   const int tiles_n = (p.N + NR - 1) / NR;
   threads = imax(1, imin(threads, imax(tiles_n, groups)));
   const auto run = [&](int t, int nt) {
-    const int g0 = static_cast<int>(static_cast<long long>(groups) * t / nt);
-    const int g1 = static_cast<int>(static_cast<long long>(groups) * (t + 1) / nt);
+    const int g0 = split_begin(groups, t, nt);
+    const int g1 = split_begin(groups, t + 1, nt);
     quantize_rows<I, MR>(p.A, p.lda, p.M, p.K, kp, data, scales, g0, g1);
   };
   const auto compute = [&](int t, int nt) {
-    const int q0 = static_cast<int>(static_cast<long long>(tiles_n) * t / nt);
-    const int q1 = static_cast<int>(static_cast<long long>(tiles_n) * (t + 1) / nt);
+    const int q0 = split_begin(tiles_n, t, nt);
+    const int q1 = split_begin(tiles_n, t + 1, nt);
     if (q0 >= q1) return;
     FloatBuffer& cb = workspace().corr;
     cb.resize(static_cast<std::size_t>(kc_blocks) * NR);

@@ -12,6 +12,7 @@
 #include "cpu/half.hpp"
 #include "cpu/int8_blocked.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/parallel.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -77,20 +78,13 @@ void gemm_portable(int M, int N, int K, const float* A, std::ptrdiff_t lda, cons
                    bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
   const int blocks = (M + kRowBlock - 1) / kRowBlock;
   const auto part = [&](int t, int nt) {
-    const int b0 = static_cast<int>(static_cast<long long>(blocks) * t / nt);
-    const int b1 = static_cast<int>(static_cast<long long>(blocks) * (t + 1) / nt);
+    const int b0 = split_begin(blocks, t, nt);
+    const int b1 = split_begin(blocks, t + 1, nt);
     for (int b = b0; b < b1; ++b)
       gemm_rows_portable(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), N, K, A, lda, B, ldb, b_trans, C, ldc, ep);
   };
   threads = std::max(1, std::min(threads, blocks));
-#ifdef _OPENMP
-  if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-    part(omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  part(0, 1);
+  run_split(threads, part);
 }
 
 // Portable gemm_weights for 16-bit W: blocks of kWidenRows rows of W (columns of C) are widened into a
@@ -154,22 +148,15 @@ void gemm_weights_portable(int M, int N, int K, const float* A, std::ptrdiff_t l
   const auto* W = static_cast<const std::uint16_t*>(W_any);
   const int blocks = (N + kWidenRows - 1) / kWidenRows;
   const auto part = [&](int t, int nt) {
-    const int b0 = static_cast<int>(static_cast<long long>(blocks) * t / nt);
-    const int b1 = static_cast<int>(static_cast<long long>(blocks) * (t + 1) / nt);
+    const int b0 = split_begin(blocks, t, nt);
+    const int b1 = split_begin(blocks, t + 1, nt);
     for (int b = b0; b < b1; ++b) {
       const int n0 = b * kWidenRows;
       gemm_weights_block_portable(n0, std::min(kWidenRows, N - n0), M, K, A, lda, W, wt, ldw, C, ldc, ep);
     }
   };
   threads = std::max(1, std::min(threads, blocks));
-#ifdef _OPENMP
-  if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-    part(omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  part(0, 1);
+  run_split(threads, part);
 }
 
 // One call per segment, each with its share of the bias (its own columns of C).
@@ -223,18 +210,7 @@ void gemm_int8_portable(int M, int seg_rows, int segments, int K, int kp, const 
     }
   };
   threads = std::max(1, std::min(threads, M));
-#ifdef _OPENMP
-  if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      rows(static_cast<int>(static_cast<long long>(M) * t / nt),
-           static_cast<int>(static_cast<long long>(M) * (t + 1) / nt));
-    }
-    return;
-  }
-#endif
-  rows(0, M);
+  run_split(threads, [&](int t, int nt) { rows(split_begin(M, t, nt), split_begin(M, t + 1, nt)); });
 }
 
 void softmax_rows_portable(float* x, int rows, int cols, std::ptrdiff_t ld) {
