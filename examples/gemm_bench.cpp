@@ -121,6 +121,38 @@ int main(int argc, char** argv) {
     }
     std::printf("GFLOP/s (best and median of %d runs); %%peak = best / FMA peak measured just before\n", reps);
 
+    // The ceiling of the GEMM code itself: a product whose operands stay in each core's L2 (one kc
+    // block, each thread's rows of A and C plus the packed B well under 2 MB), run back to back, so
+    // nothing is streamed from memory. What the model's layers lose against this row is memory
+    // traffic and edges; what this row loses against the FMA peak is the micro-kernel's loads,
+    // packing and stores.
+    {
+      const Shape s = {"in-L2 ceiling", 224 * threads, 512, 256, false, 256, 512, false, false, false, 1.0f};
+      constexpr int kCalls = 100;
+      std::vector<float> A(static_cast<std::size_t>(s.M) * s.lda), B(static_cast<std::size_t>(s.K) * s.ldb), bias(s.N),
+          C(static_cast<std::size_t>(s.M) * s.N);
+      for (auto* v : {&A, &B, &C})
+        for (float& x : *v) x = u(rng);
+      const double peak = vitmsn::measure_fma_peak_gflops(threads, 0.2);
+      const double gflop = 2.0 * s.M * s.N * s.K * 1e-9 * kCalls;
+      for (Isa isa : {Isa::kPortable, best}) {
+        std::vector<double> t;
+        for (int r = 0; r < reps + 1; ++r) {
+          const auto t0 = std::chrono::steady_clock::now();
+          for (int c = 0; c < kCalls; ++c)
+            vitmsn::detail::gemm(isa, s.M, s.N, s.K, A.data(), s.lda, B.data(), s.ldb, s.b_trans, C.data(), s.N,
+                                 Epilogue{}, threads);
+          const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (r > 0) t.push_back(dt);
+        }
+        std::sort(t.begin(), t.end());
+        std::printf("%-13s %5d %5d %5d | %-8s %8.1f %8.1f %5.1f%% | %d calls back to back, FMA peak %.1f\n", s.name,
+                    s.M, s.N, s.K, vitmsn::detail::isa_name(isa), gflop / t.front(), gflop / t[t.size() / 2],
+                    100.0 * gflop / t.front() / peak, kCalls, peak);
+        if (best == Isa::kPortable) break;
+      }
+    }
+
     // Half-size weights on the linear layers.
     std::printf("\ngemm_weights, GFLOP/s best (median) of %d runs, by weight type\n", reps);
     std::printf("%-13s %5s %5s %5s | %-8s | %15s %15s %15s\n", "shape", "M", "N", "K", "variant", "f32", "bf16", "f16");

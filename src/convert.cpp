@@ -57,20 +57,34 @@ bool is_block_linear_weight(const std::string& name) {
 }
 
 // A float32 [N, K] linear weight in place → its int8 panel layout (src/cpu/int8_format.hpp), shape
-// [ceil(N/16), ceil(K/32)·8, 16, 4]; returns the scales tensor "<name>_scale" F32 [N].
-TensorData quantize_int8(TensorData& t) {
+// [ceil(N/16), ceil(K/32)·8, 16, 4]; returns the tensors that go with it: the scales "<name>_scale"
+// F32 [N], and the second plane "<name>_residual" I8 [K, N] with its scales "<name>_residual_scale".
+std::vector<TensorData> quantize_int8(TensorData& t) {
   const int N = static_cast<int>(t.shape[0]), K = static_cast<int>(t.shape[1]);
   std::vector<float> w(static_cast<std::size_t>(N) * K);
   if (!w.empty()) std::memcpy(w.data(), t.bytes.data(), w.size() * sizeof(float));
   std::vector<std::int8_t> panels;
   std::vector<float> scales;
   detail::int8::quantize_weights(w.data(), N, K, K, &panels, &scales);
+  std::vector<std::int8_t> residual;
+  std::vector<float> residual_scales;
+  detail::int8::quantize_residual(w.data(), N, K, K, panels, scales, &residual, &residual_scales);
   const int kp = detail::int8::padded_k(K);
   t.dtype = DType::kI8;
   t.shape = {detail::int8::padded_n(N) / detail::int8::kPanel, kp / 4, detail::int8::kPanel, 4};
   t.bytes.assign(reinterpret_cast<const std::uint8_t*>(panels.data()),
                  reinterpret_cast<const std::uint8_t*>(panels.data()) + panels.size());
-  return TensorData::f32(detail::int8_scale_name(t.name), {N}, scales.data());
+  std::vector<TensorData> extra;
+  extra.push_back(TensorData::f32(detail::int8_scale_name(t.name), {N}, scales.data()));
+  TensorData r;
+  r.name = detail::int8_residual_name(t.name);
+  r.dtype = DType::kI8;
+  r.shape = {K, N};
+  r.bytes.assign(reinterpret_cast<const std::uint8_t*>(residual.data()),
+                 reinterpret_cast<const std::uint8_t*>(residual.data()) + residual.size());
+  extra.push_back(std::move(r));
+  extra.push_back(TensorData::f32(detail::int8_residual_scale_name(t.name), {N}, residual_scales.data()));
+  return extra;
 }
 
 // The __metadata__ "quantization" of an int8 file: the scheme the loader checks, and what it means.
@@ -80,7 +94,12 @@ std::string int8_metadata() {
       {"weights",
        "the six linear weights of every block: int8 per output channel, symmetric, "
        "s = max|w|/127, q = rint(w·127/max|w|); stored in panels of 16 output channels × 4 inputs, "
-       "inputs padded to a multiple of 32; scales in '<name>_scale' (F32)"},
+       "inputs padded to a multiple of 32; scales in '<name>_scale' (F32); the rounding residual "
+       "w - s*q quantized the same way, transposed [in, out], in '<name>_residual' (I8) with scales "
+       "'<name>_residual_scale' (F32): the exact weight columns of outlier activation channels"},
+      {"outliers",
+       "activation channels above 6x the median channel's largest magnitude (at most "
+       "max(8, in/16)) are left out of the activation quantization and computed in float32"},
       {"activations", "int8 per token and block of 32 inputs, symmetric, computed at run time"},
       {"float32", "embeddings, patch projection, layer norms, biases, classifier"}};
   return j.dump();
@@ -242,10 +261,13 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
         t.shape.size() >= 2 && !ends_with(t.name, "cls_token") && !ends_with(t.name, "position_embeddings");
     if (options.dtype == DType::kI8 && is_block_linear_weight(t.name)) {
       if (t.dtype != DType::kF32) convert_dtype(t, DType::kF32);
-      TensorData scales = quantize_int8(t);
-      report.bytes += t.bytes.size() + scales.bytes.size();
+      std::vector<TensorData> extra = quantize_int8(t);
+      report.bytes += t.bytes.size();
       out.push_back(std::move(t));
-      out.push_back(std::move(scales));
+      for (TensorData& e : extra) {
+        report.bytes += e.bytes.size();
+        out.push_back(std::move(e));
+      }
       continue;
     }
     const DType target = matrix && options.dtype != DType::kI8 ? options.dtype : DType::kF32;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "cpu/buffer.hpp"
 #include "cpu/int8_format.hpp"
@@ -134,8 +135,33 @@ void linear_int8(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const Linea
   if (const auto g = detail::int8::activation_grouping(); g != detail::int8::Grouping::kBlock32)
     return detail::int8::gemm_grouped(g, M, static_cast<int>(w[0]->rows), segments, K, detail::int8::padded_k(K), x,
                                       ldx, panels, scales, y, ldy, ep.bias, ep.gelu, ep.residual, ep.ldr);
-  detail::kernels(isa).gemm_int8(M, static_cast<int>(w[0]->rows), segments, K, detail::int8::padded_k(K), x, ldx,
-                                 panels, scales, y, ldy, ep, threads);
+  const int seg_rows = static_cast<int>(w[0]->rows), kp = detail::int8::padded_k(K);
+  const detail::KernelTable& kt = detail::kernels(isa);
+  const std::vector<int> ch =
+      detail::int8::outlier_split() ? detail::int8::find_outlier_channels(x, ldx, M, K) : std::vector<int>{};
+  if (ch.empty()) return kt.gemm_int8(M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, ep, threads);
+  // The outlier split (int8_format.hpp): these channels leave the quantization; their product with
+  // the weight columns (s_w·q_w + s_r·q_r: both planes) is computed in float and added before the bias.
+  const int N = seg_rows * segments, J = static_cast<int>(ch.size());
+  std::vector<std::uint32_t> excluded(static_cast<std::size_t>(kp / detail::int8::kBlock), 0u);
+  std::vector<float> wcols(static_cast<std::size_t>(J) * N);
+  for (int j = 0; j < J; ++j) {
+    excluded[ch[j] / detail::int8::kBlock] |= 1u << (ch[j] % detail::int8::kBlock);
+    for (int n = 0; n < N; ++n) {
+      const int s = n / seg_rows, r = n % seg_rows;
+      float v = scales[s][r] * static_cast<float>(panels[s][detail::int8::panel_offset(r, ch[j], kp)]);
+      if (w[s]->residual) v += w[s]->residual_scale[r] * static_cast<float>(w[s]->residual[ch[j] * w[s]->rows + r]);
+      wcols[static_cast<std::size_t>(j) * N + n] = v;
+    }
+  }
+  static thread_local detail::FloatBuffer pre;
+  float* p = pre.get(static_cast<std::size_t>(M) * N);
+  kt.outlier_product(M, N, J, x, ldx, ch.data(), wcols.data(), p, N, threads);
+  detail::Epilogue e = ep;
+  e.int8_excluded = excluded.data();
+  e.int8_pre = p;
+  e.ldp = N;
+  kt.gemm_int8(M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, e, threads);
 }
 
 // y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16, f16 or int8.

@@ -133,13 +133,31 @@ class Binder {
     const std::string scale_name = int8_scale_name(name);
     const TensorView* s = lookup_(scale_name);
     if (!s) throw Error(source_ + ": int8 tensor '" + name + "' has no scales '" + scale_name + "'");
-    if (s->dtype != DType::kF32 || s->shape != std::vector<std::int64_t>{lw.rows})
-      throw Error(source_ + ": tensor '" + scale_name + "' has " + dtype_name(s->dtype) + " " + s->shape_string() +
-                  ", expected F32 [" + std::to_string(lw.rows) + "]");
-    if (reinterpret_cast<std::uintptr_t>(s->data) % alignof(float) != 0)
-      throw Error(source_ + ": tensor '" + scale_name + "' is not aligned to 4 bytes");
-    lw.scale = reinterpret_cast<const float*>(s->data);
+    lw.scale = float_vector(scale_name, *s, lw.rows);
+    // The second plane (vitmsn 0.2 writes it; files without it run the outlier split on the first).
+    const std::string r_name = int8_residual_name(name), rs_name = int8_residual_scale_name(name);
+    const TensorView* r = lookup_(r_name);
+    const TensorView* rs = lookup_(rs_name);
+    if (!r && !rs) return lw;
+    if (!r || !rs)
+      throw Error(source_ + ": int8 tensor '" + name + "' has '" + (r ? r_name : rs_name) + "' but not '" +
+                  (r ? rs_name : r_name) + "'");
+    if (r->dtype != DType::kI8 || r->shape != std::vector<std::int64_t>{lw.cols, lw.rows})
+      throw Error(source_ + ": tensor '" + r_name + "' has " + dtype_name(r->dtype) + " " + r->shape_string() +
+                  ", expected I8 [" + std::to_string(lw.cols) + "," + std::to_string(lw.rows) + "]");
+    lw.residual = reinterpret_cast<const std::int8_t*>(r->data);
+    lw.residual_scale = float_vector(rs_name, *rs, lw.rows);
     return lw;
+  }
+
+  // A float32 vector [n] used in place (the scales of an int8 weight).
+  const float* float_vector(const std::string& name, const TensorView& s, std::int64_t n) {
+    if (s.dtype != DType::kF32 || s.shape != std::vector<std::int64_t>{n})
+      throw Error(source_ + ": tensor '" + name + "' has " + dtype_name(s.dtype) + " " + s.shape_string() +
+                  ", expected F32 [" + std::to_string(n) + "]");
+    if (reinterpret_cast<std::uintptr_t>(s.data) % alignof(float) != 0)
+      throw Error(source_ + ": tensor '" + name + "' is not aligned to 4 bytes");
+    return reinterpret_cast<const float*>(s.data);
   }
 
   // The float data of tensor `name` with exactly `shape`; used in place when it is aligned float32.
@@ -182,6 +200,8 @@ std::string detect_prefix(const TensorLookup& lookup, const std::string& source)
 }
 
 std::string int8_scale_name(const std::string& weight_name) { return weight_name + "_scale"; }
+std::string int8_residual_name(const std::string& weight_name) { return weight_name + "_residual"; }
+std::string int8_residual_scale_name(const std::string& weight_name) { return weight_name + "_residual_scale"; }
 
 std::string quantization_scheme(const std::map<std::string, std::string>& metadata, const std::string& source) {
   const auto it = metadata.find(kQuantizationMetadataKey);

@@ -29,10 +29,18 @@ struct LinearWeight {
   /// kI8 only: `data` is the panel layout of src/cpu/int8_format.hpp ([ceil(out/16), in_padded/4,
   /// 16, 4] int8, in_padded = in rounded up to 32) and `scale` the per-output-channel scales [out].
   const float* scale = nullptr;
+  /// kI8, when the file has it: the second plane of int8_format.hpp's quantize_residual(), q_r as
+  /// [in, out] int8 and s_r [out] — the exact weight columns of the outlier split.
+  const std::int8_t* residual = nullptr;
+  const float* residual_scale = nullptr;
 };
 
 /// The name of the scales tensor of a quantized linear weight: "<weight name>_scale".
 std::string int8_scale_name(const std::string& weight_name);
+/// The names of its second plane: "<weight name>_residual" (I8 [in, out]) and
+/// "<weight name>_residual_scale" (F32 [out]).
+std::string int8_residual_name(const std::string& weight_name);
+std::string int8_residual_scale_name(const std::string& weight_name);
 
 /// The metadata key and the one quantization scheme this build reads (vitmsn-convert --dtype int8).
 inline constexpr const char* kQuantizationMetadataKey = "quantization";

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/int8_format.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/convert.hpp"
 #include "vitmsn/model.hpp"
@@ -32,12 +33,27 @@ constexpr double kInt8TokenCosine = 0.995;
 /// Full size: channels 37, 291, 612, 955 × 20, 40, 60, 100. Tiny (hidden 64): channels 5, 22, 41, 58
 /// × 4, 8, 12, 20 — at hidden 64 four channels are 6 % of all and sit in both blocks of 32, and ×20-100
 /// there defeats every data-free scheme tried (docs/NUMERICS.md, int8).
+///
+/// Then the residual-stream rule (make_residual_outliers): in every layer, fc2's (output.dense) rows
+/// c_j of weight and bias are multiplied by r_j, so that every block writes 20-100x larger values into
+/// those channels of the residual stream, as the "massive activations" of real ViTs; the layer norms
+/// then pass them on to query, key, value and fc1. This changes the float function (the int8 model
+/// is compared with the float32 model it was converted from), and it is what defeats the activation
+/// quantization without the outlier split (src/cpu/int8_format.hpp). Full size and tiny: × 20, 40,
+/// 60, 100 on the same channels.
 struct OutlierSpec {
-  std::vector<int> channels;
+  std::vector<int> channels;  // layer-norm gains (compensated)
   std::vector<float> factors;
+  std::vector<int> residual_channels;  // fc2 output rows (not compensated)
+  std::vector<float> residual_factors;
+  int residual_layer;
 };
-inline OutlierSpec tiny_outliers() { return {{5, 22, 41, 58}, {4.0f, 8.0f, 12.0f, 20.0f}}; }
-inline OutlierSpec full_size_outliers() { return {{37, 291, 612, 955}, {20.0f, 40.0f, 60.0f, 100.0f}}; }
+inline OutlierSpec tiny_outliers() {
+  return {{5, 22, 41, 58}, {4.0f, 8.0f, 12.0f, 20.0f}, {13, 30, 47, 62}, {20.0f, 40.0f, 60.0f, 100.0f}, 0};
+}
+inline OutlierSpec full_size_outliers() {
+  return {{37, 291, 612, 955}, {20.0f, 40.0f, 60.0f, 100.0f}, {101, 402, 707, 860}, {20.0f, 40.0f, 60.0f, 100.0f}, 2};
+}
 
 inline float* f32_data(TensorData& t) {
   EXPECT_EQ(t.dtype, DType::kF32) << t.name;
@@ -71,6 +87,38 @@ inline void make_outliers(std::vector<TensorData>& tensors, const Config& c, con
   }
   EXPECT_EQ(touched, 8 * c.num_hidden_layers) << "the outlier rule touches 8 tensors per layer";
 }
+
+/// Applies the residual-stream rule to float32 tensors with Hugging Face names (no prefix).
+inline void make_residual_outliers(std::vector<TensorData>& tensors, const Config& c, const OutlierSpec& o) {
+  int touched = 0;
+  for (TensorData& t : tensors) {
+    if (t.name.rfind("encoder.layer." + std::to_string(o.residual_layer) + ".", 0) != 0) continue;
+    const std::string tail = t.name.substr(t.name.find(".", std::strlen("encoder.layer.")) + 1);
+    if (tail != "output.dense.weight" && tail != "output.dense.bias") continue;
+    float* v = f32_data(t);
+    const std::int64_t cols = t.shape.size() == 2 ? t.shape[1] : 1;  // weight [D, F], bias [D]
+    for (std::size_t j = 0; j < o.residual_channels.size(); ++j)
+      for (std::int64_t k = 0; k < cols; ++k) v[o.residual_channels[j] * cols + k] *= o.residual_factors[j];
+    ++touched;
+  }
+  EXPECT_EQ(touched, 2) << "the residual rule touches fc2's weight and bias in layer " << o.residual_layer;
+  (void)c;
+}
+
+/// The activation grouping (and the outlier split) of int8 models for the life of a scope: the
+/// schemes the chosen one (per token and block of 32, with the split) is measured against.
+struct GroupingScope {
+  explicit GroupingScope(detail::int8::Grouping g, bool split = true) {
+    detail::int8::set_activation_grouping(g);
+    detail::int8::set_outlier_split(split);
+  }
+  ~GroupingScope() {
+    detail::int8::set_activation_grouping(detail::int8::Grouping::kBlock32);
+    detail::int8::set_outlier_split(true);
+  }
+  GroupingScope(const GroupingScope&) = delete;
+  GroupingScope& operator=(const GroupingScope&) = delete;
+};
 
 /// A float32 model written as one file (config in its metadata) and its int8 conversion.
 struct ModelPair {

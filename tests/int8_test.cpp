@@ -48,10 +48,7 @@ test::Agreement compare_on_fixtures(const Model& f32, const Model& int8) {
 }
 
 /// Sets the activation grouping for one scope (the scheme is restored whatever happens).
-struct GroupingScope {
-  explicit GroupingScope(detail::int8::Grouping g) { detail::int8::set_activation_grouping(g); }
-  ~GroupingScope() { detail::int8::set_activation_grouping(detail::int8::Grouping::kBlock32); }
-};
+using test::GroupingScope;
 
 TEST(Int8Model, TinyMeetsTheTargetsOnTheFixtureImages) {
   const test::ModelPair p = test::write_model_pair(test::temp_dir(), tiny_config(), tiny_tensors());
@@ -60,6 +57,37 @@ TEST(Int8Model, TinyMeetsTheTargetsOnTheFixtureImages) {
   std::printf("[ tiny, 9 images ] int8 vs float32: %s\n", test::describe(a).c_str());
   EXPECT_GE(a.cls, test::kInt8ClsCosine) << test::describe(a);
   EXPECT_GE(a.min_token, test::kInt8TokenCosine) << test::describe(a);
+}
+
+/// int8 against float32 on the fixture images under each activation scheme: the scheme (blocks of 32
+/// with the outlier split), blocks of 32 without the split, one scale per token, one per tensor.
+struct SchemeAgreements {
+  test::Agreement scheme, no_split, per_token, per_tensor;
+};
+SchemeAgreements compare_schemes(const Model& f32, const Model& int8, const char* label) {
+  SchemeAgreements r;
+  r.scheme = compare_on_fixtures(f32, int8);
+  {
+    GroupingScope g(detail::int8::Grouping::kBlock32, /*split=*/false);
+    r.no_split = compare_on_fixtures(f32, int8);
+  }
+  {
+    GroupingScope g(detail::int8::Grouping::kRow);
+    r.per_token = compare_on_fixtures(f32, int8);
+  }
+  {
+    GroupingScope g(detail::int8::Grouping::kTensor);
+    r.per_tensor = compare_on_fixtures(f32, int8);
+  }
+  std::printf("[ %s, 9 images ] blocks of 32 + outlier split (the scheme): %s\n", label,
+              test::describe(r.scheme).c_str());
+  std::printf("[ %s, 9 images ] blocks of 32 without the split:          %s\n", label,
+              test::describe(r.no_split).c_str());
+  std::printf("[ %s, 9 images ] one scale per token:                     %s\n", label,
+              test::describe(r.per_token).c_str());
+  std::printf("[ %s, 9 images ] one scale per tensor:                    %s\n", label,
+              test::describe(r.per_tensor).c_str());
+  return r;
 }
 
 TEST(Int8Model, TinyOutlierModelMeetsTheTargetsAndOneScalePerTensorDoesNot) {
@@ -74,25 +102,37 @@ TEST(Int8Model, TinyOutlierModelMeetsTheTargetsAndOneScalePerTensorDoesNot) {
                                                f32.extract_features(test::fixture_pixels("chelsea")).last_hidden_state);
   EXPECT_GE(same.min_token, 0.99999) << "the outlier rule changed the float function: " << test::describe(same);
 
-  const test::Agreement blocks = compare_on_fixtures(f32, int8);
-  test::Agreement per_token, per_tensor;
-  {
-    GroupingScope g(detail::int8::Grouping::kRow);
-    per_token = compare_on_fixtures(f32, int8);
-  }
-  {
-    GroupingScope g(detail::int8::Grouping::kTensor);
-    per_tensor = compare_on_fixtures(f32, int8);
-  }
-  std::printf("[ tiny outlier, 9 images ] per token and block of 32 (the scheme): %s\n",
-              test::describe(blocks).c_str());
-  std::printf("[ tiny outlier, 9 images ] one scale per token:                   %s\n",
-              test::describe(per_token).c_str());
-  std::printf("[ tiny outlier, 9 images ] one scale per tensor:                  %s\n",
-              test::describe(per_tensor).c_str());
-  EXPECT_TRUE(blocks.meets_targets()) << test::describe(blocks);
-  EXPECT_FALSE(per_tensor.meets_targets())
-      << "one activation scale per tensor should fail on outlier channels: " << test::describe(per_tensor);
+  const SchemeAgreements r = compare_schemes(f32, int8, "tiny outlier");
+  EXPECT_TRUE(r.scheme.meets_targets()) << test::describe(r.scheme);
+  EXPECT_FALSE(r.per_tensor.meets_targets())
+      << "one activation scale per tensor should fail on outlier channels: " << test::describe(r.per_tensor);
+}
+
+// Residual-stream outliers on top (tests/int8_models.hpp). At full size the scheme meets the targets
+// there and blocks of 32 without the split do not (fullsize label). This 64-wide model is far more
+// sensitive to its weights — bf16 weights alone (measured here for comparison) take the worst token
+// to 0.9995 — and int8's per-channel weight rounding, several times coarser than bf16's, leaves the
+// worst token near 0.986 whatever the activations do; so here the test asserts what the outlier
+// split buys: most of the worst token's error.
+TEST(Int8Model, TinyResidualStreamOutliersAreReducedByTheOutlierSplit) {
+  std::vector<TensorData> tensors = tiny_tensors();
+  const Config c = tiny_config();
+  test::make_outliers(tensors, c, test::tiny_outliers());
+  test::make_residual_outliers(tensors, c, test::tiny_outliers());
+  const test::ModelPair p = test::write_model_pair(test::temp_dir(), c, tensors);
+  const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
+  const SchemeAgreements r = compare_schemes(f32, int8, "tiny residual outlier");
+  ConvertOptions o;
+  o.dtype = DType::kBF16;
+  convert_checkpoint(p.f32, test::temp_dir() + "/bf16.safetensors", o);
+  const test::Agreement bf16 = compare_on_fixtures(f32, Model::load(test::temp_dir() + "/bf16.safetensors"));
+  std::printf("[ tiny residual outlier, 9 images ] bf16 weights, for comparison:           %s\n",
+              test::describe(bf16).c_str());
+  EXPECT_GE(r.scheme.min_token, r.no_split.min_token + 0.05)
+      << "the outlier split should recover most of the worst token's error: with " << test::describe(r.scheme)
+      << "; without " << test::describe(r.no_split);
+  EXPECT_GE(r.scheme.cls, 0.998) << test::describe(r.scheme);
+  EXPECT_FALSE(r.per_tensor.meets_targets()) << test::describe(r.per_tensor);
 }
 
 // Few-shot: heads trained on int8 and on float32 features of the probe tests' three classes agree —
@@ -208,19 +248,27 @@ TEST(Int8Format, ConvertedFileDeclaresItsSchemeAndKeepsTheBackbone) {
   ASSERT_NE(q, f.metadata().end());
   EXPECT_NE(q->second.find("\"scheme\":\"vitmsn-int8-v1\""), std::string::npos) << q->second;
   EXPECT_EQ(f.metadata().at(kBackboneMetadataKey), backbone_identity(p.f32)) << "the backbone identity is carried";
-  // Six int8 weights and their scales per layer; everything else float32.
-  int int8_tensors = 0;
+  // Six int8 weights per layer, each with its scales and its second plane (+ scales); everything
+  // else float32.
+  int int8_weights = 0, residual_planes = 0;
   for (const auto& n : f.names()) {
     const TensorView& t = f.get(n);
-    if (t.dtype == DType::kI8) {
-      ++int8_tensors;
+    if (t.dtype == DType::kI8 && n.size() > 9 && n.compare(n.size() - 9, 9, "_residual") == 0) {
+      ++residual_planes;
+    } else if (t.dtype == DType::kI8) {
+      ++int8_weights;
       EXPECT_TRUE(f.contains(n + "_scale")) << n;
+      EXPECT_TRUE(f.contains(n + "_residual")) << n;
+      EXPECT_TRUE(f.contains(n + "_residual_scale")) << n;
     } else {
       EXPECT_EQ(t.dtype, DType::kF32) << n;
     }
   }
-  EXPECT_EQ(int8_tensors, 6 * 2);
+  EXPECT_EQ(int8_weights, 6 * 2);
+  EXPECT_EQ(residual_planes, 6 * 2);
   EXPECT_EQ(f.get("encoder.layer.0.intermediate.dense.weight").shape, (std::vector<std::int64_t>{16, 16, 16, 4}));
+  EXPECT_EQ(f.get("encoder.layer.0.intermediate.dense.weight_residual").shape, (std::vector<std::int64_t>{64, 256}))
+      << "the second plane is [in, out]";
   // Converting it again is refused: int8 is the end of the line.
   ConvertOptions o;
   o.dtype = DType::kBF16;
@@ -230,6 +278,25 @@ TEST(Int8Format, ConvertedFileDeclaresItsSchemeAndKeepsTheBackbone) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("already quantized"), std::string::npos) << e.what();
   }
+}
+
+// Files without the second plane (written before it existed) load and run: the outlier split then
+// takes the weight columns from the int8 plane alone. On the plain tiny model nothing changes.
+TEST(Int8Format, FilesWithoutTheSecondPlaneStillLoadAndRun) {
+  const std::string dir = test::temp_dir();
+  std::map<std::string, std::string> meta;
+  const std::string full = int8_file(dir);
+  const std::vector<TensorData> tensors = read_all(full, &meta);
+  std::vector<TensorData> first_plane;
+  for (const TensorData& t : tensors)
+    if (t.name.find("_residual") == std::string::npos) first_plane.push_back(t);
+  ASSERT_EQ(first_plane.size() + 24, tensors.size());
+  write_safetensors(dir + "/v1.safetensors", first_plane, meta);
+  const Model both = Model::load(full), v1 = Model::load(dir + "/v1.safetensors");
+  const Matrix a = both.extract_features(test::fixture_pixels("coffee")).last_hidden_state;
+  const Matrix b = v1.extract_features(test::fixture_pixels("coffee")).last_hidden_state;
+  EXPECT_EQ(a.rows(), b.rows());
+  EXPECT_TRUE(test::agreement(a, b).meets_targets()) << test::describe(test::agreement(a, b));
 }
 
 TEST(Int8Format, LoaderRefusesAnUnknownSchemeMissingMetadataBadShapesAndMissingScales) {
@@ -253,6 +320,19 @@ TEST(Int8Format, LoaderRefusesAnUnknownSchemeMissingMetadataBadShapesAndMissingS
   write_safetensors(dir + "/noscale.safetensors", no_scale, meta);
   expect_load_error(dir + "/noscale.safetensors",
                     "has no scales 'encoder.layer.1.attention.attention.key.weight_scale'");
+  std::vector<TensorData> half_plane;
+  for (const TensorData& t : tensors)
+    if (t.name != "encoder.layer.0.attention.attention.value.weight_residual_scale") half_plane.push_back(t);
+  write_safetensors(dir + "/halfplane.safetensors", half_plane, meta);
+  expect_load_error(dir + "/halfplane.safetensors",
+                    "has 'encoder.layer.0.attention.attention.value.weight_residual' but not "
+                    "'encoder.layer.0.attention.attention.value.weight_residual_scale'");
+  std::vector<TensorData> flipped = tensors;
+  for (TensorData& t : flipped)
+    if (t.name == "encoder.layer.0.intermediate.dense.weight_residual") t.shape = {256, 64};  // [out, in]
+  write_safetensors(dir + "/flipped.safetensors", flipped, meta);
+  expect_load_error(dir + "/flipped.safetensors",
+                    "'encoder.layer.0.intermediate.dense.weight_residual' has I8 [256,64], expected I8 [64,256]");
   std::vector<TensorData> reshaped = tensors;
   for (TensorData& t : reshaped)
     if (t.name == "encoder.layer.1.output.dense.weight") t.shape = {8, 32, 16, 4};  // same bytes, wrong layout

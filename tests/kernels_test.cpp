@@ -1335,6 +1335,22 @@ std::vector<float> run_int8(const Int8Data& d, int epilogue, int threads, Int8Fn
     ep.ldr = d.ldc;
   }
   if (epilogue == 3) ep.gelu = true;
+  // 4: the outlier split's inputs: channels 0, K/2 and K−1 left out of the quantization, a product
+  // `pre` added before the bias (ldp ≠ ldc), then bias and an in-place residual.
+  std::vector<std::uint32_t> excluded(static_cast<std::size_t>(d.kp / int8::kBlock), 0u);
+  std::vector<float> pre;
+  if (epilogue == 4) {
+    for (int ch : {0, d.c.K / 2, d.c.K - 1}) excluded[ch / int8::kBlock] |= 1u << (ch % int8::kBlock);
+    const std::ptrdiff_t ldp = d.ldc + 2;
+    pre.resize(static_cast<std::size_t>(d.c.M) * ldp);
+    for (std::size_t i = 0; i < pre.size(); ++i) pre[i] = static_cast<float>((i * 2654435761u) % 1000) * 0.01f - 5.0f;
+    ep.int8_excluded = excluded.data();
+    ep.int8_pre = pre.data();
+    ep.ldp = ldp;
+    C = d.residual;
+    ep.residual = C.data();
+    ep.ldr = d.ldc;
+  }
   fn(d.c.M, d.c.seg_rows, d.c.segments, d.c.K, d.kp, d.A.data(), d.lda, W.data(), S.data(), C.data(), d.ldc, ep,
      threads);
   return C;
@@ -1371,7 +1387,7 @@ void check_int8_variant(const char* name, Int8Fn fn) {
   std::size_t compared = 0;
   for (const Int8Case& c : int8_cases()) {
     const Int8Data d = make_int8_data(c, 77u + static_cast<unsigned>(c.M + c.K));
-    for (int epilogue : {0, 1, 2}) {
+    for (int epilogue : {0, 1, 2, 4}) {
       const std::vector<float> want = run_int8(d, epilogue, 1, kernels(Isa::kPortable).gemm_int8);
       for (int threads : {1, 2, 3}) {
         const std::vector<float> got = run_int8(d, epilogue, threads, fn);
@@ -1388,8 +1404,99 @@ void check_int8_variant(const char* name, Int8Fn fn) {
     const std::vector<float> g0 = run_int8(d, 3, 1, kernels(Isa::kPortable).gemm_int8), g1 = run_int8(d, 3, 2, fn);
     for (std::size_t i = 0; i < g0.size(); ++i) ASSERT_NEAR(g0[i], g1[i], 1e-6 + 2e-6 * std::fabs(g0[i])) << name;
   }
-  std::printf("[ %s int8 ] bit-identical to portable in %zu runs (3 epilogues × 3 thread counts × 6 shapes)\n", name,
+  std::printf("[ %s int8 ] bit-identical to portable in %zu runs (4 epilogues × 3 thread counts × 6 shapes)\n", name,
               compared);
+}
+
+// The outlier split's inputs in the portable definition: excluded channels quantize as 0 and `pre`
+// enters as fma(f, s_w, pre) — against the same GEMM on A with those channels zeroed, plus pre.
+TEST(Int8, ExcludedChannelsAndPreProductFollowTheDefinition) {
+  const Int8Data d = make_int8_data({61, 64, 3, 100}, 9u);
+  Int8Data zeroed = d;
+  for (int t = 0; t < d.c.M; ++t)
+    for (int ch : {0, d.c.K / 2, d.c.K - 1}) zeroed.A[t * d.lda + ch] = 0.0f;
+  const std::vector<float> split = run_int8(d, 4, 1, kernels(Isa::kPortable).gemm_int8);
+  const std::vector<float> plain = run_int8(zeroed, 2, 1, kernels(Isa::kPortable).gemm_int8);  // bias + residual
+  const std::ptrdiff_t ldp = d.ldc + 2;
+  double worst = 0.0;
+  for (int t = 0; t < d.c.M; ++t)
+    for (int n = 0; n < d.c.seg_rows * d.c.segments; ++n) {
+      const float pre = static_cast<float>((static_cast<std::size_t>(t * ldp + n) * 2654435761u) % 1000) * 0.01f - 5.0f;
+      worst = std::max(worst, static_cast<double>(std::fabs(split[t * d.ldc + n] - (plain[t * d.ldc + n] + pre))));
+    }
+  EXPECT_LE(worst, 1e-4) << "largest difference from zeroed channels + pre: " << worst;
+  EXPECT_GT(worst, 0.0) << "pre enters before the rounding of f·s_w (one fma), so some results differ in the last bit";
+}
+
+struct OutlierProductData {
+  static constexpr int M = 130, N = 200, K = 96, J = 5;
+  static constexpr std::ptrdiff_t lda = K + 1, ldp = N + 3;
+  std::vector<float> A, w;
+  std::vector<int> ch = {2, 31, 32, 70, 95};
+  OutlierProductData() : A(static_cast<std::size_t>(M) * lda), w(static_cast<std::size_t>(J) * N) {
+    std::mt19937 rng(3);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (float& x : A) x = nd(rng);
+    for (float& x : w) x = nd(rng);
+  }
+  std::vector<float> run(Isa isa, int threads) const {
+    std::vector<float> P(static_cast<std::size_t>(M) * ldp, -1.0f);
+    kernels(isa).outlier_product(M, N, J, A.data(), lda, ch.data(), w.data(), P.data(), ldp, threads);
+    return P;
+  }
+};
+
+TEST(Int8, OutlierProductPortableMatchesItsDefinition) {
+  const OutlierProductData d;
+  const std::vector<float> P = d.run(Isa::kPortable, 2);
+  double worst = 0.0;
+  for (int t = 0; t < d.M; ++t)
+    for (int n = 0; n < d.N; ++n) {
+      double y = 0.0;
+      for (int j = 0; j < d.J; ++j) y += static_cast<double>(d.A[t * d.lda + d.ch[j]]) * d.w[j * d.N + n];
+      worst = std::max(worst, std::fabs(P[t * d.ldp + n] - y) / (1.0 + std::fabs(y)));
+    }
+  EXPECT_LE(worst, 1e-6) << "largest relative difference from the float64 sum: " << worst;
+}
+
+void check_outlier_product(Isa isa) {
+  const OutlierProductData d;
+  const std::vector<float> want = d.run(Isa::kPortable, 1);
+  for (int threads : {1, 2})
+    EXPECT_TRUE(same_bits(d.run(isa, threads), want)) << isa_name(isa) << " threads " << threads;
+}
+
+TEST(Int8, OutlierProductAvx2IsBitIdenticalToPortable) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
+  check_outlier_product(Isa::kAvx2);
+}
+
+TEST(Int8, OutlierProductAvx512IsBitIdenticalToPortable) {
+  SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
+  check_outlier_product(Isa::kAvx512);
+}
+
+TEST(Int8, OutlierChannelsAreTheLargeOnesAtMostMaxOf8AndKOver16) {
+  const int M = 300, K = 256;
+  std::vector<float> A(static_cast<std::size_t>(M) * K);
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (float& x : A) x = nd(rng);
+  EXPECT_TRUE(int8::find_outlier_channels(A.data(), K, M, K).empty()) << "plain Gaussian activations have none";
+  for (int t = 0; t < M; ++t) {
+    A[t * K + 7] *= 40.0f;
+    A[t * K + 200] *= 25.0f;
+    A[t * K + 100] *= 2.0f;  // not an outlier
+  }
+  EXPECT_EQ(int8::find_outlier_channels(A.data(), K, M, K), (std::vector<int>{7, 200}));
+  for (int c = 0; c < 40; ++c)  // 40 candidates: the 16 largest (K/16), ascending
+    for (int t = 0; t < M; ++t) A[t * K + c] = (t % 2 ? -1.0f : 1.0f) * (200.0f + static_cast<float>(c));
+  const std::vector<int> capped = int8::find_outlier_channels(A.data(), K, M, K);
+  std::vector<int> want;
+  for (int c = 24; c < 40; ++c) want.push_back(c);
+  EXPECT_EQ(capped, want);
+  std::vector<float> zeros(static_cast<std::size_t>(M) * K, 0.0f);
+  EXPECT_TRUE(int8::find_outlier_channels(zeros.data(), K, M, K).empty()) << "a zero median: no split";
 }
 
 TEST(Int8, PortableMatchesItsDefinition) {
@@ -1437,7 +1544,7 @@ void int8_through_lanes(int M, int seg_rows, int segments, int K, int kp, const 
 TEST(Int8Blocked, VnniAndMaddubsGeometriesThroughPlainLanesAreBitIdenticalToPortable) {
   for (const Int8Case& c : {Int8Case{61, 64, 3, 100}, Int8Case{29, 48, 1, 256}, Int8Case{5, 16, 1, 32}}) {
     const Int8Data d = make_int8_data(c, 11u + static_cast<unsigned>(c.M));
-    for (int epilogue : {0, 1, 2}) {
+    for (int epilogue : {0, 1, 2, 4}) {
       const std::vector<float> want = run_int8(d, epilogue, 1, kernels(Isa::kPortable).gemm_int8);
       EXPECT_TRUE(same_bits(run_int8(d, epilogue, 2, int8_through_lanes<ScalarInt8<16, true>, 6, 2>), want))
           << "16 lanes, offset: M " << c.M << " K " << c.K << " epilogue " << epilogue;

@@ -704,6 +704,35 @@ void layer_norm_rows(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_
   }
 }
 
+/// The table's outlier_product: P[t, n] = Σ_j A[t, ch[j]]·w[j, n], one fma per term in j's order (the
+/// same rounding as the portable entry's std::fma chain). Rows split over the threads.
+template <class V>
+void outlier_product(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* ch, const float* w, float* P,
+                     std::ptrdiff_t ldp, int threads) {
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  run_split(iclamp(imin(threads, M / 64), 1, threads), [&](int t, int nt) {
+    for (int r = split_begin(M, t, nt); r < split_begin(M, t + 1, nt); ++r) {
+      const float* a = A + r * lda;
+      float* p = P + r * ldp;
+      int n = 0;
+      for (; n + L <= N; n += L) {
+        R acc = V::zero();
+        for (int j = 0; j < J; ++j)
+          acc = V::fma(V::set1(a[ch[j]]), V::load(w + static_cast<std::ptrdiff_t>(j) * N + n), acc);
+        V::store(p + n, acc);
+      }
+      if (n < N) {
+        const int k = N - n;
+        R acc = V::zero();
+        for (int j = 0; j < J; ++j)
+          acc = V::fma(V::set1(a[ch[j]]), V::load_n(w + static_cast<std::ptrdiff_t>(j) * N + n, k), acc);
+        V::store_n(p + n, acc, k);
+      }
+    }
+  });
+}
+
 template <class V>
 void erf_buffer(float* x, std::ptrdiff_t n) {
   constexpr int L = V::kLanes;

@@ -55,8 +55,8 @@ struct PackedA {
 };
 
 template <class I, int MR>
-void quantize_rows(const float* A, std::ptrdiff_t lda, int M, int K, int kp, std::uint8_t* data, float* scales, int g0,
-                   int g1) {
+void quantize_rows(const float* A, std::ptrdiff_t lda, int M, int K, int kp, const std::uint32_t* excluded,
+                   std::uint8_t* data, float* scales, int g0, int g1) {
   const int quads = kp / 4, blocks = kp / kBlock;
   alignas(64) std::int8_t q[kBlock];
   for (int g = g0; g < g1; ++g)
@@ -66,7 +66,14 @@ void quantize_rows(const float* A, std::ptrdiff_t lda, int M, int K, int kp, std
         float s = 0.0f;
         if (row < M) {
           const int k0 = b * kBlock, len = imin(kBlock, K - k0);
-          s = len > 0 ? I::quantize_block(A + row * lda + k0, len, q) : 0.0f;
+          const std::uint32_t ex = excluded ? excluded[b] : 0u;
+          if (ex != 0 && len > 0) {  // the outlier split's channels count as 0
+            alignas(64) float kept[kBlock];
+            for (int i = 0; i < len; ++i) kept[i] = (ex >> i) & 1u ? 0.0f : A[row * lda + k0 + i];
+            s = I::quantize_block(kept, len, q);
+          } else {
+            s = len > 0 ? I::quantize_block(A + row * lda + k0, len, q) : 0.0f;
+          }
           if (len <= 0) std::memset(q, 0, sizeof q);
         } else {
           std::memset(q, 0, sizeof q);
@@ -102,7 +109,7 @@ struct WeightView {
 template <class I, int MR, int NV>
 inline void tile(const PackedA& pa, int g, int b0, int b1, const std::int8_t* const* bpanel, const std::int32_t* corr,
                  float* c, std::ptrdiff_t ldc, int rows, int cols, bool first, bool last, const float* w_scale,
-                 const blocked::TileEpilogue* ep) {
+                 const float* pre, std::ptrdiff_t ldp, const blocked::TileEpilogue* ep) {
   using Ri = typename I::Ri;
   using Rf = typename I::Rf;
   constexpr int L = I::kLanes;
@@ -152,13 +159,21 @@ inline void tile(const PackedA& pa, int g, int b0, int b1, const std::int8_t* co
       }
     return;
   }
-  // y = f·s_w, then the float GEMM's epilogue from a stack tile.
+  // y = f·s_w (fma(f, s_w, pre) with the outlier split's product), then the float GEMM's epilogue
+  // from a stack tile.
   alignas(64) float t[MR][NR];
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) {
-    const Rf sw = I::load_f_n(w_scale + j * L, imin(L, imax(0, cols - j * L)));
+    const int n = imin(L, imax(0, cols - j * L));
+    const Rf sw = I::load_f_n(w_scale + j * L, n);
+    if (pre == nullptr) {
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) I::store_f(&t[i][j * L], I::mul_f(f[i][j], sw));
+      for (int i = 0; i < MR; ++i) I::store_f(&t[i][j * L], I::mul_f(f[i][j], sw));
+    } else {
+      for (int i = 0; i < MR; ++i)
+        I::store_f(&t[i][j * L], i < rows && n > 0 ? I::fma_f(f[i][j], sw, I::load_f_n(pre + i * ldp + j * L, n))
+                                                   : I::mul_f(f[i][j], sw));
+    }
   }
   blocked::finish_tile<typename I::V, MR, NR / I::V::kLanes>(&t[0][0], c, ldc, rows, cols, ep);
 }
@@ -247,7 +262,10 @@ void gemm_columns(const Problem& p, const PackedA& pa, int n0, int n1, int kc_bl
           te.residual = residual + static_cast<std::ptrdiff_t>(r0) * ldr + jr;
           te.ldr = ldr;
         }
-        tile<I, MR, NV>(pa, g, b0, b1, bpanel, corr, ct, p.ldc, rows, cols, first, last, wscale, last ? &te : nullptr);
+        const float* pre =
+            last && p.ep.int8_pre ? p.ep.int8_pre + static_cast<std::ptrdiff_t>(r0) * p.ep.ldp + jr : nullptr;
+        tile<I, MR, NV>(pa, g, b0, b1, bpanel, corr, ct, p.ldc, rows, cols, first, last, wscale, pre, p.ep.ldp,
+                        last ? &te : nullptr);
       }
     }
   }
@@ -276,7 +294,7 @@ void gemm(const Problem& p, int kc_blocks, int threads) {
   const auto run = [&](int t, int nt) {
     const int g0 = split_begin(groups, t, nt);
     const int g1 = split_begin(groups, t + 1, nt);
-    quantize_rows<I, MR>(p.A, p.lda, p.M, p.K, kp, data, scales, g0, g1);
+    quantize_rows<I, MR>(p.A, p.lda, p.M, p.K, kp, p.ep.int8_excluded, data, scales, g0, g1);
   };
   const auto compute = [&](int t, int nt) {
     const int q0 = split_begin(tiles_n, t, nt);

@@ -45,9 +45,13 @@ inline float quantize_scalar(const float* x, int len, int count, std::int8_t* q)
   return amax / 127.0f;
 }
 
-/// One activation block of 32 (len <= 32 values).
-inline float quantize_block_scalar(const float* x, int len, std::int8_t* q) {
-  return quantize_scalar(x, len, kBlock, q);
+/// One activation block of 32 (len <= 32 values). Channels whose bit is set in `excluded` (bit c:
+/// channel c of the block) count as 0: they are left to the outlier split's float product.
+inline float quantize_block_scalar(const float* x, int len, std::int8_t* q, std::uint32_t excluded = 0) {
+  if (excluded == 0) return quantize_scalar(x, len, kBlock, q);
+  float kept[kBlock];
+  for (int i = 0; i < len; ++i) kept[i] = (excluded >> i) & 1u ? 0.0f : x[i];
+  return quantize_scalar(kept, len, kBlock, q);
 }
 
 /// A float weight W [N, K] (row-major, leading dimension ldw) quantized per output channel into the
@@ -61,6 +65,47 @@ inline void quantize_weights(const float* W, int N, int K, std::ptrdiff_t ldw, s
   for (int n = 0; n < N; ++n) {
     (*scales)[n] = quantize_scalar(W + n * ldw, K, K, row.data());
     for (int k = 0; k < K; ++k) (*panels)[panel_offset(n, k, kp)] = row[k];
+  }
+}
+
+/// The outlier split. Real ViT-L checkpoints carry a few activation channels 20-100x larger than the
+/// rest on nearly every token (outlier features, in the residual stream and the layer-norm outputs);
+/// quantized with their block they leave its other 31 channels a level or two. Per GEMM call,
+/// find_outlier_channels() picks the channels whose largest magnitude over kOutlierRows evenly
+/// spaced rows exceeds kOutlierRatio times the median channel's (at most max(8, K/16) of them, the largest;
+/// none when that median is 0). They are left out of the int8 quantization, and their product with
+/// the weights as stored (s_w·q_w) is computed in float32 (KernelTable::outlier_product) and added
+/// before the bias (Epilogue::int8_pre). Without outliers nothing changes.
+constexpr float kOutlierRatio = 6.0f;
+constexpr int kOutlierRows = 64;
+
+/// The outlier channels of A [M, K] (ascending), as described above.
+std::vector<int> find_outlier_channels(const float* A, std::ptrdiff_t lda, int M, int K);
+
+/// Whether int8 models use the outlier split in this process (default on; off only to measure what it
+/// buys, in tests and analyses). Thread-safe.
+bool outlier_split();
+void set_outlier_split(bool on);
+
+/// The weights' second plane, for the outlier split's float product. An outlier channel's term
+/// dominates its dot products, so its weight column needs the precision of the float weights, not
+/// the int8 plane's (error up to max|w_n|/254, relative to the row, not to the element). The
+/// converter stores, per output channel n, the rounding residual r = w − s_w·q_w quantized once more
+/// — s_r[n] = max_k |r[n,k]| / 127, q_r = rint(r·127/max|r|) — transposed, [K, N] (channel k's
+/// column is one contiguous row of N bytes: reading the few outlier columns touches a few pages).
+/// s_w·q_w + s_r·q_r is within max|w_n|/64,516 of w. Returns s_r; `cols` gets q_r as [K, N].
+inline void quantize_residual(const float* W, int N, int K, std::ptrdiff_t ldw, const std::vector<std::int8_t>& panels,
+                              const std::vector<float>& scales, std::vector<std::int8_t>* cols,
+                              std::vector<float>* residual_scales) {
+  const int kp = padded_k(K);
+  cols->assign(static_cast<std::size_t>(K) * N, 0);
+  residual_scales->assign(static_cast<std::size_t>(N), 0.0f);
+  std::vector<float> r(static_cast<std::size_t>(K));
+  std::vector<std::int8_t> q(static_cast<std::size_t>(K));
+  for (int n = 0; n < N; ++n) {
+    for (int k = 0; k < K; ++k) r[k] = W[n * ldw + k] - scales[n] * static_cast<float>(panels[panel_offset(n, k, kp)]);
+    (*residual_scales)[n] = quantize_scalar(r.data(), K, K, q.data());
+    for (int k = 0; k < K; ++k) (*cols)[static_cast<std::size_t>(k) * N + n] = q[k];
   }
 }
 

@@ -26,6 +26,13 @@ struct Epilogue {
   bool gelu = false;                // exact erf GELU: 0.5·x·(1 + erf(x/√2))
   const float* residual = nullptr;  // [M, N] with leading dimension ldr, or null
   std::ptrdiff_t ldr = 0;
+  // gemm_int8 only (the outlier split, src/cpu/int8_blocked.hpp): activation channels left out of the
+  // quantization — bit c of int8_excluded[b] is channel 32·b + c, kp/32 words, or null for none —
+  // and int8_pre [M, N] (leading dimension ldp), added to the dequantized product before the bias:
+  // t = fma(f, s_w, pre). The exact float product of the excluded channels goes there.
+  const std::uint32_t* int8_excluded = nullptr;
+  const float* int8_pre = nullptr;
+  std::ptrdiff_t ldp = 0;
 };
 
 /// Element type of a weight matrix used in place (e.g. memory-mapped from a safetensors file).
@@ -72,6 +79,12 @@ struct KernelTable {
   void (*gemm_int8)(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
                     const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
                     const Epilogue& ep, int threads) = nullptr;
+
+  /// P[M, N] (leading dimension ldp) = Σ_j A[t, channels[j]]·w[j, n] over j = 0 … J−1 in that order,
+  /// each term one fma from p = 0 (bit-identical in every variant): the float product of an int8
+  /// GEMM's outlier channels, w [J, N] their dequantized weight columns.
+  void (*outlier_product)(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels, const float* w,
+                          float* P, std::ptrdiff_t ldp, int threads) = nullptr;
 
   /// In place, for each of `rows` rows of x (leading dimension ld): x = softmax(x) over `cols` values.
   void (*softmax_rows)(float* x, int rows, int cols, std::ptrdiff_t ld) = nullptr;

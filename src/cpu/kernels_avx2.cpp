@@ -60,6 +60,11 @@ void layer_norm_avx2(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_
   blocked::layer_norm_rows<Avx2>(x, ldx, y, ldy, rows, cols, w, b, eps);
 }
 
+void outlier_product_avx2(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels, const float* w,
+                          float* P, std::ptrdiff_t ldp, int threads) {
+  blocked::outlier_product<Avx2>(M, N, J, A, lda, channels, w, P, ldp, threads);
+}
+
 void erf_avx2(float* x, std::ptrdiff_t n) { blocked::erf_buffer<Avx2>(x, n); }
 
 }  // namespace
@@ -119,6 +124,7 @@ KernelTable avx2_kernel_table() {
   t.layer_norm = layer_norm_avx2;
   t.attention_head = attention_head_avx2;
   t.gemm_int8 = gemm_int8_avx2;
+  t.outlier_product = outlier_product_avx2;
   t.gemm_weights_stacked = gemm_weights_stacked_avx2;
   t.fma_burst = fma_burst_avx2;
   return t;

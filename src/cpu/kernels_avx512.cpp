@@ -199,6 +199,11 @@ void layer_norm_avx512(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdif
   blocked::layer_norm_rows<Avx512>(x, ldx, y, ldy, rows, cols, w, b, eps);
 }
 
+void outlier_product_avx512(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels,
+                            const float* w, float* P, std::ptrdiff_t ldp, int threads) {
+  blocked::outlier_product<Avx512>(M, N, J, A, lda, channels, w, P, ldp, threads);
+}
+
 void erf_avx512(float* x, std::ptrdiff_t n) { blocked::erf_buffer<Avx512>(x, n); }
 
 // int8: 6 × 32 tiles (12 int32 + 12 float accumulators, 2 weight vectors, 1 broadcast); per k-quad 2
@@ -252,6 +257,7 @@ KernelTable avx512_kernel_table() {
   t.layer_norm = layer_norm_avx512;
   t.attention_head = attention_head_avx512;
   t.gemm_int8 = gemm_int8_avx512;
+  t.outlier_product = outlier_product_avx512;
   t.gemm_weights_stacked = gemm_weights_stacked_avx512;
   t.fma_burst = fma_burst_avx512;
   return t;

@@ -189,7 +189,8 @@ void gemm_int8_portable(int M, int seg_rows, int segments, int K, int kp, const 
     for (int t = r0; t < r1; ++t) {
       for (int b = 0; b < blocks; ++b) {
         const int k0 = b * int8::kBlock, len = std::max(0, std::min(int8::kBlock, K - k0));
-        s[b] = int8::quantize_block_scalar(A + t * lda + k0, len, q.data() + k0);
+        s[b] = int8::quantize_block_scalar(A + t * lda + k0, len, q.data() + k0,
+                                           ep.int8_excluded ? ep.int8_excluded[b] : 0u);
       }
       for (int n = 0; n < N; ++n) {
         const std::int8_t* w = W[n / seg_rows];
@@ -201,7 +202,8 @@ void gemm_int8_portable(int M, int seg_rows, int segments, int K, int kp, const 
             acc += static_cast<std::int32_t>(q[k]) * w[int8::panel_offset(nn, k, kp)];
           f = std::fma(static_cast<float>(acc), s[b], f);
         }
-        float v = f * w_scale[n / seg_rows][nn];
+        float v = ep.int8_pre ? std::fma(f, w_scale[n / seg_rows][nn], ep.int8_pre[t * ep.ldp + n])
+                              : f * w_scale[n / seg_rows][nn];
         if (ep.bias) v += ep.bias[n];
         if (ep.gelu) v = gelu_scalar(v);
         if (ep.residual) v += ep.residual[t * ep.ldr + n];
@@ -211,6 +213,20 @@ void gemm_int8_portable(int M, int seg_rows, int segments, int K, int kp, const 
   };
   threads = std::max(1, std::min(threads, M));
   run_split(threads, [&](int t, int nt) { rows(split_begin(M, t, nt), split_begin(M, t + 1, nt)); });
+}
+
+void outlier_product_portable(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels,
+                              const float* w, float* P, std::ptrdiff_t ldp, int threads) {
+  threads = std::max(1, std::min(threads, M / 64));
+  run_split(threads, [&](int t, int nt) {
+    for (int r = split_begin(M, t, nt); r < split_begin(M, t + 1, nt); ++r)
+      for (int n = 0; n < N; ++n) {
+        float p = 0.0f;
+        for (int j = 0; j < J; ++j)
+          p = std::fma(A[r * lda + channels[j]], w[static_cast<std::ptrdiff_t>(j) * N + n], p);
+        P[r * ldp + n] = p;
+      }
+  });
 }
 
 void softmax_rows_portable(float* x, int rows, int cols, std::ptrdiff_t ld) {
@@ -298,6 +314,36 @@ namespace {
 std::atomic<int> g_grouping{static_cast<int>(Grouping::kBlock32)};
 }  // namespace
 
+std::atomic<bool> g_outlier_split{true};
+
+bool outlier_split() { return g_outlier_split.load(std::memory_order_relaxed); }
+void set_outlier_split(bool on) { g_outlier_split.store(on, std::memory_order_relaxed); }
+
+std::vector<int> find_outlier_channels(const float* A, std::ptrdiff_t lda, int M, int K) {
+  std::vector<int> out;
+  if (M <= 0 || K <= 0) return out;
+  const int rows = std::min(M, kOutlierRows);
+  std::vector<float> amax(static_cast<std::size_t>(K), 0.0f);
+  for (int i = 0; i < rows; ++i) {
+    const float* a = A + static_cast<std::ptrdiff_t>(static_cast<long long>(M) * i / rows) * lda;
+    for (int c = 0; c < K; ++c) amax[c] = std::fabs(a[c]) > amax[c] ? std::fabs(a[c]) : amax[c];  // NaN: skipped
+  }
+  std::vector<float> sorted = amax;
+  std::nth_element(sorted.begin(), sorted.begin() + K / 2, sorted.end());
+  const float median = sorted[K / 2];
+  if (!(median > 0.0f)) return out;
+  const float threshold = kOutlierRatio * median;
+  for (int c = 0; c < K; ++c)
+    if (amax[c] > threshold) out.push_back(c);
+  const std::size_t cap = static_cast<std::size_t>(std::max(8, K / 16));
+  if (out.size() > cap) {  // the largest, ties by channel
+    std::stable_sort(out.begin(), out.end(), [&](int a, int b) { return amax[a] > amax[b]; });
+    out.resize(cap);
+    std::sort(out.begin(), out.end());
+  }
+  return out;
+}
+
 Grouping activation_grouping() { return static_cast<Grouping>(g_grouping.load(std::memory_order_relaxed)); }
 void set_activation_grouping(Grouping grouping) {
   g_grouping.store(static_cast<int>(grouping), std::memory_order_relaxed);
@@ -363,6 +409,7 @@ KernelTable portable_kernel_table() {
   t.layer_norm = layer_norm_portable;
   t.attention_head = attention_head_portable;
   t.gemm_int8 = gemm_int8_portable;
+  t.outlier_product = outlier_product_portable;
   t.gemm_weights_stacked = gemm_weights_stacked_portable;
   t.fma_burst = fma_burst_scalar;
   return t;

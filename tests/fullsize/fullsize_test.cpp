@@ -97,33 +97,58 @@ TEST(FullSize, ConvertInterruptedMidWriteLeavesNothing) {
 }
 #endif
 
-// int8 at full size (issue #16): the synthetic ViT-L/7 and its outlier variant (tests/int8_models.hpp),
-// int8 against float32 on chelsea; on the outlier variant one activation scale per tensor must fail.
-void int8_full_size(bool outliers) {
+// int8 at full size (issue #16): the synthetic ViT-L/7 and its outlier variants (tests/int8_models.hpp),
+// int8 against float32 on chelsea: the scheme meets the targets on all three; on both outlier variants
+// one activation scale per tensor must fail, and with residual-stream outliers blocks of 32 without
+// the outlier split must fail too.
+enum class Outliers { kNone, kGains, kGainsAndResidual };
+
+void int8_full_size(Outliers outliers) {
   const std::string dir = test::temp_dir();
   const Config c = vit_msn_large_7_config();
   std::vector<TensorData> tensors = synthetic_tensors(c);
-  if (outliers) test::make_outliers(tensors, c, test::full_size_outliers());
+  if (outliers != Outliers::kNone) test::make_outliers(tensors, c, test::full_size_outliers());
+  if (outliers == Outliers::kGainsAndResidual) test::make_residual_outliers(tensors, c, test::full_size_outliers());
   const test::ModelPair p = test::write_model_pair(dir, c, tensors);
   tensors.clear();
   const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
   const Matrix a = f32.extract_features(chelsea()).last_hidden_state;
-  const test::Agreement blocks = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
-  std::printf("    %s, int8 (per token and block of 32) vs float32: %s\n", outliers ? "outlier ViT-L/7" : "ViT-L/7",
-              test::describe(blocks).c_str());
-  EXPECT_TRUE(blocks.meets_targets()) << test::describe(blocks);
-  if (!outliers) return;
-  detail::int8::set_activation_grouping(detail::int8::Grouping::kTensor);
-  const test::Agreement tensor = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
-  detail::int8::set_activation_grouping(detail::int8::Grouping::kBlock32);
-  std::printf("    outlier ViT-L/7, one activation scale per tensor: %s\n", test::describe(tensor).c_str());
+  const char* name = outliers == Outliers::kNone    ? "ViT-L/7"
+                     : outliers == Outliers::kGains ? "outlier ViT-L/7"
+                                                    : "residual outlier ViT-L/7";
+  const test::Agreement scheme = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
+  std::printf("    %s, int8 (blocks of 32 + outlier split) vs float32: %s\n", name, test::describe(scheme).c_str());
+  if (outliers == Outliers::kNone) {
+    EXPECT_TRUE(scheme.meets_targets()) << test::describe(scheme);
+    return;
+  }
+  test::Agreement no_split, tensor;
+  {
+    test::GroupingScope g(detail::int8::Grouping::kBlock32, /*split=*/false);
+    no_split = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
+  }
+  {
+    test::GroupingScope g(detail::int8::Grouping::kTensor);
+    tensor = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
+  }
+  std::printf("    %s, blocks of 32 without the outlier split: %s\n", name, test::describe(no_split).c_str());
+  std::printf("    %s, one activation scale per tensor: %s\n", name, test::describe(tensor).c_str());
   EXPECT_FALSE(tensor.meets_targets()) << "one scale per tensor should fail on outlier channels: "
                                        << test::describe(tensor);
+  EXPECT_TRUE(scheme.meets_targets()) << test::describe(scheme);
+  if (outliers == Outliers::kGainsAndResidual)
+    EXPECT_FALSE(no_split.meets_targets())
+        << "blocks of 32 without the outlier split should fail on residual-stream outliers: "
+        << test::describe(no_split);
 }
 
-TEST(FullSize, Int8SyntheticVitL7MeetsTheTargets) { int8_full_size(false); }
+TEST(FullSize, Int8SyntheticVitL7MeetsTheTargets) { int8_full_size(Outliers::kNone); }
 
-TEST(FullSize, Int8OutlierVitL7MeetsTheTargetsAndOneScalePerTensorDoesNot) { int8_full_size(true); }
+TEST(FullSize, Int8OutlierVitL7MeetsTheTargetsAndOneScalePerTensorDoesNot) { int8_full_size(Outliers::kGains); }
+
+TEST(FullSize, Int8ResidualOutlierVitL7MeetsTheTargetsAndTheSchemesWithoutTheSplitDoNot) {
+  int8_full_size(Outliers::kGainsAndResidual);
+}
 
 }  // namespace
 }  // namespace vitmsn
