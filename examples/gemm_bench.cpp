@@ -91,6 +91,12 @@ int main(int argc, char** argv) {
     std::printf("caches (%s): L1d %zu KB, L2 %zu KB, L3 %zu KB; blocking kc %d, mc %d, packed B %zu floats%s\n",
                 caches.source, caches.l1d / 1024, caches.l2 / 1024, caches.l3 / 1024, bl.kc, bl.mc, bl.b_pack_floats,
                 std::getenv("VITMSN_GEMM_BLOCKING") ? " (VITMSN_GEMM_BLOCKING)" : "");
+    {  // The ceiling of the GEMM code: its micro-kernel alone on packed panels in L1, next to the peak.
+      const double peak = vitmsn::measure_fma_peak_gflops(threads, 0.5);
+      const double mk = vitmsn::detail::measure_microkernel_gflops(best, threads, 0.5);
+      std::printf("micro-kernel alone (%s, packed panels in L1): %.1f GFLOP/s = %.1f%% of the FMA peak %.1f\n",
+                  vitmsn::detail::isa_name(best), mk, 100.0 * mk / peak, peak);
+    }
     // The per-layer GEMMs of ViT-L/7 (1025 tokens, hidden 1024, MLP 4096, heads of 64).
     const std::vector<Shape> shapes = {
         {"qkv", 1025, 3072, 1024, true, 1024, 1024, true, false, false, 1.0f},

@@ -1499,6 +1499,19 @@ TEST(Int8, OutlierChannelsAreTheLargeOnesAtMostMaxOf8AndKOver16) {
   EXPECT_TRUE(int8::find_outlier_channels(zeros.data(), K, M, K).empty()) << "a zero median: no split";
 }
 
+// gemm_bench's micro-kernel ceiling: the burst does what it counts (FLOPs linear in the calls, the
+// tile's size times depth 128) in every table.
+TEST(Kernels, MicrokernelBurstCountsItsFlops) {
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_available(isa)) continue;
+    const double one = kernels(isa).microkernel_burst(3), two = kernels(isa).microkernel_burst(6);
+    EXPECT_GT(one, 0.0) << isa_name(isa);
+    EXPECT_EQ(two, 2.0 * one) << isa_name(isa);
+  }
+  if (isa_available(Isa::kAvx512)) EXPECT_EQ(kernels(Isa::kAvx512).microkernel_burst(1), 2.0 * 14 * 32 * 128);
+  if (isa_available(Isa::kAvx2)) EXPECT_EQ(kernels(Isa::kAvx2).microkernel_burst(1), 2.0 * 6 * 16 * 128);
+}
+
 TEST(Int8, PortableMatchesItsDefinition) {
   for (const Int8Case& c : int8_cases()) {
     const Int8Data d = make_int8_data(c, 5u + static_cast<unsigned>(c.K));

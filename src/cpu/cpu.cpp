@@ -255,13 +255,11 @@ int default_threads() {
   return n > 0 ? static_cast<int>(n) : 1;
 }
 
-double measure_fma_peak_gflops(int threads, double seconds) {
+namespace {
+
+// GFLOP/s of `burst` (FLOPs per call of 2^14 rounds) run on `threads` threads for about `seconds`.
+double measure_burst(double (*burst)(long), int threads, double seconds) {
   threads = std::max(1, threads);
-  // The widest FMA the CPU has, whatever VITMSN_ISA says: this measures the machine.
-  const detail::Isa widest = detail::isa_available(detail::Isa::kAvx512) ? detail::Isa::kAvx512
-                             : detail::isa_available(detail::Isa::kAvx2) ? detail::Isa::kAvx2
-                                                                         : detail::Isa::kPortable;
-  double (*const burst)(long) = detail::kernels(widest).fma_burst;
   std::vector<double> flops(static_cast<std::size_t>(threads), 0.0);
   const auto start = std::chrono::steady_clock::now();
   const auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
@@ -278,6 +276,22 @@ double measure_fma_peak_gflops(int threads, double seconds) {
   for (double f : flops) total += f;
   return total_time > 0.0 ? total / total_time * 1e-9 : 0.0;
 }
+
+}  // namespace
+
+double measure_fma_peak_gflops(int threads, double seconds) {
+  // The widest FMA the CPU has, whatever VITMSN_ISA says: this measures the machine.
+  const detail::Isa widest = detail::isa_available(detail::Isa::kAvx512) ? detail::Isa::kAvx512
+                             : detail::isa_available(detail::Isa::kAvx2) ? detail::Isa::kAvx2
+                                                                         : detail::Isa::kPortable;
+  return measure_burst(detail::kernels(widest).fma_burst, threads, seconds);
+}
+
+namespace detail {
+double measure_microkernel_gflops(Isa isa, int threads, double seconds) {
+  return measure_burst(kernels(isa).microkernel_burst, threads, seconds);
+}
+}  // namespace detail
 
 double measure_gemm_gflops(int m, int n, int k, int threads, int runs) {
   std::vector<float> a(static_cast<std::size_t>(m) * k), b(static_cast<std::size_t>(n) * k),

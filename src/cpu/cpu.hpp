@@ -53,4 +53,8 @@ Blocking derive_blocking(const CacheSizes& caches, int mr, int nr, double l1_sha
 /// process, a tuning aid). Results do not depend on it, only speed does.
 Blocking gemm_blocking(Isa isa);
 
+/// GFLOP/s of `isa`'s GEMM micro-kernel alone on packed panels in L1 (KernelTable::microkernel_burst)
+/// on `threads` threads for about `seconds`: the ceiling of the GEMM code, next to the FMA peak.
+double measure_microkernel_gflops(Isa isa, int threads, double seconds);
+
 }  // namespace vitmsn::detail

@@ -704,6 +704,22 @@ void layer_norm_rows(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_
   }
 }
 
+/// The table's microkernel_burst: micro_tile on one packed A panel (MR × 128) and one packed B panel
+/// (128 × NR), both in L1, `calls` times; every call starts from zero and stores its MR × NR tile.
+template <class V, int MR, int NV, bool KMajorA>
+double microkernel_burst(long calls) {
+  constexpr int NR = NV * V::kLanes, KC = 128;
+  alignas(64) static thread_local float a[MR * KC], b[KC * NR], c[MR * NR];
+  for (int i = 0; i < MR * KC; ++i) a[i] = 1e-3f * static_cast<float>(i % 7);
+  for (int i = 0; i < KC * NR; ++i) b[i] = 1e-3f * static_cast<float>(i % 5);
+  const Prefetch none{};
+  for (long n = 0; n < calls; ++n)
+    micro_tile<V, MR, NV, KMajorA>(KC, a, KC, b, c, NR, MR, NR, /*first=*/true, nullptr, none, c, 0);
+  volatile float sink = c[MR * NR - 1];
+  (void)sink;
+  return 2.0 * MR * NR * KC * static_cast<double>(calls);
+}
+
 /// The table's outlier_product: P[t, n] = Σ_j A[t, ch[j]]·w[j, n], one fma per term in j's order (the
 /// same rounding as the portable entry's std::fma chain). Rows split over the threads.
 template <class V>

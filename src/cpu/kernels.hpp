@@ -112,6 +112,11 @@ struct KernelTable {
   /// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done (the
   /// FMA-peak measurement of src/cpu/cpu.cpp).
   double (*fma_burst)(long iterations) = nullptr;
+
+  /// Runs the GEMM's micro-kernel alone `calls` times on packed panels that stay in L1 (depth 128,
+  /// C stored on every call); returns the FLOPs done: the ceiling of the GEMM code with no memory
+  /// traffic (gemm_bench). The portable table, which has no micro-kernel, runs its scalar FMA loop.
+  double (*microkernel_burst)(long calls) = nullptr;
 };
 
 /// The table of `isa` if this build has it and the CPU runs it, else of the best variant below it.

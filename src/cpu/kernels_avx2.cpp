@@ -127,6 +127,7 @@ KernelTable avx2_kernel_table() {
   t.outlier_product = outlier_product_avx2;
   t.gemm_weights_stacked = gemm_weights_stacked_avx2;
   t.fma_burst = fma_burst_avx2;
+  t.microkernel_burst = blocked::microkernel_burst<Avx2, kMr, kNv, /*KMajorA=*/false>;
   return t;
 }
 

@@ -260,6 +260,7 @@ KernelTable avx512_kernel_table() {
   t.outlier_product = outlier_product_avx512;
   t.gemm_weights_stacked = gemm_weights_stacked_avx512;
   t.fma_burst = fma_burst_avx512;
+  t.microkernel_burst = blocked::microkernel_burst<Avx512, kMr, kNv, /*KMajorA=*/true>;
   return t;
 }
 

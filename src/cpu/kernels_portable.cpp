@@ -412,6 +412,7 @@ KernelTable portable_kernel_table() {
   t.outlier_product = outlier_product_portable;
   t.gemm_weights_stacked = gemm_weights_stacked_portable;
   t.fma_burst = fma_burst_scalar;
+  t.microkernel_burst = fma_burst_scalar;
   return t;
 }
 
