@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/half.hpp"
+#include "cpu/int8_format.hpp"
 #include "cpu/kernels.hpp"
 #include "vitmsn/cpu.hpp"
 
@@ -183,6 +184,60 @@ int main(int argc, char** argv) {
                     gflop / h.best, gflop / h.median);
         if (best == Isa::kPortable) break;
       }
+    }
+
+    // int8 (vitmsn-convert --dtype int8) against float32 weights on the linear layers, per variant: the
+    // AVX2 float32 GEMM next to the AVX2 vpmaddubsw and AVX-VNNI int8 GEMMs, the AVX-512 float32 GEMM
+    // next to the AVX512-VNNI one. Rates in GOP/s (2·M·N·K per call), best of `reps`.
+    std::printf(
+        "\nint8 against float32 weights, GOP/s best of %d runs (speed-up over the float32 GEMM of the same ISA)\n",
+        reps);
+    for (const Shape& s : shapes) {
+      if (!s.b_trans || s.lda != s.K || s.ldb != s.K || s.gelu) continue;
+      std::vector<float> A(static_cast<std::size_t>(s.M) * s.lda), W(static_cast<std::size_t>(s.N) * s.ldb), bias(s.N),
+          C(static_cast<std::size_t>(s.M) * s.N);
+      for (auto* v : {&A, &W, &bias, &C})
+        for (float& x : *v) x = u(rng);
+      std::vector<std::int8_t> panels;
+      std::vector<float> wscale;
+      vitmsn::detail::int8::quantize_weights(W.data(), s.N, s.K, s.K, &panels, &wscale);
+      const std::int8_t* P[1] = {panels.data()};
+      const float* S[1] = {wscale.data()};
+      const int kp = vitmsn::detail::int8::padded_k(s.K);
+      const Epilogue ep = epilogue_of(s, bias, C);
+      using Int8Fn = void (*)(int, int, int, int, int, const float*, std::ptrdiff_t, const std::int8_t* const*,
+                              const float* const*, float*, std::ptrdiff_t, const Epilogue&, int);
+      const auto time_int8 = [&](Int8Fn fn) {
+        double best_t = 1e30;
+        for (int r = 0; r < reps + 1; ++r) {
+          const auto t0 = std::chrono::steady_clock::now();
+          fn(s.M, s.N, 1, s.K, kp, A.data(), s.K, P, S, C.data(), s.N, ep, threads);
+          const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (r > 0) best_t = std::min(best_t, dt);
+        }
+        return best_t;
+      };
+      const double gop = 2.0 * s.M * s.N * s.K * 1e-9;
+      std::printf("%-13s %5d %5d %5d |", s.name, s.M, s.N, s.K);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+      if (vitmsn::detail::isa_available(Isa::kAvx2)) {
+        const double f = time_weights(Isa::kAvx2, s, A, W.data(), WeightType::kF32, bias, C, threads, reps).best;
+        const double m = time_int8(vitmsn::detail::gemm_int8_maddubs);
+        std::printf(" avx2 f32 %6.1f, vpmaddubsw %6.1f (%.2fx)", gop / f, gop / m, f / m);
+        if (__builtin_cpu_supports("avxvnni")) {
+          const double v = time_int8(vitmsn::detail::gemm_int8_avxvnni);
+          std::printf(", avx-vnni %6.1f (%.2fx)", gop / v, f / v);
+        }
+      }
+      if (vitmsn::detail::isa_available(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni")) {
+        const double f = time_weights(Isa::kAvx512, s, A, W.data(), WeightType::kF32, bias, C, threads, reps).best;
+        const double v = time_int8(vitmsn::detail::kernels(Isa::kAvx512).gemm_int8);
+        std::printf(" | avx512 f32 %6.1f, avx512-vnni %6.1f (%.2fx)", gop / f, gop / v, f / v);
+      }
+#endif
+      if (!vitmsn::detail::isa_available(Isa::kAvx2))
+        std::printf(" portable only: no vector int8 variant in this build or CPU");
+      std::printf("\n");
     }
     return 0;
   } catch (const std::exception& e) {
