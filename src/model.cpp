@@ -106,6 +106,7 @@ struct Activations {
   detail::FloatBuffer mlp;      // [B·N, F]   MLP hidden; before the layers, the im2col patches
   std::vector<float> cls_rows;  // [heads, N] CLS attention of the layer being captured
   std::vector<float> qkv_bias;  // [3D] the query, key and value biases side by side
+  detail::FloatBuffer outlier;  // [B·N, out] int8 models: the outlier split's float product (grown on use)
 
   explicit Activations(const Shape& s)
       : x(s.rows * s.D),
@@ -121,41 +122,39 @@ detail::WeightType weight_type(const LinearWeight& w) {
                                   : detail::WeightType::kF32;
 }
 
-// y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16 or f16.
-// An int8 weight (or `segments` of them stacked along the output): the int8 GEMM of the kernel table.
+// y[M, out] = epilogue(x[M, in]·Wᵀ) for `segments` int8 weights stacked along the output: the int8
+// GEMM of the kernel table, with the outlier split (int8_format.hpp) when the activations have
+// outlier channels; `scratch` holds its float product.
 void linear_int8(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight* const* w, int segments,
-                 float* y, std::ptrdiff_t ldy, const Epilogue& ep, int threads) {
+                 float* y, std::ptrdiff_t ldy, const Epilogue& ep, int threads, detail::FloatBuffer& scratch) {
   const std::int8_t* panels[3];
   const float* scales[3];
   for (int s = 0; s < segments; ++s) {
     panels[s] = static_cast<const std::int8_t*>(w[s]->data);
     scales[s] = w[s]->scale;
   }
-  const int K = static_cast<int>(w[0]->cols);
+  const int seg_rows = static_cast<int>(w[0]->rows), K = static_cast<int>(w[0]->cols);
+  const int kp = detail::int8::padded_k(K);
   if (const auto g = detail::int8::activation_grouping(); g != detail::int8::Grouping::kBlock32)
-    return detail::int8::gemm_grouped(g, M, static_cast<int>(w[0]->rows), segments, K, detail::int8::padded_k(K), x,
-                                      ldx, panels, scales, y, ldy, ep.bias, ep.gelu, ep.residual, ep.ldr);
-  const int seg_rows = static_cast<int>(w[0]->rows), kp = detail::int8::padded_k(K);
+    return detail::int8::gemm_grouped(g, M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, ep.bias, ep.gelu,
+                                      ep.residual, ep.ldr);
   const detail::KernelTable& kt = detail::kernels(isa);
   const std::vector<int> ch =
       detail::int8::outlier_split() ? detail::int8::find_outlier_channels(x, ldx, M, K) : std::vector<int>{};
   if (ch.empty()) return kt.gemm_int8(M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, ep, threads);
-  // The outlier split (int8_format.hpp): these channels leave the quantization; their product with
-  // the weight columns (s_w·q_w + s_r·q_r: both planes) is computed in float and added before the bias.
+  // These channels leave the quantization; their product with the weight columns is computed in
+  // float and added before the bias.
   const int N = seg_rows * segments, J = static_cast<int>(ch.size());
   std::vector<std::uint32_t> excluded(static_cast<std::size_t>(kp / detail::int8::kBlock), 0u);
   std::vector<float> wcols(static_cast<std::size_t>(J) * N);
   for (int j = 0; j < J; ++j) {
     excluded[ch[j] / detail::int8::kBlock] |= 1u << (ch[j] % detail::int8::kBlock);
-    for (int n = 0; n < N; ++n) {
-      const int s = n / seg_rows, r = n % seg_rows;
-      float v = scales[s][r] * static_cast<float>(panels[s][detail::int8::panel_offset(r, ch[j], kp)]);
-      if (w[s]->residual) v += w[s]->residual_scale[r] * static_cast<float>(w[s]->residual[ch[j] * w[s]->rows + r]);
-      wcols[static_cast<std::size_t>(j) * N + n] = v;
-    }
+    for (int s = 0; s < segments; ++s)
+      for (int r = 0; r < seg_rows; ++r)
+        wcols[static_cast<std::size_t>(j) * N + s * seg_rows + r] = detail::int8::dequantized_weight(
+            panels[s], scales[s], w[s]->residual, w[s]->residual_scale, seg_rows, r, ch[j], kp);
   }
-  static thread_local detail::FloatBuffer pre;
-  float* p = pre.get(static_cast<std::size_t>(M) * N);
+  float* p = scratch.get(static_cast<std::size_t>(M) * N);
   kt.outlier_product(M, N, J, x, ldx, ch.data(), wcols.data(), p, N, threads);
   detail::Epilogue e = ep;
   e.int8_excluded = excluded.data();
@@ -164,12 +163,13 @@ void linear_int8(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const Linea
   kt.gemm_int8(M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, e, threads);
 }
 
-// y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16, f16 or int8.
+// y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16, f16 or int8 (`scratch`:
+// linear_int8's).
 void linear(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight& w, float* y, std::ptrdiff_t ldy,
-            const Epilogue& ep, int threads) {
+            const Epilogue& ep, int threads, detail::FloatBuffer& scratch) {
   if (w.dtype == DType::kI8) {
     const LinearWeight* one = &w;
-    return linear_int8(isa, M, x, ldx, &one, 1, y, ldy, ep, threads);
+    return linear_int8(isa, M, x, ldx, &one, 1, y, ldy, ep, threads, scratch);
   }
   detail::gemm_weights(isa, M, static_cast<int>(w.rows), static_cast<int>(w.cols), x, ldx, w.data, weight_type(w),
                        w.cols, y, ldy, ep, threads);
@@ -266,7 +266,7 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
     ep.bias = has_bias ? a.qkv_bias.data() : nullptr;  // qkv_bias
     const bool same_type = lw.key.dtype == lw.query.dtype && lw.value.dtype == lw.query.dtype;
     if (same_type && lw.query.dtype == DType::kI8 && D % detail::int8::kPanel == 0) {
-      linear_int8(isa, N, a.h.data() + r0 * D, D, proj, 3, a.qkv.data() + r0 * ld3, ld3, ep, threads);
+      linear_int8(isa, N, a.h.data() + r0 * D, D, proj, 3, a.qkv.data() + r0 * ld3, ld3, ep, threads, a.outlier);
     } else if (same_type && lw.query.dtype != DType::kI8) {
       detail::kernels(isa).gemm_weights_stacked(N, D, 3, D, a.h.data() + r0 * D, D, stacked, weight_type(lw.query),
                                                 lw.query.cols, a.qkv.data() + r0 * ld3, ld3, ep, threads);
@@ -274,7 +274,7 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
       for (int j = 0; j < 3; ++j) {
         Epilogue ej;
         ej.bias = has_bias ? bias[j]->data() : nullptr;
-        linear(isa, N, a.h.data() + r0 * D, D, *proj[j], a.qkv.data() + r0 * ld3 + j * D, ld3, ej, threads);
+        linear(isa, N, a.h.data() + r0 * D, D, *proj[j], a.qkv.data() + r0 * ld3 + j * D, ld3, ej, threads, a.outlier);
       }
     }
     sw.lap(&StageTimes::qkv);
@@ -291,7 +291,7 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
   ep.bias = lw.attention_output_bias.data();
   ep.residual = a.x.data();
   ep.ldr = D;
-  linear(isa, static_cast<int>(s.rows), ctx, D, lw.attention_output, a.x.data(), D, ep, threads);
+  linear(isa, static_cast<int>(s.rows), ctx, D, lw.attention_output, a.x.data(), D, ep, threads, a.outlier);
   sw.lap(&StageTimes::attention_output);
 }
 
@@ -309,12 +309,12 @@ void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s,
   Epilogue ep1;
   ep1.bias = lw.intermediate_bias.data();
   ep1.gelu = true;
-  linear(isa, static_cast<int>(s.rows), a.h.data(), D, lw.intermediate, a.mlp.data(), s.F, ep1, threads);
+  linear(isa, static_cast<int>(s.rows), a.h.data(), D, lw.intermediate, a.mlp.data(), s.F, ep1, threads, a.outlier);
   Epilogue ep2;
   ep2.bias = lw.output_bias.data();
   ep2.residual = a.x.data();
   ep2.ldr = D;
-  linear(isa, static_cast<int>(s.rows), a.mlp.data(), s.F, lw.output, a.x.data(), D, ep2, threads);
+  linear(isa, static_cast<int>(s.rows), a.mlp.data(), s.F, lw.output, a.x.data(), D, ep2, threads, a.outlier);
   sw.lap(&StageTimes::mlp);
 }
 

@@ -107,22 +107,7 @@ constexpr std::size_t kKiB = 1024;
 
 std::size_t clamp_size(std::size_t v, std::size_t lo, std::size_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// "48K", "2048K", "32M" as sysfs writes them; 0 when unreadable.
-std::size_t read_sysfs_size(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "r");
-  if (!f) return 0;
-  char buf[64] = {0};
-  const bool ok = std::fgets(buf, sizeof buf, f) != nullptr;
-  std::fclose(f);
-  if (!ok) return 0;
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(buf, &end, 10);
-  if (end == buf) return 0;
-  if (*end == 'K') return static_cast<std::size_t>(v) * kKiB;
-  if (*end == 'M') return static_cast<std::size_t>(v) * kKiB * kKiB;
-  return static_cast<std::size_t>(v);
-}
-
+// The first line of a sysfs file without its line end; "" when unreadable.
 std::string read_sysfs_word(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "r");
   if (!f) return "";
@@ -132,6 +117,17 @@ std::string read_sysfs_word(const std::string& path) {
   std::string s = ok ? buf : "";
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
+}
+
+// "48K", "2048K", "32M" as sysfs writes them; 0 when unreadable.
+std::size_t read_sysfs_size(const std::string& path) {
+  const std::string s = read_sysfs_word(path);
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (end == s.c_str()) return 0;
+  if (*end == 'K') return static_cast<std::size_t>(v) * kKiB;
+  if (*end == 'M') return static_cast<std::size_t>(v) * kKiB * kKiB;
+  return static_cast<std::size_t>(v);
 }
 
 bool caches_from_sysfs(CacheSizes* c) {

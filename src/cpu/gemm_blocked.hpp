@@ -233,6 +233,18 @@ struct Problem {
   const void* segs[3] = {nullptr, nullptr, nullptr};
 };
 
+/// The Problem of KernelTable::gemm_weights_stacked: C = epilogue(A·[W_0; …; W_{S−1}]ᵀ), `segments`
+/// weights of seg_rows rows each, of type wt, leading dimension ldw.
+inline Problem stacked_problem(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
+                               const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
+                               const Epilogue& ep) {
+  Problem p{M, seg_rows * segments, K, A, lda, nullptr, ldw, /*b_trans=*/true, C, ldc, ep, nullptr, wt};
+  p.segments = segments;
+  p.seg_rows = seg_rows;
+  for (int s = 0; s < segments; ++s) p.segs[s] = W[s];
+  return p;
+}
+
 /// Row n of op(B)ᵀ (b_trans) as stored: float* or const std::uint16_t*, across segments.
 template <class T>
 inline const T* b_row(const Problem& p, int n) {

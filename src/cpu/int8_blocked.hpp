@@ -64,17 +64,10 @@ void quantize_rows(const float* A, std::ptrdiff_t lda, int M, int K, int kp, con
       const int row = g * MR + i;
       for (int b = 0; b < blocks; ++b) {
         float s = 0.0f;
-        if (row < M) {
-          const int k0 = b * kBlock, len = imin(kBlock, K - k0);
-          const std::uint32_t ex = excluded ? excluded[b] : 0u;
-          if (ex != 0 && len > 0) {  // the outlier split's channels count as 0
-            alignas(64) float kept[kBlock];
-            for (int i = 0; i < len; ++i) kept[i] = (ex >> i) & 1u ? 0.0f : A[row * lda + k0 + i];
-            s = I::quantize_block(kept, len, q);
-          } else {
-            s = len > 0 ? I::quantize_block(A + row * lda + k0, len, q) : 0.0f;
-          }
-          if (len <= 0) std::memset(q, 0, sizeof q);
+        const int k0 = b * kBlock, len = imin(kBlock, K - k0);
+        if (row < M && len > 0) {  // the outlier split's channels count as 0
+          alignas(64) float kept[kBlock];
+          s = I::quantize_block(block_without(A + row * lda + k0, len, excluded ? excluded[b] : 0u, kept), len, q);
         } else {
           std::memset(q, 0, sizeof q);
         }

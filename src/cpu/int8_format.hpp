@@ -17,6 +17,11 @@ inline int padded_k(int k) { return (k + kBlock - 1) / kBlock * kBlock; }
 /// N padded to whole panels.
 inline int padded_n(int n) { return (n + kPanel - 1) / kPanel * kPanel; }
 
+/// The stored shape of a [N, K] weight's panel layout: [padded_n(N)/16, padded_k(K)/4, 16, 4].
+inline std::vector<std::int64_t> panel_shape(int n, int k) {
+  return {padded_n(n) / kPanel, padded_k(k) / 4, kPanel, 4};
+}
+
 /// Byte offset of weight (n, k) in the panel layout of a [N, K] weight with K padded to kp (a
 /// multiple of 32) and N to whole panels: panel n/16 holds kp/4 quads of 16 channels × 4
 /// consecutive k (64 bytes, the operand of one 512-bit vpdpbusd).
@@ -45,13 +50,19 @@ inline float quantize_scalar(const float* x, int len, int count, std::int8_t* q)
   return amax / 127.0f;
 }
 
-/// One activation block of 32 (len <= 32 values). Channels whose bit is set in `excluded` (bit c:
-/// channel c of the block) count as 0: they are left to the outlier split's float product.
-inline float quantize_block_scalar(const float* x, int len, std::int8_t* q, std::uint32_t excluded = 0) {
-  if (excluded == 0) return quantize_scalar(x, len, kBlock, q);
-  float kept[kBlock];
+/// An activation block of `len` <= 32 values as it is quantized: x itself, or — when bits are set in
+/// `excluded` (bit c: channel c of the block, left to the outlier split's float product) — a copy in
+/// `kept` with those channels 0.
+inline const float* block_without(const float* x, int len, std::uint32_t excluded, float* kept) {
+  if (excluded == 0) return x;
   for (int i = 0; i < len; ++i) kept[i] = (excluded >> i) & 1u ? 0.0f : x[i];
-  return quantize_scalar(kept, len, kBlock, q);
+  return kept;
+}
+
+/// One activation block of 32 (len <= 32 values), the channels in `excluded` counting as 0.
+inline float quantize_block_scalar(const float* x, int len, std::int8_t* q, std::uint32_t excluded = 0) {
+  float kept[kBlock];
+  return quantize_scalar(block_without(x, len, excluded, kept), len, kBlock, q);
 }
 
 /// A float weight W [N, K] (row-major, leading dimension ldw) quantized per output channel into the
@@ -74,8 +85,9 @@ inline void quantize_weights(const float* W, int N, int K, std::ptrdiff_t ldw, s
 /// find_outlier_channels() picks the channels whose largest magnitude over kOutlierRows evenly
 /// spaced rows exceeds kOutlierRatio times the median channel's (at most max(8, K/16) of them, the largest;
 /// none when that median is 0). They are left out of the int8 quantization, and their product with
-/// the weights as stored (s_w·q_w) is computed in float32 (KernelTable::outlier_product) and added
-/// before the bias (Epilogue::int8_pre). Without outliers nothing changes.
+/// the weight columns (dequantized_weight(): both planes) is computed in float32
+/// (KernelTable::outlier_product) and added before the bias (Epilogue::int8_pre). Without outliers
+/// nothing changes.
 constexpr float kOutlierRatio = 6.0f;
 constexpr int kOutlierRows = 64;
 
@@ -93,7 +105,7 @@ void set_outlier_split(bool on);
 /// converter stores, per output channel n, the rounding residual r = w − s_w·q_w quantized once more
 /// — s_r[n] = max_k |r[n,k]| / 127, q_r = rint(r·127/max|r|) — transposed, [K, N] (channel k's
 /// column is one contiguous row of N bytes: reading the few outlier columns touches a few pages).
-/// s_w·q_w + s_r·q_r is within max|w_n|/64,516 of w. Returns s_r; `cols` gets q_r as [K, N].
+/// s_w·q_w + s_r·q_r is within max|w_n|/64,516 of w. `cols` gets q_r as [K, N], `residual_scales` s_r.
 inline void quantize_residual(const float* W, int N, int K, std::ptrdiff_t ldw, const std::vector<std::int8_t>& panels,
                               const std::vector<float>& scales, std::vector<std::int8_t>* cols,
                               std::vector<float>* residual_scales) {
@@ -107,6 +119,16 @@ inline void quantize_residual(const float* W, int N, int K, std::ptrdiff_t ldw, 
     (*residual_scales)[n] = quantize_scalar(r.data(), K, K, q.data());
     for (int k = 0; k < K; ++k) (*cols)[static_cast<std::size_t>(k) * N + n] = q[k];
   }
+}
+
+/// Weight (n, k) as the outlier split uses it: s_w·q_w from the panels, plus s_r·q_r when the second
+/// plane (`residual` [K, N] and its scales) is there (null otherwise).
+inline float dequantized_weight(const std::int8_t* panels, const float* scales, const std::int8_t* residual,
+                                const float* residual_scales, int N, int n, int k, int kp) {
+  float v = scales[n] * static_cast<float>(panels[panel_offset(n, k, kp)]);
+  if (residual != nullptr)
+    v += residual_scales[n] * static_cast<float>(residual[static_cast<std::ptrdiff_t>(k) * N + n]);
+  return v;
 }
 
 /// How activations are grouped for their scales. kBlock32 (per row and block of 32 along K) is the

@@ -175,11 +175,8 @@ void gemm_weights_stacked_avx512(int M, int seg_rows, int segments, int K, const
                                  const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
                                  const Epilogue& ep, int threads) {
   static const Blocking bl = gemm_blocking(Isa::kAvx512);
-  blocked::Problem p{M, seg_rows * segments, K, A, lda, nullptr, ldw, /*b_trans=*/true, C, ldc, ep, nullptr, wt};
-  p.segments = segments;
-  p.seg_rows = seg_rows;
-  for (int s = 0; s < segments; ++s) p.segs[s] = W[s];
-  blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(p, bl, threads);
+  blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(
+      blocked::stacked_problem(M, seg_rows, segments, K, A, lda, W, wt, ldw, C, ldc, ep), bl, threads);
 }
 
 void softmax_rows_avx512(float* x, int rows, int cols, std::ptrdiff_t ld) {

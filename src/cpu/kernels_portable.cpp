@@ -312,9 +312,8 @@ namespace int8 {
 
 namespace {
 std::atomic<int> g_grouping{static_cast<int>(Grouping::kBlock32)};
-}  // namespace
-
 std::atomic<bool> g_outlier_split{true};
+}  // namespace
 
 bool outlier_split() { return g_outlier_split.load(std::memory_order_relaxed); }
 void set_outlier_split(bool on) { g_outlier_split.store(on, std::memory_order_relaxed); }
