@@ -56,22 +56,20 @@ bool is_block_linear_weight(const std::string& name) {
   return false;
 }
 
-// A float32 [N, K] linear weight in place → its int8 panel layout (src/cpu/int8_format.hpp), shape
+// A float [N, K] linear weight (any float dtype) in place → its int8 panel layout (src/cpu/int8_format.hpp), shape
 // [ceil(N/16), ceil(K/32)·8, 16, 4]; returns the tensors that go with it: the scales "<name>_scale"
 // F32 [N], and the second plane "<name>_residual" I8 [K, N] with its scales "<name>_residual_scale".
 std::vector<TensorData> quantize_int8(TensorData& t) {
   const int N = static_cast<int>(t.shape[0]), K = static_cast<int>(t.shape[1]);
-  std::vector<float> w(static_cast<std::size_t>(N) * K);
-  if (!w.empty()) std::memcpy(w.data(), t.bytes.data(), w.size() * sizeof(float));
+  const std::vector<float> w = t.view().to_float();
   std::vector<std::int8_t> panels;
   std::vector<float> scales;
   detail::int8::quantize_weights(w.data(), N, K, K, &panels, &scales);
   std::vector<std::int8_t> residual;
   std::vector<float> residual_scales;
   detail::int8::quantize_residual(w.data(), N, K, K, panels, scales, &residual, &residual_scales);
-  const int kp = detail::int8::padded_k(K);
   t.dtype = DType::kI8;
-  t.shape = {detail::int8::padded_n(N) / detail::int8::kPanel, kp / 4, detail::int8::kPanel, 4};
+  t.shape = detail::int8::panel_shape(N, K);
   t.bytes.assign(reinterpret_cast<const std::uint8_t*>(panels.data()),
                  reinterpret_cast<const std::uint8_t*>(panels.data()) + panels.size());
   std::vector<TensorData> extra;
@@ -260,7 +258,6 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     const bool matrix =
         t.shape.size() >= 2 && !ends_with(t.name, "cls_token") && !ends_with(t.name, "position_embeddings");
     if (options.dtype == DType::kI8 && is_block_linear_weight(t.name)) {
-      if (t.dtype != DType::kF32) convert_dtype(t, DType::kF32);
       std::vector<TensorData> extra = quantize_int8(t);
       report.bytes += t.bytes.size();
       out.push_back(std::move(t));

@@ -121,9 +121,7 @@ class Binder {
 
   // A quantized linear weight (vitmsn-convert --dtype int8): the panel layout in place, and its scales.
   LinearWeight int8_linear(const std::string& name, const TensorView& t, LinearWeight lw) {
-    const std::int64_t np = (lw.rows + int8::kPanel - 1) / int8::kPanel * int8::kPanel;
-    const std::int64_t kp = (lw.cols + int8::kBlock - 1) / int8::kBlock * int8::kBlock;
-    const std::vector<std::int64_t> panels = {np / int8::kPanel, kp / 4, int8::kPanel, 4};
+    const std::vector<std::int64_t> panels = int8::panel_shape(static_cast<int>(lw.rows), static_cast<int>(lw.cols));
     if (t.shape != panels)
       throw Error(source_ + ": int8 tensor '" + name + "' has shape " + t.shape_string() + ", expected " +
                   shape_str(panels) + " (the int8 panel layout of a [" + std::to_string(lw.rows) + "," +
