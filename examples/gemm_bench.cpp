@@ -37,26 +37,43 @@ struct Timing {
   double best, median;
 };
 
+/// A shape's operands: A [M, lda], B [N, ldb] when b_trans (the linear layers' W [N, K]) else [K, ldb],
+/// bias [N] and C [M, N], all filled with uniform values in [-1, 1) from `rng`.
+struct Operands {
+  std::vector<float> A, B, bias, C;
+};
+
+Operands make_operands(const Shape& s, std::mt19937& rng) {
+  Operands o{std::vector<float>(static_cast<std::size_t>(s.M) * s.lda),
+             std::vector<float>(static_cast<std::size_t>(s.b_trans ? s.N : s.K) * s.ldb), std::vector<float>(s.N),
+             std::vector<float>(static_cast<std::size_t>(s.M) * s.N)};
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto* v : {&o.A, &o.B, &o.bias, &o.C})
+    for (float& x : *v) x = u(rng);
+  return o;
+}
+
 /// The shape's epilogue; a residual is added in place, as the model's x += ...
-Epilogue epilogue_of(const Shape& s, const std::vector<float>& bias, std::vector<float>& C) {
+Epilogue epilogue_of(const Shape& s, Operands& o) {
   Epilogue ep;
   ep.alpha = s.alpha;
-  ep.bias = s.bias ? bias.data() : nullptr;
+  ep.bias = s.bias ? o.bias.data() : nullptr;
   ep.gelu = s.gelu;
   if (s.residual) {
-    ep.residual = C.data();
+    ep.residual = o.C.data();
     ep.ldr = s.N;
   }
   return ep;
 }
 
-Timing time_gemm(Isa isa, const Shape& s, const std::vector<float>& A, const std::vector<float>& B,
-                 const std::vector<float>& bias, std::vector<float>& C, int threads, int reps) {
-  const Epilogue ep = epilogue_of(s, bias, C);
+/// Runs `call` reps + 1 times and times each run; the first run only warms caches and scratch
+/// buffers. Returns the best and the median of the other `reps`.
+template <class F>
+Timing time_runs(int reps, F&& call) {
   std::vector<double> t;
-  for (int r = 0; r < reps + 1; ++r) {  // the first run warms caches and scratch buffers
+  for (int r = 0; r < reps + 1; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
-    vitmsn::detail::gemm(isa, s.M, s.N, s.K, A.data(), s.lda, B.data(), s.ldb, s.b_trans, C.data(), s.N, ep, threads);
+    call();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (r > 0) t.push_back(dt);
   }
@@ -64,19 +81,20 @@ Timing time_gemm(Isa isa, const Shape& s, const std::vector<float>& A, const std
   return {t.front(), t[t.size() / 2]};
 }
 
+Timing time_gemm(Isa isa, const Shape& s, Operands& o, int threads, int reps) {
+  const Epilogue ep = epilogue_of(s, o);
+  return time_runs(reps, [&] {
+    vitmsn::detail::gemm(isa, s.M, s.N, s.K, o.A.data(), s.lda, o.B.data(), s.ldb, s.b_trans, o.C.data(), s.N, ep,
+                         threads);
+  });
+}
+
 /// gemm_weights (the linear layers: W [N,K], ldw = K) with weights of type wt stored in W.
-Timing time_weights(Isa isa, const Shape& s, const std::vector<float>& A, const void* W, WeightType wt,
-                    const std::vector<float>& bias, std::vector<float>& C, int threads, int reps) {
-  const Epilogue ep = epilogue_of(s, bias, C);
-  std::vector<double> t;
-  for (int r = 0; r < reps + 1; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    vitmsn::detail::gemm_weights(isa, s.M, s.N, s.K, A.data(), s.lda, W, wt, s.ldb, C.data(), s.N, ep, threads);
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (r > 0) t.push_back(dt);
-  }
-  std::sort(t.begin(), t.end());
-  return {t.front(), t[t.size() / 2]};
+Timing time_weights(Isa isa, const Shape& s, Operands& o, const void* W, WeightType wt, int threads, int reps) {
+  const Epilogue ep = epilogue_of(s, o);
+  return time_runs(reps, [&] {
+    vitmsn::detail::gemm_weights(isa, s.M, s.N, s.K, o.A.data(), s.lda, W, wt, s.ldb, o.C.data(), s.N, ep, threads);
+  });
 }
 
 }  // namespace
@@ -109,18 +127,14 @@ int main(int argc, char** argv) {
         {"probs·v", 1025, 64, 1025, false, 1025, 3072, false, false, false, 1.0f},
     };
     std::mt19937 rng(1);
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     std::printf("%-13s %5s %5s %5s | %-8s %8s %8s %6s | %-8s %8s %8s %6s | %8s\n", "shape", "M", "N", "K", "variant",
                 "best", "median", "%peak", "variant", "best", "median", "%peak", "peak");
     for (const Shape& s : shapes) {
-      std::vector<float> A(static_cast<std::size_t>(s.M) * s.lda),
-          B(static_cast<std::size_t>(s.b_trans ? s.N : s.K) * s.ldb), bias(s.N), C(static_cast<std::size_t>(s.M) * s.N);
-      for (auto* v : {&A, &B, &bias, &C})
-        for (float& x : *v) x = u(rng);
+      Operands o = make_operands(s, rng);
       const double peak = vitmsn::measure_fma_peak_gflops(threads, 0.2);
       const double gflop = 2.0 * s.M * s.N * s.K * 1e-9;
-      const Timing portable = time_gemm(Isa::kPortable, s, A, B, bias, C, threads, reps);
-      const Timing fast = time_gemm(best, s, A, B, bias, C, threads, reps);
+      const Timing portable = time_gemm(Isa::kPortable, s, o, threads, reps);
+      const Timing fast = time_gemm(best, s, o, threads, reps);
       std::printf("%-13s %5d %5d %5d | %-8s %8.1f %8.1f %5.1f%% | %-8s %8.1f %8.1f %5.1f%% | %8.1f\n", s.name, s.M, s.N,
                   s.K, "portable", gflop / portable.best, gflop / portable.median, 100.0 * gflop / portable.best / peak,
                   vitmsn::detail::isa_name(best), gflop / fast.best, gflop / fast.median,
@@ -136,26 +150,18 @@ int main(int argc, char** argv) {
     {
       const Shape s = {"in-L2 ceiling", 224 * threads, 512, 256, false, 256, 512, false, false, false, 1.0f};
       constexpr int kCalls = 100;
-      std::vector<float> A(static_cast<std::size_t>(s.M) * s.lda), B(static_cast<std::size_t>(s.K) * s.ldb), bias(s.N),
-          C(static_cast<std::size_t>(s.M) * s.N);
-      for (auto* v : {&A, &B, &C})
-        for (float& x : *v) x = u(rng);
+      Operands o = make_operands(s, rng);
       const double peak = vitmsn::measure_fma_peak_gflops(threads, 0.2);
       const double gflop = 2.0 * s.M * s.N * s.K * 1e-9 * kCalls;
       for (Isa isa : {Isa::kPortable, best}) {
-        std::vector<double> t;
-        for (int r = 0; r < reps + 1; ++r) {
-          const auto t0 = std::chrono::steady_clock::now();
+        const Timing t = time_runs(reps, [&] {
           for (int c = 0; c < kCalls; ++c)
-            vitmsn::detail::gemm(isa, s.M, s.N, s.K, A.data(), s.lda, B.data(), s.ldb, s.b_trans, C.data(), s.N,
+            vitmsn::detail::gemm(isa, s.M, s.N, s.K, o.A.data(), s.lda, o.B.data(), s.ldb, s.b_trans, o.C.data(), s.N,
                                  Epilogue{}, threads);
-          const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          if (r > 0) t.push_back(dt);
-        }
-        std::sort(t.begin(), t.end());
+        });
         std::printf("%-13s %5d %5d %5d | %-8s %8.1f %8.1f %5.1f%% | %d calls back to back, FMA peak %.1f\n", s.name,
-                    s.M, s.N, s.K, vitmsn::detail::isa_name(isa), gflop / t.front(), gflop / t[t.size() / 2],
-                    100.0 * gflop / t.front() / peak, kCalls, peak);
+                    s.M, s.N, s.K, vitmsn::detail::isa_name(isa), gflop / t.best, gflop / t.median,
+                    100.0 * gflop / t.best / peak, kCalls, peak);
         if (best == Isa::kPortable) break;
       }
     }
@@ -165,10 +171,8 @@ int main(int argc, char** argv) {
     std::printf("%-13s %5s %5s %5s | %-8s | %15s %15s %15s\n", "shape", "M", "N", "K", "variant", "f32", "bf16", "f16");
     for (const Shape& s : shapes) {
       if (!s.b_trans || s.lda != s.K || s.ldb != s.K) continue;  // the linear layers only
-      std::vector<float> A(static_cast<std::size_t>(s.M) * s.lda), W(static_cast<std::size_t>(s.N) * s.ldb), bias(s.N),
-          C(static_cast<std::size_t>(s.M) * s.N);
-      for (auto* v : {&A, &W, &bias, &C})
-        for (float& x : *v) x = u(rng);
+      Operands o = make_operands(s, rng);
+      const std::vector<float>& W = o.B;  // [N, K]
       std::vector<std::uint16_t> Wb(W.size()), Wh(W.size());
       for (std::size_t i = 0; i < W.size(); ++i) {
         Wb[i] = vitmsn::detail::float_to_bf16(W[i]);
@@ -176,9 +180,9 @@ int main(int argc, char** argv) {
       }
       const double gflop = 2.0 * s.M * s.N * s.K * 1e-9;
       for (Isa isa : {Isa::kPortable, best}) {
-        const Timing f = time_weights(isa, s, A, W.data(), WeightType::kF32, bias, C, threads, reps);
-        const Timing b = time_weights(isa, s, A, Wb.data(), WeightType::kBF16, bias, C, threads, reps);
-        const Timing h = time_weights(isa, s, A, Wh.data(), WeightType::kF16, bias, C, threads, reps);
+        const Timing f = time_weights(isa, s, o, W.data(), WeightType::kF32, threads, reps);
+        const Timing b = time_weights(isa, s, o, Wb.data(), WeightType::kBF16, threads, reps);
+        const Timing h = time_weights(isa, s, o, Wh.data(), WeightType::kF16, threads, reps);
         std::printf("%-13s %5d %5d %5d | %-8s | %6.1f (%6.1f) %6.1f (%6.1f) %6.1f (%6.1f)\n", s.name, s.M, s.N, s.K,
                     vitmsn::detail::isa_name(isa), gflop / f.best, gflop / f.median, gflop / b.best, gflop / b.median,
                     gflop / h.best, gflop / h.median);
@@ -194,34 +198,26 @@ int main(int argc, char** argv) {
         reps);
     for (const Shape& s : shapes) {
       if (!s.b_trans || s.lda != s.K || s.ldb != s.K || s.gelu) continue;
-      std::vector<float> A(static_cast<std::size_t>(s.M) * s.lda), W(static_cast<std::size_t>(s.N) * s.ldb), bias(s.N),
-          C(static_cast<std::size_t>(s.M) * s.N);
-      for (auto* v : {&A, &W, &bias, &C})
-        for (float& x : *v) x = u(rng);
+      Operands o = make_operands(s, rng);
+      const std::vector<float>& W = o.B;  // [N, K]
       std::vector<std::int8_t> panels;
       std::vector<float> wscale;
       vitmsn::detail::int8::quantize_weights(W.data(), s.N, s.K, s.K, &panels, &wscale);
       const std::int8_t* P[1] = {panels.data()};
       const float* S[1] = {wscale.data()};
       const int kp = vitmsn::detail::int8::padded_k(s.K);
-      const Epilogue ep = epilogue_of(s, bias, C);
+      const Epilogue ep = epilogue_of(s, o);
       using Int8Fn = void (*)(int, int, int, int, int, const float*, std::ptrdiff_t, const std::int8_t* const*,
                               const float* const*, float*, std::ptrdiff_t, const Epilogue&, int);
       const auto time_int8 = [&](Int8Fn fn) {
-        double best_t = 1e30;
-        for (int r = 0; r < reps + 1; ++r) {
-          const auto t0 = std::chrono::steady_clock::now();
-          fn(s.M, s.N, 1, s.K, kp, A.data(), s.K, P, S, C.data(), s.N, ep, threads);
-          const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          if (r > 0) best_t = std::min(best_t, dt);
-        }
-        return best_t;
+        return time_runs(reps, [&] { fn(s.M, s.N, 1, s.K, kp, o.A.data(), s.K, P, S, o.C.data(), s.N, ep, threads); })
+            .best;
       };
       const double gop = 2.0 * s.M * s.N * s.K * 1e-9;
       std::printf("%-13s %5d %5d %5d |", s.name, s.M, s.N, s.K);
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
       if (vitmsn::detail::isa_available(Isa::kAvx2)) {
-        const double f = time_weights(Isa::kAvx2, s, A, W.data(), WeightType::kF32, bias, C, threads, reps).best;
+        const double f = time_weights(Isa::kAvx2, s, o, W.data(), WeightType::kF32, threads, reps).best;
         const double m = time_int8(vitmsn::detail::gemm_int8_maddubs);
         std::printf(" avx2 f32 %6.1f, vpmaddubsw %6.1f (%.2fx)", gop / f, gop / m, f / m);
         if (__builtin_cpu_supports("avxvnni")) {
@@ -230,7 +226,7 @@ int main(int argc, char** argv) {
         }
       }
       if (vitmsn::detail::isa_available(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni")) {
-        const double f = time_weights(Isa::kAvx512, s, A, W.data(), WeightType::kF32, bias, C, threads, reps).best;
+        const double f = time_weights(Isa::kAvx512, s, o, W.data(), WeightType::kF32, threads, reps).best;
         const double v = time_int8(vitmsn::detail::kernels(Isa::kAvx512).gemm_int8);
         std::printf(" | avx512 f32 %6.1f, avx512-vnni %6.1f (%.2fx)", gop / f, gop / v, f / v);
       }
