@@ -63,6 +63,12 @@ inline bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
+/// The list written beside `output` naming its rows (vitmsn-extract, vitmsn-merge): `output` up to its
+/// last '.', then ".files.txt" (OUT.npy -> OUT.files.txt; a name without '.' gets ".files.txt" appended).
+inline std::string sidecar_path(const std::string& output) {
+  return output.substr(0, output.find_last_of('.')) + ".files.txt";
+}
+
 /// `items` joined by `separator`.
 inline std::string join(const std::vector<std::string>& items, const std::string& separator) {
   std::string s;

@@ -170,7 +170,7 @@ Options parse_options(const cli::Args& args) {
   o.chunk = args.get_int("--chunk", 64, 1, 1 << 20);
   o.force = args.has("--force");
   o.keep_rows = o.pool != Pool::kNone || o.npy;
-  o.sidecar = o.output.substr(0, o.output.find_last_of('.')) + ".files.txt";
+  o.sidecar = cli::sidecar_path(o.output);
   if (args.has("--size")) cli::parse_size(args.get("--size"), "--size");  // the values: once the model is known
   o.model_path = cli::model_path_or_throw(args);
 

@@ -177,9 +177,10 @@ int main(int argc, char** argv) {
     if (args.positional().empty()) throw cli::UsageError("give the shard outputs to merge");
     std::vector<Shard> shards = find_shards(args.positional());
     const std::string ext = shards[0].ext;
+    // Before check_output, whose message would not say that the kind comes from the shards.
     if (!cli::ends_with(cli::lower(output), "." + ext))
       throw cli::UsageError("--output must be ." + ext + " like the shards");
-    const std::string sidecar = output.substr(0, output.find_last_of('.')) + ".files.txt";
+    const std::string sidecar = cli::sidecar_path(output);
     cli::check_output("--output", output, {"." + ext}, args.has("--force"));
     cli::check_output("--output", sidecar, {".txt"}, args.has("--force"));
 
