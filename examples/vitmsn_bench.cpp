@@ -185,16 +185,24 @@ int main(int argc, char** argv) {
         generate_seconds > 0 ? (" (+ " + std::to_string(generate_seconds) + " s generating weights)").c_str() : "");
     std::printf("  peak RSS    %.0f MB (weights copied at load: %.0f MB)\n", rss,
                 model.copied_weight_bytes() / 1048576.0);
+    // For the JSON line, as the text above computes them: the share of the forward spent outside the
+    // GEMMs, and the attention stage's share of the FMA peak (0 when the text shows no share).
+    const double outside_gemm_fraction = stages.total() > 0 ? outside / stages.total() : 0.0;
+    const double attention_s = stages.attention / n;
+    const double attention_peak_fraction =
+        flops.attention > 0 && attention_s > 0 && peak > 0 ? flops.attention * 1e-9 / attention_s / peak : 0.0;
     std::printf(
         "{\"seconds_per_image\": %.6f, \"seconds_per_image_min\": %.6f, \"gflops\": %.3f, \"fma_peak_gflops\": %.3f, "
         "\"gemm_gflops\": %.3f, \"peak_fraction\": %.4f, \"load_seconds\": %.6f, \"peak_rss_mb\": %.1f, \"threads\": "
         "%d, "
         "\"batch\": %d, \"runs\": %d, \"height\": %d, \"width\": %d, \"isa\": \"%s\", \"gflop_per_image\": %.3f, "
         "\"stages_s\": {\"patch_embedding\": %.6f, \"layer_norms\": %.6f, \"qkv\": %.6f, \"attention\": %.6f, "
-        "\"attention_output\": %.6f, \"mlp\": %.6f, \"other\": %.6f}, \"attention_gflop\": %.3f}\n",
+        "\"attention_output\": %.6f, \"mlp\": %.6f, \"other\": %.6f}, \"attention_gflop\": %.3f, "
+        "\"outside_gemm_fraction\": %.6f, \"attention_peak_fraction\": %.6f}\n",
         med, best, gflops, peak, gemm, peak > 0 ? gflops / peak : 0.0, load_seconds, rss, threads, batch, runs, h, w,
         kernel_isa().c_str(), gflop, stages.patch_embedding / n, stages.layer_norm / n, stages.qkv / n,
-        stages.attention / n, stages.attention_output / n, stages.mlp / n, stages.other / n, flops.attention * 1e-9);
+        stages.attention / n, stages.attention_output / n, stages.mlp / n, stages.other / n, flops.attention * 1e-9,
+        outside_gemm_fraction, attention_peak_fraction);
     return 0;
   });
 }
