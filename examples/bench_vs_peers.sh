@@ -61,6 +61,8 @@ for r in $(seq 1 "$rounds"); do
   last="$o"
   ours+=("$(json_field "$o" seconds_per_image)")
   peaks+=("$(json_field "$o" fma_peak_gflops)")
+  attn_frac+=("$(json_field "$o" attention_peak_fraction)")
+  outside+=("$(json_field "$o" outside_gemm_fraction)")
   line="$line vitmsn ${ours[-1]} s"
   for p in $peers; do
     if [ "$p" = onnxruntime ]; then
@@ -76,19 +78,19 @@ for r in $(seq 1 "$rounds"); do
   echo "$line"
 done
 
-$py - "${ours[*]}" "${peaks[*]}" "${ort[*]:-}" "${torch[*]:-}" "$last" <<'PY'
+$py - "${ours[*]}" "${peaks[*]}" "${ort[*]:-}" "${torch[*]:-}" "${attn_frac[*]}" "${outside[*]}" "$last" <<'PY'
 import json, statistics, sys
 num = lambda s: [float(x) for x in s.split()]
 ours, peaks, ort, torch = num(sys.argv[1]), num(sys.argv[2]), num(sys.argv[3]), num(sys.argv[4])
-last = json.loads(sys.argv[5])
+attn_frac, outside = num(sys.argv[5]), num(sys.argv[6])
+last = json.loads(sys.argv[7])
 mo, peak = statistics.median(ours), statistics.median(peaks)
 gflop = last["gflop_per_image"]
-st = last["stages_s"]
 print(f"median over {len(ours)} rounds (seconds per image, {last['threads']} threads, batch 1, 224x224):")
 print(f"  vitmsn       {mo:.3f} s  {gflop / mo:6.1f} GFLOP/s  {100 * gflop / mo / peak:5.1f} % of the {peak:.0f} GFLOP/s FMA peak")
 out = {"vitmsn_seconds": mo, "fma_peak_gflops": peak, "peak_fraction": gflop / mo / peak,
-       "attention_peak_fraction": last["attention_gflop"] / st["attention"] / peak if st["attention"] else 0,
-       "outside_gemm_fraction": (st["patch_embedding"] + st["layer_norms"] + st["other"]) / sum(st.values())}
+       "attention_peak_fraction": statistics.median(attn_frac),
+       "outside_gemm_fraction": statistics.median(outside)}
 for name, v in (("onnxruntime", ort), ("pytorch", torch)):
     if v:
         m = statistics.median(v)
@@ -96,6 +98,7 @@ for name, v in (("onnxruntime", ort), ("pytorch", torch)):
         out[name + "_seconds"] = m
         out["speedup_vs_" + name] = m / mo
 print(f"  vitmsn attention stage {100 * out['attention_peak_fraction']:.1f} % of peak; outside the GEMMs "
-      f"(patch embedding + layer norms + other) {100 * out['outside_gemm_fraction']:.1f} % of the forward (last round)")
+      f"(patch embedding + layer norms + other) {100 * out['outside_gemm_fraction']:.1f} % of the forward "
+      "(medians over the rounds)")
 print(json.dumps(out))
 PY
