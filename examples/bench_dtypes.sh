@@ -9,17 +9,17 @@
 # conversions are written next to it as MODEL_DIR-{bf16,f16,int8}.safetensors when missing.
 # THREADS (default: all CPUs) sets the thread count.
 set -euo pipefail
-here="$(cd "$(dirname "$0")/.." && pwd)"
+# here (the repository), py, die, positive_int, json_field, machine_line:
+# shellcheck source-path=SCRIPTDIR source=bench_common.sh
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/bench_common.sh"
 model="${1:?usage: bench_dtypes.sh MODEL_DIR [ROUNDS] [RUNS]}"
 rounds="${2:-3}"
 runs="${3:-3}"
 threads="${THREADS:-$(nproc)}"
 bin="${VITMSN_BIN:-$here/build/examples}"
-py=/usr/bin/python3
-die() { echo "error: $*" >&2; exit 1; }
 [ -x "$bin/vitmsn-bench" ] && [ -x "$bin/vitmsn-convert" ] || die "build first ($bin/vitmsn-bench, vitmsn-convert)"
 [ -f "$model/model.safetensors" ] || die "$model/model.safetensors not found"
-[[ "$rounds" =~ ^[1-9][0-9]*$ && "$runs" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS and RUNS must be positive integers"
+if ! positive_int "$rounds" || ! positive_int "$runs"; then die "ROUNDS and RUNS must be positive integers"; fi
 $py -c "import json" || die "$py not usable"
 
 declare -A file=([f32]="$model/model.safetensors")
@@ -28,14 +28,14 @@ for t in bf16 f16 int8; do
   [ -f "${file[$t]}" ] || "$bin/vitmsn-convert" --dtype "$t" "$model" "${file[$t]}" >/dev/null
 done
 
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs, $threads threads; $(date -u '+%F %H:%M UTC')"
+machine_line "$threads"
 results=""
 for r in $(seq 1 "$rounds"); do
   line="round $r:"
   for t in f32 bf16 f16 int8; do
     j=$("$bin/vitmsn-bench" --model "${file[$t]}" --threads "$threads" --runs "$runs" --warmup 1 --no-peak | tail -1)
     results="$results$t $j"$'\n'
-    line="$line $t $($py -c "import json,sys; print(round(json.loads(sys.argv[1])['seconds_per_image'], 3))" "$j") s"
+    line="$line $t $(json_field "$j" seconds_per_image 3) s"
   done
   echo "$line"
 done

@@ -12,7 +12,9 @@
 # MODEL_DIR is made with shared/bench/make_synth_model.py when missing (1.2 GB). THREADS (default: all
 # CPUs) sets every engine's thread count; PEERS="onnxruntime pytorch" chooses the peers.
 set -euo pipefail
-here="$(cd "$(dirname "$0")/.." && pwd)"
+# here (the repository), py, die, positive_int, json_field, machine_line:
+# shellcheck source-path=SCRIPTDIR source=bench_common.sh
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/bench_common.sh"
 shared="${VITMSN_SHARED:-$here/../shared}"
 model="${1:-$here/build/synth-vit-msn-large-7}"
 rounds="${2:-3}"
@@ -20,12 +22,10 @@ runs="${3:-3}"
 threads="${THREADS:-$(nproc)}"
 peers="${PEERS:-onnxruntime pytorch}"
 bench="${VITMSN_BENCH:-$here/build/examples/vitmsn-bench}"
-py=/usr/bin/python3
 
-die() { echo "error: $*" >&2; exit 1; }
 [ -x "$bench" ] || die "$bench not built (cmake --build build)"
-[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$rounds'"
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$runs'"
+positive_int "$rounds" || die "ROUNDS must be a positive integer, got '$rounds'"
+positive_int "$runs" || die "RUNS must be a positive integer, got '$runs'"
 $py -c "import numpy" 2>/dev/null || die "$py lacks numpy: apt-get install python3-numpy"
 for p in $peers; do
   case "$p" in
@@ -44,14 +44,12 @@ if [ ! -f "$model/model.safetensors" ]; then
   $py "$shared/bench/make_synth_model.py" "$model" >/dev/null
 fi
 
-cpu="$(lscpu | sed -n 's/^Model name: *//p')"
 flags="$(grep -m1 '^flags' /proc/cpuinfo)"
 isa="AVX2"
 [[ "$flags" == *avx512f* ]] && isa="AVX-512"
 [[ "$flags" == *avx512_bf16* ]] && isa="$isa+BF16"
 [[ "$flags" == *avx512_vnni* ]] && isa="$isa+VNNI"
-echo "machine: $cpu ($isa), $(nproc) CPUs, $threads threads; $(date -u '+%F %H:%M UTC')"
-json_field() { $py -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+machine_line "$threads" " ($isa)"
 
 ours=() peaks=() ort=() torch=() attn_frac=() outside=()
 last=""
