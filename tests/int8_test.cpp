@@ -142,7 +142,6 @@ TEST(Int8Model, FewShotProbeGivesTheSameAccuracyAndProbabilities) {
   const std::string dir = test::temp_dir();
   const test::ModelPair p = test::write_model_pair(dir, tiny_config(), tiny_tensors());
   const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
-  const std::string data = test::make_probe_image_folder(dir);
   Eigen::MatrixXd x32(18, 64), x8(18, 64);
   std::vector<int> labels;
   for (int c = 0; c < 3; ++c)
