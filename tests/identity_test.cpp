@@ -62,11 +62,8 @@ TEST(BackboneIdentity, IsTheSameForACheckpointAndEveryConversionOfIt) {
 // The tiny model's tensors, and its config.json copied into `dir` (a model folder once
 // model.safetensors is written there).
 std::vector<TensorData> tiny_tensors_in(const std::string& dir) {
-  const SafetensorsFile tiny = SafetensorsFile::open(test::data_path("models/tiny/model.safetensors"));
-  std::vector<TensorData> t;
-  for (const auto& n : tiny.names()) t.push_back(tiny.get(n).to_tensor_data());
   test::write_bytes(dir + "/config.json", test::read_text(test::data_path("models/tiny/config.json")));
-  return t;
+  return test::read_tensors(test::data_path("models/tiny/model.safetensors"));
 }
 
 TEST(BackboneIdentity, ChangesWithAnyEncoderWeightButNotWithTheHead) {

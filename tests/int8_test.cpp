@@ -25,12 +25,7 @@
 namespace vitmsn {
 namespace {
 
-std::vector<TensorData> tiny_tensors() {
-  const SafetensorsFile f = SafetensorsFile::open(test::data_path("models/tiny/model.safetensors"));
-  std::vector<TensorData> out;
-  for (const auto& name : f.names()) out.push_back(f.get(name).to_tensor_data());
-  return out;
-}
+std::vector<TensorData> tiny_tensors() { return test::read_tensors(test::data_path("models/tiny/model.safetensors")); }
 
 Config tiny_config() { return read_config(test::data_path("models/tiny/config.json")); }
 
@@ -222,14 +217,6 @@ std::string int8_file(const std::string& dir) {
   return test::write_model_pair(dir, tiny_config(), tiny_tensors()).int8;
 }
 
-std::vector<TensorData> read_all(const std::string& path, std::map<std::string, std::string>* metadata) {
-  const SafetensorsFile f = SafetensorsFile::open(path);
-  *metadata = f.metadata();
-  std::vector<TensorData> out;
-  for (const auto& n : f.names()) out.push_back(f.get(n).to_tensor_data());
-  return out;
-}
-
 void expect_load_error(const std::string& path, const std::string& needle) {
   try {
     Model::load(path);
@@ -283,9 +270,9 @@ TEST(Int8Format, ConvertedFileDeclaresItsSchemeAndKeepsTheBackbone) {
 // takes the weight columns from the int8 plane alone. On the plain tiny model nothing changes.
 TEST(Int8Format, FilesWithoutTheSecondPlaneStillLoadAndRun) {
   const std::string dir = test::temp_dir();
-  std::map<std::string, std::string> meta;
   const std::string full = int8_file(dir);
-  const std::vector<TensorData> tensors = read_all(full, &meta);
+  const std::vector<TensorData> tensors = test::read_tensors(full);
+  const std::map<std::string, std::string> meta = SafetensorsFile::open(full).metadata();
   std::vector<TensorData> first_plane;
   for (const TensorData& t : tensors)
     if (t.name.find("_residual") == std::string::npos) first_plane.push_back(t);
@@ -300,8 +287,9 @@ TEST(Int8Format, FilesWithoutTheSecondPlaneStillLoadAndRun) {
 
 TEST(Int8Format, LoaderRefusesAnUnknownSchemeMissingMetadataBadShapesAndMissingScales) {
   const std::string dir = test::temp_dir();
-  std::map<std::string, std::string> meta;
-  const std::vector<TensorData> tensors = read_all(int8_file(dir), &meta);
+  const std::string path = int8_file(dir);
+  const std::vector<TensorData> tensors = test::read_tensors(path);
+  const std::map<std::string, std::string> meta = SafetensorsFile::open(path).metadata();
 
   auto with_meta = meta;
   with_meta["quantization"] = R"({"scheme":"vitmsn-int4-v9"})";

@@ -20,14 +20,6 @@ namespace {
 
 std::string tiny_dir() { return test::data_path("models/tiny"); }
 
-// All tensors of a checkpoint as TensorData (to rewrite them, modified).
-std::vector<TensorData> read_all(const std::string& path) {
-  const SafetensorsFile f = SafetensorsFile::open(path);
-  std::vector<TensorData> out;
-  for (const auto& name : f.names()) out.push_back(f.get(name).to_tensor_data());
-  return out;
-}
-
 void copy_file(const std::string& from, const std::string& to) {
   std::ifstream in(from, std::ios::binary);
   std::ofstream out(to, std::ios::binary);
@@ -67,7 +59,7 @@ TEST(ModelLoad, AcceptsAFolderOrItsSafetensorsFile) {
 TEST(ModelLoad, SingleFileWithConfigInMetadataIsAWholeModel) {
   const std::string d = test::temp_dir();
   const Config c = read_config(tiny_dir() + "/config.json");
-  write_safetensors(d + "/alone.safetensors", read_all(tiny_dir() + "/model.safetensors"),
+  write_safetensors(d + "/alone.safetensors", test::read_tensors(tiny_dir() + "/model.safetensors"),
                     {{"config", to_json(c)}, {"format", "pt"}});
   const Model m = Model::load(d + "/alone.safetensors");
   EXPECT_EQ(m.config().hidden_size, 64);
@@ -82,7 +74,7 @@ TEST(ModelLoad, MetadataConfigWinsOverAConfigJsonBesideIt) {
   const Config c = read_config(tiny_dir() + "/config.json");
   PreprocessorConfig pre;
   pre.height = pre.width = 280;
-  write_safetensors(d + "/model.safetensors", read_all(tiny_dir() + "/model.safetensors"),
+  write_safetensors(d + "/model.safetensors", test::read_tensors(tiny_dir() + "/model.safetensors"),
                     {{"config", to_json(c)}, {"preprocessor_config", to_json(pre)}});
   std::string wrong = test::read_text(tiny_dir() + "/config.json");
   wrong.replace(wrong.find("\"hidden_size\": 64"), 17, "\"hidden_size\": 32");
@@ -106,7 +98,7 @@ TEST(ModelLoad, ConfigJsonBesideTheWeightsIsUsedWithoutMetadata) {
 
 TEST(ModelLoad, FileWithoutAnyConfigIsAnError) {
   const std::string d = test::temp_dir();
-  write_safetensors(d + "/x.safetensors", read_all(tiny_dir() + "/model.safetensors"));
+  write_safetensors(d + "/x.safetensors", test::read_tensors(tiny_dir() + "/model.safetensors"));
   expect_load_error(d + "/x.safetensors", {"x.safetensors", "no model config"});
 }
 
@@ -120,7 +112,7 @@ TEST(ModelLoad, FolderWithOnlyPytorchBinSaysToConvertIntoTheFolder) {
 TEST(ModelLoad, MissingPathIsAnError) { expect_load_error("/nonexistent/model", {"/nonexistent/model"}); }
 
 TEST(ModelLoad, MissingTensorIsNamed) {
-  auto t = read_all(tiny_dir() + "/model.safetensors");
+  auto t = test::read_tensors(tiny_dir() + "/model.safetensors");
   t.erase(std::remove_if(t.begin(), t.end(),
                          [](const TensorData& x) { return x.name == "encoder.layer.1.output.dense.bias"; }),
           t.end());
@@ -129,7 +121,7 @@ TEST(ModelLoad, MissingTensorIsNamed) {
 }
 
 TEST(ModelLoad, WrongShapeNamesTensorExpectedAndActual) {
-  auto t = read_all(tiny_dir() + "/model.safetensors");
+  auto t = test::read_tensors(tiny_dir() + "/model.safetensors");
   for (auto& x : t)
     if (x.name == "encoder.layer.0.attention.attention.query.weight") {
       x.shape = {64, 32};
@@ -147,7 +139,7 @@ TEST(ModelLoad, ConfigWithMoreLayersThanTheFileIsAnError) {
   const auto pos = text.find("\"num_hidden_layers\": 2");
   ASSERT_NE(pos, std::string::npos);
   text.replace(pos, 22, "\"num_hidden_layers\": 3");
-  const std::string d = make_folder("more_layers", read_all(tiny_dir() + "/model.safetensors"), text);
+  const std::string d = make_folder("more_layers", test::read_tensors(tiny_dir() + "/model.safetensors"), text);
   expect_load_error(d, {"missing tensor 'encoder.layer.2.layernorm_before.weight'", "3 layers"});
 }
 
@@ -155,7 +147,7 @@ TEST(ModelLoad, ConfigWithFewerLayersThanTheFileIsAnError) {
   std::ifstream in(test::data_path("models/tiny/config.json"));
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   text.replace(text.find("\"num_hidden_layers\": 2"), 22, "\"num_hidden_layers\": 1");
-  const std::string d = make_folder("fewer_layers", read_all(tiny_dir() + "/model.safetensors"), text);
+  const std::string d = make_folder("fewer_layers", test::read_tensors(tiny_dir() + "/model.safetensors"), text);
   expect_load_error(d, {"more layers than the config", "encoder.layer.1."});
 }
 
@@ -163,12 +155,12 @@ TEST(ModelLoad, ConfigHiddenSizeDisagreeingWithTensorsIsAnError) {
   std::ifstream in(test::data_path("models/tiny/config.json"));
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   text.replace(text.find("\"hidden_size\": 64"), 17, "\"hidden_size\": 32");
-  const std::string d = make_folder("hidden_size", read_all(tiny_dir() + "/model.safetensors"), text);
+  const std::string d = make_folder("hidden_size", test::read_tensors(tiny_dir() + "/model.safetensors"), text);
   expect_load_error(d, {"embeddings.cls_token", "expected [1,1,32]"});
 }
 
 TEST(ModelLoad, IntegerDtypeWeightIsAnError) {
-  auto t = read_all(tiny_dir() + "/model.safetensors");
+  auto t = test::read_tensors(tiny_dir() + "/model.safetensors");
   for (auto& x : t)
     if (x.name == "layernorm.bias") x.dtype = DType::kI32;
   const std::string d = make_folder("int_dtype", t);
@@ -177,7 +169,7 @@ TEST(ModelLoad, IntegerDtypeWeightIsAnError) {
 
 TEST(ModelLoad, HalfPrecisionWeightsAreWidenedAndStillMatch) {
   // BF16 copy of the tiny model: loads (widened to float32), results close to float32.
-  auto t = read_all(tiny_dir() + "/model.safetensors");
+  auto t = test::read_tensors(tiny_dir() + "/model.safetensors");
   for (auto& x : t) {
     std::vector<std::uint8_t> b(x.bytes.size() / 2);
     for (std::size_t i = 0; i < b.size() / 2; ++i) {
@@ -200,7 +192,7 @@ TEST(ModelLoad, HalfPrecisionWeightsAreWidenedAndStillMatch) {
 
 TEST(ModelLoad, ClassifierHeadWithMismatchedLabelsIsAnError) {
   const std::string src = test::data_path("models/tiny-cls");
-  auto t = read_all(src + "/model.safetensors");
+  auto t = test::read_tensors(src + "/model.safetensors");
   std::ifstream in(src + "/config.json");
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   text.replace(text.find("\"4\": \"camera\""), 13, "\"4\": \"camera\", \"5\": \"dog\"");

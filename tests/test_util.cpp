@@ -121,6 +121,13 @@ const TensorView& tiny_output(const std::string& key) {
   return file.get(key);
 }
 
+std::vector<TensorData> read_tensors(const std::string& path) {
+  const SafetensorsFile f = SafetensorsFile::open(path);
+  std::vector<TensorData> out;
+  for (const auto& name : f.names()) out.push_back(f.get(name).to_tensor_data());
+  return out;
+}
+
 double max_abs_diff(const float* a, const float* b, std::size_t n) {
   double m = 0.0;
   for (std::size_t i = 0; i < n; ++i) {

@@ -32,6 +32,10 @@ PixelValues fixture_pixels(const std::string& case_name);
 /// HF's tiny_outputs.safetensors.
 const TensorView& tiny_output(const std::string& key);
 
+/// Every tensor of a safetensors file, in its order, as TensorData (to rewrite them, modified). Its
+/// __metadata__ is SafetensorsFile::open(path).metadata().
+std::vector<TensorData> read_tensors(const std::string& path);
+
 /// Largest |a[i] - b[i]|; sizes must agree (a test failure otherwise).
 double max_abs_diff(const float* a, const float* b, std::size_t n);
 
