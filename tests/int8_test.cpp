@@ -217,15 +217,6 @@ std::string int8_file(const std::string& dir) {
   return test::write_model_pair(dir, tiny_config(), tiny_tensors()).int8;
 }
 
-void expect_load_error(const std::string& path, const std::string& needle) {
-  try {
-    Model::load(path);
-    ADD_FAILURE() << path << ": accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
-
 TEST(Int8Format, ConvertedFileDeclaresItsSchemeAndKeepsTheBackbone) {
   const std::string dir = test::temp_dir();
   const test::ModelPair p = test::write_model_pair(dir, tiny_config(), tiny_tensors());
@@ -258,12 +249,7 @@ TEST(Int8Format, ConvertedFileDeclaresItsSchemeAndKeepsTheBackbone) {
   // Converting it again is refused: int8 is the end of the line.
   ConvertOptions o;
   o.dtype = DType::kBF16;
-  try {
-    convert_checkpoint(p.int8, dir + "/again.safetensors", o);
-    ADD_FAILURE() << "an int8 file was converted again";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("already quantized"), std::string::npos) << e.what();
-  }
+  test::expect_error([&] { convert_checkpoint(p.int8, dir + "/again.safetensors", o); }, "already quantized");
 }
 
 // Files without the second plane (written before it existed) load and run: the outlier split then
@@ -294,38 +280,39 @@ TEST(Int8Format, LoaderRefusesAnUnknownSchemeMissingMetadataBadShapesAndMissingS
   auto with_meta = meta;
   with_meta["quantization"] = R"({"scheme":"vitmsn-int4-v9"})";
   write_safetensors(dir + "/scheme.safetensors", tensors, with_meta);
-  expect_load_error(dir + "/scheme.safetensors", "quantization scheme 'vitmsn-int4-v9' is not one this build");
+  test::expect_load_error(dir + "/scheme.safetensors", {"quantization scheme 'vitmsn-int4-v9' is not one this build"});
 
   auto no_meta = meta;
   no_meta.erase("quantization");
   write_safetensors(dir + "/nometa.safetensors", tensors, no_meta);
-  expect_load_error(dir + "/nometa.safetensors", "has int8 weights but no __metadata__ \"quantization\"");
+  test::expect_load_error(dir + "/nometa.safetensors", {"has int8 weights but no __metadata__ \"quantization\""});
 
   std::vector<TensorData> no_scale;
   for (const TensorData& t : tensors)
     if (t.name != "encoder.layer.1.attention.attention.key.weight_scale") no_scale.push_back(t);
   write_safetensors(dir + "/noscale.safetensors", no_scale, meta);
-  expect_load_error(dir + "/noscale.safetensors",
-                    "has no scales 'encoder.layer.1.attention.attention.key.weight_scale'");
+  test::expect_load_error(dir + "/noscale.safetensors",
+                          {"has no scales 'encoder.layer.1.attention.attention.key.weight_scale'"});
   std::vector<TensorData> half_plane;
   for (const TensorData& t : tensors)
     if (t.name != "encoder.layer.0.attention.attention.value.weight_residual_scale") half_plane.push_back(t);
   write_safetensors(dir + "/halfplane.safetensors", half_plane, meta);
-  expect_load_error(dir + "/halfplane.safetensors",
-                    "has 'encoder.layer.0.attention.attention.value.weight_residual' but not "
-                    "'encoder.layer.0.attention.attention.value.weight_residual_scale'");
+  test::expect_load_error(dir + "/halfplane.safetensors",
+                          {"has 'encoder.layer.0.attention.attention.value.weight_residual' but not "
+                           "'encoder.layer.0.attention.attention.value.weight_residual_scale'"});
   std::vector<TensorData> flipped = tensors;
   for (TensorData& t : flipped)
     if (t.name == "encoder.layer.0.intermediate.dense.weight_residual") t.shape = {256, 64};  // [out, in]
   write_safetensors(dir + "/flipped.safetensors", flipped, meta);
-  expect_load_error(dir + "/flipped.safetensors",
-                    "'encoder.layer.0.intermediate.dense.weight_residual' has I8 [256,64], expected I8 [64,256]");
+  test::expect_load_error(
+      dir + "/flipped.safetensors",
+      {"'encoder.layer.0.intermediate.dense.weight_residual' has I8 [256,64], expected I8 [64,256]"});
   std::vector<TensorData> reshaped = tensors;
   for (TensorData& t : reshaped)
     if (t.name == "encoder.layer.1.output.dense.weight") t.shape = {8, 32, 16, 4};  // same bytes, wrong layout
   write_safetensors(dir + "/shape.safetensors", reshaped, meta);
-  expect_load_error(dir + "/shape.safetensors",
-                    "int8 tensor 'encoder.layer.1.output.dense.weight' has shape [8,32,16,4]");
+  test::expect_load_error(dir + "/shape.safetensors",
+                          {"int8 tensor 'encoder.layer.1.output.dense.weight' has shape [8,32,16,4]"});
 }
 
 }  // namespace

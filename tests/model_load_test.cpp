@@ -39,16 +39,6 @@ std::string make_folder(const std::string& name, const std::vector<TensorData>& 
   return d;
 }
 
-void expect_load_error(const std::string& path, const std::vector<std::string>& needles) {
-  try {
-    Model::load(path);
-    ADD_FAILURE() << "Model::load(" << path << ") accepted a broken model";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message lacks '" << n << "': " << msg;
-  }
-}
-
 TEST(ModelLoad, AcceptsAFolderOrItsSafetensorsFile) {
   const Model a = Model::load(tiny_dir());
   const Model b = Model::load(tiny_dir() + "/model.safetensors");
@@ -99,17 +89,17 @@ TEST(ModelLoad, ConfigJsonBesideTheWeightsIsUsedWithoutMetadata) {
 TEST(ModelLoad, FileWithoutAnyConfigIsAnError) {
   const std::string d = test::temp_dir();
   write_safetensors(d + "/x.safetensors", test::read_tensors(tiny_dir() + "/model.safetensors"));
-  expect_load_error(d + "/x.safetensors", {"x.safetensors", "no model config"});
+  test::expect_load_error(d + "/x.safetensors", {"x.safetensors", "no model config"});
 }
 
 TEST(ModelLoad, FolderWithOnlyPytorchBinSaysToConvertIntoTheFolder) {
   const std::string d = test::temp_dir();
   copy_file(tiny_dir() + "/pytorch_model.bin", d + "/pytorch_model.bin");
   // The command writes where the folder is looked up, so that the same path loads afterwards.
-  expect_load_error(d, {"pytorch_model.bin", "vitmsn-convert " + d + " " + d + "/model.safetensors"});
+  test::expect_load_error(d, {"pytorch_model.bin", "vitmsn-convert " + d + " " + d + "/model.safetensors"});
 }
 
-TEST(ModelLoad, MissingPathIsAnError) { expect_load_error("/nonexistent/model", {"/nonexistent/model"}); }
+TEST(ModelLoad, MissingPathIsAnError) { test::expect_load_error("/nonexistent/model", {"/nonexistent/model"}); }
 
 TEST(ModelLoad, MissingTensorIsNamed) {
   auto t = test::read_tensors(tiny_dir() + "/model.safetensors");
@@ -117,7 +107,7 @@ TEST(ModelLoad, MissingTensorIsNamed) {
                          [](const TensorData& x) { return x.name == "encoder.layer.1.output.dense.bias"; }),
           t.end());
   const std::string d = make_folder("missing", t);
-  expect_load_error(d, {"model.safetensors", "missing tensor 'encoder.layer.1.output.dense.bias'"});
+  test::expect_load_error(d, {"model.safetensors", "missing tensor 'encoder.layer.1.output.dense.bias'"});
 }
 
 TEST(ModelLoad, WrongShapeNamesTensorExpectedAndActual) {
@@ -128,8 +118,8 @@ TEST(ModelLoad, WrongShapeNamesTensorExpectedAndActual) {
       x.bytes.resize(64 * 32 * 4);
     }
   const std::string d = make_folder("wrong_shape", t);
-  expect_load_error(d, {"model.safetensors", "tensor 'encoder.layer.0.attention.attention.query.weight'",
-                        "has shape [64,32], expected [64,64]"});
+  test::expect_load_error(d, {"model.safetensors", "tensor 'encoder.layer.0.attention.attention.query.weight'",
+                              "has shape [64,32], expected [64,64]"});
 }
 
 TEST(ModelLoad, ConfigWithMoreLayersThanTheFileIsAnError) {
@@ -140,7 +130,7 @@ TEST(ModelLoad, ConfigWithMoreLayersThanTheFileIsAnError) {
   ASSERT_NE(pos, std::string::npos);
   text.replace(pos, 22, "\"num_hidden_layers\": 3");
   const std::string d = make_folder("more_layers", test::read_tensors(tiny_dir() + "/model.safetensors"), text);
-  expect_load_error(d, {"missing tensor 'encoder.layer.2.layernorm_before.weight'", "3 layers"});
+  test::expect_load_error(d, {"missing tensor 'encoder.layer.2.layernorm_before.weight'", "3 layers"});
 }
 
 TEST(ModelLoad, ConfigWithFewerLayersThanTheFileIsAnError) {
@@ -148,7 +138,7 @@ TEST(ModelLoad, ConfigWithFewerLayersThanTheFileIsAnError) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   text.replace(text.find("\"num_hidden_layers\": 2"), 22, "\"num_hidden_layers\": 1");
   const std::string d = make_folder("fewer_layers", test::read_tensors(tiny_dir() + "/model.safetensors"), text);
-  expect_load_error(d, {"more layers than the config", "encoder.layer.1."});
+  test::expect_load_error(d, {"more layers than the config", "encoder.layer.1."});
 }
 
 TEST(ModelLoad, ConfigHiddenSizeDisagreeingWithTensorsIsAnError) {
@@ -156,7 +146,7 @@ TEST(ModelLoad, ConfigHiddenSizeDisagreeingWithTensorsIsAnError) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   text.replace(text.find("\"hidden_size\": 64"), 17, "\"hidden_size\": 32");
   const std::string d = make_folder("hidden_size", test::read_tensors(tiny_dir() + "/model.safetensors"), text);
-  expect_load_error(d, {"embeddings.cls_token", "expected [1,1,32]"});
+  test::expect_load_error(d, {"embeddings.cls_token", "expected [1,1,32]"});
 }
 
 TEST(ModelLoad, IntegerDtypeWeightIsAnError) {
@@ -164,7 +154,7 @@ TEST(ModelLoad, IntegerDtypeWeightIsAnError) {
   for (auto& x : t)
     if (x.name == "layernorm.bias") x.dtype = DType::kI32;
   const std::string d = make_folder("int_dtype", t);
-  expect_load_error(d, {"'layernorm.bias'", "dtype I32"});
+  test::expect_load_error(d, {"'layernorm.bias'", "dtype I32"});
 }
 
 TEST(ModelLoad, HalfPrecisionWeightsAreWidenedAndStillMatch) {
@@ -197,7 +187,7 @@ TEST(ModelLoad, ClassifierHeadWithMismatchedLabelsIsAnError) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   text.replace(text.find("\"4\": \"camera\""), 13, "\"4\": \"camera\", \"5\": \"dog\"");
   const std::string d = make_folder("labels", t, text);
-  expect_load_error(d, {"classifier.weight", "5 rows", "6 labels"});
+  test::expect_load_error(d, {"classifier.weight", "5 rows", "6 labels"});
 }
 
 TEST(Config, RejectsMissingAndMistypedFields) {

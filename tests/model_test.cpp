@@ -178,12 +178,7 @@ TEST(PixelInput, AViewOfCallerMemoryGivesTheSameFeaturesAsATensor) {
   EXPECT_TRUE(out[2].last_hidden_state == a.last_hidden_state);
   expect_close(out[1].last_hidden_state, "chelsea.224x336.last_hidden_state");
   // Shape checks apply to views too.
-  try {
-    tiny().extract_features(PixelValuesView(buffer.data(), 1, 224, 672));
-    ADD_FAILURE() << "a one-channel view was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("channels"), std::string::npos) << e.what();
-  }
+  test::expect_error([&] { tiny().extract_features(PixelValuesView(buffer.data(), 1, 224, 672)); }, "channels");
 }
 
 TEST(Batch, ClassifyBatchMatchesSingle) {

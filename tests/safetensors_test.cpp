@@ -168,15 +168,8 @@ TEST(Safetensors, SaysWhatAFileIsWhenItIsNotSafetensors) {
   // pytorch_model.bin in a folder: the command converts it into that folder's model.safetensors.
   const std::string folder = test::temp_dir("hf");
   test::write_bytes(folder + "/pytorch_model.bin", torch);
-  try {
-    SafetensorsFile::open(folder + "/pytorch_model.bin");
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(
-        std::string(e.what()).find("vitmsn-convert " + folder + "/pytorch_model.bin " + folder + "/model.safetensors"),
-        std::string::npos)
-        << e.what();
-  }
+  test::expect_error([&] { SafetensorsFile::open(folder + "/pytorch_model.bin"); },
+                     {"vitmsn-convert " + folder + "/pytorch_model.bin " + folder + "/model.safetensors"});
 }
 
 TEST(Safetensors, RejectsHeaderThatIsNotAnObject) {

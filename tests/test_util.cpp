@@ -206,6 +206,11 @@ void expect_error(const std::function<void()>& fn, const std::string& prefix, co
   }
 }
 
+void expect_load_error(const std::string& path, const std::vector<std::string>& needles) {
+  SCOPED_TRACE("Model::load(" + path + ")");
+  expect_error([&] { Model::load(path); }, needles);
+}
+
 const std::vector<std::string>& probe_class_names() {
   static const std::vector<std::string> names = {"blue_checks", "green_stripes", "red_disk"};
   return names;

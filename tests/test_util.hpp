@@ -53,6 +53,9 @@ inline void expect_error(const std::function<void()>& fn, const char* needle) {
 /// As above, and the message must start with `prefix` (e.g. the file's path).
 void expect_error(const std::function<void()>& fn, const std::string& prefix, const std::vector<std::string>& needles);
 
+/// expect_error() on Model::load(path), with the path in the failure's trace.
+void expect_load_error(const std::string& path, const std::vector<std::string>& needles);
+
 /// `image` as a raw (uncompressed) 8-bit RGB Photoshop file: the PSD layout Pillow and vitmsn read.
 std::string psd_bytes(const Image& image);
 
