@@ -28,14 +28,6 @@ namespace {
 // implementation with another summation order "a few 1e-4". We hold ourselves to 5e-4.
 constexpr double kFullSizeTolerance = 5e-4;
 
-PixelValues chelsea() {
-  const TensorView& t = test::preprocess_fixture("chelsea.pixel_values");
-  PixelValues p(3, 224, 224);
-  const auto v = t.to_float();
-  std::copy(v.begin(), v.end(), p.data());
-  return p;
-}
-
 double peak_rss_mb() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
@@ -48,7 +40,7 @@ TEST(FullSize, SyntheticVitL7RunsAndMatchesTheReference) {
   const Model model = dir ? Model::load(dir)
                           : Model::from_tensors(vit_msn_large_7_config(), synthetic_tensors(vit_msn_large_7_config()));
   const auto t1 = std::chrono::steady_clock::now();
-  const Features f = model.extract_features(chelsea());
+  const Features f = model.extract_features(test::fixture_pixels("chelsea"));
   const auto t2 = std::chrono::steady_clock::now();
   ASSERT_EQ(f.last_hidden_state.rows(), 1025);
   ASSERT_EQ(f.last_hidden_state.cols(), 1024);
@@ -112,11 +104,12 @@ void int8_full_size(Outliers outliers) {
   const test::ModelPair p = test::write_model_pair(dir, c, tensors);
   tensors.clear();
   const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
-  const Matrix a = f32.extract_features(chelsea()).last_hidden_state;
+  const PixelValues chelsea = test::fixture_pixels("chelsea");
+  const Matrix a = f32.extract_features(chelsea).last_hidden_state;
   const char* name = outliers == Outliers::kNone    ? "ViT-L/7"
                      : outliers == Outliers::kGains ? "outlier ViT-L/7"
                                                     : "residual outlier ViT-L/7";
-  const test::Agreement scheme = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
+  const test::Agreement scheme = test::agreement(a, int8.extract_features(chelsea).last_hidden_state);
   std::printf("    %s, int8 (blocks of 32 + outlier split) vs float32: %s\n", name, test::describe(scheme).c_str());
   if (outliers == Outliers::kNone) {
     EXPECT_TRUE(scheme.meets_targets()) << test::describe(scheme);
@@ -125,11 +118,11 @@ void int8_full_size(Outliers outliers) {
   test::Agreement no_split, tensor;
   {
     test::GroupingScope g(detail::int8::Grouping::kBlock32, /*split=*/false);
-    no_split = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
+    no_split = test::agreement(a, int8.extract_features(chelsea).last_hidden_state);
   }
   {
     test::GroupingScope g(detail::int8::Grouping::kTensor);
-    tensor = test::agreement(a, int8.extract_features(chelsea()).last_hidden_state);
+    tensor = test::agreement(a, int8.extract_features(chelsea).last_hidden_state);
   }
   std::printf("    %s, blocks of 32 without the outlier split: %s\n", name, test::describe(no_split).c_str());
   std::printf("    %s, one activation scale per tensor: %s\n", name, test::describe(tensor).c_str());
