@@ -1332,6 +1332,9 @@ Int8Data make_int8_data(const Int8Case& c, unsigned seed) {
 using Int8Fn = void (*)(int, int, int, int, int, const float*, std::ptrdiff_t, const std::int8_t* const*,
                         const float* const*, float*, std::ptrdiff_t, const Epilogue&, int);
 
+/// Element i of epilogue 4's product `pre` (a fixed pattern in [-5, 5)).
+float pre_value(std::size_t i) { return static_cast<float>((i * 2654435761u) % 1000) * 0.01f - 5.0f; }
+
 std::vector<float> run_int8(const Int8Data& d, int epilogue, int threads, Int8Fn fn) {
   std::vector<const std::int8_t*> W;
   std::vector<const float*> S;
@@ -1356,7 +1359,7 @@ std::vector<float> run_int8(const Int8Data& d, int epilogue, int threads, Int8Fn
     for (int ch : {0, d.c.K / 2, d.c.K - 1}) excluded[ch / int8::kBlock] |= 1u << (ch % int8::kBlock);
     const std::ptrdiff_t ldp = d.ldc + 2;
     pre.resize(static_cast<std::size_t>(d.c.M) * ldp);
-    for (std::size_t i = 0; i < pre.size(); ++i) pre[i] = static_cast<float>((i * 2654435761u) % 1000) * 0.01f - 5.0f;
+    for (std::size_t i = 0; i < pre.size(); ++i) pre[i] = pre_value(i);
     ep.int8_excluded = excluded.data();
     ep.int8_pre = pre.data();
     ep.ldp = ldp;
@@ -1434,7 +1437,7 @@ TEST(Int8, ExcludedChannelsAndPreProductFollowTheDefinition) {
   double worst = 0.0;
   for (int t = 0; t < d.c.M; ++t)
     for (int n = 0; n < d.c.seg_rows * d.c.segments; ++n) {
-      const float pre = static_cast<float>((static_cast<std::size_t>(t * ldp + n) * 2654435761u) % 1000) * 0.01f - 5.0f;
+      const float pre = pre_value(static_cast<std::size_t>(t * ldp + n));
       worst = std::max(worst, static_cast<double>(std::fabs(split[t * d.ldc + n] - (plain[t * d.ldc + n] + pre))));
     }
   EXPECT_LE(worst, 1e-4) << "largest difference from zeroed channels + pre: " << worst;
