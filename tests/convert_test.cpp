@@ -116,24 +116,15 @@ TEST(Convert, MergesAClassifierHeadWithLabels) {
   }
 }
 
-// A 3-class head for the tiny model's width, recording `backbone` (none when empty).
-std::string write_tiny_head(const std::string& path, const std::string& backbone) {
-  std::vector<float> w(3 * 64, 0.01f), b = {0.5f, -0.25f, 0.0f};
-  std::map<std::string, std::string> meta = {{"id2label", R"({"0":"red","1":"green","2":"blue"})"},
-                                             {"model", "somewhere/else"}};
-  if (!backbone.empty()) meta[kBackboneMetadataKey] = backbone;
-  write_safetensors(
-      path,
-      {TensorData::f32("classifier.weight", {3, 64}, w.data()), TensorData::f32("classifier.bias", {3}, b.data())},
-      meta);
-  return path;
-}
+const std::vector<std::string> kHeadLabels = {"red", "green", "blue"};
 
 TEST(Convert, RefusesAHeadTrainedOnAnotherBackboneUnlessAllowed) {
   const std::string dir = test::temp_dir();
   const std::string tiny = test::data_path("models/tiny");
   ConvertOptions o;
-  o.classifier = write_tiny_head(dir + "/other.safetensors", backbone_identity(test::data_path("models/tiny-cls")));
+  o.classifier =
+      test::write_tiny_head(dir + "/other.safetensors", kHeadLabels,
+                            backbone_identity(test::data_path("models/tiny-cls")), {{"model", "somewhere/else"}});
   test::expect_error([&] { convert_checkpoint(tiny, dir + "/out.safetensors", o); },
                      dir + "/other.safetensors: this head was trained on the features of another model",
                      {"somewhere/else", backbone_identity(tiny).substr(0, 16), "vitmsn-probe", "--force"});
@@ -143,9 +134,9 @@ TEST(Convert, RefusesAHeadTrainedOnAnotherBackboneUnlessAllowed) {
   // The head of this very backbone merges without a word; one that records none is merged unchecked.
   o.allow_other_backbone = false;
   o.overwrite = true;
-  o.classifier = write_tiny_head(dir + "/same.safetensors", backbone_identity(tiny));
+  o.classifier = test::write_tiny_head(dir + "/same.safetensors", kHeadLabels, backbone_identity(tiny));
   EXPECT_EQ(convert_checkpoint(tiny, dir + "/out.safetensors", o).head_backbone, HeadBackbone::kSame);
-  o.classifier = write_tiny_head(dir + "/old.safetensors", "");
+  o.classifier = test::write_tiny_head(dir + "/old.safetensors", kHeadLabels, "");
   EXPECT_EQ(convert_checkpoint(tiny, dir + "/out.safetensors", o).head_backbone, HeadBackbone::kUnrecorded);
 }
 
@@ -153,7 +144,7 @@ TEST(Convert, SaysWhichHeadAMergedHeadReplaces) {
   const std::string dir = test::temp_dir();
   const std::string cls = test::data_path("models/tiny-cls");
   ConvertOptions o;
-  o.classifier = write_tiny_head(dir + "/head.safetensors", backbone_identity(cls));
+  o.classifier = test::write_tiny_head(dir + "/head.safetensors", kHeadLabels, backbone_identity(cls));
   const ConvertReport r = convert_checkpoint(cls, dir + "/out.safetensors", o);
   EXPECT_EQ(r.replaced_labels, Model::load(cls).labels()) << "tiny-cls's own 5 classes were replaced";
   EXPECT_EQ(Model::load(dir + "/out.safetensors").labels(), (std::vector<std::string>{"red", "green", "blue"}));

@@ -525,15 +525,8 @@ TEST(Programs, CheckTheirOutputBeforeAnyImage) {
 TEST(ConvertProgram, RefusesAHeadOfAnotherBackboneAndSaysWhatItReplaces) {
   const std::string dir = test::temp_dir();
   const std::string cls = test::data_path("models/tiny-cls");
-  std::vector<float> w(2 * 64, 0.01f), b(2, 0.0f);
   auto head = [&](const std::string& name, const std::string& backbone) {
-    std::map<std::string, std::string> meta = {{"id2label", R"({"0":"yes","1":"no"})"}};
-    if (!backbone.empty()) meta["backbone_sha256"] = backbone;
-    write_safetensors(
-        dir + "/" + name,
-        {TensorData::f32("classifier.weight", {2, 64}, w.data()), TensorData::f32("classifier.bias", {2}, b.data())},
-        meta);
-    return dir + "/" + name;
+    return test::write_tiny_head(dir + "/" + name, {"yes", "no"}, backbone);
   };
   // A head recording tiny's backbone, merged into tiny-cls (other weights): refused, nothing written.
   const std::string other = head("other.safetensors", backbone_identity(tiny()));

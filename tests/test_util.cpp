@@ -15,6 +15,7 @@
 #include <random>
 
 #include "vitmsn/error.hpp"
+#include "vitmsn/identity.hpp"
 
 namespace vitmsn::test {
 
@@ -204,6 +205,22 @@ void expect_error(const std::function<void()>& fn, const std::string& prefix, co
     EXPECT_EQ(msg.rfind(prefix, 0), 0u) << "message does not start with '" << prefix << "': " << msg;
     for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message lacks '" << n << "': " << msg;
   }
+}
+
+std::string write_tiny_head(const std::string& path, const std::vector<std::string>& labels,
+                            const std::string& backbone, std::map<std::string, std::string> metadata) {
+  const std::int64_t n = static_cast<std::int64_t>(labels.size());
+  const std::vector<float> w(labels.size() * 64, 0.01f), b(labels.size(), 0.0f);
+  std::string id2label = "{";
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    id2label += (i ? ",\"" : "\"") + std::to_string(i) + "\":\"" + labels[i] + "\"";
+  metadata["id2label"] = id2label + "}";
+  if (!backbone.empty()) metadata[kBackboneMetadataKey] = backbone;
+  write_safetensors(
+      path,
+      {TensorData::f32("classifier.weight", {n, 64}, w.data()), TensorData::f32("classifier.bias", {n}, b.data())},
+      metadata);
+  return path;
 }
 
 void expect_load_error(const std::string& path, const std::vector<std::string>& needles) {

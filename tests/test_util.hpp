@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,12 @@ inline void expect_error(const std::function<void()>& fn, const char* needle) {
 }
 /// As above, and the message must start with `prefix` (e.g. the file's path).
 void expect_error(const std::function<void()>& fn, const std::string& prefix, const std::vector<std::string>& needles);
+
+/// A classifier head of the tiny models' width (64) written to `path`: one class per label (weights
+/// 0.01, biases 0), their id2label, `backbone` as its backbone_sha256 (none when empty), and `metadata`
+/// besides. Returns `path`.
+std::string write_tiny_head(const std::string& path, const std::vector<std::string>& labels,
+                            const std::string& backbone, std::map<std::string, std::string> metadata = {});
 
 /// expect_error() on Model::load(path), with the path in the failure's trace.
 void expect_load_error(const std::string& path, const std::vector<std::string>& needles);
