@@ -34,19 +34,20 @@ constexpr double kInt8TokenCosine = 0.995;
 /// × 4, 8, 12, 20 — at hidden 64 four channels are 6 % of all and sit in both blocks of 32, and ×20-100
 /// there defeats every data-free scheme tried (docs/NUMERICS.md, int8).
 ///
-/// Then the residual-stream rule (make_residual_outliers): in every layer, fc2's (output.dense) rows
-/// c_j of weight and bias are multiplied by r_j, so that every block writes 20-100x larger values into
-/// those channels of the residual stream, as the "massive activations" of real ViTs; the layer norms
-/// then pass them on to query, key, value and fc1. This changes the float function (the int8 model
-/// is compared with the float32 model it was converted from), and it is what defeats the activation
-/// quantization without the outlier split (src/cpu/int8_format.hpp). Full size and tiny: × 20, 40,
-/// 60, 100 on the same channels.
+/// Then the residual-stream rule (make_residual_outliers): in one layer only, `residual_layer` (layer 0
+/// of the tiny model, layer 2 at full size), fc2's (output.dense) rows c_j of weight and bias are
+/// multiplied by r_j, so that this block writes 20-100x larger values into those channels of the
+/// residual stream, as the "massive activations" of real ViTs; the stream carries them to the later
+/// layers, whose layer norms pass them on to query, key, value and fc1. This changes the float
+/// function (the int8 model is compared with the float32 model it was converted from), and it is what
+/// defeats the activation quantization without the outlier split (src/cpu/int8_format.hpp). Full size:
+/// channels 101, 402, 707, 860; tiny: 13, 30, 47, 62 (not the gains' channels); × 20, 40, 60, 100 in both.
 struct OutlierSpec {
   std::vector<int> channels;  // layer-norm gains (compensated)
   std::vector<float> factors;
   std::vector<int> residual_channels;  // fc2 output rows (not compensated)
   std::vector<float> residual_factors;
-  int residual_layer;
+  int residual_layer;  // the one layer whose fc2 is scaled
 };
 inline OutlierSpec tiny_outliers() {
   return {{5, 22, 41, 58}, {4.0f, 8.0f, 12.0f, 20.0f}, {13, 30, 47, 62}, {20.0f, 40.0f, 60.0f, 100.0f}, 0};
@@ -88,8 +89,9 @@ inline void make_outliers(std::vector<TensorData>& tensors, const Config& c, con
   EXPECT_EQ(touched, 8 * c.num_hidden_layers) << "the outlier rule touches 8 tensors per layer";
 }
 
-/// Applies the residual-stream rule to float32 tensors with Hugging Face names (no prefix).
-inline void make_residual_outliers(std::vector<TensorData>& tensors, const Config& c, const OutlierSpec& o) {
+/// Applies the residual-stream rule to float32 tensors with Hugging Face names (no prefix): fc2 of layer
+/// o.residual_layer only.
+inline void make_residual_outliers(std::vector<TensorData>& tensors, const OutlierSpec& o) {
   int touched = 0;
   for (TensorData& t : tensors) {
     if (t.name.rfind("encoder.layer." + std::to_string(o.residual_layer) + ".", 0) != 0) continue;
@@ -102,22 +104,27 @@ inline void make_residual_outliers(std::vector<TensorData>& tensors, const Confi
     ++touched;
   }
   EXPECT_EQ(touched, 2) << "the residual rule touches fc2's weight and bias in layer " << o.residual_layer;
-  (void)c;
 }
 
 /// The activation grouping (and the outlier split) of int8 models for the life of a scope: the
-/// schemes the chosen one (per token and block of 32, with the split) is measured against.
+/// schemes the chosen one (per token and block of 32, with the split) is measured against. The
+/// previous settings are restored at the end of the scope.
 struct GroupingScope {
-  explicit GroupingScope(detail::int8::Grouping g, bool split = true) {
+  explicit GroupingScope(detail::int8::Grouping g, bool split = true)
+      : previous_grouping_(detail::int8::activation_grouping()), previous_split_(detail::int8::outlier_split()) {
     detail::int8::set_activation_grouping(g);
     detail::int8::set_outlier_split(split);
   }
   ~GroupingScope() {
-    detail::int8::set_activation_grouping(detail::int8::Grouping::kBlock32);
-    detail::int8::set_outlier_split(true);
+    detail::int8::set_activation_grouping(previous_grouping_);
+    detail::int8::set_outlier_split(previous_split_);
   }
   GroupingScope(const GroupingScope&) = delete;
   GroupingScope& operator=(const GroupingScope&) = delete;
+
+ private:
+  detail::int8::Grouping previous_grouping_;
+  bool previous_split_;
 };
 
 /// A float32 model written as one file (config in its metadata) and its int8 conversion.
@@ -150,7 +157,7 @@ inline double cosine(const float* a, const float* b, Eigen::Index n) {
   return ab / std::sqrt(aa * bb);
 }
 
-/// Folds the agreement of one image's features into `total` (worst of each, mean of means).
+/// How one image's int8 features (`int8`) agree with its float32 ones (`f32`).
 inline Agreement agreement(const Matrix& f32, const Matrix& int8) {
   Agreement a;
   const Eigen::Index D = f32.cols();
@@ -164,6 +171,8 @@ inline Agreement agreement(const Matrix& f32, const Matrix& int8) {
   return a;
 }
 
+/// Folds `y`, the agreement on the `count`-th image, into `x`, the one over the images before it: worst
+/// of each, mean of the means.
 inline Agreement worst_of(const Agreement& x, const Agreement& y, int count) {
   Agreement w;
   w.cls = std::min(x.cls, y.cls);

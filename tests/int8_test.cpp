@@ -42,7 +42,7 @@ test::Agreement compare_on_fixtures(const Model& f32, const Model& int8) {
   return worst;
 }
 
-/// Sets the activation grouping for one scope (the scheme is restored whatever happens).
+/// Sets the activation grouping for one scope (the previous one is restored whatever happens).
 using test::GroupingScope;
 
 TEST(Int8Model, TinyMeetsTheTargetsOnTheFixtureImages) {
@@ -113,7 +113,7 @@ TEST(Int8Model, TinyResidualStreamOutliersAreReducedByTheOutlierSplit) {
   std::vector<TensorData> tensors = tiny_tensors();
   const Config c = tiny_config();
   test::make_outliers(tensors, c, test::tiny_outliers());
-  test::make_residual_outliers(tensors, c, test::tiny_outliers());
+  test::make_residual_outliers(tensors, test::tiny_outliers());
   const test::ModelPair p = test::write_model_pair(test::temp_dir(), c, tensors);
   const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
   const SchemeAgreements r = compare_schemes(f32, int8, "tiny residual outlier");

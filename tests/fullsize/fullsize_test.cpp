@@ -100,7 +100,7 @@ void int8_full_size(Outliers outliers) {
   const Config c = vit_msn_large_7_config();
   std::vector<TensorData> tensors = synthetic_tensors(c);
   if (outliers != Outliers::kNone) test::make_outliers(tensors, c, test::full_size_outliers());
-  if (outliers == Outliers::kGainsAndResidual) test::make_residual_outliers(tensors, c, test::full_size_outliers());
+  if (outliers == Outliers::kGainsAndResidual) test::make_residual_outliers(tensors, test::full_size_outliers());
   const test::ModelPair p = test::write_model_pair(dir, c, tensors);
   tensors.clear();
   const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
