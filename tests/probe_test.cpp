@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -424,16 +423,6 @@ using test::run;
 
 const std::vector<std::string> kClasses = test::probe_class_names();
 
-// A 40x40 picture of class c, varied by i (phase, position, size, noise) so no two files are equal.
-
-// DIR/<class>/[sub/]<i>.png, 6 images per class (two of them one folder deeper).
-std::string make_image_folder(const std::string& dir) { return test::make_probe_image_folder(dir); }
-
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 // The percentage on the "overall" line of the first evaluation table.
 double overall_accuracy(const std::string& output) {
   std::smatch m;
@@ -443,7 +432,7 @@ double overall_accuracy(const std::string& output) {
 
 TEST(ProbeProgram, TrainsAHeadThatTheTinyModelLoadsAndClassifiesTheTrainingImagesWith) {
   const std::string dir = test::temp_dir();
-  const std::string data = make_image_folder(dir), head = dir + "/head.safetensors";
+  const std::string data = test::make_probe_image_folder(dir), head = dir + "/head.safetensors";
   const std::string cmd = "vitmsn-probe --model " + test::data_path("models/tiny") + " --data " + data + " --output " +
                           head + " --folds 3 --seed 1";
   ProgramRun r = run(cmd);
@@ -480,16 +469,16 @@ TEST(ProbeProgram, TrainsAHeadThatTheTinyModelLoadsAndClassifiesTheTrainingImage
     }
 
   // A second run extracts nothing and writes the same head.
-  const std::string first = read_all(head);
+  const std::string first = test::read_text(head);
   r = run(cmd + " --force");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("0 extracted, 18 cached, 0 failed"), std::string::npos) << r.output;
-  EXPECT_EQ(read_all(head), first) << "the cached features should give a byte-identical head";
+  EXPECT_EQ(test::read_text(head), first) << "the cached features should give a byte-identical head";
 }
 
 TEST(ProbeProgram, HeldOutEvaluationAndASkippedBadImage) {
   const std::string dir = test::temp_dir();
-  const std::string data = make_image_folder(dir), head = dir + "/head.safetensors";
+  const std::string data = test::make_probe_image_folder(dir), head = dir + "/head.safetensors";
   test::write_bytes(data + "/red_disk/broken.png", "\x89PNG\r\n\x1a\nnot really");
   const ProgramRun r = run("vitmsn-probe --model " + test::data_path("models/tiny") + " --data " + data + " --output " +
                            head + " --test-fraction 0.34 --cache " + dir + "/cache");
