@@ -737,8 +737,9 @@ PYBIND11_MODULE(_core, m) {
                       "Hugging Face does), a uint8 numpy array [H, W, 3] (RGB) or [H, W] (gray), or float32 pixel\n"
                       "values [3, H, W] (preprocessed, as ViTImageProcessor returns them; read in place when\n"
                       "C-contiguous, other float layouts and dtypes are converted once).")
-      .def(py::init([](const py::object& path, const py::object& threads) {
+      .def(py::init([](const py::object& path, const py::object& threads, bool copy_weights) {
              LoadOptions o;
+             o.copy_weights = copy_weights;
              if (!threads.is_none()) {
                o.threads = to_int(threads, "threads");
                if (o.threads < 1) throw Error("threads must be at least 1 (None: every CPU this process may use)");
@@ -752,8 +753,12 @@ PYBIND11_MODULE(_core, m) {
              }
              return out;
            }),
-           py::arg("path"), py::arg("threads") = py::none(),
+           py::arg("path"), py::arg("threads") = py::none(), py::arg("copy_weights") = false,
            "Loads a model. threads: threads per forward pass (None: every CPU this process may use).\n"
+           "copy_weights: read the weights file into private memory (memory use = its size) instead of\n"
+           "  memory-mapping it, so that nothing done to the file later can affect the model. Without it, a\n"
+           "  file rewritten in place after loading (cp over it) makes the next call raise vitmsn.Error;\n"
+           "  replacing it by rename (mv) is safe.\n"
            "Raises vitmsn.Error naming the file and the problem (missing file or tensor, a shape or config\n"
            "mismatch, a file that is not a safetensors model).")
       .def_property_readonly(

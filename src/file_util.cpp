@@ -7,7 +7,9 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 
 #include "vitmsn/error.hpp"
 
@@ -15,63 +17,137 @@ namespace vitmsn::detail {
 
 namespace {
 std::string errno_text() { return std::strerror(errno); }
+
+// "2025-01-31 12:34:56.123456789 UTC"
+std::string format_time(std::int64_t s, std::int64_t ns) {
+  const std::time_t t = static_cast<std::time_t>(s);
+  std::tm tm{};
+  char buf[64];
+  if (!::gmtime_r(&t, &tm) || std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm) == 0)
+    return std::to_string(s) + "." + std::to_string(ns) + " s";
+  char frac[16];
+  std::snprintf(frac, sizeof frac, ".%09lld", static_cast<long long>(ns));
+  return std::string(buf) + frac + " UTC";
+}
+
 }  // namespace
 
-MappedFile MappedFile::open(const std::string& path) {
+MappedFile MappedFile::open(const std::string& path, Access access) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw Error(path + ": cannot open: " + errno_text());
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const std::string why = errno_text();
-    ::close(fd);
-    throw Error(path + ": cannot stat: " + why);
-  }
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    throw Error(path + ": is a directory, not a file");
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(path + ": not a regular file");
-  }
   MappedFile m;
+  m.fd_ = fd;  // closed by m's destructor on every error below
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw Error(path + ": cannot stat: " + errno_text());
+  if (S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, not a file");
+  if (!S_ISREG(st.st_mode)) throw Error(path + ": not a regular file");
+  m.stamp_.dev = static_cast<std::uint64_t>(st.st_dev);
+  m.stamp_.ino = static_cast<std::uint64_t>(st.st_ino);
+  m.stamp_.size = static_cast<std::uint64_t>(st.st_size);
+  m.stamp_.mtime_s = st.st_mtim.tv_sec;
+  m.stamp_.mtime_ns = st.st_mtim.tv_nsec;
+  m.stamp_.ctime_s = st.st_ctim.tv_sec;
+  m.stamp_.ctime_ns = st.st_ctim.tv_nsec;
   m.size_ = static_cast<std::size_t>(st.st_size);
+  if (access == Access::kCopy) {
+    m.copy_ = true;
+    if (m.size_ > 0) {
+      // Anonymous memory is page-aligned, as a file map is: tensors keep the alignment the file gives.
+      void* p = ::mmap(nullptr, m.size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED)
+        throw Error(path + ": cannot allocate " + std::to_string(m.size_) +
+                    " bytes for a copy of the file: " + errno_text());
+      m.map_ = p;
+      m.data_ = static_cast<const std::uint8_t*>(p);
+      auto* out = static_cast<std::uint8_t*>(p);
+      std::size_t done = 0;
+      while (done < m.size_) {
+        const ssize_t n = ::pread(fd, out + done, m.size_ - done, static_cast<off_t>(done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw Error(path + ": read failed: " + errno_text());
+        if (n == 0)
+          throw Error(path + ": the file shrank while it was read (" + std::to_string(done) + " of " +
+                      std::to_string(m.size_) + " bytes)");
+        done += static_cast<std::size_t>(n);
+      }
+      ::mprotect(p, m.size_, PROT_READ);  // read-only like a map (a failure leaves it writable, no harm)
+    }
+    // Written to while it was read: the copy may mix old and new bytes.
+    m.check_changed_while_open(path, "while it was read", "load it again once it is complete");
+    ::close(m.fd_);
+    m.fd_ = -1;
+    return m;
+  }
   if (m.size_ > 0) {
     void* p = ::mmap(nullptr, m.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      const std::string why = errno_text();
-      ::close(fd);
-      throw Error(path + ": cannot memory-map: " + why);
-    }
+    if (p == MAP_FAILED) throw Error(path + ": cannot memory-map: " + errno_text());
     m.map_ = p;
     m.data_ = static_cast<const std::uint8_t*>(p);
   }
-  ::close(fd);
   return m;
 }
 
-MappedFile::MappedFile(MappedFile&& o) noexcept : data_(o.data_), size_(o.size_), map_(o.map_) {
+void MappedFile::check_unchanged(const std::string& path) const {
+  if (copy_ || fd_ < 0) return;
+  check_changed_while_open(path, "after it was loaded",
+                           "reload the model (vitmsn::Model::load; Python: vitmsn.Model), or load it with "
+                           "LoadOptions::copy_weights = true (Python: copy_weights=True) to keep a private copy");
+}
+
+void MappedFile::check_changed_while_open(const std::string& path, const char* when, const char* remedy) const {
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) throw Error(path + ": cannot stat the model file: " + errno_text());
+  std::string what;
+  auto add = [&what](const std::string& s) { what += (what.empty() ? "" : ", ") + s; };
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (size != stamp_.size) add("size " + std::to_string(stamp_.size) + " -> " + std::to_string(size) + " bytes");
+  if (st.st_mtim.tv_sec != stamp_.mtime_s || st.st_mtim.tv_nsec != stamp_.mtime_ns)
+    add("modified at " + format_time(stamp_.mtime_s, stamp_.mtime_ns) + " -> " +
+        format_time(st.st_mtim.tv_sec, st.st_mtim.tv_nsec));
+  // Renaming another file over this one, or deleting it, moves its status-change time and leaves the
+  // data as they were; once no name is left nobody can open it to rewrite it.
+  if (what.empty() && st.st_nlink > 0 && (st.st_ctim.tv_sec != stamp_.ctime_s || st.st_ctim.tv_nsec != stamp_.ctime_ns))
+    add("status changed at " + format_time(stamp_.ctime_s, stamp_.ctime_ns) + " -> " +
+        format_time(st.st_ctim.tv_sec, st.st_ctim.tv_nsec));
+  if (what.empty()) return;
+  throw Error(path + ": the model file changed on disk " + when + " (" + what + "); " + remedy);
+}
+
+MappedFile::MappedFile(MappedFile&& o) noexcept
+    : data_(o.data_), size_(o.size_), map_(o.map_), fd_(o.fd_), copy_(o.copy_), stamp_(o.stamp_) {
   o.data_ = nullptr;
   o.size_ = 0;
   o.map_ = nullptr;
+  o.fd_ = -1;
+  o.copy_ = false;
 }
 
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   if (this != &o) {
-    if (map_) ::munmap(map_, size_);
+    release();
     data_ = o.data_;
     size_ = o.size_;
     map_ = o.map_;
+    fd_ = o.fd_;
+    copy_ = o.copy_;
+    stamp_ = o.stamp_;
     o.data_ = nullptr;
     o.size_ = 0;
     o.map_ = nullptr;
+    o.fd_ = -1;
+    o.copy_ = false;
   }
   return *this;
 }
 
-MappedFile::~MappedFile() {
+void MappedFile::release() noexcept {
   if (map_) ::munmap(map_, size_);
+  if (fd_ >= 0) ::close(fd_);
+  map_ = nullptr;
+  fd_ = -1;
 }
+
+MappedFile::~MappedFile() { release(); }
 
 std::string read_text_file(const std::string& path, std::size_t max_bytes) {
   MappedFile m = MappedFile::open(path);

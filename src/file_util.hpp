@@ -6,12 +6,24 @@
 
 namespace vitmsn::detail {
 
-/// A read-only, private memory map of a whole file. Movable; unmaps on destruction.
+/// A whole file's bytes, read-only: a private memory map of it (Access::kMap), or a private copy
+/// read into page-aligned anonymous memory (Access::kCopy). Either way data() is page-aligned.
+/// Movable; unmaps (and closes its descriptor) on destruction.
+///
+/// A map keeps the file's descriptor open (O_CLOEXEC) and the file's identity and times as they were
+/// at open, so that check_unchanged() can tell, with one fstat(2), whether the file was rewritten in
+/// place since (a truncated mapped file faults with SIGBUS when the lost pages are touched).
 class MappedFile {
  public:
+  enum class Access {
+    kMap,   ///< mmap(PROT_READ, MAP_PRIVATE); pages are read when first touched
+    kCopy,  ///< read(2) into private memory now; the file is closed and can no longer affect it
+  };
+
   MappedFile() = default;
-  /// \throws Error naming `path` (missing, a directory, unreadable, mmap failure).
-  static MappedFile open(const std::string& path);
+  /// \throws Error naming `path` (missing, a directory, unreadable, mmap failure; kCopy: a read
+  /// failure, or the file changing while it is read).
+  static MappedFile open(const std::string& path, Access access = Access::kMap);
   MappedFile(MappedFile&& other) noexcept;
   MappedFile& operator=(MappedFile&& other) noexcept;
   MappedFile(const MappedFile&) = delete;
@@ -20,11 +32,34 @@ class MappedFile {
 
   const std::uint8_t* data() const { return data_; }
   std::size_t size() const { return size_; }
+  /// True for Access::kCopy: the bytes are private memory, not the file's pages.
+  bool is_copy() const { return copy_; }
+
+  /// For a map: fstat(2)s the kept descriptor and throws Error, starting with `path`, when the file's
+  /// size, modification time or status-change time differ from those at open (the status-change
+  /// time is not compared once the file has no name left: replacing it by rename or deleting it
+  /// moves that time but leaves the mapped data intact). Nothing to check for a copy or an empty
+  /// object. Thread-safe; one system call.
+  void check_unchanged(const std::string& path) const;
 
  private:
+  // The file at open. dev and ino name the mapped file (fstat of the kept descriptor always returns
+  // them); size and the times are what check_unchanged() compares.
+  struct Stamp {
+    std::uint64_t dev = 0, ino = 0, size = 0;
+    std::int64_t mtime_s = 0, mtime_ns = 0, ctime_s = 0, ctime_ns = 0;
+  };
+  void release() noexcept;
+  // Throws "<path>: the model file changed on disk <when> (<what changed>); <remedy>" when the file
+  // behind fd_ changed since open.
+  void check_changed_while_open(const std::string& path, const char* when, const char* remedy) const;
+
   const std::uint8_t* data_ = nullptr;
   std::size_t size_ = 0;
   void* map_ = nullptr;
+  int fd_ = -1;  // a map's file, kept open for check_unchanged()
+  bool copy_ = false;
+  Stamp stamp_;
 };
 
 /// The whole file as a string. \throws Error naming `path`.

@@ -39,6 +39,13 @@ struct Model::Impl {
   /// Binds the weights (checking names, shapes and dtypes against the config), then threads, kernels
   /// and labels.
   void bind(const detail::TensorLookup& lookup, const LoadOptions& options);
+  /// Before a call reads the weights: throws when the memory-mapped file was rewritten in place since
+  /// load (one fstat; nothing for in-memory models and private copies).
+  void check_file() const {
+    if (file) file->check_unchanged();
+  }
+  /// The file a forward checks first: null for in-memory models and private copies.
+  const SafetensorsFile* mapped_file() const { return file && !file->is_copy() ? file.get() : nullptr; }
 };
 
 namespace detail {
@@ -403,7 +410,8 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
 Model::Model(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
 Model Model::load(const std::string& path, const LoadOptions& options) {
-  detail::ModelFiles files = detail::resolve_model_files(path, detail::Checkpoints::kSafetensors);
+  detail::ModelFiles files = detail::resolve_model_files(path, detail::Checkpoints::kSafetensors,
+                                                         options.copy_weights ? FileAccess::kCopy : FileAccess::kMap);
   auto impl = std::make_shared<Impl>();
   impl->source = files.weights;
   impl->file = std::move(files.file);
@@ -447,7 +455,10 @@ const std::vector<std::string>& Model::labels() const { return impl_->labels; }
 const Preprocessor& Model::preprocessor() const { return impl_->preprocessor; }
 int Model::threads() const { return impl_->threads; }
 const std::string& Model::source() const { return impl_->source; }
-std::size_t Model::copied_weight_bytes() const { return impl_->weights().owned_bytes; }
+std::size_t Model::copied_weight_bytes() const {
+  const SafetensorsFile* file = impl_->file.get();
+  return impl_->weights().owned_bytes + (file && file->is_copy() ? file->file_size() : 0);
+}
 
 namespace {
 
@@ -457,7 +468,14 @@ struct Runner {
   const Config& config;
   const Weights& weights;
   int threads;
+  const SafetensorsFile* file;  // the weights' file when memory-mapped, checked before each forward
 };
+
+// Before a forward reads the weights: a memory-mapped file rewritten in place since load throws here
+// instead of faulting (SIGBUS) or computing with other weights.
+void check_file(const Runner& m) {
+  if (m.file) m.file->check_unchanged();
+}
 
 // Runs a batch of images (PixelValues or PixelValuesView) grouped by size: each group is one forward.
 template <class Pixels>
@@ -477,6 +495,7 @@ std::vector<Features> extract_batch(const Runner& m, const std::vector<Pixels>& 
         done[j] = true;
       }
     std::vector<Features> part(group.size());
+    check_file(m);
     forward(m.isa, m.config, m.weights, m.threads, group, static_cast<int>(batch[i].dimension(1)),
             static_cast<int>(batch[i].dimension(2)), options, part);
     for (std::size_t k = 0; k < index.size(); ++k) out[index[k]] = std::move(part[k]);
@@ -488,42 +507,14 @@ template <class Pixels>
 Features extract_one(const Runner& m, const Pixels& px, const FeatureOptions& options) {
   check_pixels(m.config, px);
   std::vector<Features> out(1);
+  check_file(m);
   forward(m.isa, m.config, m.weights, m.threads, {px.data()}, static_cast<int>(px.dimension(1)),
           static_cast<int>(px.dimension(2)), options, out);
   return std::move(out[0]);
 }
 
-}  // namespace
-
-std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
-                                              const FeatureOptions& options) const {
-  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads}, batch, options);
-}
-
-std::vector<Features> Model::extract_features(const std::vector<PixelValuesView>& batch,
-                                              const FeatureOptions& options) const {
-  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads}, batch, options);
-}
-
-Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
-  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads}, pixel_values, options);
-}
-
-Features Model::extract_features(const PixelValuesView& pixel_values, const FeatureOptions& options) const {
-  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads}, pixel_values, options);
-}
-
-Features Model::extract_features(const Image& image, const FeatureOptions& options) const {
-  return extract_features(impl_->preprocessor(image), options);
-}
-
-Features Model::extract_features(const std::string& image_path, const FeatureOptions& options) const {
-  return extract_features(read_image(image_path), options);
-}
-
-Vector Model::logits(const Features& features) const {
-  if (!has_classifier()) no_classifier(impl_->source);
-  const detail::Weights& w = impl_->weights();
+// The classifier head on features already computed (the caller checked the head and the file).
+Vector head_logits(const detail::Weights& w, const Features& features) {
   if (features.last_hidden_state.cols() != w.classifier_weight.cols() || features.last_hidden_state.rows() < 1)
     throw Error("features of width " + std::to_string(features.last_hidden_state.cols()) +
                 " do not fit the classifier of width " + std::to_string(w.classifier_weight.cols()));
@@ -539,9 +530,48 @@ Vector Model::logits(const Features& features) const {
   return out;
 }
 
+}  // namespace
+
+std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
+                                              const FeatureOptions& options) const {
+  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file()}, batch,
+                       options);
+}
+
+std::vector<Features> Model::extract_features(const std::vector<PixelValuesView>& batch,
+                                              const FeatureOptions& options) const {
+  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file()}, batch,
+                       options);
+}
+
+Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
+  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file()},
+                     pixel_values, options);
+}
+
+Features Model::extract_features(const PixelValuesView& pixel_values, const FeatureOptions& options) const {
+  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file()},
+                     pixel_values, options);
+}
+
+Features Model::extract_features(const Image& image, const FeatureOptions& options) const {
+  return extract_features(impl_->preprocessor(image), options);
+}
+
+Features Model::extract_features(const std::string& image_path, const FeatureOptions& options) const {
+  return extract_features(read_image(image_path), options);
+}
+
+Vector Model::logits(const Features& features) const {
+  if (!has_classifier()) no_classifier(impl_->source);
+  impl_->check_file();
+  return head_logits(impl_->weights(), features);
+}
+
 Vector Model::classify(const PixelValues& pixel_values, const FeatureOptions& options) const {
   if (!has_classifier()) no_classifier(impl_->source);  // before any work
-  return logits(extract_features(pixel_values, options));
+  // extract_features checks the file; the head is read right after it.
+  return head_logits(impl_->weights(), extract_features(pixel_values, options));
 }
 
 Vector Model::classify(const Image& image, const FeatureOptions& options) const {
@@ -552,7 +582,7 @@ Vector Model::classify(const Image& image, const FeatureOptions& options) const 
 std::vector<Vector> Model::classify(const std::vector<PixelValues>& batch, const FeatureOptions& options) const {
   if (!has_classifier()) no_classifier(impl_->source);
   std::vector<Vector> out;
-  for (const auto& f : extract_features(batch, options)) out.push_back(logits(f));
+  for (const auto& f : extract_features(batch, options)) out.push_back(head_logits(impl_->weights(), f));
   return out;
 }
 

@@ -32,11 +32,11 @@ std::string locate_weights(const std::string& path, Checkpoints accepted) {
 
 }  // namespace
 
-ModelFiles resolve_model_files(const std::string& path, Checkpoints accepted) {
+ModelFiles resolve_model_files(const std::string& path, Checkpoints accepted, FileAccess access) {
   ModelFiles m;
   m.weights = locate_weights(path, accepted);
   const bool safetensors = accepted == Checkpoints::kSafetensors || ends_with(m.weights, ".safetensors");
-  if (safetensors) m.file = std::make_unique<SafetensorsFile>(SafetensorsFile::open(m.weights));
+  if (safetensors) m.file = std::make_unique<SafetensorsFile>(SafetensorsFile::open(m.weights, {}, access));
   static const std::map<std::string, std::string> kNoMetadata;
   const auto& meta = m.file ? m.file->metadata() : kNoMetadata;
   const std::string dir = parent_dir(m.weights);

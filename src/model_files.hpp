@@ -35,6 +35,7 @@ struct ModelFiles {
 ///    `preprocessor_config.json` in that folder, else the defaults (facebook/vit-msn-large-7's).
 /// \throws Error naming the path: no such file or folder, no weights in a folder (for kSafetensors a
 /// folder with only pytorch_model.bin is told to convert it), no config, or a file that fails to parse.
-ModelFiles resolve_model_files(const std::string& path, Checkpoints accepted);
+/// `access`: how a safetensors weights file is opened (FileAccess::kCopy: LoadOptions::copy_weights).
+ModelFiles resolve_model_files(const std::string& path, Checkpoints accepted, FileAccess access = FileAccess::kMap);
 
 }  // namespace vitmsn::detail

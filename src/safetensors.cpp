@@ -209,10 +209,11 @@ SafetensorsFile::SafetensorsFile(SafetensorsFile&&) noexcept = default;
 SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&&) noexcept = default;
 SafetensorsFile::~SafetensorsFile() = default;
 
-SafetensorsFile SafetensorsFile::open(const std::string& path, const SafetensorsLimits& limits) {
+SafetensorsFile SafetensorsFile::open(const std::string& path, const SafetensorsLimits& limits, FileAccess access) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  impl->map = detail::MappedFile::open(path);
+  impl->map = detail::MappedFile::open(
+      path, access == FileAccess::kCopy ? detail::MappedFile::Access::kCopy : detail::MappedFile::Access::kMap);
   const std::uint8_t* base = impl->map.data();
   const std::uint64_t size = impl->map.size();
   auto fail = [&](const std::string& what) -> Error { return Error(path + ": " + what); };
@@ -339,6 +340,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
 const std::string& SafetensorsFile::path() const { return impl_->path; }
 const std::map<std::string, std::string>& SafetensorsFile::metadata() const { return impl_->metadata; }
 std::size_t SafetensorsFile::file_size() const { return impl_->map.size(); }
+bool SafetensorsFile::is_copy() const { return impl_->map.is_copy(); }
+void SafetensorsFile::check_unchanged() const { impl_->map.check_unchanged(impl_->path); }
 
 std::vector<std::string> SafetensorsFile::names() const {
   std::vector<std::string> out;

@@ -1,11 +1,18 @@
 // Loading: folders, single files with the config in __metadata__, and checkpoints that disagree with
 // their config — each rejected with a message naming the file, the tensor, expected and actual shape.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "test_util.hpp"
@@ -188,6 +195,190 @@ TEST(ModelLoad, ClassifierHeadWithMismatchedLabelsIsAnError) {
   text.replace(text.find("\"4\": \"camera\""), 13, "\"4\": \"camera\", \"5\": \"dog\"");
   const std::string d = make_folder("labels", t, text);
   test::expect_load_error(d, {"classifier.weight", "5 rows", "6 labels"});
+}
+
+// A model file replaced under a loaded model (README "Memory-mapped weights"). The weights are a
+// read-only map of the file: a rewrite in place (cp over it) is detected before each call, which
+// throws instead of faulting (SIGBUS) or computing with other weights; a new file renamed over the
+// path leaves the map intact; copy_weights keeps a private copy nothing can touch.
+
+// A copy of a fixture model folder (weights, config, preprocessor config) in the test's temp dir.
+std::string copy_model(const std::string& fixture, const std::string& sub) {
+  const std::string from = test::data_path("models/" + fixture), d = test::temp_dir(sub);
+  for (const char* f : {"model.safetensors", "config.json", "preprocessor_config.json"})
+    copy_file(from + "/" + f, d + "/" + f);
+  return d;
+}
+
+// Rewrites `path` in place, as `cp other path` does: the same file (inode), truncated, new bytes.
+void rewrite_in_place(const std::string& path, const std::string& bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC);
+  ASSERT_GE(fd, 0) << path;
+  ASSERT_EQ(::write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  ASSERT_EQ(::close(fd), 0);
+}
+
+ino_t inode_of(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return st.st_ino;
+}
+
+bool identical(const Matrix& a, const Matrix& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::equal(a.data(), a.data() + a.size(), b.data());  // bit for bit (no NaN in these features)
+}
+
+// The Error of a call on a model whose file was rewritten: names the file, says what changed and
+// what to do.
+void expect_changed(const std::function<void()>& call, const std::string& file, const std::string& what) {
+  test::expect_error(call, file + ": the model file changed on disk after it was loaded (",
+                     {what, "reload the model", "LoadOptions::copy_weights = true"});
+}
+
+TEST(ModelFileChanged, RewriteInPlaceWithOtherContentIsAnErrorBeforeTheForward) {
+  const std::string d = copy_model("tiny", "model");
+  const std::string file = d + "/model.safetensors";
+  const Model m = Model::load(d);
+  const PixelValues px = test::fixture_pixels("chelsea");
+  const Features before = m.extract_features(px);
+  const ino_t inode = inode_of(file);
+  // Another model's bytes (tiny-cls, a larger file) over the same inode, as `cp` writes them.
+  rewrite_in_place(file, test::read_text(test::data_path("models/tiny-cls/model.safetensors")));
+  ASSERT_EQ(inode_of(file), inode) << "the rewrite must keep the inode, as cp does";
+  const std::string size = "size 704904 -> 706508 bytes";
+  expect_changed([&] { m.extract_features(px); }, file, size);
+  expect_changed([&] { m.extract_features(PixelValuesView(px.data(), 3, 224, 224)); }, file, size);
+  expect_changed([&] { m.extract_features(std::vector<PixelValues>{px, px}); }, file, size);
+  expect_changed([&] { m.extract_features(std::vector<PixelValuesView>{PixelValuesView(px.data(), 3, 224, 224)}); },
+                 file, size);
+  expect_changed([&] { m.extract_features(test::data_path("images/chelsea.png")); }, file, size);
+  // Loading it again gives the new model.
+  EXPECT_TRUE(Model::load(d).has_classifier());
+  EXPECT_FALSE(identical(Model::load(d).extract_features(px).last_hidden_state, before.last_hidden_state));
+}
+
+TEST(ModelFileChanged, TruncatedInPlaceIsAnErrorNotASignal) {
+  // The case that faults without the check: the mapped pages past the new end are gone (SIGBUS).
+  const std::string d = copy_model("tiny", "model");
+  const std::string file = d + "/model.safetensors";
+  const Model m = Model::load(file);
+  const std::string bytes = test::read_text(file);
+  rewrite_in_place(file, bytes.substr(0, 4096));
+  expect_changed([&] { m.extract_features(test::fixture_pixels("chelsea")); }, file, "size 704904 -> 4096 bytes");
+}
+
+TEST(ModelFileChanged, SameSizeRewriteIsCaughtByItsModificationTime) {
+  const std::string d = copy_model("tiny", "model");
+  const std::string file = d + "/model.safetensors";
+  // An old modification time, so the rewrite's cannot fall in the same clock tick.
+  const struct timespec old[2] = {{1000000000, 0}, {1000000000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, file.c_str(), old, 0), 0);
+  const Model m = Model::load(d);
+  std::string bytes = test::read_text(file);
+  bytes.back() ^= 0x55;  // another value in the last tensor, same size
+  rewrite_in_place(file, bytes);
+  expect_changed([&] { m.extract_features(test::fixture_pixels("chelsea")); }, file,
+                 "modified at 2001-09-09 01:46:40.000000000 UTC -> ");
+}
+
+TEST(ModelFileChanged, RewriteThatRestoresTheModificationTimeIsCaughtByTheStatusChangeTime) {
+  // rsync --inplace -t, cp -p over a same-size file whose time it copies: only ctime tells.
+  const std::string d = copy_model("tiny", "model");
+  const std::string file = d + "/model.safetensors";
+  struct stat st {};
+  ASSERT_EQ(::stat(file.c_str(), &st), 0);
+  const Model m = Model::load(d);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // past the clock tick of the copy
+  rewrite_in_place(file, test::read_text(file));
+  const struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, file.c_str(), times, 0), 0);
+  expect_changed([&] { m.extract_features(test::fixture_pixels("chelsea")); }, file, "status changed at ");
+}
+
+TEST(ModelFileChanged, LogitsAndClassifyCheckTheFileToo) {
+  const std::string d = copy_model("tiny-cls", "model");
+  const std::string file = d + "/model.safetensors";
+  const Model m = Model::load(d);
+  const PixelValues px = test::fixture_pixels("chelsea");
+  const Features f = m.extract_features(px);
+  const Vector logits = m.logits(f);
+  rewrite_in_place(file, test::read_text(test::data_path("models/tiny/model.safetensors")));
+  const std::string size = "size 706508 -> 704904 bytes";
+  expect_changed([&] { m.logits(f); }, file, size);  // reads the mapped classifier weights
+  expect_changed([&] { m.classify(px); }, file, size);
+  expect_changed([&] { m.classify(std::vector<PixelValues>{px}); }, file, size);
+  EXPECT_EQ(logits.size(), 5);
+}
+
+TEST(ModelFileChanged, ReplacingByRenameKeepsTheLoadedModelWorking) {
+  // mv, atomic writers (write_safetensors itself): a new inode takes the name, the map keeps the old.
+  const std::string d = copy_model("tiny", "model");
+  const std::string file = d + "/model.safetensors";
+  const Model m = Model::load(d);
+  const PixelValues px = test::fixture_pixels("chelsea");
+  const Features before = m.extract_features(px);
+  const ino_t inode = inode_of(file);
+  test::write_bytes(file + ".new", test::read_text(test::data_path("models/tiny-cls/model.safetensors")));
+  ASSERT_EQ(std::rename((file + ".new").c_str(), file.c_str()), 0);
+  ASSERT_NE(inode_of(file), inode);
+  const Features after = m.extract_features(px);
+  EXPECT_TRUE(identical(after.last_hidden_state, before.last_hidden_state));
+  // And once more after the old file is gone for good (unlinked, still mapped).
+  ASSERT_EQ(std::remove(file.c_str()), 0);
+  EXPECT_TRUE(
+      identical(m.extract_features(std::vector<PixelValues>{px})[0].last_hidden_state, before.last_hidden_state));
+}
+
+TEST(ModelFileChanged, CopyWeightsKeepsAPrivateCopyThatARewriteCannotTouch) {
+  const std::string d = copy_model("tiny", "model");
+  const std::string file = d + "/model.safetensors";
+  LoadOptions o;
+  o.copy_weights = true;
+  const Model copied = Model::load(d, o);
+  const Model mapped = Model::load(d);
+  EXPECT_EQ(copied.copied_weight_bytes(), 704904u) << "the whole file";
+  EXPECT_EQ(mapped.copied_weight_bytes(), 0u);
+  const PixelValues px = test::fixture_pixels("chelsea");
+  const Features before = mapped.extract_features(px);
+  EXPECT_TRUE(identical(copied.extract_features(px).last_hidden_state, before.last_hidden_state));
+  const std::string bytes = test::read_text(file);
+  rewrite_in_place(file, bytes.substr(0, 4096));
+  EXPECT_TRUE(identical(copied.extract_features(px).last_hidden_state, before.last_hidden_state));
+  rewrite_in_place(file, test::read_text(test::data_path("models/tiny-cls/model.safetensors")));
+  EXPECT_TRUE(identical(copied.extract_features(px).last_hidden_state, before.last_hidden_state));
+  expect_changed([&] { mapped.extract_features(px); }, file, "size 704904 -> 706508 bytes");
+}
+
+TEST(ModelFileChanged, InMemoryModelsHaveNoFileToCheck) {
+  const std::string d = copy_model("tiny", "model");
+  const std::string file = d + "/model.safetensors";
+  const Model mapped = Model::load(d);
+  const Model memory = Model::from_tensors(mapped.config(), test::read_tensors(file));
+  const PixelValues px = test::fixture_pixels("chelsea");
+  const Features before = memory.extract_features(px);
+  rewrite_in_place(file, "");
+  EXPECT_TRUE(identical(memory.extract_features(px).last_hidden_state, before.last_hidden_state));
+  EXPECT_EQ(memory.copied_weight_bytes(), 0u);
+}
+
+TEST(ModelFileChanged, SafetensorsFileChecksTheFileItMapped) {
+  const std::string d = copy_model("tiny", "file");
+  const std::string file = d + "/model.safetensors";
+  const SafetensorsFile mapped = SafetensorsFile::open(file);
+  const SafetensorsFile copied = SafetensorsFile::open(file, {}, FileAccess::kCopy);
+  EXPECT_FALSE(mapped.is_copy());
+  EXPECT_TRUE(copied.is_copy());
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(copied.get("embeddings.cls_token").data) % 4096,
+            reinterpret_cast<std::uintptr_t>(mapped.get("embeddings.cls_token").data) % 4096)
+      << "a copy keeps the file's alignment (page-aligned base)";
+  EXPECT_NO_THROW(mapped.check_unchanged());
+  const std::string bytes = test::read_text(file);
+  rewrite_in_place(file, bytes + std::string(8, ' '));
+  test::expect_error([&] { mapped.check_unchanged(); }, file + ": the model file changed on disk",
+                     {"size 704904 -> 704912 bytes"});
+  EXPECT_NO_THROW(copied.check_unchanged());
+  EXPECT_EQ(copied.get("embeddings.cls_token").to_float(), mapped.get("embeddings.cls_token").to_float());
 }
 
 TEST(Config, RejectsMissingAndMistypedFields) {

@@ -24,6 +24,14 @@ struct ModelAccess;
 struct LoadOptions {
   /// Threads for each forward pass; 0 = the CPUs this process may use.
   int threads = 0;
+  /// Model::load: read the weights file into private memory (page-aligned, read-only) instead of
+  /// memory-mapping it. Memory use grows by the file's size (copied_weight_bytes() counts it) and
+  /// loading reads the whole file up front; in exchange nothing done to the file afterwards, a
+  /// rewrite in place included, can affect the model. Without it (the default) the weights are a
+  /// read-only map of the file: replacing the file by rename (mv, atomic writers) is safe, a rewrite
+  /// in place (cp over it) is detected before each call, which then throws Error (see
+  /// SafetensorsFile::check_unchanged()). Ignored by from_tensors().
+  bool copy_weights = false;
 };
 
 /// Seconds spent per stage of the forward pass, accumulated over calls (for benchmarks).
@@ -72,7 +80,10 @@ class Model {
  public:
   /// Loads a model folder (model.safetensors + config.json [+ preprocessor_config.json]) or a single
   /// .safetensors file (config from its `__metadata__` "config" entry, else config.json beside it).
-  /// Float32 tensors are used in place from a read-only memory map.
+  /// Float32 tensors are used in place from a read-only memory map (or from a private copy of the
+  /// file, LoadOptions::copy_weights). Every call that reads the weights (extract_features, classify,
+  /// logits) first checks, with one fstat(2), that the mapped file was not rewritten in place since
+  /// (SafetensorsFile::check_unchanged()) and throws Error naming the file when it was.
   /// \throws Error naming the file and the problem (missing file or tensor, shape or config mismatch).
   static Model load(const std::string& path, const LoadOptions& options = {});
 
@@ -90,13 +101,14 @@ class Model {
   int threads() const;
   /// Where the weights came from (file path, or "<memory>").
   const std::string& source() const;
-  /// Bytes of float32 weights copied to memory at load (0 when all were used in place).
+  /// Bytes of weights copied to memory at load: tensors widened to float32, plus the whole file with
+  /// LoadOptions::copy_weights (0 when all were used in place from the memory map).
   std::size_t copied_weight_bytes() const;
 
   /// The main entry point: pixel values [3, H, W] (H, W multiples of patch_size; other sizes than
   /// image_size use bicubic-interpolated position embeddings as HF's interpolate_pos_encoding=True)
   /// → features. \throws Error on a wrong channel count, a size not a multiple of the patch size,
-  /// or an out-of-range layer index.
+  /// an out-of-range layer index, or a weights file rewritten on disk since load (see load()).
   Features extract_features(const PixelValues& pixel_values, const FeatureOptions& options = {}) const;
   /// The same on pixel values in the caller's memory (PixelValuesView): read in place, not copied.
   /// The memory must stay valid and unchanged during the call. \throws Error as above.
@@ -121,7 +133,8 @@ class Model {
   Vector classify(const Image& image, const FeatureOptions& options = {}) const;
   std::vector<Vector> classify(const std::vector<PixelValues>& batch, const FeatureOptions& options = {}) const;
   /// The head applied to features already computed: last_hidden_state row 0 · Wᵀ + b.
-  /// \throws Error when the model has no classifier head or the width does not fit.
+  /// \throws Error when the model has no classifier head or the width does not fit, or the weights
+  /// file was rewritten on disk since load (see load()).
   Vector logits(const Features& features) const;
 
  private:

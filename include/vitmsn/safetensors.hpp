@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// Safetensors files: a memory-mapped, validated reader and an atomic writer. Knows nothing of ViT.
+/// Safetensors files: a memory-mapped (or copied), validated reader and an atomic writer. Knows
+/// nothing of ViT.
 
 #include <cstddef>
 #include <cstdint>
@@ -46,14 +47,29 @@ struct SafetensorsLimits {
   std::size_t max_tensors = 1u << 20;           ///< tensor count cap
 };
 
-/// A safetensors file, memory-mapped read-only. The header is validated on open: 8-byte length
-/// inside the file and below the cap, JSON object, known dtypes, shapes of non-negative integers,
-/// offsets inside the data area, `end - begin == numel * itemsize`, no two tensors overlapping.
-/// Immutable after open; all methods are const and thread-safe. Movable, not copyable.
+/// How SafetensorsFile::open holds a file's bytes. Both give page-aligned, read-only memory.
+enum class FileAccess {
+  /// A read-only private memory map (the default): pages are read from disk when first used and
+  /// shared with the page cache. Replacing the file by rename (mv, atomic writers) leaves the map
+  /// intact; rewriting it in place (cp over it, a truncating writer) does not: see
+  /// SafetensorsFile::check_unchanged().
+  kMap,
+  /// A private copy read into memory at open (memory use = the file's size); the file is closed
+  /// afterwards and nothing done to it later can affect the copy.
+  kCopy,
+};
+
+/// A safetensors file, memory-mapped read-only (or copied, FileAccess::kCopy). The header is
+/// validated on open: 8-byte length inside the file and below the cap, JSON object, known dtypes,
+/// shapes of non-negative integers, offsets inside the data area, `end - begin == numel * itemsize`,
+/// no two tensors overlapping. Immutable after open; all methods are const and thread-safe. Movable,
+/// not copyable.
 class SafetensorsFile {
  public:
-  /// \throws Error naming `path` and the problem.
-  static SafetensorsFile open(const std::string& path, const SafetensorsLimits& limits = {});
+  /// \throws Error naming `path` and the problem (FileAccess::kCopy: also a file that changes while
+  /// it is read).
+  static SafetensorsFile open(const std::string& path, const SafetensorsLimits& limits = {},
+                              FileAccess access = FileAccess::kMap);
 
   SafetensorsFile(SafetensorsFile&&) noexcept;
   SafetensorsFile& operator=(SafetensorsFile&&) noexcept;
@@ -71,6 +87,21 @@ class SafetensorsFile {
   const TensorView* find(const std::string& name) const;
   /// Total size of the file in bytes.
   std::size_t file_size() const;
+  /// True when opened with FileAccess::kCopy (the bytes are a private copy, not a map of the file).
+  bool is_copy() const;
+  /// Throws when the memory-mapped file was rewritten in place since open, before its tensors are
+  /// read again: reading a mapped file that was truncated faults (SIGBUS), one rewritten with other
+  /// bytes gives other tensors. One fstat(2) of the descriptor the object keeps open, comparing the
+  /// size, modification time and status-change time with those at open; the file the map shows is
+  /// checked, not whatever `path()` names now, so a new file renamed over the path (mv, atomic
+  /// writers), which leaves the map intact, passes (the old file's status-change time, moved by the
+  /// rename, is not compared once it has no name left). Renaming the mapped file itself or changing
+  /// its permissions also moves its status-change time and is reported. It does not catch a change
+  /// made after it returns: a file truncated while its tensors are being read still faults, as with
+  /// every memory-mapped reader. Never throws for FileAccess::kCopy. Thread-safe.
+  /// \throws Error "<path>: the model file changed on disk after it was loaded (size 1234 -> 567
+  /// bytes, modified at <UTC time> -> <UTC time>); reload the model …".
+  void check_unchanged() const;
 
  private:
   struct Impl;

@@ -322,3 +322,44 @@ def test_bad_arguments_raise_error_or_type_error(tiny, tiny_cls):
                  lambda: vitmsn.Model(42), lambda: vitmsn.Preprocessor(3.5)]:
         with pytest.raises(TypeError):
             call()
+
+
+# --- a model file replaced under a loaded model (tests/model_load_test.cpp, ModelFileChanged) ------------
+
+def _copy_tiny(tmp_path):
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json"):
+        shutil.copy(data("models/tiny/" + name), tmp_path / name)
+    return tmp_path / "model.safetensors"
+
+
+def _rewrite_in_place(path, raw):
+    with open(path, "r+b") as f:  # the same file (inode), truncated and rewritten, as cp does
+        f.truncate(0)
+        f.write(raw)
+
+
+def test_a_model_file_rewritten_in_place_raises_error_naming_it(tmp_path):
+    weights = _copy_tiny(tmp_path)
+    model = vitmsn.Model(str(tmp_path))
+    before = np.array(model.extract_features(pixels("chelsea")).last_hidden_state)
+    copied = vitmsn.Model(str(tmp_path), copy_weights=True)
+    inode = weights.stat().st_ino
+    _rewrite_in_place(weights, weights.read_bytes()[:4096])
+    assert weights.stat().st_ino == inode
+    expect_error(lambda: model.extract_features(pixels("chelsea")),
+                 "the model file changed on disk after it was loaded (size 704904 -> 4096 bytes",
+                 "copy_weights=True", prefix=str(weights) + ": ")
+    expect_error(lambda: model(pixels("chelsea")[None]), "changed on disk", prefix=str(weights))
+    # copy_weights: a private copy the rewrite cannot touch.
+    after = copied.extract_features(pixels("chelsea")).last_hidden_state
+    assert np.array_equal(after, before)
+
+
+def test_a_model_file_replaced_by_rename_keeps_the_loaded_model_working(tmp_path):
+    weights = _copy_tiny(tmp_path)
+    model = vitmsn.Model(str(tmp_path))
+    before = np.array(model.extract_features(pixels("chelsea")).last_hidden_state)
+    new = tmp_path / "new.safetensors"
+    shutil.copy(data("models/tiny-cls/model.safetensors"), new)
+    new.replace(weights)  # rename(2) over the path
+    assert np.array_equal(model.extract_features(pixels("chelsea")).last_hidden_state, before)
