@@ -5,7 +5,7 @@
 #
 #   examples/bench_dtypes.sh MODEL_DIR [ROUNDS] [RUNS]      # defaults: 3 rounds of 3 runs
 #
-# MODEL_DIR is a float32 model folder (e.g. made by shared/bench/make_synth_model.py); the
+# MODEL_DIR is a float32 model folder (e.g. written by `vitmsn-synth MODEL_DIR`); the
 # conversions are written next to it as MODEL_DIR-{bf16,f16,int8}.safetensors when missing.
 # THREADS (default: all CPUs) sets the thread count.
 set -euo pipefail

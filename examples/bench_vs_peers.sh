@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark in one run: vitmsn-bench, ONNX Runtime (shared/bench/onnxruntime/
-# peer_onnxruntime.sh: MLAS kernels, graph optimisations on) and PyTorch eager (shared/bench/
-# peer_torch.py, Debian python3-torch) on the same full-size synthetic ViT-L/7, same threads,
+# Side-by-side benchmark in one run: vitmsn-bench, ONNX Runtime (examples/peers/peer_onnxruntime.sh:
+# MLAS kernels, graph optimisations on) and PyTorch eager (examples/peers/peer_torch.py, Debian
+# python3-torch) on the same full-size synthetic ViT-L/7, same threads,
 # alternating in rounds so that each engine sees the same machine state. Each round runs every
 # engine for RUNS timed forwards (after a warm-up) and takes its median; the summary is the median
 # over the rounds, the ratios against vitmsn, and vitmsn's share of the FMA peak measured in the same
@@ -9,19 +9,21 @@
 #
 #   examples/bench_vs_peers.sh [MODEL_DIR] [ROUNDS] [RUNS]      # defaults: build/synth-vit-msn-large-7 3 3
 #
-# MODEL_DIR is made with shared/bench/make_synth_model.py when missing (1.2 GB). THREADS (default: all
-# CPUs) sets every engine's thread count; PEERS="onnxruntime pytorch" chooses the peers.
+# MODEL_DIR is written by vitmsn-synth when missing (1.2 GB). THREADS (default: all CPUs) sets every
+# engine's thread count; PEERS="onnxruntime pytorch" chooses the peers. VITMSN_BENCH and VITMSN_SYNTH
+# name the programs (default: build/examples/).
 set -euo pipefail
 # here (the repository), py, die, positive_int, json_field, machine_line:
 # shellcheck source-path=SCRIPTDIR source=bench_common.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/bench_common.sh"
-shared="${VITMSN_SHARED:-$here/../shared}"
+peers_dir="$here/examples/peers"
 model="${1:-$here/build/synth-vit-msn-large-7}"
 rounds="${2:-3}"
 runs="${3:-3}"
 threads="${THREADS:-$(nproc)}"
 peers="${PEERS:-onnxruntime pytorch}"
 bench="${VITMSN_BENCH:-$here/build/examples/vitmsn-bench}"
+synth="${VITMSN_SYNTH:-$(dirname "$bench")/vitmsn-synth}"
 
 [ -x "$bench" ] || die "$bench not built (cmake --build build)"
 positive_int "$rounds" || die "ROUNDS must be a positive integer, got '$rounds'"
@@ -40,8 +42,9 @@ for p in $peers; do
   esac
 done
 if [ ! -f "$model/model.safetensors" ]; then
+  [ -x "$synth" ] || die "$synth not built (cmake --build build)"
   echo "making the synthetic ViT-L/7 in $model (1.2 GB)"
-  $py "$shared/bench/make_synth_model.py" "$model" >/dev/null
+  "$synth" --force "$model" >/dev/null
 fi
 
 flags="$(grep -m1 '^flags' /proc/cpuinfo)"
@@ -64,11 +67,11 @@ for r in $(seq 1 "$rounds"); do
   line="$line vitmsn ${ours[-1]} s"
   for p in $peers; do
     if [ "$p" = onnxruntime ]; then
-      t=$(THREADS=$threads bash "$shared/bench/onnxruntime/peer_onnxruntime.sh" "$model" "$runs" | tail -1)
+      t=$(THREADS=$threads bash "$peers_dir/peer_onnxruntime.sh" "$model" "$runs" | tail -1)
       ort+=("$(json_field "$t" median_s)")
       line="$line, onnxruntime ${ort[-1]} s"
     else
-      t=$(THREADS=$threads $py "$shared/bench/peer_torch.py" "$model/model.safetensors" "$runs" | tail -1)
+      t=$(THREADS=$threads $py "$peers_dir/peer_torch.py" "$model/model.safetensors" "$runs" | tail -1)
       torch+=("$(json_field "$t" median_s)")
       line="$line, pytorch ${torch[-1]} s"
     fi

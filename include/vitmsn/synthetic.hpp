@@ -1,8 +1,9 @@
 #pragma once
 /// \file
 /// Reproducible synthetic ViT-MSN weights, bit-identical to `synth_state()` of the fixtures' Python
-/// reference (shared/fixtures/tools/vitmsn_ref.py): a full-size model for benchmarks and smoke tests
-/// without the real checkpoint.
+/// reference (vitmsn_ref.py; tests/tools/make_synthetic_fixture.py has the same generator): a
+/// full-size model for benchmarks and smoke tests without the real checkpoint. The program
+/// vitmsn-synth writes it as a model folder.
 
 #include <vector>
 

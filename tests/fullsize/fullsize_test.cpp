@@ -1,7 +1,7 @@
-// Full-size ViT-L/7 (label `fullsize`, not in the default test run): the synthetic model of
-// shared/bench/make_synth_model.py, loaded from its folder, against a float64 PyTorch reference.
-//   /usr/bin/python3 ../shared/bench/make_synth_model.py DIR
-//   /usr/bin/python3 tests/tools/fullsize_reference.py ../shared DIR
+// Full-size ViT-L/7 (label `fullsize`, not in the default test run): the synthetic model written by
+// vitmsn-synth, loaded from its folder, against a float64 PyTorch reference.
+//   build/examples/vitmsn-synth DIR
+//   /usr/bin/python3 tests/tools/fullsize_reference.py DIR
 //   VITMSN_FULLSIZE_MODEL=DIR ctest --test-dir build -L fullsize --output-on-failure
 // Without VITMSN_FULLSIZE_MODEL the synthetic model is built in memory (no reference comparison).
 #include <gtest/gtest.h>
@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -86,6 +87,26 @@ TEST(FullSize, ConvertInterruptedMidWriteLeavesNothing) {
   EXPECT_NE(log.find("interrupted: stopped at once; unfinished output removed"), std::string::npos) << log;
   usleep(200000);
   EXPECT_EQ(listing(), "") << "left behind after the interrupt";
+}
+
+// vitmsn-synth's default, the full-size folder (1.2 GB written to the test's folder): Model::load of it
+// gives the in-memory synthetic ViT-L/7's output bit for bit, with the weights used in place.
+TEST(FullSize, SynthProgramWritesTheInMemoryModel) {
+  const std::string dir = test::temp_dir() + "/vitl7";
+  const test::ProgramRun r = test::run("vitmsn-synth " + dir);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const PixelValues px = test::fixture_pixels("chelsea");
+  Matrix want;
+  {
+    const Model memory = Model::from_tensors(vit_msn_large_7_config(), synthetic_tensors(vit_msn_large_7_config()));
+    want = memory.extract_features(px).last_hidden_state;
+  }
+  const Model loaded = Model::load(dir);
+  EXPECT_EQ(loaded.copied_weight_bytes(), 0u);
+  const Matrix got = loaded.extract_features(px).last_hidden_state;
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * static_cast<std::size_t>(got.size())), 0)
+      << "max abs difference " << test::max_abs_diff(got.data(), want.data(), static_cast<std::size_t>(got.size()));
 }
 #endif
 

@@ -1,6 +1,6 @@
 """Expected output of the tiny synthetic model for tests/synthetic_test.cpp, standing alone: the
 synthetic weights (the splitmix64-style generator of vitmsn's synthetic_tensors(), which is also
-shared/fixtures/tools/vitmsn_ref.py's synth_state()) and a plain float64 PyTorch ViT-MSN forward
+synth_state() of the fixtures' Python reference, vitmsn_ref.py) and a plain float64 PyTorch ViT-MSN forward
 (the ops of Hugging Face's eager ViTMSNModel, no position interpolation), on a fixed input pattern.
 Writes tests/data/expected/synthetic_tiny.safetensors: last_hidden_state rows 0 (CLS), 1, 500 and
 1024, as float32 [4, 64].

@@ -1,7 +1,9 @@
-"""Copies ../shared/fixtures/expected/preprocess.safetensors into tests/data/expected/ as three files of a
-few MB each (split by case; keys unchanged), so the repository stays free of large blobs.
+"""Copies FIXTURES_DIR/expected/preprocess.safetensors into tests/data/expected/ as three files of a
+few MB each (split by case; keys unchanged), so the repository stays free of large blobs. A
+regeneration tool: FIXTURES_DIR is the fixtures folder of the Hugging Face reference run (its
+expected/ outputs and tools/vitmsn_ref.py), which the tests themselves never need.
 
-    /usr/bin/python3 tests/tools/split_fixtures.py ../shared/fixtures tests/data
+    /usr/bin/python3 tests/tools/split_fixtures.py FIXTURES_DIR tests/data
 """
 import os
 import sys
