@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "run_output.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
@@ -227,7 +228,7 @@ inline void on_interrupt(int sig) {
     (void)!::write(2, msg, sizeof msg - 1);
     return;
   }
-  const int removed = vitmsn::remove_unfinished_outputs();
+  const int removed = vitmsn::remove_unfinished_outputs() + remove_staged_files();
   static const char msg[] = "\ninterrupted: stopped at once; no output was left half-written\n";
   static const char msg_removed[] =
       "\ninterrupted: stopped at once; unfinished output removed, nothing half-written left\n";

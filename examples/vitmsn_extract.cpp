@@ -1,7 +1,9 @@
 // vitmsn-extract: features of many images (files, folders, list files) or of ready pixel values,
 // to one .safetensors or .npy file. main() reads the options (parse_options, which also checks the
-// outputs), loads the model, collects the inputs, then runs them in one go (run_all) or as one
-// shard of a job array (run_shard).
+// outputs), takes the output's lock, loads the model, collects and checks the inputs, then runs its
+// slice of them (all, or one shard of a job array) in chunks that an interrupted run saves and a
+// later one resumes (run). Every output is a unit of the features file, its .files.txt list and a
+// manifest recording what made them (run_output.hpp).
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
@@ -9,11 +11,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "cli.hpp"
+#include "run_output.hpp"
 #include "vitmsn/vitmsn.hpp"
 
 namespace fs = std::filesystem;
@@ -36,6 +40,13 @@ With --pool cls|mean: one array "features" [images, hidden] (the CLS token, or t
 tokens), rows in input order, plus a sidecar OUT-without-extension.files.txt naming each row's file.
 OUT.npy writes a numpy array instead ([images, hidden] pooled, [images, tokens, hidden] with
 --pool none) with the same sidecar.
+Beside OUT: OUT-without-extension.manifest.json records what made it (model identity and dtype,
+kernels, options, preprocessor, the inputs and rows in order, SHA-256 of OUT and its list);
+OUT-without-extension.lock is held while a run writes OUT: a second run into the same OUT is refused.
+An input named twice (after path normalisation) is an error before any work, unless --dedupe.
+Ctrl-C (SIGINT) or SIGTERM: the current image is finished, the work done so far is saved in
+OUT-without-extension.part-*.safetensors, and the same command resumes it (a second Ctrl-C stops at
+once). Resuming with other settings (model, dtype, pool, size, preprocessor, kernels) is refused.
 options:
   --model PATH              model folder or .safetensors (default: $VITMSN_MODEL, else
                             weights/vit-msn-large-7.safetensors)
@@ -59,14 +70,17 @@ options:
                             JOB_COMPLETION_INDEX with --shards N. A finished shard is not redone; an
                             interrupted one resumes from its saved chunks. vitmsn-merge joins shards.
   --shards N                the shard count, with a task index from the environment
-  --chunk C                 images per saved chunk of a shard (default 64)
-  --force                   overwrite OUT if it exists (for a shard: redo it)
+  --chunk C                 images per saved chunk (default: 64 for a shard; without --shard the work
+                            is saved only when the run is interrupted)
+  --dedupe                  drop inputs named twice (the first is kept) instead of refusing them
+  --force                   overwrite OUT if it exists and start over (saved parts are discarded; for a
+                            shard: redo it)
   -h, --help                this text
   --version                 the version, kernel instruction set and JPEG decoder
 )",
                          {"--model", "--output", "--pixel-values", "--preprocessor", "--size", "--threads", "--list",
                           "--pool", "--batch", "--shard", "--shards", "--chunk"},
-                         {"--hidden-states", "--cls-attention", "--save-pixel-values", "--force"}};
+                         {"--hidden-states", "--cls-attention", "--save-pixel-values", "--force", "--dedupe"}};
 
 enum class Pool { kNone, kCls, kMean };
 
@@ -76,23 +90,25 @@ std::string pad5(int i) {
   return buf;
 }
 
-// Shard I of N of OUT.ext: OUT-0000I-of-0000N.ext, its .files.txt list, its .done record, and the
-// saved chunks OUT-0000I-of-0000N.part-0000K.safetensors.
-struct ShardPaths {
-  int index = 0, count = 0;
-  std::string base, output, files, done;
+// The files of one output unit: BASE.ext (the features), BASE.files.txt (its rows' inputs, when it
+// has rows), BASE.manifest.json, the lock BASE.lock and the saved work BASE.part-0000K.safetensors.
+// BASE is OUT without its extension, or OUT-0000I-of-0000N for shard I of N.
+struct RunPaths {
+  int index = 0, count = 1;  // the shard (0 of 1 without --shard)
+  std::string base, output, files, manifest, lock;
   std::string part(std::size_t k) const { return base + ".part-" + pad5(static_cast<int>(k)) + ".safetensors"; }
 };
 
-ShardPaths shard_paths(const std::string& output, int index, int count) {
+RunPaths run_paths(const std::string& output, int index, int count, bool sharded) {
   const auto dot = output.find_last_of('.');
-  ShardPaths p;
+  RunPaths p;
   p.index = index;
   p.count = count;
-  p.base = output.substr(0, dot) + "-" + pad5(index) + "-of-" + pad5(count);
+  p.base = output.substr(0, dot) + (sharded ? "-" + pad5(index) + "-of-" + pad5(count) : "");
   p.output = p.base + output.substr(dot);
   p.files = p.base + ".files.txt";
-  p.done = p.base + ".done";
+  p.manifest = p.base + ".manifest.json";
+  p.lock = p.base + ".lock";
   return p;
 }
 
@@ -139,9 +155,10 @@ struct Options {
   Pool pool = Pool::kNone;
   bool npy = false;
   bool keep_rows = false;  // features as rows of one array (pooled, or .npy), named by the sidecar
-  bool hidden_states = false, cls_attention = false, save_pixel_values = false, force = false;
-  int threads = 0, batch = 1, chunk = 64;
-  std::optional<ShardPaths> shard;
+  bool hidden_states = false, cls_attention = false, save_pixel_values = false, force = false, dedupe = false;
+  int threads = 0, batch = 1, chunk = 0;  // chunk 0: save only when interrupted
+  bool sharded = false;
+  RunPaths paths;
   std::optional<Preprocessor> preprocessor;  // --preprocessor
   std::vector<std::string> images, lists, pixel_values;
 };
@@ -167,20 +184,24 @@ Options parse_options(const cli::Args& args) {
     throw cli::UsageError("nothing to do: give images, folders, --list FILE or --pixel-values IN.safetensors");
   o.threads = args.get_int("--threads", 0, 1, 4096);
   o.batch = args.get_int("--batch", 1, 1, 4096);
-  o.chunk = args.get_int("--chunk", 64, 1, 1 << 20);
   o.force = args.has("--force");
+  o.dedupe = args.has("--dedupe");
   o.keep_rows = o.pool != Pool::kNone || o.npy;
   o.sidecar = cli::sidecar_path(o.output);
   if (args.has("--size")) cli::parse_size(args.get("--size"), "--size");  // the values: once the model is known
   o.model_path = cli::model_path_or_throw(args);
 
   const std::vector<std::string> kinds = {".safetensors", ".npy"};
-  if (const auto shard = shard_of(args)) {
-    o.shard = shard_paths(o.output, shard->first, shard->second);
+  const auto shard = shard_of(args);
+  o.sharded = shard.has_value();
+  o.chunk = args.get_int("--chunk", o.sharded ? 64 : 0, 1, 1 << 20);
+  o.paths = run_paths(o.output, shard ? shard->first : 0, shard ? shard->second : 1, o.sharded);
+  if (o.sharded) {
     cli::check_output("--output", o.output, kinds, true);  // the name and the folder; a shard resumes
   } else {
     cli::check_output("--output", o.output, kinds, o.force);
     if (o.keep_rows) cli::check_output("--output", o.sidecar, {".txt"}, o.force);
+    cli::check_output("--output", o.paths.manifest, {".json"}, o.force);
   }
   if (args.has("--preprocessor")) o.preprocessor = Preprocessor::from_file(args.get("--preprocessor"));
   return o;
@@ -200,16 +221,29 @@ struct Inputs {
   std::size_t skipped_tensors = 0;  // tensors of --pixel-values that are not [C,H,W] F32
 };
 
-// Pixel-value tensors, then images (arguments, then list files); case names must be unique when they
-// name tensors of the output.
+// The file an input path names, for finding inputs given twice: absolute, "." and ".." resolved,
+// symbolic links followed where the path exists.
+std::string normalised(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  return ec ? fs::absolute(path, ec).lexically_normal().string() : p.string();
+}
+
+// Pixel-value tensors, then images (arguments, then list files). Checked before any work: no input
+// twice (the same file under any spelling; dropped with --dedupe), case names unique when they name
+// tensors of the output, and names that fit the line-based .files.txt when one is written.
 Inputs collect_inputs(const Options& o, const Config& config) {
   Inputs in;
-  std::map<std::string, std::string> owner;
-  const bool names_matter = !o.keep_rows && !o.shard;
-  auto add = [&](const std::string& name, const std::string& source, const TensorView* px) {
-    auto [it, fresh] = owner.emplace(name, source);
-    if (!fresh && names_matter)
-      throw Error("inputs '" + it->second + "' and '" + source + "' both have the case name '" + name + "'");
+  std::map<std::string, std::string> owner, first_as;
+  std::vector<std::string> twice, clashes;
+  const bool names_matter = !o.keep_rows;
+  auto add = [&](const std::string& name, const std::string& source, const std::string& key, const TensorView* px) {
+    if (auto [it, fresh] = first_as.emplace(key, source); !fresh) {
+      twice.push_back(source + (source == it->second ? "" : " (= " + it->second + ")"));
+      if (o.dedupe) return;
+    } else if (auto [it2, fresh2] = owner.emplace(name, source); !fresh2 && names_matter) {
+      clashes.push_back("'" + it2->second + "' and '" + source + "' both have the case name '" + name + "'");
+    }
     in.list.push_back({name, source, px});
   };
   in.files.reserve(o.pixel_values.size());
@@ -223,10 +257,38 @@ Inputs collect_inputs(const Options& o, const Config& config) {
       }
       std::string name = key;
       if (cli::ends_with(name, ".pixel_values") && name.size() > 13) name.resize(name.size() - 13);
-      add(name, pv + ":" + key, &t);
+      add(name, pv + ":" + key, normalised(pv) + ":" + key, &t);
     }
   }
-  for (const auto& path : cli::collect_images(o.images, o.lists)) add(fs::path(path).stem().string(), path, nullptr);
+  for (const auto& path : cli::collect_images(o.images, o.lists))
+    add(fs::path(path).stem().string(), path, normalised(path), nullptr);
+  if (!twice.empty() && o.dedupe) {
+    std::fprintf(stderr, "note: --dedupe: dropped %s named twice: %s\n", cli::count(twice.size(), "input").c_str(),
+                 cli::join_first(twice, 5).c_str());
+  } else if (!twice.empty()) {
+    throw Error(cli::count(twice.size(), "input is", "inputs are") + " named twice: " + cli::join_first(twice, 5) +
+                "; each would be computed twice. Remove the repeats, or give --dedupe to keep the first of each "
+                "(nothing was run)");
+  }
+  if (!clashes.empty())
+    throw Error("inputs with the same case name (the key prefix in the output): " + cli::join_first(clashes, 5) +
+                "; use --pool cls|mean or .npy output (rows named by the .files.txt list), or rename them "
+                "(nothing was run)");
+  // A name with a line break cannot be one line of .files.txt.
+  std::vector<std::string> multi_line;
+  for (const auto& i : in.list)
+    if (i.source.find_first_of("\r\n") != std::string::npos) multi_line.push_back(i.source);
+  if (!multi_line.empty() && (o.keep_rows || o.sharded)) {
+    std::string shown;
+    for (const auto& m : multi_line) {
+      std::string e;
+      for (const char c : m) e += c == '\n' ? std::string("\\n") : c == '\r' ? std::string("\\r") : std::string(1, c);
+      shown += (shown.empty() ? "" : ", ") + e;
+    }
+    throw Error(cli::count(multi_line.size(), "input name contains", "input names contain") +
+                " a line break, which the line-based " + o.paths.files + " cannot hold: " + shown +
+                "; rename the file (nothing was run)");
+  }
   if (in.list.empty()) {
     std::vector<std::string> why;
     if (!o.images.empty() || !o.lists.empty())
@@ -248,78 +310,108 @@ struct Results {
   std::vector<float> row_data;  // rows of row_size floats
   std::int64_t row_size = -1;
   std::vector<std::string> rows, failed;  // sources of the rows written, and of failed inputs
+  std::size_t consumed = 0;               // inputs taken (rows + failed)
 
   void append(Results&& o) {
     if (row_size >= 0 && o.row_size >= 0 && row_size != o.row_size)
       throw Error("features of different sizes in one array (" + std::to_string(row_size) + " vs " +
-                  std::to_string(o.row_size) + " values per image): use --pool, --size or .safetensors output");
+                  std::to_string(o.row_size) + " values per image)");
     if (o.row_size >= 0) row_size = o.row_size;
     row_data.insert(row_data.end(), o.row_data.begin(), o.row_data.end());
     for (auto& t : o.tensors) tensors.push_back(std::move(t));
     rows.insert(rows.end(), o.rows.begin(), o.rows.end());
     failed.insert(failed.end(), o.failed.begin(), o.failed.end());
+    consumed += o.consumed;
   }
 };
 
-std::string join_lines(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += x + "\n";
-  return s;
+// The manifest of this run before any file is written: what makes the features (model, kernels,
+// options, preprocessor, the job's input list) and this file's slice of the inputs.
+nlohmann::ordered_json run_manifest(const Options& o, const Model& model, const Preprocessor& pre,
+                                    const std::vector<Input>& inputs, std::size_t first, std::size_t end) {
+  std::vector<std::string> all;
+  all.reserve(inputs.size());
+  for (const auto& i : inputs) all.push_back(i.source);
+  const std::vector<std::string> slice(all.begin() + static_cast<std::ptrdiff_t>(first),
+                                       all.begin() + static_cast<std::ptrdiff_t>(end));
+  nlohmann::ordered_json m;
+  m["vitmsn_manifest"] = cli::kManifestVersion;
+  m["written_by"] = std::string("vitmsn-extract ") + kVersionString;
+  m["model"] = cli::model_manifest(model);
+  m["kernels"] = kernel_isa();
+  m["options"] = {{"pool", o.pool_name},
+                  {"format", o.npy ? "npy" : "safetensors"},
+                  {"hidden_states", o.hidden_states},
+                  {"cls_attention", o.cls_attention},
+                  {"save_pixel_values", o.save_pixel_values},
+                  {"preprocessor", nlohmann::ordered_json::parse(to_json(pre.config()))}};
+  m["job"] = {{"inputs", all.size()}, {"inputs_sha256", cli::list_sha256(all)}};
+  m["shard"] =
+      o.sharded
+          ? nlohmann::ordered_json{{"index", o.paths.index}, {"count", o.paths.count}, {"first", first}, {"end", end}}
+          : nlohmann::ordered_json(nullptr);
+  m["inputs"] = cli::paths_to_json(slice);
+  return m;
 }
 
-std::vector<std::string> split_lines(const std::string& s) {
-  std::vector<std::string> out;
-  std::size_t a = 0;
-  while (a < s.size()) {
-    const std::size_t b = s.find('\n', a);
-    out.push_back(s.substr(a, b == std::string::npos ? std::string::npos : b - a));
-    if (b == std::string::npos) break;
-    a = b + 1;
-  }
-  return out;
-}
-
-// A chunk of a shard, saved so that an interrupted task can resume: the chunk's results with the
-// list of its inputs in the metadata (a part is reused only for exactly the same inputs).
-void write_part(const std::string& path, const Results& r, const std::string& inputs) {
+// A part of the work saved so that a later run resumes it: the results of inputs [first, end) of the
+// job, with the run's settings (a part is reused only by a run with the same settings and inputs).
+void write_part(const std::string& path, const Results& r, nlohmann::ordered_json manifest, std::size_t first,
+                std::size_t end, const std::vector<Input>& inputs) {
   std::vector<TensorData> t = r.tensors;
   const std::int64_t n = static_cast<std::int64_t>(r.rows.size());
   if (r.row_size >= 0) t.push_back(TensorData::f32("__rows__", {n, r.row_size}, r.row_data.data()));
-  write_safetensors(path, t,
-                    {{"inputs", inputs},
-                     {"rows", join_lines(r.rows)},
-                     {"failed", join_lines(r.failed)},
-                     {"row_size", std::to_string(r.row_size)}});
+  std::vector<std::string> in;
+  for (std::size_t i = first; i < end; ++i) in.push_back(inputs[i].source);
+  manifest["inputs"] = cli::paths_to_json(in);
+  manifest["part"] = {{"first", first}, {"end", end}, {"row_size", r.row_size}};
+  manifest["rows"] = cli::paths_to_json(r.rows);
+  manifest["failed"] = cli::paths_to_json(r.failed);
+  write_safetensors(path, t, {{"vitmsn_part", manifest.dump()}});
 }
 
-Results read_part(const std::string& path, const std::string& inputs) {
+// A saved part: its manifest (settings compared by the caller) and its results.
+struct Part {
+  nlohmann::ordered_json manifest;
+  std::size_t first = 0, end = 0;
+  Results results;
+};
+
+Part read_part(const std::string& path) {
   const SafetensorsFile f = SafetensorsFile::open(path);
-  const auto& m = f.metadata();
-  if (!m.count("inputs") || m.at("inputs") != inputs) throw Error(path + ": made for other inputs");
-  Results r;
-  r.rows = split_lines(m.count("rows") ? m.at("rows") : "");
-  r.failed = split_lines(m.count("failed") ? m.at("failed") : "");
-  r.row_size = -1;
-  if (m.count("row_size")) {
-    const std::string& v = m.at("row_size");
-    char* end = nullptr;
-    errno = 0;
-    const long long n = std::strtoll(v.c_str(), &end, 10);
-    if (v.empty() || *end || errno || n < -1 || n > (1ll << 40))
-      throw Error(path + ": bad row_size '" + v + "' in the metadata of a saved chunk");
-    r.row_size = n;
+  const auto& meta = f.metadata();
+  const auto it = meta.find("vitmsn_part");
+  if (it == meta.end())
+    throw Error(path + ": saved by an older vitmsn-extract, without a manifest; run with --force to start over");
+  Part p;
+  p.manifest = nlohmann::ordered_json::parse(it->second, nullptr, false);
+  const auto& m = p.manifest;
+  if (p.manifest.is_discarded() || !m.is_object() || !m.contains("part") || !m["part"].is_object())
+    throw Error(path + ": damaged manifest in a saved part");
+  try {
+    p.first = m["part"].at("first").get<std::size_t>();
+    p.end = m["part"].at("end").get<std::size_t>();
+    p.results.row_size = m["part"].at("row_size").get<std::int64_t>();
+    p.results.rows = cli::paths_from_json(m.at("rows"), path + ": rows");
+    p.results.failed = cli::paths_from_json(m.at("failed"), path + ": failed");
+  } catch (const nlohmann::ordered_json::exception& e) {
+    throw Error(path + ": damaged manifest in a saved part (" + e.what() + ")");
   }
+  p.results.consumed = p.end - p.first;
+  if (p.end < p.first || p.results.rows.size() + p.results.failed.size() != p.results.consumed)
+    throw Error(path + ": damaged manifest in a saved part (rows and failed do not add up to its inputs)");
   for (const auto& name : f.names()) {
     const TensorView& v = f.get(name);
     if (name == "__rows__") {
-      r.row_data = v.to_float();
+      p.results.row_data = v.to_float();
       continue;
     }
-    r.tensors.push_back(v.to_tensor_data());
+    p.results.tensors.push_back(v.to_tensor_data());
   }
-  if (r.row_size >= 0 && r.row_data.size() != r.rows.size() * static_cast<std::size_t>(r.row_size))
+  if (p.results.row_size >= 0 &&
+      p.results.row_data.size() != p.results.rows.size() * static_cast<std::size_t>(p.results.row_size))
     throw Error(path + ": rows and data disagree");
-  return r;
+  return p;
 }
 
 // Runs inputs through the model and writes the results.
@@ -338,6 +430,7 @@ class Extractor {
     Results res;
     for (std::size_t start = begin; start < end && !cli::interrupted(); start += o_.batch) {
       const std::size_t stop = std::min(end, start + static_cast<std::size_t>(o_.batch));
+      res.consumed += stop - start;  // each of them ends as a row or as a failure below
       std::vector<PixelValues> px;
       std::vector<const Input*> ok;
       for (std::size_t n = start; n < stop; ++n) {
@@ -373,25 +466,25 @@ class Extractor {
     return res;
   }
 
-  // Writes the final output (+ the sidecar list of rows).
-  void write_output(const std::string& path, const std::string& side, const Results& res) const {
+  // Writes the unit: the features to `paths.output`, the list of rows to `paths.files` (when the
+  // output has rows, or is a shard) and the manifest (cli::write_unit). Without `replace`, a final
+  // name that exists is never replaced.
+  void write_output(const RunPaths& paths, bool with_list, const nlohmann::ordered_json& manifest, const Results& res,
+                    bool replace) const {
     const std::int64_t n = static_cast<std::int64_t>(res.rows.size());
     const std::int64_t hidden = model_.config().hidden_size;
-    const std::map<std::string, std::string> meta = {
-        {"producer", "vitmsn-extract"}, {"model", model_.source()}, {"pool", o_.pool_name}};
-    if (o_.keep_rows) {
+    const auto write_features = [&](const std::string& path) {
+      const std::map<std::string, std::string> meta = {
+          {"producer", "vitmsn-extract"}, {"model", model_.source()}, {"pool", o_.pool_name}};
+      if (!o_.keep_rows) return write_safetensors(path, res.tensors, meta);
       const std::int64_t tokens = res.row_size > 0 && o_.pool == Pool::kNone ? res.row_size / hidden : 0;
-      std::vector<std::int64_t> shape =
+      const std::vector<std::int64_t> shape =
           o_.pool != Pool::kNone ? std::vector<std::int64_t>{n, hidden} : std::vector<std::int64_t>{n, tokens, hidden};
-      if (o_.npy) {
-        write_npy(path, shape, res.row_data.data());
-      } else {
-        write_safetensors(path, {TensorData::f32("features", shape, res.row_data.data())}, meta);
-      }
-    } else {
-      write_safetensors(path, res.tensors, meta);
-    }
-    if (!side.empty()) write_text_file(side, join_lines(res.rows));
+      if (o_.npy) return write_npy(path, shape, res.row_data.data());
+      write_safetensors(path, {TensorData::f32("features", shape, res.row_data.data())}, meta);
+    };
+    cli::write_unit(paths.output, with_list ? paths.files : "", paths.manifest, manifest, res.rows, res.failed,
+                    write_features, replace);
   }
 
   // The summary; the exit status.
@@ -461,92 +554,122 @@ class Extractor {
   FeatureOptions fo_;
 };
 
-// Every input in one go, written when all are done.
-int run_all(const Options& o, const Extractor& x, std::size_t total) {
-  cli::Progress progress(total, "images");
-  progress.start();
-  Results res = x.run_range(0, total, progress);
-  progress.break_line();
-  if (cli::interrupted()) {
-    std::fprintf(stderr, "interrupted after %zu of %s; nothing was written to %s\n", res.rows.size(),
-                 cli::count(total, "input").c_str(), o.output.c_str());
-    return 130;
+// The run of inputs [first, last) — all of them, or this task's shard — into the unit at o.paths.
+// Work saved by an earlier run of the same command (parts 0, 1, … each continuing where the one
+// before ended) is reused; saved work of other settings is refused, a damaged part and those after it
+// are redone. The rest is computed in chunks: each saved as a part (with --chunk, and for shards),
+// or, without chunks, saved only when an interrupt stops the run. When all is done the unit is
+// written and the parts removed.
+int run(const Options& o, const Extractor& x, const std::vector<Input>& inputs, const nlohmann::ordered_json& manifest,
+        std::size_t first, std::size_t last) {
+  const RunPaths& rp = o.paths;
+  const bool with_list = o.keep_rows || o.sharded;
+  const std::string what = o.sharded ? "shard " + std::to_string(rp.index) + "/" + std::to_string(rp.count) : rp.output;
+  if (o.sharded && !o.force && cli::file_exists(rp.manifest)) {
+    const nlohmann::ordered_json done = cli::read_manifest(rp.manifest);
+    const auto diffs = cli::settings_differences(done, manifest, "done", "this run");
+    if (!diffs.empty())
+      throw Error(rp.output + ": this shard was finished with other settings: " + cli::join(diffs, "; ") +
+                  ". Use --force to redo it, or another --output to keep both (nothing was run)");
+    cli::verify_unit(done, rp.manifest, rp.output, rp.files);
+    std::fprintf(stderr, "%s already complete: %s (use --force to redo)\n", what.c_str(), rp.output.c_str());
+    return 0;
   }
-  if (!res.rows.empty()) x.write_output(o.output, o.keep_rows ? o.sidecar : "", res);
-  return x.finish(res, total,
-                  res.rows.empty() ? "(nothing written)"
-                  : o.keep_rows    ? o.output + " + " + o.sidecar
-                                   : o.output,
-                  progress);
-}
+  if (o.sharded && !o.force && (cli::file_exists(rp.output) || cli::file_exists(rp.files)))
+    throw Error((cli::file_exists(rp.output) ? rp.output : rp.files) + ": exists without its manifest " + rp.manifest +
+                " (written by an older vitmsn, or its run stopped while writing it); use --force to redo the "
+                "shard (nothing was run)");
 
-// A shard: its contiguous slice of the input list, computed in chunks that are each saved as a part
-// file, so a killed task redoes only its unfinished chunks; the shard's output, its file list and
-// finally a .done record are written when every chunk is there.
-int run_shard(const Options& o, const Extractor& x, const std::vector<Input>& inputs) {
-  const ShardPaths& sp = *o.shard;
-  const std::size_t first = inputs.size() * sp.index / sp.count;
-  const std::size_t last = inputs.size() * (sp.index + 1) / sp.count;
-  std::string expected;
-  for (std::size_t i = first; i < last; ++i) expected += inputs[i].source + "\n";
-  if (!o.force && cli::file_exists(sp.done)) {
-    std::string done;
-    try {
-      done = cli::read_file(sp.done);
-    } catch (const Error&) {  // a damaged .done record means: redo the shard
-    }
-    if (done == expected) {
-      std::fprintf(stderr, "shard %d/%d already complete: %s (use --force to redo)\n", sp.index, sp.count,
-                   sp.output.c_str());
-      return 0;
-    }
-  }
-  std::fprintf(stderr, "shard %d/%d: inputs %zu..%zu of %zu -> %s\n", sp.index, sp.count, first, last, inputs.size(),
-               sp.output.c_str());
-  cli::Progress progress(last - first, "images");
-  progress.start();
+  // Saved work.
   Results all;
-  std::size_t reused = 0, chunks = 0;
-  // Test hook (tests/programs_test.cpp): die by SIGKILL right after saving chunk N, the one point at
+  std::size_t next = first, parts = 0;
+  if (o.force) {
+    std::size_t removed = 0;
+    for (std::size_t k = 0; cli::file_exists(rp.part(k)); ++k) removed += std::remove(rp.part(k).c_str()) == 0;
+    if (removed)
+      std::fprintf(stderr, "note: --force: discarded %s of saved work (%s.part-*)\n",
+                   cli::count(removed, "part").c_str(), rp.base.c_str());
+  }
+  for (; cli::file_exists(rp.part(parts)); ++parts) {
+    const std::string path = rp.part(parts);
+    Part p;
+    std::string problem;
+    try {
+      p = read_part(path);
+    } catch (const Error& e) {
+      problem = e.what();
+    }
+    if (problem.empty()) {
+      const auto diffs = cli::settings_differences(p.manifest, manifest, "saved", "this run");
+      if (!diffs.empty())
+        throw Error(path + ": the saved work was made with other settings: " + cli::join(diffs, "; ") +
+                    ". Use --force to start over, or another --output to keep both (nothing was run)");
+      std::vector<std::string> expected;
+      for (std::size_t i = next; i < std::min(last, p.end); ++i) expected.push_back(inputs[i].source);
+      if (p.first != next || p.end > last || cli::paths_to_json(expected) != p.manifest["inputs"])
+        problem = path + ": holds inputs " + std::to_string(p.first) + ".." + std::to_string(p.end) +
+                  " of other names or places than this run's";
+    }
+    if (!problem.empty()) {
+      std::fprintf(stderr, "note: redoing the work from part %zu on: %s\n", parts, problem.c_str());
+      for (std::size_t k = parts; cli::file_exists(rp.part(k)); ++k) std::remove(rp.part(k).c_str());
+      break;
+    }
+    all.append(std::move(p.results));
+    next = p.end;
+  }
+  if (next > first)
+    std::fprintf(stderr, "resuming %s: %zu of %s already done (saved in %s.part-*), %zu to go\n", what.c_str(),
+                 next - first, cli::count(last - first, "input").c_str(), rp.base.c_str(), last - next);
+  else if (o.sharded)
+    std::fprintf(stderr, "%s: inputs %zu..%zu of %zu -> %s\n", what.c_str(), first, last, inputs.size(),
+                 rp.output.c_str());
+
+  // Test hook (tests/programs_test.cpp): die by SIGKILL right after saving part N, the one point at
   // which a killed task's resume is tested the same way on a fast and on a slow machine.
   const char* kill_hook = std::getenv("VITMSN_TEST_KILL_AFTER_CHUNK");
-  const long long kill_after_chunk = kill_hook ? std::atoll(kill_hook) : -1;
-  for (std::size_t c0 = first; c0 < last && !cli::interrupted(); c0 += o.chunk, ++chunks) {
-    const std::size_t c1 = std::min(last, c0 + static_cast<std::size_t>(o.chunk));
-    std::string chunk_inputs;
-    for (std::size_t i = c0; i < c1; ++i) chunk_inputs += inputs[i].source + "\n";
-    const std::string part = sp.part(chunks);
-    if (!o.force && cli::file_exists(part)) {
-      try {
-        Results r = read_part(part, chunk_inputs);
-        for (std::size_t i = c0; i < c1; ++i) progress.step(inputs[i].source);
-        all.append(std::move(r));
-        ++reused;
-        continue;
-      } catch (const Error& e) {
-        progress.clear();
-        std::fprintf(stderr, "note: redoing chunk %zu: %s\n", chunks, e.what());
-      }
+  const long long kill_after_part = kill_hook ? std::atoll(kill_hook) : -1;
+  cli::Progress progress(last - next, "images");
+  progress.start();
+  while (next < last && !cli::interrupted()) {
+    const std::size_t stop = o.chunk > 0 ? std::min(last, next + static_cast<std::size_t>(o.chunk)) : last;
+    Results r = x.run_range(next, stop, progress);
+    const std::size_t end = next + r.consumed;
+    if (r.consumed > 0 && (o.chunk > 0 || cli::interrupted())) {
+      write_part(rp.part(parts), r, manifest, next, end, inputs);
+      if (static_cast<long long>(parts) == kill_after_part) std::raise(SIGKILL);
+      ++parts;
     }
-    Results r = x.run_range(c0, c1, progress);
-    if (cli::interrupted()) break;
-    write_part(part, r, chunk_inputs);
-    if (static_cast<long long>(chunks) == kill_after_chunk) std::raise(SIGKILL);
     all.append(std::move(r));
+    next = end;
   }
   progress.break_line();
-  if (cli::interrupted()) {
+  if (next < last) {
     std::fprintf(stderr,
-                 "interrupted: shard %d/%d has %zu of %zu chunks saved as %s.part-*; run the same command "
-                 "again to finish it\n",
-                 sp.index, sp.count, chunks, (last - first + o.chunk - 1) / o.chunk, sp.base.c_str());
+                 "interrupted: %zu of %s done for %s%s; run the same command again to continue (--force starts "
+                 "over)\n",
+                 next - first, cli::count(last - first, "input").c_str(), what.c_str(),
+                 parts ? (", saved in " + rp.base + ".part-*").c_str() : "");
     return 130;
   }
-  x.write_output(sp.output, sp.files, all);
-  write_text_file(sp.done, expected);
-  for (std::size_t k = 0; k < chunks; ++k) std::remove(sp.part(k).c_str());
-  if (reused) std::fprintf(stderr, "resumed: %zu of %zu chunks were already done\n", reused, chunks);
-  return x.finish(all, last - first, sp.output + " + " + sp.files, progress);
+  try {
+    x.write_output(rp, with_list, manifest, all, o.force);
+  } catch (const Error& e) {
+    std::string saved;
+    if (o.chunk == 0 && parts == 0 && last > first) {  // keep what was computed: write it as a part
+      write_part(rp.part(0), all, manifest, first, last, inputs);
+      saved = "; the features of this run are saved in " + rp.part(0) +
+              ": move the file away and run the same command again to write them, or use --force to recompute "
+              "and replace it";
+    } else if (parts) {
+      saved = "; the features of this run are saved in " + rp.base +
+              ".part-*: move the file away and run the same command again to write them, or use --force to "
+              "recompute and replace it";
+    }
+    throw Error(e.what() + saved);
+  }
+  for (std::size_t k = 0; k < parts; ++k) std::remove(rp.part(k).c_str());
+  return x.finish(all, last - first, with_list ? rp.output + " + " + rp.files : rp.output, progress);
 }
 
 }  // namespace
@@ -554,6 +677,11 @@ int run_shard(const Options& o, const Extractor& x, const std::vector<Input>& in
 int main(int argc, char** argv) {
   return cli::run_main(argc, argv, kSpec, [](const cli::Args& args) {
     const Options o = parse_options(args);
+    // One writer per output, from before the model is loaded until the program exits.
+    std::string stale;
+    const cli::OutputLock lock(o.paths.lock, o.paths.output, &stale);
+    if (!stale.empty()) std::fprintf(stderr, "%s\n", stale.c_str());
+    cli::test_pause_after_lock();
     LoadOptions lo;
     lo.threads = o.threads;
     const Model model = Model::load(o.model_path, lo);
@@ -565,6 +693,8 @@ int main(int argc, char** argv) {
     const Inputs inputs = collect_inputs(o, model.config());
     cli::install_interrupt_handler();
     const Extractor x(o, model, pre, inputs);
-    return o.shard ? run_shard(o, x, inputs.list) : run_all(o, x, inputs.list.size());
+    const std::size_t n = inputs.list.size();
+    const std::size_t first = n * o.paths.index / o.paths.count, last = n * (o.paths.index + 1) / o.paths.count;
+    return run(o, x, inputs.list, run_manifest(o, model, pre, inputs.list, first, last), first, last);
   });
 }

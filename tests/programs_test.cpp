@@ -346,7 +346,8 @@ TEST(Sharding, AKilledShardResumesFromItsSavedChunks) {
   // Resume: the saved chunks are reused, the rest computed; the result equals a fresh single run.
   r = run("vitmsn-extract" + args);
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("resumed: 3 of 12 chunks were already done"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resuming shard 0/1: 3 of 12 inputs already done"), std::string::npos) << r.output;
+  EXPECT_LT(r.output.find("resuming"), r.output.find("[1/9]")) << "the resume must be announced before the work";
   r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --threads 1 --pool mean --output " + dir +
           "/single.npy " + imgs);
   ASSERT_EQ(r.status, 0) << r.output;
@@ -363,14 +364,35 @@ TEST(Sharding, ACorruptSavedChunkIsRedoneWithANote) {
   const std::string imgs = shard_images(dir);
   const std::string args = " --model " + test::data_path("models/tiny") +
                            " --threads 1 --pool cls --chunk 1 --shard 0/1 --output " + dir + "/f.npy " + imgs;
-  // A chunk file for the first image whose metadata is damaged (row_size is not a number).
+  // A part for the first image whose manifest is damaged (row_size is not a number), and one saved by
+  // an older vitmsn-extract (no manifest): both are redone, never trusted.
   const std::string part = dir + "/f-00000-of-00001.part-00000.safetensors";
   const std::vector<float> zeros(64, 0.0f);
-  write_safetensors(part, {TensorData::f32("__rows__", {1, 64}, zeros.data())},
-                    {{"inputs", imgs + "/img00.png\n"}, {"rows", imgs + "/img00.png"}, {"row_size", "banana"}});
-  const ProgramRun r = run("vitmsn-extract" + args);
+  write_safetensors(
+      part, {TensorData::f32("__rows__", {1, 64}, zeros.data())},
+      {{"vitmsn_part", R"({"part": {"first": 0, "end": 1, "row_size": "banana"}, "rows": [], "failed": []})"}});
+  ProgramRun r = run("vitmsn-extract" + args);
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("note: redoing chunk 0: " + part + ": bad row_size 'banana'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("note: redoing the work from part 0 on: " + part + ": damaged manifest in a saved part"),
+            std::string::npos)
+      << r.output;
+  write_safetensors(part, {TensorData::f32("__rows__", {1, 64}, zeros.data())},
+                    {{"inputs", imgs + "/img00.png\n"}, {"rows", imgs + "/img00.png"}, {"row_size", "64"}});
+  r = run("vitmsn-extract --force" + args);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("note: --force: discarded 1 part of saved work"), std::string::npos) << r.output;
+  write_safetensors(part, {TensorData::f32("__rows__", {1, 64}, zeros.data())},
+                    {{"inputs", imgs + "/img00.png\n"}, {"rows", imgs + "/img00.png"}, {"row_size", "64"}});
+  std::remove((dir + "/f-00000-of-00001.manifest.json").c_str());
+  std::remove((dir + "/f-00000-of-00001.npy").c_str());
+  r = run("vitmsn-extract" + args);
+  EXPECT_EQ(r.status, 1) << "a list without its manifest is a torn output: " << r.output;
+  EXPECT_NE(r.output.find("f-00000-of-00001.files.txt: exists without its manifest"), std::string::npos) << r.output;
+  std::remove((dir + "/f-00000-of-00001.files.txt").c_str());
+  r = run("vitmsn-extract" + args);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(part + ": saved by an older vitmsn-extract, without a manifest"), std::string::npos)
+      << r.output;
   const ProgramRun single = run("vitmsn-extract --model " + test::data_path("models/tiny") +
                                 " --threads 1 --pool cls --output " + dir + "/single.npy " + imgs);
   ASSERT_EQ(single.status, 0) << single.output;
@@ -440,28 +462,44 @@ TEST(Sharding, TaskIndexComesFromSlurmOrKubernetes) {
 }
 
 // Starts vitmsn-extract on 40 images, sends `signal` once two are done; it must stop after the
-// current image, write nothing, leave no temporary file and say how far it got.
+// current image, keep what it computed in a resumable part (no output, no temporary file), say how
+// far it got and how to go on; the same command then finishes the run, and its output is byte for
+// byte the one an uninterrupted run writes.
 void expect_clean_stop_on(const std::string& signal) {
   const std::string dir = test::temp_dir();
   std::system(("mkdir -p " + dir + "/imgs").c_str());
   std::ifstream in(test::data_path("images/chelsea.png"), std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   for (int i = 0; i < 40; ++i) test::write_bytes(dir + "/imgs/c" + std::to_string(100 + i) + ".png", bytes);
-  const std::string pid = test::start_in_background(
-      std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract --threads 1 --model " + test::data_path("models/tiny") +
-          " --output " + dir + "/f.safetensors " + dir + "/imgs",
-      dir + "/log");
+  const std::string command = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract --threads 1 --model " +
+                              test::data_path("models/tiny") + " --pool mean --output " + dir + "/f.npy " + dir +
+                              "/imgs";
+  const std::string pid = test::start_in_background(command, dir + "/log");
   ASSERT_FALSE(pid.empty());
   auto log = [&] { return test::read_text(dir + "/log"); };
   for (int i = 0; i < 600 && log().find("[2/40]") == std::string::npos; ++i) usleep(50000);
   std::system(("kill -" + signal + " " + pid).c_str());
   for (int i = 0; i < 200 && log().find("interrupted") == std::string::npos; ++i) usleep(50000);
   const std::string text = log();
-  EXPECT_NE(text.find("interrupted after"), std::string::npos) << signal << ": " << text;
-  EXPECT_NE(text.find("of 40 inputs; nothing was written"), std::string::npos) << signal << ": " << text;
-  EXPECT_FALSE(exists(dir + "/f.safetensors")) << signal;
+  EXPECT_NE(text.find("interrupted: "), std::string::npos) << signal << ": " << text;
+  EXPECT_NE(text.find("of 40 inputs done for " + dir + "/f.npy, saved in " + dir +
+                      "/f.part-*; run the same command again to continue"),
+            std::string::npos)
+      << signal << ": " << text;
+  EXPECT_FALSE(exists(dir + "/f.npy")) << signal;
+  EXPECT_TRUE(exists(dir + "/f.part-00000.safetensors")) << signal;
   // No temporary files left behind either.
-  EXPECT_EQ(std::system(("ls " + dir + " | grep -q tmp").c_str()) == 0, false) << signal;
+  EXPECT_EQ(std::system(("ls -a " + dir + " | grep -q -e tmp -e staged").c_str()) == 0, false) << signal;
+  const ProgramRun resumed = test::run_command(command);
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resuming " + dir + "/f.npy: "), std::string::npos) << resumed.output;
+  EXPECT_FALSE(exists(dir + "/f.part-00000.safetensors")) << "parts must be removed once the output is written";
+  const ProgramRun fresh =
+      test::run_command(std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract --threads 1 --model " +
+                        test::data_path("models/tiny") + " --pool mean --output " + dir + "/g.npy " + dir + "/imgs");
+  ASSERT_EQ(fresh.status, 0) << fresh.output;
+  EXPECT_EQ(test::read_text(dir + "/f.npy"), test::read_text(dir + "/g.npy")) << "resumed output differs";
+  EXPECT_EQ(test::read_text(dir + "/f.files.txt"), test::read_text(dir + "/g.files.txt"));
 }
 
 TEST(ExtractProgram, InterruptedRunLeavesNoPartialOutputAndSaysWhatWasDone) { expect_clean_stop_on("INT"); }
