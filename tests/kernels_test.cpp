@@ -1546,18 +1546,14 @@ TEST(Int8, Avx2MaddubsIsBitIdenticalToPortable) {
 
 TEST(Int8, AvxVnniIsBitIdenticalToPortable) {
   SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("avxvnni")) GTEST_SKIP() << "this CPU has no AVX-VNNI";
+  if (!cpu_has(CpuFeature::kAvxVnni)) GTEST_SKIP() << "this CPU has no AVX-VNNI";
   check_int8_variant("avx-vnni", gemm_int8_avxvnni);
 }
 #endif
 
 TEST(Int8, Avx512VnniIsBitIdenticalToPortable) {
   SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_cpu_init();
-#endif
-  if (!__builtin_cpu_supports("avx512vnni")) GTEST_SKIP() << "this CPU has no AVX512-VNNI";
+  if (!cpu_has(CpuFeature::kAvx512vnni)) GTEST_SKIP() << "this CPU has no AVX512-VNNI";
   check_int8_variant("avx512-vnni", kernels(Isa::kAvx512).gemm_int8);
 }
 

@@ -337,7 +337,7 @@ TEST(Resize, NearestFollowsPillowsAffineMapping) {
 TEST(Resize, RejectsEmptySizesAndInconsistentImages) {
   const Image image = pattern(4, 4);
   expect_error([&] { resize(image, 0, 4, Resample::kBilinear); }, {"resize", "0x4"});
-  expect_error([&] { resize(image, 4, -1, Resample::kBilinear); }, {"resize"});
+  expect_error([&] { resize(image, 4, -1, Resample::kBilinear); }, "resize");
   Image broken = image;
   broken.rgb.resize(5);
   expect_error([&] { resize(broken, 2, 2, Resample::kBilinear); }, {"resize", "invalid input image"});
@@ -460,13 +460,13 @@ TEST(Preprocess, WithSizeResizesExactlyAndDropsShortestEdgeAndCrop) {
   const Image out = pre.resize_only(pattern(20, 20));
   EXPECT_EQ(out.width, 45);
   EXPECT_EQ(out.height, 33);
-  expect_error([&] { Preprocessor().with_size(0, 10); }, {"size.height"});
+  expect_error([&] { Preprocessor().with_size(0, 10); }, "size.height");
 }
 
 TEST(Preprocess, RejectsAnInconsistentImage) {
   Image broken = pattern(4, 4);
   broken.rgb.pop_back();
-  expect_error([&] { Preprocessor()(broken); }, {"invalid input image"});
+  expect_error([&] { Preprocessor()(broken); }, "invalid input image");
 }
 
 // --- preprocessor_config.json ------------------------------------------------------------------------
@@ -636,10 +636,10 @@ TEST(PreprocessConfig, ToJsonRoundTripsThroughParse) {
 TEST(PreprocessConfig, TheConstructorRejectsAnInvalidConfig) {
   PreprocessorConfig c;
   c.image_std = {0.2, 0.0, 0.2};
-  expect_error([&] { Preprocessor p(c); }, {"image_std"});
+  expect_error([&] { Preprocessor p(c); }, "image_std");
   c = PreprocessorConfig{};
   c.crop_width = 0;
-  expect_error([&] { Preprocessor p(c); }, {"crop_size.width"});
+  expect_error([&] { Preprocessor p(c); }, "crop_size.width");
 }
 
 }  // namespace

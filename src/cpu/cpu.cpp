@@ -39,21 +39,87 @@ constexpr double kAvx2L1Share = 1.0, kAvx2L2Share = 0.375;
 constexpr double kAvx512L1Share = 4.0 / 3.0, kAvx512L2Share = 0.21875;
 }  // namespace
 
+namespace {
+
+#if VITMSN_X86_KERNELS
+// The feature bits, read once: CPUID leaf 1 (ECX), leaf 7 sub-leaf 0 (EBX, ECX), leaf 7 sub-leaf 1
+// (EAX), and XCR0 (XGETBV, only when the OS has enabled it: CPUID.1:ECX.OSXSAVE[27]).
+struct CpuidBits {
+  unsigned l1_ecx = 0, l7_ebx = 0, l7_ecx = 0, l7s1_eax = 0;
+  unsigned long long xcr0 = 0;
+};
+
+CpuidBits read_cpuid_bits() {
+  CpuidBits r;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return r;
+  const unsigned max_leaf = a;
+  if (max_leaf >= 1 && __get_cpuid_count(1, 0, &a, &b, &c, &d)) r.l1_ecx = c;
+  if (max_leaf >= 7 && __get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    const unsigned max_sub_leaf = a;
+    r.l7_ebx = b;
+    r.l7_ecx = c;
+    if (max_sub_leaf >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) r.l7s1_eax = a;
+  }
+  if (r.l1_ecx & (1u << 27)) {  // OSXSAVE: XGETBV is available (inline: _xgetbv needs -mxsave)
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    r.xcr0 = (static_cast<unsigned long long>(hi) << 32) | lo;
+  }
+  return r;
+}
+#endif
+
+}  // namespace
+
+bool cpu_has(CpuFeature f) {
+#if VITMSN_X86_KERNELS
+  static const CpuidBits r = read_cpuid_bits();
+  const auto bit = [](unsigned reg, int i) { return ((reg >> i) & 1u) != 0; };
+  // XCR0: SSE (1) and AVX (2) state for the YMM registers; opmask (5), ZMM_Hi256 (6), Hi16_ZMM (7) for AVX-512.
+  const bool os_ymm = (r.xcr0 & 0x6) == 0x6, os_zmm = os_ymm && (r.xcr0 & 0xe0) == 0xe0;
+  const bool avx = os_ymm && bit(r.l1_ecx, 28);
+  const bool avx512f = os_zmm && bit(r.l7_ebx, 16);
+  switch (f) {
+    case CpuFeature::kAvx2:
+      return avx && bit(r.l7_ebx, 5);
+    case CpuFeature::kFma:
+      return avx && bit(r.l1_ecx, 12);
+    case CpuFeature::kF16c:
+      return avx && bit(r.l1_ecx, 29);
+    case CpuFeature::kAvx512f:
+      return avx512f;
+    case CpuFeature::kAvx512dq:
+      return avx512f && bit(r.l7_ebx, 17);
+    case CpuFeature::kAvx512bw:
+      return avx512f && bit(r.l7_ebx, 30);
+    case CpuFeature::kAvx512vl:
+      return avx512f && bit(r.l7_ebx, 31);
+    case CpuFeature::kAvx512vnni:
+      return avx512f && bit(r.l7_ecx, 11);
+    case CpuFeature::kAvxVnni:
+      return avx && bit(r.l7s1_eax, 4);
+    case CpuFeature::kAvx512bf16:
+      return avx512f && bit(r.l7s1_eax, 5);
+  }
+#else
+  (void)f;
+#endif
+  return false;
+}
+
 bool isa_available(Isa isa) {
   switch (isa) {
     case Isa::kPortable:
       return true;
 #if VITMSN_X86_KERNELS
-    // GCC's and Clang's __builtin_cpu_supports report a feature only when the OS also saves its
-    // registers (XCR0 checked via xgetbv), so this is "CPU and OS support".
+    // cpu_has() checks the OS's register saving too (XCR0), so this is "CPU and OS support". The
+    // variants' files are compiled with -mavx2 -mfma -mf16c (and the AVX-512 flags).
     case Isa::kAvx2:
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      return cpu_has(CpuFeature::kAvx2) && cpu_has(CpuFeature::kFma) && cpu_has(CpuFeature::kF16c);
     case Isa::kAvx512:
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      return cpu_has(CpuFeature::kAvx512f) && cpu_has(CpuFeature::kAvx512bw) && cpu_has(CpuFeature::kAvx512dq) &&
+             cpu_has(CpuFeature::kAvx512vl) && isa_available(Isa::kAvx2);
 #endif
     default:
       return false;

@@ -20,6 +20,26 @@ bool isa_available(Isa isa);
 /// "portable", "avx2", "avx512".
 const char* isa_name(Isa isa);
 
+/// The CPU features the kernels choose between.
+enum class CpuFeature {
+  kAvx2,
+  kFma,
+  kF16c,
+  kAvx512f,
+  kAvx512bw,
+  kAvx512dq,
+  kAvx512vl,
+  kAvx512vnni,
+  kAvxVnni,
+  kAvx512bf16
+};
+/// True when the CPU has `f` and the OS saves the registers it uses (XCR0: YMM state for the AVX
+/// features, opmask and ZMM state as well for the AVX-512 ones); false off x86-64 (VITMSN_X86_KERNELS).
+/// Read with CPUID and XGETBV once per process: the one place for CPU-feature detection, instead of
+/// __builtin_cpu_supports, whose feature names differ between compilers and versions (Clang 14 knows no
+/// "avxvnni"). Not narrowed by VITMSN_ISA: that chooses among the variants (detected_isa()).
+bool cpu_has(CpuFeature f);
+
 /// Cache blocking of the packed GEMM (src/cpu/gemm_blocked.hpp). kc: depth of one packed block (a
 /// kc×NR slice of B stays in L1); mc: rows of A packed at once (mc×kc stays in L2); b_pack_floats:
 /// budget of the packed B (K × nc floats). Results do not depend on these, only speed does.

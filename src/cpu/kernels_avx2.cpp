@@ -81,10 +81,7 @@ namespace {
 void gemm_int8_avx2(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
                     const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
                     const Epilogue& ep, int threads) {
-  static const bool avx_vnni = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avxvnni") != 0;
-  }();
+  static const bool avx_vnni = cpu_has(CpuFeature::kAvxVnni);
   if (avx_vnni) return gemm_int8_avxvnni(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
   gemm_int8_maddubs(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
 }

@@ -212,10 +212,7 @@ void erf_avx512(float* x, std::ptrdiff_t n) { blocked::erf_buffer<Avx512>(x, n);
 void gemm_int8_avx512(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
                       const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
                       const Epilogue& ep, int threads) {
-  static const bool vnni = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vnni") != 0;
-  }();
+  static const bool vnni = cpu_has(CpuFeature::kAvx512vnni);
   if (!vnni)
     return kernels(Isa::kAvx2).gemm_int8(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
   const int8::Problem p{M, seg_rows * segments, K, A, lda, int8::WeightView{W, w_scale, seg_rows, kp}, C, ldc, ep};
