@@ -132,7 +132,8 @@ std::string shape_string(const py::array& a) {
 std::string dtype_string(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
 int checked_dim(py::ssize_t n, const char* what) {
-  if (n > std::numeric_limits<int>::max()) throw Error(std::string(what) + " " + std::to_string(n) + " is too large");
+  if (n > std::numeric_limits<int>::max())
+    throw Error(ErrorKind::kLimit, std::string(what) + " " + std::to_string(n) + " is too large");
   return static_cast<int>(n);
 }
 
@@ -198,8 +199,9 @@ Input to_input(const py::handle x) {
   const char kind = a.dtype().kind();
   if (a.dtype().is(py::dtype::of<std::uint8_t>())) {
     if (!(a.ndim() == 2 || (a.ndim() == 3 && a.shape(2) == 3))) {
-      throw Error("a uint8 image array must be [H, W, 3] (RGB) or [H, W] (gray), got shape " + shape_string(a) +
-                  (a.ndim() == 3 && a.shape(2) == 4 ? " (RGBA: drop the alpha channel, e.g. image[..., :3])" : ""));
+      throw Error(ErrorKind::kArgument,
+                  "a uint8 image array must be [H, W, 3] (RGB) or [H, W] (gray), got shape " + shape_string(a) +
+                      (a.ndim() == 3 && a.shape(2) == 4 ? " (RGBA: drop the alpha channel, e.g. image[..., :3])" : ""));
     }
     in.kind = Input::Kind::kImage;
     in.image_array = a;
@@ -210,17 +212,19 @@ Input to_input(const py::handle x) {
     in.stride_y = a.strides(0);
     in.stride_x = a.strides(1);
     in.stride_c = in.gray ? 0 : a.strides(2);
-    if (in.height == 0 || in.width == 0) throw Error("the image array is empty: shape " + shape_string(a));
+    if (in.height == 0 || in.width == 0)
+      throw Error(ErrorKind::kArgument, "the image array is empty: shape " + shape_string(a));
     return in;
   }
   if (kind == 'f') {
     if (a.ndim() != 3) {
-      throw Error("float pixel values must be [3, H, W] (channel first, preprocessed), got shape " + shape_string(a) +
-                  (a.ndim() == 4 ? "; a batch [B, 3, H, W] goes to model(pixel_values)" : ""));
+      throw Error(ErrorKind::kArgument,
+                  "float pixel values must be [3, H, W] (channel first, preprocessed), got shape " + shape_string(a) +
+                      (a.ndim() == 4 ? "; a batch [B, 3, H, W] goes to model(pixel_values)" : ""));
     }
     if (a.shape(0) != 3 && a.shape(2) == 3) {
-      throw Error("float pixel values must be channel first [3, H, W], got shape " + shape_string(a) +
-                  "; for an image pass uint8 [H, W, 3]");
+      throw Error(ErrorKind::kArgument, "float pixel values must be channel first [3, H, W], got shape " +
+                                            shape_string(a) + "; for an image pass uint8 [H, W, 3]");
     }
     in.kind = Input::Kind::kPixels;
     in.pixel_array = pixel_array(a);
@@ -229,8 +233,9 @@ Input to_input(const py::handle x) {
     in.width = checked_dim(a.shape(2), "width");
     return in;
   }
-  throw Error("an array input must be a uint8 image [H, W, 3] / [H, W] or float32 pixel values [3, H, W], got " +
-              dtype_string(a) + " " + shape_string(a));
+  throw Error(ErrorKind::kArgument,
+              "an array input must be a uint8 image [H, W, 3] / [H, W] or float32 pixel values [3, H, W], got " +
+                  dtype_string(a) + " " + shape_string(a));
 }
 
 /// The uint8 array of an Input as the library's Image (RGB; gray replicated as Pillow's convert("RGB")).
@@ -268,10 +273,10 @@ int to_int(const py::handle x, const char* what) {
   Py_DECREF(index);
   if (overflow || (v == -1 && PyErr_Occurred())) {
     PyErr_Clear();
-    throw Error(std::string(what) + " " + py::repr(x).cast<std::string>() + " is out of range");
+    throw Error(ErrorKind::kArgument, std::string(what) + " " + py::repr(x).cast<std::string>() + " is out of range");
   }
   if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
-    throw Error(std::string(what) + " " + std::to_string(v) + " is out of range");
+    throw Error(ErrorKind::kArgument, std::string(what) + " " + std::to_string(v) + " is out of range");
   return static_cast<int>(v);
 }
 
@@ -349,9 +354,9 @@ Preprocessor sized(const PyModel& m, const std::optional<std::pair<int, int>>& s
 
 void check_size_for_pixels(const Input& in, const std::optional<std::pair<int, int>>& size) {
   if (in.kind == Input::Kind::kPixels && size && (size->first != in.height || size->second != in.width)) {
-    throw Error("size " + std::to_string(size->first) + "x" + std::to_string(size->second) +
-                " applies to images; these pixel values are " + std::to_string(in.height) + "x" +
-                std::to_string(in.width) + " (they are used as they are)");
+    throw Error(ErrorKind::kArgument, "size " + std::to_string(size->first) + "x" + std::to_string(size->second) +
+                                          " applies to images; these pixel values are " + std::to_string(in.height) +
+                                          "x" + std::to_string(in.width) + " (they are used as they are)");
   }
 }
 
@@ -400,15 +405,17 @@ py::array call(const PyModel& m, const py::object& x) {
   }
   const py::array& raw = *maybe;
   if (raw.dtype().kind() != 'f' || raw.ndim() != 4) {
-    throw Error("model(pixel_values) takes float pixel values [B, 3, H, W] (what ViTImageProcessor returns), got " +
-                dtype_string(raw) + " " + shape_string(raw) +
-                (raw.ndim() == 3 ? "; one image [3, H, W] goes to extract_features()" : ""));
+    throw Error(ErrorKind::kArgument,
+                "model(pixel_values) takes float pixel values [B, 3, H, W] (what ViTImageProcessor returns), got " +
+                    dtype_string(raw) + " " + shape_string(raw) +
+                    (raw.ndim() == 3 ? "; one image [3, H, W] goes to extract_features()" : ""));
   }
   const py::array a = pixel_array(raw);
   const int batch = checked_dim(a.shape(0), "batch size");
   const int c = checked_dim(a.shape(1), "channel count"), h = checked_dim(a.shape(2), "height"),
             w = checked_dim(a.shape(3), "width");
-  if (batch == 0) throw Error("model(pixel_values): the batch is empty, shape " + shape_string(raw));
+  if (batch == 0)
+    throw Error(ErrorKind::kArgument, "model(pixel_values): the batch is empty, shape " + shape_string(raw));
   check_input_size(m.model.config(), h, w);
   const float* data = static_cast<const float*>(a.data());
   const std::size_t image = static_cast<std::size_t>(c) * h * w;
@@ -454,7 +461,7 @@ py::list classify(const PyModel& m, const py::object& x, const py::object& top) 
   int k = std::numeric_limits<int>::max();
   if (!top.is_none()) {
     k = to_int(top, "top");
-    if (k < 1) throw Error("top must be at least 1, got " + std::to_string(k));
+    if (k < 1) throw Error(ErrorKind::kArgument, "top must be at least 1, got " + std::to_string(k));
   }
   const Vector logits = logits_of(m, x);
   // Softmax in double, as vitmsn-classify prints it.
@@ -476,12 +483,13 @@ py::list classify(const PyModel& m, const py::object& x, const py::object& top) 
 /// images of one size per forward pass).
 void embed_into(const PyModel& m, py::array out, const py::sequence& inputs, const std::string& pool,
                 const py::object& size) {
-  if (pool != "cls" && pool != "mean") throw Error("pool must be 'cls' or 'mean', got '" + pool + "'");
+  if (pool != "cls" && pool != "mean")
+    throw Error(ErrorKind::kArgument, "pool must be 'cls' or 'mean', got '" + pool + "'");
   const int d = m.model.config().hidden_size;
   if (!py::array_t<float, py::array::c_style>::check_(out) || !out.writeable() || out.ndim() != 2 ||
       out.shape(0) != static_cast<py::ssize_t>(py::len(inputs)) || out.shape(1) != d) {
-    throw Error("embed: output must be C-contiguous float32 [" + std::to_string(py::len(inputs)) + ", " +
-                std::to_string(d) + "]");
+    throw Error(ErrorKind::kArgument, "embed: output must be C-contiguous float32 [" + std::to_string(py::len(inputs)) +
+                                          ", " + std::to_string(d) + "]");
   }
   const auto sz = to_size(size);
   std::vector<Input> in;
@@ -554,9 +562,9 @@ PyPreprocessor make_preprocessor(const py::object& source) {
 Input image_input(const py::handle x) {
   Input in = to_input(x);
   if (in.kind == Input::Kind::kPixels) {
-    throw Error(
-        "the Preprocessor takes images (a path, a PIL image, a uint8 array); float arrays are already "
-        "pixel values");
+    throw Error(ErrorKind::kArgument,
+                "the Preprocessor takes images (a path, a PIL image, a uint8 array); float arrays are already "
+                "pixel values");
   }
   return in;
 }
@@ -565,7 +573,8 @@ Preprocessor with_optional_size(const Preprocessor& p, const py::handle size) {
   const auto sz = to_size(size);
   if (!sz) return p;
   if (sz->first < 1 || sz->second < 1) {
-    throw Error("size " + std::to_string(sz->first) + "x" + std::to_string(sz->second) + " must be at least 1x1");
+    throw Error(ErrorKind::kArgument,
+                "size " + std::to_string(sz->first) + "x" + std::to_string(sz->second) + " must be at least 1x1");
   }
   return p.with_size(sz->first, sz->second);
 }
@@ -603,7 +612,8 @@ py::array resize_only(const PyPreprocessor& p, const py::object& x, const py::ob
 /// (examples/python/bench_overhead.py).
 std::vector<double> forward_seconds(const PyModel& m, const py::object& x, int runs) {
   const Input in = to_input(x);
-  if (in.kind != Input::Kind::kPixels) throw Error("_forward_seconds takes pixel values [3, H, W]");
+  if (in.kind != Input::Kind::kPixels)
+    throw Error(ErrorKind::kArgument, "_forward_seconds takes pixel values [3, H, W]");
   std::vector<double> out;
   WithoutGil no_gil;
   for (int r = 0; r < runs; ++r) {
@@ -633,6 +643,99 @@ std::string indices_string(const py::dict& d) {
   return s + "]";
 }
 
+// --- Errors: one Python class per ErrorKind --------------------------------------------------------------
+
+// vitmsn.Error stays a ValueError (code catching ValueError keeps working); each kind's class also
+// derives from the matching builtin, so that `except FileNotFoundError` / `except PermissionError` /
+// `except OSError` catch what they would for a plain open(). str(e) is the library's message.
+constexpr const char* kErrorClasses = R"(
+class Error(ValueError):
+    """Raised for bad input: a file, a header, a shape, a dtype, a config, an image, an argument value.
+    The message is the library's, naming the culprit and the problem. A subclass of ValueError; the
+    subclass raised tells the kind (kind: its name as a string; path: the file it is about, or None)."""
+    kind = None
+    path = None
+
+    def __str__(self):
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class NotFoundError(Error, FileNotFoundError):
+    """A path that does not exist (or a model folder without its weights). Also a FileNotFoundError."""
+    kind = "not_found"
+
+
+class PermissionDeniedError(Error, PermissionError):
+    """The operating system refused access to a path. Also a PermissionError."""
+    kind = "permission"
+
+
+class IoError(Error, OSError):
+    """Another operating-system error reading, writing or mapping a file, or a model file changed on
+    disk while in use. Also an OSError."""
+    kind = "io"
+
+
+class MalformedError(Error):
+    """Content that breaks its format: a bad header, a truncated file, invalid JSON, a missing or
+    mis-shaped tensor."""
+    kind = "malformed"
+
+
+class UnsupportedError(Error):
+    """Well-formed content vitmsn does not read: a dtype, a format or version, a quantization scheme."""
+    kind = "unsupported"
+
+
+class LimitError(Error):
+    """A size over a limit (image pixels, header bytes, tensor counts, input tokens)."""
+    kind = "limit"
+
+
+class ArgumentError(Error):
+    """A bad argument or option value: a wrong array shape, an index out of range."""
+    kind = "argument"
+)";
+
+// The class of each ErrorKind, in the enum's order (new references, kept for the process's life).
+constexpr const char* kErrorClassNames[] = {"NotFoundError",  "PermissionDeniedError", "IoError",
+                                            "MalformedError", "UnsupportedError",      "LimitError",
+                                            "ArgumentError"};
+PyObject* g_error_classes[std::size(kErrorClassNames)] = {};
+
+// Sets the Python error for `e`: its kind's class, str() the message, .path (and for the OSError
+// kinds .filename, .errno, .strerror).
+void set_python_error(const Error& e) {
+  try {
+    const auto index = static_cast<std::size_t>(e.kind());
+    PyObject* cls = index < std::size(g_error_classes) ? g_error_classes[index] : nullptr;
+    if (cls == nullptr) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+      return;
+    }
+    const char* what = e.what();
+    auto message = py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace"));
+    if (!message) throw py::error_already_set();
+    py::object exc = py::reinterpret_borrow<py::object>(cls)(message);
+    const bool os_error = PyObject_IsSubclass(cls, PyExc_OSError) == 1;
+    if (!e.path().empty()) {
+      auto path = py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeFSDefaultAndSize(e.path().data(), static_cast<Py_ssize_t>(e.path().size())));
+      if (!path) throw py::error_already_set();
+      exc.attr("path") = path;
+      if (os_error) exc.attr("filename") = path;
+    }
+    if (os_error && e.os_error() != 0) {
+      exc.attr("errno") = e.os_error();
+      exc.attr("strerror") = std::strerror(e.os_error());
+    }
+    PyErr_SetObject(cls, exc.ptr());
+  } catch (py::error_already_set& err) {
+    err.restore();
+  }
+}
+
 }  // namespace
 }  // namespace vitmsn::python
 
@@ -644,10 +747,24 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "vitmsn's C++ core (pybind11). Import the package `vitmsn`, not this module.";
   m.attr("__version__") = kVersionString;
 
-  py::register_exception<Error>(m, "Error", PyExc_ValueError);
-  m.attr("Error").attr("__doc__") =
-      "Raised for bad input: a file, a header, a shape, a dtype, a config, an image, an argument value. The\n"
-      "message is the library's, naming the culprit and the problem. A subclass of ValueError.";
+  {
+    py::dict ns;
+    ns["__name__"] = "vitmsn";
+    py::exec(kErrorClasses, ns);
+    m.attr("Error") = ns["Error"];
+    for (std::size_t i = 0; i < std::size(kErrorClassNames); ++i) {
+      m.attr(kErrorClassNames[i]) = ns[kErrorClassNames[i]];
+      g_error_classes[i] = py::object(ns[kErrorClassNames[i]]).release().ptr();
+    }
+    py::register_exception_translator([](std::exception_ptr p) {
+      if (!p) return;
+      try {
+        std::rethrow_exception(p);
+      } catch (const Error& e) {
+        set_python_error(e);
+      }
+    });
+  }
 
   m.def("kernel_isa", &kernel_isa,
         "The compute kernels in use: 'avx512', 'avx2' or 'portable' (chosen at import from the CPU;\n"
@@ -742,7 +859,8 @@ PYBIND11_MODULE(_core, m) {
              o.copy_weights = copy_weights;
              if (!threads.is_none()) {
                o.threads = to_int(threads, "threads");
-               if (o.threads < 1) throw Error("threads must be at least 1 (None: every CPU this process may use)");
+               if (o.threads < 1)
+                 throw Error(ErrorKind::kArgument, "threads must be at least 1 (None: every CPU this process may use)");
              }
              if (!is_path_like(path)) throw py::type_error("Model(path): path must be a str or os.PathLike");
              const std::string p = to_path(path);
@@ -825,7 +943,8 @@ PYBIND11_MODULE(_core, m) {
           [](const PyPreprocessor& p, const py::object& h, const py::object& w) {
             const int height = to_int(h, "height"), width = to_int(w, "width");
             if (height < 1 || width < 1) {
-              throw Error("size " + std::to_string(height) + "x" + std::to_string(width) + " must be at least 1x1");
+              throw Error(ErrorKind::kArgument,
+                          "size " + std::to_string(height) + "x" + std::to_string(width) + " must be at least 1x1");
             }
             return PyPreprocessor{p.preprocessor.with_size(height, width)};
           },

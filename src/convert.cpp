@@ -109,7 +109,8 @@ std::vector<std::string> parse_labels(const std::string& json_text, const std::s
   try {
     labels = nlohmann::json::parse(json_text);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(source + ": __metadata__ id2label is not valid JSON: " + detail::describe_json_error(e, json_text));
+    throw Error(ErrorKind::kMalformed,
+                source + ": __metadata__ id2label is not valid JSON: " + detail::describe_json_error(e, json_text));
   }
   const nlohmann::json wrapper = {{"hidden_size", 1},       {"num_hidden_layers", 1}, {"num_attention_heads", 1},
                                   {"intermediate_size", 1}, {"patch_size", 1},        {"image_size", 1},
@@ -124,16 +125,17 @@ DType parse_weight_dtype(const std::string& name) {
   if (name == "bf16" || name == "bfloat16" || name == "BF16") return DType::kBF16;
   if (name == "f16" || name == "float16" || name == "F16") return DType::kF16;
   if (name == "int8" || name == "i8" || name == "I8") return DType::kI8;
-  throw Error("unknown dtype '" + name + "' (expected f32, bf16, f16 or int8)");
+  throw Error(ErrorKind::kArgument, "unknown dtype '" + name + "' (expected f32, bf16, f16 or int8)");
 }
 
 ConvertReport convert_checkpoint(const std::string& input, const std::string& output, const ConvertOptions& options) {
   ConvertReport report;
   if (options.dtype != DType::kF32 && options.dtype != DType::kBF16 && options.dtype != DType::kF16 &&
       options.dtype != DType::kI8)
-    throw Error(output + ": output dtype must be F32, BF16, F16 or I8");
+    throw Error(ErrorKind::kArgument, output + ": output dtype must be F32, BF16, F16 or I8", output);
   if (!options.overwrite && (detail::is_regular_file(output) || detail::is_directory(output)))
-    throw Error(output + ": already exists (set ConvertOptions::overwrite to replace it)");
+    throw Error(ErrorKind::kArgument, output + ": already exists (set ConvertOptions::overwrite to replace it)",
+                output);
 
   // The checkpoint, its config and its preprocessor settings (src/model_files.hpp: one precedence,
   // shared with Model::load).
@@ -155,7 +157,8 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   // computed from the encoder tensors (a Hugging Face checkpoint).
   std::map<std::string, TensorView> views;
   for (const auto& t : tensors) {
-    if (views.count(t.name)) throw Error(weights + ": tensor '" + t.name + "' appears twice");
+    if (views.count(t.name))
+      throw Error(ErrorKind::kMalformed, weights + ": tensor '" + t.name + "' appears twice", weights);
     views[t.name] = t.view();
   }
   const detail::TensorLookup any_dtype = [&](const std::string& n) -> const TensorView* {
@@ -174,8 +177,10 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     const TensorView& w = head.get(detail::keys::kClassifierWeight);
     const TensorView& b = head.get(detail::keys::kClassifierBias);
     if (w.shape.size() != 2 || w.shape[1] != config.hidden_size || b.shape.size() != 1 || b.shape[0] != w.shape[0])
-      throw Error(options.classifier + ": classifier.weight " + w.shape_string() + " / classifier.bias " +
-                  b.shape_string() + " do not fit hidden size " + std::to_string(config.hidden_size));
+      throw Error(ErrorKind::kMalformed,
+                  options.classifier + ": classifier.weight " + w.shape_string() + " / classifier.bias " +
+                      b.shape_string() + " do not fit hidden size " + std::to_string(config.hidden_size),
+                  options.classifier);
     report.head_backbone_recorded = detail::recorded_backbone_identity(head.metadata(), options.classifier);
     if (report.head_backbone_recorded.empty()) {
       report.head_backbone = HeadBackbone::kUnrecorded;
@@ -185,12 +190,14 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
       report.head_backbone = HeadBackbone::kOther;
     } else {
       const auto trained_on = head.metadata().find("model");
-      throw Error(options.classifier + ": this head was trained on the features of another model (backbone " +
-                  report.head_backbone_recorded.substr(0, 16) +
-                  (trained_on != head.metadata().end() ? ", " + trained_on->second : std::string()) + ") than " +
-                  weights + " (backbone " + report.backbone.substr(0, 16) +
-                  "): its classes would not fit these features. Train a head on this model with vitmsn-probe, "
-                  "or merge it anyway with vitmsn-convert --force (ConvertOptions::allow_other_backbone)");
+      throw Error(ErrorKind::kArgument,
+                  options.classifier + ": this head was trained on the features of another model (backbone " +
+                      report.head_backbone_recorded.substr(0, 16) +
+                      (trained_on != head.metadata().end() ? ", " + trained_on->second : std::string()) + ") than " +
+                      weights + " (backbone " + report.backbone.substr(0, 16) +
+                      "): its classes would not fit these features. Train a head on this model with vitmsn-probe, "
+                      "or merge it anyway with vitmsn-convert --force (ConvertOptions::allow_other_backbone)",
+                  options.classifier);
     }
     if (views.count(detail::keys::kClassifierWeight)) {
       report.replaced_labels = config.id2label;
@@ -214,8 +221,10 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     if (auto it = head.metadata().find("id2label"); it != head.metadata().end()) {
       config.id2label = parse_labels(it->second, options.classifier);
       if (static_cast<std::int64_t>(config.id2label.size()) != w.shape[0])
-        throw Error(options.classifier + ": id2label has " + std::to_string(config.id2label.size()) + " labels for " +
-                    std::to_string(w.shape[0]) + " classifier rows");
+        throw Error(ErrorKind::kMalformed,
+                    options.classifier + ": id2label has " + std::to_string(config.id2label.size()) + " labels for " +
+                        std::to_string(w.shape[0]) + " classifier rows",
+                    options.classifier);
     }
   }
 
@@ -226,13 +235,17 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     if (views.count(k)) wanted.insert(k);
   for (const auto& name : wanted) {
     auto it = views.find(name);
-    if (it == views.end()) throw Error(weights + ": missing tensor '" + name + "'");
+    if (it == views.end()) throw Error(ErrorKind::kMalformed, weights + ": missing tensor '" + name + "'", weights);
     if (it->second.dtype == DType::kI8)
-      throw Error(weights + ": tensor '" + name +
-                  "' is int8: this model is already quantized; convert from its float checkpoint");
+      throw Error(ErrorKind::kUnsupported,
+                  weights + ": tensor '" + name +
+                      "' is int8: this model is already quantized; convert from its float checkpoint",
+                  weights);
     if (!is_float(it->second.dtype))
-      throw Error(weights + ": tensor '" + name + "' has dtype " + dtype_name(it->second.dtype) +
-                  ", expected a float type");
+      throw Error(
+          ErrorKind::kUnsupported,
+          weights + ": tensor '" + name + "' has dtype " + dtype_name(it->second.dtype) + ", expected a float type",
+          weights);
   }
   // Shapes and the layer count against the config, exactly as Model::load checks them. F64 tensors
   // are presented as F32 for this check only (the binder looks at shapes; values are converted below).

@@ -16,7 +16,10 @@
 namespace vitmsn::detail {
 
 namespace {
-std::string errno_text() { return std::strerror(errno); }
+// Throws "<path>: <what>: <strerror(err)>", its kind from err (ENOENT: not found, EACCES: permission...).
+[[noreturn]] void os_fail(const std::string& path, const std::string& what, int err) {
+  throw Error(error_kind_from_errno(err), path + ": " + what + ": " + std::strerror(err), path, err);
+}
 
 // "2025-01-31 12:34:56.123456789 UTC"
 std::string format_time(std::int64_t s, std::int64_t ns) {
@@ -34,13 +37,13 @@ std::string format_time(std::int64_t s, std::int64_t ns) {
 
 MappedFile MappedFile::open(const std::string& path, Access access) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(path + ": cannot open: " + errno_text());
+  if (fd < 0) os_fail(path, "cannot open", errno);
   MappedFile m;
   m.fd_ = fd;  // closed by m's destructor on every error below
   struct stat st {};
-  if (::fstat(fd, &st) != 0) throw Error(path + ": cannot stat: " + errno_text());
-  if (S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, not a file");
-  if (!S_ISREG(st.st_mode)) throw Error(path + ": not a regular file");
+  if (::fstat(fd, &st) != 0) os_fail(path, "cannot stat", errno);
+  if (S_ISDIR(st.st_mode)) throw Error(ErrorKind::kArgument, path + ": is a directory, not a file", path, EISDIR);
+  if (!S_ISREG(st.st_mode)) throw Error(ErrorKind::kArgument, path + ": not a regular file", path);
   m.stamp_.dev = static_cast<std::uint64_t>(st.st_dev);
   m.stamp_.ino = static_cast<std::uint64_t>(st.st_ino);
   m.stamp_.size = static_cast<std::uint64_t>(st.st_size);
@@ -55,8 +58,7 @@ MappedFile MappedFile::open(const std::string& path, Access access) {
       // Anonymous memory is page-aligned, as a file map is: tensors keep the alignment the file gives.
       void* p = ::mmap(nullptr, m.size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (p == MAP_FAILED)
-        throw Error(path + ": cannot allocate " + std::to_string(m.size_) +
-                    " bytes for a copy of the file: " + errno_text());
+        os_fail(path, "cannot allocate " + std::to_string(m.size_) + " bytes for a copy of the file", errno);
       m.map_ = p;
       m.data_ = static_cast<const std::uint8_t*>(p);
       auto* out = static_cast<std::uint8_t*>(p);
@@ -64,10 +66,10 @@ MappedFile MappedFile::open(const std::string& path, Access access) {
       while (done < m.size_) {
         const ssize_t n = ::pread(fd, out + done, m.size_ - done, static_cast<off_t>(done));
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) throw Error(path + ": read failed: " + errno_text());
+        if (n < 0) os_fail(path, "read failed", errno);
         if (n == 0)
-          throw Error(path + ": the file shrank while it was read (" + std::to_string(done) + " of " +
-                      std::to_string(m.size_) + " bytes)");
+          throw Error(ErrorKind::kIo, path + ": the file shrank while it was read (" + std::to_string(done) + " of " +
+                                          std::to_string(m.size_) + " bytes)");
         done += static_cast<std::size_t>(n);
       }
       ::mprotect(p, m.size_, PROT_READ);  // read-only like a map (a failure leaves it writable, no harm)
@@ -80,7 +82,7 @@ MappedFile MappedFile::open(const std::string& path, Access access) {
   }
   if (m.size_ > 0) {
     void* p = ::mmap(nullptr, m.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) throw Error(path + ": cannot memory-map: " + errno_text());
+    if (p == MAP_FAILED) os_fail(path, "cannot memory-map", errno);
     m.map_ = p;
     m.data_ = static_cast<const std::uint8_t*>(p);
   }
@@ -96,7 +98,7 @@ void MappedFile::check_unchanged(const std::string& path) const {
 
 void MappedFile::check_changed_while_open(const std::string& path, const char* when, const char* remedy) const {
   struct stat st {};
-  if (::fstat(fd_, &st) != 0) throw Error(path + ": cannot stat the model file: " + errno_text());
+  if (::fstat(fd_, &st) != 0) os_fail(path, "cannot stat the model file", errno);
   std::string what;
   auto add = [&what](const std::string& s) { what += (what.empty() ? "" : ", ") + s; };
   const auto size = static_cast<std::uint64_t>(st.st_size);
@@ -110,7 +112,7 @@ void MappedFile::check_changed_while_open(const std::string& path, const char* w
     add("status changed at " + format_time(stamp_.ctime_s, stamp_.ctime_ns) + " -> " +
         format_time(st.st_ctim.tv_sec, st.st_ctim.tv_nsec));
   if (what.empty()) return;
-  throw Error(path + ": the model file changed on disk " + when + " (" + what + "); " + remedy);
+  throw Error(ErrorKind::kIo, path + ": the model file changed on disk " + when + " (" + what + "); " + remedy, path);
 }
 
 MappedFile::MappedFile(MappedFile&& o) noexcept
@@ -152,8 +154,10 @@ MappedFile::~MappedFile() { release(); }
 std::string read_text_file(const std::string& path, std::size_t max_bytes) {
   MappedFile m = MappedFile::open(path);
   if (m.size() > max_bytes)
-    throw Error(path + ": file of " + std::to_string(m.size()) + " bytes exceeds the limit of " +
-                std::to_string(max_bytes) + " bytes");
+    throw Error(ErrorKind::kLimit,
+                path + ": file of " + std::to_string(m.size()) + " bytes exceeds the limit of " +
+                    std::to_string(max_bytes) + " bytes",
+                path);
   return std::string(reinterpret_cast<const char*>(m.data()), m.size());
 }
 
@@ -218,9 +222,9 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
   slot_ = register_temp(temp_);  // before the file exists: a signal in between finds nothing to remove
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) {
-    const std::string why = errno_text();
+    const int err = errno;
     unregister_temp(slot_);
-    throw Error(path + ": cannot create output file: " + why);
+    os_fail(path, "cannot create output file", err);
   }
 }
 
@@ -238,7 +242,7 @@ void AtomicFile::write(const void* data, std::size_t size) {
     const ssize_t n = ::write(fd_, p, size);
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw Error(path_ + ": write failed: " + errno_text());
+      os_fail(path_, "write failed", errno);
     }
     p += n;
     size -= static_cast<std::size_t>(n);
@@ -246,19 +250,20 @@ void AtomicFile::write(const void* data, std::size_t size) {
 }
 
 void AtomicFile::commit() {
-  if (::fsync(fd_) != 0 && errno != EINVAL) throw Error(path_ + ": fsync failed: " + errno_text());
+  if (::fsync(fd_) != 0 && errno != EINVAL) os_fail(path_, "fsync failed", errno);
   if (::close(fd_) != 0) {
+    const int err = errno;
     fd_ = -1;
     ::unlink(temp_.c_str());
-    throw Error(path_ + ": close failed: " + errno_text());
+    os_fail(path_, "close failed", err);
   }
   fd_ = -1;
   if (::rename(temp_.c_str(), path_.c_str()) != 0) {
-    const std::string why = errno_text();
+    const int err = errno;
     ::unlink(temp_.c_str());
     unregister_temp(slot_);
     slot_ = -1;
-    throw Error(path_ + ": cannot rename the finished file into place: " + why);
+    os_fail(path_, "cannot rename the finished file into place", err);
   }
   unregister_temp(slot_);
   slot_ = -1;

@@ -181,9 +181,10 @@ std::string compute_backbone_identity(const Config& config, const TensorLookup& 
   std::vector<Item> items;
   for (const auto& [name, shape] : keys::encoder_tensors(config, prefix)) {
     const TensorView* v = lookup(name);
-    if (!v) throw Error(source + ": missing tensor '" + name + "'");
+    if (!v) throw Error(ErrorKind::kMalformed, source + ": missing tensor '" + name + "'");
     if (!is_float(v->dtype))
-      throw Error(source + ": tensor '" + name + "' has dtype " + dtype_name(v->dtype) + ", expected a float type");
+      throw Error(ErrorKind::kUnsupported,
+                  source + ": tensor '" + name + "' has dtype " + dtype_name(v->dtype) + ", expected a float type");
     items.push_back({name.substr(prefix.size()), v, ""});
   }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.name < b.name; });
@@ -216,7 +217,8 @@ std::string recorded_backbone_identity(const std::map<std::string, std::string>&
                      return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
                    });
   if (!hex)
-    throw Error(source + ": __metadata__ " + kBackboneMetadataKey + " is not a SHA-256 (64 lower-case hex digits)");
+    throw Error(ErrorKind::kMalformed,
+                source + ": __metadata__ " + kBackboneMetadataKey + " is not a SHA-256 (64 lower-case hex digits)");
   return v;
 }
 

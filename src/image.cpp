@@ -48,7 +48,10 @@
 namespace vitmsn {
 namespace {
 
-[[noreturn]] void fail(const std::string& name, const std::string& what) { throw Error(name + ": " + what); }
+// Throws "<name>: <what>" (name: the file's path, or the name decode_image() was given).
+[[noreturn]] void fail(const std::string& name, const std::string& what, ErrorKind kind = ErrorKind::kMalformed) {
+  throw Error(kind, name + ": " + what, name);
+}
 
 std::atomic<std::uint64_t> g_pixel_buffers{0};
 
@@ -440,9 +443,11 @@ void check_limits(const std::string& name, long long width, long long height, co
   }
   const std::uint64_t pixels = static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(height);
   if (pixels > limits.max_pixels) {
-    fail(name, "image is " + std::to_string(width) + "x" + std::to_string(height) + " = " + std::to_string(pixels) +
-                   " pixels, more than the limit of " + std::to_string(limits.max_pixels) +
-                   " pixels (ImageLimits::max_pixels)");
+    fail(name,
+         "image is " + std::to_string(width) + "x" + std::to_string(height) + " = " + std::to_string(pixels) +
+             " pixels, more than the limit of " + std::to_string(limits.max_pixels) +
+             " pixels (ImageLimits::max_pixels)",
+         ErrorKind::kLimit);
   }
 }
 
@@ -473,7 +478,8 @@ PnmHeader read_pnm_header(const std::uint8_t* d, std::size_t n, const std::strin
   auto space = [](std::uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; };
   PnmHeader h;
   h.channels = d[1] == '6' ? 3 : 1;
-  if (n < 3 || !space(d[2])) fail(name, "not a supported image: PNM magic P5/P6 must be followed by whitespace");
+  if (n < 3 || !space(d[2]))
+    fail(name, "not a supported image: PNM magic P5/P6 must be followed by whitespace", ErrorKind::kUnsupported);
   std::size_t i = 2;
   std::uint64_t value[3] = {0, 0, 0};
   for (auto& v : value) {
@@ -593,7 +599,7 @@ struct TjDestroy {
 bool decode_jpeg_turbo(const std::uint8_t* data, std::size_t size, const std::string& name, const ImageLimits& limits,
                        Image* out) {
   std::unique_ptr<void, TjDestroy> handle(tjInitDecompress());
-  if (!handle) fail(name, std::string("cannot initialise libjpeg-turbo: ") + tjGetErrorStr2(nullptr));
+  if (!handle) fail(name, std::string("cannot initialise libjpeg-turbo: ") + tjGetErrorStr2(nullptr), ErrorKind::kIo);
   int width = 0, height = 0, subsampling = 0, colorspace = 0;
   if (tjDecompressHeader3(handle.get(), data, static_cast<unsigned long>(size), &width, &height, &subsampling,
                           &colorspace) != 0) {
@@ -642,7 +648,7 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
     size = without_empty_idat.size();
   }
   if (size > static_cast<std::size_t>(INT_MAX)) {
-    fail(name, "file is " + std::to_string(size) + " bytes, more than the decoder's 2 GiB limit");
+    fail(name, "file is " + std::to_string(size) + " bytes, more than the decoder's 2 GiB limit", ErrorKind::kLimit);
   }
   int length = static_cast<int>(size);
   std::vector<std::uint8_t> with_standard_tables;
@@ -672,7 +678,7 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
     if (add_missing_standard_huffman_tables(data, size, name, &with_standard_tables)) {
       data = with_standard_tables.data();
       size = with_standard_tables.size();
-      if (size > static_cast<std::size_t>(INT_MAX)) fail(name, "file is too large for the decoder");
+      if (size > static_cast<std::size_t>(INT_MAX)) fail(name, "file is too large for the decoder", ErrorKind::kLimit);
       length = static_cast<int>(size);
     }
 #ifdef VITMSN_WITH_TURBOJPEG
@@ -682,13 +688,15 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const std::string
   } else if (is_pnm(data, size)) {
     return decode_pnm(data, size, name, limits);
   } else {
-    if (stb_sniffs_jpeg(data, size)) fail(name, "not a supported image: a JPEG must start with FF D8 FF");
+    if (stb_sniffs_jpeg(data, size))
+      fail(name, "not a supported image: a JPEG must start with FF D8 FF", ErrorKind::kUnsupported);
     int w = 0, h = 0, n = 0;
     if (!stbi_info_from_memory(data, length, &w, &h, &n)) {
       fail(name,
            "not a supported image (PNG, JPEG, BMP, GIF, TGA, PSD, PNM) or corrupt "
            "header (" +
-               stb_reason() + ")");
+               stb_reason() + ")",
+           ErrorKind::kUnsupported);
     }
     width = w;
     height = h;
@@ -733,16 +741,18 @@ Image read_image(const std::string& path, const ImageLimits& limits) {
 
 void write_png(const std::string& path, const Image& image) {
   if (image.width <= 0 || image.height <= 0) {
-    fail(path,
-         "cannot write an empty image (" + std::to_string(image.width) + "x" + std::to_string(image.height) + ")");
+    fail(path, "cannot write an empty image (" + std::to_string(image.width) + "x" + std::to_string(image.height) + ")",
+         ErrorKind::kArgument);
   }
   if (image.width > INT_MAX / 3 || image.rgb.size() != static_cast<std::size_t>(image.width) * image.height * 3) {
-    fail(path, "image buffer holds " + std::to_string(image.rgb.size()) + " bytes, expected " +
-                   std::to_string(image.width) + "x" + std::to_string(image.height) + "x3");
+    fail(path,
+         "image buffer holds " + std::to_string(image.rgb.size()) + " bytes, expected " + std::to_string(image.width) +
+             "x" + std::to_string(image.height) + "x3",
+         ErrorKind::kArgument);
   }
   std::vector<std::uint8_t> bytes;
   if (!stbi_write_png_to_func(&append_bytes, &bytes, image.width, image.height, 3, image.rgb.data(), image.width * 3)) {
-    fail(path, "cannot encode PNG");
+    fail(path, "cannot encode PNG", ErrorKind::kIo);
   }
   // Temporary file in the same folder, renamed onto `path` when complete (removed on failure).
   detail::AtomicFile out(path);

@@ -11,7 +11,7 @@ void write_npy(const std::string& path, const std::vector<std::int64_t>& shape, 
   std::string dims;
   std::size_t n = 1;
   for (auto d : shape) {
-    if (d < 0) throw Error(path + ": negative dimension in npy shape");
+    if (d < 0) throw Error(ErrorKind::kArgument, path + ": negative dimension in npy shape", path);
     dims += std::to_string(d) + ", ";
     n *= static_cast<std::size_t>(d);
   }
@@ -86,7 +86,8 @@ class NpyHeader {
 
  private:
   [[noreturn]] void fail(const std::string& what) const {
-    throw Error(path_ + ": bad .npy header (" + what + " at byte " + std::to_string(i_) + ")");
+    throw Error(ErrorKind::kMalformed, path_ + ": bad .npy header (" + what + " at byte " + std::to_string(i_) + ")",
+                path_);
   }
   char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
   void skip_space() {
@@ -159,26 +160,30 @@ std::string shape_text(const std::vector<std::int64_t>& dims) {
 std::vector<float> read_npy(const std::string& path, std::vector<std::int64_t>* shape) {
   const detail::MappedFile m = detail::MappedFile::open(path);
   const auto* p = m.data();
-  if (m.size() < 10 || std::memcmp(p, "\x93NUMPY", 6) != 0) throw Error(path + ": not a .npy file");
+  if (m.size() < 10 || std::memcmp(p, "\x93NUMPY", 6) != 0)
+    throw Error(ErrorKind::kMalformed, path + ": not a .npy file", path);
   std::size_t hlen = 0, start = 0;
   if (p[6] == 1) {
     hlen = p[8] | (p[9] << 8);
     start = 10;
   } else if (p[6] == 2 || p[6] == 3) {
-    if (m.size() < 12) throw Error(path + ": truncated .npy header");
+    if (m.size() < 12) throw Error(ErrorKind::kMalformed, path + ": truncated .npy header", path);
     hlen = p[8] | (p[9] << 8) | (static_cast<std::size_t>(p[10]) << 16) | (static_cast<std::size_t>(p[11]) << 24);
     start = 12;
   } else {
-    throw Error(path + ": unsupported .npy version " + std::to_string(p[6]));
+    throw Error(ErrorKind::kUnsupported, path + ": unsupported .npy version " + std::to_string(p[6]), path);
   }
-  if (hlen > m.size() - start) throw Error(path + ": .npy header runs past the end of the file");
+  if (hlen > m.size() - start)
+    throw Error(ErrorKind::kMalformed, path + ": .npy header runs past the end of the file", path);
   const std::string h(reinterpret_cast<const char*>(p + start), hlen);
   std::string descr;
   bool fortran = true;
   std::vector<std::int64_t> dims;
   NpyHeader(h, path).parse(&descr, &fortran, &dims);
-  if (descr != "<f4") throw Error(path + ": .npy dtype is '" + descr + "', not little-endian float32 ('<f4')");
-  if (fortran) throw Error(path + ": .npy is in Fortran order");
+  if (descr != "<f4")
+    throw Error(ErrorKind::kUnsupported, path + ": .npy dtype is '" + descr + "', not little-endian float32 ('<f4')",
+                path);
+  if (fortran) throw Error(ErrorKind::kUnsupported, path + ": .npy is in Fortran order", path);
   // The element count, checked against the bytes that are there before anything is allocated.
   const std::size_t data_bytes = m.size() - start - hlen;
   // n never exceeds the data's float count: the product cannot overflow.
@@ -191,14 +196,18 @@ std::vector<float> read_npy(const std::string& path, std::vector<std::int64_t>* 
     for (const std::int64_t d : dims) {
       const auto ud = static_cast<std::size_t>(d);
       if (n > data_bytes / sizeof(float) / ud)
-        throw Error(path + ": .npy shape " + shape_text(dims) + " needs more data than the file's " +
-                    std::to_string(data_bytes) + " bytes");
+        throw Error(ErrorKind::kMalformed,
+                    path + ": .npy shape " + shape_text(dims) + " needs more data than the file's " +
+                        std::to_string(data_bytes) + " bytes",
+                    path);
       n *= ud;
     }
   }
   if (data_bytes != n * sizeof(float))
-    throw Error(path + ": .npy holds " + std::to_string(data_bytes) + " data bytes, shape " + shape_text(dims) +
-                " needs " + std::to_string(n * sizeof(float)));
+    throw Error(ErrorKind::kMalformed,
+                path + ": .npy holds " + std::to_string(data_bytes) + " data bytes, shape " + shape_text(dims) +
+                    " needs " + std::to_string(n * sizeof(float)),
+                path);
   std::vector<float> out(n);
   if (n) std::memcpy(out.data(), p + start + hlen, n * sizeof(float));
   if (shape) *shape = dims;

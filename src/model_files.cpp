@@ -14,7 +14,7 @@ bool ends_with(const std::string& s, const std::string& tail) {
 // The weights file of `path` (see resolve_model_files).
 std::string locate_weights(const std::string& path, Checkpoints accepted) {
   if (!is_directory(path)) {
-    if (!is_regular_file(path)) throw Error(path + ": no such model file or folder");
+    if (!is_regular_file(path)) throw Error(ErrorKind::kNotFound, path + ": no such model file or folder", path);
     return path;
   }
   const std::string safetensors = join_path(path, "model.safetensors");
@@ -22,12 +22,16 @@ std::string locate_weights(const std::string& path, Checkpoints accepted) {
   const std::string bin = join_path(path, "pytorch_model.bin");
   if (is_regular_file(bin)) {
     if (accepted == Checkpoints::kSafetensorsOrTorch) return bin;
-    throw Error(path + ": has pytorch_model.bin but no model.safetensors; convert it first: vitmsn-convert " + path +
-                " " + safetensors);
+    throw Error(ErrorKind::kUnsupported,
+                path + ": has pytorch_model.bin but no model.safetensors; convert it first: vitmsn-convert " + path +
+                    " " + safetensors,
+                bin);
   }
-  throw Error(path + (accepted == Checkpoints::kSafetensorsOrTorch
+  throw Error(ErrorKind::kNotFound,
+              path + (accepted == Checkpoints::kSafetensorsOrTorch
                           ? ": no model.safetensors or pytorch_model.bin in this folder"
-                          : ": no model.safetensors in this folder"));
+                          : ": no model.safetensors in this folder"),
+              path);
 }
 
 }  // namespace
@@ -49,9 +53,11 @@ ModelFiles resolve_model_files(const std::string& path, Checkpoints accepted, Fi
     m.config = read_config(config_json);
     m.config_source = config_json;
   } else {
-    throw Error(m.weights +
-                ": no model config: no \"config\" entry in its __metadata__ and no config.json beside it (" +
-                config_json + ")");
+    throw Error(ErrorKind::kNotFound,
+                m.weights +
+                    ": no model config: no \"config\" entry in its __metadata__ and no config.json beside it (" +
+                    config_json + ")",
+                config_json);
   }
 
   const std::string pre_json = join_path(dir, "preprocessor_config.json");

@@ -82,7 +82,8 @@ Filter filter_for(Resample resample) {
     case Resample::kNearest:
       break;
   }
-  throw Error("resize: no convolution filter for resample code " + std::to_string(static_cast<int>(resample)));
+  throw Error(ErrorKind::kArgument,
+              "resize: no convolution filter for resample code " + std::to_string(static_cast<int>(resample)));
 }
 
 /// 8 bits of result and 2 bits of headroom for negative lobes / sums above one (Pillow's
@@ -109,8 +110,8 @@ Coefficients precompute_coefficients(int in_size, int out_size, const Filter& fi
   c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
   if (static_cast<std::uint64_t>(out_size) * static_cast<std::uint64_t>(c.ksize) >
       static_cast<std::uint64_t>(INT_MAX)) {
-    throw Error("resize: " + std::to_string(in_size) + " -> " + std::to_string(out_size) +
-                " needs too many filter coefficients");
+    throw Error(ErrorKind::kLimit, "resize: " + std::to_string(in_size) + " -> " + std::to_string(out_size) +
+                                       " needs too many filter coefficients");
   }
   c.first.resize(out_size);
   c.count.resize(out_size);
@@ -232,9 +233,9 @@ Image resize_nearest(const Image& in, int width, int height) {
 void check_image(const Image& image, const char* what) {
   if (image.width <= 0 || image.height <= 0 ||
       image.rgb.size() != static_cast<std::size_t>(image.width) * image.height * 3) {
-    throw Error(std::string(what) + ": invalid input image " + std::to_string(image.width) + "x" +
-                std::to_string(image.height) + " with " + std::to_string(image.rgb.size()) +
-                " bytes (expected width*height*3)");
+    throw Error(ErrorKind::kArgument, std::string(what) + ": invalid input image " + std::to_string(image.width) + "x" +
+                                          std::to_string(image.height) + " with " + std::to_string(image.rgb.size()) +
+                                          " bytes (expected width*height*3)");
   }
 }
 
@@ -269,15 +270,15 @@ Image center_crop(const Image& in, int crop_h, int crop_w) {
 Image resize(const Image& image, int width, int height, Resample filter, const ImageLimits& limits) {
   check_image(image, "resize");
   if (width < 1 || height < 1) {
-    throw Error("resize: output size " + std::to_string(width) + "x" + std::to_string(height) +
-                " must be at least 1x1");
+    throw Error(ErrorKind::kArgument, "resize: output size " + std::to_string(width) + "x" + std::to_string(height) +
+                                          " must be at least 1x1");
   }
   if (static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(height) > limits.max_pixels) {
-    throw Error("resize: output size " + std::to_string(width) + "x" + std::to_string(height) + " exceeds " +
-                std::to_string(limits.max_pixels) + " pixels");
+    throw Error(ErrorKind::kLimit, "resize: output size " + std::to_string(width) + "x" + std::to_string(height) +
+                                       " exceeds " + std::to_string(limits.max_pixels) + " pixels");
   }
   const int code = static_cast<int>(filter);
-  if (code < 0 || code > 5) throw Error("resize: unknown resample code " + std::to_string(code));
+  if (code < 0 || code > 5) throw Error(ErrorKind::kArgument, "resize: unknown resample code " + std::to_string(code));
   // Same size: Pillow returns a copy (no filtering at all, whatever the filter).
   if (width == image.width && height == image.height) return image;
   if (filter == Resample::kNearest) return resize_nearest(image, width, height);
@@ -299,11 +300,12 @@ Image resize(const Image& image, int width, int height, Resample filter, const I
     const std::uint64_t temp_pixels =
         static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(row_last - row_first);
     if (temp_pixels > limits.max_pixels) {
-      throw Error("resize: " + std::to_string(image.width) + "x" + std::to_string(image.height) + " to " +
-                  std::to_string(width) + "x" + std::to_string(height) + " needs an intermediate image of " +
-                  std::to_string(width) + "x" + std::to_string(row_last - row_first) +
-                  " pixels (Pillow resizes rows first), above the limit of " + std::to_string(limits.max_pixels) +
-                  " pixels");
+      throw Error(ErrorKind::kLimit, "resize: " + std::to_string(image.width) + "x" + std::to_string(image.height) +
+                                         " to " + std::to_string(width) + "x" + std::to_string(height) +
+                                         " needs an intermediate image of " + std::to_string(width) + "x" +
+                                         std::to_string(row_last - row_first) +
+                                         " pixels (Pillow resizes rows first), above the limit of " +
+                                         std::to_string(limits.max_pixels) + " pixels");
     }
     const Coefficients horiz = precompute_coefficients(image.width, width, f);
     temp.resize(static_cast<std::size_t>(width) * (row_last - row_first) * 3);
@@ -365,8 +367,9 @@ Image Preprocessor::resize_only(const Image& image) const {
       const auto product = static_cast<double>(static_cast<std::int64_t>(config_.shortest_edge) * long_side);
       const double new_long = product / short_side;
       if (new_long > static_cast<double>(INT_MAX)) {
-        throw Error("preprocess: resizing " + std::to_string(image.width) + "x" + std::to_string(image.height) +
-                    " to shortest edge " + std::to_string(config_.shortest_edge) + " gives an oversized long side");
+        throw Error(ErrorKind::kLimit, "preprocess: resizing " + std::to_string(image.width) + "x" +
+                                           std::to_string(image.height) + " to shortest edge " +
+                                           std::to_string(config_.shortest_edge) + " gives an oversized long side");
       }
       if (image.width <= image.height) {
         width = config_.shortest_edge;

@@ -21,7 +21,7 @@ using nlohmann::json;
 constexpr int kMaxSide = 1 << 16;
 
 [[noreturn]] void bad_key(const std::string& source, const std::string& key, const std::string& problem) {
-  throw Error(source + ": key '" + key + "' " + problem);
+  throw Error(ErrorKind::kMalformed, source + ": key '" + key + "' " + problem);
 }
 
 std::string describe(const json& value) {
@@ -142,9 +142,9 @@ PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const
   try {
     root = json::parse(json_text);
   } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e400
-    throw Error(source + ": invalid JSON: " + detail::describe_json_error(e, json_text));
+    throw Error(ErrorKind::kMalformed, source + ": invalid JSON: " + detail::describe_json_error(e, json_text));
   }
-  if (!root.is_object()) throw Error(source + ": expected a JSON object, got " + describe(root));
+  if (!root.is_object()) throw Error(ErrorKind::kMalformed, source + ": expected a JSON object, got " + describe(root));
 
   PreprocessorConfig c;
   read_bool(root, "do_resize", source, &c.do_resize);

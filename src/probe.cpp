@@ -167,43 +167,48 @@ class LineSearch {
 // Checks shared by the public entry points
 
 void check_problem(const MatrixXd& features, const std::vector<int>& labels, int num_classes) {
-  if (num_classes < 2) throw Error("probe: needs at least 2 classes, got " + std::to_string(num_classes));
+  if (num_classes < 2)
+    throw Error(ErrorKind::kArgument, "probe: needs at least 2 classes, got " + std::to_string(num_classes));
   if (features.rows() < 1 || features.cols() < 1)
-    throw Error("probe: no features (" + std::to_string(features.rows()) + " x " + std::to_string(features.cols()) +
-                ")");
+    throw Error(ErrorKind::kArgument, "probe: no features (" + std::to_string(features.rows()) + " x " +
+                                          std::to_string(features.cols()) + ")");
   if (static_cast<Index>(labels.size()) != features.rows())
-    throw Error("probe: " + std::to_string(labels.size()) + " labels for " + std::to_string(features.rows()) +
-                " feature rows");
+    throw Error(ErrorKind::kArgument, "probe: " + std::to_string(labels.size()) + " labels for " +
+                                          std::to_string(features.rows()) + " feature rows");
   std::vector<int> count(num_classes, 0);
   for (std::size_t i = 0; i < labels.size(); ++i) {
     if (labels[i] < 0 || labels[i] >= num_classes)
-      throw Error("probe: label " + std::to_string(labels[i]) + " of example " + std::to_string(i) + " is outside 0.." +
-                  std::to_string(num_classes - 1));
+      throw Error(ErrorKind::kArgument, "probe: label " + std::to_string(labels[i]) + " of example " +
+                                            std::to_string(i) + " is outside 0.." + std::to_string(num_classes - 1));
     ++count[labels[i]];
   }
   for (int k = 0; k < num_classes; ++k)
-    if (count[k] == 0) throw Error("probe: class " + std::to_string(k) + " has no examples");
+    if (count[k] == 0) throw Error(ErrorKind::kArgument, "probe: class " + std::to_string(k) + " has no examples");
   if (!features.allFinite()) {
     for (Index i = 0; i < features.rows(); ++i)
       for (Index j = 0; j < features.cols(); ++j)
         if (!std::isfinite(features(i, j)))
-          throw Error("probe: feature " + std::to_string(j) + " of example " + std::to_string(i) + " is " +
-                      (std::isnan(features(i, j)) ? "NaN" : "infinite"));
+          throw Error(ErrorKind::kArgument, "probe: feature " + std::to_string(j) + " of example " + std::to_string(i) +
+                                                " is " + (std::isnan(features(i, j)) ? "NaN" : "infinite"));
   }
 }
 
 void check_options(const ProbeOptions& o) {
   if (!(o.l2 >= 0) || !std::isfinite(o.l2))
-    throw Error("probe: l2 must be finite and >= 0, got " + format_number(o.l2));
+    throw Error(ErrorKind::kArgument, "probe: l2 must be finite and >= 0, got " + format_number(o.l2));
   if (o.l2 == 0) {
-    if (o.l2_grid.empty()) throw Error("probe: the l2 grid is empty");
+    if (o.l2_grid.empty()) throw Error(ErrorKind::kArgument, "probe: the l2 grid is empty");
     for (double v : o.l2_grid)
-      if (!(v > 0) || !std::isfinite(v)) throw Error("probe: l2 grid value " + format_number(v) + " is not positive");
-    if (o.folds < 2) throw Error("probe: cross-validation needs at least 2 folds, got " + std::to_string(o.folds));
+      if (!(v > 0) || !std::isfinite(v))
+        throw Error(ErrorKind::kArgument, "probe: l2 grid value " + format_number(v) + " is not positive");
+    if (o.folds < 2)
+      throw Error(ErrorKind::kArgument,
+                  "probe: cross-validation needs at least 2 folds, got " + std::to_string(o.folds));
     if (!(o.fallback_l2 > 0) || !std::isfinite(o.fallback_l2))
-      throw Error("probe: fallback l2 must be positive, got " + format_number(o.fallback_l2));
+      throw Error(ErrorKind::kArgument, "probe: fallback l2 must be positive, got " + format_number(o.fallback_l2));
   }
-  if (!(o.min_std > 0)) throw Error("probe: min_std must be positive, got " + format_number(o.min_std));
+  if (!(o.min_std > 0))
+    throw Error(ErrorKind::kArgument, "probe: min_std must be positive, got " + format_number(o.min_std));
 }
 
 std::vector<int> class_counts(const std::vector<int>& labels, int num_classes) {
@@ -235,11 +240,12 @@ std::vector<std::vector<int>> shuffled_classes(const std::vector<int>& labels, i
 }
 
 void check_labels(const std::vector<int>& labels, int num_classes) {
-  if (num_classes < 1) throw Error("probe: needs at least 1 class, got " + std::to_string(num_classes));
+  if (num_classes < 1)
+    throw Error(ErrorKind::kArgument, "probe: needs at least 1 class, got " + std::to_string(num_classes));
   for (std::size_t i = 0; i < labels.size(); ++i)
     if (labels[i] < 0 || labels[i] >= num_classes)
-      throw Error("probe: label " + std::to_string(labels[i]) + " of example " + std::to_string(i) + " is outside 0.." +
-                  std::to_string(num_classes - 1));
+      throw Error(ErrorKind::kArgument, "probe: label " + std::to_string(labels[i]) + " of example " +
+                                            std::to_string(i) + " is outside 0.." + std::to_string(num_classes - 1));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -378,14 +384,16 @@ const char* to_string(LbfgsStop stop) {
 }
 
 LbfgsResult minimize_lbfgs(const Objective& objective, Eigen::VectorXd x0, const LbfgsOptions& o) {
-  if (o.memory < 1) throw Error("lbfgs: memory must be >= 1, got " + std::to_string(o.memory));
-  if (o.max_iterations < 0) throw Error("lbfgs: max_iterations must be >= 0, got " + std::to_string(o.max_iterations));
+  if (o.memory < 1) throw Error(ErrorKind::kArgument, "lbfgs: memory must be >= 1, got " + std::to_string(o.memory));
+  if (o.max_iterations < 0)
+    throw Error(ErrorKind::kArgument, "lbfgs: max_iterations must be >= 0, got " + std::to_string(o.max_iterations));
   if (o.max_line_search < 1)
-    throw Error("lbfgs: max_line_search must be >= 1, got " + std::to_string(o.max_line_search));
-  if (!(o.gradient_tolerance >= 0) || !(o.relative_tolerance >= 0)) throw Error("lbfgs: tolerances must be >= 0");
+    throw Error(ErrorKind::kArgument, "lbfgs: max_line_search must be >= 1, got " + std::to_string(o.max_line_search));
+  if (!(o.gradient_tolerance >= 0) || !(o.relative_tolerance >= 0))
+    throw Error(ErrorKind::kArgument, "lbfgs: tolerances must be >= 0");
   if (!(0 < o.armijo && o.armijo < o.curvature && o.curvature < 1))
-    throw Error("lbfgs: needs 0 < armijo < curvature < 1, got " + format_number(o.armijo) + ", " +
-                format_number(o.curvature));
+    throw Error(ErrorKind::kArgument, "lbfgs: needs 0 < armijo < curvature < 1, got " + format_number(o.armijo) + ", " +
+                                          format_number(o.curvature));
 
   LbfgsResult r;
   const Index n = x0.size();
@@ -393,7 +401,7 @@ LbfgsResult minimize_lbfgs(const Objective& objective, Eigen::VectorXd x0, const
   double fx = objective(x, g);
   r.evaluations = 1;
   if (!std::isfinite(fx) || !g.allFinite())
-    throw Error("lbfgs: the objective or its gradient is not finite at the starting point");
+    throw Error(ErrorKind::kArgument, "lbfgs: the objective or its gradient is not finite at the starting point");
   r.history.push_back(fx);
 
   // The last m correction pairs s = x₊ − x, y = g₊ − g in a ring, oldest first from `head`.
@@ -482,8 +490,10 @@ LbfgsResult minimize_lbfgs(const Objective& objective, Eigen::VectorXd x0, const
 // Pieces
 
 Standardization fit_standardization(const Eigen::MatrixXd& features, double min_std) {
-  if (features.rows() < 1 || features.cols() < 1) throw Error("standardization: no features to fit");
-  if (!(min_std > 0)) throw Error("standardization: min_std must be positive, got " + format_number(min_std));
+  if (features.rows() < 1 || features.cols() < 1)
+    throw Error(ErrorKind::kArgument, "standardization: no features to fit");
+  if (!(min_std > 0))
+    throw Error(ErrorKind::kArgument, "standardization: min_std must be positive, got " + format_number(min_std));
   Standardization s;
   s.mean = features.colwise().mean();
   // Population standard deviation (divide by N) about the mean.
@@ -496,15 +506,15 @@ Standardization fit_standardization(const Eigen::MatrixXd& features, double min_
 
 Eigen::MatrixXd standardize(const Eigen::MatrixXd& features, const Standardization& s) {
   if (features.cols() != s.mean.size())
-    throw Error("standardization: features have " + std::to_string(features.cols()) + " dimensions, fitted on " +
-                std::to_string(s.mean.size()));
+    throw Error(ErrorKind::kArgument, "standardization: features have " + std::to_string(features.cols()) +
+                                          " dimensions, fitted on " + std::to_string(s.mean.size()));
   return ((features.rowwise() - s.mean).array().rowwise() / s.scale.array()).matrix();
 }
 
 LinearHead detail::fold_standardization(const LinearHead& h, const Standardization& s) {
   if (h.weight.cols() != s.scale.size())
-    throw Error("standardization: head over " + std::to_string(h.weight.cols()) + " dimensions, fitted on " +
-                std::to_string(s.scale.size()));
+    throw Error(ErrorKind::kArgument, "standardization: head over " + std::to_string(h.weight.cols()) +
+                                          " dimensions, fitted on " + std::to_string(s.scale.size()));
   // V·(x − μ)/σ + c = (V/σ)·x + (c − (V/σ)·μ)
   LinearHead out;
   out.weight = (h.weight.array().rowwise() / s.scale.array()).matrix();
@@ -514,8 +524,8 @@ LinearHead detail::fold_standardization(const LinearHead& h, const Standardizati
 
 std::vector<int> predict(const LinearHead& head, const Eigen::MatrixXd& features) {
   if (features.cols() != head.weight.cols())
-    throw Error("probe: features have " + std::to_string(features.cols()) + " dimensions, the head " +
-                std::to_string(head.weight.cols()));
+    throw Error(ErrorKind::kArgument, "probe: features have " + std::to_string(features.cols()) +
+                                          " dimensions, the head " + std::to_string(head.weight.cols()));
   return argmax_rows(head.logits(features));
 }
 
@@ -523,8 +533,8 @@ double softmax_cross_entropy(const Eigen::MatrixXd& features, const std::vector<
                              double l2, const Eigen::VectorXd& params, Eigen::VectorXd* gradient) {
   check_problem(features, labels, num_classes);
   if (params.size() != num_classes * (features.cols() + 1))
-    throw Error("probe: " + std::to_string(params.size()) +
-                " parameters, expected K*(D+1) = " + std::to_string(num_classes * (features.cols() + 1)));
+    throw Error(ErrorKind::kArgument, "probe: " + std::to_string(params.size()) + " parameters, expected K*(D+1) = " +
+                                          std::to_string(num_classes * (features.cols() + 1)));
   SoftmaxObjective objective(features, labels, num_classes, l2);
   return objective(params, gradient);
 }
@@ -532,17 +542,20 @@ double softmax_cross_entropy(const Eigen::MatrixXd& features, const std::vector<
 LbfgsResult fit_softmax(const Eigen::MatrixXd& standardized_features, const std::vector<int>& labels, int num_classes,
                         double l2, const LbfgsOptions& options, const Eigen::VectorXd& initial) {
   check_problem(standardized_features, labels, num_classes);
-  if (!(l2 >= 0) || !std::isfinite(l2)) throw Error("probe: l2 must be finite and >= 0, got " + format_number(l2));
+  if (!(l2 >= 0) || !std::isfinite(l2))
+    throw Error(ErrorKind::kArgument, "probe: l2 must be finite and >= 0, got " + format_number(l2));
   if (initial.size() && initial.size() != num_classes * (standardized_features.cols() + 1))
-    throw Error("probe: initial point has " + std::to_string(initial.size()) +
-                " values, expected K*(D+1) = " + std::to_string(num_classes * (standardized_features.cols() + 1)));
+    throw Error(ErrorKind::kArgument,
+                "probe: initial point has " + std::to_string(initial.size()) +
+                    " values, expected K*(D+1) = " + std::to_string(num_classes * (standardized_features.cols() + 1)));
   return fit(standardized_features, labels, num_classes, l2, options, initial);
 }
 
 LinearHead detail::unpack_head(const Eigen::VectorXd& params, int num_classes, int dim) {
   if (num_classes < 1 || dim < 1 || params.size() != static_cast<Index>(num_classes) * (dim + 1))
-    throw Error("probe: " + std::to_string(params.size()) + " parameters do not make a head of " +
-                std::to_string(num_classes) + " classes over " + std::to_string(dim) + " dimensions");
+    throw Error(ErrorKind::kArgument, "probe: " + std::to_string(params.size()) + " parameters do not make a head of " +
+                                          std::to_string(num_classes) + " classes over " + std::to_string(dim) +
+                                          " dimensions");
   LinearHead h;
   h.weight = Eigen::Map<const RowMajorMatrixXd>(params.data(), num_classes, dim);
   h.bias = params.tail(num_classes);
@@ -616,8 +629,8 @@ double Evaluation::class_accuracy(int k) const {
 
 Evaluation score_predictions(const std::vector<int>& labels, const std::vector<int>& predictions, int num_classes) {
   if (labels.size() != predictions.size())
-    throw Error("probe: " + std::to_string(predictions.size()) + " predictions for " + std::to_string(labels.size()) +
-                " labels");
+    throw Error(ErrorKind::kArgument, "probe: " + std::to_string(predictions.size()) + " predictions for " +
+                                          std::to_string(labels.size()) + " labels");
   check_labels(labels, num_classes);
   check_labels(predictions, num_classes);
   Evaluation e;
@@ -629,13 +642,14 @@ Evaluation score_predictions(const std::vector<int>& labels, const std::vector<i
 
 Evaluation evaluate(const LinearHead& head, const Eigen::MatrixXd& features, const std::vector<int>& labels) {
   if (static_cast<Index>(labels.size()) != features.rows())
-    throw Error("probe: " + std::to_string(labels.size()) + " labels for " + std::to_string(features.rows()) +
-                " feature rows");
+    throw Error(ErrorKind::kArgument, "probe: " + std::to_string(labels.size()) + " labels for " +
+                                          std::to_string(features.rows()) + " feature rows");
   return score_predictions(labels, predict(head, features), head.num_classes());
 }
 
 std::vector<int> stratified_folds(const std::vector<int>& labels, int num_classes, int folds, std::uint64_t seed) {
-  if (folds < 2) throw Error("probe: cross-validation needs at least 2 folds, got " + std::to_string(folds));
+  if (folds < 2)
+    throw Error(ErrorKind::kArgument, "probe: cross-validation needs at least 2 folds, got " + std::to_string(folds));
   check_labels(labels, num_classes);
   std::vector<int> fold(labels.size(), 0);
   int next = 0;
@@ -650,7 +664,8 @@ std::vector<int> stratified_folds(const std::vector<int>& labels, int num_classe
 HoldoutSplit stratified_holdout(const std::vector<int>& labels, int num_classes, double test_fraction,
                                 std::uint64_t seed) {
   if (!(test_fraction > 0 && test_fraction < 1))
-    throw Error("probe: the test fraction must be in (0, 1), got " + format_number(test_fraction));
+    throw Error(ErrorKind::kArgument,
+                "probe: the test fraction must be in (0, 1), got " + format_number(test_fraction));
   check_labels(labels, num_classes);
   HoldoutSplit split;
   for (const auto& members : shuffled_classes(labels, num_classes, seed)) {
@@ -659,7 +674,8 @@ HoldoutSplit stratified_holdout(const std::vector<int>& labels, int num_classes,
     split.test.insert(split.test.end(), members.begin(), members.begin() + n_test);
     split.train.insert(split.train.end(), members.begin() + n_test, members.end());
   }
-  if (split.test.empty()) throw Error("probe: the test split is empty: no class has 2 or more examples");
+  if (split.test.empty())
+    throw Error(ErrorKind::kArgument, "probe: the test split is empty: no class has 2 or more examples");
   std::sort(split.train.begin(), split.train.end());
   std::sort(split.test.begin(), split.test.end());
   return split;
@@ -669,7 +685,8 @@ Eigen::MatrixXd detail::select_rows(const Eigen::MatrixXd& features, const std::
   MatrixXd out(rows.size(), features.cols());
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (rows[i] < 0 || rows[i] >= features.rows())
-      throw Error("probe: row " + std::to_string(rows[i]) + " is outside 0.." + std::to_string(features.rows() - 1));
+      throw Error(ErrorKind::kArgument,
+                  "probe: row " + std::to_string(rows[i]) + " is outside 0.." + std::to_string(features.rows() - 1));
     out.row(i) = features.row(rows[i]);
   }
   return out;
@@ -679,7 +696,8 @@ std::vector<int> detail::select_labels(const std::vector<int>& labels, const std
   std::vector<int> out(rows.size());
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (rows[i] < 0 || rows[i] >= static_cast<int>(labels.size()))
-      throw Error("probe: row " + std::to_string(rows[i]) + " is outside 0.." + std::to_string(labels.size() - 1));
+      throw Error(ErrorKind::kArgument,
+                  "probe: row " + std::to_string(rows[i]) + " is outside 0.." + std::to_string(labels.size() - 1));
     out[i] = labels[rows[i]];
   }
   return out;
@@ -689,12 +707,14 @@ CrossValidation cross_validate(const Eigen::MatrixXd& features, const std::vecto
                                int folds, const ProbeOptions& options) {
   check_problem(features, labels, num_classes);
   check_options(options);
-  if (folds < 2) throw Error("probe: cross-validation needs at least 2 folds, got " + std::to_string(folds));
+  if (folds < 2)
+    throw Error(ErrorKind::kArgument, "probe: cross-validation needs at least 2 folds, got " + std::to_string(folds));
   const std::vector<int> count = class_counts(labels, num_classes);
   for (int k = 0; k < num_classes; ++k)
     if (count[k] < 2)
-      throw Error("probe: class " + std::to_string(k) +
-                  " has a single example; cross-validation needs at least 2 examples of every class");
+      throw Error(ErrorKind::kArgument,
+                  "probe: class " + std::to_string(k) +
+                      " has a single example; cross-validation needs at least 2 examples of every class");
   CrossValidation cv;
   cv.folds = std::min(folds, *std::min_element(count.begin(), count.end()));
   cv.fold = stratified_folds(labels, num_classes, cv.folds, options.seed);
@@ -736,16 +756,19 @@ void write_head(const std::string& path, const Probe& probe, const std::vector<s
                 const std::map<std::string, std::string>& extra_metadata) {
   const LinearHead& h = probe.head;
   const Index k = h.weight.rows(), d = h.weight.cols();
-  if (k < 1 || d < 1 || h.bias.size() != k) throw Error(path + ": the probe has no head to save");
+  if (k < 1 || d < 1 || h.bias.size() != k)
+    throw Error(ErrorKind::kArgument, path + ": the probe has no head to save", path);
   if (static_cast<Index>(labels.size()) != k)
-    throw Error(path + ": " + std::to_string(labels.size()) + " labels for a head of " + std::to_string(k) +
-                " classes");
+    throw Error(ErrorKind::kArgument,
+                path + ": " + std::to_string(labels.size()) + " labels for a head of " + std::to_string(k) + " classes",
+                path);
   nlohmann::json id2label = nlohmann::json::object();
   for (std::size_t i = 0; i < labels.size(); ++i) {
-    if (labels[i].empty()) throw Error(path + ": label " + std::to_string(i) + " is empty");
+    if (labels[i].empty()) throw Error(ErrorKind::kArgument, path + ": label " + std::to_string(i) + " is empty", path);
     id2label[std::to_string(i)] = labels[i];
   }
-  if (!h.weight.allFinite() || !h.bias.allFinite()) throw Error(path + ": the head has non-finite values");
+  if (!h.weight.allFinite() || !h.bias.allFinite())
+    throw Error(ErrorKind::kArgument, path + ": the head has non-finite values", path);
 
   std::map<std::string, std::string> meta = {
       {"id2label", id2label.dump()},          {"pool", "cls"},
@@ -755,7 +778,8 @@ void write_head(const std::string& path, const Probe& probe, const std::vector<s
       {"standardization", "folded"},
   };
   for (const auto& [key, value] : extra_metadata)
-    if (!meta.emplace(key, value).second) throw Error(path + ": metadata key '" + key + "' is reserved by write_head");
+    if (!meta.emplace(key, value).second)
+      throw Error(ErrorKind::kArgument, path + ": metadata key '" + key + "' is reserved by write_head", path);
 
   using RowMajorMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const RowMajorMatrixXf w = h.weight.cast<float>();

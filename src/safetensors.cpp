@@ -216,7 +216,9 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
       path, access == FileAccess::kCopy ? detail::MappedFile::Access::kCopy : detail::MappedFile::Access::kMap);
   const std::uint8_t* base = impl->map.data();
   const std::uint64_t size = impl->map.size();
-  auto fail = [&](const std::string& what) -> Error { return Error(path + ": " + what); };
+  auto fail = [&](const std::string& what, ErrorKind kind = ErrorKind::kMalformed) -> Error {
+    return Error(kind, path + ": " + what, path);
+  };
 
   if (size < 8)
     throw fail("not a safetensors file: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
@@ -225,10 +227,12 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
   // A header that cannot be right (too long for the file or the cap, not a JSON object): say what
   // the file is instead when it is a kind people pass by mistake.
   if (header_len > limits.max_header_bytes || header_len > size - 8 || size < 9 || base[8] != '{')
-    if (const std::string other = what_else_it_is(base, size, path); !other.empty()) throw fail(other);
+    if (const std::string other = what_else_it_is(base, size, path); !other.empty())
+      throw fail(other, ErrorKind::kUnsupported);
   if (header_len > limits.max_header_bytes)
     throw fail("header length " + std::to_string(header_len) + " exceeds the limit of " +
-               std::to_string(limits.max_header_bytes) + " bytes");
+                   std::to_string(limits.max_header_bytes) + " bytes",
+               ErrorKind::kLimit);
   if (header_len > size - 8)
     throw fail("header length " + std::to_string(header_len) + " runs past the end of the file (" +
                std::to_string(size) + " bytes)");
@@ -245,7 +249,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
   const std::size_t tensor_count = header.size() - (header.contains("__metadata__") ? 1 : 0);
   if (tensor_count > limits.max_tensors)
     throw fail("header lists " + std::to_string(tensor_count) + " tensors, more than the limit of " +
-               std::to_string(limits.max_tensors) + " tensors");
+                   std::to_string(limits.max_tensors) + " tensors",
+               ErrorKind::kLimit);
 
   const std::uint64_t data_begin = 8 + header_len;
   const std::uint64_t data_size = size - data_begin;
@@ -275,7 +280,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, const Safetensors
     if (off == entry.end() || !off->is_array() || off->size() != 2)
       throw fail(where + ": data_offsets must be an array of two integers");
     const DTypeInfo* d = find_dtype(dt->get<std::string>());
-    if (!d) throw fail(where + ": unknown dtype '" + dt->get<std::string>() + "'");
+    if (!d) throw fail(where + ": unknown dtype '" + dt->get<std::string>() + "'", ErrorKind::kUnsupported);
     TensorView view;
     view.name = name;
     view.dtype = d->dtype;
@@ -359,7 +364,7 @@ const TensorView* SafetensorsFile::find(const std::string& name) const {
 
 const TensorView& SafetensorsFile::get(const std::string& name) const {
   const TensorView* t = find(name);
-  if (!t) throw Error(impl_->path + ": missing tensor '" + name + "'");
+  if (!t) throw Error(ErrorKind::kMalformed, impl_->path + ": missing tensor '" + name + "'", impl_->path);
   return *t;
 }
 
@@ -385,17 +390,21 @@ void write_safetensors(const std::string& path, const std::vector<TensorData>& t
   std::uint64_t offset = 0;
   for (std::size_t i = 0; i < order.size(); ++i) {
     const TensorData& t = *order[i];
-    if (t.name.empty() || t.name == "__metadata__") throw Error(path + ": invalid tensor name '" + t.name + "'");
-    if (i && order[i - 1]->name == t.name) throw Error(path + ": duplicate tensor name '" + t.name + "'");
+    if (t.name.empty() || t.name == "__metadata__")
+      throw Error(ErrorKind::kArgument, path + ": invalid tensor name '" + t.name + "'", path);
+    if (i && order[i - 1]->name == t.name)
+      throw Error(ErrorKind::kArgument, path + ": duplicate tensor name '" + t.name + "'", path);
     std::uint64_t numel = 1;
     for (auto d : t.shape) {
-      if (d < 0) throw Error(path + ": tensor '" + t.name + "' has a negative dimension");
+      if (d < 0) throw Error(ErrorKind::kArgument, path + ": tensor '" + t.name + "' has a negative dimension", path);
       numel *= static_cast<std::uint64_t>(d);
     }
     if (numel * dtype_size(t.dtype) != t.bytes.size())
-      throw Error(path + ": tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) + " bytes, shape " +
-                  shape_to_string(t.shape) + " of " + dtype_name(t.dtype) + " needs " +
-                  std::to_string(numel * dtype_size(t.dtype)));
+      throw Error(ErrorKind::kArgument,
+                  path + ": tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) + " bytes, shape " +
+                      shape_to_string(t.shape) + " of " + dtype_name(t.dtype) + " needs " +
+                      std::to_string(numel * dtype_size(t.dtype)),
+                  path);
     header[t.name] = {
         {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
     offset += t.bytes.size();

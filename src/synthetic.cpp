@@ -27,7 +27,8 @@ bool ends_with(const std::string& s, const std::string& tail) {
 }  // namespace
 
 std::vector<TensorData> synthetic_tensors(const Config& config) {
-  if (!config.qkv_bias) throw Error("synthetic weights: the reference generator assumes qkv_bias = true");
+  if (!config.qkv_bias)
+    throw Error(ErrorKind::kUnsupported, "synthetic weights: the reference generator assumes qkv_bias = true");
   std::vector<TensorData> out;
   std::uint64_t t = 0;
   for (const auto& [name, shape] : detail::keys::encoder_tensors(config, "")) {

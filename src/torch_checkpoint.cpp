@@ -90,8 +90,10 @@ class StateDictWalker {
 
   std::vector<NamedTensor> walk(const Value& root) {
     if (root.kind != Kind::kDict) {
-      throw Error(path_ + ": top-level object is a " + kind_name(root.kind) +
-                  ", expected a dict of tensors (a state dict)");
+      throw Error(
+          ErrorKind::kUnsupported,
+          path_ + ": top-level object is a " + kind_name(root.kind) + ", expected a dict of tensors (a state dict)",
+          path_);
     }
     Value chosen = root;
     for (const char* wrapper : kWrapperKeys) {
@@ -102,7 +104,7 @@ class StateDictWalker {
       }
     }
     visit(chosen, "", 0);
-    if (out_.empty()) throw Error(path_ + ": checkpoint holds no tensors");
+    if (out_.empty()) throw Error(ErrorKind::kMalformed, path_ + ": checkpoint holds no tensors", path_);
     return std::move(out_);
   }
 
@@ -116,19 +118,24 @@ class StateDictWalker {
 
   void visit(const Value& d, const std::string& prefix, std::size_t depth) {
     if (depth >= limits_.max_nesting_depth) {
-      throw Error(path_ + ": dicts nested deeper than " + std::to_string(limits_.max_nesting_depth) +
-                  " levels (limit) at '" + prefix + "'");
+      throw Error(ErrorKind::kLimit,
+                  path_ + ": dicts nested deeper than " + std::to_string(limits_.max_nesting_depth) +
+                      " levels (limit) at '" + prefix + "'",
+                  path_);
     }
     for (const auto& [k, v] : vm_.dict(d).items) {
       if (++visited_ > limits_.max_pickle_ops) {
-        throw Error(path_ + ": state dict has more than " + std::to_string(limits_.max_pickle_ops) +
-                    " entries (limit)");
+        throw Error(ErrorKind::kLimit,
+                    path_ + ": state dict has more than " + std::to_string(limits_.max_pickle_ops) + " entries (limit)",
+                    path_);
       }
       // Every entry of a tree of dicts costs the pickle at least one opcode; only a dict shared under
       // several keys is walked more than once, and sharing nested k deep multiplies the walk by 2^k.
       if (visited_ > vm_.ops_executed()) {
-        throw Error(path_ + ": state dict shares dicts so often that walking it reached " + std::to_string(visited_) +
-                    " entries, more than the " + std::to_string(vm_.ops_executed()) + " opcodes of data.pkl");
+        throw Error(ErrorKind::kLimit,
+                    path_ + ": state dict shares dicts so often that walking it reached " + std::to_string(visited_) +
+                        " entries, more than the " + std::to_string(vm_.ops_executed()) + " opcodes of data.pkl",
+                    path_);
       }
       if (v.kind != Kind::kTensor && v.kind != Kind::kDict) continue;
       const std::string name = prefix.empty() ? vm_.key_text(k) : prefix + "." + vm_.key_text(k);
@@ -136,10 +143,12 @@ class StateDictWalker {
         visit(v, name, depth + 1);
         continue;
       }
-      if (!is_valid_utf8(name)) throw Error(path_ + ": tensor name is not valid UTF-8");
-      if (!names_.insert(name).second) throw Error(path_ + ": two tensors are named '" + name + "'");
+      if (!is_valid_utf8(name)) throw Error(ErrorKind::kMalformed, path_ + ": tensor name is not valid UTF-8", path_);
+      if (!names_.insert(name).second)
+        throw Error(ErrorKind::kMalformed, path_ + ": two tensors are named '" + name + "'", path_);
       if (out_.size() >= limits_.max_tensors) {
-        throw Error(path_ + ": more than " + std::to_string(limits_.max_tensors) + " tensors (limit)");
+        throw Error(ErrorKind::kLimit,
+                    path_ + ": more than " + std::to_string(limits_.max_tensors) + " tensors (limit)", path_);
       }
       out_.push_back(NamedTensor{name, &vm_.tensor(v)});
     }
@@ -227,10 +236,12 @@ std::vector<std::size_t> check_views(const ZipArchive& zip, const std::vector<Na
     }
     std::uint64_t bytes = 0;
     if (!checked_mul(numel, dtype_size(s.dtype), bytes) || bytes > limits.max_entry_bytes) {
-      zip.fail(what() + " is larger than the limit of " + std::to_string(limits.max_entry_bytes) + " bytes");
+      zip.fail(what() + " is larger than the limit of " + std::to_string(limits.max_entry_bytes) + " bytes",
+               ErrorKind::kLimit);
     }
     if (!checked_add(total, bytes, total) || total > limits.max_total_bytes) {
-      zip.fail("tensors add up to more than the limit of " + std::to_string(limits.max_total_bytes) + " bytes");
+      zip.fail("tensors add up to more than the limit of " + std::to_string(limits.max_total_bytes) + " bytes",
+               ErrorKind::kLimit);
     }
     if (numel > 0 && last >= s.numel) {
       zip.fail(what() + " addresses element " + std::to_string(last) + " of storage '" + s.key + "', which holds " +
@@ -262,7 +273,8 @@ EntryBytes load_storage(const ZipArchive& zip, const std::string& prefix, const 
 
 std::vector<TensorData> read_torch_checkpoint(const std::string& path, const TorchCheckpointLimits& limits) {
   const detail::MappedFile file = detail::MappedFile::open(path);
-  if (file.size() == 0) throw Error(path + ": empty file, not a torch.save zip checkpoint");
+  if (file.size() == 0)
+    throw Error(ErrorKind::kMalformed, path + ": empty file, not a torch.save zip checkpoint", path);
   const ZipArchive zip(path, file.data(), file.size(), limits);
 
   const ZipEntry& pickle_entry = find_pickle_entry(zip);

@@ -1,7 +1,9 @@
 """ViT-MSN features in Python, over vitmsn's C++ library.
 
 The same numbers as Hugging Face's ViTMSNModel (float32 precision), the library's speed, weights
-used in place from a memory map, and the library's error messages (vitmsn.Error).
+used in place from a memory map, and the library's error messages (vitmsn.Error, a ValueError; its
+subclasses tell the kind: NotFoundError is also a FileNotFoundError, PermissionDeniedError a
+PermissionError, IoError an OSError; MalformedError, UnsupportedError, LimitError, ArgumentError).
 
     import vitmsn
     model = vitmsn.Model("weights/vit-msn-large-7.safetensors")
@@ -20,15 +22,24 @@ import time as _time
 import numpy as _np
 
 from . import _core
-from ._core import Error, Features, Preprocessor, default_threads, image_file_extensions, jpeg_decoder, kernel_isa
+from ._core import (ArgumentError, Error, Features, IoError, LimitError, MalformedError, NotFoundError,
+                    PermissionDeniedError, Preprocessor, UnsupportedError, default_threads, image_file_extensions,
+                    jpeg_decoder, kernel_isa)
 
 __version__ = _core.__version__
 
 __all__ = [
+    "ArgumentError",
     "Error",
     "Features",
+    "IoError",
+    "LimitError",
+    "MalformedError",
     "Model",
+    "NotFoundError",
+    "PermissionDeniedError",
     "Preprocessor",
+    "UnsupportedError",
     "default_threads",
     "image_file_extensions",
     "jpeg_decoder",
@@ -54,14 +65,14 @@ class Model(_core.Model):
         after the current batch.
         """
         if pool not in ("cls", "mean"):
-            raise Error(f"pool must be 'cls' or 'mean', got {pool!r}")
+            raise ArgumentError(f"pool must be 'cls' or 'mean', got {pool!r}")
         if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__iter__"):
             raise TypeError("embed() takes a sequence of inputs (paths, images, arrays); for one input use "
                             "extract_features()")
         inputs = list(inputs)
         batch_size = int(batch_size)
         if batch_size < 1:
-            raise Error(f"batch_size must be at least 1, got {batch_size}")
+            raise ArgumentError(f"batch_size must be at least 1, got {batch_size}")
         out = _np.empty((len(inputs), self.config["hidden_size"]), dtype=_np.float32)
         bar = _Progress(len(inputs)) if progress else None
         try:

@@ -22,6 +22,32 @@ Layers = Union[bool, int, Iterable[int]]
 
 class Error(ValueError):
     """Bad input: the library's message names the culprit and the problem."""
+    kind: str | None
+    """The kind as a string ("not_found", "permission", "io", "malformed", "unsupported", "limit",
+    "argument"); None on Error itself."""
+    path: str | None
+    """The file the error is about, or None."""
+
+class NotFoundError(Error, FileNotFoundError):
+    """A path that does not exist (or a model folder without its weights)."""
+
+class PermissionDeniedError(Error, PermissionError):
+    """The operating system refused access to a path."""
+
+class IoError(Error, OSError):
+    """Another operating-system error reading, writing or mapping a file; a model file changed on disk."""
+
+class MalformedError(Error):
+    """Content that breaks its format: a bad header, a truncated file, invalid JSON, a bad tensor."""
+
+class UnsupportedError(Error):
+    """Well-formed content vitmsn does not read: a dtype, a format or version."""
+
+class LimitError(Error):
+    """A size over a limit (image pixels, header bytes, tensor counts, input tokens)."""
+
+class ArgumentError(Error):
+    """A bad argument or option value: a wrong array shape, an index out of range."""
 
 class Features:
     """What a forward pass returns; the arrays are views of the library's buffers."""

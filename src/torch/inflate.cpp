@@ -31,7 +31,7 @@ constexpr std::array<std::uint8_t, 30> kDistExtra = {0, 0, 0, 0, 1, 1, 2, 2,  3,
 constexpr std::array<std::uint8_t, kCodeLengthCodes> kCodeLengthOrder = {16, 17, 18, 0, 8,  7, 9,  6, 10, 5,
                                                                          11, 4,  12, 3, 13, 2, 14, 1, 15};
 
-[[noreturn]] void fail(const std::string& what) { throw Error("deflate stream: " + what); }
+[[noreturn]] void fail(const std::string& what) { throw Error(ErrorKind::kMalformed, "deflate stream: " + what); }
 
 /// A canonical Huffman code as one lookup table indexed by the next `max_bits` input bits (LSB
 /// first, i.e. bit-reversed codes). Entry = symbol << 4 | code length; 0 marks a bit pattern no code

@@ -89,7 +89,7 @@ Value PickleMachine::run() {
     op_pos_ = pos_;
     op_ = data_[pos_++];
     if (++ops_ > limits_.max_pickle_ops) {
-      fail("more than " + std::to_string(limits_.max_pickle_ops) + " opcodes (limit)");
+      fail("more than " + std::to_string(limits_.max_pickle_ops) + " opcodes (limit)", ErrorKind::kLimit);
     }
     if (op_ == '.') {  // STOP
       return pop();
@@ -103,16 +103,16 @@ Value PickleMachine::run() {
 std::string PickleMachine::key_text(const Value& k) const {
   if (k.kind == Kind::kString) return str(k);
   if (k.kind == Kind::kInt) return std::to_string(k.i);
-  throw Error(where_ + ": dict key of type " + kind_name(k.kind) + " cannot name a tensor");
+  throw Error(ErrorKind::kUnsupported, where_ + ": dict key of type " + kind_name(k.kind) + " cannot name a tensor");
 }
 
-void PickleMachine::fail(const std::string& what) const {
+void PickleMachine::fail(const std::string& what, ErrorKind kind) const {
   std::string op = "end of data";
   if (op_pos_ < size_) {
     const char* name = opcode_name(op_);
     op = std::string("opcode ") + (name ? name : hex_byte(op_)) + " at offset " + std::to_string(op_pos_);
   }
-  throw Error(where_ + ": " + what + " (" + op + ")");
+  throw Error(kind, where_ + ": " + what + " (" + op + ")");
 }
 
 std::string PickleMachine::hex_byte(std::uint8_t b) {
@@ -138,7 +138,7 @@ std::string PickleMachine::line() {
 
 void PickleMachine::push(const Value& v) {
   if (stack_.size() >= limits_.max_stack_size) {
-    fail("stack deeper than " + std::to_string(limits_.max_stack_size) + " values (limit)");
+    fail("stack deeper than " + std::to_string(limits_.max_stack_size) + " values (limit)", ErrorKind::kLimit);
   }
   stack_.push_back(v);
 }
@@ -198,7 +198,7 @@ void PickleMachine::set_item(std::size_t dict_index, const Value& key, const Val
   } else if (key.kind == Kind::kInt) {
     canonical = "i" + std::to_string(key.i);
   } else {
-    fail(std::string("dict key of type ") + kind_name(key.kind) + " is not supported");
+    fail(std::string("dict key of type ") + kind_name(key.kind) + " is not supported", ErrorKind::kUnsupported);
   }
   Dict& d = dicts_[dict_index];
   const auto [it, inserted] = d.index.emplace(std::move(canonical), d.items.size());
@@ -217,7 +217,7 @@ void PickleMachine::memo_put(std::uint64_t slot) {
     return;
   }
   if (memo_.size() >= limits_.max_memo_entries) {
-    fail("more than " + std::to_string(limits_.max_memo_entries) + " memo entries (limit)");
+    fail("more than " + std::to_string(limits_.max_memo_entries) + " memo entries (limit)", ErrorKind::kLimit);
   }
   memo_.emplace(slot, v);
 }
@@ -237,8 +237,9 @@ Value PickleMachine::lookup_global(const std::string& module, const std::string&
   std::string shown = module + "." + name;
   if (shown.size() > 200) shown = shown.substr(0, 200) + "...";
   fail("global '" + shown +
-       "' is not allowed (a state dict of tensors needs only OrderedDict, "
-       "torch._utils._rebuild_* and torch storage types)");
+           "' is not allowed (a state dict of tensors needs only OrderedDict, "
+           "torch._utils._rebuild_* and torch storage types)",
+       ErrorKind::kUnsupported);
 }
 
 std::string PickleMachine::global_name(const Value& g) const {
@@ -250,7 +251,7 @@ void PickleMachine::step() {
   switch (op_) {
     case 0x80: {  // PROTO
       const std::uint8_t v = u8();
-      if (v > 5) fail("pickle protocol " + std::to_string(v) + " is not supported (2-5)");
+      if (v > 5) fail("pickle protocol " + std::to_string(v) + " is not supported (2-5)", ErrorKind::kUnsupported);
       return;
     }
     case 0x95: {  // FRAME: a length prefix for buffering; the content is ordinary opcodes
@@ -260,7 +261,7 @@ void PickleMachine::step() {
     }
     case '(':  // MARK
       if (marks_.size() >= limits_.max_nesting_depth) {
-        fail("MARKs nested deeper than " + std::to_string(limits_.max_nesting_depth) + " (limit)");
+        fail("MARKs nested deeper than " + std::to_string(limits_.max_nesting_depth) + " (limit)", ErrorKind::kLimit);
       }
       marks_.push_back(stack_.size());
       return;
@@ -423,16 +424,17 @@ void PickleMachine::step() {
       // An OrderedDict state dict carries its `_metadata` (per-module versions) as instance
       // state; tensors need none of it, so it is checked for type and dropped.
       if (target.kind != Kind::kDict) {
-        fail(std::string("BUILD on a ") + kind_name(target.kind) + " is not allowed (only on a dict)");
+        fail(std::string("BUILD on a ") + kind_name(target.kind) + " is not allowed (only on a dict)",
+             ErrorKind::kUnsupported);
       }
       if (state.kind != Kind::kDict && state.kind != Kind::kNone && state.kind != Kind::kTuple) {
-        fail(std::string("BUILD state of type ") + kind_name(state.kind) + " is not allowed");
+        fail(std::string("BUILD state of type ") + kind_name(state.kind) + " is not allowed", ErrorKind::kUnsupported);
       }
       return;
     }
     default: {
       const char* name = opcode_name(op_);
-      fail(name ? "opcode is not allowed in a tensor checkpoint" : "unknown opcode");
+      fail(name ? "opcode is not allowed in a tensor checkpoint" : "unknown opcode", ErrorKind::kUnsupported);
     }
   }
 }

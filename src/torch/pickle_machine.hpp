@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "vitmsn/error.hpp"
 #include "vitmsn/safetensors.hpp"
 #include "vitmsn/torch_checkpoint.hpp"
 
@@ -81,7 +82,8 @@ class PickleMachine {
   std::string key_text(const Value& k) const;
 
  private:
-  [[noreturn]] void fail(const std::string& what) const;
+  // Throws "<where>: <what> (<opcode and offset>)" of `kind` (default: malformed).
+  [[noreturn]] void fail(const std::string& what, ErrorKind kind = ErrorKind::kMalformed) const;
   static std::string hex_byte(std::uint8_t b);
 
   // --- input

@@ -109,7 +109,8 @@ void ZipArchive::read_central_directory() {
   if (end >= kZip64LocatorSize && rd32(data_ + end - kZip64LocatorSize) == kZip64LocatorSig) {
     const std::uint8_t* loc = data_ + end - kZip64LocatorSize;
     const std::uint64_t rec = rd64(loc + 8);
-    if (rd32(loc + 4) != 0 || rd32(loc + 16) > 1) fail("split (multi-disk) zip archives are not supported");
+    if (rd32(loc + 4) != 0 || rd32(loc + 16) > 1)
+      fail("split (multi-disk) zip archives are not supported", ErrorKind::kUnsupported);
     const std::uint64_t rec_limit = end - kZip64LocatorSize;
     if (rec > rec_limit || rec_limit - rec < kZip64EndSize) {
       fail("ZIP64 end-of-central-directory offset " + std::to_string(rec) + " is outside the file");
@@ -131,12 +132,13 @@ void ZipArchive::read_central_directory() {
     fail("zip end record needs a ZIP64 end-of-central-directory record, but there is none");
   }
   if (disk != 0 || cd_disk != 0 || disk_entries != count) {
-    fail("split (multi-disk) zip archives are not supported");
+    fail("split (multi-disk) zip archives are not supported", ErrorKind::kUnsupported);
   }
   if (count == 0) fail("zip archive has no entries");
   if (count > limits_.max_zip_entries) {
     fail("zip archive has " + std::to_string(count) + " entries, above the limit of " +
-         std::to_string(limits_.max_zip_entries));
+             std::to_string(limits_.max_zip_entries),
+         ErrorKind::kLimit);
   }
   if (cd_offset > cd_limit || cd_size > cd_limit - cd_offset) {
     fail("central directory (offset " + std::to_string(cd_offset) + ", " + std::to_string(cd_size) +
@@ -214,10 +216,11 @@ void ZipArchive::read_zip64_extra(ZipEntry& entry, std::uint32_t& start_disk, co
 
 void ZipArchive::check_entry(const ZipEntry& e, std::uint32_t start_disk) const {
   const std::string what = "entry '" + e.name + "'";
-  if (e.flags & (kFlagEncrypted | kFlagStrongEncryption)) fail(what + " is encrypted");
-  if (start_disk != 0) fail("split (multi-disk) zip archives are not supported");
+  if (e.flags & (kFlagEncrypted | kFlagStrongEncryption)) fail(what + " is encrypted", ErrorKind::kUnsupported);
+  if (start_disk != 0) fail("split (multi-disk) zip archives are not supported", ErrorKind::kUnsupported);
   if (e.method != kMethodStored && e.method != kMethodDeflated) {
-    fail(what + " uses compression method " + std::to_string(e.method) + " (only stored and deflated are supported)");
+    fail(what + " uses compression method " + std::to_string(e.method) + " (only stored and deflated are supported)",
+         ErrorKind::kUnsupported);
   }
   if (e.method == kMethodStored && e.compressed_size != e.size) {
     fail(what + " is stored, but its compressed size " + std::to_string(e.compressed_size) + " differs from its size " +
@@ -225,9 +228,10 @@ void ZipArchive::check_entry(const ZipEntry& e, std::uint32_t start_disk) const 
   }
   if (e.size > limits_.max_entry_bytes || e.compressed_size > limits_.max_entry_bytes) {
     fail(what + " has " + std::to_string(std::max(e.size, e.compressed_size)) + " bytes, above the limit of " +
-         std::to_string(limits_.max_entry_bytes));
+             std::to_string(limits_.max_entry_bytes),
+         ErrorKind::kLimit);
   }
-  if (e.size > std::numeric_limits<std::size_t>::max()) fail(what + " does not fit in memory");
+  if (e.size > std::numeric_limits<std::size_t>::max()) fail(what + " does not fit in memory", ErrorKind::kLimit);
 }
 
 void ZipArchive::validate_local_headers() {

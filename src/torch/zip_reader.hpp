@@ -45,7 +45,10 @@ class ZipArchive {
   /// The entry's uncompressed bytes, CRC-32 verified.
   EntryBytes read(const ZipEntry& e) const;
 
-  [[noreturn]] void fail(const std::string& what) const { throw Error(path_ + ": " + what); }
+  /// Throws "<path>: <what>" of `kind` (default: malformed).
+  [[noreturn]] void fail(const std::string& what, ErrorKind kind = ErrorKind::kMalformed) const {
+    throw Error(kind, path_ + ": " + what, path_);
+  }
 
  private:
   void read_central_directory();

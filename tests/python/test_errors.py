@@ -363,3 +363,70 @@ def test_a_model_file_replaced_by_rename_keeps_the_loaded_model_working(tmp_path
     shutil.copy(data("models/tiny-cls/model.safetensors"), new)
     new.replace(weights)  # rename(2) over the path
     assert np.array_equal(model.extract_features(pixels("chelsea")).last_hidden_state, before)
+
+
+# --- Error kinds: each a vitmsn.Error, and the matching builtin -------------------------------------------
+
+def test_a_missing_model_path_raises_file_not_found_error(tmp_path):
+    path = tmp_path / "absent.safetensors"
+    with pytest.raises(FileNotFoundError) as info:
+        vitmsn.Model(path)
+    e = info.value
+    assert isinstance(e, vitmsn.Error) and isinstance(e, vitmsn.NotFoundError) and isinstance(e, ValueError)
+    assert e.kind == "not_found" and e.path == str(path) and e.filename == str(path)
+    assert str(e).startswith(str(path) + ": ")
+
+
+def test_a_missing_image_raises_file_not_found_error_with_its_errno(tiny, tmp_path):
+    import errno
+    path = tmp_path / "absent.png"
+    with pytest.raises(FileNotFoundError) as info:
+        tiny.extract_features(str(path))
+    assert isinstance(info.value, vitmsn.Error)
+    assert info.value.errno == errno.ENOENT and info.value.filename == str(path)
+    assert str(info.value).startswith(str(path) + ": cannot open: ")
+
+
+def test_a_malformed_file_raises_value_error_with_its_path(tmp_path):
+    path = tmp_path / "truncated.safetensors"
+    path.write_bytes(b"\x10\x00\x00")
+    with pytest.raises(ValueError) as info:
+        vitmsn.Model(path)
+    e = info.value
+    assert isinstance(e, vitmsn.Error) and isinstance(e, vitmsn.MalformedError)
+    assert not isinstance(e, OSError)
+    assert e.kind == "malformed" and e.path == str(path)
+    assert "shorter than the 8-byte header length" in str(e)
+
+
+def test_kinds_of_unsupported_limit_and_argument_errors(tiny, tmp_path):
+    path = tmp_path / "f8.safetensors"
+    path.write_bytes(safetensors_bytes('{"x":{"dtype":"F8_E9","shape":[2],"data_offsets":[0,8]}}', F8))
+    with pytest.raises(vitmsn.UnsupportedError) as info:
+        vitmsn.Model(path)
+    assert info.value.path == str(path)
+    with pytest.raises(vitmsn.ArgumentError) as info:
+        tiny(np.zeros((1, 2, 224, 224), np.float32))
+    assert isinstance(info.value, ValueError) and info.value.path is None
+    with pytest.raises(vitmsn.ArgumentError):
+        tiny.embed([data("images/chelsea.png")], pool="max")
+    # Every class is a vitmsn.Error; the OS kinds are OSErrors, the others not.
+    for cls in (vitmsn.NotFoundError, vitmsn.PermissionDeniedError, vitmsn.IoError):
+        assert issubclass(cls, vitmsn.Error) and issubclass(cls, OSError)
+    for cls in (vitmsn.MalformedError, vitmsn.UnsupportedError, vitmsn.LimitError, vitmsn.ArgumentError):
+        assert issubclass(cls, vitmsn.Error) and issubclass(cls, ValueError) and not issubclass(cls, OSError)
+
+
+def test_an_unreadable_file_raises_permission_error(tmp_path):
+    import os
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("root reads files whatever their permissions")
+    path = tmp_path / "locked.safetensors"
+    path.write_bytes(b"{}")
+    path.chmod(0)
+    try:
+        with pytest.raises(PermissionError) as info:
+            vitmsn.Model(path)
+    finally:
+        path.chmod(0o644)
+    assert isinstance(info.value, vitmsn.Error) and info.value.kind == "permission"
