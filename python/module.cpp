@@ -11,6 +11,7 @@
 // - Decoding, preprocessing and the forward pass run without the GIL (WithoutGil), so Python threads
 //   sharing one Model run in parallel. Python objects are only touched with the GIL held: inputs are
 //   turned into plain pointers and strings first, results wrapped after.
+#include <pybind11/eval.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
