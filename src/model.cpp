@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/bf16_format.hpp"
 #include "cpu/buffer.hpp"
 #include "cpu/int8_format.hpp"
 #include "cpu/kernels.hpp"
@@ -24,6 +25,16 @@
 
 namespace vitmsn {
 
+namespace detail {
+
+/// One block's linear weights packed for bf16 compute (bf16::pack): q | k | v stacked, the attention
+/// output, fc1, fc2.
+struct Bf16Layer {
+  bf16::Panels qkv, attention_output, intermediate, output;
+};
+
+}  // namespace detail
+
 struct Model::Impl {
   std::string source;
   Config config;
@@ -35,6 +46,9 @@ struct Model::Impl {
   Preprocessor preprocessor;
   int threads = 1;
   detail::Isa isa = detail::Isa::kPortable;
+  std::vector<detail::Bf16Layer> bf16;  // per block, when the linear layers compute in bf16 (else empty)
+  const char* compute = "f32";          // "f32", "bf16" or "int8" (Model::compute())
+  const std::vector<detail::Bf16Layer>* bf16_layers() const { return bf16.empty() ? nullptr : &bf16; }
 
   /// Binds the weights (checking names, shapes and dtypes against the config), then threads, kernels
   /// and labels.
@@ -185,8 +199,8 @@ void linear(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeig
 int resolve_index(int index, int count, const char* what) {
   const int i = index < 0 ? index + count : index;
   if (i < 0 || i >= count)
-    throw Error(std::string(what) + " index " + std::to_string(index) + " is out of range (" + std::to_string(count) +
-                " available)");
+    throw Error(ErrorKind::kArgument, std::string(what) + " index " + std::to_string(index) + " is out of range (" +
+                                          std::to_string(count) + " available)");
   return i;
 }
 
@@ -194,16 +208,18 @@ template <class Pixels>
 void check_pixels(const Config& c, const Pixels& px) {
   const auto C = px.dimension(0), H = px.dimension(1), W = px.dimension(2);
   if (C != c.num_channels)
-    throw Error("pixel values have " + std::to_string(C) + " channels, the model expects " +
-                std::to_string(c.num_channels) + " ([C,H,W] channel-first)");
+    throw Error(ErrorKind::kArgument, "pixel values have " + std::to_string(C) + " channels, the model expects " +
+                                          std::to_string(c.num_channels) + " ([C,H,W] channel-first)");
   if (H < c.patch_size || W < c.patch_size || H % c.patch_size || W % c.patch_size)
-    throw Error("pixel values of size " + std::to_string(H) + "x" + std::to_string(W) +
-                ": height and width must be positive multiples of the patch size " + std::to_string(c.patch_size));
+    throw Error(ErrorKind::kArgument, "pixel values of size " + std::to_string(H) + "x" + std::to_string(W) +
+                                          ": height and width must be positive multiples of the patch size " +
+                                          std::to_string(c.patch_size));
   // Attention memory and time grow with tokens²; refuse sizes no ViT-MSN use needs before allocating.
   const long long tokens = static_cast<long long>(H / c.patch_size) * (W / c.patch_size) + 1;
   if (tokens > kMaxInputTokens)
-    throw Error("pixel values of size " + std::to_string(H) + "x" + std::to_string(W) + " make " +
-                std::to_string(tokens) + " tokens, more than the limit of " + std::to_string(kMaxInputTokens));
+    throw Error(ErrorKind::kLimit, "pixel values of size " + std::to_string(H) + "x" + std::to_string(W) + " make " +
+                                       std::to_string(tokens) + " tokens, more than the limit of " +
+                                       std::to_string(kMaxInputTokens));
 }
 
 // ViTMSNEmbeddings.interpolate_pos_encoding: the position embeddings for a gh×gw grid — as stored at
@@ -247,8 +263,8 @@ void embed_patches(Isa isa, const Config& c, const Weights& w, const Shape& s, c
 // ViTMSNSelfAttention: q, k, v = query/key/value(h) split into heads; eager_attention_forward:
 // softmax(q·kᵀ · head_dim^-½) · v, heads concatenated (context_layer).
 // `cls_attention[b]` (when not null) receives image b's CLS-query attention rows [heads, N].
-void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s, Activations& a,
-                     std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
+void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const detail::Bf16Layer* bl, const Shape& s,
+                     Activations& a, std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
   const int D = s.D, N = s.N;
   detail::layer_norm(isa, a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_before_weight.data(),
                      lw.layernorm_before_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
@@ -272,7 +288,9 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
     Epilogue ep;
     ep.bias = has_bias ? a.qkv_bias.data() : nullptr;  // qkv_bias
     const bool same_type = lw.key.dtype == lw.query.dtype && lw.value.dtype == lw.query.dtype;
-    if (same_type && lw.query.dtype == DType::kI8 && D % detail::int8::kPanel == 0) {
+    if (bl) {
+      detail::kernels(isa).gemm_bf16(N, a.h.data() + r0 * D, D, bl->qkv, a.qkv.data() + r0 * ld3, ld3, ep, threads);
+    } else if (same_type && lw.query.dtype == DType::kI8 && D % detail::int8::kPanel == 0) {
       linear_int8(isa, N, a.h.data() + r0 * D, D, proj, 3, a.qkv.data() + r0 * ld3, ld3, ep, threads, a.outlier);
     } else if (same_type && lw.query.dtype != DType::kI8) {
       detail::kernels(isa).gemm_weights_stacked(N, D, 3, D, a.h.data() + r0 * D, D, stacked, weight_type(lw.query),
@@ -298,7 +316,10 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
   ep.bias = lw.attention_output_bias.data();
   ep.residual = a.x.data();
   ep.ldr = D;
-  linear(isa, static_cast<int>(s.rows), ctx, D, lw.attention_output, a.x.data(), D, ep, threads, a.outlier);
+  if (bl)
+    detail::kernels(isa).gemm_bf16(static_cast<int>(s.rows), ctx, D, bl->attention_output, a.x.data(), D, ep, threads);
+  else
+    linear(isa, static_cast<int>(s.rows), ctx, D, lw.attention_output, a.x.data(), D, ep, threads, a.outlier);
   sw.lap(&StageTimes::attention_output);
 }
 
@@ -306,8 +327,8 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Sha
 //   layer_output = self.layernorm_after(hidden_states)
 //   layer_output = self.intermediate(layer_output)          # dense + gelu (exact erf)
 //   layer_output = self.output(layer_output, hidden_states) # dense + second residual connection
-void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s, Activations& a, Stopwatch& sw,
-               int threads) {
+void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const detail::Bf16Layer* bl, const Shape& s,
+               Activations& a, Stopwatch& sw, int threads) {
   const int D = s.D;
   detail::layer_norm(isa, a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_after_weight.data(),
                      lw.layernorm_after_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
@@ -316,20 +337,27 @@ void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s,
   Epilogue ep1;
   ep1.bias = lw.intermediate_bias.data();
   ep1.gelu = true;
-  linear(isa, static_cast<int>(s.rows), a.h.data(), D, lw.intermediate, a.mlp.data(), s.F, ep1, threads, a.outlier);
   Epilogue ep2;
   ep2.bias = lw.output_bias.data();
   ep2.residual = a.x.data();
   ep2.ldr = D;
-  linear(isa, static_cast<int>(s.rows), a.mlp.data(), s.F, lw.output, a.x.data(), D, ep2, threads, a.outlier);
+  const int M = static_cast<int>(s.rows);
+  if (bl) {
+    const detail::KernelTable& kt = detail::kernels(isa);
+    kt.gemm_bf16(M, a.h.data(), D, bl->intermediate, a.mlp.data(), s.F, ep1, threads);
+    kt.gemm_bf16(M, a.mlp.data(), s.F, bl->output, a.x.data(), D, ep2, threads);
+  } else {
+    linear(isa, M, a.h.data(), D, lw.intermediate, a.mlp.data(), s.F, ep1, threads, a.outlier);
+    linear(isa, M, a.mlp.data(), s.F, lw.output, a.x.data(), D, ep2, threads, a.outlier);
+  }
   sw.lap(&StageTimes::mlp);
 }
 
 // ViTMSNLayer.forward: the attention block, then the MLP block, both pre-norm with residuals.
-void encoder_layer(Isa isa, const Config& c, const LayerWeights& lw, const Shape& s, Activations& a,
-                   std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
-  attention_block(isa, c, lw, s, a, std::move(cls_attention), sw, threads);
-  mlp_block(isa, c, lw, s, a, sw, threads);
+void encoder_layer(Isa isa, const Config& c, const LayerWeights& lw, const detail::Bf16Layer* bl, const Shape& s,
+                   Activations& a, std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
+  attention_block(isa, c, lw, bl, s, a, std::move(cls_attention), sw, threads);
+  mlp_block(isa, c, lw, bl, s, a, sw, threads);
 }
 
 // ViTMSNModel.forward: sequence_output = self.layernorm(sequence_output) — all N tokens, no pooler.
@@ -347,8 +375,10 @@ void final_norm(Isa isa, const Config& c, const Weights& w, const Shape& s, cons
 // image. hidden_states[0] is the embeddings output, hidden_states[l + 1] layer l's output (before the
 // final layer norm), as HF's output_hidden_states.
 // images: B images of height × width, [C, H, W] float32 each (already checked by check_pixels).
-void forward(Isa isa, const Config& c, const Weights& w, int model_threads, const std::vector<const float*>& images,
-             int height, int width, const FeatureOptions& opt, std::vector<Features>& out) {
+// bf16: the packed linear weights per block when they compute in bf16, else null.
+void forward(Isa isa, const Config& c, const Weights& w, const std::vector<detail::Bf16Layer>* bf16, int model_threads,
+             const std::vector<const float*>& images, int height, int width, const FeatureOptions& opt,
+             std::vector<Features>& out) {
   const int threads = opt.threads > 0 ? opt.threads : model_threads;
   const Shape s = shape_of(c, static_cast<int>(images.size()), height, width);
   std::vector<int> want_hidden, want_attn;
@@ -377,7 +407,7 @@ void forward(Isa isa, const Config& c, const Weights& w, int model_threads, cons
     std::vector<Matrix*> cls_attention(s.B, nullptr);
     if (wants(want_attn, l))
       for (int b = 0; b < s.B; ++b) cls_attention[b] = &out[b].cls_attention[l];
-    encoder_layer(isa, c, w.layers[l], s, a, std::move(cls_attention), sw, threads);
+    encoder_layer(isa, c, w.layers[l], bf16 ? &(*bf16)[l] : nullptr, s, a, std::move(cls_attention), sw, threads);
     capture_hidden(l + 1);
   }
   final_norm(isa, c, w, s, a, out, threads);
@@ -386,9 +416,9 @@ void forward(Isa isa, const Config& c, const Weights& w, int model_threads, cons
 
 // The error for head-only calls on a model without one.
 [[noreturn]] void no_classifier(const std::string& source) {
-  throw Error(source +
-              ": this model has no classifier head (a ViTMSNModel checkpoint); "
-              "use extract_features(), or add a head (classifier.weight/classifier.bias)");
+  throw Error(ErrorKind::kUnsupported, source +
+                                           ": this model has no classifier head (a ViTMSNModel checkpoint); "
+                                           "use extract_features(), or add a head (classifier.weight/classifier.bias)");
 }
 
 }  // namespace
@@ -397,6 +427,44 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
   weights_ptr = std::make_unique<const detail::Weights>(detail::bind_weights(config, lookup, source));
   threads = options.threads > 0 ? options.threads : default_threads();
   isa = detail::detected_isa();
+  // The arithmetic of the linear layers (LoadOptions::compute): bf16 packs their weights once here.
+  bool all_bf16 = !weights().layers.empty(), any_int8 = false;
+  for (const auto& l : weights().layers)
+    for (const detail::LinearWeight* w :
+         {&l.query, &l.key, &l.value, &l.attention_output, &l.intermediate, &l.output}) {
+      all_bf16 = all_bf16 && w->dtype == DType::kBF16;
+      any_int8 = any_int8 || w->dtype == DType::kI8;
+    }
+  const bool use_bf16 = options.compute == Compute::kBF16 ||
+                        (options.compute == Compute::kAuto && all_bf16 && detail::bf16_compute_pays());
+  if (use_bf16 && any_int8)
+    throw Error(ErrorKind::kUnsupported, source +
+                                             ": an int8 model computes in int8; bf16 compute (LoadOptions::compute) "
+                                             "is for float32, bf16 and f16 weights");
+  compute = use_bf16 ? "bf16" : any_int8 ? "int8" : "f32";
+  if (use_bf16) {
+    const auto src = [](const detail::LinearWeight& w) {
+      detail::bf16::Source s;
+      if (w.dtype == DType::kBF16)
+        s.bf16 = static_cast<const std::uint16_t*>(w.data);
+      else if (w.dtype == DType::kF16)
+        s.f16 = static_cast<const std::uint16_t*>(w.data);
+      else
+        s.f32 = static_cast<const float*>(w.data);
+      s.ld = w.cols;
+      s.rows = static_cast<int>(w.rows);
+      return s;
+    };
+    for (const auto& l : weights().layers) {
+      detail::Bf16Layer b;
+      const int D = static_cast<int>(l.query.cols), F = static_cast<int>(l.intermediate.rows);
+      b.qkv = detail::bf16::pack({src(l.query), src(l.key), src(l.value)}, D, threads);
+      b.attention_output = detail::bf16::pack({src(l.attention_output)}, D, threads);
+      b.intermediate = detail::bf16::pack({src(l.intermediate)}, D, threads);
+      b.output = detail::bf16::pack({src(l.output)}, F, threads);
+      bf16.push_back(std::move(b));
+    }
+  }
   if (weights().has_classifier()) {
     const auto n = static_cast<std::size_t>(weights().classifier_weight.rows());
     if (config.id2label.size() == n) {
@@ -421,7 +489,8 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
   const bool quantized = !detail::quantization_scheme(file->metadata(), impl->source).empty();
   impl->bind([file](const std::string& name) { return file->find(name); }, options);
   if (!quantized && detail::has_int8_weights(impl->weights()))
-    throw Error(impl->source + ": has int8 weights but no __metadata__ \"quantization\" naming their scheme");
+    throw Error(ErrorKind::kMalformed,
+                impl->source + ": has int8 weights but no __metadata__ \"quantization\" naming their scheme");
   return Model(impl);
 }
 
@@ -436,8 +505,8 @@ Model Model::from_tensors(const Config& config, std::vector<TensorData> tensors,
   for (const auto& t : impl->memory_tensors) {
     TensorView v = t.view();
     if (v.numel() * static_cast<std::int64_t>(dtype_size(v.dtype)) != static_cast<std::int64_t>(v.nbytes))
-      throw Error("<memory>: tensor '" + t.name + "' has " + std::to_string(v.nbytes) + " bytes for shape " +
-                  v.shape_string());
+      throw Error(ErrorKind::kArgument, "<memory>: tensor '" + t.name + "' has " + std::to_string(v.nbytes) +
+                                            " bytes for shape " + v.shape_string());
     (*views)[t.name] = std::move(v);
   }
   impl->bind(
@@ -455,6 +524,13 @@ const std::vector<std::string>& Model::labels() const { return impl_->labels; }
 const Preprocessor& Model::preprocessor() const { return impl_->preprocessor; }
 int Model::threads() const { return impl_->threads; }
 const std::string& Model::source() const { return impl_->source; }
+const char* Model::compute() const { return impl_->compute; }
+std::size_t Model::packed_weight_bytes() const {
+  std::size_t n = 0;
+  for (const auto& b : impl_->bf16)
+    n += b.qkv.bytes() + b.attention_output.bytes() + b.intermediate.bytes() + b.output.bytes();
+  return n;
+}
 std::size_t Model::copied_weight_bytes() const {
   const SafetensorsFile* file = impl_->file.get();
   return impl_->weights().owned_bytes + (file && file->is_copy() ? file->file_size() : 0);
@@ -468,7 +544,8 @@ struct Runner {
   const Config& config;
   const Weights& weights;
   int threads;
-  const SafetensorsFile* file;  // the weights' file when memory-mapped, checked before each forward
+  const SafetensorsFile* file;                 // the weights' file when memory-mapped, checked before each forward
+  const std::vector<detail::Bf16Layer>* bf16;  // packed weights for bf16 compute, or null
 };
 
 // Before a forward reads the weights: a memory-mapped file rewritten in place since load throws here
@@ -496,7 +573,7 @@ std::vector<Features> extract_batch(const Runner& m, const std::vector<Pixels>& 
       }
     std::vector<Features> part(group.size());
     check_file(m);
-    forward(m.isa, m.config, m.weights, m.threads, group, static_cast<int>(batch[i].dimension(1)),
+    forward(m.isa, m.config, m.weights, m.bf16, m.threads, group, static_cast<int>(batch[i].dimension(1)),
             static_cast<int>(batch[i].dimension(2)), options, part);
     for (std::size_t k = 0; k < index.size(); ++k) out[index[k]] = std::move(part[k]);
   }
@@ -508,7 +585,7 @@ Features extract_one(const Runner& m, const Pixels& px, const FeatureOptions& op
   check_pixels(m.config, px);
   std::vector<Features> out(1);
   check_file(m);
-  forward(m.isa, m.config, m.weights, m.threads, {px.data()}, static_cast<int>(px.dimension(1)),
+  forward(m.isa, m.config, m.weights, m.bf16, m.threads, {px.data()}, static_cast<int>(px.dimension(1)),
           static_cast<int>(px.dimension(2)), options, out);
   return std::move(out[0]);
 }
@@ -516,8 +593,9 @@ Features extract_one(const Runner& m, const Pixels& px, const FeatureOptions& op
 // The classifier head on features already computed (the caller checked the head and the file).
 Vector head_logits(const detail::Weights& w, const Features& features) {
   if (features.last_hidden_state.cols() != w.classifier_weight.cols() || features.last_hidden_state.rows() < 1)
-    throw Error("features of width " + std::to_string(features.last_hidden_state.cols()) +
-                " do not fit the classifier of width " + std::to_string(w.classifier_weight.cols()));
+    throw Error(ErrorKind::kArgument, "features of width " + std::to_string(features.last_hidden_state.cols()) +
+                                          " do not fit the classifier of width " +
+                                          std::to_string(w.classifier_weight.cols()));
   // ViTMSNForImageClassification: logits = self.classifier(sequence_output[:, 0, :]), the CLS token
   // after the final layer norm: last_hidden_state[0]·Wcᵀ + bc.
   Vector out(w.classifier_weight.rows());
@@ -534,24 +612,28 @@ Vector head_logits(const detail::Weights& w, const Features& features) {
 
 std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
                                               const FeatureOptions& options) const {
-  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file()}, batch,
-                       options);
+  return extract_batch(
+      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->bf16_layers()},
+      batch, options);
 }
 
 std::vector<Features> Model::extract_features(const std::vector<PixelValuesView>& batch,
                                               const FeatureOptions& options) const {
-  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file()}, batch,
-                       options);
+  return extract_batch(
+      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->bf16_layers()},
+      batch, options);
 }
 
 Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
-  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file()},
-                     pixel_values, options);
+  return extract_one(
+      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->bf16_layers()},
+      pixel_values, options);
 }
 
 Features Model::extract_features(const PixelValuesView& pixel_values, const FeatureOptions& options) const {
-  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file()},
-                     pixel_values, options);
+  return extract_one(
+      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->bf16_layers()},
+      pixel_values, options);
 }
 
 Features Model::extract_features(const Image& image, const FeatureOptions& options) const {

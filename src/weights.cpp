@@ -123,14 +123,15 @@ class Binder {
   LinearWeight int8_linear(const std::string& name, const TensorView& t, LinearWeight lw) {
     const std::vector<std::int64_t> panels = int8::panel_shape(static_cast<int>(lw.rows), static_cast<int>(lw.cols));
     if (t.shape != panels)
-      throw Error(source_ + ": int8 tensor '" + name + "' has shape " + t.shape_string() + ", expected " +
-                  shape_str(panels) + " (the int8 panel layout of a [" + std::to_string(lw.rows) + "," +
-                  std::to_string(lw.cols) + "] weight)");
+      throw Error(ErrorKind::kMalformed, source_ + ": int8 tensor '" + name + "' has shape " + t.shape_string() +
+                                             ", expected " + shape_str(panels) + " (the int8 panel layout of a [" +
+                                             std::to_string(lw.rows) + "," + std::to_string(lw.cols) + "] weight)");
     lw.data = t.data;
     lw.dtype = DType::kI8;
     const std::string scale_name = int8_scale_name(name);
     const TensorView* s = lookup_(scale_name);
-    if (!s) throw Error(source_ + ": int8 tensor '" + name + "' has no scales '" + scale_name + "'");
+    if (!s)
+      throw Error(ErrorKind::kMalformed, source_ + ": int8 tensor '" + name + "' has no scales '" + scale_name + "'");
     lw.scale = float_vector(scale_name, *s, lw.rows);
     // The second plane (vitmsn 0.2 writes it; files without it run the outlier split on the first).
     const std::string r_name = int8_residual_name(name), rs_name = int8_residual_scale_name(name);
@@ -138,11 +139,12 @@ class Binder {
     const TensorView* rs = lookup_(rs_name);
     if (!r && !rs) return lw;
     if (!r || !rs)
-      throw Error(source_ + ": int8 tensor '" + name + "' has '" + (r ? r_name : rs_name) + "' but not '" +
-                  (r ? rs_name : r_name) + "'");
+      throw Error(ErrorKind::kMalformed, source_ + ": int8 tensor '" + name + "' has '" + (r ? r_name : rs_name) +
+                                             "' but not '" + (r ? rs_name : r_name) + "'");
     if (r->dtype != DType::kI8 || r->shape != std::vector<std::int64_t>{lw.cols, lw.rows})
-      throw Error(source_ + ": tensor '" + r_name + "' has " + dtype_name(r->dtype) + " " + r->shape_string() +
-                  ", expected I8 [" + std::to_string(lw.cols) + "," + std::to_string(lw.rows) + "]");
+      throw Error(ErrorKind::kMalformed, source_ + ": tensor '" + r_name + "' has " + dtype_name(r->dtype) + " " +
+                                             r->shape_string() + ", expected I8 [" + std::to_string(lw.cols) + "," +
+                                             std::to_string(lw.rows) + "]");
     lw.residual = reinterpret_cast<const std::int8_t*>(r->data);
     lw.residual_scale = float_vector(rs_name, *rs, lw.rows);
     return lw;
@@ -151,23 +153,23 @@ class Binder {
   // A float32 vector [n] used in place (the scales of an int8 weight).
   const float* float_vector(const std::string& name, const TensorView& s, std::int64_t n) {
     if (s.dtype != DType::kF32 || s.shape != std::vector<std::int64_t>{n})
-      throw Error(source_ + ": tensor '" + name + "' has " + dtype_name(s.dtype) + " " + s.shape_string() +
-                  ", expected F32 [" + std::to_string(n) + "]");
+      throw Error(ErrorKind::kMalformed, source_ + ": tensor '" + name + "' has " + dtype_name(s.dtype) + " " +
+                                             s.shape_string() + ", expected F32 [" + std::to_string(n) + "]");
     if (reinterpret_cast<std::uintptr_t>(s.data) % alignof(float) != 0)
-      throw Error(source_ + ": tensor '" + name + "' is not aligned to 4 bytes");
+      throw Error(ErrorKind::kMalformed, source_ + ": tensor '" + name + "' is not aligned to 4 bytes");
     return reinterpret_cast<const float*>(s.data);
   }
 
   // The float data of tensor `name` with exactly `shape`; used in place when it is aligned float32.
   const float* get(const std::string& name, const std::vector<std::int64_t>& shape) {
     const TensorView* t = lookup_(name);
-    if (!t) throw Error(source_ + ": missing tensor '" + name + "'");
+    if (!t) throw Error(ErrorKind::kMalformed, source_ + ": missing tensor '" + name + "'");
     if (t->shape != shape)
-      throw Error(source_ + ": tensor '" + name + "' has shape " + t->shape_string() + ", expected " +
-                  shape_str(shape));
+      throw Error(ErrorKind::kMalformed, source_ + ": tensor '" + name + "' has shape " + t->shape_string() +
+                                             ", expected " + shape_str(shape));
     if (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16)
-      throw Error(source_ + ": tensor '" + name + "' has dtype " + dtype_name(t->dtype) +
-                  ", expected F32, F16 or BF16");
+      throw Error(ErrorKind::kMalformed, source_ + ": tensor '" + name + "' has dtype " + dtype_name(t->dtype) +
+                                             ", expected F32, F16 or BF16");
     if (t->dtype == DType::kF32 && reinterpret_cast<std::uintptr_t>(t->data) % alignof(float) == 0)
       return reinterpret_cast<const float*>(t->data);
     const std::size_t n = static_cast<std::size_t>(t->numel());
@@ -193,8 +195,9 @@ void bind(ConstMatrixMap& m, const float* p, std::int64_t r, std::int64_t c) { n
 std::string detect_prefix(const TensorLookup& lookup, const std::string& source) {
   if (lookup(keys::cls_token(""))) return "";
   if (lookup(keys::cls_token("vit."))) return "vit.";
-  throw Error(source +
-              ": missing tensor 'embeddings.cls_token' (nor 'vit.embeddings.cls_token'): not a ViT-MSN checkpoint");
+  throw Error(
+      ErrorKind::kMalformed,
+      source + ": missing tensor 'embeddings.cls_token' (nor 'vit.embeddings.cls_token'): not a ViT-MSN checkpoint");
 }
 
 std::string int8_scale_name(const std::string& weight_name) { return weight_name + "_scale"; }
@@ -206,11 +209,13 @@ std::string quantization_scheme(const std::map<std::string, std::string>& metada
   if (it == metadata.end()) return "";
   const nlohmann::json j = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object() || !j.contains("scheme") || !j["scheme"].is_string())
-    throw Error(source + ": __metadata__ \"quantization\" is not a JSON object with a \"scheme\" string");
+    throw Error(ErrorKind::kMalformed,
+                source + ": __metadata__ \"quantization\" is not a JSON object with a \"scheme\" string");
   const std::string scheme = j["scheme"].get<std::string>();
   if (scheme != kInt8Scheme)
-    throw Error(source + ": quantization scheme '" + scheme + "' is not one this build of vitmsn reads (it reads " +
-                kInt8Scheme + "); convert the float checkpoint again with this version's vitmsn-convert");
+    throw Error(ErrorKind::kUnsupported,
+                source + ": quantization scheme '" + scheme + "' is not one this build of vitmsn reads (it reads " +
+                    kInt8Scheme + "); convert the float checkpoint again with this version's vitmsn-convert");
   return scheme;
 }
 
@@ -231,12 +236,13 @@ Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::str
   // The layer count comes from the config; the file must agree: layer L must not exist.
   for (int i = 0; i < c.num_hidden_layers; ++i)
     if (!lookup(keys::layer(p, i, "layernorm_before.weight")))
-      throw Error(source + ": missing tensor '" + keys::layer(p, i, "layernorm_before.weight") + "': config has " +
-                  std::to_string(c.num_hidden_layers) + " layers, the file fewer");
+      throw Error(ErrorKind::kMalformed, source + ": missing tensor '" + keys::layer(p, i, "layernorm_before.weight") +
+                                             "': config has " + std::to_string(c.num_hidden_layers) +
+                                             " layers, the file fewer");
   if (lookup(keys::layer(p, c.num_hidden_layers, "layernorm_before.weight")))
-    throw Error(source +
-                ": file has more layers than the config's num_hidden_layers = " + std::to_string(c.num_hidden_layers) +
-                " (found '" + keys::layer(p, c.num_hidden_layers, "layernorm_before.weight") + "')");
+    throw Error(ErrorKind::kMalformed, source + ": file has more layers than the config's num_hidden_layers = " +
+                                           std::to_string(c.num_hidden_layers) + " (found '" +
+                                           keys::layer(p, c.num_hidden_layers, "layernorm_before.weight") + "')");
 
   bind(w.cls_token, b.get(keys::cls_token(p), {1, 1, D}), D);
   bind(w.position_embeddings, b.get(keys::position_embeddings(p), {1, N, D}), N, D);
@@ -271,15 +277,15 @@ Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::str
   const TensorView* cw = lookup(keys::kClassifierWeight);
   const TensorView* cb = lookup(keys::kClassifierBias);
   if (cw || cb) {
-    if (!cw) throw Error(source + ": has 'classifier.bias' but no 'classifier.weight'");
-    if (!cb) throw Error(source + ": has 'classifier.weight' but no 'classifier.bias'");
+    if (!cw) throw Error(ErrorKind::kMalformed, source + ": has 'classifier.bias' but no 'classifier.weight'");
+    if (!cb) throw Error(ErrorKind::kMalformed, source + ": has 'classifier.weight' but no 'classifier.bias'");
     if (cw->shape.size() != 2 || cw->shape[1] != D || cw->shape[0] < 1)
-      throw Error(source + ": tensor 'classifier.weight' has shape " + cw->shape_string() + ", expected [num_labels," +
-                  std::to_string(D) + "]");
+      throw Error(ErrorKind::kMalformed, source + ": tensor 'classifier.weight' has shape " + cw->shape_string() +
+                                             ", expected [num_labels," + std::to_string(D) + "]");
     const std::int64_t labels = cw->shape[0];
     if (!c.id2label.empty() && static_cast<std::int64_t>(c.id2label.size()) != labels)
-      throw Error(source + ": tensor 'classifier.weight' has " + std::to_string(labels) + " rows but id2label has " +
-                  std::to_string(c.id2label.size()) + " labels");
+      throw Error(ErrorKind::kMalformed, source + ": tensor 'classifier.weight' has " + std::to_string(labels) +
+                                             " rows but id2label has " + std::to_string(c.id2label.size()) + " labels");
     bind(w.classifier_weight, b.get(keys::kClassifierWeight, {labels, D}), labels, D);
     bind(w.classifier_bias, b.get(keys::kClassifierBias, {labels}), labels);
   }

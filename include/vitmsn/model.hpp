@@ -21,9 +21,26 @@ struct ModelAccess;
 }  // namespace detail
 
 /// How a model is loaded.
+/// How the linear layers compute (LoadOptions::compute).
+enum class Compute {
+  /// bf16 where it pays: a model whose linear weights are all bfloat16 computes in bf16 when
+  /// bf16_compute_pays() (measured: the CPU's bf16 dot product runs at least 1.5× its float32 FMA);
+  /// everything else in float32, exactly as Hugging Face.
+  kAuto,
+  /// float32 always (bf16/f16 weights widened, as Hugging Face runs them in float32).
+  kF32,
+  /// bf16 always: the linear layers' weights are rounded to bf16 once at load (bf16 files: kept as
+  /// they are) and the activations to bf16 before each product, with float32 accumulation; bias,
+  /// GELU, residuals, layer norms, attention and the patch embedding stay float32. On CPUs without
+  /// AVX512_BF16 an exact emulation runs (slow: for tests). Not for int8 models.
+  kBF16,
+};
+
 struct LoadOptions {
   /// Threads for each forward pass; 0 = the CPUs this process may use.
   int threads = 0;
+  /// The arithmetic of the linear layers (see Compute). The default keeps float32 files exact.
+  Compute compute = Compute::kAuto;
   /// Model::load: read the weights file into private memory (page-aligned, read-only) instead of
   /// memory-mapping it. Memory use grows by the file's size (copied_weight_bytes() counts it) and
   /// loading reads the whole file up front; in exchange nothing done to the file afterwards, a
@@ -104,6 +121,11 @@ class Model {
   /// Bytes of weights copied to memory at load: tensors widened to float32, plus the whole file with
   /// LoadOptions::copy_weights (0 when all were used in place from the memory map).
   std::size_t copied_weight_bytes() const;
+  /// How the linear layers compute: "f32", "bf16" (LoadOptions::compute, decided at load) or "int8"
+  /// (an int8 model).
+  const char* compute() const;
+  /// Bytes of the linear weights packed at load for bf16 compute (0 for f32 compute).
+  std::size_t packed_weight_bytes() const;
 
   /// The main entry point: pixel values [3, H, W] (H, W multiples of patch_size; other sizes than
   /// image_size use bicubic-interpolated position embeddings as HF's interpolate_pos_encoding=True)

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cpu/bf16_format.hpp"
 #include "cpu/cpu.hpp"
 
 namespace vitmsn::detail {
@@ -80,6 +81,19 @@ struct KernelTable {
                     const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
                     const Epilogue& ep, int threads) = nullptr;
 
+  /// C[M, N] = epilogue(bf16(A[M, K])·Wᵀ) with W packed once by bf16::pack (N, K, kp from it): the bf16
+  /// compute of src/cpu/bf16_format.hpp (activations rounded to bf16, exact pair products, one float32
+  /// chain per output, DAZ/FTZ as vdpbf16ps; then bias, GELU and residual in float32). Every variant
+  /// gives the portable entry's bits (the epilogue's GELU aside: the portable entry uses std::erf) for
+  /// every thread count. Tables without a bf16 dot product use the portable entry (an emulation, slow).
+  void (*gemm_bf16)(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
+                    const Epilogue& ep, int threads) = nullptr;
+
+  /// Runs `iterations` rounds of independent register-only bf16 dot-product chains and returns the
+  /// FLOPs done (2 per multiply-add), for the rate probe of bf16_compute_pays(); null for tables whose
+  /// gemm_bf16 is the emulation.
+  double (*bf16_burst)(long iterations) = nullptr;
+
   /// P[M, N] (leading dimension ldp) = Σ_j A[t, channels[j]]·w[j, n] over j = 0 … J−1 in that order,
   /// each term one fma from p = 0 (bit-identical in every variant): the float product of an int8
   /// GEMM's outlier channels, w [J, N] their dequantized weight columns.
@@ -139,6 +153,15 @@ void gemm_int8_maddubs(int M, int seg_rows, int segments, int K, int kp, const f
 void gemm_int8_avxvnni(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
                        const Epilogue& ep, int threads);
+
+/// The portable gemm_bf16 (the definition of bf16 compute, scalar): the entry of tables without a
+/// bf16 dot product.
+void gemm_bf16_portable(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
+                        const Epilogue& ep, int threads);
+
+/// Whether bf16 compute pays on this CPU: the best table's bf16_burst runs at least 1.5× its
+/// fma_burst (a 2 × ~10 ms probe, once per process). False where there is no bf16 dot product.
+bool bf16_compute_pays();
 
 // Thin wrappers: the entry of kernels(isa), with the contracts above.
 

@@ -122,6 +122,7 @@ KernelTable avx2_kernel_table() {
   t.gemm_weights_stacked = gemm_weights_stacked_avx2;
   t.fma_burst = fma_burst_avx2;
   t.microkernel_burst = blocked::microkernel_burst<Avx2, kMr, kNv, /*KMajorA=*/false>;
+  t.gemm_bf16 = gemm_bf16_portable;  // no bf16 dot product in AVX2: the emulation
   return t;
 }
 

@@ -397,6 +397,56 @@ void gemm_grouped(Grouping grouping, int M, int seg_rows, int segments, int K, i
 
 }  // namespace int8
 
+namespace {
+
+// bf16 with DAZ: a subnormal bf16 (exponent bits 0) reads as a zero of its sign.
+inline float bf16_daz(std::uint32_t h) {
+  return bf16_to_float(static_cast<std::uint16_t>((h & 0x7f80u) ? h : h & 0x8000u));
+}
+
+// FTZ: a subnormal result becomes a zero of its sign.
+inline float ftz(float x) {
+  const std::uint32_t u = float_to_bits(x);
+  return (u & 0x7f800000u) ? x : bits_to_float(u & 0x80000000u);
+}
+
+}  // namespace
+
+// The definition of bf16 compute (src/cpu/bf16_format.hpp), one output at a time.
+void gemm_bf16_portable(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
+                        const Epilogue& ep, int threads) {
+  const int pairs = w.kp / 2, N = w.N, K = w.K;
+  run_split(std::max(1, std::min(threads, M)), [&](int t, int nt) {
+    std::vector<std::uint32_t> a(static_cast<std::size_t>(pairs));
+    for (int m = split_begin(M, t, nt); m < split_begin(M, t + 1, nt); ++m) {
+      const float* x = A + static_cast<std::ptrdiff_t>(m) * lda;
+      for (int q = 0; q < pairs; ++q) {
+        const std::uint32_t lo = float_to_bf16(x[2 * q]);
+        const std::uint32_t hi = 2 * q + 1 < K ? float_to_bf16(x[2 * q + 1]) : 0u;
+        a[q] = lo | hi << 16;
+      }
+      float* c = C + static_cast<std::ptrdiff_t>(m) * ldc;
+      const float* r = ep.residual ? ep.residual + static_cast<std::ptrdiff_t>(m) * ep.ldr : nullptr;
+      for (int n = 0; n < N; ++n) {
+        const std::uint32_t* col =
+            w.data() + static_cast<std::ptrdiff_t>(n / bf16::kPanel) * pairs * bf16::kPanel + n % bf16::kPanel;
+        float acc = 0.0f;
+        for (int q = 0; q < pairs; ++q) {
+          const std::uint32_t wq = col[static_cast<std::ptrdiff_t>(q) * bf16::kPanel];
+          acc = ftz(std::fma(bf16_daz(a[q] >> 16), bf16_daz(wq >> 16), acc));
+          acc = ftz(std::fma(bf16_daz(a[q] & 0xffffu), bf16_daz(wq & 0xffffu), acc));
+        }
+        float v = acc;
+        if (ep.alpha != 1.0f) v *= ep.alpha;
+        if (ep.bias) v += ep.bias[n];
+        if (ep.gelu) v = gelu_scalar(v);
+        if (r) v += r[n];
+        c[n] = v;
+      }
+    }
+  });
+}
+
 KernelTable portable_kernel_table() {
   KernelTable t;
   t.isa = Isa::kPortable;
@@ -412,6 +462,7 @@ KernelTable portable_kernel_table() {
   t.gemm_weights_stacked = gemm_weights_stacked_portable;
   t.fma_burst = fma_burst_scalar;
   t.microkernel_burst = fma_burst_scalar;
+  t.gemm_bf16 = gemm_bf16_portable;
   return t;
 }
 
