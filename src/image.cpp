@@ -31,7 +31,7 @@
 #define STBI_REALLOC(p, size) std::realloc((p), (size))
 #define STBI_FREE(p) std::free(p)
 
-// The one translation unit that compiles stb_image and stb_image_write (STYLE.md: image module).
+// The one translation unit that compiles stb_image and stb_image_write (the image module, docs/DEVELOPING.md).
 // Radiance HDR and Softimage PIC are left out: Pillow reads neither, so there is no reference for
 // their pixels (image_file_extensions() lists what is decoded).
 #define STBI_NO_HDR

@@ -1,8 +1,8 @@
 // AVX-512 kernels (compiled with -mavx512f/bw/dq/vl; reached only through kernels() in
 // src/cpu/cpu.cpp, after the CPU check). GEMM micro-tile 14×32: 28 zmm accumulators + 2 B vectors + 1 broadcast of the
 // 32 zmm registers; per k: 2 loads of B, 14 broadcasts of A (k-major packed A: one address stream), 28 FMAs. Zen 4 runs
-// a zmm FMA as two 256-bit halves (1 zmm FMA/cycle), Intel server cores on two 512-bit ports: either way FMA-bound. NOT
-// MEASURED: the development machine (Zen 3) has no AVX-512; the shared tiling logic is tested with this geometry
+// a zmm FMA as two 256-bit halves (1 zmm FMA/cycle), Intel server cores on two 512-bit ports: either way FMA-bound
+// (measured rates: docs/PERFORMANCE.md). The shared tiling logic is also tested with this geometry
 // through plain C++ lanes (tests/kernels_test.cpp). Half-size weights (gemm_weights) are widened in 8×8 blocks with the
 // same 256-bit code as the AVX2 build (blocked::ymm: vpmovzxwd + shift for bf16, vcvtph2ps for f16); the packing is a
 // small part of the work (each weight is widened once per GEMM and then used by all M rows).
