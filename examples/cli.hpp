@@ -31,6 +31,7 @@
 #include "vitmsn/error.hpp"
 #include "vitmsn/image.hpp"
 #include "vitmsn/io.hpp"
+#include "vitmsn/model.hpp"
 #include "vitmsn/version.hpp"
 
 namespace vitmsn::cli {
@@ -335,6 +336,15 @@ inline std::pair<int, int> input_size(const Args& args, const std::string& optio
     throw UsageError("option " + option + " " + e.what());
   }
   return {h, w};
+}
+
+/// --compute auto|f32|bf16 (LoadOptions::compute; default auto). \throws UsageError.
+inline Compute parse_compute(const Args& args) {
+  const std::string c = args.get("--compute", "auto");
+  if (c == "auto") return Compute::kAuto;
+  if (c == "f32") return Compute::kF32;
+  if (c == "bf16") return Compute::kBF16;
+  throw UsageError("--compute must be auto, f32 or bf16, got '" + c + "'");
 }
 
 // --- Inputs ------------------------------------------------------------------------------------------

@@ -144,23 +144,21 @@ std::string file_sha256(const std::string& path) {
 
 // --- What made an output -----------------------------------------------------------------------------
 
+std::string weights_dtype(const std::string& model_file) {
+  const SafetensorsFile f = SafetensorsFile::open(model_file);
+  if (auto it = f.metadata().find("dtype"); it != f.metadata().end() && !it->second.empty()) return it->second;
+  for (const auto& name : f.names())
+    if (name.find("intermediate.dense.weight") != std::string::npos) return dtype_name(f.get(name).dtype);
+  return "";
+}
+
 json model_manifest(const Model& model) {
   json m;
   m["path"] = path_to_json(model.source());
   m["backbone_sha256"] = backbone_identity(model.source());
   const SafetensorsFile f = SafetensorsFile::open(model.source());
-  // The weights' dtype: what vitmsn-convert recorded, else that of the first encoder linear weight.
-  std::string dtype;
-  if (auto it = f.metadata().find("dtype"); it != f.metadata().end()) dtype = it->second;
-  if (dtype.empty()) {
-    for (const auto& name : f.names()) {
-      if (name.find("intermediate.dense.weight") != std::string::npos) {
-        dtype = dtype_name(f.get(name).dtype);
-        break;
-      }
-    }
-  }
-  m["dtype"] = dtype;
+  m["dtype"] = weights_dtype(model.source());
+  m["compute"] = model.compute();
   m["hidden_size"] = model.config().hidden_size;
   m["num_hidden_layers"] = model.config().num_hidden_layers;
   if (model.has_classifier()) {

@@ -39,6 +39,10 @@ std::string file_sha256(const std::string& path);
 
 // --- What made an output -----------------------------------------------------------------------------
 
+/// The storage type of a model file's linear weights: what vitmsn-convert recorded in its metadata
+/// ("F32", "BF16", "F16", "I8"), else the dtype of its first encoder linear weight.
+std::string weights_dtype(const std::string& model_file);
+
 /// The model part of a manifest: where it was loaded from (informational), its backbone identity,
 /// the dtype of its weights and, when it has one, the SHA-256 of its classifier head's tensors.
 nlohmann::ordered_json model_manifest(const Model& model);

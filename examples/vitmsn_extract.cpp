@@ -63,6 +63,9 @@ options:
   --size HxW                resize images to H x W (multiples of the patch size; position
                             embeddings are interpolated)
   --threads N               threads (default: all CPUs this process may use)
+  --compute C               auto|f32|bf16: the linear layers' arithmetic (default auto: bf16 weights
+                            compute in bf16 where the CPU's bf16 dot product pays, all else in float32
+                            as Hugging Face; recorded in the manifest)
   --shard I/N               process only shard I (0-based) of N: a contiguous slice of the input list
                             (sorted folder contents, list files in their order), written to
                             OUT-0000I-of-0000N.ext + .files.txt; without it, the task index comes from
@@ -78,8 +81,8 @@ options:
   -h, --help                this text
   --version                 the version, kernel instruction set and JPEG decoder
 )",
-                         {"--model", "--output", "--pixel-values", "--preprocessor", "--size", "--threads", "--list",
-                          "--pool", "--batch", "--shard", "--shards", "--chunk"},
+                         {"--model", "--output", "--pixel-values", "--preprocessor", "--size", "--threads", "--compute",
+                          "--list", "--pool", "--batch", "--shard", "--shards", "--chunk"},
                          {"--hidden-states", "--cls-attention", "--save-pixel-values", "--force", "--dedupe"}};
 
 enum class Pool { kNone, kCls, kMean };
@@ -157,6 +160,7 @@ struct Options {
   bool keep_rows = false;  // features as rows of one array (pooled, or .npy), named by the sidecar
   bool hidden_states = false, cls_attention = false, save_pixel_values = false, force = false, dedupe = false;
   int threads = 0, batch = 1, chunk = 0;  // chunk 0: save only when interrupted
+  Compute compute = Compute::kAuto;
   bool sharded = false;
   RunPaths paths;
   std::optional<Preprocessor> preprocessor;  // --preprocessor
@@ -183,6 +187,7 @@ Options parse_options(const cli::Args& args) {
   if (o.images.empty() && o.pixel_values.empty() && o.lists.empty())
     throw cli::UsageError("nothing to do: give images, folders, --list FILE or --pixel-values IN.safetensors");
   o.threads = args.get_int("--threads", 0, 1, 4096);
+  o.compute = cli::parse_compute(args);
   o.batch = args.get_int("--batch", 1, 1, 4096);
   o.force = args.has("--force");
   o.dedupe = args.has("--dedupe");
@@ -684,6 +689,7 @@ int main(int argc, char** argv) {
     cli::test_pause_after_lock();
     LoadOptions lo;
     lo.threads = o.threads;
+    lo.compute = o.compute;
     const Model model = Model::load(o.model_path, lo);
     Preprocessor pre = o.preprocessor ? *o.preprocessor : model.preprocessor();
     if (args.has("--size")) {

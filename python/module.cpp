@@ -855,9 +855,18 @@ PYBIND11_MODULE(_core, m) {
                       "Hugging Face does), a uint8 numpy array [H, W, 3] (RGB) or [H, W] (gray), or float32 pixel\n"
                       "values [3, H, W] (preprocessed, as ViTImageProcessor returns them; read in place when\n"
                       "C-contiguous, other float layouts and dtypes are converted once).")
-      .def(py::init([](const py::object& path, const py::object& threads, bool copy_weights) {
+      .def(py::init([](const py::object& path, const py::object& threads, bool copy_weights,
+                       const std::string& compute) {
              LoadOptions o;
              o.copy_weights = copy_weights;
+             if (compute == "auto")
+               o.compute = Compute::kAuto;
+             else if (compute == "f32")
+               o.compute = Compute::kF32;
+             else if (compute == "bf16")
+               o.compute = Compute::kBF16;
+             else
+               throw Error(ErrorKind::kArgument, "compute must be 'auto', 'f32' or 'bf16', got '" + compute + "'");
              if (!threads.is_none()) {
                o.threads = to_int(threads, "threads");
                if (o.threads < 1)
@@ -873,11 +882,15 @@ PYBIND11_MODULE(_core, m) {
              return out;
            }),
            py::arg("path"), py::arg("threads") = py::none(), py::arg("copy_weights") = false,
+           py::arg("compute") = "auto",
            "Loads a model. threads: threads per forward pass (None: every CPU this process may use).\n"
            "copy_weights: read the weights file into private memory (memory use = its size) instead of\n"
            "  memory-mapping it, so that nothing done to the file later can affect the model. Without it, a\n"
            "  file rewritten in place after loading (cp over it) makes the next call raise vitmsn.Error;\n"
            "  replacing it by rename (mv) is safe.\n"
+           "compute: 'auto' (bf16 weights compute in bf16 where the CPU's bf16 dot product pays, all else\n"
+           "  in float32), 'f32' (always float32, as Hugging Face), 'bf16' (linear layers in bf16 with float32\n"
+           "  accumulation; emulated, slowly, on CPUs without AVX512_BF16).\n"
            "Raises vitmsn.Error naming the file and the problem (missing file or tensor, a shape or config\n"
            "mismatch, a file that is not a safetensors model).")
       .def_property_readonly(
@@ -895,6 +908,9 @@ PYBIND11_MODULE(_core, m) {
           "The compute kernels in use: 'avx512', 'avx2' or 'portable'.")
       .def_property_readonly(
           "threads", [](const PyModel& m) { return m.model.threads(); }, "Threads used by each forward pass.")
+      .def_property_readonly(
+          "compute", [](const PyModel& m) { return std::string(m.model.compute()); },
+          "How the linear layers compute: 'f32', 'bf16' or 'int8' (decided at load from compute=).")
       .def_property_readonly(
           "source", [](const PyModel& m) { return m.model.source(); }, "The weights file the model was read from.")
       .def_property_readonly(

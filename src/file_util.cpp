@@ -151,6 +151,14 @@ void MappedFile::release() noexcept {
 
 MappedFile::~MappedFile() { release(); }
 
+void release_pages(const void* data, std::size_t bytes) noexcept {
+  const long page = ::sysconf(_SC_PAGESIZE);
+  if (page <= 0 || data == nullptr) return;
+  const auto p = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t begin = (p + page - 1) / page * page, end = (p + bytes) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 std::string read_text_file(const std::string& path, std::size_t max_bytes) {
   MappedFile m = MappedFile::open(path);
   if (m.size() > max_bytes)

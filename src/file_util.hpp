@@ -62,6 +62,11 @@ class MappedFile {
   Stamp stamp_;
 };
 
+/// Gives the whole pages inside [data, data + bytes) of a read-only file map back to the kernel
+/// (madvise MADV_DONTNEED): resident memory drops; a later read faults them in again from the file.
+/// Only for memory a MappedFile maps from a file (never for private copies). No-op elsewhere.
+void release_pages(const void* data, std::size_t bytes) noexcept;
+
 /// The whole file as a string. \throws Error naming `path`.
 std::string read_text_file(const std::string& path, std::size_t max_bytes = 64u << 20);
 

@@ -455,6 +455,11 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
       s.rows = static_cast<int>(w.rows);
       return s;
     };
+    // Layer by layer, each layer's stored weights given back once packed: they are not read again (a
+    // private, read-only file map: the kernel drops the pages and would read them again from the
+    // file), so resident memory peaks at the packed weights plus one layer. Not for private copies
+    // (copy_weights) or in-memory models, whose memory is the only copy.
+    const bool release = file && !file->is_copy();
     for (const auto& l : weights().layers) {
       detail::Bf16Layer b;
       const int D = static_cast<int>(l.query.cols), F = static_cast<int>(l.intermediate.rows);
@@ -463,6 +468,10 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
       b.intermediate = detail::bf16::pack({src(l.intermediate)}, D, threads);
       b.output = detail::bf16::pack({src(l.output)}, F, threads);
       bf16.push_back(std::move(b));
+      if (release)
+        for (const detail::LinearWeight* w :
+             {&l.query, &l.key, &l.value, &l.attention_output, &l.intermediate, &l.output})
+          detail::release_pages(w->data, static_cast<std::size_t>(w->rows * w->cols) * dtype_size(w->dtype));
     }
   }
   if (weights().has_classifier()) {

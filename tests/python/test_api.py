@@ -40,6 +40,21 @@ def test_model_properties(tiny, tiny_cls):
     assert tiny.config["hidden_size"] == 64
 
 
+def test_compute_chooses_the_arithmetic_of_the_linear_layers(tiny):
+    import numpy as np
+    import pytest
+
+    assert tiny.compute == "f32"  # a float32 file stays exact by default
+    bf16 = vitmsn.Model(data("models/tiny"), compute="bf16")
+    assert bf16.compute == "bf16" and vitmsn.Model(data("models/tiny"), compute="f32").compute == "f32"
+    a = tiny.extract_features(data("images/chelsea.png")).last_hidden_state
+    b = bf16.extract_features(data("images/chelsea.png")).last_hidden_state
+    cls_cosine = float(a[0] @ b[0] / np.linalg.norm(a[0]) / np.linalg.norm(b[0]))
+    assert cls_cosine >= 0.9999 and not np.array_equal(a, b)
+    with pytest.raises(vitmsn.Error, match="compute must be 'auto', 'f32' or 'bf16', got 'fp8'"):
+        vitmsn.Model(data("models/tiny"), compute="fp8")
+
+
 def test_features_repr_names_what_it_holds(tiny):
     f = tiny.extract_features(data("images/chelsea.png"), hidden_states=[0, -1], cls_attention=[1])
     assert repr(f) == "vitmsn.Features(last_hidden_state [1025, 64], hidden_states [0, 2], cls_attention [1])"
