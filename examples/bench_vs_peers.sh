@@ -5,7 +5,8 @@
 # alternating in rounds so that each engine sees the same machine state. Each round runs every
 # engine for RUNS timed forwards (after a warm-up) and takes its median; the summary is the median
 # over the rounds, the ratios against vitmsn, and vitmsn's share of the FMA peak measured in the same
-# rounds. The last line is JSON.
+# rounds. On CPUs where bf16 compute pays (vitmsn-bench --compute auto picks it for bf16 weights) a
+# second vitmsn column runs the same float32 file with --compute bf16. The last line is JSON.
 #
 #   examples/bench_vs_peers.sh [MODEL_DIR] [ROUNDS] [RUNS]      # defaults: build/synth-vit-msn-large-7 3 3
 #
@@ -54,17 +55,25 @@ isa="AVX2"
 [[ "$flags" == *avx512_vnni* ]] && isa="$isa+VNNI"
 machine_line "$threads" " ($isa)"
 
-ours=() peaks=() ort=() torch=() attn_frac=() outside=()
+ours=() peaks=() ort=() torch=() attn_frac=() outside=() bf16=()
+
 last=""
 for r in $(seq 1 "$rounds"); do
   line="round $r:"
   o=$("$bench" --model "$model" --threads "$threads" --runs "$runs" --warmup 1 | tail -1)
   last="$o"
+  # bf16 compute where it pays: vitmsn's own measured answer (bf16_compute_pays in its JSON).
+  bf16_pays=$(json_field "$o" bf16_compute_pays)
   ours+=("$(json_field "$o" seconds_per_image)")
   peaks+=("$(json_field "$o" fma_peak_gflops)")
   attn_frac+=("$(json_field "$o" attention_peak_fraction)")
   outside+=("$(json_field "$o" outside_gemm_fraction)")
   line="$line vitmsn ${ours[-1]} s"
+  if [ "$bf16_pays" = True ]; then
+    b=$("$bench" --model "$model" --compute bf16 --threads "$threads" --runs "$runs" --warmup 1 --no-peak | tail -1)
+    bf16+=("$(json_field "$b" seconds_per_image)")
+    line="$line, vitmsn bf16 compute ${bf16[-1]} s"
+  fi
   for p in $peers; do
     if [ "$p" = onnxruntime ]; then
       t=$(THREADS=$threads bash "$peers_dir/peer_onnxruntime.sh" "$model" "$runs" | tail -1)
@@ -79,12 +88,14 @@ for r in $(seq 1 "$rounds"); do
   echo "$line"
 done
 
-$py - "${ours[*]}" "${peaks[*]}" "${ort[*]:-}" "${torch[*]:-}" "${attn_frac[*]}" "${outside[*]}" "$last" <<'PY'
+$py - "${ours[*]}" "${peaks[*]}" "${ort[*]:-}" "${torch[*]:-}" "${attn_frac[*]}" "${outside[*]}" "$last" \
+  "${bf16[*]:-}" <<'PY'
 import json, statistics, sys
 num = lambda s: [float(x) for x in s.split()]
 ours, peaks, ort, torch = num(sys.argv[1]), num(sys.argv[2]), num(sys.argv[3]), num(sys.argv[4])
 attn_frac, outside = num(sys.argv[5]), num(sys.argv[6])
 last = json.loads(sys.argv[7])
+bf16 = num(sys.argv[8])
 mo, peak = statistics.median(ours), statistics.median(peaks)
 gflop = last["gflop_per_image"]
 print(f"median over {len(ours)} rounds (seconds per image, {last['threads']} threads, batch 1, 224x224):")
@@ -92,12 +103,21 @@ print(f"  vitmsn       {mo:.3f} s  {gflop / mo:6.1f} GFLOP/s  {100 * gflop / mo 
 out = {"vitmsn_seconds": mo, "fma_peak_gflops": peak, "peak_fraction": gflop / mo / peak,
        "attention_peak_fraction": statistics.median(attn_frac),
        "outside_gemm_fraction": statistics.median(outside)}
+if bf16:
+    mb = statistics.median(bf16)
+    print(f"  vitmsn bf16  {mb:.3f} s  {gflop / mb:6.1f} GFLOP/s  (--compute bf16 on the float32 file: "
+          f"{mo / mb:.2f}x vitmsn float32)")
+    out["vitmsn_bf16_seconds"] = mb
+    out["bf16_speedup"] = mo / mb
 for name, v in (("onnxruntime", ort), ("pytorch", torch)):
     if v:
         m = statistics.median(v)
-        print(f"  {name:12s} {m:.3f} s  {gflop / m:6.1f} GFLOP/s  {100 * gflop / m / peak:5.1f} % of peak;  vitmsn is {m / mo:.2f}x its speed")
+        print(f"  {name:12s} {m:.3f} s  {gflop / m:6.1f} GFLOP/s  {100 * gflop / m / peak:5.1f} % of peak;  vitmsn is {m / mo:.2f}x its speed"
+              + (f", vitmsn bf16 {m / statistics.median(bf16):.2f}x" if bf16 else ""))
         out[name + "_seconds"] = m
         out["speedup_vs_" + name] = m / mo
+        if bf16:
+            out["bf16_speedup_vs_" + name] = m / statistics.median(bf16)
 print(f"  vitmsn attention stage {100 * out['attention_peak_fraction']:.1f} % of peak; outside the GEMMs "
       f"(patch embedding + layer norms + other) {100 * out['outside_gemm_fraction']:.1f} % of the forward "
       "(medians over the rounds)")

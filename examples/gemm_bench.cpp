@@ -220,12 +220,13 @@ int main(int argc, char** argv) {
         const double f = time_weights(Isa::kAvx2, s, o, W.data(), WeightType::kF32, threads, reps).best;
         const double m = time_int8(vitmsn::detail::gemm_int8_maddubs);
         std::printf(" avx2 f32 %6.1f, vpmaddubsw %6.1f (%.2fx)", gop / f, gop / m, f / m);
-        if (__builtin_cpu_supports("avxvnni")) {
+        if (vitmsn::detail::cpu_has(vitmsn::detail::CpuFeature::kAvxVnni)) {
           const double v = time_int8(vitmsn::detail::gemm_int8_avxvnni);
           std::printf(", avx-vnni %6.1f (%.2fx)", gop / v, f / v);
         }
       }
-      if (vitmsn::detail::isa_available(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni")) {
+      if (vitmsn::detail::isa_available(Isa::kAvx512) &&
+          vitmsn::detail::cpu_has(vitmsn::detail::CpuFeature::kAvx512vnni)) {
         const double f = time_weights(Isa::kAvx512, s, o, W.data(), WeightType::kF32, threads, reps).best;
         const double v = time_int8(vitmsn::detail::kernels(Isa::kAvx512).gemm_int8);
         std::printf(" | avx512 f32 %6.1f, avx512-vnni %6.1f (%.2fx)", gop / f, gop / v, f / v);

@@ -228,15 +228,16 @@ int main(int argc, char** argv) {
         "{\"seconds_per_image\": %.6f, \"seconds_per_image_min\": %.6f, \"gflops\": %.3f, \"fma_peak_gflops\": %s, "
         "\"bf16_peak_gflops\": %s, \"gemm_gflops\": %s, \"peak_fraction\": %s, \"load_seconds\": %.6f, "
         "\"peak_rss_mb\": %.1f, \"threads\": %d, \"batch\": %d, \"runs\": %d, \"height\": %d, \"width\": %d, "
-        "\"isa\": \"%s\", \"dtype\": \"%s\", \"compute\": \"%s\", \"gflop_per_image\": %.3f, "
+        "\"isa\": \"%s\", \"dtype\": \"%s\", \"compute\": \"%s\", \"bf16_compute_pays\": %s, \"gflop_per_image\": "
+        "%.3f, "
         "\"stages_s\": {\"patch_embedding\": %.6f, \"layer_norms\": %.6f, \"qkv\": %.6f, \"attention\": %.6f, "
         "\"attention_output\": %.6f, \"mlp\": %.6f, \"other\": %.6f}, \"attention_gflop\": %.3f, "
         "\"outside_gemm_fraction\": %.6f, \"attention_peak_fraction\": %s}\n",
         med, best, gflops, num(peak, measured).c_str(), num(bf16_peak, measured && bf16_peak > 0).c_str(),
         num(gemm, measured).c_str(), num(peak_fraction, peak_fraction > 0).c_str(), load_seconds, rss, threads, batch,
-        runs, h, w, kernel_isa().c_str(), dtype.c_str(), arith.c_str(), gflop, stages.patch_embedding / n,
-        stages.layer_norm / n, stages.qkv / n, stages.attention / n, stages.attention_output / n, stages.mlp / n,
-        stages.other / n, flops.attention * 1e-9, outside_gemm_fraction,
+        runs, h, w, kernel_isa().c_str(), dtype.c_str(), arith.c_str(), bf16_compute_pays() ? "true" : "false", gflop,
+        stages.patch_embedding / n, stages.layer_norm / n, stages.qkv / n, stages.attention / n,
+        stages.attention_output / n, stages.mlp / n, stages.other / n, flops.attention * 1e-9, outside_gemm_fraction,
         num(attention_peak_fraction, measured).c_str());
     return 0;
   });

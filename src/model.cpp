@@ -427,6 +427,7 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
   weights_ptr = std::make_unique<const detail::Weights>(detail::bind_weights(config, lookup, source));
   threads = options.threads > 0 ? options.threads : default_threads();
   isa = detail::detected_isa();
+  (void)detail::gemm_blocking(isa);  // a malformed VITMSN_GEMM_BLOCKING fails here, at load
   // The arithmetic of the linear layers (LoadOptions::compute): bf16 packs their weights once here.
   bool all_bf16 = !weights().layers.empty(), any_int8 = false;
   for (const auto& l : weights().layers)

@@ -823,6 +823,26 @@ TEST(AttentionProgram, DrawsAColourBarWithTheAttentionScaleBelowTheImage) {
   EXPECT_NE(help.output.find("to yellow (the most)"), std::string::npos) << help.output;
 }
 
+TEST(Programs, UnknownValuesOfTheTuningVariablesAreErrorsNamingTheAllowedOnes) {
+  const std::string prog = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-extract";
+  const std::string args = " --model " + tiny() + " --output " + test::temp_dir() + "/f.npy --pool cls " +
+                           test::data_path("images/chelsea.png");
+  ProgramRun r = test::run_command("VITMSN_ISA=avx51 " + prog + args);
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: VITMSN_ISA=avx51: unknown kernel set; use portable, avx2 or avx512"),
+            std::string::npos)
+      << r.output;
+  for (const std::string bad : {"512,224", "512,224,x", "0,224,2097152", "512,224,2097152,9"}) {
+    r = test::run_command("VITMSN_GEMM_BLOCKING=" + bad + " " + prog + args);
+    EXPECT_EQ(r.status, 1) << bad << ": " << r.output;
+    EXPECT_NE(r.output.find("error: VITMSN_GEMM_BLOCKING=" + bad + ": expected three positive integers"),
+              std::string::npos)
+        << r.output;
+  }
+  r = test::run_command("VITMSN_ISA=portable VITMSN_GEMM_BLOCKING=256,64,1048576 " + prog + args);
+  EXPECT_EQ(r.status, 0) << r.output;
+}
+
 TEST(WeightsScript, FailsFastAndClearlyWhenTheHubIsUnreachable) {
   const std::string script = std::string(VITMSN_TEST_DATA_DIR) + "/../../weights/fetch_vit_msn_large_7.sh";
   // "Fast" without a clock: a curl wrapper first on PATH logs every call the script makes, then runs

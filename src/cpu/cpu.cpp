@@ -14,6 +14,7 @@
 
 #include "cpu/cpu.hpp"
 #include "cpu/kernels.hpp"
+#include "vitmsn/error.hpp"
 
 #if VITMSN_X86_KERNELS
 #include <cpuid.h>
@@ -131,12 +132,18 @@ Isa detected_isa() {
     Isa best = Isa::kPortable;
     if (isa_available(Isa::kAvx2)) best = Isa::kAvx2;
     if (isa_available(Isa::kAvx512)) best = Isa::kAvx512;
-    if (const char* env = std::getenv("VITMSN_ISA")) {
+    if (const char* env = std::getenv("VITMSN_ISA"); env && *env) {
       const std::string want(env);
-      Isa asked = best;
-      if (want == "portable") asked = Isa::kPortable;
-      if (want == "avx2") asked = Isa::kAvx2;
-      if (want == "avx512") asked = Isa::kAvx512;
+      Isa asked;
+      if (want == "portable")
+        asked = Isa::kPortable;
+      else if (want == "avx2")
+        asked = Isa::kAvx2;
+      else if (want == "avx512")
+        asked = Isa::kAvx512;
+      else
+        throw Error(ErrorKind::kArgument,
+                    "VITMSN_ISA=" + want + ": unknown kernel set; use portable, avx2 or avx512 (or unset it)");
       if (static_cast<int>(asked) < static_cast<int>(best)) best = asked;  // only ever lower
     }
     return best;
@@ -275,18 +282,22 @@ Blocking derive_blocking(const CacheSizes& caches, int mr, int nr, double l1_sha
 }
 
 Blocking gemm_blocking(Isa isa) {
-  // The override, read once: three integers, else ignored.
+  // The override, read once: exactly three positive integers, else an error naming the variable.
   static const struct Override {
     bool set = false;
     Blocking value{0, 0, 0};
     Override() {
-      if (const char* s = std::getenv("VITMSN_GEMM_BLOCKING")) {
-        long kc = 0, mc = 0, bf = 0;
-        if (std::sscanf(s, "%ld,%ld,%ld", &kc, &mc, &bf) == 3) {
-          set = true;
-          value = {static_cast<int>(kc), static_cast<int>(mc), static_cast<std::size_t>(bf)};
-        }
-      }
+      const char* s = std::getenv("VITMSN_GEMM_BLOCKING");
+      if (s == nullptr || *s == '\0') return;
+      long kc = 0, mc = 0, bf = 0;
+      int used = 0;
+      if (std::sscanf(s, "%ld,%ld,%ld%n", &kc, &mc, &bf, &used) != 3 || s[used] != '\0' || kc < 1 || mc < 1 || bf < 1 ||
+          kc > (1 << 20) || mc > (1 << 20))
+        throw Error(ErrorKind::kArgument,
+                    std::string("VITMSN_GEMM_BLOCKING=") + s +
+                        ": expected three positive integers KC,MC,PACKED_B_FLOATS (e.g. 512,224,2097152), or unset it");
+      set = true;
+      value = {static_cast<int>(kc), static_cast<int>(mc), static_cast<std::size_t>(bf)};
     }
   } override_blocking;
   if (override_blocking.set) return override_blocking.value;

@@ -164,5 +164,36 @@ TEST(FullSize, Int8ResidualOutlierVitL7MeetsTheTargetsAndTheSchemesWithoutTheSpl
   int8_full_size(Outliers::kGainsAndResidual);
 }
 
+// bf16 compute at full size (issue #21): the synthetic ViT-L/7 and both outlier variants, in memory,
+// bf16 compute against float32 on two real images: CLS cosine >= 0.9999, every token >= 0.999.
+void bf16_full_size(Outliers outliers) {
+  const Config c = vit_msn_large_7_config();
+  std::vector<TensorData> tensors = synthetic_tensors(c);
+  if (outliers != Outliers::kNone) test::make_outliers(tensors, c, test::full_size_outliers());
+  if (outliers == Outliers::kGainsAndResidual) test::make_residual_outliers(tensors, test::full_size_outliers());
+  LoadOptions bf16_compute;
+  bf16_compute.compute = Compute::kBF16;
+  const Model f32 = Model::from_tensors(c, tensors), bf16 = Model::from_tensors(c, tensors, bf16_compute);
+  tensors.clear();
+  ASSERT_STREQ(bf16.compute(), "bf16");
+  const char* name = outliers == Outliers::kNone    ? "ViT-L/7"
+                     : outliers == Outliers::kGains ? "outlier ViT-L/7"
+                                                    : "residual outlier ViT-L/7";
+  for (const char* image : {"chelsea", "astronaut"}) {
+    const PixelValues px = test::fixture_pixels(image);
+    const test::Agreement a =
+        test::agreement(f32.extract_features(px).last_hidden_state, bf16.extract_features(px).last_hidden_state);
+    std::printf("    %s, %s, bf16 compute vs float32: %s\n", name, image, test::describe(a).c_str());
+    EXPECT_GE(a.cls, 0.9999) << name << ", " << image << ": " << test::describe(a);
+    EXPECT_GE(a.min_token, 0.999) << name << ", " << image << ": " << test::describe(a);
+  }
+}
+
+TEST(FullSize, Bf16ComputeSyntheticVitL7MeetsTheTargets) { bf16_full_size(Outliers::kNone); }
+
+TEST(FullSize, Bf16ComputeOutlierVitL7MeetsTheTargets) { bf16_full_size(Outliers::kGains); }
+
+TEST(FullSize, Bf16ComputeResidualOutlierVitL7MeetsTheTargets) { bf16_full_size(Outliers::kGainsAndResidual); }
+
 }  // namespace
 }  // namespace vitmsn
