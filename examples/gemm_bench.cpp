@@ -218,10 +218,10 @@ int main(int argc, char** argv) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
       if (vitmsn::detail::isa_available(Isa::kAvx2)) {
         const double f = time_weights(Isa::kAvx2, s, o, W.data(), WeightType::kF32, threads, reps).best;
-        const double m = time_int8(vitmsn::detail::gemm_int8_maddubs);
+        const double m = time_int8(vitmsn::detail::avx2::gemm_int8_maddubs);
         std::printf(" avx2 f32 %6.1f, vpmaddubsw %6.1f (%.2fx)", gop / f, gop / m, f / m);
         if (vitmsn::detail::cpu_has(vitmsn::detail::CpuFeature::kAvxVnni)) {
-          const double v = time_int8(vitmsn::detail::gemm_int8_avxvnni);
+          const double v = time_int8(vitmsn::detail::avxvnni::gemm_int8_avxvnni);
           std::printf(", avx-vnni %6.1f (%.2fx)", gop / v, f / v);
         }
       }

@@ -1541,13 +1541,13 @@ TEST(Int8, PortableMatchesItsDefinition) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 TEST(Int8, Avx2MaddubsIsBitIdenticalToPortable) {
   SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
-  check_int8_variant("avx2 vpmaddubsw", gemm_int8_maddubs);
+  check_int8_variant("avx2 vpmaddubsw", avx2::gemm_int8_maddubs);
 }
 
 TEST(Int8, AvxVnniIsBitIdenticalToPortable) {
   SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
   if (!cpu_has(CpuFeature::kAvxVnni)) GTEST_SKIP() << "this CPU has no AVX-VNNI";
-  check_int8_variant("avx-vnni", gemm_int8_avxvnni);
+  check_int8_variant("avx-vnni", avxvnni::gemm_int8_avxvnni);
 }
 #endif
 

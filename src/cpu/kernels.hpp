@@ -144,15 +144,20 @@ KernelTable avx2_kernel_table();
 KernelTable avx512_kernel_table();
 #endif
 /// The int8 GEMM variants behind the AVX2 table's gemm_int8 (which picks AVX-VNNI when the CPU has
-/// it): vpmaddubsw (src/cpu/kernels_avx2.cpp) and vpdpbusd on ymm (src/cpu/kernels_avxvnni.cpp). Same
-/// contract as KernelTable::gemm_int8; callable only on CPUs with AVX2 (and AVX-VNNI), and defined
-/// only in x86-64 builds with GCC or Clang (VITMSN_X86_KERNELS).
+/// it): vpmaddubsw (src/cpu/kernels_avx2.cpp) and vpdpbusd on ymm (src/cpu/kernels_avxvnni.cpp), each
+/// in the namespace of its instruction set (the only functions of the ISA files besides the tables
+/// with external linkage). Same contract as KernelTable::gemm_int8; callable only on CPUs with AVX2
+/// (and AVX-VNNI), and defined only in x86-64 builds with GCC or Clang (VITMSN_X86_KERNELS).
+namespace avx2 {
 void gemm_int8_maddubs(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
                        const Epilogue& ep, int threads);
+}
+namespace avxvnni {
 void gemm_int8_avxvnni(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
                        const Epilogue& ep, int threads);
+}
 
 /// The portable gemm_bf16 (the definition of bf16 compute, scalar): the entry of tables without a
 /// bf16 dot product.

@@ -16,9 +16,9 @@
 #endif
 
 #include <cstdint>
-#include <cstring>
 
 #include "cpu/attention_blocked.hpp"
+#include "cpu/avx512_traits.hpp"
 #include "cpu/bf16_blocked.hpp"
 #include "cpu/gemm_blocked.hpp"
 #include "cpu/int8_blocked.hpp"
@@ -27,294 +27,64 @@
 namespace vitmsn::detail {
 namespace {
 
-struct Avx512 {
-  using R = __m512;
-  using M = __mmask16;
-  static constexpr int kLanes = 16;
-
-  static M mask_n(int n) { return static_cast<M>((1u << n) - 1u); }  // n in [0, 16]
-  static R zero() { return _mm512_setzero_ps(); }
-  static R set1(float x) { return _mm512_set1_ps(x); }
-  static R load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
-  static R load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask_n(n), p); }
-  static void store_n(float* p, R v, int n) { _mm512_mask_storeu_ps(p, mask_n(n), v); }
-  static M lanes_below(int n) { return mask_n(n); }
-  static R bcast(const float* p) { return _mm512_set1_ps(*p); }
-  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
-  static R fnma(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }
-  static R add(R a, R b) { return _mm512_add_ps(a, b); }
-  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
-  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
-  static R min(R a, R b) { return _mm512_min_ps(a, b); }
-  static R max(R a, R b) { return _mm512_max_ps(a, b); }
-  static R abs(R x) { return _mm512_abs_ps(x); }
-  static R sign_of(R x) {
-    return _mm512_castsi512_ps(
-        _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(static_cast<int>(0x80000000u))));
-  }
-  static R or_bits(R a, R b) {
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
-  }
-  static M lt(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-  static R select(M m, R a, R b) { return _mm512_mask_blend_ps(m, b, a); }
-  static R round(R x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static R pow2(R n) {
-    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-  }
-  static float hmax(R v) { return _mm512_reduce_max_ps(v); }
-  /// x·2^n for integral n (vscalefps): 0 or ∞ where that leaves the float range.
-  static constexpr bool kHasScalef = true;
-  static R scalef(R x, R n) { return _mm512_scalef_ps(x, n); }
-  static float hsum(R v) { return _mm512_reduce_add_ps(v); }
-  /// Σx and Σx² of n floats, accumulated in double (8 lanes per half vector).
-  static void sum_and_squares(const float* p, int n, double* sum, double* sumsq) {
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-      const __m512d a = _mm512_cvtps_pd(_mm256_loadu_ps(p + i)), b = _mm512_cvtps_pd(_mm256_loadu_ps(p + i + 8));
-      s0 = _mm512_add_pd(s0, a);
-      s1 = _mm512_add_pd(s1, b);
-      q0 = _mm512_fmadd_pd(a, a, q0);
-      q1 = _mm512_fmadd_pd(b, b, q1);
-    }
-    double s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)), q = _mm512_reduce_add_pd(_mm512_add_pd(q0, q1));
-    for (; i < n; ++i) {
-      const double v = p[i];
-      s += v;
-      q += v * v;
-    }
-    *sum = s;
-    *sumsq = q;
-  }
-  /// transpose8 of 16-bit weights, widened to float on the way (bf16: integer unpack and shift; f16: F16C).
-  template <WeightType T>
-  static void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
-    blocked::ymm::transpose8_half<T>(src, lds, dst, ldd);
-  }
-  static void transpose8(const float* src, std::ptrdiff_t lds, float* dst, std::ptrdiff_t ldd) {
-    blocked::ymm::transpose8(src, lds, dst, ldd);
-  }
-};
-
-/// 16 int32 lanes for int8_blocked.hpp on AVX512-VNNI: vpdpbusd on u8 activations stored with the
-/// +128 offset (its sum corrected by −128·Σ q_w per block).
-struct Int8Vnni512 {
+struct Simd {
   using V = Avx512;
-  using Ri = __m512i;
-  using Rf = __m512;
-  static constexpr int kLanes = 16;
-  static constexpr bool kOffset = true;
-  static Ri zero_i() { return _mm512_setzero_si512(); }
-  static Rf zero_f() { return _mm512_setzero_ps(); }
-  static Ri load_b(const std::int8_t* p) { return _mm512_loadu_si512(p); }
-  static Ri bcast4(const std::uint8_t* p) {
-    std::int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-  }
-  static Ri bcast_u8(std::uint8_t b) { return _mm512_set1_epi8(static_cast<char>(b)); }
-  static Ri dot(Ri acc, Ri a, Ri b) { return _mm512_dpbusd_epi32(acc, a, b); }
-  static Ri load_i(const std::int32_t* p) { return _mm512_loadu_si512(p); }
-  static void store_i(std::int32_t* p, Ri v) { _mm512_storeu_si512(p, v); }
-  static Ri neg_i(Ri v) { return _mm512_sub_epi32(_mm512_setzero_si512(), v); }
-  static Rf to_float(Ri v) { return _mm512_cvtepi32_ps(v); }
-  static Rf set1_f(float x) { return _mm512_set1_ps(x); }
-  static Rf fma_f(Rf a, Rf b, Rf c) { return _mm512_fmadd_ps(a, b, c); }
-  static Rf mul_f(Rf a, Rf b) { return _mm512_mul_ps(a, b); }
-  static Rf load_f_n(const float* p, int n) { return n >= 16 ? _mm512_loadu_ps(p) : Avx512::load_n(p, n); }
-  static void store_f(float* p, Rf v) { _mm512_storeu_ps(p, v); }
-  static void store_f_n(float* p, Rf v, int n) {
-    if (n >= 16)
-      _mm512_storeu_ps(p, v);
-    else
-      Avx512::store_n(p, v, n);
-  }
-  /// int8_blocked.hpp's quantize_block_scalar, 16 lanes at a time (same operations, same results).
-  static float quantize_block(const float* x, int len, std::int8_t* q) {
-    const __m512 v0 = Avx512::load_n(x, len < 16 ? len : 16);
-    const __m512 v1 = len > 16 ? Avx512::load_n(x + 16, len - 16) : _mm512_setzero_ps();
-    // |x| > amax ? |x| : amax, lane by lane (vmaxps keeps the second operand when |x| is NaN).
-    const __m512 m = _mm512_max_ps(_mm512_abs_ps(v1), _mm512_max_ps(_mm512_abs_ps(v0), _mm512_setzero_ps()));
-    const float a = _mm512_reduce_max_ps(m);
-    if (!(a > 0.0f)) {
-      std::memset(q, 0, 32);
-      return 0.0f;
-    }
-    const __m512 inv = _mm512_set1_ps(127.0f / a), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
-    const auto quantize = [&](__m512 v) {
-      __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
-      return _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r));
-    };
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), quantize(v0));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), quantize(v1));
-    return a / 127.0f;
-  }
-};
+  static constexpr Isa kIsa = Isa::kAvx512;
+  static constexpr int kMr = 14, kNv = 2;  // NR = 32
+  static constexpr bool kKMajorA = true;
+  // Attention: score tiles 14 queries × 32 keys (the GEMM's), P·V tiles 6 queries × 64 columns (24
+  // accumulators, 4 loads of v + 6 broadcasts of P per key); 126 queries per block (0.5 MB of scores).
+  static constexpr int kScoreMr = kMr, kPvMr = 6, kPvNvMax = 4, kQueryBlock = 126;
+  static constexpr int kBurstChains = 16;  // zmm chains: more than 2 ports × 4 cycles of FMA latency
 
-/// bf16 pairs for bf16_blocked.hpp on AVX512_BF16: vdpbf16ps, and vcvtne2ps2bf16 for the activations
-/// (round to nearest even, as float_to_bf16).
-struct Bf16Avx512 {
-  using V = Avx512;
-  using W = __m512i;
-  static W load(const std::uint32_t* p) { return _mm512_load_si512(p); }
-  static W bcast(const std::uint32_t* p) {
-    std::int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
+  // int8: 6 × 32 tiles (12 int32 + 12 float accumulators, 2 weight vectors, 1 broadcast); per k-quad 2
+  // loads of weights + 6 broadcasts of activations for 12 vpdpbusd. k-slices of 2048 inputs (the 32
+  // columns' weights, 64 KB, streamed from L2 by every row tile; fc1 and the projections run as one
+  // slice, without partial sums): measured 8-16 % faster than slices of 512 (other tile shapes,
+  // 7 × 32, 4 × 48, 5 × 32, were no better). Without AVX512-VNNI, the AVX2 table's entry (AVX-VNNI or
+  // vpmaddubsw) runs.
+  static void gemm_int8(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+                        const Epilogue& ep, int threads) {
+    static const bool vnni = cpu_has(CpuFeature::kAvx512vnni);
+    if (!vnni)
+      return kernels(Isa::kAvx2).gemm_int8(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
+    const int8::Problem p{M, seg_rows * segments, K, A, lda, int8::WeightView{W, w_scale, seg_rows, kp}, C, ldc, ep};
+    int8::gemm<Int8Vnni512, 6, 2>(p, 2048 / int8::kBlock, threads);
   }
-  static __m512 dot(__m512 acc, W a, W b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
-  static void to_pairs(const float* x, int n, std::uint32_t* out) {
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-      const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
-      _mm512_storeu_si512(out + i / 2, (__m512i)h);
-    }
-    if (i < n) {
-      const int r = n - i;
-      const __m512 lo = Avx512::load_n(x + i, r < 16 ? r : 16);
-      const __m512 hi = r > 16 ? Avx512::load_n(x + i + 16, r - 16) : _mm512_setzero_ps();
-      const __m512bh h = _mm512_cvtne2ps_pbh(hi, lo);
-      _mm512_mask_storeu_epi32(out + i / 2, static_cast<__mmask16>((1u << ((r + 1) / 2)) - 1u), (__m512i)h);
-    }
+
+  // bf16 compute: 14 × 32 tiles as the float GEMM's (28 accumulators, 2 weight vectors, 1 broadcast);
+  // per pair of inputs 2 loads + 14 broadcasts for 28 vdpbf16ps (twice the multiply-adds of an FMA).
+  // Without AVX512_BF16 the portable emulation runs.
+  static void gemm_bf16(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
+                        const Epilogue& ep, int threads) {
+    static const bool has_bf16 = cpu_has(CpuFeature::kAvx512bf16);
+    if (!has_bf16) return gemm_bf16_portable(M, A, lda, w, C, ldc, ep, threads);
+    static const Blocking bl = gemm_blocking(Isa::kAvx512);
+    bf16_blocked::gemm<Bf16Avx512, kMr>(M, A, lda, w, C, ldc, ep, threads, bl.mc);
   }
-};
 
-constexpr int kMr = 14;
-constexpr int kNv = 2;  // NR = 32
-
-// bf16 compute: 14 × 32 tiles as the float GEMM's (28 accumulators, 2 weight vectors, 1 broadcast);
-// per pair of inputs 2 loads + 14 broadcasts for 28 vdpbf16ps (twice the multiply-adds of an FMA).
-// Without AVX512_BF16 the portable emulation runs.
-void gemm_bf16_avx512(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
-                      const Epilogue& ep, int threads) {
-  static const bool has_bf16 = cpu_has(CpuFeature::kAvx512bf16);
-  if (!has_bf16) return gemm_bf16_portable(M, A, lda, w, C, ldc, ep, threads);
-  static const Blocking bl = gemm_blocking(Isa::kAvx512);
-  bf16_blocked::gemm<Bf16Avx512, kMr>(M, A, lda, w, C, ldc, ep, threads, bl.mc);
-}
-
-double bf16_burst_avx512(long iterations) {
-  // 16 independent zmm chains, as fma_burst_avx512.
-  constexpr int kChains = 16;
-  __m512 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.001f * static_cast<float>(i + 1));
-  const __m512i a = _mm512_set1_epi32(0x3f803f80), b = _mm512_set1_epi32(0x33d633d6);  // (1, 1) and (1e-7, 1e-7)
-  for (long it = 0; it < iterations; ++it) {
+  // The bf16 rate probe (bf16_compute_pays): 16 independent vdpbf16ps chains, as the FMA probe.
+  static double bf16_burst_zmm(long iterations) {
+    constexpr int kChains = 16;
+    __m512 acc[kChains];
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.001f * static_cast<float>(i + 1));
+    const __m512i a = _mm512_set1_epi32(0x3f803f80), b = _mm512_set1_epi32(0x33d633d6);  // (1, 1), (1e-7, 1e-7)
+    for (long it = 0; it < iterations; ++it) {
 #pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)a, (__m512bh)b);
+      for (int i = 0; i < kChains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)a, (__m512bh)b);
+    }
+    __m512 s = acc[0];
+    for (int i = 1; i < kChains; ++i) s = _mm512_add_ps(s, acc[i]);
+    volatile float sink = _mm512_reduce_add_ps(s);
+    (void)sink;
+    return 4.0 * 16 * kChains * static_cast<double>(iterations);
   }
-  __m512 s = acc[0];
-  for (int i = 1; i < kChains; ++i) s = _mm512_add_ps(s, acc[i]);
-  volatile float sink = _mm512_reduce_add_ps(s);
-  (void)sink;
-  return 4.0 * 16 * kChains * static_cast<double>(iterations);
-}
-
-void gemm_avx512(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
-                 bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  static const Blocking bl = gemm_blocking(Isa::kAvx512);
-  const blocked::Problem p{M, N, K, A, lda, B, ldb, b_trans, C, ldc, ep};
-  blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(p, bl, threads);
-}
-
-void gemm_weights_avx512(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
-                         std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  static const Blocking bl = gemm_blocking(Isa::kAvx512);
-  const blocked::Problem p{
-      M, N, K, A, lda, nullptr, ldw, /*b_trans=*/true, C, ldc, ep, static_cast<const std::uint16_t*>(W), wt};
-  blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(p, bl, threads);
-}
-
-void gemm_weights_stacked_avx512(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
-                                 const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
-                                 const Epilogue& ep, int threads) {
-  static const Blocking bl = gemm_blocking(Isa::kAvx512);
-  blocked::gemm<Avx512, kMr, kNv, /*KMajorA=*/true>(
-      blocked::stacked_problem(M, seg_rows, segments, K, A, lda, W, wt, ldw, C, ldc, ep), bl, threads);
-}
-
-void softmax_rows_avx512(float* x, int rows, int cols, std::ptrdiff_t ld) {
-  blocked::softmax_rows<Avx512>(x, rows, cols, ld);
-}
-
-// Attention: score tiles 14 queries × 32 keys (the GEMM's), P·V tiles 6 queries × 64 columns (24
-// accumulators, 4 loads of v + 6 broadcasts of P per key); 126 queries per block (0.5 MB of scores).
-void attention_head_avx512(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim,
-                           float scale, float* ctx, std::ptrdiff_t ldc, float* cls_row) {
-  attn_blocked::attention_head<Avx512, /*SMR=*/kMr, /*PMR=*/6, /*NVP_MAX=*/4, /*QB=*/126>(q, k, v, ld, tokens, head_dim,
-                                                                                          scale, ctx, ldc, cls_row);
-}
-
-void layer_norm_avx512(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
-                       const float* w, const float* b, double eps) {
-  blocked::layer_norm_rows<Avx512>(x, ldx, y, ldy, rows, cols, w, b, eps);
-}
-
-void outlier_product_avx512(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels,
-                            const float* w, float* P, std::ptrdiff_t ldp, int threads) {
-  blocked::outlier_product<Avx512>(M, N, J, A, lda, channels, w, P, ldp, threads);
-}
-
-void erf_avx512(float* x, std::ptrdiff_t n) { blocked::erf_buffer<Avx512>(x, n); }
-
-// int8: 6 × 32 tiles (12 int32 + 12 float accumulators, 2 weight vectors, 1 broadcast); per k-quad 2
-// loads of weights + 6 broadcasts of activations for 12 vpdpbusd. k-slices of 2048 inputs (the 32
-// columns' weights, 64 KB, streamed from L2 by every row tile; fc1 and the projections run as one
-// slice, without partial sums): measured here 8-16 % faster than slices of 512 (other tile shapes,
-// 7 × 32, 4 × 48, 5 × 32, were no better). Without AVX512-VNNI, the AVX2 table's entry (AVX-VNNI or
-// vpmaddubsw) runs.
-void gemm_int8_avx512(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
-                      const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
-                      const Epilogue& ep, int threads) {
-  static const bool vnni = cpu_has(CpuFeature::kAvx512vnni);
-  if (!vnni)
-    return kernels(Isa::kAvx2).gemm_int8(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
-  const int8::Problem p{M, seg_rows * segments, K, A, lda, int8::WeightView{W, w_scale, seg_rows, kp}, C, ldc, ep};
-  int8::gemm<Int8Vnni512, 6, 2>(p, 2048 / int8::kBlock, threads);
-}
-
-void gelu_erf_avx512(float* x, std::ptrdiff_t n) { blocked::gelu_erf<Avx512>(x, n); }
-
-double fma_burst_avx512(long iterations) {
-  // 16 independent zmm chains: more than 2 ports × 4 cycles of FMA latency.
-  constexpr int kChains = 16;
-  __m512 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.001f * static_cast<float>(i + 1));
-  const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-  for (long it = 0; it < iterations; ++it) {
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], m, c);
-  }
-  __m512 s = acc[0];
-  for (int i = 1; i < kChains; ++i) s = _mm512_add_ps(s, acc[i]);
-  volatile float sink = _mm512_reduce_add_ps(s);
-  (void)sink;
-  return 2.0 * 16 * kChains * static_cast<double>(iterations);
-}
+  static double (*bf16_burst())(long) { return cpu_has(CpuFeature::kAvx512bf16) ? bf16_burst_zmm : nullptr; }
+};
 
 }  // namespace
-
-KernelTable avx512_kernel_table() {
-  KernelTable t;
-  t.isa = Isa::kAvx512;
-  t.gemm = gemm_avx512;
-  t.gemm_weights = gemm_weights_avx512;
-  t.softmax_rows = softmax_rows_avx512;
-  t.gelu_erf = gelu_erf_avx512;
-  t.erf = erf_avx512;
-  t.layer_norm = layer_norm_avx512;
-  t.attention_head = attention_head_avx512;
-  t.gemm_int8 = gemm_int8_avx512;
-  t.outlier_product = outlier_product_avx512;
-  t.gemm_weights_stacked = gemm_weights_stacked_avx512;
-  t.fma_burst = fma_burst_avx512;
-  t.microkernel_burst = blocked::microkernel_burst<Avx512, kMr, kNv, /*KMajorA=*/true>;
-  t.gemm_bf16 = gemm_bf16_avx512;
-  if (cpu_has(CpuFeature::kAvx512bf16)) t.bf16_burst = bf16_burst_avx512;
-  return t;
-}
-
 }  // namespace vitmsn::detail
+
+#define VITMSN_KERNEL_TABLE avx512_kernel_table
+#include "cpu/kernels_simd.inc"

@@ -9,7 +9,7 @@
 #include "cpu/int8_blocked.hpp"
 #include "cpu/kernels.hpp"
 
-namespace vitmsn::detail {
+namespace vitmsn::detail::avxvnni {
 
 void gemm_int8_avxvnni(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
@@ -18,4 +18,4 @@ void gemm_int8_avxvnni(int M, int seg_rows, int segments, int K, int kp, const f
   int8::gemm<Int8Ymm<true>, 3, 2>(p, 512 / int8::kBlock, threads);
 }
 
-}  // namespace vitmsn::detail
+}  // namespace vitmsn::detail::avxvnni
