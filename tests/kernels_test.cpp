@@ -1,6 +1,6 @@
 // The compute kernels: every vectorised GEMM variant against the portable (Eigen) one over edge
 // shapes, strides, both B layouts and every epilogue; bit-identity across thread counts; the
-// vectorised GELU and softmax against scalar references. Variants the CPU lacks are skipped.
+// vectorised GELU against scalar references. Variants the CPU lacks are skipped.
 #include "cpu/kernels.hpp"
 
 #include <gtest/gtest.h>
@@ -459,7 +459,7 @@ TEST(GemmBlocked, AvxFiveTwelveTilingThroughPlainLanesMatchesPortable) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// GELU and softmax.
+// GELU.
 
 float gelu_reference(float x) { return x * 0.5f * (1.0f + std::erf(x * 0.70710678118654752440f)); }
 double gelu_exact(double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); }
@@ -555,63 +555,6 @@ TEST(KernelsGelu, HandlesLengthsThatAreNotAMultipleOfTheVectorWidth) {
   }
 }
 
-// Softmax against the portable float path and against a double-precision softmax of the same float
-// differences x − max (that subtraction rounds alike in every variant: |x − max|·2^-24 absolute).
-// Float sums of a thousand terms differ from each other by ~1e-6 relative just through their order,
-// so the bound is 2e-6 against the portable path and 1e-6 against the exact one.
-void check_softmax(Isa isa) {
-  std::mt19937 rng(3);
-  std::normal_distribution<float> nd(0.0f, 4.0f);
-  double vs_portable = 0.0, vs_exact = 0.0, worst_sum = 0.0;
-  for (int cols : {1, 2, 7, 8, 9, 16, 17, 31, 64, 100, 1025}) {
-    const int rows = 5;
-    const std::ptrdiff_t ld = cols + 3;
-    std::vector<float> x(static_cast<std::size_t>(rows) * ld);
-    for (float& v : x) v = nd(rng);
-    x[0] = -1e30f;  // a value whose exponential underflows
-    if (cols > 2) x[ld + 1] = 80.0f;
-    std::vector<float> ref = x, got = x;
-    softmax_rows(Isa::kPortable, ref.data(), rows, cols, ld);
-    softmax_rows(isa, got.data(), rows, cols, ld);
-    for (int i = 0; i < rows; ++i) {
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int j = 0; j < cols; ++j) mx = std::max(mx, x[i * ld + j]);
-      const auto shifted = [&](int j) { return static_cast<double>(x[i * ld + j] - mx); };
-      double total = 0.0;
-      for (int j = 0; j < cols; ++j) total += std::exp(shifted(j));
-      double sum = 0.0;
-      for (int j = 0; j < cols; ++j) {
-        const double r = ref[i * ld + j], g = got[i * ld + j];
-        const double exact = std::exp(shifted(j)) / total;
-        if (exact >= 1e-37) {  // below, float exp flushes (no subnormal results)
-          vs_portable = std::max(vs_portable, std::fabs(g - r) / r);
-          vs_exact = std::max(vs_exact, std::fabs(g - exact) / exact);
-        } else {
-          EXPECT_LT(g, 1e-37);
-        }
-        sum += g;
-      }
-      worst_sum = std::max(worst_sum, std::fabs(sum - 1.0));
-      for (std::ptrdiff_t j = cols; j < ld; ++j) EXPECT_EQ(got[i * ld + j], x[i * ld + j]) << "padding";
-    }
-  }
-  std::printf(
-      "[ %s softmax ] max relative error %.3g vs portable (std::exp, float sum), %.3g vs "
-      "exact (outputs >= 1e-37); max |row sum - 1| %.3g\n",
-      isa_name(isa), vs_portable, vs_exact, worst_sum);
-  EXPECT_LE(vs_portable, 2e-6);
-  EXPECT_LE(vs_exact, 1e-6);
-  EXPECT_LE(worst_sum, 1e-6);
-}
-
-TEST(KernelsSoftmax, Avx2MatchesTheScalarReference) {
-  SKIP_UNLESS_AVAILABLE(Isa::kAvx2);
-  check_softmax(Isa::kAvx2);
-}
-TEST(KernelsSoftmax, Avx512MatchesTheScalarReference) {
-  SKIP_UNLESS_AVAILABLE(Isa::kAvx512);
-  check_softmax(Isa::kAvx512);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Half-size weights: gemm_weights with bf16 / f16 W [N,K], widened to float while B is packed

@@ -127,7 +127,7 @@ inline void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float*
 // exp and erf, float, vectorised. Coefficients: weighted least-squares / Lawson fits (near minimax)
 // computed with mpmath at 40 digits. Measured over every float of the range (AVX2 build, against
 // double-precision std::exp / std::erf): exp <= 0.98 ulp on [-87.33, 88.3], erf <= 1.23 ulp (<= 0.94
-// below 0.875). tests/kernels_test.cpp checks GELU and softmax built on them on dense grids.
+// below 0.875). tests/kernels_test.cpp checks GELU (erf, through exp) on dense grids.
 
 /// e^x for x <= 88.37 (larger x saturate there); 0 below -87.33 (no subnormal results). ~1 ulp.
 template <class V>
@@ -652,41 +652,7 @@ void gemm(const Problem& p, const Blocking& bl, int threads) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Row softmax and GELU over buffers.
-
-template <class V>
-void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld) {
-  using R = typename V::R;
-  constexpr int L = V::kLanes;
-  if (cols <= 0) return;
-  const R neg_inf = V::set1(-__builtin_inff());
-  for (int i = 0; i < rows; ++i) {
-    float* r = x + i * ld;
-    R mx = neg_inf;
-    int j = 0;
-    for (; j + L <= cols; j += L) mx = V::max(mx, V::load(r + j));
-    if (j < cols) {
-      const int n = cols - j;
-      mx = V::max(mx, V::select(V::lanes_below(n), V::load_n(r + j, n), neg_inf));
-    }
-    const R m = V::set1(V::hmax(mx));
-    R sum = V::zero();
-    for (j = 0; j + L <= cols; j += L) {
-      const R e = exp_v<V>(V::sub(V::load(r + j), m));
-      V::store(r + j, e);
-      sum = V::add(sum, e);
-    }
-    if (j < cols) {
-      const int n = cols - j;
-      const R e = V::select(V::lanes_below(n), exp_v<V>(V::sub(V::load_n(r + j, n), m)), V::zero());
-      V::store_n(r + j, e, n);
-      sum = V::add(sum, e);
-    }
-    const R inv = V::set1(1.0f / V::hsum(sum));
-    for (j = 0; j + L <= cols; j += L) V::store(r + j, V::mul(V::load(r + j), inv));
-    if (j < cols) V::store_n(r + j, V::mul(V::load_n(r + j, cols - j), inv), cols - j);
-  }
-}
+// Layer norm and GELU over buffers.
 
 /// Layer norm of `rows` rows (the table's layer_norm entry): sums in double through
 /// V::sum_and_squares, then y = (x − m)·rstd·w + b in float with the portable entry's operations.

@@ -100,14 +100,15 @@ struct KernelTable {
   void (*outlier_product)(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels, const float* w,
                           float* P, std::ptrdiff_t ldp, int threads) = nullptr;
 
-  /// In place, for each of `rows` rows of x (leading dimension ld): x = softmax(x) over `cols` values.
-  void (*softmax_rows)(float* x, int rows, int cols, std::ptrdiff_t ld) = nullptr;
-
   /// For each of `rows` rows on the calling thread: y = (x − mean)·rstd·w + b with mean and the
   /// biased variance of the row's `cols` values accumulated in double (rstd = 1/√(var + eps), both then
   /// rounded to float), as torch.nn.LayerNorm. x and y may be the same buffer.
   void (*layer_norm)(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
                      const float* w, const float* b, double eps) = nullptr;
+
+  // Probes for the tests, not called by the model: the GELU epilogue's vector erf and GELU over a
+  // buffer, so that tests/kernels_test.cpp can check them on every float against std::erf (the
+  // epilogue itself only ever sees GEMM outputs).
 
   /// In place: x[i] = erf(x[i]) (the erf the GELU epilogue uses; |error| <= 2e-7 over all floats).
   void (*erf)(float* x, std::ptrdiff_t n) = nullptr;
@@ -183,10 +184,6 @@ inline void gemm_weights(Isa isa, int M, int N, int K, const float* A, std::ptrd
   } else {
     kernels(isa).gemm_weights(M, N, K, A, lda, W, wt, ldw, C, ldc, ep, threads);
   }
-}
-
-inline void softmax_rows(Isa isa, float* x, int rows, int cols, std::ptrdiff_t ld) {
-  kernels(isa).softmax_rows(x, rows, cols, ld);
 }
 
 inline void gelu_erf(Isa isa, float* x, std::ptrdiff_t n) { kernels(isa).gelu_erf(x, n); }

@@ -452,7 +452,6 @@ KernelTable portable_kernel_table() {
   t.isa = Isa::kPortable;
   t.gemm = gemm_portable;
   t.gemm_weights = gemm_weights_portable;
-  t.softmax_rows = softmax_rows_portable;
   t.gelu_erf = gelu_erf_portable;
   t.erf = erf_portable;
   t.layer_norm = layer_norm_portable;
