@@ -23,10 +23,6 @@ namespace vitmsn {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 bool is_float(DType d) { return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16 || d == DType::kF64; }
 
 // Re-encodes a float tensor as `dtype` (round to nearest even).
@@ -52,7 +48,7 @@ bool is_block_linear_weight(const std::string& name) {
   for (const char* tail :
        {".attention.attention.query.weight", ".attention.attention.key.weight", ".attention.attention.value.weight",
         ".attention.output.dense.weight", ".intermediate.dense.weight", ".output.dense.weight"})
-    if (ends_with(name, tail)) return true;
+    if (detail::ends_with(name, tail)) return true;
   return false;
 }
 
@@ -196,7 +192,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
                       (trained_on != head.metadata().end() ? ", " + trained_on->second : std::string()) + ") than " +
                       weights + " (backbone " + report.backbone.substr(0, 16) +
                       "): its classes would not fit these features. Train a head on this model with vitmsn-probe, "
-                      "or merge it anyway with vitmsn-convert --force (ConvertOptions::allow_other_backbone)",
+                      "or merge it anyway with vitmsn-convert --force",
                   options.classifier);
     }
     if (views.count(detail::keys::kClassifierWeight)) {
@@ -268,8 +264,8 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     }
     // Matrices (linear and patch weights) take the requested type; norms, biases, embeddings stay F32.
     // int8 quantizes the six linear weights of the blocks only: the rest stays F32.
-    const bool matrix =
-        t.shape.size() >= 2 && !ends_with(t.name, "cls_token") && !ends_with(t.name, "position_embeddings");
+    const bool matrix = t.shape.size() >= 2 && !detail::ends_with(t.name, "cls_token") &&
+                        !detail::ends_with(t.name, "position_embeddings");
     if (options.dtype == DType::kI8 && is_block_linear_weight(t.name)) {
       std::vector<TensorData> extra = quantize_int8(t);
       report.bytes += t.bytes.size();

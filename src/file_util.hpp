@@ -70,6 +70,11 @@ void release_pages(const void* data, std::size_t bytes) noexcept;
 /// The whole file as a string. \throws Error naming `path`.
 std::string read_text_file(const std::string& path, std::size_t max_bytes = 64u << 20);
 
+/// Whether `s` ends with `tail`.
+inline bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 bool is_directory(const std::string& path);
 bool is_regular_file(const std::string& path);
 /// The folder part of a path ("." when there is none).

@@ -7,10 +7,6 @@ namespace vitmsn::detail {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // The weights file of `path` (see resolve_model_files).
 std::string locate_weights(const std::string& path, Checkpoints accepted) {
   if (!is_directory(path)) {
@@ -39,7 +35,7 @@ std::string locate_weights(const std::string& path, Checkpoints accepted) {
 ModelFiles resolve_model_files(const std::string& path, Checkpoints accepted, FileAccess access) {
   ModelFiles m;
   m.weights = locate_weights(path, accepted);
-  const bool safetensors = accepted == Checkpoints::kSafetensors || ends_with(m.weights, ".safetensors");
+  const bool safetensors = accepted == Checkpoints::kSafetensors || detail::ends_with(m.weights, ".safetensors");
   if (safetensors) m.file = std::make_unique<SafetensorsFile>(SafetensorsFile::open(m.weights, {}, access));
   static const std::map<std::string, std::string> kNoMetadata;
   const auto& meta = m.file ? m.file->metadata() : kNoMetadata;

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "file_util.hpp"
 #include "vitmsn/error.hpp"
 #include "weights.hpp"
 
@@ -20,10 +21,6 @@ double synthetic_uniform(std::uint64_t t, std::uint64_t i) {
   return static_cast<double>(x >> 40) / static_cast<double>(1 << 24);
 }
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 }  // namespace
 
 std::vector<TensorData> synthetic_tensors(const Config& config) {
@@ -36,9 +33,9 @@ std::vector<TensorData> synthetic_tensors(const Config& config) {
     for (auto d : shape) n *= static_cast<std::size_t>(d);
     // Kind by name, as vitmsn_ref.vit_keys labels them.
     double scale = 0.15, offset = 0.0;
-    if (ends_with(name, "cls_token") || ends_with(name, "position_embeddings")) {
+    if (detail::ends_with(name, "cls_token") || detail::ends_with(name, "position_embeddings")) {
       scale = 0.8;
-    } else if (name.find("layernorm") != std::string::npos && ends_with(name, ".weight")) {
+    } else if (name.find("layernorm") != std::string::npos && detail::ends_with(name, ".weight")) {
       scale = 0.3;
       offset = 1.0;
     } else if (shape.size() > 1) {
