@@ -115,7 +115,40 @@ bool is_path_like(const py::handle x) {
   return PyUnicode_Check(x.ptr()) || PyBytes_Check(x.ptr()) || py::hasattr(x, "__fspath__");
 }
 
-std::string to_path(const py::handle x) { return py::module_::import("os").attr("fsdecode")(x).cast<std::string>(); }
+/// The bytes of a path argument, as os.fsencode gives them: a str encoded with the filesystem encoding
+/// and surrogateescape (so names os.listdir() returns for non-UTF-8 bytes round-trip), bytes as they
+/// are, an os.PathLike through os.fspath. \throws Error (argument) for an empty path or one holding NUL.
+std::string to_path(const py::handle x) {
+  const py::object encoded = py::module_::import("os").attr("fsencode")(x);
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(encoded.ptr(), &data, &size) != 0) throw py::error_already_set();
+  if (size == 0) throw Error(ErrorKind::kArgument, "empty path");
+  std::string out(data, static_cast<std::size_t>(size));
+  if (out.find('\0') != std::string::npos) throw Error(ErrorKind::kArgument, "a path must not contain NUL bytes");
+  return out;
+}
+
+/// A path (bytes from the library) as Python shows paths: os.fsdecode (surrogateescape).
+py::str fs_str(const std::string& path) {
+  auto out = py::reinterpret_steal<py::str>(
+      PyUnicode_DecodeFSDefaultAndSize(path.data(), static_cast<Py_ssize_t>(path.size())));
+  if (!out) throw py::error_already_set();
+  return out;
+}
+
+/// Bytes that cannot be a path (NUL bytes, longer than any path): most likely an image file's
+/// contents passed by mistake. \throws TypeError saying what to pass.
+void check_bytes_path(const py::handle x) {
+  if (!PyBytes_Check(x.ptr())) return;
+  const Py_ssize_t n = PyBytes_GET_SIZE(x.ptr());
+  const char* data = PyBytes_AS_STRING(x.ptr());
+  if (n > 4096 || std::memchr(data, 0, static_cast<std::size_t>(n)) != nullptr) {
+    throw py::type_error("got " + std::to_string(n) +
+                         " bytes that are not a file name (an image file's contents?): pass a path (str, bytes "
+                         "or os.PathLike), a PIL image (PIL.Image.open(io.BytesIO(data))) or a numpy array");
+  }
+}
 
 /// True when `x` is a PIL.Image.Image (without importing Pillow: if it is not loaded, x is none).
 bool is_pil_image(const py::handle x) {
@@ -182,16 +215,23 @@ py::array pixel_array(py::array a) {
 Input to_input(const py::handle x) {
   Input in;
   if (is_path_like(x)) {
+    check_bytes_path(x);
     in.kind = Input::Kind::kPath;
     in.path = to_path(x);
     return in;
   }
   py::object source = py::reinterpret_borrow<py::object>(x);
+  std::optional<py::array> maybe;
   if (is_pil_image(x)) {
+    // Loaded first, so that Pillow's own error (a truncated file, a closed image) surfaces as it is
+    // (the array protocols would hide it behind "not an array").
+    source.attr("load")();
     // What Hugging Face's processor does with a PIL image: convert("RGB"), then its pixels.
     if (source.attr("mode").cast<std::string>() != "RGB") source = source.attr("convert")("RGB");
+    maybe = py::reinterpret_steal<py::array>(py::module_::import("numpy").attr("asarray")(source).release());
+  } else {
+    maybe = as_array(source);
   }
-  const std::optional<py::array> maybe = as_array(source);
   if (!maybe) {
     throw py::type_error("expected " + std::string(kInputKinds) + ", got " +
                          py::str(py::type::handle_of(x).attr("__name__")).cast<std::string>());
@@ -499,6 +539,7 @@ void embed_into(const PyModel& m, py::array out, const py::sequence& inputs, con
     check_size_for_pixels(in.back(), sz);
   }
   const Preprocessor pre = sized(m, sz);
+  if (in.empty()) return;  // (embed checks its arguments this way before the first input arrives)
   float* dst = static_cast<float*>(out.mutable_data());
   WithoutGil no_gil;
   std::vector<PixelValues> owned(in.size());
@@ -509,6 +550,9 @@ void embed_into(const PyModel& m, py::array out, const py::sequence& inputs, con
     } else {
       owned[i] = pixels_of(in[i], pre);
       views.emplace_back(owned[i].data(), owned[i].dimension(0), owned[i].dimension(1), owned[i].dimension(2));
+      // Ctrl-C between the images of a batch (the Python loop checks between batches).
+      py::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
     }
   }
   const std::vector<Features> fs = m.model.extract_features(views);
@@ -627,7 +671,8 @@ std::vector<double> forward_seconds(const PyModel& m, const py::object& x, int r
 
 std::string repr_model(const PyModel& m) {
   const Config& c = m.model.config();
-  return "vitmsn.Model('" + m.path + "': hidden " + std::to_string(c.hidden_size) + ", " +
+  // repr() of the path as Python shows it (a non-UTF-8 name's bytes as \udcXX escapes).
+  return "vitmsn.Model(" + py::repr(fs_str(m.path)).cast<std::string>() + ": hidden " + std::to_string(c.hidden_size) + ", " +
          std::to_string(c.num_hidden_layers) + " layers, " + std::to_string(c.num_attention_heads) + " heads, patch " +
          std::to_string(c.patch_size) + ", " + std::to_string(c.image_size) + "x" + std::to_string(c.image_size) +
          (m.model.has_classifier() ? ", " + std::to_string(m.model.labels().size()) + " classes" : "") + ", " +
@@ -912,7 +957,7 @@ PYBIND11_MODULE(_core, m) {
           "compute", [](const PyModel& m) { return std::string(m.model.compute()); },
           "How the linear layers compute: 'f32', 'bf16' or 'int8' (decided at load from compute=).")
       .def_property_readonly(
-          "source", [](const PyModel& m) { return m.model.source(); }, "The weights file the model was read from.")
+          "source", [](const PyModel& m) { return fs_str(m.model.source()); }, "The weights file the model was read from.")
       .def_property_readonly(
           "preprocessor", [](const PyModel& m) { return PyPreprocessor{m.model.preprocessor()}; },
           "The model's Preprocessor (from its preprocessor_config.json or metadata, else the defaults).")

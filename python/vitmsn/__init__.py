@@ -16,8 +16,10 @@ values are read in place; the GIL is released while images are decoded, preproce
 through the model, so threads sharing one Model run in parallel.
 """
 
+import os as _os
 import sys as _sys
 import time as _time
+from typing import NamedTuple as _NamedTuple
 
 import numpy as _np
 
@@ -30,6 +32,7 @@ __version__ = _core.__version__
 
 __all__ = [
     "ArgumentError",
+    "EmbedResult",
     "Error",
     "Features",
     "IoError",
@@ -48,58 +51,166 @@ __all__ = [
 ]
 
 
+class EmbedResult(_NamedTuple):
+    """What Model.embed(..., on_error="skip") returns (and what an interrupted or failed embed()
+    leaves in the exception's .partial): the rows of the inputs that succeeded, in input order.
+
+    embeddings: float32 [n, D], one row per input that succeeded; indices: int64 [n], the position
+    in `inputs` of each row (embeddings[k] is inputs[indices[k]]); skipped: [(index, exception)] of
+    the inputs that failed, in input order."""
+
+    embeddings: _np.ndarray
+    indices: _np.ndarray
+    skipped: list
+
+
 class Model(_core.Model):
     __doc__ = _core.Model.__doc__
 
-    def embed(self, inputs, pool="cls", batch_size=1, progress=False, size=None):
-        """Embeddings of many inputs as one float32 array [len(inputs), D].
+    def embed(self, inputs, pool="cls", batch_size=1, progress=False, size=None, on_error="raise"):
+        """Embeddings of many inputs as one float32 array [n, D].
 
-        inputs: a sequence (or iterable) of what extract_features() takes: image paths, PIL images,
-        uint8 arrays, float32 pixel values. pool: "cls" (the CLS token) or "mean" (the mean of the
-        patch tokens). batch_size: inputs per forward pass (a batch runs one matrix product per
-        weight for all its images; batch 1 is as fast per image on ViT-L/7 and needs the least
-        memory). progress: draw a progress bar on stderr (a redrawn line on a terminal, a line per
-        10 % otherwise). size: (height, width) or an int, the size images are resized to.
+        inputs: any iterable (a list, a generator, a DataLoader-like stream) of what
+        extract_features() takes: image paths (str, bytes, os.PathLike), PIL images, uint8 arrays,
+        float32 pixel values. It is consumed as it goes: batch_size inputs at a time are run and then
+        dropped (memory holds one batch of inputs plus the output rows; PIL images are not kept).
+        pool: "cls" (the CLS token) or "mean" (the mean of the patch tokens). batch_size: inputs per
+        forward pass (batch 1 is as fast per image on ViT-L/7 and needs the least memory).
+        progress: a progress bar on stderr (a redrawn line on a terminal; outside one a line per
+        10 % and at least every 30 s; without len(inputs) it counts without a total). size:
+        (height, width) or an int, the size images are resized to.
 
-        Raises vitmsn.Error naming the input that failed (nothing is returned then). Ctrl-C stops
-        after the current batch.
+        on_error="raise" (default): the first input that fails raises its error again, of the same
+        class, with " (embed: input <index>, <path or type>)" after the message (the original is its
+        __cause__); returns float32 [len(inputs), D], row i for inputs[i].
+        on_error="skip": inputs that fail (vitmsn.Error, Pillow's OSError, a wrong type, ...) are
+        left out; returns an EmbedResult (embeddings [n, D], indices [n], skipped [(index, error)]).
+
+        Ctrl-C (KeyboardInterrupt) stops between images (and between batches); the exception then
+        carries .partial, an EmbedResult of what was done. A raised input error carries .partial too.
         """
         if pool not in ("cls", "mean"):
             raise ArgumentError(f"pool must be 'cls' or 'mean', got {pool!r}")
-        if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__iter__"):
-            raise TypeError("embed() takes a sequence of inputs (paths, images, arrays); for one input use "
+        if on_error not in ("raise", "skip"):
+            raise ArgumentError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if isinstance(inputs, (str, bytes, _os.PathLike)) or not hasattr(inputs, "__iter__"):
+            raise TypeError("embed() takes an iterable of inputs (paths, images, arrays); for one input use "
                             "extract_features()")
-        inputs = list(inputs)
         batch_size = int(batch_size)
         if batch_size < 1:
             raise ArgumentError(f"batch_size must be at least 1, got {batch_size}")
-        out = _np.empty((len(inputs), self.config["hidden_size"]), dtype=_np.float32)
-        bar = _Progress(len(inputs)) if progress else None
+        d = self.config["hidden_size"]
+        self._embed_into(_np.empty((0, d), _np.float32), [], pool, size)  # checks size before any input
         try:
-            for start in range(0, len(inputs), batch_size):
-                stop = min(len(inputs), start + batch_size)
-                self._embed_into(out[start:stop], inputs[start:stop], pool, size)
+            total = len(inputs)
+        except TypeError:
+            total = None
+        rows, indices, skipped = [], [], []
+        batch, batch_indices = [], []
+
+        def partial():
+            emb = _np.concatenate(rows) if rows else _np.empty((0, d), _np.float32)
+            return EmbedResult(emb, _np.asarray(indices, dtype=_np.int64), list(skipped))
+
+        def failed(index, x, error):
+            if on_error == "skip":
+                skipped.append((index, error))
+                return
+            raise _with_input(error, index, x, partial())
+
+        def run(xs, ids):
+            out = _np.empty((len(xs), d), _np.float32)
+            self._embed_into(out, xs, pool, size)
+            rows.append(out)
+            indices.extend(ids)
+
+        def flush():
+            try:
+                run(batch, batch_indices)
+            except Exception as error:  # find the failing inputs one by one (a batch is a few inputs)
+                if len(batch) == 1:
+                    failed(batch_indices[0], batch[0], error)
+                else:
+                    for x, i in zip(batch, batch_indices):
+                        try:
+                            run([x], [i])
+                        except Exception as e:
+                            failed(i, x, e)
+            batch.clear()
+            batch_indices.clear()
+
+        bar = _Progress(total) if progress else None
+        count = 0
+        try:
+            for index, x in enumerate(inputs):
+                batch.append(x)
+                batch_indices.append(index)
+                del x
+                if len(batch) == batch_size:
+                    flush()
+                    count = index + 1
+                    if bar:
+                        bar.update(count)
+            if batch:
+                count += len(batch)
+                flush()
                 if bar:
-                    bar.update(stop)
+                    bar.update(count)
+        except KeyboardInterrupt as interrupt:
+            interrupt.partial = partial()
+            raise
         finally:
+            batch.clear()
             if bar:
                 bar.close()
-        return out
+        if on_error == "skip":
+            return partial()
+        return partial().embeddings if len(rows) != 1 else rows[0]
+
+
+def _describe(x):
+    if isinstance(x, (str, bytes, _os.PathLike)):
+        try:
+            return repr(_os.fsdecode(x))
+        except TypeError:
+            pass
+    return type(x).__name__
+
+
+def _with_input(error, index, x, partial):
+    """`error` again, of the same class, its message naming the input (index, path or type)."""
+    message = f"{error} (embed: input {index}, {_describe(x)})"
+    try:
+        new = type(error)(message)
+    except Exception:
+        error.add_note(message) if hasattr(error, "add_note") else None
+        error.partial = partial
+        return error
+    if isinstance(error, Error):
+        new.__dict__.update(error.__dict__)
+        if isinstance(error, OSError):
+            new.errno, new.strerror, new.filename = error.errno, error.strerror, error.filename
+    new.partial = partial
+    new.__cause__ = error
+    return new
 
 
 class _Progress:
-    """A progress line on stderr: redrawn in place on a terminal, one line per 10 % otherwise."""
+    """A progress line on stderr: redrawn in place on a terminal; otherwise a line per 10 % and at least
+    every `every` seconds (without a total: a count, a line every `every` seconds and at the end)."""
 
-    def __init__(self, total, stream=None):
+    def __init__(self, total, stream=None, every=30.0):
         self.total, self.done, self.start = total, 0, _time.monotonic()
         self.stream = stream or _sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.last_tenth = 0
+        self.last_tenth, self.every, self.last_line, self.printed = 0, every, self.start, 0
         self._draw()
 
     def _line(self):
         elapsed = _time.monotonic() - self.start
         rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
+        if self.total is None:
+            return f"{self.done} images  {rate:.2f}/s"
         left = (self.total - self.done) / rate if rate > 0 else 0.0
         width = 30
         filled = width * self.done // self.total if self.total else width
@@ -115,12 +226,21 @@ class _Progress:
         self.done = done
         if self.tty:
             self._draw()
-        elif self.total and 10 * done // self.total > self.last_tenth:
-            self.last_tenth = 10 * done // self.total
-            self.stream.write(self._line() + "\n")
-            self.stream.flush()
+            return
+        now = _time.monotonic()
+        tenth = 10 * done // self.total if self.total else 0
+        if tenth > self.last_tenth or now - self.last_line >= self.every:
+            self.last_tenth = max(self.last_tenth, tenth)
+            self._print()
+
+    def _print(self):
+        self.last_line, self.printed = _time.monotonic(), self.done
+        self.stream.write(self._line() + "\n")
+        self.stream.flush()
 
     def close(self):
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+        elif self.done != self.printed:  # the last count, when no line showed it
+            self._print()

@@ -1,7 +1,7 @@
 # Type stub of the Python module vitmsn (python/vitmsn/__init__.py over the extension _core).
 # tests/python/test_api.py checks that it names exactly what the module has, with the same parameters.
 import os
-from typing import Any, Iterable, Sequence, Tuple, Union
+from typing import Any, Iterable, Literal, NamedTuple, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,15 @@ class LimitError(Error):
 
 class ArgumentError(Error):
     """A bad argument or option value: a wrong array shape, an index out of range."""
+
+class EmbedResult(NamedTuple):
+    """Model.embed(..., on_error="skip"): the rows of the inputs that succeeded, in input order."""
+    embeddings: npt.NDArray[np.float32]
+    """float32 [n, D]: one row per input that succeeded."""
+    indices: npt.NDArray[np.int64]
+    """int64 [n]: the position in the inputs of each row."""
+    skipped: list[tuple[int, BaseException]]
+    """(index, error) of each input that failed."""
 
 class Features:
     """What a forward pass returns; the arrays are views of the library's buffers."""
@@ -96,6 +105,7 @@ class Model:
         self, x: Input, hidden_states: Layers = (), cls_attention: Layers = (), size: Size = None
     ) -> Features: ...
     def __call__(self, pixel_values: _Array) -> npt.NDArray[np.float32]: ...
+    @overload
     def embed(
         self,
         inputs: Iterable[Input],
@@ -103,7 +113,19 @@ class Model:
         batch_size: int = 1,
         progress: bool = False,
         size: Size = None,
+        on_error: Literal["raise"] = "raise",
     ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def embed(
+        self,
+        inputs: Iterable[Input],
+        pool: str = "cls",
+        batch_size: int = 1,
+        progress: bool = False,
+        size: Size = None,
+        *,
+        on_error: Literal["skip"],
+    ) -> EmbedResult: ...
     def classify(self, x: Input, top: int | None = 5) -> list[tuple[str, float]]: ...
     def logits(self, x: Union[Input, Features]) -> npt.NDArray[np.float32]: ...
 

@@ -98,14 +98,17 @@ def stub_definitions():
     out, classes = {}, set()
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
-            out[node.name] = [a.arg for a in node.args.args]
+            out[node.name] = [a.arg for a in node.args.args + node.args.kwonlyargs]
         elif isinstance(node, ast.ClassDef):
             classes.add(node.name)
             out[node.name] = None
+            named_tuple = any(isinstance(b, ast.Name) and b.id == "NamedTuple" for b in node.bases)
             for item in node.body:
+                if named_tuple and isinstance(item, ast.AnnAssign):  # a field: a read-only descriptor
+                    out[f"{node.name}.{item.target.id}"] = "property"
                 if isinstance(item, ast.FunctionDef):
                     is_property = any(isinstance(d, ast.Name) and d.id == "property" for d in item.decorator_list)
-                    out[f"{node.name}.{item.name}"] = "property" if is_property else [a.arg for a in item.args.args]
+                    out[f"{node.name}.{item.name}"] = "property" if is_property else [a.arg for a in item.args.args + item.args.kwonlyargs]
     return out, classes
 
 
