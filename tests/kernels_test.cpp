@@ -4,6 +4,9 @@
 #include "cpu/kernels.hpp"
 
 #include <gtest/gtest.h>
+#include <sched.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
@@ -220,12 +223,42 @@ TEST(Kernels, PortableIsAlwaysAvailableAndDetectedIsAvailable) {
   std::printf("[ detected ] %s\n", isa_name(detected_isa()));
 }
 
-TEST(Kernels, DefaultThreadsCountsUsableCpus) { EXPECT_GE(default_threads(), 1); }
+// The default thread count follows the process's CPU affinity, not the machine's CPU count: a child
+// process limited to CPU 0 must get 1 (std::thread::hardware_concurrency() would still say all).
+TEST(Kernels, DefaultThreadsFollowsTheCpuAffinity) {
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  ASSERT_EQ(sched_getaffinity(0, sizeof all, &all), 0);
+  EXPECT_EQ(default_threads(), CPU_COUNT(&all));
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(0, &one);
+    if (sched_setaffinity(0, sizeof one, &one) != 0) _exit(100);
+    _exit(default_threads());
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << "threads seen by a process pinned to one CPU (100: could not pin)";
+}
 
-TEST(Kernels, FmaPeakMeasurementGivesAPositiveRate) {
-  const double one = measure_fma_peak_gflops(1, 0.05);
-  EXPECT_GT(one, 0.1);
-  std::printf("[ fma peak ] 1 thread: %.1f GFLOP/s (50 ms run)\n", one);
+// The peak probe counts exactly the FLOPs its chains do: 2 per lane and chain per round, linear in
+// the rounds (a wrong lane or chain count would misstate every share of the peak vitmsn-bench prints).
+TEST(Kernels, FmaBurstCountsItsFlops) {
+  struct Expect {
+    Isa isa;
+    double per_round;
+  } cases[] = {{Isa::kAvx2, 2.0 * 8 * 12}, {Isa::kAvx512, 2.0 * 16 * 16}};
+  for (const Expect& e : cases) {
+    if (!isa_available(e.isa)) continue;
+    EXPECT_EQ(kernels(e.isa).fma_burst(1), e.per_round) << isa_name(e.isa);
+    EXPECT_EQ(kernels(e.isa).fma_burst(10), 10 * e.per_round) << isa_name(e.isa);
+  }
+  const double portable = kernels(Isa::kPortable).fma_burst(1);
+  EXPECT_EQ(kernels(Isa::kPortable).fma_burst(4), 4 * portable);
 }
 
 TEST(GemmAvx2, MatchesPortableOnEdgeShapesStridesLayoutsAndEpilogues) {
@@ -554,7 +587,6 @@ TEST(KernelsGelu, HandlesLengthsThatAreNotAMultipleOfTheVectorWidth) {
     }
   }
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Half-size weights: gemm_weights with bf16 / f16 W [N,K], widened to float while B is packed

@@ -381,6 +381,17 @@ TEST(ModelFileChanged, SafetensorsFileChecksTheFileItMapped) {
   EXPECT_EQ(copied.get("embeddings.cls_token").to_float(), mapped.get("embeddings.cls_token").to_float());
 }
 
+TEST(Config, JsonErrorsSayWhereInWords) {
+  try {
+    parse_config("{\"hidden_size\": 64,, }", "c.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("c.json: not valid JSON: syntax error at byte 20"), std::string::npos)
+        << e.what();
+    EXPECT_EQ(std::string(e.what()).find("json.exception"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Config, RejectsMissingAndMistypedFields) {
   EXPECT_THROW(parse_config("{}", "c.json"), Error);
   try {

@@ -141,17 +141,6 @@ TEST(Safetensors, JsonErrorsSayWhereInWordsWithBytesEscaped) {
   expect_rejected("cut", make_file("{\"x\": [1,2", ""), {"the text ends before the JSON is complete"});
 }
 
-TEST(Config, JsonErrorsSayWhereInWords) {
-  try {
-    parse_config("{\"hidden_size\": 64,, }", "c.json");
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("c.json: not valid JSON: syntax error at byte 20"), std::string::npos)
-        << e.what();
-    EXPECT_EQ(std::string(e.what()).find("json.exception"), std::string::npos) << e.what();
-  }
-}
-
 // What people pass as a model by mistake is named, with what to do, instead of a header length.
 TEST(Safetensors, SaysWhatAFileIsWhenItIsNotSafetensors) {
   const std::string torch = test::read_text(test::data_path("models/tiny/pytorch_model.bin"));
