@@ -650,6 +650,44 @@ py::array resize_only(const PyPreprocessor& p, const py::object& x, const py::ob
   return py::array_t<std::uint8_t>(shape, static_cast<const Image*>(owner.get_pointer())->rgb.data(), owner);
 }
 
+// --- Conversion ------------------------------------------------------------------------------------------
+
+/// vitmsn.convert(): convert_checkpoint (a PyTorch or safetensors checkpoint -> one .safetensors model).
+py::dict convert(const py::object& input, const py::object& output, const std::string& dtype,
+                 const py::object& classifier, bool overwrite, bool allow_other_backbone) {
+  if (!is_path_like(input)) throw py::type_error("convert(input, ...): input must be a str, bytes or os.PathLike");
+  if (!is_path_like(output)) throw py::type_error("convert(..., output): output must be a str, bytes or os.PathLike");
+  ConvertOptions o;
+  o.dtype = parse_weight_dtype(dtype);
+  if (!classifier.is_none()) {
+    if (!is_path_like(classifier))
+      throw py::type_error("convert(classifier=...): a str, bytes or os.PathLike (a safetensors head), or None");
+    o.classifier = to_path(classifier);
+  }
+  o.overwrite = overwrite;
+  o.allow_other_backbone = allow_other_backbone;
+  const std::string in = to_path(input), out = to_path(output);
+  ConvertReport r;
+  {
+    WithoutGil no_gil;
+    r = convert_checkpoint(in, out, o);
+  }
+  static const char* const kHead[] = {"none", "same", "unrecorded", "other"};
+  py::dict d;
+  d["output"] = fs_str(out);
+  d["weights_input"] = fs_str(r.weights_input);
+  d["config_source"] = fs_str(r.config_source);
+  d["preprocessor_source"] = fs_str(r.preprocessor_source);
+  d["tensors"] = r.tensors;
+  d["bytes"] = r.bytes;
+  d["has_classifier"] = r.has_classifier;
+  d["dropped"] = r.dropped;
+  d["backbone"] = r.backbone;
+  d["head_backbone"] = kHead[static_cast<int>(r.head_backbone)];
+  d["replaced_labels"] = r.replaced_labels;
+  return d;
+}
+
 // --- Benchmark support -------------------------------------------------------------------------------
 
 /// Seconds of each of `runs` calls of Model::extract_features on pixel values [3, H, W], timed in C++
@@ -820,6 +858,19 @@ PYBIND11_MODULE(_core, m) {
   m.def("image_file_extensions", &image_file_extensions,
         "The file extensions (lower case, with the dot) of the formats the decoder reads, for picking\n"
         "images out of folders: .png .jpg .jpeg .jpe .jfif .bmp .gif .tga .psd .ppm .pgm .pnm.");
+  m.def("convert", &convert, py::arg("input"), py::arg("output"), py::arg("dtype") = "f32",
+        py::arg("classifier") = py::none(), py::arg("overwrite") = false, py::arg("allow_other_backbone") = false,
+        "Converts a checkpoint into one .safetensors model file that Model() loads: input is a model folder\n"
+        "(model.safetensors, else pytorch_model.bin; config.json; preprocessor_config.json), a PyTorch .bin\n"
+        "(read by vitmsn's own restricted reader: no pickle code runs, no torch needed) or a .safetensors\n"
+        "file. output: the file to write (atomically; only there: nothing is written beside the input).\n"
+        "dtype: 'f32', 'bf16', 'f16' or 'int8' (the stored weight type). classifier: a safetensors file\n"
+        "with classifier.weight / classifier.bias to merge as the head. overwrite: replace an existing output.\n"
+        "allow_other_backbone: merge a head trained on another backbone.\n"
+        "Returns a dict: output, weights_input, config_source, preprocessor_source, tensors, bytes,\n"
+        "has_classifier, dropped (input tensors that are not part of the model), backbone, head_backbone\n"
+        "('none', 'same', 'unrecorded', 'other'), replaced_labels. Raises vitmsn.Error naming the file and\n"
+        "the problem (the output is then not created); an existing output without overwrite is an error.");
   m.def("jpeg_decoder", &jpeg_decoder_name,
         "Which decoder this build uses for JPEG: 'stb_image' (default) or 'libjpeg-turbo' (bit-exact with\n"
         "Pillow).");

@@ -25,7 +25,7 @@ import numpy as _np
 
 from . import _core
 from ._core import (ArgumentError, Error, Features, IoError, LimitError, MalformedError, NotFoundError,
-                    PermissionDeniedError, Preprocessor, UnsupportedError, default_threads, image_file_extensions,
+                    PermissionDeniedError, Preprocessor, UnsupportedError, convert, default_threads, image_file_extensions,
                     jpeg_decoder, kernel_isa)
 
 __version__ = _core.__version__
@@ -43,6 +43,7 @@ __all__ = [
     "PermissionDeniedError",
     "Preprocessor",
     "UnsupportedError",
+    "convert",
     "default_threads",
     "image_file_extensions",
     "jpeg_decoder",
