@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -32,6 +33,8 @@
 #include "vitmsn/image.hpp"
 #include "vitmsn/io.hpp"
 #include "vitmsn/model.hpp"
+#include "vitmsn/preprocess.hpp"
+#include "vitmsn/safetensors.hpp"
 #include "vitmsn/version.hpp"
 
 namespace vitmsn::cli {
@@ -132,6 +135,12 @@ class Args {
           has_value = true;
         }
         if (name == "-h") name = "--help";
+        if (values_.count(name) && !contains(repeatable(), name) && name != "--help" && name != "--version")
+          throw UsageError("option " + name + " is given twice" +
+                           (contains(flags, name) ? std::string()
+                                                  : " ('" + values_[name].back() + "', then '" +
+                                                        (has_value ? value : i + 1 < argc ? argv[i + 1] : "") + "')") +
+                           "; give it once");
         if (contains(flags, name)) {
           if (has_value) throw UsageError("option " + name + " takes no value");
           values_[name].push_back("");
@@ -184,6 +193,16 @@ class Args {
       throw UsageError("option " + name + " needs a number in " + (open ? "(" : "[") + number(min) + ", " +
                        (std::isinf(max) ? std::string("inf") : number(max)) + (open ? ")" : "]") + ", got '" + v + "'");
     return x;
+  }
+  /// The options that may be given more than once (each adds to the list); every other option given
+  /// twice is a usage error, so that `--output a --output b` does not silently keep one of them.
+  static const std::vector<std::string>& repeatable() {
+    static const std::vector<std::string> r = {"--list", "--pixel-values"};
+    return r;
+  }
+  /// \throws UsageError when both `a` and `b` are given (`why`: what to do instead).
+  void conflict(const std::string& a, const std::string& b, const std::string& why) const {
+    if (has(a) && has(b)) throw UsageError("options " + a + " and " + b + " conflict: " + why);
   }
   const std::vector<std::string>& positional() const { return positional_; }
   /// \throws UsageError when there are positional arguments.
@@ -338,6 +357,28 @@ inline std::pair<int, int> input_size(const Args& args, const std::string& optio
   return {h, w};
 }
 
+/// The size every image comes out of `pre` at, when it is fixed (a centre crop, or a resize to
+/// height x width); {0, 0} when it depends on the image (shortest_edge without crop, no resize).
+inline std::pair<int, int> fixed_output_size(const Preprocessor& pre) {
+  const PreprocessorConfig& c = pre.config();
+  if (c.do_center_crop) return {c.crop_height, c.crop_width};
+  if (c.do_resize && c.shortest_edge == 0) return {c.height, c.width};
+  return {0, 0};
+}
+
+/// Checks, before any image, that the images `--preprocessor FILE` makes fit the model (patch
+/// multiples, token limit). \throws UsageError naming the file and the nearest valid size.
+inline void check_preprocessor_size(const Preprocessor& pre, const std::string& file, const Config& config) {
+  const auto [h, w] = fixed_output_size(pre);
+  if (h <= 0 || w <= 0) return;
+  try {
+    check_input_size(config, h, w);
+  } catch (const Error& e) {
+    throw UsageError("--preprocessor " + file + " makes images of " + e.what() +
+                     " (change its size/crop_size, or give --size HxW)");
+  }
+}
+
 /// --compute auto|f32|bf16 (LoadOptions::compute; default auto). \throws UsageError.
 inline Compute parse_compute(const Args& args) {
   const std::string c = args.get("--compute", "auto");
@@ -358,9 +399,54 @@ inline std::string read_file(const std::string& path) {
   return bytes;
 }
 
+/// What `path` is when it is a file people give to the wrong option, from its first bytes: "a folder",
+/// "a PNG image", "a JPEG image", "a GIF image", "a BMP image", "a WebP image", "a TIFF image", "a
+/// NumPy .npy array", "a safetensors file", "a zip archive", "a binary file" (NUL bytes); "" for
+/// anything else (text, a file that cannot be read).
+inline std::string file_kind(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return "a folder";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::string b(4096, '\0');
+  in.read(&b[0], static_cast<std::streamsize>(b.size()));
+  b.resize(static_cast<std::size_t>(in.gcount()));
+  auto starts = [&](const char* magic, std::size_t n) { return b.size() >= n && b.compare(0, n, magic, n) == 0; };
+  if (starts("\x89PNG", 4)) return "a PNG image";
+  if (starts("\xff\xd8\xff", 3)) return "a JPEG image";
+  if (starts("GIF8", 4)) return "a GIF image";
+  if (starts("RIFF", 4) && b.size() >= 12 && b.compare(8, 4, "WEBP") == 0) return "a WebP image";
+  if (starts("II*\0", 4) || starts("MM\0*", 4)) return "a TIFF image";
+  if (starts("\x93NUMPY", 6)) return "a NumPy .npy array";
+  if (starts("PK\x03\x04", 4)) return "a zip archive";
+  if (b.size() >= 9 && b[8] == '{') {  // safetensors: 8-byte little-endian header size, then JSON
+    std::uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = n << 8 | static_cast<unsigned char>(b[i]);
+    if (n >= 2 && n < (std::uint64_t{1} << 32)) return "a safetensors file";
+  }
+  if (starts("BM", 2) && b.find('\0') != std::string::npos) return "a BMP image";
+  if (b.find('\0') != std::string::npos) return "a binary file";
+  return "";
+}
+
+/// Whether file_kind() named an image.
+inline bool is_image_kind(const std::string& kind) { return ends_with(kind, " image"); }
+
+/// \throws Error when `path`, given to `option` as a list file, is a folder or not text.
+inline void check_list_file(const std::string& path, const std::string& option) {
+  const std::string kind = file_kind(path);
+  if (kind == "a folder")
+    throw Error(option + " " + path + ": a folder, not a list file (one path per line); give the folder as an "
+                "argument (without " + option + ") to read the images in it");
+  if (!kind.empty())
+    throw Error(option + " " + path + ": " + kind + ", not a list file (one path per line)" +
+                (is_image_kind(kind) ? "; give images as arguments (without " + option + ")" : std::string()));
+}
+
 /// The lines of a list file: one entry per line, surrounding blanks and `#` comment lines dropped.
-/// \throws Error naming `path` when it cannot be read.
-inline std::vector<std::string> read_list(const std::string& path) {
+/// \throws Error naming `path` (and `option`) when it cannot be read or is not a text file.
+inline std::vector<std::string> read_list(const std::string& path, const std::string& option = "--list") {
+  check_list_file(path, option);
   std::ifstream in(path);
   if (!in) throw Error(path + ": cannot read the list file: " + std::strerror(errno));
   std::vector<std::string> out;
@@ -372,6 +458,32 @@ inline std::vector<std::string> read_list(const std::string& path) {
     out.push_back(line.substr(first));
   }
   return out;
+}
+
+/// The settings of `--preprocessor PATH`, refusing before any work what is not a preprocessor config:
+/// an image or other binary file, a folder, and a model's config.json (hidden_size or
+/// num_hidden_layers and no preprocessing key). \throws Error naming the option and the file.
+inline Preprocessor preprocessor_from_file(const std::string& path, const std::string& option = "--preprocessor") {
+  const std::string kind = file_kind(path);
+  if (!kind.empty())
+    throw Error(option + " " + path + ": " + kind + ", not a preprocessor_config.json" +
+                (is_image_kind(kind) ? "; give images as arguments (without " + option + ")" : std::string()));
+  if (file_exists(path)) {
+    const std::string text = read_file(path);
+    auto has = [&](const char* key) { return text.find(std::string("\"") + key + "\"") != std::string::npos; };
+    const bool model_keys = has("hidden_size") || has("num_hidden_layers");
+    bool preprocessing_keys = false;
+    for (const char* k : {"size", "crop_size", "do_resize", "do_center_crop", "do_rescale", "do_normalize",
+                          "image_mean", "image_std", "resample", "rescale_factor", "image_processor_type",
+                          "feature_extractor_type"})
+      preprocessing_keys = preprocessing_keys || has(k);
+    if (model_keys && !preprocessing_keys)
+      throw Error(option + " " + path +
+                  ": a model config (it has hidden_size/num_hidden_layers and no preprocessing keys), not a "
+                  "preprocessor_config.json; give the preprocessor_config.json beside it, or leave " +
+                  option + " out to use the model's own");
+  }
+  return Preprocessor::from_file(path);
 }
 
 /// Whether vitmsn decodes files of this name's extension (any case): image_file_extensions().
@@ -412,19 +524,33 @@ struct Skipped {
 };
 
 /// The image files under `dir`, recursively, sorted: files whose extension vitmsn decodes, outside
-/// hidden folders and not hidden themselves. What is passed over is counted in `skipped`.
-/// \throws Error when the folder cannot be listed.
+/// hidden folders and not hidden themselves. Symbolic links to files and folders are followed, each
+/// folder read once (a link back up the tree, or a second link to a folder already read, is passed
+/// over). What is passed over is counted in `skipped`. \throws Error when the folder cannot be listed.
 inline std::vector<std::string> scan_folder(const std::string& dir, Skipped& skipped) {
   namespace fs = std::filesystem;
   std::vector<std::string> found;
   std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+  std::vector<std::string> visited;  // canonical paths of the folders read
+  if (const auto c = fs::canonical(dir, ec); !ec) visited.push_back(c.string());
+  ec.clear();
+  for (auto it = fs::recursive_directory_iterator(
+           dir, fs::directory_options::skip_permission_denied | fs::directory_options::follow_directory_symlink, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
     std::error_code ec2;
     if (!name.empty() && name[0] == '.') {
       skipped.hidden.push_back(it->path().string());
       if (it->is_directory(ec2)) it.disable_recursion_pending();
+      continue;
+    }
+    if (it->is_directory(ec2)) {
+      const auto c = fs::canonical(it->path(), ec2);
+      if (ec2 || std::find(visited.begin(), visited.end(), c.string()) != visited.end()) {
+        it.disable_recursion_pending();
+      } else {
+        visited.push_back(c.string());
+      }
       continue;
     }
     if (!it->is_regular_file(ec2)) continue;
@@ -438,6 +564,23 @@ inline std::vector<std::string> scan_folder(const std::string& dir, Skipped& ski
   return found;
 }
 
+/// `s` with control bytes (and DEL) written as \xNN, for messages that show names read from files.
+inline std::string printable(const std::string& s) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 /// The images a program is given: each argument a file (as given) or a folder (scanned, see
 /// scan_folder; a note on stderr says what was skipped), then the entries of each `lists` file in
 /// order. Every file is checked to exist before any work. \throws Error naming what is missing.
@@ -445,12 +588,15 @@ inline std::vector<std::string> collect_images(const std::vector<std::string>& a
                                                const std::vector<std::string>& lists) {
   namespace fs = std::filesystem;
   std::vector<std::string> paths = arguments;
+  std::vector<std::string> from(arguments.size());  // the list file each path came from ("": an argument)
   for (const auto& list : lists) {
     const auto more = read_list(list);
     paths.insert(paths.end(), more.begin(), more.end());
+    from.insert(from.end(), more.size(), list);
   }
-  std::vector<std::string> images, missing;
-  for (const auto& p : paths) {
+  std::vector<std::string> images, missing, beside_list;
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    const std::string& p = paths[i];
     std::error_code ec;
     if (fs::is_directory(p, ec)) {
       Skipped skipped;
@@ -461,12 +607,21 @@ inline std::vector<std::string> collect_images(const std::vector<std::string>& a
     } else if (fs::exists(p, ec)) {
       images.push_back(p);
     } else {
-      missing.push_back(p);
+      missing.push_back(printable(p));
+      // A relative entry of a list that exists relative to the list's folder: the likely meaning.
+      if (!from[i].empty() && fs::path(p).is_relative()) {
+        const fs::path alt = fs::path(from[i]).parent_path() / p;
+        if (!fs::path(from[i]).parent_path().empty() && fs::exists(alt, ec)) beside_list.push_back(printable(alt.string()));
+      }
     }
   }
   if (!missing.empty()) {
     throw Error(count(missing.size(), "input does not exist", "inputs do not exist") + ": " + join_first(missing, 5) +
-                " (nothing was run)");
+                " (nothing was run)" +
+                (beside_list.empty() ? std::string()
+                                     : "; relative paths in a list are read from the current folder, not the list's "
+                                       "folder; did you mean " +
+                                           join_first(beside_list, 3) + "?"));
   }
   return images;
 }
@@ -481,14 +636,45 @@ inline std::string default_model_path() {
   return "";
 }
 
-/// --model, else default_model_path(). \throws UsageError when there is none.
+/// \throws Error when `path`, given as a model by `what` ("--model", "INPUT"), is a classifier head
+/// alone (classifier.weight and classifier.bias, as vitmsn-probe writes), saying what to do instead.
+/// Other mistakes (an image, a .bin, …) are left to Model::load, which names them.
+inline void check_model_file(const std::string& path, const std::string& what) {
+  if (file_kind(path) != "a safetensors file") return;
+  std::vector<std::string> names;
+  try {
+    names = SafetensorsFile::open(path).names();
+  } catch (const Error&) {
+    return;  // Model::load says what is wrong with it
+  }
+  const bool head_only = !names.empty() && std::all_of(names.begin(), names.end(), [](const std::string& n) {
+    return n.rfind("classifier.", 0) == 0;
+  });
+  if (head_only)
+    throw Error(what + " " + path +
+                ": a classifier head (only classifier.weight and classifier.bias), not a model; merge it into the "
+                "model it was trained on with: vitmsn-convert --add-classifier " +
+                path + " MODEL OUT.safetensors, then use OUT.safetensors");
+}
+
+/// --model, else default_model_path(), checked by check_model_file(); a $VITMSN_MODEL that does not
+/// exist is said to come from the variable. \throws UsageError when there is none.
 inline std::string model_path_or_throw(const Args& args) {
-  if (args.has("--model")) return args.get("--model");
+  if (args.has("--model")) {
+    check_model_file(args.get("--model"), "--model");
+    return args.get("--model");
+  }
   std::string p = default_model_path();
   if (p.empty())
     throw UsageError(
         "no model: give --model PATH, set VITMSN_MODEL, or fetch the real weights with "
         "weights/fetch_vit_msn_large_7.sh");
+  const char* env = std::getenv("VITMSN_MODEL");
+  if (env && p == env) {
+    std::error_code ec;
+    if (!std::filesystem::exists(p, ec)) throw Error(p + ": no such model file or folder (from $VITMSN_MODEL)");
+    check_model_file(p, "$VITMSN_MODEL");
+  }
   return p;
 }
 

@@ -20,7 +20,8 @@ const cli::Spec kSpec = {"vitmsn-attention",
 Writes IMAGE with the CLS token's attention over the patches of one layer blended over it as a heat
 map: dark blue (the least attention) through purple, pink and orange to yellow (the most), scaled
 from the weakest to the strongest patch. A colour bar below the image gives that scale in percent of
-the CLS token's attention (--no-legend: the image alone, at its own size).
+the CLS token's attention (--no-legend: the image alone, at its own size). An image narrower than
+160 pixels is scaled up by a whole factor (nearest pixel) so that the colour bar is readable.
 options:
   --model PATH     model folder or .safetensors (default: $VITMSN_MODEL, else
                    weights/vit-msn-large-7.safetensors)
@@ -37,6 +38,9 @@ options:
 )",
                          {"--model", "--output", "--layer", "--head", "--alpha", "--size", "--threads"},
                          {"--force", "--no-legend"}};
+
+// The narrowest image a colour bar is drawn under: smaller ones are scaled up to at least this.
+constexpr int kMinLegendWidth = 160;
 
 // A perceptually ordered colour ramp (plasma's stops: dark blue → purple → pink → orange → yellow),
 // t in [0, 1].
@@ -182,6 +186,11 @@ int main(int argc, char** argv) {
             static_cast<std::uint8_t>(std::lround((1 - alpha) * image.rgb[3 * i + ch] + alpha * rgb[ch]));
     }
     const bool legend = !args.has("--no-legend");
+    if (legend && out.width < kMinLegendWidth) {
+      // A small image is scaled up (whole pixels, nearest) so that the colour bar and its numbers fit.
+      const int k = (kMinLegendWidth + out.width - 1) / out.width;
+      out = resize(out, out.width * k, out.height * k, Resample::kNearest);
+    }
     write_png(output, legend ? with_legend(out, lo_v, *hi_it) : out);
     const int layer_index = f.cls_attention.begin()->first;
     std::printf("%s: layer %d, %s, %dx%d patches; strongest patch row %d col %d (%.2f%% of the attention)%s\n",

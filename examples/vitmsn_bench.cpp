@@ -41,6 +41,7 @@ Shares of the peak are against the arithmetic each stage uses: the float32 FMA p
 dot-product peak for the linear layers of bf16 compute; int8 linear layers get none.
   -h, --help         this text
   --version          the version, kernel instruction set and JPEG decoder
+Sizes are in MB: 1 MB = 10^6 bytes.
 )",
                          {"--model", "--threads", "--batch", "--runs", "--warmup", "--size", "--compute"},
                          {"--synthetic", "--no-peak"}};

@@ -30,6 +30,9 @@ options:
   --threads N    threads (default: all CPUs this process may use)
   -h, --help     this text
   --version      the version, kernel instruction set and JPEG decoder
+Exit status: 0 every input done; 3 some inputs failed (the others printed) (each is named);
+1 an error, nothing classified; 2 a usage error; 130 interrupted.
+Symbolic links to files and folders are followed (each folder is read once).
 )",
                          {"--model", "--top", "--threads", "--list"},
                          {}};
@@ -99,6 +102,6 @@ int main(int argc, char** argv) {
     if (!failed.empty())
       std::fprintf(stderr, "%zu of %s failed: %s\n", failed.size(), cli::count(images.size(), "image").c_str(),
                    cli::join_first(failed, 8).c_str());
-    return failed.empty() ? 0 : 1;
+    return failed.empty() ? 0 : 3;  // the others printed
   });
 }

@@ -33,6 +33,7 @@ options:
   --force                 overwrite OUTPUT; merge a head trained on another backbone
   -h, --help              this text
   --version               the version, kernel instruction set and JPEG decoder
+Sizes are in MB: 1 MB = 10^6 bytes.
 )",
     {"--dtype", "--add-classifier"},
     {"--force"}};
@@ -43,6 +44,7 @@ std::string short_id(const std::string& id) { return id.substr(0, 16); }
 
 int main(int argc, char** argv) {
   return cli::run_main(argc, argv, kSpec, [](const cli::Args& args) {
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line of the log as it is printed, even into a pipe
     if (args.positional().size() != 2) throw cli::UsageError("give INPUT and OUTPUT");
     ConvertOptions o;
     try {
@@ -54,6 +56,10 @@ int main(int argc, char** argv) {
     o.overwrite = o.allow_other_backbone = args.has("--force");
     const std::string& input = args.positional()[0];
     const std::string& out = args.positional()[1];
+    if (const std::string kind = cli::file_kind(input); cli::is_image_kind(kind))
+      throw Error("INPUT " + input + ": " + kind +
+                  ", not a model checkpoint (a Hugging Face folder, pytorch_model.bin or .safetensors)");
+    cli::check_model_file(input, "INPUT");
     cli::check_output("OUTPUT", out, {".safetensors"}, o.overwrite);
     if (!o.classifier.empty() && !cli::file_exists(o.classifier))
       throw Error(o.classifier + ": no such head file (--add-classifier)");
@@ -88,8 +94,10 @@ int main(int argc, char** argv) {
       std::printf("replaced  the classifier head of %s (%s: %s) by %s's\n", input.c_str(),
                   cli::count(r.replaced_labels.size(), "class", "classes").c_str(),
                   cli::join_first(r.replaced_labels, 8).c_str(), o.classifier.c_str());
-    std::printf("wrote     %s: %s, %.1f MB, %s%s\n", out.c_str(), cli::count(r.tensors, "tensor").c_str(),
-                r.bytes / 1048576.0, args.get("--dtype", "f32").c_str(),
+    std::error_code ec;  // the file's size (1 MB = 10^6 bytes), header and metadata included
+    const double file_mb = static_cast<double>(std::filesystem::file_size(out, ec)) / 1e6;
+    std::printf("wrote     %s: %s, %.*f MB, %s%s\n", out.c_str(), cli::count(r.tensors, "tensor").c_str(),
+                file_mb < 10 ? 2 : 1, file_mb, args.get("--dtype", "f32").c_str(),
                 r.has_classifier ? ", with classifier head" : "");
     return 0;
   });

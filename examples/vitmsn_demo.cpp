@@ -36,7 +36,11 @@ int main(int argc, char** argv) {
     const std::string image = args.positional().empty()
                                   ? std::string(VITMSN_SOURCE_DIR) + "/tests/data/images/chelsea.png"
                                   : args.positional()[0];
-    std::string model_path = args.get("--model", vitmsn::cli::default_model_path());
+    vitmsn::LoadOptions lo;
+    lo.threads = args.get_int("--threads", 0, 1, 4096);  // options first: no note before a usage error
+    std::string model_path = args.has("--model") || !vitmsn::cli::default_model_path().empty()
+                                 ? vitmsn::cli::model_path_or_throw(args)
+                                 : std::string();
     if (model_path.empty()) {
       model_path = std::string(VITMSN_SOURCE_DIR) + "/tests/data/models/tiny";
       std::printf(
@@ -44,8 +48,6 @@ int main(int argc, char** argv) {
           "      using the bundled tiny test model (hidden 64, 2 layers, random weights).\n"
           "      Get facebook/vit-msn-large-7 with weights/fetch_vit_msn_large_7.sh.\n\n");
     }
-    vitmsn::LoadOptions lo;
-    lo.threads = args.get_int("--threads", 0, 1, 4096);
 
     const auto t0 = std::chrono::steady_clock::now();
     const vitmsn::Model model = vitmsn::Model::load(model_path, lo);

@@ -80,6 +80,9 @@ options:
                             shard: redo it)
   -h, --help                this text
   --version                 the version, kernel instruction set and JPEG decoder
+Exit status: 0 every input done; 3 the output written but some inputs failed (each is named);
+1 an error, nothing written; 2 a usage error; 130 interrupted.
+Symbolic links to files and folders are followed (each folder is read once).
 )",
                          {"--model", "--output", "--pixel-values", "--preprocessor", "--size", "--threads", "--compute",
                           "--list", "--pool", "--batch", "--shard", "--shards", "--chunk"},
@@ -126,6 +129,7 @@ std::optional<std::pair<int, int>> shard_of(const cli::Args& args) {
       throw cli::UsageError(what + " must be a non-negative integer, got '" + s + "'");
     return static_cast<int>(v);
   };
+  args.conflict("--shard", "--shards", "--shard I/N gives the count already; give one of them");
   int index = -1, count = args.has("--shards") ? number(args.get("--shards"), "--shards") : -1;
   if (args.has("--shard")) {
     const std::string s = args.get("--shard");
@@ -208,7 +212,17 @@ Options parse_options(const cli::Args& args) {
     if (o.keep_rows) cli::check_output("--output", o.sidecar, {".txt"}, o.force);
     cli::check_output("--output", o.paths.manifest, {".json"}, o.force);
   }
-  if (args.has("--preprocessor")) o.preprocessor = Preprocessor::from_file(args.get("--preprocessor"));
+  for (const auto& pv : o.pixel_values) {
+    const std::string kind = cli::file_kind(pv);
+    if (cli::is_image_kind(kind))
+      throw Error("--pixel-values " + pv + ": " + kind +
+                  ", not a pixel-values file (F32 [3,H,W] tensors in .safetensors); give images as arguments "
+                  "(without --pixel-values)");
+    if (!kind.empty() && kind != "a safetensors file")
+      throw Error("--pixel-values " + pv + ": " + kind +
+                  ", not a pixel-values safetensors file (F32 [3,H,W] tensors, as --save-pixel-values writes)");
+  }
+  if (args.has("--preprocessor")) o.preprocessor = cli::preprocessor_from_file(args.get("--preprocessor"));
   return o;
 }
 
@@ -503,7 +517,7 @@ class Extractor {
     if (res.failed.empty()) return 0;
     std::fprintf(stderr, "%zu failed:\n", res.failed.size());
     for (const auto& f : res.failed) std::fprintf(stderr, "  %s\n", f.c_str());
-    return 1;
+    return 3;  // written, with failures
   }
 
  private:
@@ -695,6 +709,8 @@ int main(int argc, char** argv) {
     if (args.has("--size")) {
       const auto [h, w] = cli::input_size(args, "--size", model.config());
       pre = pre.with_size(h, w);
+    } else if (o.preprocessor) {
+      cli::check_preprocessor_size(pre, args.get("--preprocessor"), model.config());
     }
     const Inputs inputs = collect_inputs(o, model.config());
     cli::install_interrupt_handler();

@@ -86,7 +86,7 @@ std::vector<Shard> find_shards(const std::vector<std::string>& paths) {
 
 // The inputs LIST names: lines of a list file, or the "inputs" of a manifest (.json).
 std::vector<std::string> expected_inputs(const std::string& list) {
-  if (!cli::ends_with(cli::lower(list), ".json")) return cli::read_list(list);
+  if (!cli::ends_with(cli::lower(list), ".json")) return cli::read_list(list, "--inputs");
   const auto m = cli::read_manifest(list);
   if (!m.contains("inputs")) throw Error(list + ": the manifest lists no inputs");
   return cli::paths_from_json(m["inputs"], list + ": inputs");
@@ -163,10 +163,17 @@ std::vector<std::string> problems(std::vector<Shard>& shards, const std::string&
                     std::to_string(j.value("inputs", std::size_t{0})) + " inputs; the shards hold " +
                     std::to_string(job.size()) + "): were they run over different inputs?");
   }
+  // Paths compared as files, not as written: absolute, "." and ".." resolved (relative ones from the
+  // current folder), so that ./a.png, a.png and /job/a.png are one image.
+  auto normal = [](const std::string& p) {
+    std::error_code ec;
+    const std::filesystem::path a = std::filesystem::absolute(p, ec);
+    return ec ? p : a.lexically_normal().string();
+  };
   std::map<std::string, int> owner;
   for (const auto& s : shards) {
     for (const auto& f : s.files) {
-      auto [it, fresh] = owner.emplace(f, s.index);
+      auto [it, fresh] = owner.emplace(normal(f), s.index);
       if (!fresh)
         out.push_back("image " + f + " is in shards " + std::to_string(it->second) + " and " + std::to_string(s.index));
     }
@@ -174,7 +181,7 @@ std::vector<std::string> problems(std::vector<Shard>& shards, const std::string&
   if (!inputs.empty()) {
     std::size_t missing = 0;
     for (const auto& f : expected_inputs(inputs))
-      if (!owner.count(f) && ++missing <= 20)
+      if (!owner.count(normal(f)) && ++missing <= 20)
         out.push_back("image " + f + " is in no shard (failed or never processed)");
     if (missing > 20) out.push_back(cli::count(missing - 20, "more image is", "more images are") + " in no shard");
   }

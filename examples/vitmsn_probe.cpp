@@ -55,8 +55,10 @@ options:
   --force              overwrite HEAD if it exists
   -h, --help           this text
   --version            the version, kernel instruction set and JPEG decoder
-Images that cannot be read are reported and skipped; the exit status is non-zero only when
-nothing could be trained.
+Images that cannot be read are reported and skipped.
+Exit status: 0 every input done; 3 the head written but some images failed (each is named);
+1 an error, nothing written; 2 a usage error; 130 interrupted.
+Symbolic links to files and folders are followed (each folder is read once).
 )",
     {"--model", "--data", "--output", "--cache", "--folds", "--test-fraction", "--threads", "--seed", "--l2"},
     {"--force"}};
@@ -444,6 +446,6 @@ int main(int argc, char** argv) {
     const std::string note = report_evaluation(o, x, f.labels, d.classes, count);
     std::fflush(stdout);
     train_and_write(o, x, f.labels, d.classes, note, backbone);
-    return 0;
+    return f.failed.empty() ? 0 : 3;  // written, with failures
   });
 }

@@ -41,6 +41,7 @@ options:
   --force          write into an OUT_DIR that is not empty (its three files are replaced)
   -h, --help       this text
   --version        the version, kernel instruction set and JPEG decoder
+Sizes are in MB: 1 MB = 10^6 bytes.
 )",
                          {"--dtype", "--config"},
                          {"--force"}};

@@ -70,7 +70,7 @@ TEST(ExtractProgram, ReportsABadImageAndStillProcessesTheOthers) {
   const std::string out = dir + "/f.safetensors";
   const ProgramRun r = run("vitmsn-extract --model " + test::data_path("models/tiny") + " --output " + out + " " +
                            test::data_path("images/truncated.jpg") + " " + test::data_path("images/chelsea.png"));
-  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.status, 3) << r.output;  // written, with a failure
   EXPECT_NE(r.output.find("error: " + test::data_path("images/truncated.jpg")), std::string::npos) << r.output;
   ASSERT_TRUE(exists(out)) << r.output;
   const SafetensorsFile f = SafetensorsFile::open(out);
@@ -862,6 +862,203 @@ TEST(WeightsScript, FailsFastAndClearlyWhenTheHubIsUnreachable) {
   EXPECT_NE(calls.find("-fsSI "), std::string::npos) << "expected one HEAD request: " << calls;
   EXPECT_NE(calls.find("--connect-timeout "), std::string::npos) << calls;
   EXPECT_NE(calls.find("--max-time "), std::string::npos) << calls;
+}
+
+// --- The programs, second pass -----------------------------------------------------------------------
+
+// Printable ASCII and line breaks only: no raw bytes of a file in a message.
+bool printable(const std::string& s) {
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return (u >= 0x20 && u < 0x7f) || c == '\n' || u >= 0x80;  // UTF-8 punctuation (…) is allowed
+  }) && s.find("\x89PNG") == std::string::npos;
+}
+
+TEST(Programs, AFileGivenToTheWrongOptionIsNamedForWhatItIs) {
+  const std::string dir = test::temp_dir();
+  const std::string png = test::data_path("images/chelsea.png"), out = dir + "/f.safetensors";
+  const std::string cls = test::data_path("models/tiny-cls");
+  const std::string head = test::write_tiny_head(dir + "/head.safetensors", {"a", "b"}, "");
+  auto expect = [](const ProgramRun& r, const std::vector<std::string>& needles) {
+    EXPECT_EQ(r.status, 1) << r.output;
+    for (const auto& n : needles) EXPECT_NE(r.output.find(n), std::string::npos) << "missing '" << n << "' in\n" << r.output;
+    EXPECT_TRUE(printable(r.output)) << r.output;
+    EXPECT_EQ(r.output.find("::"), std::string::npos) << r.output;
+  };
+  expect(run("vitmsn-classify --model " + cls + " --list " + png),
+         {"error: --list " + png + ": a PNG image, not a list file (one path per line)"});
+  expect(run("vitmsn-classify --model " + cls + " --list " + test::data_path("images")),
+         {"--list " + test::data_path("images") + ": a folder, not a list file", "give the folder as an argument"});
+  expect(run("vitmsn-extract --model " + tiny() + " --output " + out + " --pixel-values " + png),
+         {"--pixel-values " + png + ": a PNG image", "give images as arguments"});
+  test::write_bytes(dir + "/feats.npy", std::string("\x93NUMPY\x01\x00", 8) + "{'descr': '<f4'}");
+  expect(run("vitmsn-extract --model " + tiny() + " --output " + out + " --pixel-values " + dir + "/feats.npy"),
+         {"a NumPy .npy array, not a pixel-values safetensors file"});
+  expect(run("vitmsn-convert " + png + " " + dir + "/m.safetensors"), {"INPUT " + png + ": a PNG image, not a model"});
+  for (const auto& r : {run("vitmsn-classify --model " + head + " " + png),
+                        run("vitmsn-convert " + head + " " + dir + "/m.safetensors")})
+    expect(r, {head + ": a classifier head", "vitmsn-convert --add-classifier " + head + " MODEL OUT.safetensors"});
+  expect(run("vitmsn-extract --model " + tiny() + " --output " + out + " --preprocessor " + png + " " + png),
+         {"--preprocessor " + png + ": a PNG image, not a preprocessor_config.json"});
+  expect(run("vitmsn-extract --model " + tiny() + " --output " + out + " --preprocessor " + tiny() + "/config.json " +
+             png),
+         {"--preprocessor " + tiny() + "/config.json: a model config", "not a preprocessor_config.json"});
+  expect(test::run_command("VITMSN_MODEL=" + dir + "/nonexistent " + std::string(VITMSN_PROGRAM_DIR) +
+                           "/vitmsn-extract --output " + out + " " + png),
+         {dir + "/nonexistent: no such model file or folder (from $VITMSN_MODEL)"});
+  // The head of another backbone: the option, not the C++ name.
+  const std::string other = test::write_tiny_head(dir + "/other.safetensors", {"a", "b"}, std::string(64, 'a'));
+  expect(run("vitmsn-convert --add-classifier " + other + " " + tiny() + " " + dir + "/m.safetensors"),
+         {"vitmsn-convert --force"});
+  EXPECT_FALSE(exists(out));
+}
+
+TEST(Programs, AnOptionGivenTwiceOrTwoThatConflictAreUsageErrors) {
+  const std::string dir = test::temp_dir();
+  const std::string base = "vitmsn-extract --model " + tiny() + " --pool cls " + test::data_path("images/chelsea.png");
+  ProgramRun r = run(base + " --output " + dir + "/x.npy --output " + dir + "/y.npy");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("error: option --output is given twice ('" + dir + "/x.npy', then '" + dir + "/y.npy')"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(exists(dir + "/x.npy") || exists(dir + "/y.npy"));
+  r = run(base + " --output " + dir + "/x.npy --shard 1/2 --shards 3");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("error: options --shard and --shards conflict"), std::string::npos) << r.output;
+  r = run(base + " --output " + dir + "/x.npy --force --force");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("error: option --force is given twice; give it once"), std::string::npos) << r.output;
+  // What is meant to repeat still does.
+  test::write_bytes(dir + "/a.txt", test::data_path("images/horse.png") + "\n");
+  test::write_bytes(dir + "/b.txt", test::data_path("images/camera.png") + "\n");
+  r = run(base + " --output " + dir + "/x.npy --list " + dir + "/a.txt --list " + dir + "/b.txt");
+  EXPECT_EQ(r.status, 0) << r.output;
+  const std::string rows = test::read_text(dir + "/x.files.txt");
+  EXPECT_EQ(std::count(rows.begin(), rows.end(), '\n'), 3) << rows;
+}
+
+TEST(ExtractProgram, APreprocessorOfASizeTheModelCannotTakeIsRefusedBeforeAnyImage) {
+  const std::string dir = test::temp_dir();
+  test::write_bytes(dir + "/pre.json", R"({"size": {"height": 100, "width": 100}})");
+  const ProgramRun r = run("vitmsn-extract --model " + tiny() + " --output " + dir + "/f.npy --preprocessor " + dir +
+                           "/pre.json " + test::data_path("images"));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("error: --preprocessor " + dir + "/pre.json makes images of 100x100"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("the nearest valid size is 98x98"), std::string::npos) << r.output;
+  EXPECT_FALSE(started_images(r)) << r.output;
+}
+
+TEST(Programs, SymlinkedFoldersAreFollowedOnceByEveryProgram) {
+  const std::string dir = test::temp_dir();
+  copy_image("chelsea.png", dir + "/in/a.png");
+  copy_image("horse.png", dir + "/elsewhere/b.png");
+  ASSERT_EQ(::symlink((dir + "/elsewhere").c_str(), (dir + "/in/link").c_str()), 0);
+  ASSERT_EQ(::symlink((dir + "/elsewhere").c_str(), (dir + "/in/link2").c_str()), 0);  // the same folder again
+  ASSERT_EQ(::symlink((dir + "/in").c_str(), (dir + "/in/loop").c_str()), 0);          // back up the tree
+  ProgramRun r = run("vitmsn-extract --model " + tiny() + " --pool cls --output " + dir + "/f.npy " + dir + "/in");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string files = test::read_text(dir + "/f.files.txt");
+  EXPECT_NE(files.find("/in/a.png"), std::string::npos) << files;
+  EXPECT_NE(files.find("/in/link/b.png"), std::string::npos) << files;
+  EXPECT_EQ(std::count(files.begin(), files.end(), '\n'), 2) << files;
+  r = run("vitmsn-classify --model " + test::data_path("models/tiny-cls") + " " + dir + "/in");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("/in/link/b.png"), std::string::npos) << r.output;
+  for (const std::string p : {"vitmsn-extract", "vitmsn-classify", "vitmsn-probe"})
+    EXPECT_NE(run(p + " --help").output.find("Symbolic links to files and folders are followed"), std::string::npos)
+        << p;
+}
+
+TEST(Programs, AListEntryThatExistsBesideTheListIsSuggested) {
+  const std::string dir = test::temp_dir();
+  copy_image("chelsea.png", dir + "/sub/cat.png");
+  test::write_bytes(dir + "/sub/list.txt", "cat.png\n");
+  const ProgramRun r =
+      run("vitmsn-classify --model " + test::data_path("models/tiny-cls") + " --list " + dir + "/sub/list.txt");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: 1 input does not exist: cat.png (nothing was run); relative paths in a list are "
+                          "read from the current folder, not the list's folder; did you mean " +
+                          dir + "/sub/cat.png?"),
+            std::string::npos)
+      << r.output;
+}
+
+TEST(Sharding, MergeComparesInputsAsFilesNotAsWritten) {
+  const std::string dir = test::temp_dir();
+  const std::string imgs = shard_images(dir);
+  ProgramRun r = run("vitmsn-extract --model " + tiny() + " --threads 1 --pool cls --shard 0/1 --output " + dir +
+                     "/f.npy " + imgs);
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::string list;  // the same files, spelled otherwise
+  for (int i = 0; i < 12; ++i) list += imgs + "/../imgs/./img" + std::to_string(i / 10) + std::to_string(i % 10) + ".png\n";
+  test::write_bytes(dir + "/inputs.txt", list);
+  r = run("vitmsn-merge --inputs " + dir + "/inputs.txt --output " + dir + "/m.npy " + dir + "/f-00000-of-00001.npy");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("in no shard"), std::string::npos) << r.output;
+}
+
+TEST(Programs, SomeFailedInputsExitWith3InExtractClassifyAndProbe) {
+  const std::string dir = test::temp_dir();
+  const std::string bad = test::data_path("images/truncated.jpg"), good = test::data_path("images/chelsea.png");
+  ProgramRun r = run("vitmsn-extract --model " + tiny() + " --pool cls --output " + dir + "/f.npy " + bad + " " + good);
+  EXPECT_EQ(r.status, 3) << r.output;
+  EXPECT_TRUE(exists(dir + "/f.npy"));
+  r = run("vitmsn-classify --model " + test::data_path("models/tiny-cls") + " " + bad + " " + good);
+  EXPECT_EQ(r.status, 3) << r.output;
+  const std::string data = test::make_probe_image_folder(dir);
+  copy_image("truncated.jpg", data + "/" + test::probe_class_names()[0] + "/broken.jpg");
+  r = run("vitmsn-probe --model " + tiny() + " --data " + data + " --output " + dir + "/h.safetensors --cache " + dir +
+          "/cache --folds 2");
+  EXPECT_EQ(r.status, 3) << r.output;
+  EXPECT_TRUE(exists(dir + "/h.safetensors")) << r.output;
+  for (const std::string p : {"vitmsn-extract", "vitmsn-classify", "vitmsn-probe"}) {
+    const std::string help = run(p + " --help").output;
+    EXPECT_NE(help.find("Exit status: 0 every input done; 3 "), std::string::npos) << p << "\n" << help;
+  }
+}
+
+TEST(DemoProgram, AUsageErrorComesWithoutTheNoteOnTheBundledModel) {
+  unsetenv("VITMSN_MODEL");
+  const ProgramRun r = run("vitmsn-demo --threads 0");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_EQ(r.output.find("note:"), std::string::npos) << r.output;
+}
+
+TEST(AttentionProgram, ASmallImageIsScaledUpSoTheColourBarIsReadable) {
+  const std::string dir = test::temp_dir();
+  Image small;
+  small.width = small.height = 10;
+  small.rgb.assign(300, 128);
+  write_png(dir + "/small.png", small);
+  const ProgramRun r = run("vitmsn-attention --model " + tiny() + " --output " + dir + "/a.png " + dir + "/small.png");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const Image out = read_image(dir + "/a.png");
+  EXPECT_GE(out.width, 160);
+  EXPECT_GE(out.height, 160 + 20);
+  EXPECT_NE(run("vitmsn-attention --help").output.find("narrower than\n160 pixels is scaled up"), std::string::npos);
+}
+
+TEST(ConvertProgram, SizesAreInMegabytesOfAMillionBytes) {
+  const std::string dir = test::temp_dir();
+  const ProgramRun r = run("vitmsn-convert " + tiny() + " " + dir + "/m.safetensors");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(, ([\d.]+) MB,)"))) << r.output;
+  struct stat st {};
+  ASSERT_EQ(::stat((dir + "/m.safetensors").c_str(), &st), 0);
+  EXPECT_NEAR(std::stod(m[1]), st.st_size / 1e6, 0.0051) << r.output;  // 1 MB = 10^6 bytes, not 2^20
+  for (const std::string p : {"vitmsn-convert", "vitmsn-synth", "vitmsn-bench"})
+    EXPECT_NE(run(p + " --help").output.find("1 MB = 10^6 bytes"), std::string::npos) << p;
+}
+
+TEST(WeightsScript, HelpIsTheHeaderCommentWithEveryDtype) {
+  const std::string script = std::string(VITMSN_TEST_DATA_DIR) + "/../../weights/fetch_vit_msn_large_7.sh";
+  const ProgramRun r = test::run_command("bash " + script + " --help");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("--dtype f32|bf16|f16|int8"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("set -euo"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("# "), std::string::npos) << r.output;
 }
 
 }  // namespace

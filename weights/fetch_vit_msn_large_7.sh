@@ -3,7 +3,7 @@
 # with vitmsn-convert into one self-contained file: weights/vit-msn-large-7.safetensors (config and
 # preprocessor settings embedded), where the vitmsn programs look by default.
 #
-#   weights/fetch_vit_msn_large_7.sh [--convert PATH_TO_vitmsn-convert] [--dtype f32|bf16|f16]
+#   weights/fetch_vit_msn_large_7.sh [--convert PATH_TO_vitmsn-convert] [--dtype f32|bf16|f16|int8]
 #
 # Needs curl and network access to huggingface.co; fails within seconds when offline.
 set -euo pipefail
@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --convert) convert="$2"; shift 2 ;;
     --dtype) dtype="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "error: unknown option $1" >&2; exit 2 ;;
   esac
 done
