@@ -445,6 +445,10 @@ py::array call(const PyModel& m, const py::object& x) {
                          "; images go to extract_features() or embed()");
   }
   const py::array& raw = *maybe;
+  if (raw.dtype().kind() == 'f' && raw.ndim() == 4 && raw.shape(1) != 3 && raw.shape(3) == 3) {
+    throw Error(ErrorKind::kArgument, "model(pixel_values): pixel values must be channel first [B, 3, H, W], got shape " +
+                                          shape_string(raw) + " (channels last: use pixel_values.transpose(0, 3, 1, 2))");
+  }
   if (raw.dtype().kind() != 'f' || raw.ndim() != 4) {
     throw Error(ErrorKind::kArgument,
                 "model(pixel_values) takes float pixel values [B, 3, H, W] (what ViTImageProcessor returns), got " +

@@ -39,6 +39,7 @@ __all__ = [
     "LimitError",
     "MalformedError",
     "Model",
+    "ModelOutput",
     "NotFoundError",
     "PermissionDeniedError",
     "Preprocessor",
@@ -65,8 +66,53 @@ class EmbedResult(_NamedTuple):
     skipped: list
 
 
+class ModelOutput(_NamedTuple):
+    """What model(pixel_values, output_hidden_states=..., ...) returns: Hugging Face's
+    BaseModelOutput fields as numpy arrays (also a tuple, in this order).
+
+    last_hidden_state: float32 [B, N, D]; hidden_states: a tuple of num_hidden_layers + 1 arrays
+    [B, N, D] (0 = embeddings, i = output of layer i) when output_hidden_states=True, else None;
+    attentions: always None (vitmsn has no full attention maps: output_attentions=True raises)."""
+
+    last_hidden_state: _np.ndarray
+    hidden_states: tuple | None
+    attentions: tuple | None
+
+
 class Model(_core.Model):
     __doc__ = _core.Model.__doc__
+
+    def __call__(self, pixel_values, output_hidden_states=None, output_attentions=None, return_dict=None):
+        """model(pixel_values): float32 [B, 3, H, W] (what ViTImageProcessor returns as numpy) ->
+        last_hidden_state float32 [B, N, D], as Hugging Face's ViTMSNModel(pixel_values).last_hidden_state.
+        C-contiguous float32 input is read in place; B == 1 returns the library's buffer itself, B > 1
+        copies each image's rows into the one output array.
+
+        With Hugging Face's keywords (any of output_hidden_states, output_attentions, return_dict
+        given) it returns a vitmsn.ModelOutput instead: .last_hidden_state [B, N, D], .hidden_states
+        (a tuple of num_hidden_layers + 1 arrays [B, N, D] when output_hidden_states=True, else None),
+        .attentions (None). output_attentions=True raises NotImplementedError: vitmsn computes only
+        the CLS query's attention row of each layer (extract_features(x, cls_attention=True)), not the
+        full [B, heads, N, N] maps Hugging Face returns. return_dict=False is not supported either.
+        Other keywords are a TypeError, as for any Python function.
+        """
+        if output_attentions:
+            raise NotImplementedError(
+                "output_attentions=True: vitmsn has no full attention maps [B, heads, N, N]; it computes only "
+                "the CLS query's attention row of each layer: model.extract_features(x, cls_attention=True)"
+                ".cls_attention")
+        if return_dict is not None and not return_dict:
+            raise NotImplementedError("return_dict=False: vitmsn returns a ModelOutput (also a tuple) or, "
+                                      "without keywords, the last_hidden_state array")
+        last = super().__call__(pixel_values)
+        if output_hidden_states is None and output_attentions is None and return_dict is None:
+            return last
+        hidden = None
+        if output_hidden_states:
+            x = _np.asarray(pixel_values)
+            per_image = [self.extract_features(x[b], hidden_states=True).hidden_states for b in range(x.shape[0])]
+            hidden = tuple(_np.stack([h[i] for h in per_image]) for i in sorted(per_image[0]))
+        return ModelOutput(last, hidden, None)
 
     def embed(self, inputs, pool="cls", batch_size=1, progress=False, size=None, on_error="raise"):
         """Embeddings of many inputs as one float32 array [n, D].

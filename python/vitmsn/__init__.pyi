@@ -58,6 +58,15 @@ class EmbedResult(NamedTuple):
     skipped: list[tuple[int, BaseException]]
     """(index, error) of each input that failed."""
 
+class ModelOutput(NamedTuple):
+    """model(pixel_values, output_hidden_states=...): Hugging Face's BaseModelOutput fields."""
+    last_hidden_state: npt.NDArray[np.float32]
+    """float32 [B, N, D]."""
+    hidden_states: tuple[npt.NDArray[np.float32], ...] | None
+    """num_hidden_layers + 1 arrays [B, N, D] with output_hidden_states=True, else None."""
+    attentions: tuple[npt.NDArray[np.float32], ...] | None
+    """Always None (output_attentions=True raises NotImplementedError)."""
+
 class Features:
     """What a forward pass returns; the arrays are views of the library's buffers."""
     @property
@@ -104,7 +113,16 @@ class Model:
     def extract_features(
         self, x: Input, hidden_states: Layers = (), cls_attention: Layers = (), size: Size = None
     ) -> Features: ...
-    def __call__(self, pixel_values: _Array) -> npt.NDArray[np.float32]: ...
+    @overload
+    def __call__(
+        self, pixel_values: _Array, output_hidden_states: None = None, output_attentions: None = None,
+        return_dict: None = None
+    ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def __call__(
+        self, pixel_values: _Array, output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+        return_dict: bool | None = None
+    ) -> ModelOutput: ...
     @overload
     def embed(
         self,
