@@ -19,7 +19,11 @@ through the model, so threads sharing one Model run in parallel.
 import os as _os
 import sys as _sys
 import time as _time
+from typing import Any as _Any
+from typing import Iterable as _Iterable
 from typing import NamedTuple as _NamedTuple
+from typing import Tuple as _Tuple
+from typing import Union as _Union
 
 import numpy as _np
 
@@ -29,6 +33,15 @@ from ._core import (ArgumentError, Error, Features, IoError, LimitError, Malform
                     jpeg_decoder, kernel_isa)
 
 __version__ = _core.__version__
+
+# The type aliases of the stub (__init__.pyi), present at runtime for annotations in user code.
+_Path = _Union[str, bytes, "_os.PathLike[str]", "_os.PathLike[bytes]"]
+Input = _Union[_Path, _Any, _np.ndarray]
+"""An image path, a PIL image, a uint8 array [H, W, 3] / [H, W], or float32 pixel values [3, H, W]."""
+Size = _Union[None, int, _Tuple[int, int]]
+"""The size images are resized to: None (the preprocessor's), an int (square) or (height, width)."""
+Layers = _Union[bool, int, _Iterable[int]]
+"""Layer indices: an int, an iterable of ints (negative from the end), True (all) or False (none)."""
 
 __all__ = [
     "ArgumentError",
@@ -113,6 +126,21 @@ class Model(_core.Model):
             per_image = [self.extract_features(x[b], hidden_states=True).hidden_states for b in range(x.shape[0])]
             hidden = tuple(_np.stack([h[i] for h in per_image]) for i in sorted(per_image[0]))
         return ModelOutput(last, hidden, None)
+
+    def extract_features(self, x, hidden_states=(), cls_attention=(), size=None):
+        return super().extract_features(x, hidden_states, cls_attention, size)
+
+    extract_features.__doc__ = _core.Model.extract_features.__doc__.split("\n", 1)[1].lstrip("\n")
+
+    def logits(self, x):
+        return super().logits(x)
+
+    logits.__doc__ = _core.Model.logits.__doc__.split("\n", 1)[1].lstrip("\n")
+
+    def classify(self, x, top=5):
+        return super().classify(x, top)
+
+    classify.__doc__ = _core.Model.classify.__doc__.split("\n", 1)[1].lstrip("\n")
 
     def embed(self, inputs, pool="cls", batch_size=1, progress=False, size=None, on_error="raise"):
         """Embeddings of many inputs as one float32 array [n, D].

@@ -6,10 +6,8 @@ from typing import Any, Iterable, Literal, NamedTuple, Sequence, Tuple, Union, o
 import numpy as np
 import numpy.typing as npt
 
-try:
-    from PIL.Image import Image as _PILImage
-except ImportError:  # Pillow is optional
-    _PILImage = Any  # type: ignore[misc,assignment]
+# A PIL.Image.Image (Any: Pillow is optional and ships no stubs of its own in Debian).
+_PILImage = Any
 
 __version__: str
 
@@ -114,7 +112,7 @@ class Model:
         self, x: Input, hidden_states: Layers = (), cls_attention: Layers = (), size: Size = None
     ) -> Features: ...
     @overload
-    def __call__(
+    def __call__(  # type: ignore[misc]
         self, pixel_values: _Array, output_hidden_states: None = None, output_attentions: None = None,
         return_dict: None = None
     ) -> npt.NDArray[np.float32]: ...
