@@ -212,6 +212,17 @@ py::array pixel_array(py::array a) {
   return py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
 }
 
+/// In-memory images get the limit files get (ImageLimits::max_pixels), with the library's wording.
+void check_pixel_limit(py::ssize_t height, py::ssize_t width) {
+  const std::uint64_t limit = ImageLimits{}.max_pixels;
+  const auto pixels = static_cast<std::uint64_t>(height) * static_cast<std::uint64_t>(width);
+  if (pixels > limit) {
+    throw Error(ErrorKind::kLimit, "image is " + std::to_string(width) + "x" + std::to_string(height) + " = " +
+                                       std::to_string(pixels) + " pixels, more than the limit of " +
+                                       std::to_string(limit) + " pixels (ImageLimits::max_pixels)");
+  }
+}
+
 Input to_input(const py::handle x) {
   Input in;
   if (is_path_like(x)) {
@@ -225,6 +236,8 @@ Input to_input(const py::handle x) {
   if (is_pil_image(x)) {
     // Loaded first, so that Pillow's own error (a truncated file, a closed image) surfaces as it is
     // (the array protocols would hide it behind "not an array").
+    const py::tuple wh = source.attr("size");  // checked before Pillow decodes or converts anything
+    check_pixel_limit(wh[1].cast<py::ssize_t>(), wh[0].cast<py::ssize_t>());
     source.attr("load")();
     // What Hugging Face's processor does with a PIL image: convert("RGB"), then its pixels.
     if (source.attr("mode").cast<std::string>() != "RGB") source = source.attr("convert")("RGB");
@@ -244,6 +257,7 @@ Input to_input(const py::handle x) {
                   "a uint8 image array must be [H, W, 3] (RGB) or [H, W] (gray), got shape " + shape_string(a) +
                       (a.ndim() == 3 && a.shape(2) == 4 ? " (RGBA: drop the alpha channel, e.g. image[..., :3])" : ""));
     }
+    check_pixel_limit(a.shape(0), a.shape(1));
     in.kind = Input::Kind::kImage;
     in.image_array = a;
     in.image_data = static_cast<const std::uint8_t*>(a.data());
@@ -322,15 +336,26 @@ int to_int(const py::handle x, const char* what) {
 }
 
 /// (height, width) from None, an int (square) or a pair.
+/// A size argument's height or width: at most 65536 (the preprocessor's limit, named as `size` here).
+int checked_side(int v, const char* side) {
+  constexpr int kMaxSide = 65536;
+  if (v > kMaxSide) {
+    throw Error(ErrorKind::kArgument, std::string("size: the ") + side + " " + std::to_string(v) +
+                                          " is more than " + std::to_string(kMaxSide));
+  }
+  return v;
+}
+
 std::optional<std::pair<int, int>> to_size(const py::handle size) {
   if (size.is_none()) return std::nullopt;
   if (is_int(size)) {
-    const int s = to_int(size, "size");
+    const int s = checked_side(to_int(size, "size"), "side");
     return std::make_pair(s, s);
   }
   if (py::isinstance<py::sequence>(size) && !is_path_like(size) && py::len(size) == 2) {
     const py::sequence seq = py::reinterpret_borrow<py::sequence>(size);
-    return std::make_pair(to_int(seq[0], "size"), to_int(seq[1], "size"));
+    return std::make_pair(checked_side(to_int(seq[0], "size"), "height"),
+                          checked_side(to_int(seq[1], "size"), "width"));
   }
   throw py::type_error("size must be None, an int or a pair (height, width), got " +
                        py::repr(size).cast<std::string>());
@@ -380,6 +405,9 @@ PyFeatures wrap(Features&& f) {
 struct PyModel {
   Model model;
   std::string path;  ///< as given
+  py::object threads = py::none();  ///< as given (pickling)
+  bool copy_weights = false;
+  std::string compute = "auto";
 };
 
 struct PyPreprocessor {
@@ -979,6 +1007,15 @@ PYBIND11_MODULE(_core, m) {
                WithoutGil no_gil;
                out.reset(new PyModel{Model::load(p, o), p});
              }
+             out->threads = threads;
+             out->copy_weights = copy_weights;
+             out->compute = compute;
+             if (o.threads > default_threads()) {
+               const std::string warning = "threads=" + std::to_string(o.threads) + " is more than the " +
+                                           std::to_string(default_threads()) +
+                                           " CPUs this process may use: the threads share them (slower)";
+               if (PyErr_WarnEx(PyExc_RuntimeWarning, warning.c_str(), 1) != 0) throw py::error_already_set();
+             }
              return out;
            }),
            py::arg("path"), py::arg("threads") = py::none(), py::arg("copy_weights") = false,
@@ -1011,6 +1048,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly(
           "compute", [](const PyModel& m) { return std::string(m.model.compute()); },
           "How the linear layers compute: 'f32', 'bf16' or 'int8' (decided at load from compute=).")
+      .def_property_readonly(
+          "_load_args",
+          [](const PyModel& m) { return py::make_tuple(fs_str(m.path), m.threads, m.copy_weights, m.compute); },
+          "Model(*_load_args) loads this model again (pickling).")
       .def_property_readonly(
           "source", [](const PyModel& m) { return fs_str(m.model.source()); }, "The weights file the model was read from.")
       .def_property_readonly(

@@ -127,6 +127,10 @@ class Model(_core.Model):
             hidden = tuple(_np.stack([h[i] for h in per_image]) for i in sorted(per_image[0]))
         return ModelOutput(last, hidden, None)
 
+    def __reduce__(self):
+        # By path and load options: the weights are loaded again on unpickling (multiprocessing).
+        return (type(self), self._load_args)
+
     def extract_features(self, x, hidden_states=(), cls_attention=(), size=None):
         return super().extract_features(x, hidden_states, cls_attention, size)
 

@@ -1,0 +1,43 @@
+"""Point 7 of "Python, second pass": in-memory images get the file pixel limit, `size` errors say
+`size`, too many threads warn naming the CPU count, a Model pickles by path and options."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import vitmsn
+from conftest import data
+
+
+def test_a_huge_in_memory_image_gets_the_librarys_pixel_limit(tiny):
+    huge = np.broadcast_to(np.zeros(3, np.uint8), (20000, 20000, 3))  # 400 M pixels, no memory behind it
+    for f in (tiny.extract_features, tiny.preprocessor):
+        with pytest.raises(vitmsn.LimitError, match="more than the limit of 178956970 pixels"):
+            f(huge)
+
+
+def test_a_size_out_of_range_names_size_not_an_internal_key(tiny):
+    with pytest.raises(vitmsn.ArgumentError) as info:
+        tiny.extract_features(data("images/chelsea.png"), size=(7, 100002))
+    message = str(info.value)
+    assert message.startswith("size") and "100002" in message and "size.width" not in message, message
+    with pytest.raises(vitmsn.ArgumentError, match="^size"):
+        tiny.preprocessor(data("images/chelsea.png"), size=(100002, 7))
+
+
+def test_more_threads_than_cpus_warns_naming_the_cpu_count():
+    with pytest.warns(RuntimeWarning, match=f"more than the {vitmsn.default_threads()} CPUs"):
+        m = vitmsn.Model(data("models/tiny"), threads=vitmsn.default_threads() + 1000)
+    assert m.threads == vitmsn.default_threads() + 1000
+
+
+def test_a_model_pickles_by_path_and_options(tiny):
+    m = vitmsn.Model(data("models/tiny"), threads=1, compute="f32")
+    back = pickle.loads(pickle.dumps(m))
+    assert type(back) is vitmsn.Model and back.threads == 1 and back.compute == "f32"
+    assert back.source == m.source
+    x = data("images/chelsea.png")
+    assert np.array_equal(back.extract_features(x).last_hidden_state, tiny.extract_features(x).last_hidden_state)
+    assert pickle.loads(pickle.dumps(tiny)).threads == tiny.threads
