@@ -979,7 +979,7 @@ PYBIND11_MODULE(_core, m) {
                       "[+ preprocessor_config.json]) or a single .safetensors file (its config in the metadata).\n"
                       "float32 weights are used in place from a read-only memory map. Immutable: every method may\n"
                       "be called from several threads at once, and runs without the GIL.\n\n"
-                      "Inputs (x) are an image path (str or os.PathLike), a PIL.Image.Image (converted to RGB as\n"
+                      "Inputs (x) are an image path (str, bytes or os.PathLike, as os.fsencode takes), a PIL.Image.Image\n(converted to RGB as "
                       "Hugging Face does), a uint8 numpy array [H, W, 3] (RGB) or [H, W] (gray), or float32 pixel\n"
                       "values [3, H, W] (preprocessed, as ViTImageProcessor returns them; read in place when\n"
                       "C-contiguous, other float layouts and dtypes are converted once).")
@@ -1020,7 +1020,8 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("path"), py::arg("threads") = py::none(), py::arg("copy_weights") = false,
            py::arg("compute") = "auto",
-           "Loads a model. threads: threads per forward pass (None: every CPU this process may use).\n"
+           "Loads a model. path: a folder or a .safetensors file (str, bytes or os.PathLike).\n"
+           "threads: threads per forward pass (None: every CPU this process may use).\n"
            "copy_weights: read the weights file into private memory (memory use = its size) instead of\n"
            "  memory-mapping it, so that nothing done to the file later can affect the model. Without it, a\n"
            "  file rewritten in place after loading (cp over it) makes the next call raise vitmsn.Error;\n"

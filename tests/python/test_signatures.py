@@ -18,3 +18,8 @@ def test_model_methods_have_python_signatures():
 def test_the_stubs_type_aliases_exist_at_runtime():
     for name in ("Input", "Size", "Layers"):
         assert getattr(vitmsn, name) is not None, name
+
+
+def test_docstrings_say_bytes_paths_are_accepted():
+    assert "bytes" in vitmsn.Model.__doc__
+    assert "bytes" in vitmsn.Model.__init__.__doc__
