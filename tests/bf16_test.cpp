@@ -170,17 +170,7 @@ LoadOptions with_compute(Compute c, int threads = 0) {
   return o;
 }
 
-test::Agreement compare_on_fixtures(const Model& f32, const Model& bf16) {
-  test::Agreement worst;
-  int n = 0;
-  for (const auto& c : test::image_cases()) {
-    const PixelValues px = test::fixture_pixels(c);
-    worst = test::worst_of(
-        worst, test::agreement(f32.extract_features(px).last_hidden_state, bf16.extract_features(px).last_hidden_state),
-        ++n);
-  }
-  return worst;
-}
+using test::compare_on_fixtures;
 
 TEST(Bf16Model, TinyMeetsTheTargetsOnTheFixtureImages) {
   const std::string path = test::data_path("models/tiny");

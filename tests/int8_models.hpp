@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/int8_format.hpp"
+#include "test_util.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/convert.hpp"
 #include "vitmsn/model.hpp"
@@ -180,6 +181,19 @@ inline Agreement worst_of(const Agreement& x, const Agreement& y, int count) {
   w.mean_token = (x.mean_token * (count - 1) + y.mean_token) / count;
   w.max_abs = std::max(x.max_abs, y.max_abs);
   return w;
+}
+
+/// The worst agreement of `other` (int8 weights, bf16 compute, …) with `f32` over the fixture images.
+inline Agreement compare_on_fixtures(const Model& f32, const Model& other) {
+  Agreement worst;
+  int n = 0;
+  for (const auto& c : image_cases()) {
+    const PixelValues px = fixture_pixels(c);
+    worst = worst_of(
+        worst, agreement(f32.extract_features(px).last_hidden_state, other.extract_features(px).last_hidden_state),
+        ++n);
+  }
+  return worst;
 }
 
 inline std::string describe(const Agreement& a) {

@@ -29,18 +29,7 @@ std::vector<TensorData> tiny_tensors() { return test::read_tensors(test::data_pa
 
 Config tiny_config() { return read_config(test::data_path("models/tiny/config.json")); }
 
-/// Worst agreement of the int8 model with the float32 one over the fixture images.
-test::Agreement compare_on_fixtures(const Model& f32, const Model& int8) {
-  test::Agreement worst;
-  int n = 0;
-  for (const auto& c : test::image_cases()) {
-    const PixelValues px = test::fixture_pixels(c);
-    worst = test::worst_of(
-        worst, test::agreement(f32.extract_features(px).last_hidden_state, int8.extract_features(px).last_hidden_state),
-        ++n);
-  }
-  return worst;
-}
+using test::compare_on_fixtures;
 
 /// Sets the activation grouping for one scope (the previous one is restored whatever happens).
 using test::GroupingScope;

@@ -25,16 +25,7 @@ namespace fs = std::filesystem;
 using test::ProgramRun;
 using test::run;
 
-Config tiny_config() {
-  Config c;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.intermediate_size = 256;
-  c.patch_size = 7;
-  c.image_size = 224;
-  return c;
-}
+Config tiny_config() { return test::tiny_architecture(); }
 
 /// A config.json of the tiny architecture in the test's folder; returns its path.
 std::string tiny_config_file(const std::string& name = "tiny.json", bool qkv_bias = true) {

@@ -15,16 +15,7 @@
 namespace vitmsn {
 namespace {
 
-Config tiny_config() {
-  Config c;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.intermediate_size = 256;
-  c.patch_size = 7;
-  c.image_size = 224;
-  return c;
-}
+Config tiny_config() { return test::tiny_architecture(); }
 
 float element(const std::vector<TensorData>& t, const std::string& name, long index) {
   for (const auto& x : t)

@@ -19,6 +19,17 @@
 
 namespace vitmsn::test {
 
+Config tiny_architecture() {
+  Config c;
+  c.hidden_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.intermediate_size = 256;
+  c.patch_size = 7;
+  c.image_size = 224;
+  return c;
+}
+
 namespace {
 
 /// The folder of the running test (empty before its first temp_dir() call); removed at its end.

@@ -23,6 +23,10 @@ inline std::string data_path(const std::string& rel) { return std::string(VITMSN
 /// (created). Outside a test (static initialisation) it is an error.
 std::string temp_dir(const std::string& sub = "");
 
+/// The tiny models' architecture (hidden 64, 2 layers, 4 heads, MLP 256, patch 7, 224×224), as a
+/// Config built in code (the bundled tiny models' config.json says the same).
+Config tiny_architecture();
+
 /// The split copy of HF's preprocess.safetensors (tests/data/expected/preprocess.{0,1,2}).
 const TensorView& preprocess_fixture(const std::string& key);
 bool has_preprocess_fixture(const std::string& key);
