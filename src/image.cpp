@@ -445,7 +445,7 @@ void check_limits(const std::string& name, long long width, long long height, co
   if (pixels > limits.max_pixels) {
     fail(name,
          "image is " + std::to_string(width) + "x" + std::to_string(height) + " = " + std::to_string(pixels) +
-             " pixels, more than the limit of " + std::to_string(limits.max_pixels) + " pixels",
+             " pixels, more than the max_pixels limit of " + std::to_string(limits.max_pixels) + " pixels",
          ErrorKind::kLimit);
   }
 }

@@ -510,7 +510,8 @@ TEST(Image, RefusesAPngClaiming100000x100000PixelsFromItsHeaderAlone) {
   const std::string path = tmp() + "/huge.png";
   test::write_bytes(path, png_header(100000, 100000));
   const std::uint64_t buffers_before = detail::pixel_buffers_allocated();
-  expect_error([&] { read_image(path); }, {path, "100000x100000", "10000000000 pixels", "max_pixels"});
+  expect_error([&] { read_image(path); },
+               {path, "100000x100000", "10000000000 pixels", "limit of 178956970 pixels"});
   // Refused from the header alone: no decoder started, no pixel buffer was allocated.
   EXPECT_EQ(detail::pixel_buffers_allocated(), buffers_before);
 }
@@ -519,7 +520,7 @@ TEST(Image, RespectsTheCallersPixelLimit) {
   const std::string path = test::data_path("images/chelsea.png");
   ImageLimits limits;
   limits.max_pixels = 451 * 300 - 1;
-  expect_error([&] { read_image(path, limits); }, {path, "451x300", "max_pixels"});
+  expect_error([&] { read_image(path, limits); }, {path, "451x300", "limit of 135299 pixels"});
   limits.max_pixels = 451 * 300;
   EXPECT_EQ(read_image(path, limits).width, 451);
 }
@@ -528,7 +529,7 @@ TEST(Image, RefusesALargeJpegFromItsHeaderAlone) {
   ImageLimits limits;
   limits.max_pixels = 1000;
   const std::string path = test::data_path("images/rocket.jpg");
-  expect_error([&] { read_image(path, limits); }, {path, "640x427", "max_pixels"});
+  expect_error([&] { read_image(path, limits); }, {path, "640x427", "limit of 1000 pixels"});
 }
 
 TEST(Image, RejectsADirectoryNamingIt) {
