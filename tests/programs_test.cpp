@@ -1052,6 +1052,19 @@ TEST(ConvertProgram, SizesAreInMegabytesOfAMillionBytes) {
     EXPECT_NE(run(p + " --help").output.find("1 MB = 10^6 bytes"), std::string::npos) << p;
 }
 
+TEST(ConvertProgram, EachLineOfItsLogIsWrittenWhenPrinted) {
+  // Into a pipe (a log file, a scheduler's capture), lines come in the order printed: the warning on
+  // stderr after the lines before it on stdout, not before a buffer flushed at exit.
+  const std::string dir = test::temp_dir();
+  const std::string head = test::write_tiny_head(dir + "/head.safetensors", {"a", "b"}, "");
+  const ProgramRun r = run("vitmsn-convert --add-classifier " + head + " " + tiny() + " " + dir + "/m.safetensors");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto read = r.output.find("read "), warning = r.output.find("warning: "), wrote = r.output.find("wrote ");
+  ASSERT_NE(warning, std::string::npos) << r.output;
+  EXPECT_LT(read, warning) << r.output;
+  EXPECT_LT(warning, wrote) << r.output;
+}
+
 TEST(WeightsScript, HelpIsTheHeaderCommentWithEveryDtype) {
   const std::string script = std::string(VITMSN_TEST_DATA_DIR) + "/../../weights/fetch_vit_msn_large_7.sh";
   const ProgramRun r = test::run_command("bash " + script + " --help");
