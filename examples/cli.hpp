@@ -139,7 +139,10 @@ class Args {
           throw UsageError("option " + name + " is given twice" +
                            (contains(flags, name) ? std::string()
                                                   : " ('" + values_[name].back() + "', then '" +
-                                                        (has_value ? value : i + 1 < argc ? argv[i + 1] : "") + "')") +
+                                                        (has_value      ? value
+                                                         : i + 1 < argc ? argv[i + 1]
+                                                                        : "") +
+                                                        "')") +
                            "; give it once");
         if (contains(flags, name)) {
           if (has_value) throw UsageError("option " + name + " takes no value");
@@ -436,8 +439,10 @@ inline bool is_image_kind(const std::string& kind) { return ends_with(kind, " im
 inline void check_list_file(const std::string& path, const std::string& option) {
   const std::string kind = file_kind(path);
   if (kind == "a folder")
-    throw Error(option + " " + path + ": a folder, not a list file (one path per line); give the folder as an "
-                "argument (without " + option + ") to read the images in it");
+    throw Error(option + " " + path +
+                ": a folder, not a list file (one path per line); give the folder as an "
+                "argument (without " +
+                option + ") to read the images in it");
   if (!kind.empty())
     throw Error(option + " " + path + ": " + kind + ", not a list file (one path per line)" +
                 (is_image_kind(kind) ? "; give images as arguments (without " + option + ")" : std::string()));
@@ -473,9 +478,9 @@ inline Preprocessor preprocessor_from_file(const std::string& path, const std::s
     auto has = [&](const char* key) { return text.find(std::string("\"") + key + "\"") != std::string::npos; };
     const bool model_keys = has("hidden_size") || has("num_hidden_layers");
     bool preprocessing_keys = false;
-    for (const char* k : {"size", "crop_size", "do_resize", "do_center_crop", "do_rescale", "do_normalize",
-                          "image_mean", "image_std", "resample", "rescale_factor", "image_processor_type",
-                          "feature_extractor_type"})
+    for (const char* k :
+         {"size", "crop_size", "do_resize", "do_center_crop", "do_rescale", "do_normalize", "image_mean", "image_std",
+          "resample", "rescale_factor", "image_processor_type", "feature_extractor_type"})
       preprocessing_keys = preprocessing_keys || has(k);
     if (model_keys && !preprocessing_keys)
       throw Error(option + " " + path +
@@ -611,7 +616,8 @@ inline std::vector<std::string> collect_images(const std::vector<std::string>& a
       // A relative entry of a list that exists relative to the list's folder: the likely meaning.
       if (!from[i].empty() && fs::path(p).is_relative()) {
         const fs::path alt = fs::path(from[i]).parent_path() / p;
-        if (!fs::path(from[i]).parent_path().empty() && fs::exists(alt, ec)) beside_list.push_back(printable(alt.string()));
+        if (!fs::path(from[i]).parent_path().empty() && fs::exists(alt, ec))
+          beside_list.push_back(printable(alt.string()));
       }
     }
   }

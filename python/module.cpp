@@ -340,8 +340,8 @@ int to_int(const py::handle x, const char* what) {
 int checked_side(int v, const char* side) {
   constexpr int kMaxSide = 65536;
   if (v > kMaxSide) {
-    throw Error(ErrorKind::kArgument, std::string("size: the ") + side + " " + std::to_string(v) +
-                                          " is more than " + std::to_string(kMaxSide));
+    throw Error(ErrorKind::kArgument, std::string("size: the ") + side + " " + std::to_string(v) + " is more than " +
+                                          std::to_string(kMaxSide));
   }
   return v;
 }
@@ -404,7 +404,7 @@ PyFeatures wrap(Features&& f) {
 
 struct PyModel {
   Model model;
-  std::string path;  ///< as given
+  std::string path;                 ///< as given
   py::object threads = py::none();  ///< as given (pickling)
   bool copy_weights = false;
   std::string compute = "auto";
@@ -474,8 +474,9 @@ py::array call(const PyModel& m, const py::object& x) {
   }
   const py::array& raw = *maybe;
   if (raw.dtype().kind() == 'f' && raw.ndim() == 4 && raw.shape(1) != 3 && raw.shape(3) == 3) {
-    throw Error(ErrorKind::kArgument, "model(pixel_values): pixel values must be channel first [B, 3, H, W], got shape " +
-                                          shape_string(raw) + " (channels last: use pixel_values.transpose(0, 3, 1, 2))");
+    throw Error(ErrorKind::kArgument,
+                "model(pixel_values): pixel values must be channel first [B, 3, H, W], got shape " + shape_string(raw) +
+                    " (channels last: use pixel_values.transpose(0, 3, 1, 2))");
   }
   if (raw.dtype().kind() != 'f' || raw.ndim() != 4) {
     throw Error(ErrorKind::kArgument,
@@ -742,9 +743,10 @@ std::vector<double> forward_seconds(const PyModel& m, const py::object& x, int r
 std::string repr_model(const PyModel& m) {
   const Config& c = m.model.config();
   // repr() of the path as Python shows it (a non-UTF-8 name's bytes as \udcXX escapes).
-  return "vitmsn.Model(" + py::repr(fs_str(m.path)).cast<std::string>() + ": hidden " + std::to_string(c.hidden_size) + ", " +
-         std::to_string(c.num_hidden_layers) + " layers, " + std::to_string(c.num_attention_heads) + " heads, patch " +
-         std::to_string(c.patch_size) + ", " + std::to_string(c.image_size) + "x" + std::to_string(c.image_size) +
+  return "vitmsn.Model(" + py::repr(fs_str(m.path)).cast<std::string>() + ": hidden " + std::to_string(c.hidden_size) +
+         ", " + std::to_string(c.num_hidden_layers) + " layers, " + std::to_string(c.num_attention_heads) +
+         " heads, patch " + std::to_string(c.patch_size) + ", " + std::to_string(c.image_size) + "x" +
+         std::to_string(c.image_size) +
          (m.model.has_classifier() ? ", " + std::to_string(m.model.labels().size()) + " classes" : "") + ", " +
          std::to_string(m.model.threads()) + " threads, kernels " + kernel_isa() + ")";
 }
@@ -979,7 +981,8 @@ PYBIND11_MODULE(_core, m) {
                       "[+ preprocessor_config.json]) or a single .safetensors file (its config in the metadata).\n"
                       "float32 weights are used in place from a read-only memory map. Immutable: every method may\n"
                       "be called from several threads at once, and runs without the GIL.\n\n"
-                      "Inputs (x) are an image path (str, bytes or os.PathLike, as os.fsencode takes), a PIL.Image.Image\n(converted to RGB as "
+                      "Inputs (x) are an image path (str, bytes or os.PathLike, as os.fsencode takes), a "
+                      "PIL.Image.Image\n(converted to RGB as "
                       "Hugging Face does), a uint8 numpy array [H, W, 3] (RGB) or [H, W] (gray), or float32 pixel\n"
                       "values [3, H, W] (preprocessed, as ViTImageProcessor returns them; read in place when\n"
                       "C-contiguous, other float layouts and dtypes are converted once).")
@@ -1054,7 +1057,8 @@ PYBIND11_MODULE(_core, m) {
           [](const PyModel& m) { return py::make_tuple(fs_str(m.path), m.threads, m.copy_weights, m.compute); },
           "Model(*_load_args) loads this model again (pickling).")
       .def_property_readonly(
-          "source", [](const PyModel& m) { return fs_str(m.model.source()); }, "The weights file the model was read from.")
+          "source", [](const PyModel& m) { return fs_str(m.model.source()); },
+          "The weights file the model was read from.")
       .def_property_readonly(
           "preprocessor", [](const PyModel& m) { return PyPreprocessor{m.model.preprocessor()}; },
           "The model's Preprocessor (from its preprocessor_config.json or metadata, else the defaults).")

@@ -510,8 +510,7 @@ TEST(Image, RefusesAPngClaiming100000x100000PixelsFromItsHeaderAlone) {
   const std::string path = tmp() + "/huge.png";
   test::write_bytes(path, png_header(100000, 100000));
   const std::uint64_t buffers_before = detail::pixel_buffers_allocated();
-  expect_error([&] { read_image(path); },
-               {path, "100000x100000", "10000000000 pixels", "limit of 178956970 pixels"});
+  expect_error([&] { read_image(path); }, {path, "100000x100000", "10000000000 pixels", "limit of 178956970 pixels"});
   // Refused from the header alone: no decoder started, no pixel buffer was allocated.
   EXPECT_EQ(detail::pixel_buffers_allocated(), buffers_before);
 }

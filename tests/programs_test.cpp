@@ -868,10 +868,12 @@ TEST(WeightsScript, FailsFastAndClearlyWhenTheHubIsUnreachable) {
 
 // Printable ASCII and line breaks only: no raw bytes of a file in a message.
 bool printable(const std::string& s) {
-  return std::all_of(s.begin(), s.end(), [](char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return (u >= 0x20 && u < 0x7f) || c == '\n' || u >= 0x80;  // UTF-8 punctuation (…) is allowed
-  }) && s.find("\x89PNG") == std::string::npos;
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) {
+                       const auto u = static_cast<unsigned char>(c);
+                       return (u >= 0x20 && u < 0x7f) || c == '\n' || u >= 0x80;  // UTF-8 punctuation (…) is allowed
+                     }) &&
+         s.find("\x89PNG") == std::string::npos;
 }
 
 TEST(Programs, AFileGivenToTheWrongOptionIsNamedForWhatItIs) {
@@ -881,7 +883,8 @@ TEST(Programs, AFileGivenToTheWrongOptionIsNamedForWhatItIs) {
   const std::string head = test::write_tiny_head(dir + "/head.safetensors", {"a", "b"}, "");
   auto expect = [](const ProgramRun& r, const std::vector<std::string>& needles) {
     EXPECT_EQ(r.status, 1) << r.output;
-    for (const auto& n : needles) EXPECT_NE(r.output.find(n), std::string::npos) << "missing '" << n << "' in\n" << r.output;
+    for (const auto& n : needles)
+      EXPECT_NE(r.output.find(n), std::string::npos) << "missing '" << n << "' in\n" << r.output;
     EXPECT_TRUE(printable(r.output)) << r.output;
     EXPECT_EQ(r.output.find("::"), std::string::npos) << r.output;
   };
@@ -991,7 +994,8 @@ TEST(Sharding, MergeComparesInputsAsFilesNotAsWritten) {
                      "/f.npy " + imgs);
   ASSERT_EQ(r.status, 0) << r.output;
   std::string list;  // the same files, spelled otherwise
-  for (int i = 0; i < 12; ++i) list += imgs + "/../imgs/./img" + std::to_string(i / 10) + std::to_string(i % 10) + ".png\n";
+  for (int i = 0; i < 12; ++i)
+    list += imgs + "/../imgs/./img" + std::to_string(i / 10) + std::to_string(i % 10) + ".png\n";
   test::write_bytes(dir + "/inputs.txt", list);
   r = run("vitmsn-merge --inputs " + dir + "/inputs.txt --output " + dir + "/m.npy " + dir + "/f-00000-of-00001.npy");
   EXPECT_EQ(r.status, 0) << r.output;
