@@ -430,6 +430,21 @@ double overall_accuracy(const std::string& output) {
   return std::stod(m[2]) / 100;
 }
 
+TEST(ProbeProgram, SaysWhichImagesOfTheDataFolderItIgnores) {
+  const std::string dir = test::temp_dir();
+  std::system(("mkdir -p " + dir + "/data/cats " + dir + "/data/horses").c_str());
+  test::write_bytes(dir + "/data/cats/a.png", test::read_text(test::data_path("images/chelsea.png")));
+  test::write_bytes(dir + "/data/horses/b.png", test::read_text(test::data_path("images/horse.png")));
+  test::write_bytes(dir + "/data/stray.png", test::read_text(test::data_path("images/coffee.png")));  // no class
+  const ProgramRun r = run("vitmsn-probe --model " + test::data_path("models/tiny") + " --data " + dir +
+                           "/data --output " + dir + "/h.safetensors --cache " + dir + "/cache");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("note: " + dir + "/data: ignored 1 image outside the class folders (" + dir +
+                          "/data/stray.png); only images inside a class sub-folder are used"),
+            std::string::npos)
+      << r.output;
+}
+
 TEST(ProbeProgram, TrainsAHeadThatTheTinyModelLoadsAndClassifiesTheTrainingImagesWith) {
   const std::string dir = test::temp_dir();
   const std::string data = test::make_probe_image_folder(dir), head = dir + "/head.safetensors";

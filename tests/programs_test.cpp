@@ -761,20 +761,6 @@ TEST(ExtractProgram, FolderScansSayWhatTheySkipAndPickUpEveryDecodedFormat) {
   EXPECT_EQ(test::read_text(dir + "/f.files.txt"), dir + "/in/a.png\n" + dir + "/in/c.psd\n");
 }
 
-TEST(ProbeProgram, SaysWhichImagesOfTheDataFolderItIgnores) {
-  const std::string dir = test::temp_dir();
-  copy_image("chelsea.png", dir + "/data/cats/a.png");
-  copy_image("horse.png", dir + "/data/horses/b.png");
-  copy_image("coffee.png", dir + "/data/stray.png");  // not in a class folder
-  const ProgramRun r = run("vitmsn-probe --model " + tiny() + " --data " + dir + "/data --output " + dir +
-                           "/h.safetensors --cache " + dir + "/cache");
-  ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("note: " + dir + "/data: ignored 1 image outside the class folders (" + dir +
-                          "/data/stray.png); only images inside a class sub-folder are used"),
-            std::string::npos)
-      << r.output;
-}
-
 TEST(ExtractProgram, ProgressShowsAFirstLineBeforeTheFirstImageAndAnEta) {
   const std::string dir = test::temp_dir();
   const ProgramRun r = run("vitmsn-extract --model " + tiny() + " --pool cls --output " + dir + "/f.npy " +
