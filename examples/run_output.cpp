@@ -144,20 +144,26 @@ std::string file_sha256(const std::string& path) {
 
 // --- What made an output -----------------------------------------------------------------------------
 
-std::string weights_dtype(const std::string& model_file) {
-  const SafetensorsFile f = SafetensorsFile::open(model_file);
+namespace {
+
+// weights_dtype() of a file already open.
+std::string weights_dtype_of(const SafetensorsFile& f) {
   if (auto it = f.metadata().find("dtype"); it != f.metadata().end() && !it->second.empty()) return it->second;
   for (const auto& name : f.names())
     if (name.find("intermediate.dense.weight") != std::string::npos) return dtype_name(f.get(name).dtype);
   return "";
 }
 
+}  // namespace
+
+std::string weights_dtype(const std::string& model_file) { return weights_dtype_of(SafetensorsFile::open(model_file)); }
+
 json model_manifest(const Model& model) {
   json m;
   m["path"] = path_to_json(model.source());
   m["backbone_sha256"] = backbone_identity(model.source());
   const SafetensorsFile f = SafetensorsFile::open(model.source());
-  m["dtype"] = weights_dtype(model.source());
+  m["dtype"] = weights_dtype_of(f);
   m["compute"] = model.compute();
   m["hidden_size"] = model.config().hidden_size;
   m["num_hidden_layers"] = model.config().num_hidden_layers;
