@@ -16,6 +16,7 @@
 #include "cpu/half.hpp"
 #include "cpu/int8_format.hpp"
 #include "cpu/kernels.hpp"
+#include "measure.hpp"
 #include "vitmsn/cpu.hpp"
 
 namespace {

@@ -17,6 +17,7 @@
 #include <iterator>
 #include <map>
 
+#include "formats/sha256.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/identity.hpp"
 #include "vitmsn/io.hpp"

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "measure.hpp"
 #include "run_output.hpp"
 #include "vitmsn/vitmsn.hpp"
 

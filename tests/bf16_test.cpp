@@ -14,6 +14,7 @@
 #include "cpu/half.hpp"
 #include "cpu/kernels.hpp"
 #include "int8_models.hpp"
+#include "measure.hpp"
 #include "test_util.hpp"
 #include "vitmsn/convert.hpp"
 #include "vitmsn/cpu.hpp"

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/sha256.hpp"
 #include "test_util.hpp"
 #include "vitmsn/convert.hpp"
 #include "vitmsn/error.hpp"

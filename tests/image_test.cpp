@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "image_stats.hpp"
+#include "image/image_stats.hpp"
 #include "test_util.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/safetensors.hpp"

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "probe/lbfgs.hpp"
 #include "test_util.hpp"
 #include "vitmsn/convert.hpp"
 #include "vitmsn/error.hpp"
@@ -29,6 +30,8 @@
 namespace vitmsn {
 namespace {
 
+using detail::minimize_lbfgs;
+using detail::Objective;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
 

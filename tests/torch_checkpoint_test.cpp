@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "file_util.hpp"
+#include "formats/torch/inflate.hpp"
 #include "test_util.hpp"
-#include "torch/inflate.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/safetensors.hpp"
 

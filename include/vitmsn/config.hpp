@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "vitmsn/export.hpp"
+
 namespace vitmsn {
 
 /// The hyper-parameters of a ViT-MSN encoder (Hugging Face `ViTMSNConfig` field names).
@@ -40,18 +42,18 @@ inline constexpr long long kMaxInputTokens = 65537;
 /// Checks an input size before any image is read, as extract_features() will: height and width
 /// positive multiples of patch_size, at most kMaxInputTokens tokens. \throws Error saying what is
 /// wrong, with the nearest valid size ("320x240: … the nearest valid size is 322x238").
-void check_input_size(const Config& config, int height, int width);
+VITMSN_API void check_input_size(const Config& config, int height, int width);
 
 /// Parses a Hugging Face config.json text. Missing fields keep the defaults above except the five
 /// size fields, which are required. \throws Error naming `source` and the field on a missing or
 /// mistyped field, a non-positive size, hidden_size not divisible by the head count, or an
 /// unsupported `hidden_act`.
-Config parse_config(const std::string& json_text, const std::string& source);
+VITMSN_API Config parse_config(const std::string& json_text, const std::string& source);
 
 /// Reads a config.json file. \throws Error naming the file.
-Config read_config(const std::string& path);
+VITMSN_API Config read_config(const std::string& path);
 
 /// The config as Hugging Face-style JSON (round-trips through parse_config).
-std::string to_json(const Config& config);
+VITMSN_API std::string to_json(const Config& config);
 
 }  // namespace vitmsn

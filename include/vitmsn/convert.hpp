@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "vitmsn/export.hpp"
 #include "vitmsn/safetensors.hpp"
 
 namespace vitmsn {
@@ -62,11 +63,11 @@ struct ConvertReport {
 /// A merged head whose metadata records another backbone is refused unless
 /// `options.allow_other_backbone`.
 /// \throws Error naming the file and the problem; `output` is then not created.
-ConvertReport convert_checkpoint(const std::string& input, const std::string& output,
-                                 const ConvertOptions& options = {});
+VITMSN_API ConvertReport convert_checkpoint(const std::string& input, const std::string& output,
+                                            const ConvertOptions& options = {});
 
 /// "f32" / "bf16" / "f16" / "int8" (also "float32", "bfloat16", "float16", "i8") → DType.
 /// \throws Error otherwise.
-DType parse_weight_dtype(const std::string& name);
+VITMSN_API DType parse_weight_dtype(const std::string& name);
 
 }  // namespace vitmsn

@@ -9,6 +9,8 @@
 #include <string>
 #include <utility>
 
+#include "vitmsn/export.hpp"
+
 namespace vitmsn {
 
 /// What went wrong, for callers that react differently (retry, ask for another file, report a bug in
@@ -72,7 +74,7 @@ inline ErrorKind error_kind_from_errno(int err) noexcept {
 /// `model.safetensors: tensor 'layernorm.weight' has shape [63], expected [64]`; kind() says which
 /// sort of problem it is, path() the file it is about (when it is about one), os_error() the errno
 /// of a failed system call (0 when none failed).
-class Error : public std::runtime_error {
+class VITMSN_API Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, const std::string& message, std::string path = {}, int os_error = 0)
       : std::runtime_error(message), kind_(kind), os_error_(os_error), path_(std::move(path)) {}

@@ -1,31 +1,14 @@
 #pragma once
 /// \file
-/// What identifies files and models: SHA-256, and a model's backbone identity — the checkpoint a
-/// classifier head's features come from, kept through conversions (vitmsn-convert records it,
-/// vitmsn-probe writes it into the heads it trains, --add-classifier compares the two).
+/// What identifies models: a model's backbone identity — the checkpoint a classifier head's features
+/// come from, kept through conversions (vitmsn-convert records it, vitmsn-probe writes it into the
+/// heads it trains, --add-classifier compares the two).
 
-#include <array>
-#include <cstddef>
-#include <cstdint>
 #include <string>
 
+#include "vitmsn/export.hpp"
+
 namespace vitmsn {
-
-/// SHA-256 (FIPS 180-4), fed incrementally. Not thread-safe; one object per stream.
-class Sha256 {
- public:
-  Sha256();
-  void update(const void* data, std::size_t size);
-  void update(const std::string& bytes) { update(bytes.data(), bytes.size()); }
-  /// Lower-case hex of the digest (64 characters). The object is spent afterwards.
-  std::string hex();
-
- private:
-  std::array<std::uint32_t, 8> h_{};
-  std::array<std::uint8_t, 64> buf_{};
-  std::size_t used_ = 0;
-  std::uint64_t total_ = 0;
-};
 
 /// The `__metadata__` key of a model's backbone identity (in files written by convert_checkpoint())
 /// and of the backbone a head was trained on (in heads written by vitmsn-probe).
@@ -40,6 +23,6 @@ inline constexpr const char* kBackboneMetadataKey = "backbone_sha256";
 /// or narrowed to float32 first). ViT-L/7 (1.2 GB) takes about a second per core the machine has
 /// to spare (tensors are hashed in parallel, default_threads()).
 /// \throws Error naming the file (unreadable, not a model, malformed recorded identity).
-std::string backbone_identity(const std::string& model_path);
+VITMSN_API std::string backbone_identity(const std::string& model_path);
 
 }  // namespace vitmsn

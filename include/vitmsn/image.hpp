@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "vitmsn/export.hpp"
+
 namespace vitmsn {
 
 /// An 8-bit RGB image, rows top to bottom, interleaved `[height, width, 3]`.
@@ -35,22 +37,23 @@ struct ImageLimits {
 /// \throws Error naming `path` when the file cannot be read, is not a supported image, is corrupt or
 ///         truncated, or exceeds `limits`.
 /// Thread-safe.
-Image read_image(const std::string& path, const ImageLimits& limits = {});
+VITMSN_API Image read_image(const std::string& path, const ImageLimits& limits = {});
 
 /// Same as read_image() for an encoded image in memory; `name` is used in error messages.
-Image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name, const ImageLimits& limits = {});
+VITMSN_API Image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name,
+                              const ImageLimits& limits = {});
 
 /// The file name extensions (lower case, with the dot) of the formats read_image() decodes, for
 /// programs that pick images out of folders: .png .jpg .jpeg .jpe .jfif .bmp .gif .tga .psd .ppm .pgm .pnm.
-const std::vector<std::string>& image_file_extensions();
+VITMSN_API const std::vector<std::string>& image_file_extensions();
 
 /// Which decoder handles JPEG in this build: "stb_image" (default) or "libjpeg-turbo".
-const char* jpeg_decoder_name();
+VITMSN_API const char* jpeg_decoder_name();
 
 /// Writes `image` as an 8-bit RGB PNG, atomically: the bytes go to a temporary file in the same
 /// folder that is renamed over `path` only when complete, so `path` never holds a partial file.
 /// \throws Error naming `path` when the image is empty or inconsistent (`rgb.size() != w*h*3`) or
 ///         the file cannot be written. Thread-safe (distinct paths).
-void write_png(const std::string& path, const Image& image);
+VITMSN_API void write_png(const std::string& path, const Image& image);
 
 }  // namespace vitmsn

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "vitmsn/config.hpp"
+#include "vitmsn/export.hpp"
 #include "vitmsn/image.hpp"
 #include "vitmsn/preprocess.hpp"
 #include "vitmsn/safetensors.hpp"
@@ -93,7 +94,7 @@ struct Features {
 
 /// A loaded ViT-MSN model. Immutable after load: every const method may be called from several
 /// threads at once (each call uses its own activation buffers); copies share the weights.
-class Model {
+class VITMSN_API Model {
  public:
   /// Loads a model folder (model.safetensors + config.json [+ preprocessor_config.json]) or a single
   /// .safetensors file (config from its `__metadata__` "config" entry, else config.json beside it).

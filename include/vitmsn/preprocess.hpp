@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "vitmsn/export.hpp"
 #include "vitmsn/image.hpp"
 #include "vitmsn/preprocessor_config.hpp"
 #include "vitmsn/tensor.hpp"
@@ -18,11 +19,11 @@ namespace vitmsn {
 /// vertical pass reads): a 1 x 800,000 image widened to 224 columns first would need 179 M
 /// intermediate pixels, and the memory and time that go with them, from a small file.
 /// \throws Error for sizes < 1 and sizes above the limit.
-Image resize(const Image& image, int width, int height, Resample filter, const ImageLimits& limits = {});
+VITMSN_API Image resize(const Image& image, int width, int height, Resample filter, const ImageLimits& limits = {});
 
 /// Image -> pixel values [3, H, W] exactly as Hugging Face's ViTImageProcessor (PIL backend).
 /// Immutable after construction; operator() is const and thread-safe.
-class Preprocessor {
+class VITMSN_API Preprocessor {
  public:
   explicit Preprocessor(PreprocessorConfig config = {});
   /// Reads the settings from a `preprocessor_config.json`. \throws Error naming the file.

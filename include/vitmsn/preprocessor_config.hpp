@@ -5,6 +5,8 @@
 #include <array>
 #include <string>
 
+#include "vitmsn/export.hpp"
+
 namespace vitmsn {
 
 /// Pillow's resampling filters, with Pillow's / Hugging Face's integer codes.
@@ -32,16 +34,16 @@ struct PreprocessorConfig {
 /// Parses the JSON text of a `preprocessor_config.json`. Unknown keys are ignored (HF writes null for
 /// unset options: null keeps the default); keys of the wrong type or out of range throw Error naming
 /// `source` and the key.
-PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const std::string& source);
+VITMSN_API PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const std::string& source);
 
 /// Reads a `preprocessor_config.json` file. \throws Error naming the file.
-PreprocessorConfig read_preprocessor_config(const std::string& path);
+VITMSN_API PreprocessorConfig read_preprocessor_config(const std::string& path);
 
 /// Checks the ranges parse_preprocessor_config() checks (sizes 1..65536, resample 0..5, a finite
 /// rescale factor > 0, finite means, finite stds > 0). \throws Error naming `source` and the key.
-void validate_preprocessor_config(const PreprocessorConfig& config, const std::string& source);
+VITMSN_API void validate_preprocessor_config(const PreprocessorConfig& config, const std::string& source);
 
 /// Serialises a config to the JSON form Hugging Face writes (round-trips through parse).
-std::string to_json(const PreprocessorConfig& config);
+VITMSN_API std::string to_json(const PreprocessorConfig& config);
 
 }  // namespace vitmsn

@@ -16,12 +16,14 @@
 #include <string>
 #include <vector>
 
+#include "vitmsn/export.hpp"
+
 namespace vitmsn {
 
 // ---------------------------------------------------------------------------------------------------
-// L-BFGS
+// The solver: full-batch L-BFGS in double precision
 
-/// Settings of minimize_lbfgs().
+/// Settings of the L-BFGS solver the probes are fitted with (ProbeOptions::solver, fit_softmax()).
 struct LbfgsOptions {
   int memory = 10;                    ///< correction pairs (s, y) kept, m ≥ 1
   int max_iterations = 1000;          ///< iterations (accepted steps), ≥ 0
@@ -32,7 +34,7 @@ struct LbfgsOptions {
   double curvature = 0.9;             ///< c₂ of the strong Wolfe conditions, c₁ < c₂ < 1
 };
 
-/// Why minimize_lbfgs() stopped.
+/// Why the solver stopped.
 enum class LbfgsStop {
   kGradient,          ///< ‖∇f‖₂ ≤ gradient_tolerance: converged
   kRelativeChange,    ///< the last step decreased f by less than relative_tolerance: converged
@@ -41,9 +43,9 @@ enum class LbfgsStop {
 };
 
 /// "gradient", "relative change", "max iterations", "line search failed".
-const char* to_string(LbfgsStop stop);
+VITMSN_API const char* to_string(LbfgsStop stop);
 
-/// What minimize_lbfgs() returns.
+/// What the solver returns (Probe::solver, fit_softmax()).
 struct LbfgsResult {
   Eigen::VectorXd x;         ///< the last accepted point
   double value = 0;          ///< f(x)
@@ -53,18 +55,6 @@ struct LbfgsResult {
   LbfgsStop stop = LbfgsStop::kGradient;
   std::vector<double> history;  ///< f at the start, then after every accepted step (non-increasing)
 };
-
-/// An objective: returns f(x) and writes ∇f(x) into `gradient` (already sized like x). A
-/// non-finite value is treated by the line search as "too far" (the step is shortened).
-using Objective = std::function<double(const Eigen::VectorXd& x, Eigen::VectorXd& gradient)>;
-
-/// Minimises `objective` from `x0` by limited-memory BFGS: two-loop recursion with the scaling
-/// γ = sᵀy / yᵀy, a strong-Wolfe line search (bracketing, then zoom by safeguarded cubic
-/// interpolation; Nocedal & Wright, Numerical Optimization, algorithms 3.5/3.6), first step
-/// min(1, 1/‖g‖), pairs with sᵀy ≤ ε·yᵀy not stored, memory reset to steepest descent when a
-/// search fails. Every accepted step satisfies sufficient decrease, so `history` never increases.
-/// \throws Error on invalid options or a non-finite f or ∇f at x0.
-LbfgsResult minimize_lbfgs(const Objective& objective, Eigen::VectorXd x0, const LbfgsOptions& options = {});
 
 // ---------------------------------------------------------------------------------------------------
 // The probe's pieces
@@ -78,10 +68,10 @@ struct Standardization {
 /// Mean and standard deviation of each column of `features` [N, D] (N ≥ 1); standard deviations
 /// below `min_std` (constant features) become `min_std`. \throws Error when `features` is empty or
 /// `min_std` is not positive.
-Standardization fit_standardization(const Eigen::MatrixXd& features, double min_std = 1e-6);
+VITMSN_API Standardization fit_standardization(const Eigen::MatrixXd& features, double min_std = 1e-6);
 
 /// (features − mean) / scale row by row, [N, D]. \throws Error when D differs from the fit's.
-Eigen::MatrixXd standardize(const Eigen::MatrixXd& features, const Standardization& standardization);
+VITMSN_API Eigen::MatrixXd standardize(const Eigen::MatrixXd& features, const Standardization& standardization);
 
 /// A linear classifier: logits = weight·x + bias for a feature row x [D].
 struct LinearHead {
@@ -97,26 +87,28 @@ struct LinearHead {
 };
 
 /// Index of the largest logit per row (the first on ties), [N]. \throws Error when D ≠ head.dim().
-std::vector<int> predict(const LinearHead& head, const Eigen::MatrixXd& features);
+VITMSN_API std::vector<int> predict(const LinearHead& head, const Eigen::MatrixXd& features);
 
 /// The training objective on (already standardised) features [N, D], labels [N] in 0..K−1:
 ///   L(W, b) = (1/N) Σᵢ −log softmax(W·xᵢ + b)[yᵢ] + (l2/2)·‖W‖²_F   (the bias is not regularised)
 /// `params` holds W row-major (K·D values) then b (K values). When `gradient` is not null it
 /// receives ∇L in the same layout. Shapes are checked. \throws Error on mismatched sizes.
-double softmax_cross_entropy(const Eigen::MatrixXd& features, const std::vector<int>& labels, int num_classes,
-                             double l2, const Eigen::VectorXd& params, Eigen::VectorXd* gradient = nullptr);
+VITMSN_API double softmax_cross_entropy(const Eigen::MatrixXd& features, const std::vector<int>& labels,
+                                        int num_classes, double l2, const Eigen::VectorXd& params,
+                                        Eigen::VectorXd* gradient = nullptr);
 
-/// Fits the objective above by minimize_lbfgs() from `initial` (zeros when empty) and returns the
+/// Fits the objective above by L-BFGS from `initial` (zeros when empty) and returns the
 /// solver's result (x in softmax_cross_entropy()'s layout: W row-major, then b). Inputs are checked
 /// as for train_probe().
-LbfgsResult fit_softmax(const Eigen::MatrixXd& standardized_features, const std::vector<int>& labels, int num_classes,
-                        double l2, const LbfgsOptions& options = {}, const Eigen::VectorXd& initial = {});
+VITMSN_API LbfgsResult fit_softmax(const Eigen::MatrixXd& standardized_features, const std::vector<int>& labels,
+                                   int num_classes, double l2, const LbfgsOptions& options = {},
+                                   const Eigen::VectorXd& initial = {});
 
 // ---------------------------------------------------------------------------------------------------
 // Training with cross-validated regularisation
 
 /// 13 values 1e-4, 10^-3.5, …, 1e2: the default candidates for the L2 strength.
-std::vector<double> default_l2_grid();
+VITMSN_API std::vector<double> default_l2_grid();
 
 /// How train_probe() chooses and fits.
 struct ProbeOptions {
@@ -146,7 +138,7 @@ enum class L2Source {
 };
 
 /// "given", "cross-validation", "fallback".
-const char* to_string(L2Source source);
+VITMSN_API const char* to_string(L2Source source);
 
 /// Cross-validated score of one l2 candidate.
 struct L2Score {
@@ -174,14 +166,14 @@ struct Probe {
 /// the lower held-out log-loss, then to the larger l2 — and refits on all examples.
 /// \throws Error when K < 2, a class has no example, sizes disagree, a label is out of range, a
 /// feature is NaN or infinite (naming the example and dimension), or an option is out of range.
-Probe train_probe(const Eigen::MatrixXd& features, const std::vector<int>& labels, int num_classes,
-                  const ProbeOptions& options = {});
+VITMSN_API Probe train_probe(const Eigen::MatrixXd& features, const std::vector<int>& labels, int num_classes,
+                             const ProbeOptions& options = {});
 
 // ---------------------------------------------------------------------------------------------------
 // Evaluation
 
 /// Predictions scored against the truth.
-struct Evaluation {
+struct VITMSN_API Evaluation {
   Eigen::MatrixXi confusion;     ///< [K, K]: row = true class, column = predicted class
   std::vector<int> predictions;  ///< [N] predicted class per example (out-of-fold for cross_validate())
 
@@ -199,15 +191,17 @@ struct Evaluation {
 };
 
 /// Scores `predictions` against `labels` (both [N], values in 0..K−1). \throws Error on mismatch.
-Evaluation score_predictions(const std::vector<int>& labels, const std::vector<int>& predictions, int num_classes);
+VITMSN_API Evaluation score_predictions(const std::vector<int>& labels, const std::vector<int>& predictions,
+                                        int num_classes);
 
 /// Scores `head` on `features` [N, D] with `labels`. \throws Error on mismatched sizes.
-Evaluation evaluate(const LinearHead& head, const Eigen::MatrixXd& features, const std::vector<int>& labels);
+VITMSN_API Evaluation evaluate(const LinearHead& head, const Eigen::MatrixXd& features, const std::vector<int>& labels);
 
 /// Stratified fold of every example, [N] in 0..folds−1: each class's examples are shuffled (seeded)
 /// and dealt round-robin, continuing from where the previous class stopped so folds have equal sizes
 /// ±1. \throws Error when folds < 2 or a label is out of range.
-std::vector<int> stratified_folds(const std::vector<int>& labels, int num_classes, int folds, std::uint64_t seed);
+VITMSN_API std::vector<int> stratified_folds(const std::vector<int>& labels, int num_classes, int folds,
+                                             std::uint64_t seed);
 
 /// Example indices of a stratified held-out split.
 struct HoldoutSplit {
@@ -218,8 +212,8 @@ struct HoldoutSplit {
 /// Per class: round(test_fraction · n) of its (shuffled) examples to `test`, at least 1 and at most
 /// n − 1, so every class with ≥ 2 examples is both trained on and tested; a class with one example
 /// goes to `train`. \throws Error when test_fraction is not in (0, 1) or the test set would be empty.
-HoldoutSplit stratified_holdout(const std::vector<int>& labels, int num_classes, double test_fraction,
-                                std::uint64_t seed);
+VITMSN_API HoldoutSplit stratified_holdout(const std::vector<int>& labels, int num_classes, double test_fraction,
+                                           std::uint64_t seed);
 
 /// What cross_validate() measured.
 struct CrossValidation {
@@ -235,8 +229,8 @@ struct CrossValidation {
 /// is not biased by the choice — and predicts its held-out examples. `folds` is reduced to the size
 /// of the smallest class. \throws Error when a class has fewer than 2 examples (naming it), and as
 /// train_probe().
-CrossValidation cross_validate(const Eigen::MatrixXd& features, const std::vector<int>& labels, int num_classes,
-                               int folds, const ProbeOptions& options = {});
+VITMSN_API CrossValidation cross_validate(const Eigen::MatrixXd& features, const std::vector<int>& labels,
+                                          int num_classes, int folds, const ProbeOptions& options = {});
 
 /// What holdout_evaluate() measured.
 struct HoldoutEvaluation {
@@ -247,8 +241,8 @@ struct HoldoutEvaluation {
 
 /// Trains train_probe() on a stratified_holdout() training part (seed: options.seed) and scores it
 /// on the rest. \throws Error as those two.
-HoldoutEvaluation holdout_evaluate(const Eigen::MatrixXd& features, const std::vector<int>& labels, int num_classes,
-                                   double test_fraction, const ProbeOptions& options = {});
+VITMSN_API HoldoutEvaluation holdout_evaluate(const Eigen::MatrixXd& features, const std::vector<int>& labels,
+                                              int num_classes, double test_fraction, const ProbeOptions& options = {});
 
 // ---------------------------------------------------------------------------------------------------
 // Saving
@@ -260,7 +254,7 @@ HoldoutEvaluation holdout_evaluate(const Eigen::MatrixXd& features, const std::v
 /// "hidden_size", "standardization" ("folded"), plus `extra_metadata`. Written atomically
 /// (write_safetensors()). \throws Error naming `path` when labels.size() ≠ K, a label is empty, an
 /// extra key collides with one above, the head is not finite, or the file cannot be written.
-void write_head(const std::string& path, const Probe& probe, const std::vector<std::string>& labels,
-                const std::map<std::string, std::string>& extra_metadata = {});
+VITMSN_API void write_head(const std::string& path, const Probe& probe, const std::vector<std::string>& labels,
+                           const std::map<std::string, std::string>& extra_metadata = {});
 
 }  // namespace vitmsn

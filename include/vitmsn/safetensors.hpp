@@ -10,20 +10,22 @@
 #include <string>
 #include <vector>
 
+#include "vitmsn/export.hpp"
+
 namespace vitmsn {
 
 /// Element types of a safetensors file that vitmsn understands.
 enum class DType { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kI8, kU8, kBool };
 
 /// "F32", "BF16", … as written in the header.
-const char* dtype_name(DType dtype);
+VITMSN_API const char* dtype_name(DType dtype);
 /// Size of one element in bytes.
-std::size_t dtype_size(DType dtype);
+VITMSN_API std::size_t dtype_size(DType dtype);
 
 struct TensorData;
 
 /// One tensor of an open file: a view into the memory map (valid while the file object lives).
-struct TensorView {
+struct VITMSN_API TensorView {
   std::string name;
   DType dtype = DType::kF32;
   std::vector<std::int64_t> shape;
@@ -64,7 +66,7 @@ enum class FileAccess {
 /// shapes of non-negative integers, offsets inside the data area, `end - begin == numel * itemsize`,
 /// no two tensors overlapping. Immutable after open; all methods are const and thread-safe. Movable,
 /// not copyable.
-class SafetensorsFile {
+class VITMSN_API SafetensorsFile {
  public:
   /// \throws Error naming `path` and the problem (FileAccess::kCopy: also a file that changes while
   /// it is read).
@@ -110,7 +112,7 @@ class SafetensorsFile {
 };
 
 /// One tensor to write: raw little-endian bytes of `dtype` with `shape`.
-struct TensorData {
+struct VITMSN_API TensorData {
   std::string name;
   DType dtype = DType::kF32;
   std::vector<std::int64_t> shape;
@@ -124,7 +126,7 @@ struct TensorData {
 /// Writes a safetensors file (tensors sorted by name, header padded to 8 bytes) atomically: data go
 /// to a temporary file in the same folder that is renamed over `path` only when complete, so `path`
 /// never holds a partial file. \throws Error naming `path` (shape/size mismatch, I/O failure).
-void write_safetensors(const std::string& path, const std::vector<TensorData>& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
+VITMSN_API void write_safetensors(const std::string& path, const std::vector<TensorData>& tensors,
+                                  const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace vitmsn

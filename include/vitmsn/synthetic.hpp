@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "vitmsn/config.hpp"
+#include "vitmsn/export.hpp"
 #include "vitmsn/safetensors.hpp"
 
 namespace vitmsn {
@@ -16,9 +17,9 @@ namespace vitmsn {
 /// Face's key order, element i = scale(kind) · (2·u(t, i) − 1), u a 24-bit splitmix64-style hash in [0, 1), with the
 /// kinds of vitmsn_ref.synth_state: linear/conv weights 1.7/√fan_in, layer-norm gains 1 + 0.3·u, embeddings 0.8·u,
 /// biases 0.15·u. Requires config.qkv_bias (as the reference).
-std::vector<TensorData> synthetic_tensors(const Config& config);
+VITMSN_API std::vector<TensorData> synthetic_tensors(const Config& config);
 
 /// facebook/vit-msn-large-7's configuration (ViT-L, patch 7, 224×224, 1025 tokens, 24 blocks).
-Config vit_msn_large_7_config();
+VITMSN_API Config vit_msn_large_7_config();
 
 }  // namespace vitmsn

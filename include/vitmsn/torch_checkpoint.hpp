@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "vitmsn/export.hpp"
 #include "vitmsn/safetensors.hpp"
 
 namespace vitmsn {
@@ -52,6 +53,7 @@ struct TorchCheckpointLimits {
 /// \throws Error whose message starts with `path` and names the problem (entry, opcode, global,
 /// tensor), e.g. `model.bin: data.pkl: global 'os.system' is not allowed (offset 2)`.
 /// Thread-safe (no shared state).
-std::vector<TensorData> read_torch_checkpoint(const std::string& path, const TorchCheckpointLimits& limits = {});
+VITMSN_API std::vector<TensorData> read_torch_checkpoint(const std::string& path,
+                                                         const TorchCheckpointLimits& limits = {});
 
 }  // namespace vitmsn

@@ -6,6 +6,7 @@
 #include "vitmsn/convert.hpp"
 #include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
+#include "vitmsn/export.hpp"
 #include "vitmsn/identity.hpp"
 #include "vitmsn/image.hpp"
 #include "vitmsn/io.hpp"

@@ -1,4 +1,4 @@
-#include "identity.hpp"
+#include "formats/identity.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "formats/sha256.hpp"
 #include "model_files.hpp"
 #include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"

@@ -9,7 +9,7 @@
 #include "cpu/half.hpp"
 #include "cpu/int8_format.hpp"
 #include "file_util.hpp"
-#include "identity.hpp"
+#include "formats/identity.hpp"
 #include "json_error.hpp"
 #include "model_files.hpp"
 #include "vitmsn/config.hpp"

@@ -1,4 +1,4 @@
-#include "torch/inflate.hpp"
+#include "formats/torch/inflate.hpp"
 
 #include <array>
 #include <cstring>

@@ -1,5 +1,5 @@
 // torch.save checkpoints: the walk from the unpickled object to named tensors, the bounds checks of
-// every view, and the public read_torch_checkpoint(). The layers below live in src/torch/: the zip
+// every view, and the public read_torch_checkpoint(). The layers below live in src/formats/torch/: the zip
 // archive (zip_reader, with inflate for DEFLATED entries) and the restricted pickle machine.
 #include "vitmsn/torch_checkpoint.hpp"
 
@@ -12,8 +12,8 @@
 #include <utility>
 
 #include "file_util.hpp"
-#include "torch/pickle_machine.hpp"
-#include "torch/zip_reader.hpp"
+#include "formats/torch/pickle_machine.hpp"
+#include "formats/torch/zip_reader.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {

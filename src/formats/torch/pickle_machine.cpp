@@ -1,9 +1,9 @@
-#include "torch/pickle_machine.hpp"
+#include "formats/torch/pickle_machine.hpp"
 
 #include <cstring>
 #include <iterator>
 
-#include "torch/little_endian.hpp"
+#include "formats/torch/little_endian.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn::detail::torch {

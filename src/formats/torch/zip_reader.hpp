@@ -2,7 +2,7 @@
 // A zip archive read in place from memory (APPNOTE.TXT 6.3): the central directory, ZIP64 end records
 // and extra fields; every local header, offset and size checked against the file; STORED or DEFLATED
 // entries, each one read CRC-32 verified. Used by the torch checkpoint reader
-// (src/torch_checkpoint.cpp); knows nothing of pickles or tensors.
+// (src/formats/torch_checkpoint.cpp); knows nothing of pickles or tensors.
 #include <cstddef>
 #include <cstdint>
 #include <string>

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "file_util.hpp"
-#include "image_stats.hpp"
+#include "image/image_stats.hpp"
 #include "vitmsn/error.hpp"
 
 // Every buffer stb_image allocates starts zeroed. stb_image 2.27 reads memory it never wrote for

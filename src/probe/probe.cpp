@@ -9,6 +9,7 @@
 #include <random>
 #include <utility>
 
+#include "probe/lbfgs.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/safetensors.hpp"
 
@@ -32,6 +33,8 @@ std::vector<int> select_labels(const std::vector<int>& labels, const std::vector
 
 namespace {
 
+using detail::minimize_lbfgs;
+using detail::Objective;
 using Eigen::Index;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
@@ -383,7 +386,7 @@ const char* to_string(LbfgsStop stop) {
   return "?";
 }
 
-LbfgsResult minimize_lbfgs(const Objective& objective, Eigen::VectorXd x0, const LbfgsOptions& o) {
+LbfgsResult detail::minimize_lbfgs(const Objective& objective, Eigen::VectorXd x0, const LbfgsOptions& o) {
   if (o.memory < 1) throw Error(ErrorKind::kArgument, "lbfgs: memory must be >= 1, got " + std::to_string(o.memory));
   if (o.max_iterations < 0)
     throw Error(ErrorKind::kArgument, "lbfgs: max_iterations must be >= 0, got " + std::to_string(o.max_iterations));

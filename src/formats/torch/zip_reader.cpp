@@ -1,12 +1,12 @@
-#include "torch/zip_reader.hpp"
+#include "formats/torch/zip_reader.hpp"
 
 #include <algorithm>
 #include <cstring>
 #include <limits>
 #include <new>
 
-#include "torch/inflate.hpp"
-#include "torch/little_endian.hpp"
+#include "formats/torch/inflate.hpp"
+#include "formats/torch/little_endian.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn::detail::torch {
