@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -17,6 +18,7 @@
 #include <iterator>
 #include <map>
 
+#include "file_util.hpp"
 #include "formats/sha256.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/identity.hpp"
@@ -480,6 +482,187 @@ int remove_staged_files() noexcept {
   for (auto& s : g_staged)
     if (s.used.load(std::memory_order_acquire) == 2 && ::unlink(s.path) == 0) ++n;
   return n;
+}
+
+// --- Features streamed to disk ------------------------------------------------------------------------
+
+std::uint64_t SpooledTensor::bytes() const {
+  std::uint64_t n = 0;
+  for (const auto& p : pieces) n += p.bytes;
+  return n;
+}
+
+namespace {
+
+std::atomic<std::int64_t> g_held{0}, g_peak_held{0};
+
+// Held while a copy buffer exists: its bytes count as held.
+struct HeldBuffer {
+  std::vector<char> bytes;
+  explicit HeldBuffer(std::size_t n) : bytes(n) { hold_bytes(static_cast<std::int64_t>(n)); }
+  ~HeldBuffer() { hold_bytes(-static_cast<std::int64_t>(bytes.size())); }
+};
+
+// Appends the pieces' bytes to `out`, through `buffer`.
+void copy_pieces(detail::AtomicFile& out, const std::vector<Piece>& pieces, HeldBuffer& buffer,
+                 const std::string& path) {
+  std::map<std::string, int> open_files;
+  try {
+    for (const Piece& p : pieces) {
+      auto it = open_files.find(p.file);
+      if (it == open_files.end()) {
+        const int fd = ::open(p.file.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) throw Error(path + ": cannot read " + p.file + ": " + errno_text());
+        it = open_files.emplace(p.file, fd).first;
+      }
+      for (std::uint64_t done = 0; done < p.bytes;) {
+        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(p.bytes - done, buffer.bytes.size()));
+        const ssize_t n = ::pread(it->second, buffer.bytes.data(), want, static_cast<off_t>(p.offset + done));
+        if (n <= 0)
+          throw Error(path + ": cannot read " + p.file + ": " + (n < 0 ? errno_text() : "it is shorter than expected"));
+        out.write(buffer.bytes.data(), static_cast<std::size_t>(n));
+        done += static_cast<std::uint64_t>(n);
+      }
+    }
+  } catch (...) {
+    for (const auto& [f, fd] : open_files) ::close(fd);
+    throw;
+  }
+  for (const auto& [f, fd] : open_files) ::close(fd);
+}
+
+}  // namespace
+
+void hold_bytes(std::int64_t delta) {
+  const std::int64_t now = g_held.fetch_add(delta) + delta;
+  std::int64_t peak = g_peak_held.load();
+  while (now > peak && !g_peak_held.compare_exchange_weak(peak, now)) {
+  }
+}
+
+std::uint64_t peak_held_bytes() { return static_cast<std::uint64_t>(std::max<std::int64_t>(0, g_peak_held.load())); }
+
+Spool::Spool(const std::string& path) : path_(staging_path(path)) {
+  register_staged(path_);
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) {
+    forget_staged(path_);
+    throw Error(path_ + ": cannot create: " + errno_text());
+  }
+}
+
+Spool::~Spool() {
+  if (fd_ >= 0) ::close(fd_);
+  ::unlink(path_.c_str());
+  forget_staged(path_);
+}
+
+Piece Spool::append(const void* data, std::size_t bytes) {
+  Piece piece{path_, size_, bytes};
+  const char* p = static_cast<const char*>(data);
+  for (std::size_t done = 0; done < bytes;) {
+    const ssize_t n = ::write(fd_, p + done, bytes - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw Error(path_ + ": cannot write: " + (n < 0 ? errno_text() : "no progress"));
+    done += static_cast<std::size_t>(n);
+  }
+  size_ += bytes;
+  return piece;
+}
+
+std::vector<SpooledTensor> write_spooled_safetensors(const std::string& path, const std::vector<SpooledTensor>& tensors,
+                                                     const std::map<std::string, std::string>& metadata) {
+  // The header write_safetensors() writes: tensors sorted by name, offsets in that order.
+  std::vector<const SpooledTensor*> order;
+  for (const auto& t : tensors) order.push_back(&t);
+  std::sort(order.begin(), order.end(),
+            [](const SpooledTensor* a, const SpooledTensor* b) { return a->name < b->name; });
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::uint64_t offset = 0;
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const SpooledTensor& t = *order[i];
+    if (t.name.empty() || t.name == "__metadata__") throw Error(path + ": invalid tensor name '" + t.name + "'");
+    if (i && order[i - 1]->name == t.name) throw Error(path + ": duplicate tensor name '" + t.name + "'");
+    std::uint64_t numel = 1;
+    for (const auto d : t.shape) numel *= static_cast<std::uint64_t>(std::max<std::int64_t>(d, 0));
+    if (numel * 4 != t.bytes())
+      throw Error(path + ": tensor '" + t.name + "' has " + std::to_string(t.bytes()) + " bytes, not " +
+                  std::to_string(numel * 4));
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes()}}};
+    offset += t.bytes();
+  }
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');
+  std::uint8_t len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<std::uint8_t>(static_cast<std::uint64_t>(h.size()) >> (8 * i));
+  detail::AtomicFile out(path);
+  out.write(len, 8);
+  out.write(h.data(), h.size());
+  HeldBuffer buffer(kCopyBufferBytes);
+  std::vector<SpooledTensor> relocated;
+  std::uint64_t at = 8 + h.size();
+  for (const SpooledTensor* t : order) {
+    copy_pieces(out, t->pieces, buffer, path);
+    relocated.push_back({t->name, t->shape, {{path, at, t->bytes()}}});
+    at += t->bytes();
+  }
+  out.commit();
+  return relocated;
+}
+
+void write_spooled_npy(const std::string& path, const std::vector<std::int64_t>& shape,
+                       const std::vector<Piece>& pieces) {
+  // The header write_npy() writes.
+  std::string dims;
+  std::uint64_t n = 1, bytes = 0;
+  for (const auto d : shape) {
+    if (d < 0) throw Error(path + ": negative dimension in npy shape");
+    dims += std::to_string(d) + ", ";
+    n *= static_cast<std::uint64_t>(d);
+  }
+  if (shape.size() > 1)
+    dims.resize(dims.size() - 2);
+  else if (shape.size() == 1)
+    dims.resize(dims.size() - 1);
+  for (const auto& p : pieces) bytes += p.bytes;
+  if (bytes != n * 4)
+    throw Error(path + ": " + std::to_string(bytes) + " bytes of values for " + std::to_string(n) + " floats");
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
+  const std::size_t total = 10 + header.size() + 1;
+  header.append((64 - total % 64) % 64, ' ');
+  header += '\n';
+  std::string head = "\x93NUMPY";
+  head += '\x01';
+  head += '\x00';
+  head += static_cast<char>(header.size() & 0xff);
+  head += static_cast<char>((header.size() >> 8) & 0xff);
+  detail::AtomicFile out(path);
+  out.write(head.data(), head.size());
+  out.write(header.data(), header.size());
+  HeldBuffer buffer(kCopyBufferBytes);
+  copy_pieces(out, pieces, buffer, path);
+  out.commit();
+}
+
+std::vector<SpooledTensor> spooled_tensors_of(const std::string& path) {
+  const SafetensorsFile f = SafetensorsFile::open(path);  // validated: offsets inside the file
+  std::ifstream in(path, std::ios::binary);
+  std::uint8_t len[8] = {};
+  if (!in.read(reinterpret_cast<char*>(len), 8)) throw Error(path + ": cannot read its header");
+  std::uint64_t header_bytes = 0;
+  for (int i = 0; i < 8; ++i) header_bytes |= static_cast<std::uint64_t>(len[i]) << (8 * i);
+  std::string text(static_cast<std::size_t>(header_bytes), '\0');
+  if (!in.read(text.data(), static_cast<std::streamsize>(text.size()))) throw Error(path + ": cannot read its header");
+  const nlohmann::json header = nlohmann::json::parse(text, nullptr, false);
+  std::vector<SpooledTensor> out;
+  for (const auto& name : f.names()) {
+    const TensorView& v = f.get(name);
+    if (v.dtype != DType::kF32) throw Error(path + ": tensor '" + name + "' is " + dtype_name(v.dtype) + ", not F32");
+    const std::uint64_t begin = header.at(name).at("data_offsets").at(0).get<std::uint64_t>();
+    out.push_back({name, v.shape, {{path, 8 + header_bytes + begin, v.nbytes}}});
+  }
+  return out;
 }
 
 // --- Test hooks ---------------------------------------------------------------------------------------

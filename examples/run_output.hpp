@@ -8,7 +8,9 @@
 // the job's input list (count and SHA-256), the inputs of this file and its rows in order, and the
 // SHA-256 of the features file and of its .files.txt list: the files are one unit, and every reader
 // (resume, merge) checks the hashes before it trusts the rows.
+#include <cstdint>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -121,6 +123,69 @@ void write_unit(const std::string& output, const std::string& list, const std::s
 void register_staged(const std::string& path);
 void forget_staged(const std::string& path);
 int remove_staged_files() noexcept;
+
+// --- Features streamed to disk ------------------------------------------------------------------------
+
+/// A byte range of a file.
+struct Piece {
+  std::string file;
+  std::uint64_t offset = 0, bytes = 0;
+};
+
+/// A float32 tensor whose values lie in files (its pieces, in order), not in memory.
+struct SpooledTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::vector<Piece> pieces;
+  std::uint64_t bytes() const;
+};
+
+/// The bytes a program copies between files at a time: the only feature data that
+/// write_spooled_safetensors() and write_spooled_npy() hold in memory.
+inline constexpr std::size_t kCopyBufferBytes = std::size_t{1} << 20;
+
+/// An append-only file that takes features as they are computed, so that a run holds one batch of
+/// them in memory, not all: a hidden staged name (staging_path(path)), registered so that an
+/// interrupt removes it, and removed when the object is destroyed.
+class Spool {
+ public:
+  /// \throws Error naming the file when it cannot be created.
+  explicit Spool(const std::string& path);
+  ~Spool();
+  Spool(const Spool&) = delete;
+  Spool& operator=(const Spool&) = delete;
+  /// Appends `bytes` bytes at once (write(2); nothing is kept) and returns where they are.
+  /// \throws Error naming the file on a write error (a full disk).
+  Piece append(const void* data, std::size_t bytes);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+};
+
+/// Writes `tensors` (float32) to `path`, atomically, byte for byte what write_safetensors() writes
+/// for the same tensors held in memory (sorted by name, the header padded to 8 bytes), copying their
+/// values from their pieces through one buffer of kCopyBufferBytes. Returns the tensors relocated
+/// into `path` (pieces of that file). \throws Error naming the file.
+std::vector<SpooledTensor> write_spooled_safetensors(const std::string& path, const std::vector<SpooledTensor>& tensors,
+                                                     const std::map<std::string, std::string>& metadata = {});
+
+/// Writes a float32 .npy of `shape` whose values are `pieces` in order, atomically, byte for byte
+/// what write_npy() writes; the same bounded copy. \throws Error naming the file.
+void write_spooled_npy(const std::string& path, const std::vector<std::int64_t>& shape,
+                       const std::vector<Piece>& pieces);
+
+/// Where the data of each tensor of the safetensors file `path` lie in that file.
+/// \throws Error naming the file.
+std::vector<SpooledTensor> spooled_tensors_of(const std::string& path);
+
+/// Bytes of feature values a program holds in memory: hold_bytes(+n) when it takes n bytes,
+/// hold_bytes(-n) when it lets them go; peak_held_bytes() is the most held at once so far (what a
+/// test checks to see that memory does not grow with the number of images).
+void hold_bytes(std::int64_t delta);
+std::uint64_t peak_held_bytes();
 
 // --- Test hooks ---------------------------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ With --pool cls|mean: one array "features" [images, hidden] (the CLS token, or t
 tokens), rows in input order, plus a sidecar OUT-without-extension.files.txt naming each row's file.
 OUT.npy writes a numpy array instead ([images, hidden] pooled, [images, tokens, hidden] with
 --pool none) with the same sidecar.
+Features go to disk as each batch is done (a hidden spool file beside OUT, joined into OUT at the
+end): memory holds one batch of them, whatever the number of images; the disk, about twice OUT.
 Beside OUT: OUT-without-extension.manifest.json records what made it (model identity and dtype,
 kernels, options, preprocessor, the inputs and rows in order, SHA-256 of OUT and its list);
 OUT-without-extension.lock is held while a run writes OUT: a second run into the same OUT is refused.
@@ -323,10 +325,11 @@ Inputs collect_inputs(const Options& o, const Config& config) {
 
 // --- The run -----------------------------------------------------------------------------------------
 
-// What a run produced: per-case tensors (--pool none to .safetensors), or rows of one array.
+// What a run produced: per-case tensors (--pool none to .safetensors), or rows of one array. The
+// values are not held in memory: they lie in files (the run's spool, saved parts), as pieces.
 struct Results {
-  std::vector<TensorData> tensors;
-  std::vector<float> row_data;  // rows of row_size floats
+  std::vector<cli::SpooledTensor> tensors;
+  std::vector<cli::Piece> row_pieces;  // rows of row_size floats, in order
   std::int64_t row_size = -1;
   std::vector<std::string> rows, failed;  // sources of the rows written, and of failed inputs
   std::size_t consumed = 0;               // inputs taken (rows + failed)
@@ -336,7 +339,7 @@ struct Results {
       throw Error("features of different sizes in one array (" + std::to_string(row_size) + " vs " +
                   std::to_string(o.row_size) + " values per image)");
     if (o.row_size >= 0) row_size = o.row_size;
-    row_data.insert(row_data.end(), o.row_data.begin(), o.row_data.end());
+    row_pieces.insert(row_pieces.end(), o.row_pieces.begin(), o.row_pieces.end());
     for (auto& t : o.tensors) tensors.push_back(std::move(t));
     rows.insert(rows.end(), o.rows.begin(), o.rows.end());
     failed.insert(failed.end(), o.failed.begin(), o.failed.end());
@@ -375,18 +378,28 @@ nlohmann::ordered_json run_manifest(const Options& o, const Model& model, const 
 
 // A part of the work saved so that a later run resumes it: the results of inputs [first, end) of the
 // job, with the run's settings (a part is reused only by a run with the same settings and inputs).
-void write_part(const std::string& path, const Results& r, nlohmann::ordered_json manifest, std::size_t first,
-                std::size_t end, const std::vector<Input>& inputs) {
-  std::vector<TensorData> t = r.tensors;
+// Returns `r` relocated into the part (its values copied there from where they were).
+Results write_part(const std::string& path, const Results& r, nlohmann::ordered_json manifest, std::size_t first,
+                   std::size_t end, const std::vector<Input>& inputs) {
+  std::vector<cli::SpooledTensor> t = r.tensors;
   const std::int64_t n = static_cast<std::int64_t>(r.rows.size());
-  if (r.row_size >= 0) t.push_back(TensorData::f32("__rows__", {n, r.row_size}, r.row_data.data()));
+  if (r.row_size >= 0) t.push_back({"__rows__", {n, r.row_size}, r.row_pieces});
   std::vector<std::string> in;
   for (std::size_t i = first; i < end; ++i) in.push_back(inputs[i].source);
   manifest["inputs"] = cli::paths_to_json(in);
   manifest["part"] = {{"first", first}, {"end", end}, {"row_size", r.row_size}};
   manifest["rows"] = cli::paths_to_json(r.rows);
   manifest["failed"] = cli::paths_to_json(r.failed);
-  write_safetensors(path, t, {{"vitmsn_part", manifest.dump()}});
+  Results moved = r;
+  moved.tensors.clear();
+  moved.row_pieces.clear();
+  for (auto& x : cli::write_spooled_safetensors(path, t, {{"vitmsn_part", manifest.dump()}})) {
+    if (x.name == "__rows__")
+      moved.row_pieces = std::move(x.pieces);
+    else
+      moved.tensors.push_back(std::move(x));
+  }
+  return moved;
 }
 
 // A saved part: its manifest (settings compared by the caller) and its results.
@@ -419,16 +432,17 @@ Part read_part(const std::string& path) {
   p.results.consumed = p.end - p.first;
   if (p.end < p.first || p.results.rows.size() + p.results.failed.size() != p.results.consumed)
     throw Error(path + ": damaged manifest in a saved part (rows and failed do not add up to its inputs)");
-  for (const auto& name : f.names()) {
-    const TensorView& v = f.get(name);
-    if (name == "__rows__") {
-      p.results.row_data = v.to_float();
+  std::uint64_t row_bytes = 0;
+  for (auto& t : cli::spooled_tensors_of(path)) {
+    if (t.name == "__rows__") {
+      row_bytes = t.bytes();
+      p.results.row_pieces = std::move(t.pieces);
       continue;
     }
-    p.results.tensors.push_back(v.to_tensor_data());
+    p.results.tensors.push_back(std::move(t));
   }
   if (p.results.row_size >= 0 &&
-      p.results.row_data.size() != p.results.rows.size() * static_cast<std::size_t>(p.results.row_size))
+      row_bytes != p.results.rows.size() * static_cast<std::uint64_t>(p.results.row_size) * sizeof(float))
     throw Error(path + ": rows and data disagree");
   return p;
 }
@@ -444,8 +458,9 @@ class Extractor {
       for (int i = 0; i < model.config().num_hidden_layers; ++i) fo_.cls_attention.push_back(i);
   }
 
-  // Runs inputs[begin, end) in batches; failures are reported and listed, never fatal.
-  Results run_range(std::size_t begin, std::size_t end, cli::Progress& progress) const {
+  // Runs inputs[begin, end) in batches, each image's features written to `spool` as soon as they are
+  // computed (one batch of them held in memory); failures are reported and listed, never fatal.
+  Results run_range(std::size_t begin, std::size_t end, cli::Progress& progress, cli::Spool& spool) const {
     Results res;
     for (std::size_t start = begin; start < end && !cli::interrupted(); start += o_.batch) {
       const std::size_t stop = std::min(end, start + static_cast<std::size_t>(o_.batch));
@@ -477,8 +492,9 @@ class Extractor {
         }
         continue;
       }
+      const Held held(feats);
       for (std::size_t k = 0; k < ok.size(); ++k) {
-        if (keep(*ok[k], feats[k], px[k], res, progress)) res.rows.push_back(ok[k]->source);
+        if (keep(*ok[k], feats[k], px[k], res, progress, spool)) res.rows.push_back(ok[k]->source);
         progress.step(ok[k]->source);
       }
     }
@@ -495,12 +511,15 @@ class Extractor {
     const auto write_features = [&](const std::string& path) {
       const std::map<std::string, std::string> meta = {
           {"producer", "vitmsn-extract"}, {"model", model_.source()}, {"pool", o_.pool_name}};
-      if (!o_.keep_rows) return write_safetensors(path, res.tensors, meta);
+      if (!o_.keep_rows) {
+        cli::write_spooled_safetensors(path, res.tensors, meta);
+        return;
+      }
       const std::int64_t tokens = res.row_size > 0 && o_.pool == Pool::kNone ? res.row_size / hidden : 0;
       const std::vector<std::int64_t> shape =
           o_.pool != Pool::kNone ? std::vector<std::int64_t>{n, hidden} : std::vector<std::int64_t>{n, tokens, hidden};
-      if (o_.npy) return write_npy(path, shape, res.row_data.data());
-      write_safetensors(path, {TensorData::f32("features", shape, res.row_data.data())}, meta);
+      if (o_.npy) return cli::write_spooled_npy(path, shape, res.row_pieces);
+      cli::write_spooled_safetensors(path, {{"features", shape, res.row_pieces}}, meta);
     };
     cli::write_unit(paths.output, with_list ? paths.files : "", paths.manifest, manifest, res.rows, res.failed,
                     write_features, replace);
@@ -528,12 +547,39 @@ class Extractor {
     return p;
   }
 
-  // Adds one input's features to `res`; false (reported) when they cannot join the array.
-  bool keep(const Input& in, const Features& f, const PixelValues& px, Results& res, cli::Progress& progress) const {
+  // The features of a batch, counted as held in memory while they live (cli::hold_bytes).
+  struct Held {
+    std::int64_t bytes = 0;
+    explicit Held(const std::vector<Features>& feats) {
+      for (const Features& f : feats) {
+        bytes += f.last_hidden_state.size();
+        for (const auto& [i, hs] : f.hidden_states) bytes += hs.size();
+        for (const auto& [l, a] : f.cls_attention) bytes += a.size();
+      }
+      bytes *= static_cast<std::int64_t>(sizeof(float));
+      cli::hold_bytes(bytes);
+    }
+    ~Held() { cli::hold_bytes(-bytes); }
+    Held(const Held&) = delete;
+    Held& operator=(const Held&) = delete;
+  };
+
+  // One float32 tensor of an input, written to the spool at once.
+  static cli::SpooledTensor spooled(cli::Spool& spool, std::string name, std::vector<std::int64_t> shape,
+                                    const float* values) {
+    std::size_t n = 1;
+    for (const auto d : shape) n *= static_cast<std::size_t>(d);
+    return {std::move(name), std::move(shape), {spool.append(values, n * sizeof(float))}};
+  }
+
+  // Writes one input's features to `spool` and names them in `res`; false (reported) when they cannot
+  // join the array.
+  bool keep(const Input& in, const Features& f, const PixelValues& px, Results& res, cli::Progress& progress,
+            cli::Spool& spool) const {
     const auto N = f.last_hidden_state.rows(), D = f.last_hidden_state.cols();
     if (o_.pool != Pool::kNone) {
       const Vector v = o_.pool == Pool::kCls ? f.cls() : f.mean_patch();
-      res.row_data.insert(res.row_data.end(), v.data(), v.data() + v.size());
+      res.row_pieces.push_back(spool.append(v.data(), static_cast<std::size_t>(v.size()) * sizeof(float)));
       res.row_size = D;
     } else if (o_.npy) {
       if (res.row_size >= 0 && res.row_size != N * D) {
@@ -546,21 +592,22 @@ class Extractor {
         return false;
       }
       res.row_size = N * D;
-      res.row_data.insert(res.row_data.end(), f.last_hidden_state.data(), f.last_hidden_state.data() + N * D);
+      res.row_pieces.push_back(
+          spool.append(f.last_hidden_state.data(), static_cast<std::size_t>(N * D) * sizeof(float)));
     } else {
-      res.tensors.push_back(TensorData::f32(in.name + ".last_hidden_state", {N, D}, f.last_hidden_state.data()));
+      res.tensors.push_back(spooled(spool, in.name + ".last_hidden_state", {N, D}, f.last_hidden_state.data()));
       for (const auto& [i, hs] : f.hidden_states)
-        res.tensors.push_back(TensorData::f32(in.name + ".hidden_states." + std::to_string(i), {N, D}, hs.data()));
+        res.tensors.push_back(spooled(spool, in.name + ".hidden_states." + std::to_string(i), {N, D}, hs.data()));
       for (const auto& [l, a] : f.cls_attention)
         res.tensors.push_back(
-            TensorData::f32(in.name + ".cls_attention." + std::to_string(l), {a.rows(), a.cols()}, a.data()));
+            spooled(spool, in.name + ".cls_attention." + std::to_string(l), {a.rows(), a.cols()}, a.data()));
       if (model_.has_classifier()) {
         const Vector logits = model_.logits(f);
-        res.tensors.push_back(TensorData::f32(in.name + ".logits", {logits.size()}, logits.data()));
+        res.tensors.push_back(spooled(spool, in.name + ".logits", {logits.size()}, logits.data()));
       }
       if (o_.save_pixel_values)
         res.tensors.push_back(
-            TensorData::f32(in.name + ".pixel_values", {px.dimension(0), px.dimension(1), px.dimension(2)}, px.data()));
+            spooled(spool, in.name + ".pixel_values", {px.dimension(0), px.dimension(1), px.dimension(2)}, px.data()));
     }
     return true;
   }
@@ -650,12 +697,18 @@ int run(const Options& o, const Extractor& x, const std::vector<Input>& inputs, 
   const long long kill_after_part = kill_hook ? std::atoll(kill_hook) : -1;
   cli::Progress progress(last - next, "images");
   progress.start();
+  // The features go to disk as they are computed: into a spool file per chunk (one for the whole run
+  // without --chunk), then into the chunk's part (moved there: the spool is then dropped) or, at the
+  // end, into the output, copied in bounded pieces (cli::write_spooled_*).
+  std::optional<cli::Spool> spool;
   while (next < last && !cli::interrupted()) {
     const std::size_t stop = o.chunk > 0 ? std::min(last, next + static_cast<std::size_t>(o.chunk)) : last;
-    Results r = x.run_range(next, stop, progress);
+    spool.reset();
+    spool.emplace(rp.base + ".features");
+    Results r = x.run_range(next, stop, progress, *spool);
     const std::size_t end = next + r.consumed;
     if (r.consumed > 0 && (o.chunk > 0 || cli::interrupted())) {
-      write_part(rp.part(parts), r, manifest, next, end, inputs);
+      r = write_part(rp.part(parts), r, manifest, next, end, inputs);
       if (static_cast<long long>(parts) == kill_after_part) std::raise(SIGKILL);
       ++parts;
     }
@@ -688,7 +741,12 @@ int run(const Options& o, const Extractor& x, const std::vector<Input>& inputs, 
     throw Error(e.what() + saved);
   }
   for (std::size_t k = 0; k < parts; ++k) std::remove(rp.part(k).c_str());
-  return x.finish(all, last - first, with_list ? rp.output + " + " + rp.files : rp.output, progress);
+  const int status = x.finish(all, last - first, with_list ? rp.output + " + " + rp.files : rp.output, progress);
+  // Test hook (tests/programs_test.cpp): how many bytes of features the run held in memory at most.
+  if (const char* h = std::getenv("VITMSN_TEST_REPORT_HELD_BYTES"); h && *h == '1')
+    std::fprintf(stderr, "test hook: at most %llu bytes of features held in memory\n",
+                 static_cast<unsigned long long>(cli::peak_held_bytes()));
+  return status;
 }
 
 }  // namespace

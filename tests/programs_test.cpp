@@ -1064,6 +1064,77 @@ TEST(WeightsScript, HelpIsTheHeaderCommentWithEveryDtype) {
   EXPECT_EQ(r.output.find("# "), std::string::npos) << r.output;
 }
 
+// ---------------------------------------------------------------------------------------------------
+// --pool none streams the features to disk (issue #24)
+
+// The file as write_safetensors() writes the same tensors and metadata from memory.
+std::string safetensors_from_memory(const std::string& path, const std::string& copy) {
+  const SafetensorsFile f = SafetensorsFile::open(path);
+  std::vector<TensorData> tensors;
+  for (const auto& name : f.names()) tensors.push_back(f.get(name).to_tensor_data());
+  write_safetensors(copy, tensors, f.metadata());
+  return test::read_text(copy);
+}
+
+TEST(ExtractProgram, StreamedOutputsAreTheBytesTheInMemoryWritersWrite) {
+  const std::string dir = test::temp_dir();
+  // Input order (by path) is not the tensors' name order: a/zebra comes before b/apple.
+  copy_image("horse.png", dir + "/in/a/zebra.png");
+  copy_image("chelsea.png", dir + "/in/b/apple.png");
+  copy_image("green_palette.png", dir + "/in/b/mango.png");
+  copy_image("truncated.jpg", dir + "/in/b/broken.jpg");
+  copy_image("coffee.png", dir + "/in/c/kiwi.png");
+  const std::string in = " " + dir + "/in";
+  const std::string model = "vitmsn-extract --threads 1 --model " + tiny();
+  ProgramRun r = run(model + " --batch 2 --hidden-states --cls-attention --output " + dir + "/f.safetensors" + in);
+  ASSERT_EQ(r.status, 3) << r.output;  // written, the broken image named
+  EXPECT_EQ(test::read_text(dir + "/f.safetensors"), safetensors_from_memory(dir + "/f.safetensors", dir + "/m1"));
+  EXPECT_EQ(SafetensorsFile::open(dir + "/f.safetensors").names().size(), 4u * (1 + 3 + 2));
+  r = run(model + " --output " + dir + "/n.npy" + in);
+  ASSERT_EQ(r.status, 3) << r.output;
+  std::vector<std::int64_t> shape;
+  const std::vector<float> values = read_npy(dir + "/n.npy", &shape);
+  EXPECT_EQ(shape, (std::vector<std::int64_t>{4, 1025, 64}));
+  write_npy(dir + "/m2.npy", shape, values.data());
+  EXPECT_EQ(test::read_text(dir + "/n.npy"), test::read_text(dir + "/m2.npy"));
+  // In chunks (each saved as a part, then joined): the same bytes.
+  r = run(model + " --chunk 2 --batch 2 --hidden-states --cls-attention --output " + dir + "/g.safetensors" + in);
+  ASSERT_EQ(r.status, 3) << r.output;
+  EXPECT_EQ(test::read_text(dir + "/g.safetensors"), test::read_text(dir + "/f.safetensors"));
+  r = run(model + " --chunk 3 --output " + dir + "/h.npy" + in);
+  ASSERT_EQ(r.status, 3) << r.output;
+  EXPECT_EQ(test::read_text(dir + "/h.npy"), test::read_text(dir + "/n.npy"));
+  EXPECT_NE(std::system(("ls -a " + dir + " | grep -q -e staged -e part-").c_str()), 0) << "files left behind";
+}
+
+TEST(ExtractProgram, FeaturesHeldInMemoryDoNotGrowWithTheNumberOfImages) {
+  // The test hook reports the most bytes of feature values the run held at once (cli::peak_held_bytes:
+  // a batch's features, the copy buffer that joins the output). 2 and 8 images: the same.
+  const std::string dir = test::temp_dir();
+  auto held = [&](int images, const std::string& output) -> long long {
+    std::string in;
+    for (int i = 0; i < images; ++i) {
+      copy_image(i % 2 ? "horse.png" : "chelsea.png",
+                 dir + "/in" + std::to_string(images) + "/" + std::to_string(i) + ".png");
+    }
+    const ProgramRun r =
+        test::run_command("VITMSN_TEST_REPORT_HELD_BYTES=1 " + std::string(VITMSN_PROGRAM_DIR) +
+                          "/vitmsn-extract --threads 1 --hidden-states --model " + tiny() + " --output " + dir + "/" +
+                          output + " " + dir + "/in" + std::to_string(images));
+    EXPECT_EQ(r.status, 0) << r.output;
+    std::smatch m;
+    if (!std::regex_search(r.output, m, std::regex(R"(test hook: at most (\d+) bytes of features held in memory)")))
+      return -1;
+    return std::stoll(m[1]);
+  };
+  const long long two = held(2, "two.safetensors"), eight = held(8, "eight.safetensors");
+  const long long image = 1025LL * 64 * 4 * (1 + 3);  // last_hidden_state and 3 hidden states, float32
+  ASSERT_GT(two, 0);
+  EXPECT_EQ(two, eight) << "the features held in memory grow with the number of images";
+  EXPECT_LE(eight, std::max<long long>(image, 1 << 20)) << "more than one image's features or the copy buffer";
+  EXPECT_GE(SafetensorsFile::open(dir + "/eight.safetensors").file_size(), static_cast<std::size_t>(8 * image));
+}
+
 }  // namespace
 }  // namespace vitmsn
 
