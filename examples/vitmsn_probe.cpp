@@ -55,9 +55,13 @@ options:
   --force              overwrite HEAD if it exists
   -h, --help           this text
   --version            the version, kernel instruction set and JPEG decoder
-Images that cannot be read are reported and skipped.
-Exit status: 0 every input done; 3 the head written but some images failed (each is named);
-1 an error, nothing written; 2 a usage error; 130 interrupted.
+Images that cannot be read are reported and skipped; a class none of whose images can be read is
+left out of the head (said), as long as 2 classes remain.
+Ctrl-C (SIGINT) or SIGTERM: stops after the current image; the features computed so far are in the
+cache, and the same command continues from there (a second Ctrl-C stops at once).
+Exit status: 0 every input done; 3 the head written but some images failed, or a class left out
+(each is named); 1 an error, nothing written (nothing could be trained); 2 a usage error;
+130 interrupted.
 Symbolic links to files and folders are followed (each folder is read once).
 )",
     {"--model", "--data", "--output", "--cache", "--folds", "--test-fraction", "--threads", "--seed", "--l2"},
@@ -140,9 +144,14 @@ Dataset scan_image_folder(const std::string& dir, const std::string& cache_root)
   }
   if (ec) throw Error(dir + ": cannot list folder: " + ec.message());
   std::sort(d.classes.begin(), d.classes.end());
-  if (d.classes.size() < 2)
-    throw Error(dir + ": found " + std::to_string(d.classes.size()) +
-                " class folder(s); a probe needs at least 2 (one sub-folder of images per class)");
+  if (d.classes.size() < 2) {
+    const std::size_t loose = skipped.top_level.size();
+    throw Error(dir + ": found " + cli::count(d.classes.size(), "class folder") +
+                (loose ? " and " + cli::count(loose, "image") + " directly in it (not in a class folder)" : "") +
+                "; a probe needs at least 2 classes, each a sub-folder of images named after its class (" +
+                (fs::path(dir) / "cat" / "1.jpg").string() + ", " + (fs::path(dir) / "dog" / "2.jpg").string() +
+                ", ...)");
+  }
   for (std::size_t c = 0; c < d.classes.size(); ++c) {
     const std::string folder = (fs::path(dir) / d.classes[c]).string();
     const std::vector<std::string> found = cli::scan_folder(folder, skipped);
@@ -203,6 +212,7 @@ struct FeatureRows {
   std::vector<int> labels;
   std::vector<std::string> failed;
   std::size_t extracted = 0, cached = 0;
+  std::size_t stored = 0;  // of those extracted, written to the cache
   bool interrupted = false;
 };
 
@@ -222,9 +232,13 @@ FeatureRows extract(const Model& model, const Dataset& d, const std::string& cac
     }
   }
   cli::install_interrupt_handler();
+  // Test hook (tests/probe_test.cpp): act as if Ctrl-C came after N images, the same on any machine.
+  const char* stop_hook = std::getenv("VITMSN_TEST_INTERRUPT_AFTER");
+  const long long stop_after = stop_hook ? std::atoll(stop_hook) : -1;
   cli::Progress progress(d.samples.size(), "images");
   progress.start();
   for (const Sample& s : d.samples) {
+    if (static_cast<long long>(out.rows.size() + out.failed.size()) == stop_after) cli::interrupted() = true;
     if (cli::interrupted()) break;
     try {
       const std::string bytes = cli::read_file(s.path);
@@ -244,6 +258,7 @@ FeatureRows extract(const Model& model, const Dataset& d, const std::string& cac
           try {
             write_safetensors(entry, {TensorData::f32("cls", {dim}, f.data())},
                               {{"producer", "vitmsn-probe"}, {"image", s.path}, {"model", model.source()}});
+            ++out.stored;
           } catch (const Error& e) {
             progress.clear();
             std::fprintf(stderr, "warning: cannot write the feature cache: %s\n", e.what());
@@ -268,26 +283,54 @@ FeatureRows extract(const Model& model, const Dataset& d, const std::string& cac
   return out;
 }
 
-// The features as a matrix [images, hidden], after listing the images that could not be read; every
-// class must have kept at least one. `count` gets the images per class.
-Eigen::MatrixXd usable_features(const FeatureRows& f, const Dataset& d, const std::string& data,
-                                std::vector<int>& count) {
+// What the probe trains on: the features as a matrix [images, hidden], their labels, the classes
+// that kept at least one image (`count`: images per class) and those left out (`dropped`).
+struct Usable {
+  Eigen::MatrixXd x;
+  std::vector<int> labels, count;
+  std::vector<std::string> classes, dropped;
+};
+
+// The features that can be used, after listing the images that could not be read. A class none of
+// whose images could be read is left out (said); fewer than 2 classes left is an error.
+Usable usable_features(const FeatureRows& f, const Dataset& d, const std::string& data) {
   if (!f.failed.empty()) {
     std::printf("skipped %s that could not be read:\n", cli::count(f.failed.size(), "image").c_str());
     for (const auto& p : f.failed) std::printf("  %s\n", p.c_str());
   }
   if (f.rows.empty()) throw Error(data + ": none of the " + std::to_string(d.samples.size()) + " images could be read");
-  count.assign(d.classes.size(), 0);
-  for (int y : f.labels) ++count[y];
-  for (std::size_t k = 0; k < d.classes.size(); ++k)
-    if (count[k] == 0)
-      throw Error((fs::path(data) / d.classes[k]).string() + ": none of this class's images could be read");
+  std::vector<int> all_count(d.classes.size(), 0), index(d.classes.size(), -1);
+  for (int y : f.labels) ++all_count[y];
+  Usable u;
+  for (std::size_t k = 0; k < d.classes.size(); ++k) {
+    if (all_count[k] == 0) {
+      u.dropped.push_back(d.classes[k]);
+      continue;
+    }
+    index[k] = static_cast<int>(u.classes.size());
+    u.classes.push_back(d.classes[k]);
+    u.count.push_back(all_count[k]);
+  }
+  if (!u.dropped.empty()) {
+    std::vector<std::string> folders;
+    for (const auto& c : u.dropped) folders.push_back((fs::path(data) / c).string());
+    const std::string which = cli::join(folders, ", ");
+    if (u.classes.size() < 2)
+      throw Error("none of the images of " + cli::count(u.dropped.size(), "class", "classes") + " could be read (" +
+                  which + "), which leaves " + cli::count(u.classes.size(), "class", "classes") +
+                  ": a probe needs at least 2 (nothing was written)");
+    std::fflush(stdout);
+    std::fprintf(stderr, "warning: left out %s none of whose images could be read: %s; the head has %s\n",
+                 cli::count(u.dropped.size(), "class", "classes").c_str(), which.c_str(),
+                 cli::count(u.classes.size(), "class", "classes").c_str());
+  }
+  for (int y : f.labels) u.labels.push_back(index[y]);
   const Eigen::Index dim = static_cast<Eigen::Index>(f.rows[0].size());
-  Eigen::MatrixXd x(static_cast<Eigen::Index>(f.rows.size()), dim);
+  u.x.resize(static_cast<Eigen::Index>(f.rows.size()), dim);
   for (std::size_t i = 0; i < f.rows.size(); ++i)
-    for (Eigen::Index j = 0; j < dim; ++j) x(static_cast<Eigen::Index>(i), j) = f.rows[i][j];
+    for (Eigen::Index j = 0; j < dim; ++j) u.x(static_cast<Eigen::Index>(i), j) = f.rows[i][j];
   std::fflush(stdout);
-  return x;
+  return u;
 }
 
 // --- Evaluation and training -------------------------------------------------------------------------
@@ -437,15 +480,24 @@ int main(int argc, char** argv) {
 
     const FeatureRows f = extract(model, d, cache);
     if (f.interrupted) {
-      std::fprintf(stderr, "interrupted after %zu of %s; %s was not written\n", f.rows.size() + f.failed.size(),
-                   cli::count(d.samples.size(), "image").c_str(), o.output.c_str());
+      const std::string kept =
+          f.stored
+              ? cli::count(f.stored, "feature") + " extracted in this run " + (f.stored == 1 ? "is" : "are") +
+                    " kept in the cache " + cache +
+                    (f.stored < f.extracted ? " (" + std::to_string(f.extracted - f.stored) + " could not be)" : "")
+              : std::string(f.extracted ? "the features extracted in this run could not be cached"
+                                        : "no feature was extracted in this run");
+      std::fprintf(stderr,
+                   "interrupted after %zu of %s; %s was not written. %s; run the same command again to continue "
+                   "(cached features are not extracted again)\n",
+                   f.rows.size() + f.failed.size(), cli::count(d.samples.size(), "image").c_str(), o.output.c_str(),
+                   kept.c_str());
       return 130;
     }
-    std::vector<int> count;
-    const Eigen::MatrixXd x = usable_features(f, d, o.data, count);
-    const std::string note = report_evaluation(o, x, f.labels, d.classes, count);
+    const Usable u = usable_features(f, d, o.data);
+    const std::string note = report_evaluation(o, u.x, u.labels, u.classes, u.count);
     std::fflush(stdout);
-    train_and_write(o, x, f.labels, d.classes, note, backbone);
-    return f.failed.empty() ? 0 : 3;  // written, with failures
+    train_and_write(o, u.x, u.labels, u.classes, note, backbone);
+    return f.failed.empty() && u.dropped.empty() ? 0 : 3;  // written, with failures
   });
 }

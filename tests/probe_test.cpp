@@ -536,12 +536,75 @@ TEST(ProbeProgram, BadFlagsAndInputsGiveClearErrors) {
   write_png(dir + "/one/only/a.png", test::probe_picture(0, 0));
   r = run("vitmsn-probe --model " + tiny + " --data " + dir + "/one --output " + dir + "/h.safetensors");
   EXPECT_EQ(r.status, 1);
-  EXPECT_NE(r.output.find("error: " + dir + "/one: found 1 class folder(s); a probe needs at least 2"),
+  EXPECT_NE(r.output.find("error: " + dir + "/one: found 1 class folder; a probe needs at least 2 classes"),
             std::string::npos)
       << r.output;
   r = run("vitmsn-probe --help");
   EXPECT_EQ(r.status, 0);
   EXPECT_NE(r.output.find("usage: vitmsn-probe"), std::string::npos);
+}
+
+TEST(ProbeProgram, AClassWhoseImagesAllFailIsLeftOutWhenTwoOthersCanBeTrained) {
+  const std::string dir = test::temp_dir();
+  const std::string data = test::make_probe_image_folder(dir), head = dir + "/head.safetensors";
+  std::system(("mkdir -p " + data + "/zz_broken").c_str());
+  for (const char* name : {"/zz_broken/a.png", "/zz_broken/b.png"})
+    test::write_bytes(data + name, "\x89PNG\r\n\x1a\nnot really");
+  const std::string tiny = " --model " + test::data_path("models/tiny") + " --cache " + dir + "/cache";
+  ProgramRun r = run("vitmsn-probe" + tiny + " --data " + data + " --output " + head);
+  EXPECT_EQ(r.status, 3) << r.output;  // the head written, a class left out
+  EXPECT_NE(r.output.find("warning: left out 1 class none of whose images could be read: " + data +
+                          "/zz_broken; the head has 3 classes"),
+            std::string::npos)
+      << r.output;
+  ASSERT_TRUE(std::ifstream(head).good()) << r.output;
+  const SafetensorsFile h = SafetensorsFile::open(head);
+  EXPECT_EQ(h.get("classifier.bias").shape, (std::vector<std::int64_t>{3}));
+  EXPECT_EQ(h.metadata().at("id2label").find("zz_broken"), std::string::npos) << h.metadata().at("id2label");
+  // With one class left, nothing can be trained: an error, nothing written.
+  for (const auto& c : {kClasses[1], kClasses[2]}) std::system(("rm -r " + data + "/" + c).c_str());
+  r = run("vitmsn-probe" + tiny + " --data " + data + " --output " + dir + "/h2.safetensors");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: none of the images of 1 class could be read (" + data +
+                          "/zz_broken), which leaves 1 class: a probe needs at least 2 (nothing was written)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::ifstream(dir + "/h2.safetensors").good());
+}
+
+TEST(ProbeProgram, AFolderOfLooseImagesSaysSoAndTheLayoutItNeeds) {
+  const std::string dir = test::temp_dir();
+  std::system(("mkdir -p " + dir + "/flat").c_str());
+  for (int i = 0; i < 3; ++i) write_png(dir + "/flat/" + std::to_string(i) + ".png", test::probe_picture(i, 0));
+  const ProgramRun r = run("vitmsn-probe --model " + test::data_path("models/tiny") + " --data " + dir +
+                           "/flat --output " + dir + "/h.safetensors");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + dir + "/flat: found 0 class folders and 3 images directly in it (not in a " +
+                          "class folder); a probe needs at least 2 classes, each a sub-folder of images named after " +
+                          "its class (" + dir + "/flat/cat/1.jpg, " + dir + "/flat/dog/2.jpg, ...)"),
+            std::string::npos)
+      << r.output;
+}
+
+TEST(ProbeProgram, AnInterruptSaysTheFeaturesSoFarAreCachedAndHowToContinue) {
+  const std::string dir = test::temp_dir();
+  const std::string data = test::make_probe_image_folder(dir), head = dir + "/head.safetensors";
+  const std::string cmd = std::string(VITMSN_PROGRAM_DIR) + "/vitmsn-probe --model " + test::data_path("models/tiny") +
+                          " --data " + data + " --output " + head + " --cache " + dir + "/cache";
+  // The test hook stops the run as Ctrl-C would, after 5 images, the same on any machine.
+  ProgramRun r = test::run_command("VITMSN_TEST_INTERRUPT_AFTER=5 " + cmd);
+  EXPECT_EQ(r.status, 130) << r.output;
+  EXPECT_NE(r.output.find("interrupted after 5 of 18 images; " + head + " was not written. 5 features extracted " +
+                          "in this run are kept in the cache " + dir + "/cache/"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("; run the same command again to continue (cached features are not extracted again)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::ifstream(head).good());
+  r = test::run_command(cmd);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("features: 13 extracted, 5 cached, 0 failed"), std::string::npos) << r.output;
 }
 
 #endif  // VITMSN_PROGRAM_DIR
