@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
     std::printf(
         "  load        %.3f s%s\n", load_seconds,
         generate_seconds > 0 ? (" (+ " + std::to_string(generate_seconds) + " s generating weights)").c_str() : "");
-    std::printf("  peak RSS    %.0f MB (weights copied at load: %.0f MB, packed for bf16 compute: %.0f MB)\n", rss,
+    std::printf("  peak RSS    %.0f MB (weights copied at load: %.0f MB, packed at load: %.0f MB)\n", rss,
                 model.copied_weight_bytes() / 1e6, model.packed_weight_bytes() / 1e6);
     // For the JSON line, as the text above computes them: the share of the forward spent outside the
     // GEMMs, and the attention stage's share of the FMA peak (0 when the text shows no share).

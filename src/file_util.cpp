@@ -159,6 +159,20 @@ void release_pages(const void* data, std::size_t bytes) noexcept {
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
+void prefault_pages(const void* data, std::size_t bytes, bool for_write) noexcept {
+#if defined(MADV_POPULATE_READ) && defined(MADV_POPULATE_WRITE)
+  const long page = ::sysconf(_SC_PAGESIZE);
+  if (page <= 0 || data == nullptr || bytes == 0) return;
+  const auto p = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t begin = p / page * page, end = (p + bytes + page - 1) / page * page;
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, for_write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+#else
+  (void)data;
+  (void)bytes;
+  (void)for_write;
+#endif
+}
+
 std::string read_text_file(const std::string& path, std::size_t max_bytes) {
   MappedFile m = MappedFile::open(path);
   if (m.size() > max_bytes)

@@ -9,13 +9,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
-#include "cpu/bf16_format.hpp"
 #include "cpu/buffer.hpp"
-#include "cpu/int8_format.hpp"
 #include "cpu/kernels.hpp"
 #include "file_util.hpp"
+#include "linear.hpp"
 #include "model.hpp"
 #include "model_files.hpp"
 #include "ops.hpp"
@@ -24,16 +24,6 @@
 #include "weights.hpp"
 
 namespace vitmsn {
-
-namespace detail {
-
-/// One block's linear weights packed for bf16 compute (bf16::pack): q | k | v stacked, the attention
-/// output, fc1, fc2.
-struct Bf16Layer {
-  bf16::Panels qkv, attention_output, intermediate, output;
-};
-
-}  // namespace detail
 
 struct Model::Impl {
   std::string source;
@@ -46,9 +36,8 @@ struct Model::Impl {
   Preprocessor preprocessor;
   int threads = 1;
   detail::Isa isa = detail::Isa::kPortable;
-  std::vector<detail::Bf16Layer> bf16;  // per block, when the linear layers compute in bf16 (else empty)
-  const char* compute = "f32";          // "f32", "bf16" or "int8" (Model::compute())
-  const std::vector<detail::Bf16Layer>* bf16_layers() const { return bf16.empty() ? nullptr : &bf16; }
+  std::vector<detail::LayerLinears> linears;  // per block: the linear layers as prepared for the forward
+  const char* compute = "f32";                // "f32", "bf16" or "int8" (Model::compute())
 
   /// Binds the weights (checking names, shapes and dtypes against the config), then threads, kernels
   /// and labels.
@@ -73,8 +62,8 @@ namespace {
 
 using detail::Epilogue;
 using detail::Isa;
+using detail::LayerLinears;
 using detail::LayerWeights;
-using detail::LinearWeight;
 using detail::Weights;
 using Clock = std::chrono::steady_clock;
 
@@ -127,7 +116,6 @@ struct Activations {
   detail::FloatBuffer mlp;      // [B·N, F]   MLP hidden; before the layers, the im2col patches
   std::vector<float> cls_rows;  // [heads, N] CLS attention of the layer being captured
   std::vector<float> qkv_bias;  // [3D] the query, key and value biases side by side
-  detail::FloatBuffer outlier;  // [B·N, out] int8 models: the outlier split's float product (grown on use)
 
   explicit Activations(const Shape& s)
       : x(s.rows * s.D),
@@ -136,65 +124,6 @@ struct Activations {
         mlp(std::max<std::ptrdiff_t>(s.rows * s.F, static_cast<std::ptrdiff_t>(s.B) * s.patches * s.CPP)),
         qkv_bias(3 * s.D) {}
 };
-
-detail::WeightType weight_type(const LinearWeight& w) {
-  return w.dtype == DType::kBF16  ? detail::WeightType::kBF16
-         : w.dtype == DType::kF16 ? detail::WeightType::kF16
-                                  : detail::WeightType::kF32;
-}
-
-// y[M, out] = epilogue(x[M, in]·Wᵀ) for `segments` int8 weights stacked along the output: the int8
-// GEMM of the kernel table, with the outlier split (int8_format.hpp) when the activations have
-// outlier channels; `scratch` holds its float product.
-void linear_int8(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight* const* w, int segments,
-                 float* y, std::ptrdiff_t ldy, const Epilogue& ep, int threads, detail::FloatBuffer& scratch) {
-  const std::int8_t* panels[3];
-  const float* scales[3];
-  for (int s = 0; s < segments; ++s) {
-    panels[s] = static_cast<const std::int8_t*>(w[s]->data);
-    scales[s] = w[s]->scale;
-  }
-  const int seg_rows = static_cast<int>(w[0]->rows), K = static_cast<int>(w[0]->cols);
-  const int kp = detail::int8::padded_k(K);
-  if (const auto g = detail::int8::activation_grouping(); g != detail::int8::Grouping::kBlock32)
-    return detail::int8::gemm_grouped(g, M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, ep.bias, ep.gelu,
-                                      ep.residual, ep.ldr);
-  const detail::KernelTable& kt = detail::kernels(isa);
-  const std::vector<int> ch =
-      detail::int8::outlier_split() ? detail::int8::find_outlier_channels(x, ldx, M, K) : std::vector<int>{};
-  if (ch.empty()) return kt.gemm_int8(M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, ep, threads);
-  // These channels leave the quantization; their product with the weight columns is computed in
-  // float and added before the bias.
-  const int N = seg_rows * segments, J = static_cast<int>(ch.size());
-  std::vector<std::uint32_t> excluded(static_cast<std::size_t>(kp / detail::int8::kBlock), 0u);
-  std::vector<float> wcols(static_cast<std::size_t>(J) * N);
-  for (int j = 0; j < J; ++j) {
-    excluded[ch[j] / detail::int8::kBlock] |= 1u << (ch[j] % detail::int8::kBlock);
-    for (int s = 0; s < segments; ++s)
-      for (int r = 0; r < seg_rows; ++r)
-        wcols[static_cast<std::size_t>(j) * N + s * seg_rows + r] = detail::int8::dequantized_weight(
-            panels[s], scales[s], w[s]->residual, w[s]->residual_scale, seg_rows, r, ch[j], kp);
-  }
-  float* p = scratch.get(static_cast<std::size_t>(M) * N);
-  kt.outlier_product(M, N, J, x, ldx, ch.data(), wcols.data(), p, N, threads);
-  detail::Epilogue e = ep;
-  e.int8_excluded = excluded.data();
-  e.int8_pre = p;
-  e.ldp = N;
-  kt.gemm_int8(M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, e, threads);
-}
-
-// y[M, out] = epilogue(x[M, in]·Wᵀ) for a weight stored as float32, bf16, f16 or int8 (`scratch`:
-// linear_int8's).
-void linear(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const LinearWeight& w, float* y, std::ptrdiff_t ldy,
-            const Epilogue& ep, int threads, detail::FloatBuffer& scratch) {
-  if (w.dtype == DType::kI8) {
-    const LinearWeight* one = &w;
-    return linear_int8(isa, M, x, ldx, &one, 1, y, ldy, ep, threads, scratch);
-  }
-  detail::gemm_weights(isa, M, static_cast<int>(w.rows), static_cast<int>(w.cols), x, ldx, w.data, weight_type(w),
-                       w.cols, y, ldy, ep, threads);
-}
 
 int resolve_index(int index, int count, const char* what) {
   const int i = index < 0 ? index + count : index;
@@ -263,7 +192,7 @@ void embed_patches(Isa isa, const Config& c, const Weights& w, const Shape& s, c
 // ViTMSNSelfAttention: q, k, v = query/key/value(h) split into heads; eager_attention_forward:
 // softmax(q·kᵀ · head_dim^-½) · v, heads concatenated (context_layer).
 // `cls_attention[b]` (when not null) receives image b's CLS-query attention rows [heads, N].
-void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const detail::Bf16Layer* bl, const Shape& s,
+void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const LayerLinears& ll, const Shape& s,
                      Activations& a, std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
   const int D = s.D, N = s.N;
   detail::layer_norm(isa, a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_before_weight.data(),
@@ -277,31 +206,15 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const det
   const std::ptrdiff_t ld3 = 3 * static_cast<std::ptrdiff_t>(D);
   // The three projections run as one GEMM over the stacked [3D, D] weight (the layer-norm output is
   // packed once); their biases side by side in qkv_bias.
-  const LinearWeight* proj[3] = {&lw.query, &lw.key, &lw.value};
   const detail::ConstVectorMap* bias[3] = {&lw.query_bias, &lw.key_bias, &lw.value_bias};
   const bool has_bias = bias[0]->size() > 0;
   for (int j = 0; j < 3 && has_bias; ++j)
     std::copy(bias[j]->data(), bias[j]->data() + D, a.qkv_bias.begin() + static_cast<std::ptrdiff_t>(j) * D);
-  const void* stacked[3] = {lw.query.data, lw.key.data, lw.value.data};
   for (int b = 0; b < s.B; ++b) {
     const std::ptrdiff_t r0 = static_cast<std::ptrdiff_t>(b) * N;
     Epilogue ep;
     ep.bias = has_bias ? a.qkv_bias.data() : nullptr;  // qkv_bias
-    const bool same_type = lw.key.dtype == lw.query.dtype && lw.value.dtype == lw.query.dtype;
-    if (bl) {
-      detail::kernels(isa).gemm_bf16(N, a.h.data() + r0 * D, D, bl->qkv, a.qkv.data() + r0 * ld3, ld3, ep, threads);
-    } else if (same_type && lw.query.dtype == DType::kI8 && D % detail::int8::kPanel == 0) {
-      linear_int8(isa, N, a.h.data() + r0 * D, D, proj, 3, a.qkv.data() + r0 * ld3, ld3, ep, threads, a.outlier);
-    } else if (same_type && lw.query.dtype != DType::kI8) {
-      detail::kernels(isa).gemm_weights_stacked(N, D, 3, D, a.h.data() + r0 * D, D, stacked, weight_type(lw.query),
-                                                lw.query.cols, a.qkv.data() + r0 * ld3, ld3, ep, threads);
-    } else {  // mixed storage types (a tensor widened at load): one projection at a time
-      for (int j = 0; j < 3; ++j) {
-        Epilogue ej;
-        ej.bias = has_bias ? bias[j]->data() : nullptr;
-        linear(isa, N, a.h.data() + r0 * D, D, *proj[j], a.qkv.data() + r0 * ld3 + j * D, ld3, ej, threads, a.outlier);
-      }
-    }
+    ll.qkv.apply(N, a.h.data() + r0 * D, D, a.qkv.data() + r0 * ld3, ld3, ep, threads);
     sw.lap(&StageTimes::qkv);
     Matrix* keep = cls_attention[b];
     if (keep) a.cls_rows.assign(static_cast<std::size_t>(s.heads) * N, 0.0f);
@@ -316,10 +229,7 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const det
   ep.bias = lw.attention_output_bias.data();
   ep.residual = a.x.data();
   ep.ldr = D;
-  if (bl)
-    detail::kernels(isa).gemm_bf16(static_cast<int>(s.rows), ctx, D, bl->attention_output, a.x.data(), D, ep, threads);
-  else
-    linear(isa, static_cast<int>(s.rows), ctx, D, lw.attention_output, a.x.data(), D, ep, threads, a.outlier);
+  ll.attention_output.apply(static_cast<int>(s.rows), ctx, D, a.x.data(), D, ep, threads);
   sw.lap(&StageTimes::attention_output);
 }
 
@@ -327,8 +237,8 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const det
 //   layer_output = self.layernorm_after(hidden_states)
 //   layer_output = self.intermediate(layer_output)          # dense + gelu (exact erf)
 //   layer_output = self.output(layer_output, hidden_states) # dense + second residual connection
-void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const detail::Bf16Layer* bl, const Shape& s,
-               Activations& a, Stopwatch& sw, int threads) {
+void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const LayerLinears& ll, const Shape& s, Activations& a,
+               Stopwatch& sw, int threads) {
   const int D = s.D;
   detail::layer_norm(isa, a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_after_weight.data(),
                      lw.layernorm_after_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
@@ -342,22 +252,16 @@ void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const detail::B
   ep2.residual = a.x.data();
   ep2.ldr = D;
   const int M = static_cast<int>(s.rows);
-  if (bl) {
-    const detail::KernelTable& kt = detail::kernels(isa);
-    kt.gemm_bf16(M, a.h.data(), D, bl->intermediate, a.mlp.data(), s.F, ep1, threads);
-    kt.gemm_bf16(M, a.mlp.data(), s.F, bl->output, a.x.data(), D, ep2, threads);
-  } else {
-    linear(isa, M, a.h.data(), D, lw.intermediate, a.mlp.data(), s.F, ep1, threads, a.outlier);
-    linear(isa, M, a.mlp.data(), s.F, lw.output, a.x.data(), D, ep2, threads, a.outlier);
-  }
+  ll.intermediate.apply(M, a.h.data(), D, a.mlp.data(), s.F, ep1, threads);
+  ll.output.apply(M, a.mlp.data(), s.F, a.x.data(), D, ep2, threads);
   sw.lap(&StageTimes::mlp);
 }
 
 // ViTMSNLayer.forward: the attention block, then the MLP block, both pre-norm with residuals.
-void encoder_layer(Isa isa, const Config& c, const LayerWeights& lw, const detail::Bf16Layer* bl, const Shape& s,
+void encoder_layer(Isa isa, const Config& c, const LayerWeights& lw, const LayerLinears& ll, const Shape& s,
                    Activations& a, std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
-  attention_block(isa, c, lw, bl, s, a, std::move(cls_attention), sw, threads);
-  mlp_block(isa, c, lw, bl, s, a, sw, threads);
+  attention_block(isa, c, lw, ll, s, a, std::move(cls_attention), sw, threads);
+  mlp_block(isa, c, lw, ll, s, a, sw, threads);
 }
 
 // ViTMSNModel.forward: sequence_output = self.layernorm(sequence_output) — all N tokens, no pooler.
@@ -375,8 +279,8 @@ void final_norm(Isa isa, const Config& c, const Weights& w, const Shape& s, cons
 // image. hidden_states[0] is the embeddings output, hidden_states[l + 1] layer l's output (before the
 // final layer norm), as HF's output_hidden_states.
 // images: B images of height × width, [C, H, W] float32 each (already checked by check_pixels).
-// bf16: the packed linear weights per block when they compute in bf16, else null.
-void forward(Isa isa, const Config& c, const Weights& w, const std::vector<detail::Bf16Layer>* bf16, int model_threads,
+// linears: each block's linear layers, prepared at load.
+void forward(Isa isa, const Config& c, const Weights& w, const std::vector<LayerLinears>& linears, int model_threads,
              const std::vector<const float*>& images, int height, int width, const FeatureOptions& opt,
              std::vector<Features>& out) {
   const int threads = opt.threads > 0 ? opt.threads : model_threads;
@@ -407,7 +311,7 @@ void forward(Isa isa, const Config& c, const Weights& w, const std::vector<detai
     std::vector<Matrix*> cls_attention(s.B, nullptr);
     if (wants(want_attn, l))
       for (int b = 0; b < s.B; ++b) cls_attention[b] = &out[b].cls_attention[l];
-    encoder_layer(isa, c, w.layers[l], bf16 ? &(*bf16)[l] : nullptr, s, a, std::move(cls_attention), sw, threads);
+    encoder_layer(isa, c, w.layers[l], linears[l], s, a, std::move(cls_attention), sw, threads);
     capture_hidden(l + 1);
   }
   final_norm(isa, c, w, s, a, out, threads);
@@ -443,37 +347,32 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
                                              ": an int8 model computes in int8; bf16 compute (LoadOptions::compute) "
                                              "is for float32, bf16 and f16 weights");
   compute = use_bf16 ? "bf16" : any_int8 ? "int8" : "f32";
-  if (use_bf16) {
-    const auto src = [](const detail::LinearWeight& w) {
-      detail::bf16::Source s;
-      if (w.dtype == DType::kBF16)
-        s.bf16 = static_cast<const std::uint16_t*>(w.data);
-      else if (w.dtype == DType::kF16)
-        s.f16 = static_cast<const std::uint16_t*>(w.data);
-      else
-        s.f32 = static_cast<const float*>(w.data);
-      s.ld = w.cols;
-      s.rows = static_cast<int>(w.rows);
-      return s;
+  // Each linear layer prepared once for its kernel (src/linear.hpp): float32 weights laid out in the
+  // GEMM's panels, or bf16 panels for bf16 compute. Layer by layer, the stored weights that were copied
+  // are given back: a private, read-only file map drops the pages (they would be read again from the
+  // file, but are not read again), so resident memory peaks at the packed weights plus one layer. Not
+  // for private copies (copy_weights), in-memory models or tensors copied at load, whose memory is the
+  // only copy.
+  const bool mapped = file && !file->is_copy();
+  const auto owned = [this](const void* p) {
+    for (const auto& o : weights().owned)
+      if (o.get() == p) return true;
+    return false;
+  };
+  std::function<void(const detail::LinearWeight&)> release;
+  if (mapped)
+    release = [owned](const detail::LinearWeight& w) {
+      if (!owned(w.data))
+        detail::release_pages(w.data, static_cast<std::size_t>(w.rows * w.cols) * dtype_size(w.dtype));
     };
-    // Layer by layer, each layer's stored weights given back once packed: they are not read again (a
-    // private, read-only file map: the kernel drops the pages and would read them again from the
-    // file), so resident memory peaks at the packed weights plus one layer. Not for private copies
-    // (copy_weights) or in-memory models, whose memory is the only copy.
-    const bool release = file && !file->is_copy();
-    for (const auto& l : weights().layers) {
-      detail::Bf16Layer b;
-      const int D = static_cast<int>(l.query.cols), F = static_cast<int>(l.intermediate.rows);
-      b.qkv = detail::bf16::pack({src(l.query), src(l.key), src(l.value)}, D, threads);
-      b.attention_output = detail::bf16::pack({src(l.attention_output)}, D, threads);
-      b.intermediate = detail::bf16::pack({src(l.intermediate)}, D, threads);
-      b.output = detail::bf16::pack({src(l.output)}, F, threads);
-      bf16.push_back(std::move(b));
-      if (release)
-        for (const detail::LinearWeight* w :
-             {&l.query, &l.key, &l.value, &l.attention_output, &l.intermediate, &l.output})
-          detail::release_pages(w->data, static_cast<std::size_t>(w->rows * w->cols) * dtype_size(w->dtype));
-    }
+  const auto mode = use_bf16 ? detail::LinearCompute::kBF16 : detail::LinearCompute::kF32;
+  for (const auto& l : weights().layers) {
+    detail::LayerLinears ll;
+    ll.qkv = detail::Linear::prepare(isa, {&l.query, &l.key, &l.value}, mode, threads, release);
+    ll.attention_output = detail::Linear::prepare(isa, {&l.attention_output}, mode, threads, release);
+    ll.intermediate = detail::Linear::prepare(isa, {&l.intermediate}, mode, threads, release);
+    ll.output = detail::Linear::prepare(isa, {&l.output}, mode, threads, release);
+    linears.push_back(std::move(ll));
   }
   if (weights().has_classifier()) {
     const auto n = static_cast<std::size_t>(weights().classifier_weight.rows());
@@ -537,8 +436,9 @@ const std::string& Model::source() const { return impl_->source; }
 const char* Model::compute() const { return impl_->compute; }
 std::size_t Model::packed_weight_bytes() const {
   std::size_t n = 0;
-  for (const auto& b : impl_->bf16)
-    n += b.qkv.bytes() + b.attention_output.bytes() + b.intermediate.bytes() + b.output.bytes();
+  for (const auto& l : impl_->linears)
+    n += l.qkv.packed_bytes() + l.attention_output.packed_bytes() + l.intermediate.packed_bytes() +
+         l.output.packed_bytes();
   return n;
 }
 std::size_t Model::copied_weight_bytes() const {
@@ -554,8 +454,8 @@ struct Runner {
   const Config& config;
   const Weights& weights;
   int threads;
-  const SafetensorsFile* file;                 // the weights' file when memory-mapped, checked before each forward
-  const std::vector<detail::Bf16Layer>* bf16;  // packed weights for bf16 compute, or null
+  const SafetensorsFile* file;               // the weights' file when memory-mapped, checked before each forward
+  const std::vector<LayerLinears>& linears;  // each block's linear layers as prepared at load
 };
 
 // Before a forward reads the weights: a memory-mapped file rewritten in place since load throws here
@@ -583,7 +483,7 @@ std::vector<Features> extract_batch(const Runner& m, const std::vector<Pixels>& 
       }
     std::vector<Features> part(group.size());
     check_file(m);
-    forward(m.isa, m.config, m.weights, m.bf16, m.threads, group, static_cast<int>(batch[i].dimension(1)),
+    forward(m.isa, m.config, m.weights, m.linears, m.threads, group, static_cast<int>(batch[i].dimension(1)),
             static_cast<int>(batch[i].dimension(2)), options, part);
     for (std::size_t k = 0; k < index.size(); ++k) out[index[k]] = std::move(part[k]);
   }
@@ -595,7 +495,7 @@ Features extract_one(const Runner& m, const Pixels& px, const FeatureOptions& op
   check_pixels(m.config, px);
   std::vector<Features> out(1);
   check_file(m);
-  forward(m.isa, m.config, m.weights, m.bf16, m.threads, {px.data()}, static_cast<int>(px.dimension(1)),
+  forward(m.isa, m.config, m.weights, m.linears, m.threads, {px.data()}, static_cast<int>(px.dimension(1)),
           static_cast<int>(px.dimension(2)), options, out);
   return std::move(out[0]);
 }
@@ -623,26 +523,26 @@ Vector head_logits(const detail::Weights& w, const Features& features) {
 std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
                                               const FeatureOptions& options) const {
   return extract_batch(
-      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->bf16_layers()},
-      batch, options);
+      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->linears}, batch,
+      options);
 }
 
 std::vector<Features> Model::extract_features(const std::vector<PixelValuesView>& batch,
                                               const FeatureOptions& options) const {
   return extract_batch(
-      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->bf16_layers()},
-      batch, options);
+      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->linears}, batch,
+      options);
 }
 
 Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
   return extract_one(
-      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->bf16_layers()},
+      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->linears},
       pixel_values, options);
 }
 
 Features Model::extract_features(const PixelValuesView& pixel_values, const FeatureOptions& options) const {
   return extract_one(
-      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->bf16_layers()},
+      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->linears},
       pixel_values, options);
 }
 

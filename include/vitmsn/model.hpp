@@ -125,7 +125,9 @@ class VITMSN_API Model {
   /// How the linear layers compute: "f32", "bf16" (LoadOptions::compute, decided at load) or "int8"
   /// (an int8 model).
   const char* compute() const;
-  /// Bytes of the linear weights packed at load for bf16 compute (0 for f32 compute).
+  /// Bytes of the linear weights the model holds packed, prepared at load for its kernels: float32
+  /// weights laid out as the GEMM reads them, or bf16 panels for bf16 compute. 0 where they are read
+  /// as stored (int8 models, bf16/f16 weights computed in float32, the portable kernels).
   std::size_t packed_weight_bytes() const;
 
   /// The main entry point: pixel values [3, H, W] (H, W multiples of patch_size; other sizes than

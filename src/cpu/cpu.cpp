@@ -14,6 +14,7 @@
 
 #include "cpu/cpu.hpp"
 #include "cpu/kernels.hpp"
+#include "measure.hpp"
 #include "vitmsn/error.hpp"
 
 #if VITMSN_X86_KERNELS
@@ -38,6 +39,12 @@ namespace {
 //   61-63 % for 192 or 128; 2 threads: +5 % on every linear-layer shape.
 constexpr double kAvx2L1Share = 1.0, kAvx2L2Share = 0.375;
 constexpr double kAvx512L1Share = 4.0 / 3.0, kAvx512L2Share = 0.21875;
+// - AVX-512, AMD Zen 5 (EPYC family 26, 48 KB L1d, 1 MB L2, a 2-core VM), 2026-12-04, the whole
+//   ViT-L/7 forward (vitmsn-bench, 2 threads, weights packed at load): kc = 256, mc = 280 (a B slice
+//   of 32 KB that stays in L1d, an A block of 280 KB) ran the linear layers at 80-82 % of the FMA peak
+//   against 68-70 % for the Intel shares (kc = 512, mc = 112 there) and 63-65 % for 336 / 84; see
+//   docs/PERFORMANCE.md for the sweep. Used on AMD CPUs.
+constexpr double kAvx512AmdL1Share = 2.0 / 3.0, kAvx512AmdL2Share = 0.28;
 }  // namespace
 
 namespace {
@@ -221,6 +228,22 @@ bool caches_from_sysfs(CacheSizes* c) {
 
 #if VITMSN_X86_KERNELS
 // CPUID's deterministic cache parameters: leaf 4 (Intel) or 0x8000001D (AMD), one sub-leaf per cache.
+// AMD's older cache leaves, which hypervisors that hide leaf 0x8000001D still pass through (seen on
+// a Zen 5 VM): decoded by amd_legacy_caches().
+bool caches_from_amd_legacy_cpuid(CacheSizes* c) {
+  unsigned a = 0, b = 0, ecx5 = 0, ecx6 = 0, edx6 = 0, d = 0;
+  __cpuid(0x80000000u, a, b, ecx5, d);
+  if (a < 0x80000006u) return false;
+  __cpuid(0x80000005u, a, b, ecx5, d);
+  __cpuid(0x80000006u, a, b, ecx6, edx6);
+  const CacheSizes got = amd_legacy_caches(ecx5, ecx6, edx6);
+  if (got.l1d == 0 || got.l2 == 0) return false;
+  c->l1d = got.l1d;
+  c->l2 = got.l2;
+  if (got.l3 > 0) c->l3 = got.l3;
+  return true;
+}
+
 bool caches_from_cpuid(CacheSizes* c) {
   unsigned a = 0, b = 0, cx = 0, d = 0;
   if (!__get_cpuid(0, &a, &b, &cx, &d)) return false;
@@ -236,6 +259,7 @@ bool caches_from_cpuid(CacheSizes* c) {
   bool any = false;
   for (unsigned sub = 0; sub < 16; ++sub) {
     __cpuid_count(leaf, sub, a, b, cx, d);
+    if (sub == 0 && amd && (a & 0x1fu) == 0) return caches_from_amd_legacy_cpuid(c);  // leaf hidden (VMs)
     const unsigned type = a & 0x1fu;  // 1 data, 2 instruction, 3 unified, 0 no more caches
     if (type == 0) break;
     if (type == 2) continue;
@@ -250,6 +274,28 @@ bool caches_from_cpuid(CacheSizes* c) {
   return any;
 }
 #endif
+
+}  // namespace
+
+CacheSizes amd_legacy_caches(unsigned ecx_80000005, unsigned ecx_80000006, unsigned edx_80000006) {
+  return {static_cast<std::size_t>(ecx_80000005 >> 24) * kKiB, static_cast<std::size_t>(ecx_80000006 >> 16) * kKiB,
+          static_cast<std::size_t>(edx_80000006 >> 18) * 512 * kKiB, "cpuid"};
+}
+
+namespace {
+
+/// True on AMD x86 CPUs (CPUID vendor "AuthenticAMD"): they get their own GEMM blocking shares.
+bool amd_cpu() {
+#if VITMSN_X86_KERNELS
+  static const bool amd = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
 
 }  // namespace
 
@@ -301,13 +347,19 @@ Blocking gemm_blocking(Isa isa) {
     }
   } override_blocking;
   if (override_blocking.set) return override_blocking.value;
+  return default_blocking(isa, cache_sizes(), amd_cpu());
+}
+
+Blocking default_blocking(Isa isa, const CacheSizes& caches, bool amd) {
   switch (isa) {
     case Isa::kAvx512:
-      // 14 × 32 tiles; shares measured on an Intel Xeon of the Sapphire Rapids class (see above).
-      return derive_blocking(cache_sizes(), 14, 32, kAvx512L1Share, kAvx512L2Share);
+      // 14 × 32 tiles; shares measured on an Intel Xeon of the Sapphire Rapids class and on AMD Zen 5
+      // (see above).
+      return amd ? derive_blocking(caches, 14, 32, kAvx512AmdL1Share, kAvx512AmdL2Share)
+                 : derive_blocking(caches, 14, 32, kAvx512L1Share, kAvx512L2Share);
     default:
       // 6 × 16 tiles; shares measured on AMD Zen 3 (see above).
-      return derive_blocking(cache_sizes(), 6, 16, kAvx2L1Share, kAvx2L2Share);
+      return derive_blocking(caches, 6, 16, kAvx2L1Share, kAvx2L2Share);
   }
 }
 

@@ -68,6 +68,15 @@ CacheSizes cache_sizes();
 /// l1_share and l2_share are per-variant constants measured on real CPUs (see gemm_blocking()).
 Blocking derive_blocking(const CacheSizes& caches, int mr, int nr, double l1_share, double l2_share);
 
+/// The caches AMD's legacy CPUID leaves describe: L1d = 0x80000005 ECX[31:24] KB, L2 = 0x80000006
+/// ECX[31:16] KB, L3 = 0x80000006 EDX[31:18] × 512 KB (the socket's). cache_sizes() uses them on AMD
+/// CPUs where leaf 0x8000001D reads as empty (virtual machines that hide it).
+CacheSizes amd_legacy_caches(unsigned ecx_80000005, unsigned ecx_80000006, unsigned edx_80000006);
+
+/// The blocking of the `isa` variant on a CPU with `caches`, from the shares measured for its vendor
+/// (AMD or other; see cpu.cpp): what gemm_blocking() returns when VITMSN_GEMM_BLOCKING is unset.
+Blocking default_blocking(Isa isa, const CacheSizes& caches, bool amd);
+
 /// The blocking of the `isa` variant: derived from cache_sizes() for its micro-tile, or
 /// VITMSN_GEMM_BLOCKING=kc,mc,packed_b_floats when that is set (three integers; read once per
 /// process, a tuning aid). Results do not depend on it, only speed does.

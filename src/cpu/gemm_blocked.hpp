@@ -231,6 +231,10 @@ struct Problem {
   int segments = 1;
   int seg_rows = 0;
   const void* segs[3] = {nullptr, nullptr, nullptr};
+  // Pre-packed op(B) (KernelTable::gemm_packed): ceil(N / NR) panels of K × NR floats, panel q at
+  // Bp + q·K·NR, in the layout pack_b_slice writes (pack_panels below). B, Bh and segs are then unused
+  // and nothing is packed per call; the arithmetic is the same.
+  const float* Bp = nullptr;
 };
 
 /// The Problem of KernelTable::gemm_weights_stacked: C = epilogue(A·[W_0; …; W_{S−1}]ᵀ), `segments`
@@ -242,6 +246,10 @@ inline Problem stacked_problem(int M, int seg_rows, int segments, int K, const f
   p.segments = segments;
   p.seg_rows = seg_rows;
   for (int s = 0; s < segments; ++s) p.segs[s] = W[s];
+  if (segments == 1) {  // one weight: b_row reads B / Bh
+    p.B = wt == WeightType::kF32 ? static_cast<const float*>(W[0]) : nullptr;
+    p.Bh = wt == WeightType::kF32 ? nullptr : static_cast<const std::uint16_t*>(W[0]);
+  }
   return p;
 }
 
@@ -546,18 +554,21 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
   const bool save_residual = multi_k && p.ep.residual != nullptr;
   // Prefetching rows of B to pack works on float rows (16 per line); 16-bit and [K,N] B rely on the
   // hardware prefetchers.
-  const bool prefetch_source = p.b_trans && p.wtype == WeightType::kF32;
+  const bool prefetch_source = p.b_trans && p.wtype == WeightType::kF32 && !p.Bp;
 
   Workspace& ws = workspace();
-  float* bp = ws.b.get(static_cast<std::size_t>(nc) * imax(K, 1));
+  // Packed B of this jc block: the per-call buffer (filled by the first row block), or the weights'
+  // own pre-packed panels.
+  float* const bws = p.Bp ? nullptr : ws.b.get(static_cast<std::size_t>(nc) * imax(K, 1));
   float* ap = ws.a.get(static_cast<std::size_t>(mc) * rsa);
   float* rs = save_residual ? ws.residual.get(static_cast<std::size_t>(mc) * nc) : nullptr;
 
   for (int jc = n0; jc < n1; jc += nc) {
     const int nb = imin(nc, n1 - jc);
+    const float* const bp = p.Bp ? p.Bp + static_cast<std::ptrdiff_t>(jc / NR) * K * NR : bws;
     for (int ic = m0; ic < m1; ic += mc) {
       const int mb = imin(mc, m1 - ic);
-      const bool pack_now = ic == m0;
+      const bool pack_now = ic == m0 && !p.Bp;
       const int tiles = (mb + MR - 1) / MR;
       if (save_residual) {
         for (int i = 0; i < mb; ++i)
@@ -574,8 +585,10 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
         TileEpilogue te{p.ep.alpha, p.ep.alpha != 1.0f, nullptr, p.ep.gelu, nullptr, 0};
         for (int jr = 0; jr < nb; jr += NR) {
           const int cols = imin(NR, nb - jr);
-          float* bpanel = bp + static_cast<std::ptrdiff_t>(jr / NR) * K * NR + static_cast<std::ptrdiff_t>(pc) * NR;
-          if (pack_now) pack_b_slice<V, NR>(p, jc + jr, cols, pc, kb, bpanel);
+          const std::ptrdiff_t slice =
+              static_cast<std::ptrdiff_t>(jr / NR) * K * NR + static_cast<std::ptrdiff_t>(pc) * NR;
+          const float* bpanel = bp + slice;
+          if (pack_now) pack_b_slice<V, NR>(p, jc + jr, cols, pc, kb, bws + slice);
           // The next slice: the next panel at this k-block, or the first panel of the next one.
           Prefetch next;
           const bool next_in_block = jr + NR < nb;
@@ -649,6 +662,18 @@ void gemm(const Problem& p, const Blocking& bl, int threads) {
     }
   };
   run_split(threads, part);
+}
+
+/// Packs op(B) of `p` (b_trans: a linear weight, maybe stacked, of any WeightType) once, for all of K,
+/// into the panels gemm_range reads when Problem::Bp is set: ceil(N / NR) panels of K × NR floats,
+/// panel q at dst + q·K·NR, columns past N zero. Panels are split over the threads.
+template <class V, int NR>
+void pack_panels(const Problem& p, float* dst, int threads) {
+  const int panels = (p.N + NR - 1) / NR;
+  run_split(iclamp(threads, 1, imax(panels, 1)), [&](int t, int nt) {
+    for (int q = split_begin(panels, t, nt); q < split_begin(panels, t + 1, nt); ++q)
+      pack_b_slice<V, NR>(p, q * NR, imin(NR, p.N - q * NR), 0, p.K, dst + static_cast<std::ptrdiff_t>(q) * p.K * NR);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -70,6 +70,26 @@ struct KernelTable {
                                const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
                                const Epilogue& ep, int threads) = nullptr;
 
+  /// Width of the panels gemm_packed reads (output channels per panel: the micro-tile's NR), or 0 for a
+  /// table without a packed GEMM (portable: its gemm reads W as stored, so weights stay so).
+  int packed_nr = 0;
+
+  /// Lays out op(B) = [W_0; …; W_{S−1}]ᵀ — `segments` (S ≤ 3) weights of seg_rows rows each, of type
+  /// wt, K inputs, leading dimension ldw, stacked along N as in gemm_weights_stacked — once, for
+  /// gemm_packed: ceil(N / packed_nr) panels of K × packed_nr floats (16-bit types widened exactly),
+  /// panel q at dst + q·K·packed_nr (dst: that many floats, 64-byte aligned), channels past N zero.
+  /// The values are those the GEMM packs per call, so gemm_packed's results are the same bits as
+  /// gemm_weights_stacked's. Null where packed_nr is 0.
+  void (*pack_panels)(int seg_rows, int segments, int K, const void* const* W, WeightType wt, std::ptrdiff_t ldw,
+                      float* dst, int threads) = nullptr;
+
+  /// C[M,N] = epilogue(A[M,K]·op(B)) with op(B) laid out by pack_panels (N = seg_rows·segments): the
+  /// float32 GEMM without packing B on the call — weights prepared once at load. Bit-identical to gemm
+  /// / gemm_weights_stacked on the weights it was packed from, for every thread count. Null where
+  /// packed_nr is 0.
+  void (*gemm_packed)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* panels, float* C,
+                      std::ptrdiff_t ldc, const Epilogue& ep, int threads) = nullptr;
+
   /// C[M, S·R] = epilogue(dequant(quantize(A[M,K])·[W_0; …; W_{S−1}]ᵀ)) with int8 weights: the scheme
   /// of src/cpu/int8_blocked.hpp (activations quantized per row and block of 32 along K, on the fly;
   /// int32 products; dequantized in float, then bias, GELU, residual as gemm's epilogue; ep.alpha is
