@@ -139,6 +139,7 @@ std::optional<std::pair<int, int>> shard_of(const cli::Args& args) {
     if (slash == std::string::npos) throw cli::UsageError("--shard needs I/N (e.g. 3/16), got '" + s + "'");
     index = number(s.substr(0, slash), "--shard I");
     count = number(s.substr(slash + 1), "--shard N");
+    if (count < 1) throw cli::UsageError("--shard I/N needs N of at least 1 (the number of shards), got '" + s + "'");
   } else if (const char* id = std::getenv("SLURM_ARRAY_TASK_ID")) {
     const char* min = std::getenv("SLURM_ARRAY_TASK_MIN");
     index = number(id, "SLURM_ARRAY_TASK_ID") - (min ? number(min, "SLURM_ARRAY_TASK_MIN") : 0);

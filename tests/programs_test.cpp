@@ -1107,6 +1107,15 @@ TEST(ExtractProgram, StreamedOutputsAreTheBytesTheInMemoryWritersWrite) {
   EXPECT_NE(std::system(("ls -a " + dir + " | grep -q -e staged -e part-").c_str()), 0) << "files left behind";
 }
 
+TEST(ExtractProgram, AShardCountOfZeroIsNamedAsGiven) {
+  const ProgramRun r = run("vitmsn-extract --model " + tiny() + " --output " + test::temp_dir() +
+                           "/f.npy --shard 1/0 " + test::data_path("images/horse.png"));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("error: --shard I/N needs N of at least 1 (the number of shards), got '1/0'"),
+            std::string::npos)
+      << r.output;
+}
+
 TEST(ExtractProgram, FeaturesHeldInMemoryDoNotGrowWithTheNumberOfImages) {
   // The test hook reports the most bytes of feature values the run held at once (cli::peak_held_bytes:
   // a batch's features, the copy buffer that joins the output). 2 and 8 images: the same.
