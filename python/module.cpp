@@ -24,6 +24,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -380,11 +381,36 @@ std::vector<int> to_indices(const py::handle v, int count) {
 // --- Features ----------------------------------------------------------------------------------------
 
 /// The result of one forward pass; the arrays are views of the library's buffers (base: one capsule).
+/// A model's backbone identity (backbone_identity()), computed once, on first use: recorded in a
+/// converted file's metadata (free), else hashed from the weights (seconds for ViT-L/7).
+class Backbone {
+ public:
+  explicit Backbone(std::string path) : path_(std::move(path)) {}
+  /// Without the GIL while computing. \throws Error as backbone_identity().
+  const std::string& id() {
+    if (!ready_.load(std::memory_order_acquire)) {
+      WithoutGil no_gil;
+      std::call_once(once_, [&] {
+        id_ = backbone_identity(path_);
+        ready_.store(true, std::memory_order_release);
+      });
+    }
+    return id_;
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, id_;
+  std::once_flag once_;
+  std::atomic<bool> ready_{false};
+};
+
 struct PyFeatures {
   py::capsule owner;  ///< owns the vitmsn::Features
   py::array last_hidden_state;
   py::dict hidden_states, cls_attention;
-  py::object mean_patch;  ///< computed on first use
+  py::object mean_patch;               ///< computed on first use
+  std::shared_ptr<Backbone> backbone;  ///< of the model that computed them (logits() checks it)
 
   const Features& features() const { return *static_cast<const Features*>(owner.get_pointer()); }
 };
@@ -404,7 +430,8 @@ PyFeatures wrap(Features&& f) {
 
 struct PyModel {
   Model model;
-  std::string path;                 ///< as given
+  std::string path;  ///< as given
+  std::shared_ptr<Backbone> backbone = std::make_shared<Backbone>(model.source());
   py::object threads = py::none();  ///< as given (pickling)
   bool copy_weights = false;
   std::string compute = "auto";
@@ -461,7 +488,9 @@ PyFeatures extract_features(const PyModel& m, const py::object& x, const py::obj
     WithoutGil no_gil;
     f = forward(m, in, pre, o);
   }
-  return wrap(std::move(f));
+  PyFeatures out = wrap(std::move(f));
+  out.backbone = m.backbone;
+  return out;
 }
 
 /// model(pixel_values): [B, 3, H, W] -> last_hidden_state [B, N, D] (ViTMSNModel(...).last_hidden_state).
@@ -521,8 +550,26 @@ py::array call(const PyModel& m, const py::object& x) {
   return std::move(out);
 }
 
+/// Features computed by another model than `m` must come from the same backbone (checkpoint) as
+/// its classifier head: a head's classes do not fit another backbone's features.
+void check_same_backbone(const PyModel& m, const PyFeatures& f) {
+  if (!f.backbone || f.backbone == m.backbone || !m.model.has_classifier()) return;
+  const std::string& theirs = f.backbone->id();
+  const std::string& ours = m.backbone->id();
+  if (theirs == ours) return;
+  throw Error(ErrorKind::kArgument,
+              "logits(features): these features come from another model (backbone " + theirs.substr(0, 16) + ", " +
+                  f.backbone->path() + ") than this classifier head's (backbone " + ours.substr(0, 16) + ", " +
+                  m.backbone->path() +
+                  "): its classes would not fit them. Extract the features with this model, or pass the input itself");
+}
+
 Vector logits_of(const PyModel& m, const py::handle x) {
-  if (py::isinstance<PyFeatures>(x)) return m.model.logits(x.cast<const PyFeatures&>().features());
+  if (py::isinstance<PyFeatures>(x)) {
+    const PyFeatures& f = x.cast<const PyFeatures&>();
+    check_same_backbone(m, f);
+    return m.model.logits(f.features());
+  }
   if (!m.model.has_classifier()) return m.model.logits(Features{});  // the library's "no classifier head" error
   const Input in = to_input(x);
   const Preprocessor pre = m.model.preprocessor();
@@ -1060,6 +1107,11 @@ PYBIND11_MODULE(_core, m) {
           "source", [](const PyModel& m) { return fs_str(m.model.source()); },
           "The weights file the model was read from.")
       .def_property_readonly(
+          "backbone", [](const PyModel& m) { return m.backbone->id(); },
+          "The backbone identity (64 hex digits): which checkpoint the encoder weights come from, the same\n"
+          "for every conversion of it (vitmsn.convert records it; otherwise computed from the weights on\n"
+          "first use). logits(features) refuses features of a model with another backbone.")
+      .def_property_readonly(
           "preprocessor", [](const PyModel& m) { return PyPreprocessor{m.model.preprocessor()}; },
           "The model's Preprocessor (from its preprocessor_config.json or metadata, else the defaults).")
       .def("extract_features", &extract_features, py::arg("x"), py::arg("hidden_states") = py::tuple(),
@@ -1080,7 +1132,9 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "logits", [](const PyModel& m, const py::object& x) { return vector_array(logits_of(m, x)); }, py::arg("x"),
           "The classifier head's logits float32 [num_labels] for an input, or for a vitmsn.Features\n"
-          "already computed. Raises vitmsn.Error when the model has no classifier head.")
+          "already computed. Raises vitmsn.Error when the model has no classifier head, and\n"
+          "vitmsn.ArgumentError, naming both backbone identities, for features of a model with another\n"
+          "backbone (see backbone).")
       .def("classify", &classify, py::arg("x"), py::arg("top") = 5,
            "The `top` most likely classes of an input as a list of (label, probability), most likely\n"
            "first (softmax of the logits; top=None: all classes). Raises vitmsn.Error without a head.")
@@ -1116,6 +1170,15 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly(
           "config", [](const PyPreprocessor& p) { return preprocessor_dict(p.preprocessor.config()); },
           "The settings as a dict in preprocessor_config.json form.")
+      .def(py::pickle(
+          // By its settings (preprocessor_config.json text): the same preprocessor on unpickling.
+          [](const PyPreprocessor& p) { return py::make_tuple(to_json(p.preprocessor.config())); },
+          [](const py::tuple& state) {
+            if (state.size() != 1 || !py::isinstance<py::str>(state[0]))
+              throw Error(ErrorKind::kArgument, "a pickled vitmsn.Preprocessor is (settings as JSON text,)");
+            return PyPreprocessor{
+                Preprocessor(parse_preprocessor_config(state[0].cast<std::string>(), "a pickled vitmsn.Preprocessor"))};
+          }))
       .def("__repr__", [](const PyPreprocessor& p) {
         const PreprocessorConfig& c = p.preprocessor.config();
         std::string size = c.shortest_edge > 0 ? "shortest edge " + std::to_string(c.shortest_edge)

@@ -109,3 +109,28 @@ def test_embed_progress_without_a_length_counts(tiny, capsys):
     tiny.embed((p for p in PATHS), progress=True)
     err = capsys.readouterr().err
     assert "images" in err and "/" not in err.split("images")[0], err
+
+
+def test_embed_progress_outside_a_terminal_prints_a_line_per_tenth(tiny, capsys, monkeypatch):
+    monkeypatch.setattr(vitmsn, "_clock", lambda: 0.0)  # no time passes: only the 10 % rule prints
+    tiny.embed(PATHS * 4, progress=True)  # 20 inputs: a line every 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("] ")[1].split(" ")[0] for line in lines] == [f"{n}/20" for n in range(2, 21, 2)], lines
+    assert all("\r" not in line for line in lines), lines
+
+
+def test_embed_progress_outside_a_terminal_prints_a_line_every_30_seconds(tiny, capsys, monkeypatch):
+    now = [0.0]
+
+    def clock():  # 31 s pass between two looks at the clock
+        now[0] += 31.0
+        return now[0]
+
+    monkeypatch.setattr(vitmsn, "_clock", clock)
+    tiny.embed((p for p in PATHS), progress=True)  # no len(): only the time rule prints before the end
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ")[0] for line in lines] == ["1", "2", "3", "4", "5"], lines
+    monkeypatch.setattr(vitmsn, "_clock", lambda: 0.0)  # no time passes: the final count only
+    tiny.embed((p for p in PATHS), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ")[0] for line in lines] == ["5"], lines

@@ -430,3 +430,23 @@ def test_an_unreadable_file_raises_permission_error(tmp_path):
     finally:
         path.chmod(0o644)
     assert isinstance(info.value, vitmsn.Error) and info.value.kind == "permission"
+
+
+def test_logits_refuses_features_of_a_model_with_another_backbone(tiny, tiny_cls, tmp_path):
+    x = data("images/chelsea.png")
+    assert tiny.backbone != tiny_cls.backbone and len(tiny.backbone) == 64
+    with pytest.raises(vitmsn.ArgumentError) as info:
+        tiny_cls.logits(tiny.extract_features(x))
+    message = str(info.value)
+    assert tiny.backbone[:16] in message and tiny_cls.backbone[:16] in message, message
+    assert tiny.source in message and tiny_cls.source in message, message
+    with pytest.raises(vitmsn.ArgumentError, match="another model"):
+        tiny_cls.classify(tiny.extract_features(x))
+    # Features of the same backbone are taken: the model's own, and those of a conversion of it
+    # (another file, another dtype, the identity recorded by convert).
+    own = tiny_cls.logits(tiny_cls.extract_features(x))
+    assert np.array_equal(own, tiny_cls.logits(x))
+    vitmsn.convert(data("models/tiny-cls"), str(tmp_path / "f16.safetensors"), dtype="f16")
+    f16 = vitmsn.Model(str(tmp_path / "f16.safetensors"))
+    assert f16.backbone == tiny_cls.backbone
+    assert tiny_cls.logits(f16.extract_features(x)).shape == own.shape

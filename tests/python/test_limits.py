@@ -41,3 +41,22 @@ def test_a_model_pickles_by_path_and_options(tiny):
     x = data("images/chelsea.png")
     assert np.array_equal(back.extract_features(x).last_hidden_state, tiny.extract_features(x).last_hidden_state)
     assert pickle.loads(pickle.dumps(tiny)).threads == tiny.threads
+
+
+def test_a_preprocessor_pickles_by_its_settings(tiny, tmp_path):
+    cfg = tmp_path / "preprocessor_config.json"
+    cfg.write_text('{"size": {"shortest_edge": 112}, "resample": 3, "image_mean": [0.5, 0.4, 0.3]}')
+    x = data("images/chelsea.png")
+    for pre in (vitmsn.Preprocessor(), tiny.preprocessor, vitmsn.Preprocessor(cfg),
+                vitmsn.Preprocessor(cfg).with_size(63, 77)):
+        back = pickle.loads(pickle.dumps(pre))
+        assert type(back) is vitmsn.Preprocessor
+        assert back.config == pre.config
+        assert np.array_equal(back(x), pre(x)), pre
+    assert pickle.loads(pickle.dumps(vitmsn.Preprocessor(cfg)))(x).shape == (3, 112, 168)
+    # Another state is refused with the library's error, not a crash.
+    pre = vitmsn.Preprocessor.__new__(vitmsn.Preprocessor)
+    with pytest.raises(vitmsn.ArgumentError, match="pickled vitmsn.Preprocessor"):
+        pre.__setstate__(("{}", 1))
+    with pytest.raises(vitmsn.MalformedError, match="a pickled vitmsn.Preprocessor"):
+        pre.__setstate__(("not json",))
