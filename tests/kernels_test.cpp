@@ -114,8 +114,8 @@ std::vector<EpilogueCase> all_epilogues() {
 }
 
 // Runs one GEMM; C starts as the residual (in place) or as a canary that must be overwritten. Elements
-// of C's padding must survive.
-std::vector<float> run(Isa isa, const Data& d, const EpilogueCase& e, int threads) {
+// of C's padding must survive. packed (b_trans only): through pack_panels + gemm_packed.
+std::vector<float> run(Isa isa, const Data& d, const EpilogueCase& e, int threads, bool packed = false) {
   const Shape& s = d.s;
   std::vector<float> C(static_cast<std::size_t>(s.M) * d.ldc, 12345.0f);
   Epilogue ep;
@@ -131,7 +131,18 @@ std::vector<float> run(Isa isa, const Data& d, const EpilogueCase& e, int thread
     ep.residual = C.data();
     ep.ldr = d.ldc;
   }
-  gemm(isa, s.M, s.N, s.K, d.A.data(), d.lda, d.B.data(), d.ldb, d.b_trans, C.data(), d.ldc, ep, threads);
+  if (!packed) {
+    gemm(isa, s.M, s.N, s.K, d.A.data(), d.lda, d.B.data(), d.ldb, d.b_trans, C.data(), d.ldc, ep, threads);
+    return C;
+  }
+  const KernelTable& kt = kernels(isa);
+  const int NR = kt.packed_nr;
+  std::vector<float> panels(static_cast<std::size_t>((s.N + NR - 1) / NR) * NR * s.K + 16, -7.0f);
+  float* aligned = panels.data();
+  while (reinterpret_cast<std::uintptr_t>(aligned) % 64 != 0) ++aligned;
+  const void* W[1] = {d.B.data()};
+  kt.pack_panels(s.N, 1, s.K, W, WeightType::kF32, d.ldb, aligned, threads);
+  kt.gemm_packed(s.M, s.N, s.K, d.A.data(), d.lda, aligned, C.data(), d.ldc, ep, threads);
   return C;
 }
 
@@ -1007,7 +1018,8 @@ TEST(Attention, ResultsAreBitIdenticalForOneTwoAndThreeThreads) {
 // ---------------------------------------------------------------------------------------------
 // Stacked weights (the query, key and value projections as one GEMM) and the blocking.
 
-TEST(GemmWeightsStacked, IsBitIdenticalToOneCallPerSegment) {
+// Also: the same weights packed once (pack_panels, f16 widened there) through gemm_packed.
+TEST(GemmWeightsStacked, IsBitIdenticalToOneCallPerSegmentAndToPackedPanels) {
   std::mt19937 rng(23);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   // seg_rows 37: segments meet inside an NR panel and inside an 8-row transpose group.
@@ -1044,6 +1056,17 @@ TEST(GemmWeightsStacked, IsBitIdenticalToOneCallPerSegment) {
           gemm_weights(isa, M, seg_rows, K, A.data(), K, W[s], wt, ldw, apart.data() + s * seg_rows, ldc, e, 1);
         }
         EXPECT_TRUE(same_bits(stacked, apart)) << isa_name(isa) << " " << wt_name(wt) << " seg_rows " << seg_rows;
+        const KernelTable& kt = kernels(isa);
+        if (kt.packed_nr == 0) continue;
+        std::vector<float> panels(static_cast<std::size_t>((N + kt.packed_nr - 1) / kt.packed_nr) * kt.packed_nr * K +
+                                  16);
+        float* aligned = panels.data();
+        while (reinterpret_cast<std::uintptr_t>(aligned) % 64 != 0) ++aligned;
+        kt.pack_panels(seg_rows, S, K, W, wt, ldw, aligned, 2);
+        std::vector<float> packed(stacked.size(), 3.0f);
+        kt.gemm_packed(M, N, K, A.data(), K, aligned, packed.data(), ldc, ep, 2);
+        EXPECT_TRUE(same_bits(packed, stacked))
+            << isa_name(isa) << " " << wt_name(wt) << " seg_rows " << seg_rows << ": packed panels";
       }
     }
   }
@@ -1053,49 +1076,6 @@ TEST(GemmWeightsStacked, IsBitIdenticalToOneCallPerSegment) {
 // give the bits of packing them on every call: every edge shape, epilogue and thread count, a single
 // weight (against gemm with B [N, K]) and three stacked ones, float32 and f16 (against
 // gemm_weights_stacked). The portable table has no panels.
-std::vector<float> run_packed(Isa isa, const Data& d, const EpilogueCase& e, int threads) {
-  const Shape& s = d.s;
-  const KernelTable& kt = kernels(isa);
-  const int NR = kt.packed_nr;
-  std::vector<float> panels(static_cast<std::size_t>((s.N + NR - 1) / NR) * NR * s.K + 16, -7.0f);
-  float* aligned = panels.data();
-  while (reinterpret_cast<std::uintptr_t>(aligned) % 64 != 0) ++aligned;
-  const void* W[1] = {d.B.data()};
-  kt.pack_panels(s.N, 1, s.K, W, WeightType::kF32, d.ldb, aligned, threads);
-  std::vector<float> C(static_cast<std::size_t>(s.M) * d.ldc, 12345.0f);
-  Epilogue ep;
-  ep.alpha = e.alpha;
-  ep.bias = e.bias ? d.bias.data() : nullptr;
-  ep.gelu = e.gelu;
-  if (e.residual == 1) {
-    ep.residual = d.residual.data();
-    ep.ldr = d.ldc;
-  } else if (e.residual == 2) {
-    for (int i = 0; i < s.M; ++i)
-      std::memcpy(&C[i * d.ldc], &d.residual[i * d.ldc], sizeof(float) * static_cast<std::size_t>(s.N));
-    ep.residual = C.data();
-    ep.ldr = d.ldc;
-  }
-  kt.gemm_packed(s.M, s.N, s.K, d.A.data(), d.lda, aligned, C.data(), d.ldc, ep, threads);
-  return C;
-}
-
-// The registers of the Zen 5 VM whose leaf 0x8000001D reads as zeros: 48 KB L1d, 1 MB L2, 508 MB of
-// L3 on the socket; with them, AMD's AVX-512 blocking is the one measured best there (kc 256, mc 280),
-// and the Intel shares give the Sapphire Rapids point (kc 512, mc 224 on 48 KB / 2 MB).
-TEST(Blocking, AmdLegacyCpuidLeavesAndTheMeasuredBlockings) {
-  const CacheSizes c = amd_legacy_caches(0x300c0140u, 0x04006140u, 0x0fe09140u);
-  EXPECT_EQ(c.l1d, 48u * 1024);
-  EXPECT_EQ(c.l2, 1024u * 1024);
-  EXPECT_EQ(c.l3, 1016u * 512 * 1024);
-  const Blocking zen5 = default_blocking(Isa::kAvx512, c, /*amd=*/true);
-  EXPECT_EQ(zen5.kc, 256);
-  EXPECT_EQ(zen5.mc, 280);
-  const Blocking spr = default_blocking(Isa::kAvx512, {48u * 1024, 2048u * 1024, 0, "test"}, /*amd=*/false);
-  EXPECT_EQ(spr.kc, 512);
-  EXPECT_EQ(spr.mc, 224);
-}
-
 TEST(GemmPacked, PortableHasNoPanels) {
   EXPECT_EQ(kernels(Isa::kPortable).packed_nr, 0);
   EXPECT_EQ(kernels(Isa::kPortable).pack_panels, nullptr);
@@ -1111,57 +1091,11 @@ TEST(GemmPacked, IsBitIdenticalToPackingOnEveryCall) {
       const Data d = make_data(s, /*b_trans=*/true, 99u + static_cast<unsigned>(s.M * 31 + s.N * 7 + s.K));
       for (const EpilogueCase& e : all_epilogues())
         for (int threads : {1, 3}) {
-          const std::vector<float> want = run(isa, d, e, 1), got = run_packed(isa, d, e, threads);
+          const std::vector<float> want = run(isa, d, e, 1), got = run(isa, d, e, threads, /*packed=*/true);
           EXPECT_TRUE(same_bits(got, want))
               << isa_name(isa) << " " << describe(s, true) << " " << describe(e) << " threads " << threads;
           ++checked;
         }
-    }
-  }
-  if (checked == 0) GTEST_SKIP() << "no vector kernel table on this CPU";
-}
-
-TEST(GemmPacked, StackedWeightsOfEveryTypeAreBitIdenticalToGemmWeightsStacked) {
-  std::mt19937 rng(29);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  int checked = 0;
-  for (const int seg_rows : {64, 37, 8}) {  // 37: segments meet inside a panel and an 8-row group
-    const int M = 61, K = 70, S = 3, N = S * seg_rows;
-    const std::ptrdiff_t ldw = K + 2, ldc = N + 5;
-    std::vector<float> A(static_cast<std::size_t>(M) * K), bias(N), Wf[S];
-    std::vector<std::uint16_t> Wh[S];
-    for (float& x : A) x = nd(rng);
-    for (float& x : bias) x = nd(rng);
-    for (int s = 0; s < S; ++s) {
-      Wf[s].resize(static_cast<std::size_t>(seg_rows) * ldw);
-      Wh[s].resize(Wf[s].size());
-      for (std::size_t i = 0; i < Wf[s].size(); ++i) {
-        Wf[s][i] = nd(rng);
-        Wh[s][i] = float_to_half(Wf[s][i]);
-      }
-    }
-    for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
-      if (!isa_available(isa) || kernels(isa).isa != isa) continue;
-      const KernelTable& kt = kernels(isa);
-      for (WeightType wt : {WeightType::kF32, WeightType::kF16}) {
-        const void* W[S];
-        for (int s = 0; s < S; ++s)
-          W[s] =
-              wt == WeightType::kF32 ? static_cast<const void*>(Wf[s].data()) : static_cast<const void*>(Wh[s].data());
-        Epilogue ep;
-        ep.bias = bias.data();
-        ep.gelu = true;
-        std::vector<float> want(static_cast<std::size_t>(M) * ldc, 3.0f), got = want;
-        kt.gemm_weights_stacked(M, seg_rows, S, K, A.data(), K, W, wt, ldw, want.data(), ldc, ep, 2);
-        const int NR = kt.packed_nr;
-        std::vector<float> panels(static_cast<std::size_t>((N + NR - 1) / NR) * NR * K + 16);
-        float* aligned = panels.data();
-        while (reinterpret_cast<std::uintptr_t>(aligned) % 64 != 0) ++aligned;
-        kt.pack_panels(seg_rows, S, K, W, wt, ldw, aligned, 2);
-        kt.gemm_packed(M, N, K, A.data(), K, aligned, got.data(), ldc, ep, 2);
-        EXPECT_TRUE(same_bits(got, want)) << isa_name(isa) << " " << wt_name(wt) << " seg_rows " << seg_rows;
-        ++checked;
-      }
     }
   }
   if (checked == 0) GTEST_SKIP() << "no vector kernel table on this CPU";
