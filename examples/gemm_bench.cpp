@@ -13,10 +13,10 @@
 #include <random>
 #include <vector>
 
+#include "core/measure.hpp"
 #include "cpu/half.hpp"
 #include "cpu/int8_format.hpp"
 #include "cpu/kernels.hpp"
-#include "measure.hpp"
 #include "vitmsn/cpu.hpp"
 
 namespace {
@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
                 caches.source, caches.l1d / 1024, caches.l2 / 1024, caches.l3 / 1024, bl.kc, bl.mc, bl.b_pack_floats,
                 std::getenv("VITMSN_GEMM_BLOCKING") ? " (VITMSN_GEMM_BLOCKING)" : "");
     {  // The ceiling of the GEMM code: its micro-kernel alone on packed panels in L1, next to the peak.
-      const double peak = vitmsn::measure_fma_peak_gflops(threads, 0.5);
+      const double peak = vitmsn::detail::measure_fma_peak_gflops(threads, 0.5);
       const double mk = vitmsn::detail::measure_microkernel_gflops(best, threads, 0.5);
       std::printf("micro-kernel alone (%s, packed panels in L1): %.1f GFLOP/s = %.1f%% of the FMA peak %.1f\n",
                   vitmsn::detail::isa_name(best), mk, 100.0 * mk / peak, peak);
@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
                 "best", "median", "%peak", "variant", "best", "median", "%peak", "peak");
     for (const Shape& s : shapes) {
       Operands o = make_operands(s, rng);
-      const double peak = vitmsn::measure_fma_peak_gflops(threads, 0.2);
+      const double peak = vitmsn::detail::measure_fma_peak_gflops(threads, 0.2);
       const double gflop = 2.0 * s.M * s.N * s.K * 1e-9;
       const Timing portable = time_gemm(Isa::kPortable, s, o, threads, reps);
       const Timing fast = time_gemm(best, s, o, threads, reps);
@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
       const Shape s = {"in-L2 ceiling", 224 * threads, 512, 256, false, 256, 512, false, false, false, 1.0f};
       constexpr int kCalls = 100;
       Operands o = make_operands(s, rng);
-      const double peak = vitmsn::measure_fma_peak_gflops(threads, 0.2);
+      const double peak = vitmsn::detail::measure_fma_peak_gflops(threads, 0.2);
       const double gflop = 2.0 * s.M * s.N * s.K * 1e-9 * kCalls;
       for (Isa isa : {Isa::kPortable, best}) {
         const Timing t = time_runs(reps, [&] {

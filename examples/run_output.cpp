@@ -18,7 +18,7 @@
 #include <iterator>
 #include <map>
 
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "formats/sha256.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/identity.hpp"
@@ -124,7 +124,7 @@ std::vector<std::string> paths_from_json(const json& j, const std::string& what)
 }
 
 std::string list_sha256(const std::vector<std::string>& names) {
-  Sha256 h;
+  detail::Sha256 h;
   for (const auto& n : names) {
     h.update(n);
     h.update("", 1);
@@ -135,7 +135,7 @@ std::string list_sha256(const std::vector<std::string>& names) {
 std::string file_sha256(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open: " + errno_text());
-  Sha256 h;
+  detail::Sha256 h;
   std::vector<char> buf(1 << 20);
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
@@ -171,7 +171,7 @@ json model_manifest(const Model& model) {
   m["hidden_size"] = model.config().hidden_size;
   m["num_hidden_layers"] = model.config().num_hidden_layers;
   if (model.has_classifier()) {
-    Sha256 h;
+    detail::Sha256 h;
     for (const char* name : {"classifier.weight", "classifier.bias"}) {
       const TensorView& t = f.get(name);
       h.update(name);

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "cli.hpp"
-#include "measure.hpp"
+#include "core/measure.hpp"
 #include "run_output.hpp"
 #include "vitmsn/vitmsn.hpp"
 
@@ -157,9 +157,9 @@ int main(int argc, char** argv) {
     double peak = 0, gemm = 0, bf16_peak = 0;
     const bool measured = !args.has("--no-peak");
     if (measured) {
-      peak = measure_fma_peak_gflops(threads, 1.0);
-      if (arith == "bf16") bf16_peak = measure_bf16_peak_gflops(threads, 1.0);
-      gemm = measure_gemm_gflops(c.num_tokens(h, w), c.intermediate_size, c.hidden_size, threads, 3);
+      peak = detail::measure_fma_peak_gflops(threads, 1.0);
+      if (arith == "bf16") bf16_peak = detail::measure_bf16_peak_gflops(threads, 1.0);
+      gemm = detail::measure_gemm_gflops(c.num_tokens(h, w), c.intermediate_size, c.hidden_size, threads, 3);
     }
     const double linear_peak = arith == "f32" ? peak : arith == "bf16" ? bf16_peak : 0.0;
 

@@ -171,7 +171,7 @@ Dataset scan_image_folder(const std::string& dir, const std::string& cache_root)
 std::string model_identity(const Model& model) {
   Config config = model.config();
   config.id2label.clear();
-  Sha256 id;
+  detail::Sha256 id;
   id.update("vitmsn-probe feature cache v1\npool=cls\nconfig=" + to_json(config) +
             "\npreprocessor=" + to_json(model.preprocessor().config()) + "\n");
   std::ifstream in(model.source(), std::ios::binary);
@@ -242,7 +242,7 @@ FeatureRows extract(const Model& model, const Dataset& d, const std::string& cac
     if (cli::interrupted()) break;
     try {
       const std::string bytes = cli::read_file(s.path);
-      Sha256 h;
+      detail::Sha256 h;
       h.update(bytes);
       const std::string entry = (fs::path(cache) / (h.hex() + ".safetensors")).string();
       std::vector<float> f = read_cached(entry, dim);

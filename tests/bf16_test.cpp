@@ -10,11 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "core/measure.hpp"
 #include "cpu/bf16_format.hpp"
 #include "cpu/half.hpp"
 #include "cpu/kernels.hpp"
 #include "int8_models.hpp"
-#include "measure.hpp"
 #include "test_util.hpp"
 #include "vitmsn/convert.hpp"
 #include "vitmsn/cpu.hpp"
@@ -153,11 +153,11 @@ TEST(Bf16Kernels, TheRateProbeRunsWhereThereIsADotProduct) {
   const detail::KernelTable& t = detail::kernels(detail::detected_isa());
   if (t.bf16_burst == nullptr) {
     EXPECT_FALSE(bf16_compute_pays());
-    EXPECT_EQ(measure_bf16_peak_gflops(1, 0.01), 0.0);
+    EXPECT_EQ(detail::measure_bf16_peak_gflops(1, 0.01), 0.0);
     GTEST_SKIP() << "no bf16 dot product on this CPU";
   }
   EXPECT_EQ(t.bf16_burst(8), 4.0 * 16 * 16 * 8) << "FLOPs counted: 16 chains x 16 lanes x 2 pairs x 2";
-  EXPECT_GT(measure_bf16_peak_gflops(1, 0.01), 0.0);
+  EXPECT_GT(detail::measure_bf16_peak_gflops(1, 0.01), 0.0);
 }
 
 // --- Models -------------------------------------------------------------------------------------------

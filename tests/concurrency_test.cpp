@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "model.hpp"  // src/: detail::ModelAccess
+#include "core/model.hpp"  // src/: detail::ModelAccess
 #include "test_util.hpp"
 #include "vitmsn/model.hpp"
 

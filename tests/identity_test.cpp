@@ -18,7 +18,7 @@ namespace vitmsn {
 namespace {
 
 std::string sha256(const std::string& s) {
-  Sha256 h;
+  detail::Sha256 h;
   h.update(s);
   return h.hex();
 }
@@ -30,7 +30,7 @@ TEST(Sha256, MatchesTheStandardsTestVectors) {
   EXPECT_EQ(sha256("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
   // A million 'a', fed in uneven pieces: the block buffering must not matter.
-  Sha256 h;
+  detail::Sha256 h;
   const std::string a(1000000, 'a');
   for (std::size_t at = 0, step = 1; at < a.size(); at += step, step = step * 3 % 1000 + 1)
     h.update(a.data() + at, std::min(step, a.size() - at));

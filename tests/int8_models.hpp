@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/model.hpp"
 #include "cpu/int8_format.hpp"
 #include "test_util.hpp"
 #include "vitmsn/config.hpp"
@@ -107,25 +108,19 @@ inline void make_residual_outliers(std::vector<TensorData>& tensors, const Outli
   EXPECT_EQ(touched, 2) << "the residual rule touches fc2's weight and bias in layer " << o.residual_layer;
 }
 
-/// The activation grouping (and the outlier split) of int8 models for the life of a scope: the
+/// The activation grouping (and the outlier split) of one int8 model for the life of a scope: the
 /// schemes the chosen one (per token and block of 32, with the split) is measured against. The
-/// previous settings are restored at the end of the scope.
+/// model's default scheme is restored at the end of the scope.
 struct GroupingScope {
-  explicit GroupingScope(detail::int8::Grouping g, bool split = true)
-      : previous_grouping_(detail::int8::activation_grouping()), previous_split_(detail::int8::outlier_split()) {
-    detail::int8::set_activation_grouping(g);
-    detail::int8::set_outlier_split(split);
+  GroupingScope(Model& model, detail::int8::Grouping g, bool split = true) : model_(model) {
+    detail::ModelAccess::set_int8_scheme(model_, detail::int8::Scheme{g, split});
   }
-  ~GroupingScope() {
-    detail::int8::set_activation_grouping(previous_grouping_);
-    detail::int8::set_outlier_split(previous_split_);
-  }
+  ~GroupingScope() { detail::ModelAccess::set_int8_scheme(model_, detail::int8::Scheme{}); }
   GroupingScope(const GroupingScope&) = delete;
   GroupingScope& operator=(const GroupingScope&) = delete;
 
  private:
-  detail::int8::Grouping previous_grouping_;
-  bool previous_split_;
+  Model& model_;
 };
 
 /// A float32 model written as one file (config in its metadata) and its int8 conversion.

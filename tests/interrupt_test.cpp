@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cli.hpp"
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "test_util.hpp"
 #include "vitmsn/io.hpp"
 

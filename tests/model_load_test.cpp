@@ -64,7 +64,7 @@ TEST(ModelLoad, SingleFileWithConfigInMetadataIsAWholeModel) {
   EXPECT_EQ(m.config().num_attention_heads, 4);
 }
 
-// One precedence for Model::load and the converter (src/model_files.hpp): a weights file's own
+// One precedence for Model::load and the converter (src/core/model_files.hpp): a weights file's own
 // __metadata__ config first, then the config.json beside it.
 TEST(ModelLoad, MetadataConfigWinsOverAConfigJsonBesideIt) {
   const std::string d = test::temp_dir();

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "formats/torch/inflate.hpp"
 #include "test_util.hpp"
 #include "vitmsn/error.hpp"

@@ -164,7 +164,7 @@ class VITMSN_API Model {
 
  private:
   struct Impl;
-  friend struct detail::ModelAccess;  // internal views for tests (src/model.hpp)
+  friend struct detail::ModelAccess;  // internal views for tests (src/core/model.hpp)
   explicit Model(std::shared_ptr<const Impl> impl);
   std::shared_ptr<const Impl> impl_;
 };

@@ -12,9 +12,9 @@
 #include <thread>
 #include <vector>
 
+#include "core/measure.hpp"
 #include "cpu/cpu.hpp"
 #include "cpu/kernels.hpp"
-#include "measure.hpp"
 #include "vitmsn/error.hpp"
 
 #if VITMSN_X86_KERNELS
@@ -380,6 +380,8 @@ int default_threads() {
   return n > 0 ? static_cast<int>(n) : 1;
 }
 
+namespace detail {
+
 namespace {
 
 // GFLOP/s of `burst` (FLOPs per call of 2^14 rounds) run on `threads` threads for about `seconds`.
@@ -412,14 +414,11 @@ double measure_fma_peak_gflops(int threads, double seconds) {
   return measure_burst(detail::kernels(widest).fma_burst, threads, seconds);
 }
 
-bool bf16_compute_pays() { return detail::bf16_compute_pays(); }
-
 double measure_bf16_peak_gflops(int threads, double seconds) {
   const detail::KernelTable& t = detail::kernels(detail::detected_isa());
   return t.bf16_burst ? measure_burst(t.bf16_burst, threads, seconds) : 0.0;
 }
 
-namespace detail {
 double measure_microkernel_gflops(Isa isa, int threads, double seconds) {
   return measure_burst(kernels(isa).microkernel_burst, threads, seconds);
 }
@@ -435,7 +434,6 @@ bool bf16_compute_pays() {
   }();
   return pays;
 }
-}  // namespace detail
 
 double measure_gemm_gflops(int m, int n, int k, int threads, int runs) {
   std::vector<float> a(static_cast<std::size_t>(m) * k), b(static_cast<std::size_t>(n) * k),
@@ -452,5 +450,9 @@ double measure_gemm_gflops(int m, int n, int k, int threads, int runs) {
   }
   return 2.0 * m * n * k / best * 1e-9;
 }
+
+}  // namespace detail
+
+bool bf16_compute_pays() { return detail::bf16_compute_pays(); }
 
 }  // namespace vitmsn

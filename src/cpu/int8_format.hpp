@@ -94,11 +94,6 @@ constexpr int kOutlierRows = 64;
 /// The outlier channels of A [M, K] (ascending), as described above.
 std::vector<int> find_outlier_channels(const float* A, std::ptrdiff_t lda, int M, int K);
 
-/// Whether int8 models use the outlier split in this process (default on; off only to measure what it
-/// buys, in tests and analyses). Thread-safe.
-bool outlier_split();
-void set_outlier_split(bool on);
-
 /// The weights' second plane, for the outlier split's float product. An outlier channel's term
 /// dominates its dot products, so its weight column needs the precision of the float weights, not
 /// the int8 plane's (error up to max|w_n|/254, relative to the row, not to the element). The
@@ -130,22 +125,5 @@ inline float dequantized_weight(const std::int8_t* panels, const float* scales, 
     v += residual_scales[n] * static_cast<float>(residual[static_cast<std::ptrdiff_t>(k) * N + n]);
   return v;
 }
-
-/// How activations are grouped for their scales. kBlock32 (per row and block of 32 along K) is the
-/// scheme; kRow (one scale per row, "per token") and kTensor (one scale for the whole matrix) are the
-/// schemes it was chosen against. They run only in gemm_grouped() — portable, slow — when a test or
-/// an analysis selects them with set_activation_grouping(); the default, kBlock32, runs the kernels.
-enum class Grouping { kBlock32, kRow, kTensor };
-
-/// The grouping int8 models use in this process (default kBlock32). Thread-safe.
-Grouping activation_grouping();
-void set_activation_grouping(Grouping grouping);
-
-/// The int8 GEMM of KernelTable::gemm_int8 with the activations quantized as `grouping` says, element
-/// by element: y = s_w[n]·(s_x·Σ_k q_x·q_w) for kRow and kTensor (exact integer sums), the
-/// portable kernel for kBlock32.
-void gemm_grouped(Grouping grouping, int M, int seg_rows, int segments, int K, int kp, const float* A,
-                  std::ptrdiff_t lda, const std::int8_t* const* W, const float* const* w_scale, float* C,
-                  std::ptrdiff_t ldc, const float* bias, bool gelu, const float* residual, std::ptrdiff_t ldr);
 
 }  // namespace vitmsn::detail::int8

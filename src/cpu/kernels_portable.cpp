@@ -4,7 +4,6 @@
 // gemm_weights with 16-bit weights widens blocks of rows of W (gemm_weights_portable below).
 #include <Eigen/Core>
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -310,14 +309,6 @@ double fma_burst_scalar(long iterations) {
 
 namespace int8 {
 
-namespace {
-std::atomic<int> g_grouping{static_cast<int>(Grouping::kBlock32)};
-std::atomic<bool> g_outlier_split{true};
-}  // namespace
-
-bool outlier_split() { return g_outlier_split.load(std::memory_order_relaxed); }
-void set_outlier_split(bool on) { g_outlier_split.store(on, std::memory_order_relaxed); }
-
 std::vector<int> find_outlier_channels(const float* A, std::ptrdiff_t lda, int M, int K) {
   std::vector<int> out;
   if (M <= 0 || K <= 0) return out;
@@ -341,58 +332,6 @@ std::vector<int> find_outlier_channels(const float* A, std::ptrdiff_t lda, int M
     std::sort(out.begin(), out.end());
   }
   return out;
-}
-
-Grouping activation_grouping() { return static_cast<Grouping>(g_grouping.load(std::memory_order_relaxed)); }
-void set_activation_grouping(Grouping grouping) {
-  g_grouping.store(static_cast<int>(grouping), std::memory_order_relaxed);
-}
-
-void gemm_grouped(Grouping grouping, int M, int seg_rows, int segments, int K, int kp, const float* A,
-                  std::ptrdiff_t lda, const std::int8_t* const* W, const float* const* w_scale, float* C,
-                  std::ptrdiff_t ldc, const float* bias, bool gelu, const float* residual, std::ptrdiff_t ldr) {
-  Epilogue ep;
-  ep.bias = bias;
-  ep.gelu = gelu;
-  ep.residual = residual;
-  ep.ldr = ldr;
-  if (grouping == Grouping::kBlock32)
-    return gemm_int8_portable(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, 1);
-  const int N = seg_rows * segments;
-  std::vector<std::int8_t> q(static_cast<std::size_t>(M) * K);
-  std::vector<float> s(static_cast<std::size_t>(M));
-  if (grouping == Grouping::kTensor) {  // one scale: quantize the matrix as one group
-    std::vector<float> all(static_cast<std::size_t>(M) * K);
-    for (int t = 0; t < M; ++t)
-      std::copy(A + t * lda, A + t * lda + K, all.begin() + static_cast<std::ptrdiff_t>(t) * K);
-    const float st = quantize_scalar(all.data(), M * K, M * K, q.data());
-    std::fill(s.begin(), s.end(), st);
-  } else {
-    for (int t = 0; t < M; ++t)
-      s[t] = quantize_scalar(A + t * lda, K, K, q.data() + static_cast<std::ptrdiff_t>(t) * K);
-  }
-  // Weights back to row-major int8 [N, K] so that the dot products run over contiguous bytes (the
-  // compiler vectorises them); int32 sums are exact (K·127² < 2^31 for K < 133,000).
-  std::vector<std::int8_t> rows(static_cast<std::size_t>(N) * K);
-  for (int n = 0; n < N; ++n)
-    for (int k = 0; k < K; ++k)
-      rows[static_cast<std::size_t>(n) * K + k] = W[n / seg_rows][panel_offset(n % seg_rows, k, kp)];
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-  for (int t = 0; t < M; ++t) {
-    const std::int8_t* qt = q.data() + static_cast<std::size_t>(t) * K;
-    for (int n = 0; n < N; ++n) {
-      const std::int8_t* w = rows.data() + static_cast<std::size_t>(n) * K;
-      std::int32_t acc = 0;
-      for (int k = 0; k < K; ++k) acc += static_cast<std::int32_t>(qt[k]) * w[k];
-      float v = static_cast<float>(acc) * s[t] * w_scale[n / seg_rows][n % seg_rows];
-      if (bias) v += bias[n];
-      if (gelu) v = gelu_scalar(v);
-      if (residual) v += residual[t * ldr + n];
-      C[t * ldc + n] = v;
-    }
-  }
 }
 
 }  // namespace int8

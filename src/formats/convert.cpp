@@ -6,18 +6,18 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "base/file_util.hpp"
+#include "base/json_error.hpp"
+#include "core/model_files.hpp"
+#include "core/weights.hpp"
 #include "cpu/half.hpp"
 #include "cpu/int8_format.hpp"
-#include "file_util.hpp"
 #include "formats/identity.hpp"
-#include "json_error.hpp"
-#include "model_files.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/identity.hpp"
 #include "vitmsn/preprocess.hpp"
 #include "vitmsn/torch_checkpoint.hpp"
-#include "weights.hpp"
 
 namespace vitmsn {
 
@@ -133,7 +133,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
     throw Error(ErrorKind::kArgument, output + ": already exists (set ConvertOptions::overwrite to replace it)",
                 output);
 
-  // The checkpoint, its config and its preprocessor settings (src/model_files.hpp: one precedence,
+  // The checkpoint, its config and its preprocessor settings (src/core/model_files.hpp: one precedence,
   // shared with Model::load).
   detail::ModelFiles files = detail::resolve_model_files(input, detail::Checkpoints::kSafetensorsOrTorch);
   const std::string& weights = files.weights;

@@ -7,14 +7,14 @@
 #include <thread>
 #include <vector>
 
+#include "core/model_files.hpp"
 #include "formats/sha256.hpp"
-#include "model_files.hpp"
 #include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/identity.hpp"
 #include "vitmsn/torch_checkpoint.hpp"
 
-namespace vitmsn {
+namespace vitmsn::detail {
 
 // --- SHA-256 (FIPS 180-4) ---------------------------------------------------------------------------
 
@@ -149,8 +149,6 @@ std::string Sha256::hex() {
 
 // --- Backbone identity ------------------------------------------------------------------------------
 
-namespace detail {
-
 namespace {
 
 constexpr const char* kIdentityVersion = "vitmsn backbone identity v1\n";
@@ -223,7 +221,9 @@ std::string recorded_backbone_identity(const std::map<std::string, std::string>&
   return v;
 }
 
-}  // namespace detail
+}  // namespace vitmsn::detail
+
+namespace vitmsn {
 
 std::string backbone_identity(const std::string& model_path) {
   const detail::ModelFiles files = detail::resolve_model_files(model_path, detail::Checkpoints::kSafetensorsOrTorch);

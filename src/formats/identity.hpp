@@ -5,7 +5,7 @@
 #include <string>
 
 #include "vitmsn/config.hpp"
-#include "weights.hpp"
+#include "core/weights.hpp"
 
 namespace vitmsn::detail {
 

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {

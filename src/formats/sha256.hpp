@@ -1,15 +1,14 @@
 #pragma once
 // SHA-256 (FIPS 180-4): the hash of backbone identities (identity.cpp), and of the programs' run
 // manifests and probe heads (examples/). Internal (vitmsn_formats; not exported from a shared
-// libvitmsn): a general utility, not ViT-MSN API. It stays in namespace vitmsn (not detail) while
-// examples/vitmsn_probe.cpp names it unqualified.
+// libvitmsn): a general utility, not ViT-MSN API.
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
-namespace vitmsn {
+namespace vitmsn::detail {
 
 /// SHA-256 (FIPS 180-4), fed incrementally. Not thread-safe; one object per stream.
 class Sha256 {
@@ -27,4 +26,4 @@ class Sha256 {
   std::uint64_t total_ = 0;
 };
 
-}  // namespace vitmsn
+}  // namespace vitmsn::detail

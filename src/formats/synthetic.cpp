@@ -3,9 +3,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "vitmsn/error.hpp"
-#include "weights.hpp"
+#include "core/weights.hpp"
 
 namespace vitmsn {
 

@@ -11,7 +11,7 @@
 #include <unordered_set>
 #include <utility>
 
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "formats/torch/pickle_machine.hpp"
 #include "formats/torch/zip_reader.hpp"
 #include "vitmsn/error.hpp"

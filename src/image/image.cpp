@@ -18,7 +18,7 @@
 #include <tuple>
 #include <vector>
 
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "image/image_stats.hpp"
 #include "vitmsn/error.hpp"
 

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {

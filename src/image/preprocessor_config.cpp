@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "file_util.hpp"
-#include "json_error.hpp"
+#include "base/file_util.hpp"
+#include "base/json_error.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {

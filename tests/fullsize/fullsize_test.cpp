@@ -124,7 +124,8 @@ void int8_full_size(Outliers outliers) {
   if (outliers == Outliers::kGainsAndResidual) test::make_residual_outliers(tensors, test::full_size_outliers());
   const test::ModelPair p = test::write_model_pair(dir, c, tensors);
   tensors.clear();
-  const Model f32 = Model::load(p.f32), int8 = Model::load(p.int8);
+  const Model f32 = Model::load(p.f32);
+  Model int8 = Model::load(p.int8);
   const PixelValues chelsea = test::fixture_pixels("chelsea");
   const Matrix a = f32.extract_features(chelsea).last_hidden_state;
   const char* name = outliers == Outliers::kNone    ? "ViT-L/7"
@@ -138,11 +139,11 @@ void int8_full_size(Outliers outliers) {
   }
   test::Agreement no_split, tensor;
   {
-    test::GroupingScope g(detail::int8::Grouping::kBlock32, /*split=*/false);
+    test::GroupingScope g(int8, detail::int8::Grouping::kBlock32, /*split=*/false);
     no_split = test::agreement(a, int8.extract_features(chelsea).last_hidden_state);
   }
   {
-    test::GroupingScope g(detail::int8::Grouping::kTensor);
+    test::GroupingScope g(int8, detail::int8::Grouping::kTensor);
     tensor = test::agreement(a, int8.extract_features(chelsea).last_hidden_state);
   }
   std::printf("    %s, blocks of 32 without the outlier split: %s\n", name, test::describe(no_split).c_str());

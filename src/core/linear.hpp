@@ -21,10 +21,11 @@
 #include <memory>
 #include <vector>
 
+#include "core/weights.hpp"
 #include "cpu/bf16_format.hpp"
 #include "cpu/cpu.hpp"
+#include "cpu/int8_reference.hpp"
 #include "cpu/kernels.hpp"
-#include "weights.hpp"
 
 namespace vitmsn::detail {
 
@@ -52,6 +53,11 @@ class Linear {
   /// Bytes of weights this layer holds itself (packed copies); 0 when it reads the stored weights.
   std::size_t packed_bytes() const;
 
+  /// The activation scheme of an int8 layer (int8_reference.hpp): the default, or one it was chosen
+  /// against, for tests that measure the difference. No effect on other layers. Not thread-safe
+  /// with apply().
+  void set_int8_scheme(const int8::Scheme& scheme);
+
  private:
   enum class Path { kNone, kPanels, kStored, kBF16, kInt8, kParts };
   Path path_ = Path::kNone;
@@ -62,6 +68,7 @@ class Linear {
   std::size_t panel_floats_ = 0;
   bf16::Panels bf16_;          // kBF16
   std::vector<Linear> parts_;  // kParts: one per stored part, side by side along N
+  int8::Scheme int8_scheme_;   // kInt8
 };
 
 /// One encoder block's linear layers: q | k | v stacked, the attention output, fc1, fc2.

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "file_util.hpp"
-#include "json_error.hpp"
+#include "base/file_util.hpp"
+#include "base/json_error.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {

@@ -1,4 +1,4 @@
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -1,8 +1,9 @@
 #pragma once
 // Internal views of a Model (the public API is include/vitmsn/model.hpp, implemented with this in
-// src/model.cpp): for tests that check what a Model holds rather than what it computes.
+// src/core/model.cpp): for tests that check what a Model holds rather than what it computes.
+#include "core/weights.hpp"
+#include "cpu/int8_reference.hpp"
 #include "vitmsn/model.hpp"
-#include "weights.hpp"
 
 namespace vitmsn::detail {
 
@@ -12,6 +13,10 @@ struct ModelAccess {
   static const Weights& weights(const Model& model);
   /// The memory-mapped file the weights are used from; null for a model made by from_tensors().
   static const SafetensorsFile* file(const Model& model);
+  /// Sets the activation scheme of every int8 linear layer of `model` (and of its copies, which share
+  /// the prepared layers): for tests that compare the scheme with the ones it was chosen against.
+  /// Not thread-safe with a forward pass.
+  static void set_int8_scheme(Model& model, const int8::Scheme& scheme);
 };
 
 }  // namespace vitmsn::detail

@@ -1,4 +1,4 @@
-#include "weights.hpp"
+#include "core/weights.hpp"
 
 #include <cstdint>
 #include <cstring>

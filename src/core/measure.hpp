@@ -1,9 +1,9 @@
 #pragma once
 // The machine's measured float32 and bf16 rates and the GEMM's, for the benchmarks (vitmsn-bench,
 // gemm_bench) and tests: general utilities, not ViT-MSN API, so not in include/vitmsn/ and not
-// exported from a shared libvitmsn. Defined in src/cpu/cpu.cpp (core), in namespace vitmsn.
+// exported from a shared libvitmsn. Defined in src/cpu/cpu.cpp (core).
 
-namespace vitmsn {
+namespace vitmsn::detail {
 
 /// The float32 fused multiply-add peak in GFLOP/s, measured with a register-only FMA loop on
 /// `threads` threads for about `seconds` seconds.
@@ -17,4 +17,4 @@ double measure_bf16_peak_gflops(int threads, double seconds = 1.0);
 /// best of `runs` runs on `threads` threads.
 double measure_gemm_gflops(int m, int n, int k, int threads, int runs = 3);
 
-}  // namespace vitmsn
+}  // namespace vitmsn::detail

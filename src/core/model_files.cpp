@@ -1,6 +1,6 @@
-#include "model_files.hpp"
+#include "core/model_files.hpp"
 
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn::detail {

@@ -12,16 +12,16 @@
 #include <functional>
 #include <vector>
 
+#include "base/file_util.hpp"
+#include "core/linear.hpp"
+#include "core/model.hpp"
+#include "core/model_files.hpp"
+#include "core/ops.hpp"
+#include "core/weights.hpp"
 #include "cpu/buffer.hpp"
 #include "cpu/kernels.hpp"
-#include "file_util.hpp"
-#include "linear.hpp"
-#include "model.hpp"
-#include "model_files.hpp"
-#include "ops.hpp"
 #include "vitmsn/cpu.hpp"
 #include "vitmsn/error.hpp"
-#include "weights.hpp"
 
 namespace vitmsn {
 
@@ -55,6 +55,12 @@ namespace detail {
 
 const Weights& ModelAccess::weights(const Model& model) { return model.impl_->weights(); }
 const SafetensorsFile* ModelAccess::file(const Model& model) { return model.impl_->file.get(); }
+void ModelAccess::set_int8_scheme(Model& model, const int8::Scheme& scheme) {
+  // The prepared layers are the model's own state; a test hook may change how they compute.
+  auto& linears = const_cast<Model::Impl&>(*model.impl_).linears;
+  for (LayerLinears& l : linears)
+    for (Linear* op : {&l.qkv, &l.attention_output, &l.intermediate, &l.output}) op->set_int8_scheme(scheme);
+}
 
 }  // namespace detail
 
@@ -344,10 +350,10 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
                         (options.compute == Compute::kAuto && all_bf16 && detail::bf16_compute_pays());
   if (use_bf16 && any_int8)
     throw Error(ErrorKind::kUnsupported, source +
-                                             ": an int8 model computes in int8; bf16 compute (LoadOptions::compute) "
-                                             "is for float32, bf16 and f16 weights");
+                                             ": an int8 model computes in int8; bf16 compute is for float32, bf16 "
+                                             "and f16 weights (load it with compute f32 or auto)");
   compute = use_bf16 ? "bf16" : any_int8 ? "int8" : "f32";
-  // Each linear layer prepared once for its kernel (src/linear.hpp): float32 weights laid out in the
+  // Each linear layer prepared once for its kernel (src/core/linear.hpp): float32 weights laid out in the
   // GEMM's panels, or bf16 panels for bf16 compute. Layer by layer, the stored weights that were copied
   // are given back: a private, read-only file map drops the pages (they would be read again from the
   // file, but are not read again), so resident memory peaks at the packed weights plus one layer. Not

@@ -1,12 +1,12 @@
-#include "linear.hpp"
+#include "core/linear.hpp"
 
 #include <cstdint>
 #include <cstdlib>
 #include <new>
 
+#include "base/file_util.hpp"
 #include "cpu/buffer.hpp"
 #include "cpu/int8_format.hpp"
-#include "file_util.hpp"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -51,8 +51,9 @@ bf16::Source bf16_source(const LinearWeight& w) {
 // y[M, out] = epilogue(x[M, in]·Wᵀ) for `segments` int8 weights stacked along the output: the int8
 // GEMM of the kernel table, with the outlier split (int8_format.hpp) when the activations have
 // outlier channels; its float product goes to a per-thread scratch buffer.
-void apply_int8(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const std::vector<const LinearWeight*>& w, float* y,
-                std::ptrdiff_t ldy, const Epilogue& ep, int threads) {
+void apply_int8(Isa isa, const int8::Scheme& scheme, int M, const float* x, std::ptrdiff_t ldx,
+                const std::vector<const LinearWeight*>& w, float* y, std::ptrdiff_t ldy, const Epilogue& ep,
+                int threads) {
   const int segments = static_cast<int>(w.size());
   const std::int8_t* panels[3];
   const float* scales[3];
@@ -62,11 +63,11 @@ void apply_int8(Isa isa, int M, const float* x, std::ptrdiff_t ldx, const std::v
   }
   const int seg_rows = static_cast<int>(w[0]->rows), K = static_cast<int>(w[0]->cols);
   const int kp = int8::padded_k(K);
-  if (const auto g = int8::activation_grouping(); g != int8::Grouping::kBlock32)
-    return int8::gemm_grouped(g, M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, ep.bias, ep.gelu,
-                              ep.residual, ep.ldr);
+  if (scheme.grouping != int8::Grouping::kBlock32)
+    return int8::gemm_grouped(scheme.grouping, M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, ep.bias,
+                              ep.gelu, ep.residual, ep.ldr);
   const KernelTable& kt = kernels(isa);
-  const std::vector<int> ch = int8::outlier_split() ? int8::find_outlier_channels(x, ldx, M, K) : std::vector<int>{};
+  const std::vector<int> ch = scheme.outlier_split ? int8::find_outlier_channels(x, ldx, M, K) : std::vector<int>{};
   if (ch.empty()) return kt.gemm_int8(M, seg_rows, segments, K, kp, x, ldx, panels, scales, y, ldy, ep, threads);
   // These channels leave the quantization; their product with the weight columns is computed in
   // float and added before the bias.
@@ -155,7 +156,7 @@ void Linear::apply(int M, const float* x, std::ptrdiff_t ldx, float* y, std::ptr
     case Path::kBF16:
       return kt.gemm_bf16(M, x, ldx, bf16_, y, ldy, ep, threads);
     case Path::kInt8:
-      return apply_int8(isa_, M, x, ldx, stored_, y, ldy, ep, threads);
+      return apply_int8(isa_, int8_scheme_, M, x, ldx, stored_, y, ldy, ep, threads);
     case Path::kStored: {
       const LinearWeight& w0 = *stored_[0];
       if (stored_.size() == 1)
@@ -179,6 +180,11 @@ void Linear::apply(int M, const float* x, std::ptrdiff_t ldx, float* y, std::ptr
     case Path::kNone:
       break;
   }
+}
+
+void Linear::set_int8_scheme(const int8::Scheme& scheme) {
+  int8_scheme_ = scheme;
+  for (Linear& p : parts_) p.set_int8_scheme(scheme);
 }
 
 std::size_t Linear::packed_bytes() const {

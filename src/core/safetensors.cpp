@@ -18,8 +18,8 @@
 #include <unordered_map>
 
 #include "cpu/half.hpp"
-#include "file_util.hpp"
-#include "json_error.hpp"
+#include "base/file_util.hpp"
+#include "base/json_error.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {

@@ -1,4 +1,4 @@
-#include "ops.hpp"
+#include "core/ops.hpp"
 
 #include <algorithm>
 #include <cmath>
