@@ -36,7 +36,7 @@ options:
   --warmup W         untimed runs first (default 1)
   --size HxW         input size (default: the model's image_size)
   --compute C        auto|f32|bf16: the linear layers' arithmetic (default auto: bf16 weights compute in
-                     bf16 where the CPU's bf16 dot product pays; see LoadOptions::compute)
+                     bf16 where the CPU's bf16 dot product pays, all else in float32)
   --no-peak          skip measuring the peaks and the GEMM rate
 Shares of the peak are against the arithmetic each stage uses: the float32 FMA peak, the bf16
 dot-product peak for the linear layers of bf16 compute; int8 linear layers get none.

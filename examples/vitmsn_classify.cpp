@@ -30,7 +30,7 @@ options:
   --threads N    threads (default: all CPUs this process may use)
   -h, --help     this text
   --version      the version, kernel instruction set and JPEG decoder
-Exit status: 0 every input done; 3 some inputs failed (the others printed) (each is named);
+Exit status: 0 every input done; 3 some or all images failed, each named (the others printed);
 1 an error, nothing classified; 2 a usage error; 130 interrupted.
 Symbolic links to files and folders are followed (each folder is read once).
 )",

@@ -133,8 +133,10 @@ std::optional<std::pair<int, int>> shard_of(const cli::Args& args) {
   };
   args.conflict("--shard", "--shards", "--shard I/N gives the count already; give one of them");
   int index = -1, count = args.has("--shards") ? number(args.get("--shards"), "--shards") : -1;
+  std::string from;  // where the index came from, as the user gave it
   if (args.has("--shard")) {
     const std::string s = args.get("--shard");
+    from = "--shard " + s;
     const auto slash = s.find('/');
     if (slash == std::string::npos) throw cli::UsageError("--shard needs I/N (e.g. 3/16), got '" + s + "'");
     index = number(s.substr(0, slash), "--shard I");
@@ -143,10 +145,12 @@ std::optional<std::pair<int, int>> shard_of(const cli::Args& args) {
   } else if (const char* id = std::getenv("SLURM_ARRAY_TASK_ID")) {
     const char* min = std::getenv("SLURM_ARRAY_TASK_MIN");
     index = number(id, "SLURM_ARRAY_TASK_ID") - (min ? number(min, "SLURM_ARRAY_TASK_MIN") : 0);
+    from = "SLURM_ARRAY_TASK_ID=" + std::string(id) + (min ? " (SLURM_ARRAY_TASK_MIN=" + std::string(min) + ")" : "");
     if (const char* n = std::getenv("SLURM_ARRAY_TASK_COUNT"); n && count < 0)
       count = number(n, "SLURM_ARRAY_TASK_COUNT");
   } else if (const char* k = std::getenv("JOB_COMPLETION_INDEX")) {
     index = number(k, "JOB_COMPLETION_INDEX");
+    from = "JOB_COMPLETION_INDEX=" + std::string(k);
   } else if (count >= 0) {
     throw cli::UsageError("--shards N needs a task index: --shard I/N, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX");
   } else {
@@ -154,7 +158,8 @@ std::optional<std::pair<int, int>> shard_of(const cli::Args& args) {
   }
   if (count < 1) throw cli::UsageError("the shard count is unknown: give --shards N (or --shard I/N)");
   if (index < 0 || index >= count)
-    throw cli::UsageError("shard index " + std::to_string(index) + " is outside 0.." + std::to_string(count - 1));
+    throw cli::UsageError(from + ": shard index " + std::to_string(index) + " is outside 0.." +
+                          std::to_string(count - 1) + " (" + std::to_string(count) + " shards)");
   return std::make_pair(index, count);
 }
 

@@ -29,8 +29,8 @@ element index; the same bits on every machine) for benchmarks and tests without 
 The architecture is facebook/vit-msn-large-7's (ViT-L, patch 7, 224x224: 1.2 GB as float32) unless
 --config gives another. OUT_DIR is created (its parent folder must exist); an existing OUT_DIR must be
 empty unless --force. model.safetensors is written last, atomically: a folder that has it is whole.
-Model::load(OUT_DIR) gives the same outputs, bit for bit, as the same weights built in memory
-(vitmsn-bench --synthetic).
+Every program given --model OUT_DIR gives the same outputs, bit for bit, as the same weights built in
+memory (vitmsn-bench --synthetic).
 options:
   --dtype T        storage type of model.safetensors: f32 (default; what the PyTorch and ONNX
                    Runtime peers read), or bf16, f16, int8 as vitmsn-convert --dtype T writes them
@@ -89,7 +89,9 @@ int main(int argc, char** argv) {
     Config config = vit_msn_large_7_config();
     std::string architecture = "ViT-L/7 (facebook/vit-msn-large-7)";
     if (args.has("--config")) {
-      config = read_config(args.get("--config"));
+      const std::string file = args.get("--config"), kind = cli::file_kind(file);
+      if (!kind.empty()) throw Error("--config " + file + ": " + kind + ", not a model's config.json");
+      config = read_config(file);
       if (!config.qkv_bias) throw Error(args.get("--config") + ": qkv_bias must be true for synthetic weights");
       config.id2label.clear();  // no classifier is written
       architecture = args.get("--config");

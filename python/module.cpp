@@ -213,14 +213,15 @@ py::array pixel_array(py::array a) {
   return py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
 }
 
-/// In-memory images get the limit files get (ImageLimits::max_pixels), with the library's wording.
+/// In-memory images get the limit files get (ImageLimits::max_pixels), with the library's wording (less the
+/// C++ name: Python has no keyword for it).
 void check_pixel_limit(py::ssize_t height, py::ssize_t width) {
   const std::uint64_t limit = ImageLimits{}.max_pixels;
   const auto pixels = static_cast<std::uint64_t>(height) * static_cast<std::uint64_t>(width);
   if (pixels > limit) {
     throw Error(ErrorKind::kLimit, "image is " + std::to_string(width) + "x" + std::to_string(height) + " = " +
                                        std::to_string(pixels) + " pixels, more than the limit of " +
-                                       std::to_string(limit) + " pixels (ImageLimits::max_pixels)");
+                                       std::to_string(limit) + " pixels (the limit of image files)");
   }
 }
 

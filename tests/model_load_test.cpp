@@ -233,7 +233,7 @@ bool identical(const Matrix& a, const Matrix& b) {
 // what to do.
 void expect_changed(const std::function<void()>& call, const std::string& file, const std::string& what) {
   test::expect_error(call, file + ": the model file changed on disk after it was loaded (",
-                     {what, "reload the model", "LoadOptions::copy_weights = true"});
+                     {what, "reload the model", "load it with its weights copied (copy_weights)"});
 }
 
 TEST(ModelFileChanged, RewriteInPlaceWithOtherContentIsAnErrorBeforeTheForward) {

@@ -1144,6 +1144,87 @@ TEST(ExtractProgram, FeaturesHeldInMemoryDoNotGrowWithTheNumberOfImages) {
   EXPECT_GE(SafetensorsFile::open(dir + "/eight.safetensors").file_size(), static_cast<std::size_t>(8 * image));
 }
 
+// --- Messages name what a command-line user has (#24) --------------------------------------------------
+
+// A C++ name (LoadOptions::compute, Model::load) means nothing to someone at a shell.
+void expect_no_cpp_names(const std::string& what, const std::string& text) {
+  EXPECT_EQ(text.find("::"), std::string::npos) << what << ":\n" << text;
+  EXPECT_FALSE(std::regex_search(text, std::regex("[A-Z][a-z]+Options"))) << what << ": a C++ struct:\n" << text;
+  EXPECT_EQ(text.find(") ("), std::string::npos) << what << ": two parentheses in a row:\n" << text;
+  EXPECT_TRUE(printable(text)) << what << ":\n" << text;
+}
+
+TEST(Programs, HelpNamesFlagsNotCppNames) {
+  std::vector<std::string> programs(std::begin(kAllPrograms), std::end(kAllPrograms));
+  programs.push_back("vitmsn-synth");
+  for (const std::string& p : programs) {
+    const ProgramRun r = run(p + " --help");
+    EXPECT_EQ(r.status, 0) << p;
+    expect_no_cpp_names(p + " --help", r.output);
+  }
+  EXPECT_NE(run("vitmsn-synth --help").output.find("Every program given --model OUT_DIR gives the same outputs"),
+            std::string::npos);
+}
+
+TEST(ClassifyProgram, EveryImageFailingExitsWith3AsItsHelpSays) {
+  const std::string bad = test::data_path("images/truncated.jpg");
+  const ProgramRun r = run("vitmsn-classify --model " + test::data_path("models/tiny-cls") + " " + bad);
+  EXPECT_EQ(r.status, 3) << r.output;
+  EXPECT_NE(r.output.find("1 of 1 image failed: " + bad), std::string::npos) << r.output;
+  const std::string help = run("vitmsn-classify --help").output;
+  EXPECT_NE(help.find("Exit status: 0 every input done; 3 some or all images failed, each named (the others "
+                      "printed);"),
+            std::string::npos)
+      << help;
+}
+
+TEST(Programs, ErrorMessagesNameFlagsNotCppNames) {
+  const std::string dir = test::temp_dir();
+  const std::string png = test::data_path("images/chelsea.png"), cls = test::data_path("models/tiny-cls");
+  const std::string out = " --output " + dir + "/f.npy ";
+  test::write_bytes(dir + "/exists.safetensors", "x");
+  test::write_bytes(dir + "/list.txt", dir + "/missing.png\n");
+  const std::string other = test::write_tiny_head(dir + "/other.safetensors", {"a", "b"}, std::string(64, 'a'));
+  const std::vector<std::string> commands = {
+      "vitmsn-extract --model " + dir + "/nonexistent" + out + png,
+      "vitmsn-extract --model " + png + out + png,
+      "vitmsn-extract --model " + tiny() + out + "--preprocessor " + png + " " + png,
+      "vitmsn-extract --model " + tiny() + out + "--pixel-values " + png,
+      "vitmsn-extract --model " + tiny() + out + "--compute f16 " + png,
+      "vitmsn-extract --model " + tiny() + out + "--pool max " + png,
+      "vitmsn-extract --model " + tiny() + out + "--size 100x100 " + png,
+      "vitmsn-extract --model " + tiny() + out + "--threads 2 --threads 3 " + png,
+      "vitmsn-extract --model " + tiny() + out + "--list " + dir + "/list.txt",
+      "vitmsn-classify --model " + tiny() + " " + png,
+      "vitmsn-classify --model " + cls + " --top 0 " + png,
+      "vitmsn-convert " + tiny() + " " + dir + "/exists.safetensors",
+      "vitmsn-convert --dtype f8 " + tiny() + " " + dir + "/m.safetensors",
+      "vitmsn-convert --add-classifier " + other + " " + tiny() + " " + dir + "/m.safetensors",
+      "vitmsn-bench --model " + tiny() + " --compute f16 --runs 1 --warmup 0 --no-peak",
+      "vitmsn-probe --model " + tiny() + " --data " + dir + "/nodata --output " + dir + "/h.safetensors",
+      "vitmsn-attention --model " + tiny() + " --output " + dir + "/a.png --layer 99 " + png,
+      "vitmsn-merge --output " + dir + "/m.npy " + png,
+      "vitmsn-synth --dtype f8 " + dir + "/synth",
+      "vitmsn-synth --config " + png + " " + dir + "/synth",
+      "vitmsn-demo " + dir + "/missing.png",
+  };
+  for (const auto& c : commands) {
+    const ProgramRun r = run(c);
+    EXPECT_NE(r.status, 0) << c << "\n" << r.output;
+    EXPECT_NE(r.output.find("error: "), std::string::npos) << c << "\n" << r.output;
+    expect_no_cpp_names(c, r.output);
+  }
+  // Found by that pass: a file of another kind given as --config was quoted as escaped bytes, and a
+  // shard index out of range did not say where it came from.
+  ProgramRun r = run("vitmsn-synth --config " + png + " " + dir + "/synth");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output, "error: --config " + png + ": a PNG image, not a model's config.json\n");
+  r = run("vitmsn-extract --model " + tiny() + out + "--shard 3/2 " + png);
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("error: --shard 3/2: shard index 3 is outside 0..1 (2 shards)\n"), std::string::npos)
+      << r.output;
+}
+
 }  // namespace
 }  // namespace vitmsn
 

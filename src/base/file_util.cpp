@@ -92,8 +92,8 @@ MappedFile MappedFile::open(const std::string& path, Access access) {
 void MappedFile::check_unchanged(const std::string& path) const {
   if (copy_ || fd_ < 0) return;
   check_changed_while_open(path, "after it was loaded",
-                           "reload the model (vitmsn::Model::load; Python: vitmsn.Model), or load it with "
-                           "LoadOptions::copy_weights = true (Python: copy_weights=True) to keep a private copy");
+                           "reload the model, or load it with its weights copied (copy_weights) to keep a private "
+                           "copy");
 }
 
 void MappedFile::check_changed_while_open(const std::string& path, const char* when, const char* remedy) const {

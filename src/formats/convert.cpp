@@ -130,8 +130,8 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
       options.dtype != DType::kI8)
     throw Error(ErrorKind::kArgument, output + ": output dtype must be F32, BF16, F16 or I8", output);
   if (!options.overwrite && (detail::is_regular_file(output) || detail::is_directory(output)))
-    throw Error(ErrorKind::kArgument, output + ": already exists (set ConvertOptions::overwrite to replace it)",
-                output);
+    throw Error(ErrorKind::kArgument,
+                output + ": already exists (to replace it: vitmsn-convert --force; Python: overwrite=True)", output);
 
   // The checkpoint, its config and its preprocessor settings (src/core/model_files.hpp: one precedence,
   // shared with Model::load).
@@ -192,7 +192,7 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
                       (trained_on != head.metadata().end() ? ", " + trained_on->second : std::string()) + ") than " +
                       weights + " (backbone " + report.backbone.substr(0, 16) +
                       "): its classes would not fit these features. Train a head on this model with vitmsn-probe, "
-                      "or merge it anyway with vitmsn-convert --force",
+                      "or merge it anyway (vitmsn-convert --force; Python: allow_other_backbone=True)",
                   options.classifier);
     }
     if (views.count(detail::keys::kClassifierWeight)) {

@@ -346,9 +346,10 @@ def test_a_model_file_rewritten_in_place_raises_error_naming_it(tmp_path):
     inode = weights.stat().st_ino
     _rewrite_in_place(weights, weights.read_bytes()[:4096])
     assert weights.stat().st_ino == inode
-    expect_error(lambda: model.extract_features(pixels("chelsea")),
-                 "the model file changed on disk after it was loaded (size 704904 -> 4096 bytes",
-                 "copy_weights=True", prefix=str(weights) + ": ")
+    message = expect_error(lambda: model.extract_features(pixels("chelsea")),
+                           "the model file changed on disk after it was loaded (size 704904 -> 4096 bytes",
+                           "load it with its weights copied (copy_weights)", prefix=str(weights) + ": ")
+    assert "::" not in message, message
     expect_error(lambda: model(pixels("chelsea")[None]), "changed on disk", prefix=str(weights))
     # copy_weights: a private copy the rewrite cannot touch.
     after = copied.extract_features(pixels("chelsea")).last_hidden_state

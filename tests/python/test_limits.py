@@ -14,8 +14,9 @@ from conftest import data
 def test_a_huge_in_memory_image_gets_the_librarys_pixel_limit(tiny):
     huge = np.broadcast_to(np.zeros(3, np.uint8), (20000, 20000, 3))  # 400 M pixels, no memory behind it
     for f in (tiny.extract_features, tiny.preprocessor):
-        with pytest.raises(vitmsn.LimitError, match="more than the limit of 178956970 pixels"):
+        with pytest.raises(vitmsn.LimitError, match="more than the limit of 178956970 pixels") as info:
             f(huge)
+        assert "::" not in str(info.value), "a C++ name in a Python message: " + str(info.value)
 
 
 def test_a_size_out_of_range_names_size_not_an_internal_key(tiny):
