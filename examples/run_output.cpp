@@ -19,6 +19,7 @@
 #include <map>
 
 #include "base/file_util.hpp"
+#include "formats/io.hpp"
 #include "formats/sha256.hpp"
 #include "vitmsn/error.hpp"
 #include "vitmsn/identity.hpp"
@@ -613,33 +614,13 @@ std::vector<SpooledTensor> write_spooled_safetensors(const std::string& path, co
 
 void write_spooled_npy(const std::string& path, const std::vector<std::int64_t>& shape,
                        const std::vector<Piece>& pieces) {
-  // The header write_npy() writes.
-  std::string dims;
-  std::uint64_t n = 1, bytes = 0;
-  for (const auto d : shape) {
-    if (d < 0) throw Error(path + ": negative dimension in npy shape");
-    dims += std::to_string(d) + ", ";
-    n *= static_cast<std::uint64_t>(d);
-  }
-  if (shape.size() > 1)
-    dims.resize(dims.size() - 2);
-  else if (shape.size() == 1)
-    dims.resize(dims.size() - 1);
+  std::uint64_t n = 0, bytes = 0;
+  const std::string head = detail::npy_header(path, shape, &n);  // the header write_npy() writes
   for (const auto& p : pieces) bytes += p.bytes;
   if (bytes != n * 4)
     throw Error(path + ": " + std::to_string(bytes) + " bytes of values for " + std::to_string(n) + " floats");
-  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
-  const std::size_t total = 10 + header.size() + 1;
-  header.append((64 - total % 64) % 64, ' ');
-  header += '\n';
-  std::string head = "\x93NUMPY";
-  head += '\x01';
-  head += '\x00';
-  head += static_cast<char>(header.size() & 0xff);
-  head += static_cast<char>((header.size() >> 8) & 0xff);
   detail::AtomicFile out(path);
   out.write(head.data(), head.size());
-  out.write(header.data(), header.size());
   HeldBuffer buffer(kCopyBufferBytes);
   copy_pieces(out, pieces, buffer, path);
   out.commit();

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "test_util.hpp"
@@ -55,6 +57,25 @@ TEST(Npy, RoundTripsEveryShape) {
     const std::vector<float> got = read_npy(dir + "/a.npy", &got_shape);
     EXPECT_EQ(got_shape, shape);
     EXPECT_EQ(got, v);
+  }
+}
+
+// The bytes numpy.save writes (the header dict as numpy spells it, padded as numpy pads): write_npy()
+// and vitmsn-extract's streamed .npy share this header (src/formats/io.hpp), so this pins both.
+TEST(Npy, WritesTheBytesNumpyWrites) {
+  const std::string dir = test::temp_dir();
+  const std::vector<std::pair<std::vector<std::int64_t>, std::string>> cases = {
+      {{}, "()"}, {{6}, "(6,)"}, {{2, 3}, "(2, 3)"}, {{1, 2, 3}, "(1, 2, 3)"}, {{0, 5}, "(0, 5)"}};
+  for (const auto& [shape, spelled] : cases) {
+    std::size_t n = 1;
+    for (auto d : shape) n *= static_cast<std::size_t>(d);
+    const std::string data = floats(n);
+    std::vector<float> values(n);
+    if (n) std::memcpy(values.data(), data.data(), data.size());
+    write_npy(dir + "/a.npy", shape, values.data());
+    EXPECT_EQ(test::read_text(dir + "/a.npy"),
+              npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': " + spelled + ", }", data))
+        << spelled;
   }
 }
 

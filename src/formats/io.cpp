@@ -3,17 +3,20 @@
 #include <cstring>
 
 #include "base/file_util.hpp"
+#include "formats/io.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {
 
-void write_npy(const std::string& path, const std::vector<std::int64_t>& shape, const float* values) {
+namespace detail {
+
+std::string npy_header(const std::string& path, const std::vector<std::int64_t>& shape, std::uint64_t* count) {
   std::string dims;
-  std::size_t n = 1;
+  std::uint64_t n = 1;
   for (auto d : shape) {
     if (d < 0) throw Error(ErrorKind::kArgument, path + ": negative dimension in npy shape", path);
     dims += std::to_string(d) + ", ";
-    n *= static_cast<std::size_t>(d);
+    n *= static_cast<std::uint64_t>(d);
   }
   // numpy's own spelling: "(3, 4)", "(3,)", "()".
   if (shape.size() > 1)
@@ -30,10 +33,18 @@ void write_npy(const std::string& path, const std::vector<std::int64_t>& shape, 
   head += '\x00';
   head += static_cast<char>(header.size() & 0xff);
   head += static_cast<char>((header.size() >> 8) & 0xff);
+  *count = n;
+  return head + header;
+}
+
+}  // namespace detail
+
+void write_npy(const std::string& path, const std::vector<std::int64_t>& shape, const float* values) {
+  std::uint64_t n = 0;
+  const std::string head = detail::npy_header(path, shape, &n);
   detail::AtomicFile f(path);
   f.write(head.data(), head.size());
-  f.write(header.data(), header.size());
-  if (n) f.write(values, n * sizeof(float));
+  if (n) f.write(values, static_cast<std::size_t>(n) * sizeof(float));
   f.commit();
 }
 
