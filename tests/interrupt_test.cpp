@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "cli.hpp"
 #include "base/file_util.hpp"
+#include "cli.hpp"
 #include "test_util.hpp"
 #include "vitmsn/io.hpp"
 

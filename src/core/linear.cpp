@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "base/contract.hpp"
 #include "base/file_util.hpp"
 #include "cpu/buffer.hpp"
 #include "cpu/int8_format.hpp"
@@ -95,6 +96,7 @@ void apply_int8(Isa isa, const int8::Scheme& scheme, int M, const float* x, std:
 
 Linear Linear::prepare(Isa isa, const std::vector<const LinearWeight*>& parts, LinearCompute compute, int threads,
                        const std::function<void(const LinearWeight&)>& release) {
+  VITMSN_DASSERT(!parts.empty() && parts.size() <= 3, "1 to 3 weights stacked in one linear layer");
   Linear l;
   l.isa_ = isa;
   l.k_ = static_cast<int>(parts.at(0)->cols);

@@ -17,9 +17,9 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
-#include "cpu/half.hpp"
 #include "base/file_util.hpp"
 #include "base/json_error.hpp"
+#include "cpu/half.hpp"
 #include "vitmsn/error.hpp"
 
 namespace vitmsn {

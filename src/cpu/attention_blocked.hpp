@@ -24,6 +24,7 @@
 #include <new>
 #include <type_traits>
 
+#include "base/contract.hpp"
 #include "cpu/buffer.hpp"
 
 namespace vitmsn::detail::attn_blocked {
@@ -240,6 +241,8 @@ void attention_head(const float* q, const float* k, const float* v, std::ptrdiff
   constexpr int L = V::kLanes;
   constexpr int NRS = 2 * L;
   static_assert(QB % SMR == 0, "score tiles must not straddle query blocks");
+  VITMSN_DASSERT(tokens >= 1 && hd >= 1 && ld >= hd && ldc >= hd,
+                 "attention head: tokens and head_dim >= 1, rows hold a head");
   const int panels = (tokens + NRS - 1) / NRS;
   const std::ptrdiff_t lds = static_cast<std::ptrdiff_t>(panels) * NRS;  // padded key count
   const int hdp = (hd + L - 1) / L * L;

@@ -163,6 +163,8 @@ void gemm(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, floa
           const Epilogue& ep, int threads, int mc) {
   constexpr int NR = bf16::kPanel;
   if (M <= 0 || w.N <= 0) return;
+  VITMSN_DASSERT(A != nullptr && C != nullptr && lda >= w.K && ldc >= w.N && w.kp % 2 == 0 && w.kp >= w.K,
+                 "bf16 GEMM: A [M, K] and C [M, N] given, panels of K padded to pairs");
   mc = blocked::imax(MR, mc / MR * MR);
   const int panels_n = (w.N + NR - 1) / NR;
   const int tiles_m = (M + MR - 1) / MR;

@@ -9,7 +9,7 @@
 // operand of vdpbf16ps as it is: a 64-byte line is one k-pair of 16 channels.
 //
 // Arithmetic (the definition; AVX512_BF16's vdpbf16ps does exactly this, checked bit for bit by
-// tests/kernels_test.cpp against the portable entry): activations are rounded to bf16 (round to
+// tests/kernels_gemm_test.cpp against the portable entry): activations are rounded to bf16 (round to
 // nearest even, as float_to_bf16), products of two bf16 are exact in float32, and each output is one
 // float32 chain over the pairs in order: acc = fma(a[2q+1], w[2q+1], acc), then acc = fma(a[2q],
 // w[2q], acc), with subnormal inputs and results flushed to zero (DAZ/FTZ, as the instruction). Bias,

@@ -39,6 +39,7 @@
 #include <new>
 #include <type_traits>
 
+#include "base/contract.hpp"
 #include "cpu/buffer.hpp"
 #include "cpu/half.hpp"
 #include "cpu/kernels.hpp"
@@ -127,7 +128,7 @@ inline void transpose8_half(const std::uint16_t* src, std::ptrdiff_t lds, float*
 // exp and erf, float, vectorised. Coefficients: weighted least-squares / Lawson fits (near minimax)
 // computed with mpmath at 40 digits. Measured over every float of the range (AVX2 build, against
 // double-precision std::exp / std::erf): exp <= 0.98 ulp on [-87.33, 88.3], erf <= 1.23 ulp (<= 0.94
-// below 0.875). tests/kernels_test.cpp checks GELU (erf, through exp) on dense grids.
+// below 0.875). tests/kernels_norm_test.cpp checks GELU (erf, through exp) on dense grids.
 
 /// e^x for x <= 88.37 (larger x saturate there); 0 below -87.33 (no subnormal results). ~1 ulp.
 template <class V>
@@ -242,6 +243,8 @@ struct Problem {
 inline Problem stacked_problem(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
                                const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
                                const Epilogue& ep) {
+  VITMSN_DASSERT(segments >= 1 && segments <= 3, "1 to 3 stacked weight segments (Problem::segs has 3)");
+  VITMSN_DASSERT(seg_rows > 0 && K > 0 && ldw >= K, "stacked weights: seg_rows > 0, K > 0, ldw >= K");
   Problem p{M, seg_rows * segments, K, A, lda, nullptr, ldw, /*b_trans=*/true, C, ldc, ep, nullptr, wt};
   p.segments = segments;
   p.seg_rows = seg_rows;
@@ -645,7 +648,10 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
 template <class V, int MR, int NV, bool KMajorA>
 void gemm(const Problem& p, const Blocking& bl, int threads) {
   constexpr int NR = NV * V::kLanes;
+  VITMSN_DASSERT(p.M >= 0 && p.N >= 0 && p.K >= 0, "GEMM sizes are not negative");
   if (p.M <= 0 || p.N <= 0) return;
+  VITMSN_DASSERT(p.A != nullptr && p.C != nullptr && p.ldc >= p.N, "GEMM: A and C given, ldc >= N");
+  VITMSN_DASSERT(p.Bp != nullptr || p.B != nullptr || p.Bh != nullptr || p.segments > 1, "GEMM: B given");
   const int panels_n = (p.N + NR - 1) / NR;
   const int tiles_m = (p.M + MR - 1) / MR;
   const bool split_n = panels_n >= 4 * threads;
@@ -669,6 +675,7 @@ void gemm(const Problem& p, const Blocking& bl, int threads) {
 /// panel q at dst + q·K·NR, columns past N zero. Panels are split over the threads.
 template <class V, int NR>
 void pack_panels(const Problem& p, float* dst, int threads) {
+  VITMSN_DASSERT(p.b_trans && p.N > 0 && p.K > 0 && dst != nullptr, "panels of a linear weight [N, K] into dst");
   const int panels = (p.N + NR - 1) / NR;
   run_split(iclamp(threads, 1, imax(panels, 1)), [&](int t, int nt) {
     for (int q = split_begin(panels, t, nt); q < split_begin(panels, t + 1, nt); ++q)

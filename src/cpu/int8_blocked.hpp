@@ -272,6 +272,10 @@ template <class I, int MR, int NV>
 void gemm(const Problem& p, int kc_blocks, int threads) {
   constexpr int NR = NV * I::kLanes;
   if (p.M <= 0 || p.N <= 0) return;
+  VITMSN_DASSERT(p.w.kp % kBlock == 0 && p.w.kp >= p.K, "int8 panels: K padded to whole blocks of 32");
+  VITMSN_DASSERT(p.w.seg_rows > 0 && p.N % p.w.seg_rows == 0 && p.N / p.w.seg_rows <= 3,
+                 "int8 GEMM: 1 to 3 whole stacked segments");
+  VITMSN_DASSERT(p.N == p.w.seg_rows || p.w.seg_rows % kPanel == 0, "stacked int8 segments of whole panels");
   const int kp = p.w.kp, quads = kp / 4, blocks = kp / kBlock;
   const int groups = (p.M + MR - 1) / MR;
   // Shared packed activations: bytes then scales, in one buffer of the calling thread.

@@ -8,7 +8,7 @@
 // never over the summation dimension.
 //
 // Adding a kernel: one member in KernelTable (with its contract), one assignment in each
-// *_kernel_table() function, and a test in tests/kernels_test.cpp against the portable entry.
+// *_kernel_table() function, and a test in the tests/kernels_*_test.cpp of its family against the portable entry.
 
 #include <cstddef>
 #include <cstdint>
@@ -127,7 +127,7 @@ struct KernelTable {
                      const float* w, const float* b, double eps) = nullptr;
 
   // Probes for the tests, not called by the model: the GELU epilogue's vector erf and GELU over a
-  // buffer, so that tests/kernels_test.cpp can check them on every float against std::erf (the
+  // buffer, so that tests/kernels_norm_test.cpp can check them on every float against std::erf (the
   // epilogue itself only ever sees GEMM outputs).
 
   /// In place: x[i] = erf(x[i]) (the erf the GELU epilogue uses; |error| <= 2e-7 over all floats).

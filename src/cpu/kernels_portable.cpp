@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "base/contract.hpp"
 #include "cpu/half.hpp"
 #include "cpu/int8_blocked.hpp"
 #include "cpu/kernels.hpp"
@@ -162,6 +163,7 @@ void gemm_weights_portable(int M, int N, int K, const float* A, std::ptrdiff_t l
 void gemm_weights_stacked_portable(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
                                    const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C,
                                    std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  VITMSN_DASSERT(segments >= 1 && segments <= 3, "1 to 3 stacked weight segments");
   for (int s = 0; s < segments; ++s) {
     Epilogue e = ep;
     if (e.bias) e.bias += static_cast<std::ptrdiff_t>(s) * seg_rows;
@@ -181,6 +183,8 @@ void gemm_weights_stacked_portable(int M, int seg_rows, int segments, int K, con
 void gemm_int8_portable(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
                         const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
                         const Epilogue& ep, int threads) {
+  VITMSN_DASSERT(segments >= 1 && segments <= 3 && kp % int8::kBlock == 0 && kp >= K,
+                 "int8 GEMM: 1 to 3 segments, K padded to whole blocks of 32");
   const int N = seg_rows * segments, blocks = kp / int8::kBlock;
   const auto rows = [&](int r0, int r1) {
     std::vector<std::int8_t> q(static_cast<std::size_t>(kp));

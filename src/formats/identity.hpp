@@ -4,8 +4,8 @@
 #include <map>
 #include <string>
 
-#include "vitmsn/config.hpp"
 #include "core/weights.hpp"
+#include "vitmsn/config.hpp"
 
 namespace vitmsn::detail {
 

@@ -4,8 +4,8 @@
 #include <cstring>
 
 #include "base/file_util.hpp"
-#include "vitmsn/error.hpp"
 #include "core/weights.hpp"
+#include "vitmsn/error.hpp"
 
 namespace vitmsn {
 
