@@ -330,11 +330,11 @@ void check_preprocessor_size(const Preprocessor& pre, const std::string& file, c
 }
 
 Compute parse_compute(const Args& args) {
-  const std::string c = args.get("--compute", "auto");
-  if (c == "auto") return Compute::kAuto;
-  if (c == "f32") return Compute::kF32;
-  if (c == "bf16") return Compute::kBF16;
-  throw UsageError("--compute must be auto, f32 or bf16, got '" + c + "'");
+  try {
+    return vitmsn::parse_compute(args.get("--compute", "auto"));
+  } catch (const Error& e) {
+    throw UsageError(std::string("--") + e.what());  // "--compute must be 'auto', 'f32' or 'bf16', got …"
+  }
 }
 
 // --- Inputs ------------------------------------------------------------------------------------------

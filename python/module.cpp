@@ -1038,14 +1038,7 @@ PYBIND11_MODULE(_core, m) {
                        const std::string& compute) {
              LoadOptions o;
              o.copy_weights = copy_weights;
-             if (compute == "auto")
-               o.compute = Compute::kAuto;
-             else if (compute == "f32")
-               o.compute = Compute::kF32;
-             else if (compute == "bf16")
-               o.compute = Compute::kBF16;
-             else
-               throw Error(ErrorKind::kArgument, "compute must be 'auto', 'f32' or 'bf16', got '" + compute + "'");
+             o.compute = parse_compute(compute);
              if (!threads.is_none()) {
                o.threads = to_int(threads, "threads");
                if (o.threads < 1)

@@ -18,6 +18,7 @@
 #include "test_util.hpp"
 #include "vitmsn/convert.hpp"
 #include "vitmsn/cpu.hpp"
+#include "vitmsn/error.hpp"
 #include "vitmsn/model.hpp"
 
 namespace vitmsn {
@@ -245,6 +246,20 @@ TEST(Bf16Model, AnInt8ModelRefusesBf16Compute) {
   test::expect_error([&] { Model::load(dir + "/int8.safetensors", with_compute(Compute::kBF16)); },
                      {"an int8 model computes in int8"});
   EXPECT_STREQ(Model::load(dir + "/int8.safetensors").compute(), "int8");
+}
+
+// One parser for the programs' --compute and Python's compute= (#24): each name round-trips, anything
+// else is an argument error naming the allowed values and what was given.
+TEST(Bf16Model, ComputeNamesParseAndPrintOneWay) {
+  for (Compute c : {Compute::kAuto, Compute::kF32, Compute::kBF16}) EXPECT_EQ(parse_compute(to_string(c)), c);
+  EXPECT_STREQ(to_string(Compute::kBF16), "bf16");
+  try {
+    parse_compute("fp16");
+    ADD_FAILURE() << "parse_compute(\"fp16\") did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kArgument);
+    EXPECT_STREQ(e.what(), "compute must be 'auto', 'f32' or 'bf16', got 'fp16'");
+  }
 }
 
 }  // namespace

@@ -21,7 +21,6 @@ namespace detail {
 struct ModelAccess;
 }  // namespace detail
 
-/// How a model is loaded.
 /// How the linear layers compute (LoadOptions::compute).
 enum class Compute {
   /// bf16 where it pays: a model whose linear weights are all bfloat16 computes in bf16 when
@@ -36,6 +35,12 @@ enum class Compute {
   /// AVX512_BF16 an exact emulation runs (slow: for tests). Not for int8 models.
   kBF16,
 };
+
+/// The Compute named `name`: "auto", "f32" or "bf16" (the programs' --compute, Python's compute=).
+/// \throws Error (ErrorKind::kArgument) naming the allowed values and `name`.
+VITMSN_API Compute parse_compute(const std::string& name);
+/// The name parse_compute() reads: "auto", "f32" or "bf16".
+VITMSN_API const char* to_string(Compute compute);
 
 struct LoadOptions {
   /// Threads for each forward pass; 0 = the CPUs this process may use.

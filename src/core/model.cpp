@@ -390,6 +390,25 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
   }
 }
 
+Compute parse_compute(const std::string& name) {
+  if (name == "auto") return Compute::kAuto;
+  if (name == "f32") return Compute::kF32;
+  if (name == "bf16") return Compute::kBF16;
+  throw Error(ErrorKind::kArgument, "compute must be 'auto', 'f32' or 'bf16', got '" + name + "'");
+}
+
+const char* to_string(Compute compute) {
+  switch (compute) {
+    case Compute::kAuto:
+      return "auto";
+    case Compute::kF32:
+      return "f32";
+    case Compute::kBF16:
+      return "bf16";
+  }
+  return "auto";  // not reached: every enumerator is named above
+}
+
 Model::Model(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
 Model Model::load(const std::string& path, const LoadOptions& options) {

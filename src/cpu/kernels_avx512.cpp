@@ -3,9 +3,10 @@
 // 32 zmm registers; per k: 2 loads of B, 14 broadcasts of A (k-major packed A: one address stream), 28 FMAs. Zen 4 runs
 // a zmm FMA as two 256-bit halves (1 zmm FMA/cycle), Intel server cores on two 512-bit ports: either way FMA-bound
 // (measured rates: docs/PERFORMANCE.md). The shared tiling logic is also tested with this geometry
-// through plain C++ lanes (tests/kernels_gemm_test.cpp, tests/kernels_attention_test.cpp). Half-size weights (gemm_weights) are widened in 8×8 blocks with the
-// same 256-bit code as the AVX2 build (blocked::ymm: vpmovzxwd + shift for bf16, vcvtph2ps for f16); the packing is a
-// small part of the work (each weight is widened once per GEMM and then used by all M rows).
+// through plain C++ lanes (tests/kernels_gemm_test.cpp, tests/kernels_attention_test.cpp). Half-size weights
+// (gemm_weights) are widened in 8×8 blocks with the same 256-bit code as the AVX2 build (blocked::ymm: vpmovzxwd +
+// shift for bf16, vcvtph2ps for f16); the packing is a small part of the work (each weight is widened once per GEMM and
+// then used by all M rows).
 #include <immintrin.h>
 
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*() temporaries
