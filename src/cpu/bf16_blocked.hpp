@@ -87,19 +87,7 @@ inline void micro_tile(int kb2, const std::uint32_t* __restrict a, const std::ui
       for (int j = 0; j < NV; ++j) acc[i][j] = B::dot(acc[i][j], av, wv[j]);
     }
   }
-  if (full && ep == nullptr) {
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * L, acc[i][j]);
-    return;
-  }
-  alignas(64) float tile[MR][NR];
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) V::store(&tile[i][j * L], acc[i][j]);
-  blocked::finish_tile<V, MR, NV>(&tile[0][0], c, ldc, rows, cols, ep);
+  blocked::store_accumulators<V, MR, NV>(acc, c, ldc, rows, cols, full, ep);
 }
 
 /// One thread's share C[m0:m1, n0:n1] (n0 a multiple of 32).

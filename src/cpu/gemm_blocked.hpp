@@ -359,6 +359,31 @@ struct Prefetch {
   }
 };
 
+/// Stores a micro-tile's accumulators (MR × NV registers) to C: straight to C for a full tile without
+/// an epilogue; otherwise through a stack tile to finish_tile(), a separate function, so that its
+/// register needs (GELU) do not make the compiler spill the accumulators of the caller's k loop. The
+/// float32 and bf16 micro-tiles end with it.
+template <class V, int MR, int NV>
+__attribute__((always_inline)) inline void store_accumulators(const typename V::R (&acc)[MR][NV], float* c,
+                                                              std::ptrdiff_t ldc, int rows, int cols, bool full,
+                                                              const TileEpilogue* ep) {
+  constexpr int L = V::kLanes;
+  constexpr int NR = NV * L;
+  if (full && ep == nullptr) {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * L, acc[i][j]);
+    return;
+  }
+  alignas(64) float tile[MR][NR];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) V::store(&tile[i][j * L], acc[i][j]);
+  finish_tile<V, MR, NV>(&tile[0][0], c, ldc, rows, cols, ep);
+}
+
 /// The MR×NR micro-tile (NR = NV·kLanes): C = acc(·) + A_panel · B_panel over kc, where acc starts at 0
 /// (first) or at the partial sum stored in C. Without `ep`, the raw sum is stored (more kc blocks
 /// follow); with it, the epilogue is applied first. rows <= MR, cols <= NR: the valid part of the tile.
@@ -416,21 +441,7 @@ inline void micro_tile(int kc, const float* __restrict a, std::ptrdiff_t rsa, co
     }
   }
 
-  if (full && ep == nullptr) {
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * L, acc[i][j]);
-    return;
-  }
-  // Epilogue and/or edge: hand the sums over through a stack tile to a separate function, so that its
-  // register needs (GELU) do not make the compiler spill accumulators of the k loop above.
-  alignas(64) float tile[MR][NR];
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) V::store(&tile[i][j * L], acc[i][j]);
-  finish_tile<V, MR, NV>(&tile[0][0], c, ldc, rows, cols, ep);
+  store_accumulators<V, MR, NV>(acc, c, ldc, rows, cols, full, ep);
 }
 
 /// widen<T> as a function of float for the f32 case (identity), so one packing loop serves all types.
