@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/file_util.hpp"
 #include "test_util.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/convert.hpp"
@@ -419,6 +420,26 @@ TEST(Config, RejectsMissingAndMistypedFields) {
           R"({"hidden_size":64,"num_hidden_layers":-2,"num_attention_heads":4,"intermediate_size":256,"patch_size":7})",
           "c.json"),
       Error);
+}
+
+TEST(Config, APreprocessorConfigIsNamedForWhatItIs) {
+  // vitmsn-synth --config preprocessor_config.json, or a model folder whose config.json is one (#24).
+  try {
+    parse_config(detail::read_text_file(test::data_path("models/tiny/preprocessor_config.json")), "p.json");
+    FAIL() << "a preprocessor config was taken as a model config";
+  } catch (const Error& e) {
+    EXPECT_EQ(
+        std::string(e.what()),
+        "p.json: a preprocessor config (it has preprocessing keys and no hidden_size), not a model's config.json");
+    EXPECT_EQ(e.kind(), ErrorKind::kMalformed);
+  }
+  // A config without hidden_size and without preprocessing keys still names the missing field.
+  try {
+    parse_config(R"({"num_hidden_layers":2})", "c.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "c.json: missing field 'hidden_size'");
+  }
 }
 
 TEST(Config, InputSizesAreCheckedWithTheNearestValidSize) {

@@ -57,6 +57,12 @@ Config parse_config(const std::string& json_text, const std::string& source) {
     throw Error(ErrorKind::kMalformed, source + ": not valid JSON: " + detail::describe_json_error(e, json_text));
   }
   if (!j.is_object()) throw Error(ErrorKind::kMalformed, source + ": config is not a JSON object");
+  // A preprocessor_config.json given where the model's config.json belongs: say so, not "missing field".
+  if (!j.contains("hidden_size") &&
+      (j.contains("image_mean") || j.contains("do_normalize") || j.contains("do_resize") || j.contains("resample")))
+    throw Error(ErrorKind::kMalformed, source +
+                                           ": a preprocessor config (it has preprocessing keys and no hidden_size), "
+                                           "not a model's config.json");
   Config c;
   c.hidden_size = get_int(j, "hidden_size", c.hidden_size, true, source);
   c.num_hidden_layers = get_int(j, "num_hidden_layers", c.num_hidden_layers, true, source);
