@@ -244,7 +244,7 @@ TEST(Bf16Model, AnInt8ModelRefusesBf16Compute) {
   co.dtype = DType::kI8;
   convert_checkpoint(test::data_path("models/tiny"), dir + "/int8.safetensors", co);
   test::expect_error([&] { Model::load(dir + "/int8.safetensors", with_compute(Compute::kBF16)); },
-                     {"an int8 model computes in int8"});
+                     "an int8 model computes in int8");
   EXPECT_STREQ(Model::load(dir + "/int8.safetensors").compute(), "int8");
 }
 
