@@ -107,24 +107,32 @@ std::vector<EpilogueCase> all_epilogues() {
   return v;
 }
 
-// Runs one GEMM; C starts as the residual (in place) or as a canary that must be overwritten. Elements
-// of C's padding must survive. packed (b_trans only): through pack_panels + gemm_packed.
-std::vector<float> run(Isa isa, const Data& d, const EpilogueCase& e, int threads, bool packed = false) {
+// C for one GEMM: the residual (in place) or a canary that must be overwritten, and the epilogue of
+// case e over it. Elements of C's padding must survive.
+std::vector<float> output_and_epilogue(const Data& d, const EpilogueCase& e, Epilogue* ep) {
   const Shape& s = d.s;
   std::vector<float> C(static_cast<std::size_t>(s.M) * d.ldc, 12345.0f);
-  Epilogue ep;
-  ep.alpha = e.alpha;
-  ep.bias = e.bias ? d.bias.data() : nullptr;
-  ep.gelu = e.gelu;
+  ep->alpha = e.alpha;
+  ep->bias = e.bias ? d.bias.data() : nullptr;
+  ep->gelu = e.gelu;
   if (e.residual == 1) {
-    ep.residual = d.residual.data();
-    ep.ldr = d.ldc;
+    ep->residual = d.residual.data();
+    ep->ldr = d.ldc;
   } else if (e.residual == 2) {
     for (int i = 0; i < s.M; ++i)
       std::memcpy(&C[i * d.ldc], &d.residual[i * d.ldc], sizeof(float) * static_cast<std::size_t>(s.N));
-    ep.residual = C.data();
-    ep.ldr = d.ldc;
+    ep->residual = C.data();
+    ep->ldr = d.ldc;
   }
+  return C;
+}
+
+// Runs one GEMM (C and epilogue from output_and_epilogue()). packed (b_trans only): through
+// pack_panels + gemm_packed.
+std::vector<float> run(Isa isa, const Data& d, const EpilogueCase& e, int threads, bool packed = false) {
+  const Shape& s = d.s;
+  Epilogue ep;
+  std::vector<float> C = output_and_epilogue(d, e, &ep);
   if (!packed) {
     gemm(isa, s.M, s.N, s.K, d.A.data(), d.lda, d.B.data(), d.ldb, d.b_trans, C.data(), d.ldc, ep, threads);
     return C;
@@ -361,20 +369,8 @@ std::vector<std::uint16_t> round_weights(Data& d, WeightType wt) {
 std::vector<float> run_weights(Isa isa, const Data& d, const void* W, WeightType wt, const EpilogueCase& e,
                                int threads) {
   const Shape& s = d.s;
-  std::vector<float> C(static_cast<std::size_t>(s.M) * d.ldc, 12345.0f);
   Epilogue ep;
-  ep.alpha = e.alpha;
-  ep.bias = e.bias ? d.bias.data() : nullptr;
-  ep.gelu = e.gelu;
-  if (e.residual == 1) {
-    ep.residual = d.residual.data();
-    ep.ldr = d.ldc;
-  } else if (e.residual == 2) {
-    for (int i = 0; i < s.M; ++i)
-      std::memcpy(&C[i * d.ldc], &d.residual[i * d.ldc], sizeof(float) * static_cast<std::size_t>(s.N));
-    ep.residual = C.data();
-    ep.ldr = d.ldc;
-  }
+  std::vector<float> C = output_and_epilogue(d, e, &ep);
   gemm_weights(isa, s.M, s.N, s.K, d.A.data(), d.lda, W, wt, d.ldb, C.data(), d.ldc, ep, threads);
   return C;
 }
