@@ -409,7 +409,7 @@ class Backbone {
 struct PyFeatures {
   py::capsule owner;  ///< owns the vitmsn::Features
   py::array last_hidden_state;
-  py::dict hidden_states, cls_attention;
+  py::dict hidden_states, cls_attention, attentions;
   py::object mean_patch;               ///< computed on first use
   std::shared_ptr<Backbone> backbone;  ///< of the model that computed them (logits() checks it)
 
@@ -424,6 +424,10 @@ PyFeatures wrap(Features&& f) {
   out.last_hidden_state = matrix_view(g.last_hidden_state, out.owner);
   for (const auto& [i, m] : g.hidden_states) out.hidden_states[py::int_(i)] = matrix_view(m, out.owner);
   for (const auto& [i, m] : g.cls_attention) out.cls_attention[py::int_(i)] = matrix_view(m, out.owner);
+  for (const auto& [i, m] : g.attentions) {
+    const auto n = static_cast<py::ssize_t>(m.cols());  // [heads·N, N] → [heads, N, N]
+    out.attentions[py::int_(i)] = float_view(m.data(), {static_cast<py::ssize_t>(m.rows()) / n, n, n}, out.owner);
+  }
   return out;
 }
 
@@ -469,17 +473,19 @@ Features forward(const PyModel& m, const Input& in, const Preprocessor& pre, con
   return m.model.extract_features(pixels_of(in, pre), o);
 }
 
-FeatureOptions feature_options(const PyModel& m, const py::handle hidden_states, const py::handle cls_attention) {
+FeatureOptions feature_options(const PyModel& m, const py::handle hidden_states, const py::handle cls_attention,
+                               const py::handle attentions) {
   FeatureOptions o;
   const int layers = m.model.config().num_hidden_layers;
   o.hidden_states = to_indices(hidden_states, layers + 1);
   o.cls_attention = to_indices(cls_attention, layers);
+  o.attentions = to_indices(attentions, layers);
   return o;
 }
 
 PyFeatures extract_features(const PyModel& m, const py::object& x, const py::object& hidden_states,
-                            const py::object& cls_attention, const py::object& size) {
-  const FeatureOptions o = feature_options(m, hidden_states, cls_attention);
+                            const py::object& cls_attention, const py::object& size, const py::object& attentions) {
+  const FeatureOptions o = feature_options(m, hidden_states, cls_attention, attentions);
   const Input in = to_input(x);
   const auto sz = to_size(size);
   check_size_for_pixels(in, sz);
@@ -1015,12 +1021,17 @@ PYBIND11_MODULE(_core, m) {
           "cls_attention", [](const PyFeatures& f) { return py::dict(f.cls_attention); },
           "dict {layer: float32 [heads, N]}: the CLS query's attention row of each layer asked for,\n"
           "softmax(q_cls K^T / sqrt(d)) per head.")
+      .def_property_readonly(
+          "attentions", [](const PyFeatures& f) { return py::dict(f.attentions); },
+          "dict {layer: float32 [heads, N, N]}: the whole attention map of each layer asked for,\n"
+          "softmax(Q K^T / sqrt(d)) per head (Hugging Face's attentions[layer][0]); [h, 0] is cls_attention's row h.")
       .def("__repr__", [](const PyFeatures& f) {
         const Matrix& h = f.features().last_hidden_state;
         std::string s =
             "vitmsn.Features(last_hidden_state [" + std::to_string(h.rows()) + ", " + std::to_string(h.cols()) + "]";
         if (!f.hidden_states.empty()) s += ", hidden_states " + indices_string(f.hidden_states);
         if (!f.cls_attention.empty()) s += ", cls_attention " + indices_string(f.cls_attention);
+        if (!f.attentions.empty()) s += ", attentions " + indices_string(f.attentions);
         return s + ")";
       });
 
@@ -1109,11 +1120,13 @@ PYBIND11_MODULE(_core, m) {
           "preprocessor", [](const PyModel& m) { return PyPreprocessor{m.model.preprocessor()}; },
           "The model's Preprocessor (from its preprocessor_config.json or metadata, else the defaults).")
       .def("extract_features", &extract_features, py::arg("x"), py::arg("hidden_states") = py::tuple(),
-           py::arg("cls_attention") = py::tuple(), py::arg("size") = py::none(),
+           py::arg("cls_attention") = py::tuple(), py::arg("size") = py::none(), py::arg("attentions") = py::tuple(),
            "Features of one input (see the class doc for what x may be).\n\n"
            "hidden_states: indices to return besides last_hidden_state (0 = embeddings, i = layer i,\n"
            "  negative from the end; True = all). cls_attention: layers whose CLS attention row to return\n"
-           "  (True = all). size: (height, width) or an int, the size images are resized to instead of the\n"
+           "  (True = all). attentions: layers whose whole attention map [heads, N, N] to return (True = all;\n"
+           "  heads x N x N floats each: 67 MB a layer on ViT-L/7 at 224x224). size: (height, width) or an int, the "
+           "size images are resized to instead of the\n"
            "  preprocessor's (multiples of the patch size; position embeddings are interpolated as HF's\n"
            "  interpolate_pos_encoding=True). Pixel values are used at their own size.\n"
            "Returns a vitmsn.Features. Raises vitmsn.Error for an unreadable image, a bad shape or size, a\n"

@@ -66,10 +66,12 @@ TEST_F(Contracts, AttentionNeedsTokensAndAHead) {
     if (isa == Isa::kPortable) continue;  // the portable reference is Eigen's, with its own asserts
     SCOPED_TRACE(isa_name(isa));
     const KernelTable& kt = kernels(isa);
-    EXPECT_DEATH(kt.attention_head(a_.data(), a_.data(), a_.data(), 16, 0, 16, 0.25f, c_.data(), 16, nullptr),
+    EXPECT_DEATH(kt.attention_head(a_.data(), a_.data(), a_.data(), 16, 0, 16, 0.25f, c_.data(), 16, nullptr, 0),
                  "tokens and head_dim");
-    EXPECT_DEATH(kt.attention_head(a_.data(), a_.data(), a_.data(), 8, 4, 16, 0.25f, c_.data(), 16, nullptr),
+    EXPECT_DEATH(kt.attention_head(a_.data(), a_.data(), a_.data(), 8, 4, 16, 0.25f, c_.data(), 16, nullptr, 0),
                  "rows hold a head");
+    EXPECT_DEATH(kt.attention_head(a_.data(), a_.data(), a_.data(), 16, 4, 16, 0.25f, c_.data(), 16, c_.data(), 5),
+                 "probability rows");
   }
 }
 

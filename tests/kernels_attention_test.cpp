@@ -21,7 +21,8 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Fused attention (attention_head): every variant against a float64 evaluation of the definition
 // and against the portable entry, on the model's shape and on edge shapes (token counts around the
-// tile widths, head dims that are not a multiple of the vector width); the CLS row too.
+// tile widths, head dims that are not a multiple of the vector width); the probabilities too (the
+// whole map, and the CLS row alone with the same bits as the map's first row).
 
 struct AttentionCase {
   int tokens, head_dim;
@@ -46,25 +47,29 @@ AttentionData make_attention_data(const AttentionCase& c, unsigned seed) {
   return d;
 }
 
-/// ctx [tokens, hd] (ldc = hd + 3, the padding must stay untouched) and the CLS row of one variant.
+/// ctx [tokens, hd] (ldc = hd + 3, the padding must stay untouched) and the probabilities of one
+/// variant: the whole map [tokens, tokens] (one past its end a canary), or one row alone.
 struct AttentionResult {
-  std::vector<float> ctx, cls;
+  std::vector<float> ctx, probs;
 };
 
 template <class Fn>
-AttentionResult run_attention(const AttentionData& d, Fn&& head) {
+AttentionResult run_attention(const AttentionData& d, Fn&& head, int prob_rows) {
   AttentionResult r;
   const std::ptrdiff_t ldc = d.hd + 3;
   r.ctx.assign(static_cast<std::size_t>(d.tokens) * ldc, 777.0f);
-  r.cls.assign(static_cast<std::size_t>(d.tokens), -1.0f);
+  r.probs.assign(static_cast<std::size_t>(prob_rows) * d.tokens + 1, -1.0f);
   head(d.qkv.data(), d.qkv.data() + d.hd, d.qkv.data() + 2 * d.hd, d.ld, d.tokens, d.hd,
-       1.0f / std::sqrt(static_cast<float>(d.hd)), r.ctx.data(), ldc, r.cls.data());
+       1.0f / std::sqrt(static_cast<float>(d.hd)), r.ctx.data(), ldc, prob_rows > 0 ? r.probs.data() : nullptr,
+       prob_rows);
+  EXPECT_EQ(r.probs.back(), -1.0f) << "written past " << prob_rows << " probability rows";
   return r;
 }
 
-/// Largest |got − exact| over ctx (exact: float64 softmax·v) and over the CLS row; padding checked.
+/// Largest |got − exact| over ctx (exact: float64 softmax·v) and over the probabilities (got holds
+/// the whole map); padding checked.
 void compare_attention(const AttentionData& d, const AttentionResult& got, const char* what, double* worst_ctx,
-                       double* worst_cls) {
+                       double* worst_probs) {
   const std::ptrdiff_t ldc = d.hd + 3;
   const double scale = 1.0 / std::sqrt(static_cast<double>(static_cast<float>(d.hd)));
   std::vector<double> p(static_cast<std::size_t>(d.tokens));
@@ -85,37 +90,54 @@ void compare_attention(const AttentionData& d, const AttentionResult& got, const
       *worst_ctx = std::max(*worst_ctx, std::fabs(o / z - got.ctx[i * ldc + c]));
     }
     for (int c = d.hd; c < ldc; ++c) EXPECT_EQ(got.ctx[i * ldc + c], 777.0f) << what << ": padding written";
-    if (i == 0)
-      for (int j = 0; j < d.tokens; ++j) *worst_cls = std::max(*worst_cls, std::fabs(p[j] / z - got.cls[j]));
+    for (int j = 0; j < d.tokens; ++j)
+      *worst_probs =
+          std::max(*worst_probs, std::fabs(p[j] / z - got.probs[static_cast<std::size_t>(i) * d.tokens + j]));
   }
 }
 
 // |values| are N(0, 1.5): a context value is a weighted mean of them, so an error of 2e-5 is ~1e-5
 // relative to their spread; the float64 reference itself sees the float inputs exactly.
 constexpr double kAttentionCtxTol = 2e-5;
-constexpr double kAttentionClsTol = 1e-6;
+// A probability's error is about its score's float32 rounding (scores up to ~±20: ~1.2e-6 relative)
+// times the probability: at most ~1e-6 for probabilities near 1 (measured: 1.03e-6, portable).
+constexpr double kAttentionProbTol = 2e-6;
+
+/// Asking for probabilities changes nothing else: ctx without them, and the CLS row alone, have
+/// the bits of the run that wrote the whole map.
+template <class Fn>
+void expect_probabilities_change_nothing(const AttentionData& d, Fn&& head, const AttentionResult& full,
+                                         const char* what) {
+  const AttentionResult none = run_attention(d, head, 0);
+  const AttentionResult cls = run_attention(d, head, 1);
+  EXPECT_TRUE(same_bits(none.ctx, full.ctx)) << what << ": ctx changed by asking for the map, tokens " << d.tokens;
+  EXPECT_TRUE(same_bits(cls.ctx, full.ctx)) << what << ": ctx changed by asking for the CLS row, tokens " << d.tokens;
+  EXPECT_TRUE(std::equal(cls.probs.begin(), cls.probs.begin() + d.tokens, full.probs.begin()))
+      << what << ": the CLS row alone differs from the map's row 0, tokens " << d.tokens;
+}
 
 // Every variant against float64; the vector ones against the portable one too.
 void check_attention(Isa isa) {
   const bool vs_portable = isa != Isa::kPortable;
-  double worst_ctx = 0.0, worst_cls = 0.0, worst_vs_portable = 0.0;
+  double worst_ctx = 0.0, worst_probs = 0.0, worst_vs_portable = 0.0;
   for (const AttentionCase& c : attention_cases()) {
     const AttentionData d = make_attention_data(c, 99u + static_cast<unsigned>(c.tokens * 7 + c.head_dim));
-    const AttentionResult got = run_attention(d, kernels(isa).attention_head);
-    double ctx_err = 0.0, cls_err = 0.0;
-    compare_attention(d, got, isa_name(isa), &ctx_err, &cls_err);
+    const AttentionResult got = run_attention(d, kernels(isa).attention_head, d.tokens);
+    double ctx_err = 0.0, prob_err = 0.0;
+    compare_attention(d, got, isa_name(isa), &ctx_err, &prob_err);
     EXPECT_LE(ctx_err, kAttentionCtxTol) << isa_name(isa) << " tokens " << c.tokens << " head_dim " << c.head_dim;
-    EXPECT_LE(cls_err, kAttentionClsTol) << isa_name(isa) << " tokens " << c.tokens << " head_dim " << c.head_dim;
+    EXPECT_LE(prob_err, kAttentionProbTol) << isa_name(isa) << " tokens " << c.tokens << " head_dim " << c.head_dim;
+    expect_probabilities_change_nothing(d, kernels(isa).attention_head, got, isa_name(isa));
     if (vs_portable) {
-      const AttentionResult ref = run_attention(d, kernels(Isa::kPortable).attention_head);
+      const AttentionResult ref = run_attention(d, kernels(Isa::kPortable).attention_head, 0);
       for (std::size_t i = 0; i < got.ctx.size(); ++i)
         worst_vs_portable = std::max(worst_vs_portable, static_cast<double>(std::fabs(got.ctx[i] - ref.ctx[i])));
     }
     worst_ctx = std::max(worst_ctx, ctx_err);
-    worst_cls = std::max(worst_cls, cls_err);
+    worst_probs = std::max(worst_probs, prob_err);
   }
-  std::printf("[ %s attention ] max |ctx - exact| %.3g (tolerance %.0e), max |cls - exact| %.3g (%.0e)", isa_name(isa),
-              worst_ctx, kAttentionCtxTol, worst_cls, kAttentionClsTol);
+  std::printf("[ %s attention ] max |ctx - exact| %.3g (tolerance %.0e), max |probabilities - exact| %.3g (%.0e)",
+              isa_name(isa), worst_ctx, kAttentionCtxTol, worst_probs, kAttentionProbTol);
   if (vs_portable) std::printf(", max |ctx - portable| %.3g", worst_vs_portable);
   std::printf("\n");
   if (vs_portable) EXPECT_LE(worst_vs_portable, 2 * kAttentionCtxTol);
@@ -135,24 +157,30 @@ TEST(Attention, Avx512MatchesTheDefinitionAndPortable) {
 // logic is checked on any CPU (the AVX-512 one on CPUs that cannot run it).
 TEST(AttentionBlocked, BothGeometriesThroughPlainLanesMatchTheDefinition) {
   const auto lanes16 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
-                          float scale, float* ctx, std::ptrdiff_t ldc, float* cls) {
-    attn_blocked::attention_head<ScalarLanes<16>, 14, 6, 4, 126>(q, k, v, ld, tokens, hd, scale, ctx, ldc, cls);
+                          float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+    attn_blocked::attention_head<ScalarLanes<16>, 14, 6, 4, 126>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                                 prob_rows);
   };
   const auto lanes8 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
-                         float scale, float* ctx, std::ptrdiff_t ldc, float* cls) {
-    attn_blocked::attention_head<ScalarLanes<8>, 6, 3, 3, 120>(q, k, v, ld, tokens, hd, scale, ctx, ldc, cls);
+                         float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+    attn_blocked::attention_head<ScalarLanes<8>, 6, 3, 3, 120>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                               prob_rows);
   };
   for (const AttentionCase& c : {AttentionCase{1025, 64}, AttentionCase{50, 40}, AttentionCase{17, 1},
                                  AttentionCase{127, 63}, AttentionCase{3, 16}}) {
     const AttentionData d = make_attention_data(c, 5u + static_cast<unsigned>(c.tokens + c.head_dim));
     for (int g = 0; g < 2; ++g) {
-      double ctx_err = 0.0, cls_err = 0.0;
-      compare_attention(d, g == 0 ? run_attention(d, lanes16) : run_attention(d, lanes8),
-                        g == 0 ? "16 lanes" : "8 lanes", &ctx_err, &cls_err);
+      double ctx_err = 0.0, prob_err = 0.0;
+      const AttentionResult got = g == 0 ? run_attention(d, lanes16, d.tokens) : run_attention(d, lanes8, d.tokens);
+      compare_attention(d, got, g == 0 ? "16 lanes" : "8 lanes", &ctx_err, &prob_err);
       EXPECT_LE(ctx_err, kAttentionCtxTol)
           << (g == 0 ? "16" : "8") << " lanes, tokens " << c.tokens << " hd " << c.head_dim;
-      EXPECT_LE(cls_err, kAttentionClsTol)
+      EXPECT_LE(prob_err, kAttentionProbTol)
           << (g == 0 ? "16" : "8") << " lanes, tokens " << c.tokens << " hd " << c.head_dim;
+      if (g == 0)
+        expect_probabilities_change_nothing(d, lanes16, got, "16 lanes");
+      else
+        expect_probabilities_change_nothing(d, lanes8, got, "8 lanes");
     }
   }
 }
@@ -166,14 +194,23 @@ TEST(Attention, ResultsAreBitIdenticalForOneTwoAndThreeThreads) {
   for (float& x : qkv) x = nd(rng);
   for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
     if (!isa_available(isa)) continue;
-    std::vector<float> out[3], cls[3];
-    for (int t = 0; t < 3; ++t) {
+    // Thread counts 1, 2, 3 with the whole maps; then 2 threads with CLS rows only.
+    std::vector<float> out[4], probs[4];
+    for (int t = 0; t < 4; ++t) {
+      const int prob_rows = t < 3 ? tokens : 1;
       out[t].assign(static_cast<std::size_t>(images) * tokens * D, 0.0f);
-      cls[t].assign(static_cast<std::size_t>(images) * heads * tokens, 0.0f);
-      attention(isa, qkv.data(), 3 * D, images, tokens, heads, hd, 0.125f, out[t].data(), D, cls[t].data(), t + 1);
+      probs[t].assign(static_cast<std::size_t>(images) * heads * prob_rows * tokens, 0.0f);
+      attention(isa, qkv.data(), 3 * D, images, tokens, heads, hd, 0.125f, out[t].data(), D, probs[t].data(), prob_rows,
+                t < 3 ? t + 1 : 2);
     }
-    EXPECT_TRUE(same_bits(out[0], out[1]) && same_bits(out[0], out[2])) << isa_name(isa);
-    EXPECT_TRUE(same_bits(cls[0], cls[1]) && same_bits(cls[0], cls[2])) << isa_name(isa);
+    EXPECT_TRUE(same_bits(out[0], out[1]) && same_bits(out[0], out[2]) && same_bits(out[0], out[3])) << isa_name(isa);
+    EXPECT_TRUE(same_bits(probs[0], probs[1]) && same_bits(probs[0], probs[2])) << isa_name(isa);
+    // The CLS rows of [images, heads, 1, N] are rows 0 of the maps [images, heads, N, N].
+    for (int m = 0; m < images * heads; ++m)
+      EXPECT_TRUE(std::equal(probs[3].begin() + static_cast<std::ptrdiff_t>(m) * tokens,
+                             probs[3].begin() + static_cast<std::ptrdiff_t>(m + 1) * tokens,
+                             probs[0].begin() + static_cast<std::ptrdiff_t>(m) * tokens * tokens))
+          << isa_name(isa) << ": image·head " << m;
   }
 }
 

@@ -4,12 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "test_util.hpp"
 #include "vitmsn/error.hpp"
+#include "vitmsn/safetensors.hpp"
 
 namespace vitmsn {
 namespace {
@@ -76,6 +79,114 @@ TEST_P(HiddenStatesAndAttention, MatchHuggingFace) {
 
 INSTANTIATE_TEST_SUITE_P(ChelseaAndAstronaut, HiddenStatesAndAttention, ::testing::Values("chelsea", "astronaut"),
                          [](const auto& info) { return info.param; });
+
+// Layer l's attention maps by the definition, in float64, from HF's own input to the layer
+// (hidden_states.l): h = layernorm_before(x), q = h·Wqᵀ + bq, k = h·Wkᵀ + bk, per head
+// softmax(q_h·k_hᵀ / √d). Returns [heads·N, N] as Features::attentions.
+std::vector<double> reference_attention_maps(const std::string& case_name, int layer) {
+  const SafetensorsFile w = SafetensorsFile::open(test::data_path("models/tiny/model.safetensors"));
+  const std::string pre = "encoder.layer." + std::to_string(layer) + ".";
+  const auto get = [&](const std::string& name) { return w.get(pre + name).to_float(); };
+  const std::vector<float> x = test::tiny_output(case_name + ".hidden_states." + std::to_string(layer)).to_float();
+  const std::vector<float> g = get("layernorm_before.weight"), beta = get("layernorm_before.bias");
+  const std::vector<float> wq = get("attention.attention.query.weight"), bq = get("attention.attention.query.bias");
+  const std::vector<float> wk = get("attention.attention.key.weight"), bk = get("attention.attention.key.bias");
+  const int D = tiny().config().hidden_size, heads = tiny().config().num_attention_heads, hd = D / heads;
+  const int N = static_cast<int>(x.size()) / D;
+  const double eps = tiny().config().layer_norm_eps;
+  std::vector<double> h(x.size()), q(x.size()), k(x.size());
+  for (int i = 0; i < N; ++i) {
+    double mean = 0, var = 0;
+    for (int d = 0; d < D; ++d) mean += x[i * D + d];
+    mean /= D;
+    for (int d = 0; d < D; ++d) var += (x[i * D + d] - mean) * (x[i * D + d] - mean);
+    var /= D;
+    for (int d = 0; d < D; ++d) h[i * D + d] = (x[i * D + d] - mean) / std::sqrt(var + eps) * g[d] + beta[d];
+    for (int o = 0; o < D; ++o) {
+      double sq = bq[o], sk = bk[o];
+      for (int d = 0; d < D; ++d) {
+        sq += h[i * D + d] * wq[o * D + d];
+        sk += h[i * D + d] * wk[o * D + d];
+      }
+      q[i * D + o] = sq;
+      k[i * D + o] = sk;
+    }
+  }
+  std::vector<double> maps(static_cast<std::size_t>(heads) * N * N);
+  for (int hh = 0; hh < heads; ++hh)
+    for (int i = 0; i < N; ++i) {
+      double* row = maps.data() + (static_cast<std::size_t>(hh) * N + i) * N;
+      double mx = -1e300, z = 0;
+      for (int j = 0; j < N; ++j) {
+        double s = 0;
+        for (int d = 0; d < hd; ++d) s += q[i * D + hh * hd + d] * k[j * D + hh * hd + d];
+        row[j] = s / std::sqrt(static_cast<double>(hd));
+        mx = std::max(mx, row[j]);
+      }
+      for (int j = 0; j < N; ++j) z += (row[j] = std::exp(row[j] - mx));
+      for (int j = 0; j < N; ++j) row[j] /= z;
+    }
+  return maps;
+}
+
+// Whole attention maps (HF's output_attentions): row 0 of each head is HF's CLS row (fixture) and
+// has the bits of cls_attention; every row is the float64 definition on HF's input to the layer;
+// asking for them changes no feature.
+class AttentionMaps : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(AttentionMaps, MatchHuggingFaceAndTheDefinition) {
+  const PixelValues pixels = test::fixture_pixels(GetParam());
+  FeatureOptions o;
+  o.attentions = {0, -1};
+  o.cls_attention = {0, 1};
+  const Features f = tiny().extract_features(pixels, o);
+  const Features plain = tiny().extract_features(pixels);
+  ASSERT_EQ(f.attentions.size(), 2u);
+  EXPECT_TRUE(f.last_hidden_state == plain.last_hidden_state) << "asking for attention maps changed the features";
+  const int heads = tiny().config().num_attention_heads;
+  const Eigen::Index N = plain.last_hidden_state.rows();
+  for (int l = 0; l < 2; ++l) {
+    const Matrix& a = f.attentions.at(l);
+    ASSERT_EQ(a.rows(), heads * N);
+    ASSERT_EQ(a.cols(), N);
+    Matrix cls(heads, N);
+    for (int h = 0; h < heads; ++h) cls.row(h) = a.row(h * N);
+    expect_close(cls, GetParam() + ".cls_attention." + std::to_string(l));
+    EXPECT_TRUE(cls == f.cls_attention.at(l)) << "layer " << l << ": the maps' row 0 differ from cls_attention";
+    const std::vector<double> want = reference_attention_maps(GetParam(), l);
+    double err = 0, worst_sum = 0;
+    for (Eigen::Index r = 0; r < a.rows(); ++r) {
+      double sum = 0;
+      for (Eigen::Index j = 0; j < N; ++j) {
+        sum += a(r, j);
+        err = std::max(err, std::fabs(a(r, j) - want[static_cast<std::size_t>(r * N + j)]));
+      }
+      worst_sum = std::max(worst_sum, std::fabs(sum - 1.0));
+    }
+    EXPECT_LE(err, kTolerance) << GetParam() << " layer " << l << ": max abs error vs float64 " << err;
+    EXPECT_LE(worst_sum, 1e-4) << GetParam() << " layer " << l << ": a row sums to 1 ± " << worst_sum;
+    std::printf("    %-40s max abs error %.3g, rows sum to 1 ± %.3g\n",
+                (GetParam() + ".attentions." + std::to_string(l)).c_str(), err, worst_sum);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(ChelseaAndAstronaut, AttentionMaps, ::testing::Values("chelsea", "astronaut"),
+                         [](const auto& info) { return info.param; });
+
+TEST(AttentionMaps, EachImageOfABatchGetsItsOwnMaps) {
+  FeatureOptions o;
+  o.attentions = {1};
+  const std::vector<PixelValues> batch = {test::fixture_pixels("chelsea"), test::fixture_pixels("astronaut")};
+  const std::vector<Features> both = tiny().extract_features(batch, o);
+  ASSERT_EQ(both.size(), 2u);
+  for (int b = 0; b < 2; ++b) {
+    const Features one = tiny().extract_features(batch[b], o);
+    EXPECT_TRUE(both[b].attentions.at(1) == one.attentions.at(1)) << "image " << b << " of the batch";
+  }
+  EXPECT_FALSE(both[0].attentions.at(1) == both[1].attentions.at(1));
+  o.attentions = {2};
+  EXPECT_THROW(tiny().extract_features(batch[0], o), Error) << "layer 2 of a 2-layer model";
+}
 
 TEST(HiddenStates, NegativeIndicesCountFromTheEnd) {
   FeatureOptions o;

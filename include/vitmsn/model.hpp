@@ -76,6 +76,10 @@ struct FeatureOptions {
   std::vector<int> hidden_states;
   /// Layers (0..L-1; negative from the end) whose CLS-query attention row to return.
   std::vector<int> cls_attention;
+  /// Layers (0..L-1; negative from the end) whose whole attention map to return, as Hugging Face's
+  /// output_attentions. Each is heads·N² floats per image (67 MB for ViT-L/7 at 224²; all 24 layers
+  /// 1.6 GB): ask for the layers you need. The features do not change with it.
+  std::vector<int> attentions;
   /// Threads for this call; 0 = the model's setting.
   int threads = 0;
   /// When set, the time of each stage is added to it. Not synchronised: one per calling thread.
@@ -90,6 +94,9 @@ struct Features {
   std::map<int, Matrix> hidden_states;
   /// Requested attention rows by (non-negative) layer: softmax(q_cls·Kᵀ·d^-½) per head, [heads, tokens].
   std::map<int, Matrix> cls_attention;
+  /// Requested attention maps by (non-negative) layer: softmax(q·Kᵀ·d^-½) per head, [heads·N, N];
+  /// row h·N + i is head h's query i (HF's attentions[l][0, h, i]). Row h·N is cls_attention's row h.
+  std::map<int, Matrix> attentions;
 
   /// The CLS token's embedding: row 0 of last_hidden_state, [hidden].
   Vector cls() const { return last_hidden_state.row(0); }

@@ -63,7 +63,7 @@ class ModelOutput(NamedTuple):
     hidden_states: tuple[npt.NDArray[np.float32], ...] | None
     """num_hidden_layers + 1 arrays [B, N, D] with output_hidden_states=True, else None."""
     attentions: tuple[npt.NDArray[np.float32], ...] | None
-    """Always None (output_attentions=True raises NotImplementedError)."""
+    """num_hidden_layers arrays [B, heads, N, N] with output_attentions=True, else None."""
 
 class Features:
     """What a forward pass returns; the arrays are views of the library's buffers."""
@@ -77,6 +77,8 @@ class Features:
     def hidden_states(self) -> dict[int, npt.NDArray[np.float32]]: ...
     @property
     def cls_attention(self) -> dict[int, npt.NDArray[np.float32]]: ...
+    @property
+    def attentions(self) -> dict[int, npt.NDArray[np.float32]]: ...
 
 class Preprocessor:
     """Hugging Face's ViTImageProcessor (PIL path), bit for bit."""
@@ -111,7 +113,8 @@ class Model:
     @property
     def preprocessor(self) -> Preprocessor: ...
     def extract_features(
-        self, x: Input, hidden_states: Layers = (), cls_attention: Layers = (), size: Size = None
+        self, x: Input, hidden_states: Layers = (), cls_attention: Layers = (), size: Size = None,
+        attentions: Layers = ()
     ) -> Features: ...
     @overload
     def __call__(  # type: ignore[misc]

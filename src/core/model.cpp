@@ -114,13 +114,18 @@ Shape shape_of(const Config& c, int images, int height, int width) {
   return s;
 }
 
+// Where one image's attention probabilities of a layer go (null: not asked for).
+struct KeepAttention {
+  Matrix* cls = nullptr;   // [heads, N]: each head's CLS-query row
+  Matrix* full = nullptr;  // [heads·N, N]: each head's whole map, rows h·N + query
+};
+
 // The activation buffers of one call, allocated once and reused by every layer.
 struct Activations {
   detail::FloatBuffer x;        // [B·N, D]   the residual stream (hidden_states)
   detail::FloatBuffer h;        // [B·N, D]   layer-norm output; also the attention context (ctx)
   detail::FloatBuffer qkv;      // [N, 3D] per image, q | k | v side by side, images one after the other
   detail::FloatBuffer mlp;      // [B·N, F]   MLP hidden; before the layers, the im2col patches
-  std::vector<float> cls_rows;  // [heads, N] CLS attention of the layer being captured
   std::vector<float> qkv_bias;  // [3D] the query, key and value biases side by side
 
   explicit Activations(const Shape& s)
@@ -197,9 +202,9 @@ void embed_patches(Isa isa, const Config& c, const Weights& w, const Shape& s, c
 //   hidden_states = attention_output + hidden_states        # first residual connection
 // ViTMSNSelfAttention: q, k, v = query/key/value(h) split into heads; eager_attention_forward:
 // softmax(q·kᵀ · head_dim^-½) · v, heads concatenated (context_layer).
-// `cls_attention[b]` (when not null) receives image b's CLS-query attention rows [heads, N].
+// `keep[b]` says where image b's attention probabilities go, if anywhere.
 void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const LayerLinears& ll, const Shape& s,
-                     Activations& a, std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
+                     Activations& a, const std::vector<KeepAttention>& keep, Stopwatch& sw, int threads) {
   const int D = s.D, N = s.N;
   detail::layer_norm(isa, a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_before_weight.data(),
                      lw.layernorm_before_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
@@ -222,12 +227,26 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Lay
     ep.bias = has_bias ? a.qkv_bias.data() : nullptr;  // qkv_bias
     ll.qkv.apply(N, a.h.data() + r0 * D, D, a.qkv.data() + r0 * ld3, ld3, ep, threads);
     sw.lap(&StageTimes::qkv);
-    Matrix* keep = cls_attention[b];
-    if (keep) a.cls_rows.assign(static_cast<std::size_t>(s.heads) * N, 0.0f);
+    // The probabilities asked for: the whole map [heads·N, N] straight into the output, or the CLS
+    // rows alone [heads, N] (row 0 of each head's map: the same values either way).
+    const KeepAttention& k = keep[b];
+    float* probs = nullptr;
+    int prob_rows = 0;
+    if (k.full) {
+      k.full->resize(static_cast<Eigen::Index>(s.heads) * N, N);
+      probs = k.full->data();
+      prob_rows = N;
+    } else if (k.cls) {
+      k.cls->resize(s.heads, N);
+      probs = k.cls->data();
+      prob_rows = 1;
+    }
     detail::attention(isa, a.qkv.data() + r0 * ld3, ld3, 1, N, s.heads, s.hd,
-                      1.0f / std::sqrt(static_cast<float>(s.hd)), ctx + r0 * D, D, keep ? a.cls_rows.data() : nullptr,
-                      threads);
-    if (keep) *keep = Eigen::Map<const Matrix>(a.cls_rows.data(), s.heads, N);
+                      1.0f / std::sqrt(static_cast<float>(s.hd)), ctx + r0 * D, D, probs, prob_rows, threads);
+    if (k.full && k.cls) {
+      k.cls->resize(s.heads, N);
+      for (int h = 0; h < s.heads; ++h) k.cls->row(h) = k.full->row(static_cast<Eigen::Index>(h) * N);
+    }
     sw.lap(&StageTimes::attention);
   }
   // ViTMSNSelfOutput.dense, then the first residual: x = x + ctx·Woᵀ + bo
@@ -265,8 +284,8 @@ void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const LayerLine
 
 // ViTMSNLayer.forward: the attention block, then the MLP block, both pre-norm with residuals.
 void encoder_layer(Isa isa, const Config& c, const LayerWeights& lw, const LayerLinears& ll, const Shape& s,
-                   Activations& a, std::vector<Matrix*> cls_attention, Stopwatch& sw, int threads) {
-  attention_block(isa, c, lw, ll, s, a, std::move(cls_attention), sw, threads);
+                   Activations& a, const std::vector<KeepAttention>& keep, Stopwatch& sw, int threads) {
+  attention_block(isa, c, lw, ll, s, a, keep, sw, threads);
   mlp_block(isa, c, lw, ll, s, a, sw, threads);
 }
 
@@ -291,9 +310,10 @@ void forward(Isa isa, const Config& c, const Weights& w, const std::vector<Layer
              std::vector<Features>& out) {
   const int threads = opt.threads > 0 ? opt.threads : model_threads;
   const Shape s = shape_of(c, static_cast<int>(images.size()), height, width);
-  std::vector<int> want_hidden, want_attn;
+  std::vector<int> want_hidden, want_cls, want_maps;
   for (int i : opt.hidden_states) want_hidden.push_back(resolve_index(i, s.L + 1, "hidden state"));
-  for (int i : opt.cls_attention) want_attn.push_back(resolve_index(i, s.L, "attention layer"));
+  for (int i : opt.cls_attention) want_cls.push_back(resolve_index(i, s.L, "attention layer"));
+  for (int i : opt.attentions) want_maps.push_back(resolve_index(i, s.L, "attention layer"));
   auto wants = [](const std::vector<int>& v, int i) { return std::find(v.begin(), v.end(), i) != v.end(); };
 
   Stopwatch sw{opt.profile};
@@ -314,10 +334,12 @@ void forward(Isa isa, const Config& c, const Weights& w, const std::vector<Layer
   };
   capture_hidden(0);
   for (int l = 0; l < s.L; ++l) {
-    std::vector<Matrix*> cls_attention(s.B, nullptr);
-    if (wants(want_attn, l))
-      for (int b = 0; b < s.B; ++b) cls_attention[b] = &out[b].cls_attention[l];
-    encoder_layer(isa, c, w.layers[l], linears[l], s, a, std::move(cls_attention), sw, threads);
+    std::vector<KeepAttention> keep(s.B);
+    for (int b = 0; b < s.B; ++b) {
+      if (wants(want_cls, l)) keep[b].cls = &out[b].cls_attention[l];
+      if (wants(want_maps, l)) keep[b].full = &out[b].attentions[l];
+    }
+    encoder_layer(isa, c, w.layers[l], linears[l], s, a, keep, sw, threads);
     capture_hidden(l + 1);
   }
   final_norm(isa, c, w, s, a, out, threads);

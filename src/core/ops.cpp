@@ -98,7 +98,7 @@ void interpolate_bicubic(const float* src, int src_h, int src_w, int dim, int ds
 }
 
 void attention(Isa isa, const float* qkv_all, std::ptrdiff_t ld_qkv, int images, int tokens, int heads, int head_dim,
-               float scale, float* ctx_all, std::ptrdiff_t ld_ctx, float* cls_all, int threads) {
+               float scale, float* ctx_all, std::ptrdiff_t ld_ctx, float* probs_all, int prob_rows, int threads) {
   const KernelTable& kt = kernels(isa);
   const int D = heads * head_dim;
   const int tasks = images * heads;
@@ -108,10 +108,11 @@ void attention(Isa isa, const float* qkv_all, std::ptrdiff_t ld_qkv, int images,
   for (int task = 0; task < tasks; ++task) {
     const int image = task / heads, h = task % heads;
     const float* qkv = qkv_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_qkv;
-    float* cls_row = cls_all ? cls_all + (static_cast<std::ptrdiff_t>(image) * heads + h) * tokens : nullptr;
+    float* probs =
+        probs_all ? probs_all + (static_cast<std::ptrdiff_t>(image) * heads + h) * prob_rows * tokens : nullptr;
     kt.attention_head(qkv + h * head_dim, qkv + D + h * head_dim, qkv + 2 * D + h * head_dim, ld_qkv, tokens, head_dim,
                       scale, ctx_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_ctx + h * head_dim, ld_ctx,
-                      cls_row);
+                      probs, prob_rows);
   }
 }
 

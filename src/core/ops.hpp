@@ -28,8 +28,9 @@ void interpolate_bicubic(const float* src, int src_h, int src_w, int dim, int ds
 /// concat_h softmax(q_h·k_hᵀ·scale)·v_h. One task per (image, head), run by the kernel table's
 /// attention_head (fused: a block of queries' scores at a time, never all heads' N×N at once); all
 /// tasks of all images share one parallel region, so the result does not depend on `threads`.
-/// cls_row (optional, [images, heads, N]) receives each head's softmax row of query 0.
+/// probs (optional, [images, heads, prob_rows, N]) receives each head's softmax rows of queries
+/// 0 … prob_rows − 1 (1: the CLS row; N: the whole attention map); ctx does not depend on it.
 void attention(Isa isa, const float* qkv, std::ptrdiff_t ld_qkv, int images, int tokens, int heads, int head_dim,
-               float scale, float* ctx, std::ptrdiff_t ld_ctx, float* cls_row, int threads);
+               float scale, float* ctx, std::ptrdiff_t ld_ctx, float* probs, int prob_rows, int threads);
 
 }  // namespace vitmsn::detail

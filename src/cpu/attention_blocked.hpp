@@ -232,17 +232,19 @@ inline void pv_tile(int keys, const float* __restrict p, std::ptrdiff_t lds, con
 }
 
 /// One head. q, k, v: rows of `tokens` tokens with leading dimension ld (head_dim columns each);
-/// ctx: [tokens, head_dim] with leading dimension ldc. cls_row (optional): the softmax row of query 0,
-/// [tokens]. SMR: score-tile rows (NRS = 2·L keys); PMR, NVP_MAX: P·V tile rows and widest column
-/// chunk (vectors); QB: query rows per block.
+/// ctx: [tokens, head_dim] with leading dimension ldc. probs (optional): the softmax rows of queries
+/// 0 … prob_rows − 1, [prob_rows, tokens]. SMR: score-tile rows (NRS = 2·L keys); PMR, NVP_MAX: P·V tile rows and
+/// widest column chunk (vectors); QB: query rows per block.
 template <class V, int SMR, int PMR, int NVP_MAX, int QB>
 void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd, float scale,
-                    float* ctx, std::ptrdiff_t ldc, float* cls_row) {
+                    float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
   constexpr int L = V::kLanes;
   constexpr int NRS = 2 * L;
   static_assert(QB % SMR == 0, "score tiles must not straddle query blocks");
   VITMSN_DASSERT(tokens >= 1 && hd >= 1 && ld >= hd && ldc >= hd,
                  "attention head: tokens and head_dim >= 1, rows hold a head");
+  VITMSN_DASSERT(probs == nullptr || (prob_rows >= 0 && prob_rows <= tokens),
+                 "attention head: probability rows within the queries");
   const int panels = (tokens + NRS - 1) / NRS;
   const std::ptrdiff_t lds = static_cast<std::ptrdiff_t>(panels) * NRS;  // padded key count
   const int hdp = (hd + L - 1) / L * L;
@@ -280,8 +282,11 @@ void attention_head(const float* q, const float* k, const float* v, std::ptrdiff
       std::memset(s + i * lds, 0, sizeof(float) * lds);
       inv[i] = 0.0f;
     }
-    if (cls_row != nullptr && r0 == 0)
-      for (int j = 0; j < tokens; ++j) cls_row[j] = s[j] * inv[0];
+    if (probs != nullptr)
+      for (int i = 0; i < rows && r0 + i < prob_rows; ++i) {
+        float* out = probs + static_cast<std::ptrdiff_t>(r0 + i) * tokens;
+        for (int j = 0; j < tokens; ++j) out[j] = s[i * lds + j] * inv[i];
+      }
     for (int c0 = 0; c0 < hd; c0 += NVP_MAX * L) {
       const int cols = imin(NVP_MAX * L, hd - c0);
       const int nvp = (cols + L - 1) / L;

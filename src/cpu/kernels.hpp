@@ -139,10 +139,12 @@ struct KernelTable {
   /// One attention head on the calling thread: ctx[i, :] = Σ_j softmax_j(q_i·k_jᵀ·scale)·v_j for
   /// i < tokens. q, k, v: `tokens` rows of head_dim floats each, leading dimension ld (the columns of
   /// one head inside the q | k | v buffer); ctx: [tokens, head_dim], leading dimension ldc.
-  /// cls_row (optional, [tokens]): receives query 0's softmax probabilities. The scores of a block of
-  /// queries stay in the cache (never all N×N); the result does not depend on which thread runs it.
+  /// probs (optional, [prob_rows, tokens] row-major): receives the softmax probabilities of queries
+  /// 0 … prob_rows − 1 (1: the CLS row; tokens: the whole map), the values ctx is computed from. The
+  /// scores of a block of queries stay in the cache (never all N×N at once); the result does not
+  /// depend on which thread runs it, nor on whether probs is asked for.
   void (*attention_head)(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim,
-                         float scale, float* ctx, std::ptrdiff_t ldc, float* cls_row) = nullptr;
+                         float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) = nullptr;
 
   /// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done (the
   /// FMA-peak measurement of src/cpu/cpu.cpp).

@@ -281,7 +281,7 @@ void gelu_erf_portable(float* x, std::ptrdiff_t n) {
 constexpr int kQueryBlock = 128;
 
 void attention_head_portable(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
-                             int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* cls_row) {
+                             int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
   static thread_local std::vector<float> scores;
   scores.resize(static_cast<std::size_t>(kQueryBlock) * static_cast<std::size_t>(tokens));
   for (int r0 = 0; r0 < tokens; r0 += kQueryBlock) {
@@ -290,7 +290,10 @@ void attention_head_portable(const float* q, const float* k, const float* v, std
     ep.alpha = scale;
     gemm_portable(rows, tokens, head_dim, q + r0 * ld, ld, k, ld, /*b_trans=*/true, scores.data(), tokens, ep, 1);
     softmax_rows_portable(scores.data(), rows, tokens, tokens);
-    if (cls_row != nullptr && r0 == 0) std::copy(scores.begin(), scores.begin() + tokens, cls_row);
+    if (probs != nullptr && r0 < prob_rows) {
+      const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(std::min(rows, prob_rows - r0)) * tokens;
+      std::copy(scores.begin(), scores.begin() + n, probs + static_cast<std::ptrdiff_t>(r0) * tokens);
+    }
     gemm_portable(rows, head_dim, tokens, scores.data(), tokens, v, ld, /*b_trans=*/false, ctx + r0 * ldc, ldc,
                   Epilogue{}, 1);
   }

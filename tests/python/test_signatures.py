@@ -7,7 +7,7 @@ import vitmsn
 
 def test_model_methods_have_python_signatures():
     assert list(inspect.signature(vitmsn.Model.extract_features).parameters) == [
-        "self", "x", "hidden_states", "cls_attention", "size"]
+        "self", "x", "hidden_states", "cls_attention", "size", "attentions"]
     assert list(inspect.signature(vitmsn.Model.classify).parameters) == ["self", "x", "top"]
     assert list(inspect.signature(vitmsn.Model.logits).parameters) == ["self", "x"]
     assert "on_error" in inspect.signature(vitmsn.Model.embed).parameters
