@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "core/measure.hpp"
+#include "core/model.hpp"
+#include "core/weights.hpp"
 #include "cpu/bf16_format.hpp"
 #include "cpu/half.hpp"
 #include "cpu/kernels.hpp"
@@ -179,8 +181,9 @@ TEST(Bf16Model, TinyMeetsTheTargetsOnTheFixtureImages) {
   const Model f32 = Model::load(path), bf16 = Model::load(path, with_compute(Compute::kBF16));
   EXPECT_STREQ(f32.compute(), "f32");
   EXPECT_STREQ(bf16.compute(), "bf16");
-  // Float32 weights are packed into the GEMM's panels (none on the portable kernels); bf16 compute's
-  // panels are half their size, K padded to even.
+  // Float32 weights are packed into the GEMM's panels (none on the portable kernels), and with them the
+  // small tensors are held as copies (Weights::held_bytes); bf16 compute's panels are half their size,
+  // K padded to even.
   const detail::KernelTable& kt = detail::kernels(detail::detected_isa());
   const auto panels = [&](std::size_t n, std::size_t k) {
     return kt.packed_nr == 0 ? 0 : (n + kt.packed_nr - 1) / kt.packed_nr * kt.packed_nr * k * 4;
@@ -188,7 +191,8 @@ TEST(Bf16Model, TinyMeetsTheTargetsOnTheFixtureImages) {
   const auto D = static_cast<std::size_t>(f32.config().hidden_size),
              F = static_cast<std::size_t>(f32.config().intermediate_size);
   EXPECT_EQ(f32.packed_weight_bytes(), static_cast<std::size_t>(f32.config().num_hidden_layers) *
-                                           (panels(3 * D, D) + panels(D, D) + panels(F, D) + panels(D, F)));
+                                               (panels(3 * D, D) + panels(D, D) + panels(F, D) + panels(D, F)) +
+                                           detail::ModelAccess::weights(f32).held_bytes);
   EXPECT_GT(bf16.packed_weight_bytes(), 0u);
   const test::Agreement a = compare_on_fixtures(f32, bf16);
   std::printf("[ tiny, 9 images ] bf16 compute vs float32: %s\n", test::describe(a).c_str());

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "base/file_util.hpp"
+#include "core/model.hpp"
+#include "core/weights.hpp"
 #include "test_util.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/convert.hpp"
@@ -349,6 +351,83 @@ TEST(ModelFileChanged, CopyWeightsKeepsAPrivateCopyThatARewriteCannotTouch) {
   rewrite_in_place(file, test::read_text(test::data_path("models/tiny-cls/model.safetensors")));
   EXPECT_TRUE(identical(copied.extract_features(px).last_hidden_state, before.last_hidden_state));
   expect_changed([&] { mapped.extract_features(px); }, file, "size 704904 -> 706508 bytes");
+}
+
+// The mapping of /proc/self/smaps that contains `p`: its first address and resident kB ("Rss:");
+// rss_kb -1 when not found.
+struct Mapping {
+  std::uintptr_t start = 0;
+  long rss_kb = -1;
+};
+
+Mapping mapping_of(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  Mapping m;
+  bool inside = false;
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  while (std::getline(smaps, line)) {
+    unsigned long lo = 0, hi = 0;
+    char perms[8] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %7s", &lo, &hi, perms) == 3) {
+      inside = addr >= lo && addr < hi;
+      if (inside) m.start = lo;
+      continue;
+    }
+    long kb = 0;
+    if (inside && std::sscanf(line.c_str(), "Rss: %ld kB", &kb) == 1) {
+      m.rss_kb = kb;
+      return m;
+    }
+  }
+  return m;
+}
+
+TEST(ModelLoad, PackedLinearLayersLeaveNothingOfTheMapResident) {
+  const Model m = Model::load(test::data_path("models/tiny"));
+  if (m.packed_weight_bytes() == 0) GTEST_SKIP() << "the portable kernels read the weights in place";
+  const detail::Weights& w = detail::ModelAccess::weights(m);
+  const SafetensorsFile* file = detail::ModelAccess::file(m);
+  ASSERT_NE(file, nullptr);
+  // The small tensors are held as copies: none points into the map.
+  const std::uint8_t* begin = nullptr;
+  const std::uint8_t* end = nullptr;
+  for (const std::string& name : file->names()) {
+    const TensorView& t = file->get(name);
+    if (!begin || t.data < begin) begin = t.data;
+    if (!end || t.data + t.nbytes > end) end = t.data + t.nbytes;
+  }
+  const auto outside = [&](const float* p) {
+    const auto* b = reinterpret_cast<const std::uint8_t*>(p);
+    return b < begin || b >= end;
+  };
+  EXPECT_TRUE(outside(w.cls_token.data()) && outside(w.position_embeddings.data()) && outside(w.patch_weight.data()) &&
+              outside(w.patch_bias.data()) && outside(w.layernorm_weight.data()));
+  for (const detail::LayerWeights& l : w.layers)
+    EXPECT_TRUE(outside(l.layernorm_before_weight.data()) && outside(l.query_bias.data()) &&
+                outside(l.attention_output_bias.data()) && outside(l.intermediate_bias.data()) &&
+                outside(l.output_bias.data()) && outside(l.layernorm_after_bias.data()));
+  const auto D = static_cast<std::size_t>(m.config().hidden_size),
+             F = static_cast<std::size_t>(m.config().intermediate_size);
+  const auto N = static_cast<std::size_t>(m.config().num_tokens()), L = w.layers.size();
+  const std::size_t small =
+      D + N * D + D * static_cast<std::size_t>(w.patch_weight.cols()) + D + 2 * D + L * (4 * D + 3 * D + D + F + D);
+  EXPECT_EQ(w.held_bytes, small * sizeof(float));
+  EXPECT_EQ(m.copied_weight_bytes(), 0u);
+  // After a forward, only the header's pages of the map are resident (before: every page holding a
+  // bias, a norm or an embedding, read in place).
+  const PixelValues px = test::fixture_pixels("chelsea");
+  const Features f = m.extract_features(px);
+  const Mapping map = mapping_of(begin);
+  ASSERT_GE(map.rss_kb, 0) << "the map is not in /proc/self/smaps";
+  const long page = ::sysconf(_SC_PAGESIZE);
+  const long header_pages = (static_cast<long>(reinterpret_cast<std::uintptr_t>(begin) - map.start) + page - 1) / page;
+  EXPECT_LE(map.rss_kb, (header_pages + 1) * page / 1024)
+      << "resident kB of the map after a forward (header: " << header_pages << " pages)";
+  // And the features are those of the same tensors held in memory (the same kernels and packing).
+  const Model memory =
+      Model::from_tensors(m.config(), test::read_tensors(test::data_path("models/tiny/model.safetensors")));
+  EXPECT_TRUE(identical(memory.extract_features(px).last_hidden_state, f.last_hidden_state));
 }
 
 TEST(ModelFileChanged, InMemoryModelsHaveNoFileToCheck) {

@@ -139,7 +139,10 @@ class VITMSN_API Model {
   const char* compute() const;
   /// Bytes of the linear weights the model holds packed, prepared at load for its kernels: float32
   /// weights laid out as the GEMM reads them, or bf16 panels for bf16 compute. 0 where they are read
-  /// as stored (int8 models, bf16/f16 weights computed in float32, the portable kernels).
+  /// as stored (int8 models, bf16/f16 weights computed in float32, the portable kernels). When every
+  /// linear layer is packed from a memory-mapped file, the small tensors (embeddings, biases, norms,
+  /// head: ~7 MB on ViT-L/7) are held as copies too and counted here, and the whole map is given back
+  /// at load: a forward reads nothing from the file.
   std::size_t packed_weight_bytes() const;
 
   /// The main entry point: pixel values [3, H, W] (H, W multiples of patch_size; other sizes than

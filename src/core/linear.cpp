@@ -189,6 +189,14 @@ void Linear::set_int8_scheme(const int8::Scheme& scheme) {
   for (Linear& p : parts_) p.set_int8_scheme(scheme);
 }
 
+bool Linear::holds_its_weights() const {
+  if (path_ == Path::kPanels || path_ == Path::kBF16) return true;
+  if (path_ != Path::kParts) return false;
+  for (const Linear& p : parts_)
+    if (!p.holds_its_weights()) return false;
+  return true;
+}
+
 std::size_t Linear::packed_bytes() const {
   std::size_t n = panel_floats_ * sizeof(float) + (path_ == Path::kBF16 ? bf16_.bytes() : 0);
   for (const Linear& p : parts_) n += p.packed_bytes();

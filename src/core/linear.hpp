@@ -52,6 +52,9 @@ class Linear {
   int in_features() const { return k_; }
   /// Bytes of weights this layer holds itself (packed copies); 0 when it reads the stored weights.
   std::size_t packed_bytes() const;
+  /// True when apply() reads only what this layer holds (panels): the stored weights are not read
+  /// after prepare().
+  bool holds_its_weights() const;
 
   /// The activation scheme of an int8 layer (int8_reference.hpp): the default, or one it was chosen
   /// against, for tests that measure the difference. No effect on other layers. Not thread-safe

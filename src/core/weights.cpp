@@ -99,7 +99,8 @@ std::string shape_str(const std::vector<std::int64_t>& s) {
 
 class Binder {
  public:
-  Binder(const TensorLookup& lookup, const std::string& source, Weights& w) : lookup_(lookup), source_(source), w_(w) {}
+  Binder(const TensorLookup& lookup, const std::string& source, Weights& w, bool copy_small)
+      : lookup_(lookup), source_(source), w_(w), copy_small_(copy_small) {}
 
   // A linear weight matrix with exactly `shape`: F32, BF16 and F16 are used in place when aligned
   // (other float types and misaligned data are widened to an owned float32 copy).
@@ -115,7 +116,7 @@ class Binder {
       lw.dtype = t->dtype;
       return lw;
     }
-    lw.data = get(name, shape);
+    lw.data = get(name, shape, /*small=*/false);
     return lw;
   }
 
@@ -160,8 +161,9 @@ class Binder {
     return reinterpret_cast<const float*>(s.data);
   }
 
-  // The float data of tensor `name` with exactly `shape`; used in place when it is aligned float32.
-  const float* get(const std::string& name, const std::vector<std::int64_t>& shape) {
+  // The float data of tensor `name` with exactly `shape`; used in place when it is aligned float32
+  // (unless it is a small tensor and copy_small is set).
+  const float* get(const std::string& name, const std::vector<std::int64_t>& shape, bool small = true) {
     const TensorView* t = lookup_(name);
     if (!t) throw Error(ErrorKind::kMalformed, source_ + ": missing tensor '" + name + "'");
     if (t->shape != shape)
@@ -170,14 +172,14 @@ class Binder {
     if (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16)
       throw Error(ErrorKind::kMalformed, source_ + ": tensor '" + name + "' has dtype " + dtype_name(t->dtype) +
                                              ", expected F32, F16 or BF16");
-    if (t->dtype == DType::kF32 && reinterpret_cast<std::uintptr_t>(t->data) % alignof(float) == 0)
-      return reinterpret_cast<const float*>(t->data);
+    const bool in_place = t->dtype == DType::kF32 && reinterpret_cast<std::uintptr_t>(t->data) % alignof(float) == 0;
+    if (in_place && !(small && copy_small_)) return reinterpret_cast<const float*>(t->data);
     const std::size_t n = static_cast<std::size_t>(t->numel());
     std::unique_ptr<float[]> copy(new float[n ? n : 1]);
     for (std::size_t i = 0; i < n; ++i) copy[i] = t->value(i);
     const float* p = copy.get();
     w_.owned.push_back(std::move(copy));
-    w_.owned_bytes += n * sizeof(float);
+    (in_place ? w_.held_bytes : w_.owned_bytes) += n * sizeof(float);
     return p;
   }
 
@@ -185,6 +187,7 @@ class Binder {
   const TensorLookup& lookup_;
   const std::string& source_;
   Weights& w_;
+  bool copy_small_;
 };
 
 void bind(ConstVectorMap& m, const float* p, std::int64_t n) { new (&m) ConstVectorMap(p, n); }
@@ -226,9 +229,9 @@ bool has_int8_weights(const Weights& w) {
   return false;
 }
 
-Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::string& source) {
+Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::string& source, bool copy_small) {
   Weights w;
-  Binder b(lookup, source, w);
+  Binder b(lookup, source, w, copy_small);
   const std::string p = detect_prefix(lookup, source);
   const std::int64_t D = c.hidden_size, F = c.intermediate_size, P = c.patch_size, C = c.num_channels;
   const std::int64_t N = c.num_tokens();

@@ -86,8 +86,10 @@ struct Weights {
   /// Float32 copies made for tensors that could not be used in place (F16/BF16 widened, or
   /// misaligned data). Empty for a float32 safetensors file: the maps point into the memory map.
   std::vector<std::unique_ptr<float[]>> owned;
-  /// Bytes held in `owned`.
+  /// Bytes held in `owned` for tensors that could not be used in place.
   std::size_t owned_bytes = 0;
+  /// Bytes held in `owned` for tensors that could have been used in place (bind_weights' copy_small).
+  std::size_t held_bytes = 0;
 };
 
 /// Finds a tensor by checkpoint name; null when absent.
@@ -98,9 +100,13 @@ using TensorLookup = std::function<const TensorView*(const std::string&)>;
 std::string detect_prefix(const TensorLookup& lookup, const std::string& source);
 
 /// Binds every tensor the config calls for, checking names, shapes and dtypes; float32 tensors are
-/// used in place, and so are F16/BF16 linear weight matrices (other half tensors are widened). \throws Error naming
+/// used in place, and so are F16/BF16 linear weight matrices (other half tensors are widened). With
+/// `copy_small`, every tensor but the linear weight matrices (and int8 scales) is copied into `owned`
+/// — embeddings, patch projection, biases, norms, the head: ~7 MB on ViT-L/7 — so that a forward
+/// whose linear layers hold packed copies reads nothing from the file. \throws Error naming
 /// `source`, the tensor, the expected and the actual shape.
-Weights bind_weights(const Config& config, const TensorLookup& lookup, const std::string& source);
+Weights bind_weights(const Config& config, const TensorLookup& lookup, const std::string& source,
+                     bool copy_small = false);
 
 /// Checkpoint key names (Hugging Face), for tools that write checkpoints. `prefix` as detect_prefix.
 namespace keys {
