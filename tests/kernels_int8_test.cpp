@@ -38,7 +38,6 @@ struct ScalarInt8 {
   static constexpr int kLanes = N;
   static constexpr bool kOffset = Offset;
   static Ri zero_i() { return Ri{}; }
-  static Rf zero_f() { return V::zero(); }
   static Ri load_b(const std::int8_t* p) {
     Ri r;
     std::memcpy(r.v, p, sizeof r.v);
@@ -94,12 +93,6 @@ struct ScalarInt8 {
     for (int i = 0; i < N; ++i) r.v[i] = static_cast<float>(v.v[i]);
     return r;
   }
-  static Rf set1_f(float x) { return V::set1(x); }
-  static Rf fma_f(Rf a, Rf b, Rf c) { return V::fma(a, b, c); }
-  static Rf mul_f(Rf a, Rf b) { return V::mul(a, b); }
-  static Rf load_f_n(const float* p, int n) { return V::load_n(p, n); }
-  static void store_f(float* p, Rf v) { V::store(p, v); }
-  static void store_f_n(float* p, Rf v, int n) { V::store_n(p, v, n); }
   static float quantize_block(const float* x, int len, std::int8_t* q) {
     return int8::quantize_block_scalar(x, len, q);
   }

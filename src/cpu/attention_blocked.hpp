@@ -26,6 +26,7 @@
 
 #include "base/contract.hpp"
 #include "cpu/buffer.hpp"
+#include "cpu/polynomial.hpp"
 
 namespace vitmsn::detail::attn_blocked {
 namespace {
@@ -37,14 +38,7 @@ constexpr int imax(int a, int b) { return a > b ? a : b; }
 /// n = round(t), f in [-0.5, 0.5]; 2^f by a degree-6 polynomial (relative error < 2e-9 on that range).
 template <class V>
 inline typename V::R exp2_poly(typename V::R f) {
-  using R = typename V::R;
-  R p = V::set1(1.5353362e-4f);
-  p = V::fma(p, f, V::set1(1.3398874e-3f));
-  p = V::fma(p, f, V::set1(9.6181351e-3f));
-  p = V::fma(p, f, V::set1(5.5503340e-2f));
-  p = V::fma(p, f, V::set1(2.4022652e-1f));
-  p = V::fma(p, f, V::set1(6.9314718e-1f));
-  return V::fma(p, f, V::set1(1.0f));
+  return horner<V>(f, 1.5353362e-4f, 1.3398874e-3f, 9.6181351e-3f, 5.5503340e-2f, 2.4022652e-1f, 6.9314718e-1f, 1.0f);
 }
 
 /// True when V has scalef (AVX-512's vscalefps: x·2^n in one instruction, 0 on underflow), announced

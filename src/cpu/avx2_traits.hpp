@@ -101,7 +101,6 @@ struct Int8Ymm {
   static constexpr int kLanes = 8;
   static constexpr bool kOffset = Vnni;
   static Ri zero_i() { return _mm256_setzero_si256(); }
-  static Rf zero_f() { return _mm256_setzero_ps(); }
   static Ri load_b(const std::int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static Ri bcast4(const std::uint8_t* p) {
     std::int32_t v;
@@ -122,17 +121,6 @@ struct Int8Ymm {
   static void store_i(std::int32_t* p, Ri v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
   static Ri neg_i(Ri v) { return _mm256_sub_epi32(_mm256_setzero_si256(), v); }
   static Rf to_float(Ri v) { return _mm256_cvtepi32_ps(v); }
-  static Rf set1_f(float x) { return _mm256_set1_ps(x); }
-  static Rf fma_f(Rf a, Rf b, Rf c) { return _mm256_fmadd_ps(a, b, c); }
-  static Rf mul_f(Rf a, Rf b) { return _mm256_mul_ps(a, b); }
-  static Rf load_f_n(const float* p, int n) { return n >= 8 ? _mm256_loadu_ps(p) : Avx2::load_n(p, n); }
-  static void store_f(float* p, Rf v) { _mm256_storeu_ps(p, v); }
-  static void store_f_n(float* p, Rf v, int n) {
-    if (n >= 8)
-      _mm256_storeu_ps(p, v);
-    else
-      Avx2::store_n(p, v, n);
-  }
   /// int8_blocked.hpp's quantize_block_scalar, 8 lanes at a time (same operations, same results).
   static float quantize_block(const float* x, int len, std::int8_t* q) {
     __m256 v[4];

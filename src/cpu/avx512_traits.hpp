@@ -94,7 +94,6 @@ struct Int8Vnni512 {
   static constexpr int kLanes = 16;
   static constexpr bool kOffset = true;
   static Ri zero_i() { return _mm512_setzero_si512(); }
-  static Rf zero_f() { return _mm512_setzero_ps(); }
   static Ri load_b(const std::int8_t* p) { return _mm512_loadu_si512(p); }
   static Ri bcast4(const std::uint8_t* p) {
     std::int32_t v;
@@ -107,17 +106,6 @@ struct Int8Vnni512 {
   static void store_i(std::int32_t* p, Ri v) { _mm512_storeu_si512(p, v); }
   static Ri neg_i(Ri v) { return _mm512_sub_epi32(_mm512_setzero_si512(), v); }
   static Rf to_float(Ri v) { return _mm512_cvtepi32_ps(v); }
-  static Rf set1_f(float x) { return _mm512_set1_ps(x); }
-  static Rf fma_f(Rf a, Rf b, Rf c) { return _mm512_fmadd_ps(a, b, c); }
-  static Rf mul_f(Rf a, Rf b) { return _mm512_mul_ps(a, b); }
-  static Rf load_f_n(const float* p, int n) { return n >= 16 ? _mm512_loadu_ps(p) : Avx512::load_n(p, n); }
-  static void store_f(float* p, Rf v) { _mm512_storeu_ps(p, v); }
-  static void store_f_n(float* p, Rf v, int n) {
-    if (n >= 16)
-      _mm512_storeu_ps(p, v);
-    else
-      Avx512::store_n(p, v, n);
-  }
   /// int8_blocked.hpp's quantize_block_scalar, 16 lanes at a time (same operations, same results).
   static float quantize_block(const float* x, int len, std::int8_t* q) {
     const __m512 v0 = Avx512::load_n(x, len < 16 ? len : 16);

@@ -44,6 +44,7 @@
 #include "cpu/half.hpp"
 #include "cpu/kernels.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/polynomial.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -143,12 +144,8 @@ inline typename V::R exp_v(typename V::R x) {
   R r = V::fma(n, V::set1(-0.693145751953125f), x);
   r = V::fma(n, V::set1(-1.42860682030941723212e-6f), r);
   // e^r = 1 + r + r²·p(r), p of degree 5 (fit error 2.7e-9 relative on p).
-  R p = V::set1(1.985777930081782e-4f);
-  p = V::fma(p, r, V::set1(1.3933597431425681e-3f));
-  p = V::fma(p, r, V::set1(8.333360741061035e-3f));
-  p = V::fma(p, r, V::set1(4.166646552907774e-2f));
-  p = V::fma(p, r, V::set1(1.6666666532321517e-1f));
-  p = V::fma(p, r, V::set1(5.000000013379328e-1f));
+  const R p = horner<V>(r, 1.985777930081782e-4f, 1.3933597431425681e-3f, 8.333360741061035e-3f, 4.166646552907774e-2f,
+                        1.6666666532321517e-1f, 5.000000013379328e-1f);
   const R e = V::add(V::fma(V::mul(r, r), p, r), V::set1(1.0f));
   return V::select(underflow, V::zero(), V::mul(e, V::pow2(n)));
 }
@@ -163,25 +160,20 @@ inline typename V::R erf_v(typename V::R x) {
   // Small |x|: erf(a) = a + a·(P(t) − 1), P = erf(a)/a of degree 6 in t = a² on [0, 0.875²]
   // (fit error 2e-10).
   const R t = V::mul(a, a);
-  R p = V::set1(8.67535639092485e-05f);
-  p = V::fma(p, t, V::set1(-8.211095389079671e-04f));
-  p = V::fma(p, t, V::set1(5.206746657042618e-03f));
-  p = V::fma(p, t, V::set1(-2.6861584384388022e-02f));
-  p = V::fma(p, t, V::set1(1.1283732996765618e-01f));
-  p = V::fma(p, t, V::set1(-3.7612636065359406e-01f));
-  p = V::fma(p, t, V::set1(0.128379166869336f));  // 2/√π − 1: the leading a is added exactly
+  // The last coefficient is 2/√π − 1: the leading a is added exactly.
+  const R p =
+      horner<V>(t, 8.67535639092485e-05f, -8.211095389079671e-04f, 5.206746657042618e-03f, -2.6861584384388022e-02f,
+                1.1283732996765618e-01f, -3.7612636065359406e-01f, 0.128379166869336f);
   const R small = V::fma(a, p, a);
   // Large |x|.
   // Beyond 4, erfc < 1.6e-8 < ulp(1)/2 and erf is ±1 exactly: clamping there gives that.
   const R ac = V::min(V::max(a, V::set1(0.875f)), V::set1(4.0f));
   const R u = V::sub(ac, V::set1(2.4375f));
   // g(a), degree 10 in u = a - 2.4375, highest power first (fit error 3.1e-9 on [0.875, 4]).
-  static constexpr float kG[] = {-6.207562054874025e-08f,  -2.1738505550041423e-08f, 1.984329832948296e-06f,
-                                 -1.3989708606248185e-05f, 8.262043001314161e-05f,   -0.0004505262044691479f,
-                                 0.0023017655249173564f,   -0.011416429673291808f,   0.05819392421699341f,
-                                 -0.3598234045938444f,     -1.5345508751387895f};
-  R g = V::set1(kG[0]);
-  for (std::size_t i = 1; i < sizeof(kG) / sizeof(kG[0]); ++i) g = V::fma(g, u, V::set1(kG[i]));
+  const R g =
+      horner<V>(u, -6.207562054874025e-08f, -2.1738505550041423e-08f, 1.984329832948296e-06f, -1.3989708606248185e-05f,
+                8.262043001314161e-05f, -0.0004505262044691479f, 0.0023017655249173564f, -0.011416429673291808f,
+                0.05819392421699341f, -0.3598234045938444f, -1.5345508751387895f);
   const R erfc = exp_v<V>(V::fnma(ac, ac, g));  // g − a², rounded once
   const R large = V::sub(V::set1(1.0f), erfc);
   const R r = V::select(V::lt(a, V::set1(0.875f)), small, large);

@@ -99,12 +99,27 @@ struct WeightView {
 /// MR×(NV·L) micro-tile over the blocks [b0, b1): f (float accumulators, from C unless first) +=
 /// Σ_b float(acc_b)·s_x; at the last k-slice y = f·s_w and the epilogue; else f is stored in C.
 /// `corr` (offset variants): −128·Σ_{k∈b} q_w per block and column, [b1 − b0][NV·L].
+/// A float vector of n lanes at p through the float traits V: a plain load or store for a whole
+/// vector, a masked one for fewer lanes (n may be 0: nothing read, zeros).
+template <class V>
+inline typename V::R load_part(const float* p, int n) {
+  return n >= V::kLanes ? V::load(p) : V::load_n(p, n);
+}
+template <class V>
+inline void store_part(float* p, typename V::R v, int n) {
+  if (n >= V::kLanes)
+    V::store(p, v);
+  else
+    V::store_n(p, v, n);
+}
+
 template <class I, int MR, int NV>
 inline void tile(const PackedA& pa, int g, int b0, int b1, const std::int8_t* const* bpanel, const std::int32_t* corr,
                  float* c, std::ptrdiff_t ldc, int rows, int cols, bool first, bool last, const float* w_scale,
                  const float* pre, std::ptrdiff_t ldp, const blocked::TileEpilogue* ep) {
   using Ri = typename I::Ri;
-  using Rf = typename I::Rf;
+  using V = typename I::V;  // the float side: the ISA's float traits
+  using Rf = typename V::R;
   constexpr int L = I::kLanes;
   constexpr int NR = NV * L;
   Rf f[MR][NV];
@@ -112,7 +127,7 @@ inline void tile(const PackedA& pa, int g, int b0, int b1, const std::int8_t* co
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j)
-      f[i][j] = first || i >= rows ? I::zero_f() : I::load_f_n(c + i * ldc + j * L, imin(L, imax(0, cols - j * L)));
+      f[i][j] = first || i >= rows ? V::zero() : load_part<V>(c + i * ldc + j * L, imin(L, imax(0, cols - j * L)));
   const std::uint8_t* a_group = pa.data + static_cast<std::ptrdiff_t>(g) * pa.quads * MR * 4;
   const float* s_group = pa.scales + static_cast<std::ptrdiff_t>(g) * pa.blocks * MR;
   for (int b = b0; b < b1; ++b) {
@@ -138,9 +153,9 @@ inline void tile(const PackedA& pa, int g, int b0, int b1, const std::int8_t* co
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const Rf s = I::set1_f(s_group[b * MR + i]);
+      const Rf s = V::set1(s_group[b * MR + i]);
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) f[i][j] = I::fma_f(I::to_float(acc[i][j]), s, f[i][j]);
+      for (int j = 0; j < NV; ++j) f[i][j] = V::fma(I::to_float(acc[i][j]), s, f[i][j]);
     }
   }
   if (!last) {
@@ -148,7 +163,7 @@ inline void tile(const PackedA& pa, int g, int b0, int b1, const std::int8_t* co
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) {
         const int n = imin(L, cols - j * L);
-        if (n > 0) I::store_f_n(c + i * ldc + j * L, f[i][j], n);
+        if (n > 0) store_part<V>(c + i * ldc + j * L, f[i][j], n);
       }
     return;
   }
@@ -158,14 +173,14 @@ inline void tile(const PackedA& pa, int g, int b0, int b1, const std::int8_t* co
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) {
     const int n = imin(L, imax(0, cols - j * L));
-    const Rf sw = I::load_f_n(w_scale + j * L, n);
+    const Rf sw = load_part<V>(w_scale + j * L, n);
     if (pre == nullptr) {
 #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) I::store_f(&t[i][j * L], I::mul_f(f[i][j], sw));
+      for (int i = 0; i < MR; ++i) V::store(&t[i][j * L], V::mul(f[i][j], sw));
     } else {
       for (int i = 0; i < MR; ++i)
-        I::store_f(&t[i][j * L], i < rows && n > 0 ? I::fma_f(f[i][j], sw, I::load_f_n(pre + i * ldp + j * L, n))
-                                                   : I::mul_f(f[i][j], sw));
+        V::store(&t[i][j * L],
+                 i < rows && n > 0 ? V::fma(f[i][j], sw, load_part<V>(pre + i * ldp + j * L, n)) : V::mul(f[i][j], sw));
     }
   }
   blocked::finish_tile<typename I::V, MR, NR / I::V::kLanes>(&t[0][0], c, ldc, rows, cols, ep);

@@ -36,6 +36,16 @@ struct Epilogue {
   std::ptrdiff_t ldp = 0;
 };
 
+/// The tile shapes of one instruction set's vector kernels (set by its kernel file, read by
+/// kernels_simd.inc): the tuning, apart from the maths of the templates that use it.
+struct TileGeometry {
+  int mr, nv;            ///< GEMM micro-tile: mr rows × nv vectors (NR = nv · lanes)
+  bool k_major_a;        ///< A packed k-major (tall tiles: one address stream) or row-major
+  int pv_mr, pv_nv_max;  ///< attention P·V tile: rows × widest column chunk (vectors); score tiles are the GEMM's
+  int query_block;       ///< attention queries per block (their scores stay in L2)
+  int burst_chains;      ///< independent FMA chains of the peak probe
+};
+
 /// Element type of a weight matrix used in place (e.g. memory-mapped from a safetensors file).
 enum class WeightType { kF32 = 0, kBF16 = 1, kF16 = 2 };
 

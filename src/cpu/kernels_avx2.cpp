@@ -30,12 +30,10 @@ namespace {
 struct Simd {
   using V = Avx2;
   static constexpr Isa kIsa = Isa::kAvx2;
-  static constexpr int kMr = 6, kNv = 2;  // NR = 16
-  static constexpr bool kKMajorA = false;
-  // Attention: score tiles 6 queries × 16 keys (the GEMM's), P·V tiles 3 queries × 24 columns (9
-  // accumulators of the 16 ymm registers); 120 queries per block (0.5 MB of scores).
-  static constexpr int kScoreMr = kMr, kPvMr = 3, kPvNvMax = 3, kQueryBlock = 120;
-  static constexpr int kBurstChains = 12;  // more than 2 pipes × 4-5 cycles of FMA latency
+  // GEMM 6 × 16 (NR = 2 vectors), A row-major. Attention: score tiles 6 queries × 16 keys (the
+  // GEMM's), P·V tiles 3 queries × 24 columns (9 accumulators of the 16 ymm registers), 120 queries
+  // per block (0.5 MB of scores). Peak probe: 12 chains, more than 2 pipes × 4-5 cycles of latency.
+  static constexpr TileGeometry kTiles{6, 2, false, 3, 3, 120, 12};
 
   // int8: CPUs with AVX-VNNI run the vpdpbusd version of src/cpu/kernels_avxvnni.cpp, the others
   // vpmaddubsw.

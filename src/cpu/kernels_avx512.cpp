@@ -31,12 +31,11 @@ namespace {
 struct Simd {
   using V = Avx512;
   static constexpr Isa kIsa = Isa::kAvx512;
-  static constexpr int kMr = 14, kNv = 2;  // NR = 32
-  static constexpr bool kKMajorA = true;
-  // Attention: score tiles 14 queries × 32 keys (the GEMM's), P·V tiles 6 queries × 64 columns (24
-  // accumulators, 4 loads of v + 6 broadcasts of P per key); 126 queries per block (0.5 MB of scores).
-  static constexpr int kScoreMr = kMr, kPvMr = 6, kPvNvMax = 4, kQueryBlock = 126;
-  static constexpr int kBurstChains = 16;  // zmm chains: more than 2 ports × 4 cycles of FMA latency
+  // GEMM 14 × 32 (NR = 2 vectors), A k-major. Attention: score tiles 14 queries × 32 keys (the
+  // GEMM's), P·V tiles 6 queries × 64 columns (24 accumulators, 4 loads of v + 6 broadcasts of P per
+  // key), 126 queries per block (0.5 MB of scores). Peak probe: 16 zmm chains, more than 2 ports × 4
+  // cycles of FMA latency.
+  static constexpr TileGeometry kTiles{14, 2, true, 6, 4, 126, 16};
 
   // int8: 6 × 32 tiles (12 int32 + 12 float accumulators, 2 weight vectors, 1 broadcast); per k-quad 2
   // loads of weights + 6 broadcasts of activations for 12 vpdpbusd. k-slices of 2048 inputs (the 32
@@ -62,7 +61,7 @@ struct Simd {
     static const bool has_bf16 = cpu_has(CpuFeature::kAvx512bf16);
     if (!has_bf16) return gemm_bf16_portable(M, A, lda, w, C, ldc, ep, threads);
     static const Blocking bl = gemm_blocking(Isa::kAvx512);
-    bf16_blocked::gemm<Bf16Avx512, kMr>(M, A, lda, w, C, ldc, ep, threads, bl.mc);
+    bf16_blocked::gemm<Bf16Avx512, kTiles.mr>(M, A, lda, w, C, ldc, ep, threads, bl.mc);
   }
 
   // The bf16 rate probe (bf16_compute_pays): 16 independent vdpbf16ps chains, as the FMA probe.

@@ -396,18 +396,22 @@ void gemm_bf16_portable(int M, const float* A, std::ptrdiff_t lda, const bf16::P
 KernelTable portable_kernel_table() {
   KernelTable t;
   t.isa = Isa::kPortable;
+  // Float32 GEMMs, weights read as stored (packed_nr 0: no pre-packed panels on this table).
   t.gemm = gemm_portable;
   t.gemm_weights = gemm_weights_portable;
-  t.gelu_erf = gelu_erf_portable;
-  t.erf = erf_portable;
-  t.layer_norm = layer_norm_portable;
-  t.attention_head = attention_head_portable;
+  t.gemm_weights_stacked = gemm_weights_stacked_portable;
+  // int8 and bf16 weights: the definitions the vector kernels are tested against.
   t.gemm_int8 = gemm_int8_portable;
   t.outlier_product = outlier_product_portable;
-  t.gemm_weights_stacked = gemm_weights_stacked_portable;
+  t.gemm_bf16 = gemm_bf16_portable;
+  // Norms, activations, attention.
+  t.layer_norm = layer_norm_portable;
+  t.erf = erf_portable;
+  t.gelu_erf = gelu_erf_portable;
+  t.attention_head = attention_head_portable;
+  // Rate probes: scalar chains.
   t.fma_burst = fma_burst_scalar;
   t.microkernel_burst = fma_burst_scalar;
-  t.gemm_bf16 = gemm_bf16_portable;
   return t;
 }
 
