@@ -2,6 +2,7 @@
 #include "cli.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -375,6 +376,96 @@ std::string file_kind(const std::string& path) {
 
 bool is_image_kind(const std::string& kind) { return ends_with(kind, " image"); }
 
+const char* const kDecodedFormats = "PNG, JPEG, BMP, GIF, TGA, PSD, PNM";
+
+namespace {
+
+// Whether `b` starts like a TGA file stb_image takes (its stbi__tga_test): TGA has no signature, only
+// a header whose colour map type, image type, size and bits per pixel must make sense.
+bool tga_header(const unsigned char* b, std::size_t n) {
+  if (n < 17 || b[1] > 1) return false;
+  const bool mapped = b[1] == 1;
+  const int type = b[2], bpp = b[16];
+  if (mapped && ((type != 1 && type != 9) || (b[7] != 8 && b[7] != 15 && b[7] != 16 && b[7] != 24 && b[7] != 32)))
+    return false;
+  if (!mapped && type != 2 && type != 3 && type != 10 && type != 11) return false;
+  if ((b[12] | b[13] << 8) < 1 || (b[14] | b[15] << 8) < 1) return false;  // width, height
+  if (mapped && bpp != 8 && bpp != 16) return false;
+  return bpp == 8 || bpp == 15 || bpp == 16 || bpp == 24 || bpp == 32;
+}
+
+}  // namespace
+
+std::string not_an_image(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // O_NONBLOCK: a FIFO does not hang
+  if (fd < 0) {
+    const int e = errno;
+    return e == ENOENT ? "does not exist" : std::string("cannot be read (") + std::strerror(e) + ")";
+  }
+  struct stat st {};
+  unsigned char b[32];
+  ssize_t n = -1;
+  int e = 0;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    do n = ::read(fd, b, sizeof b);
+    while (n < 0 && errno == EINTR);
+    e = errno;
+  }
+  ::close(fd);
+  if (S_ISDIR(st.st_mode)) return "is a folder";
+  if (!S_ISREG(st.st_mode)) return "is not a regular file";
+  if (n < 0) return std::string("cannot be read (") + std::strerror(e) + ")";
+  if (n == 0) return "is empty";
+  const auto size = static_cast<std::size_t>(n);
+  auto starts = [&](const char* magic, std::size_t k) { return size >= k && std::memcmp(b, magic, k) == 0; };
+  // The signatures decode_image() goes by (PNM: binary P5/P6 only); a match may still be corrupt.
+  if (starts("\x89PNG", 4) || starts("\xff\xd8\xff", 3) || starts("GIF8", 4) || starts("8BPS", 4)) return "";
+  // Two bytes are a weak signature: a safetensors header size can start with "BM" (its JSON at byte 8).
+  const bool safetensors_like = size >= 9 && b[8] == '{';
+  if ((starts("BM", 2) || starts("P5", 2) || starts("P6", 2)) && !safetensors_like) return "";
+  // What people give by mistake is named (file_kind reads the file again: only for files refused).
+  const std::string kind = file_kind(path);
+  if (is_image_kind(kind)) return "is " + kind + " (vitmsn does not decode that format)";  // WebP, TIFF
+  if (kind == "a zip archive") {
+    const std::string ext = lower(std::filesystem::path(path).extension().string());
+    return ext == ".bin" || ext == ".pt" || ext == ".pth" || ext == ".ckpt" ? "is a PyTorch checkpoint (a zip archive)"
+                                                                            : "is a zip archive";
+  }
+  if (!kind.empty() && kind != "a binary file") return "is " + kind;  // safetensors, .npy
+  if (tga_header(b, size)) return "";
+  bool control = kind == "a binary file";  // NUL bytes, or other control bytes than blanks: not text
+  for (std::size_t i = 0; i < size; ++i) control = control || ((b[i] < 0x20 || b[i] == 0x7f) && !std::isspace(b[i]));
+  if (control) return "starts like none of them";
+  std::string head;  // text from its first non-blank byte, lower case
+  for (std::size_t i = 0; i < size; ++i)
+    if (!std::isspace(b[i]) || !head.empty()) head += static_cast<char>(std::tolower(b[i]));
+  if (!head.empty() && (head[0] == '{' || head[0] == '[')) return "is a JSON file";
+  if (head.rfind("<!doctype html", 0) == 0 || head.rfind("<html", 0) == 0) return "is an HTML page";
+  return "is a text file";
+}
+
+void check_image_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw Error(printable(path) + ": a folder, not an image; give one image file (nothing was run)");
+  collect_images({path}, {});
+}
+
+void check_images(const std::vector<std::string>& images) {
+  constexpr std::size_t kShown = 10;
+  std::vector<std::string> shown;
+  std::size_t n = 0;
+  for (const auto& p : images) {
+    const std::string why = not_an_image(p);
+    if (why.empty()) continue;
+    if (++n <= kShown) shown.push_back(printable(p) + " " + why);
+  }
+  if (n == 0) return;
+  if (n > shown.size()) shown.push_back("and " + std::to_string(n - shown.size()) + " more");
+  throw Error(count(n, "input is not an image", "inputs are not images") + " vitmsn decodes (" + kDecodedFormats +
+              "): " + join(shown, "; ") + " (nothing was run)");
+}
+
 void check_list_file(const std::string& path, const std::string& option) {
   const std::string kind = file_kind(path);
   if (kind == "a folder")
@@ -544,6 +635,7 @@ std::vector<std::string> collect_images(const std::vector<std::string>& argument
                                        "folder; did you mean " +
                                            join_first(beside_list, 3) + "?"));
   }
+  check_images(images);
   return images;
 }
 

@@ -178,6 +178,24 @@ std::string file_kind(const std::string& path);
 /// Whether file_kind() named an image.
 bool is_image_kind(const std::string& kind);
 
+/// The image formats vitmsn decodes, as a person names them: "PNG, JPEG, BMP, GIF, TGA, PSD, PNM".
+extern const char* const kDecodedFormats;
+
+/// Why `path` is not an image vitmsn decodes, from one open and a read of its first 32 bytes: "" when
+/// it starts like one of kDecodedFormats (a signature, or for TGA, which has none, a header stb_image
+/// takes) — it may still be corrupt, which decoding it finds —; else what it is, as a predicate:
+/// "does not exist", "cannot be read (Permission denied)", "is a folder", "is not a regular file", "is
+/// empty", "is a safetensors file", "is a NumPy .npy array", "is a PyTorch checkpoint (a zip archive)"
+/// (.bin, .pt, .pth, .ckpt; else "is a zip archive"), "is a WebP image (vitmsn does not decode that
+/// format)", "is a JSON file", "is an HTML page", "is a text file", "starts like none of them" (other
+/// binary data). Never quotes the bytes.
+std::string not_an_image(const std::string& path);
+
+/// Checks, before any image, that every file of `images` starts like an image vitmsn decodes
+/// (not_an_image(): 32 bytes read per file). \throws Error naming those that do not (at most 10, then
+/// "and N more"), each with what it is, and the formats vitmsn reads.
+void check_images(const std::vector<std::string>& images);
+
 /// \throws Error when `path`, given to `option` as a list file, is a folder or not text.
 void check_list_file(const std::string& path, const std::string& option);
 
@@ -216,9 +234,15 @@ std::string printable(const std::string& s);
 
 /// The images a program is given: each argument a file (as given) or a folder (scanned, see
 /// scan_folder; a note on stderr says what was skipped), then the entries of each `lists` file in
-/// order. Every file is checked to exist before any work. \throws Error naming what is missing.
+/// order. Every file is checked to exist and to start like an image (check_images) before any work.
+/// \throws Error naming what is missing, or the files that are not images.
 std::vector<std::string> collect_images(const std::vector<std::string>& arguments,
                                         const std::vector<std::string>& lists);
+
+/// The one IMAGE of a program that takes a single image file (vitmsn-attention, vitmsn-demo), checked
+/// before any work as collect_images() checks files: it is not a folder, exists, and starts like an
+/// image vitmsn decodes. \throws Error saying which it is not.
+void check_image_file(const std::string& path);
 
 /// Where the programs look for the model when --model is not given: $VITMSN_MODEL, then
 /// weights/vit-msn-large-7.safetensors (what weights/fetch_vit_msn_large_7.sh writes), relative to the

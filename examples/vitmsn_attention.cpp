@@ -22,6 +22,8 @@ map: dark blue (the least attention) through purple, pink and orange to yellow (
 from the weakest to the strongest patch. A colour bar below the image gives that scale in percent of
 the CLS token's attention (--no-legend: the image alone, at its own size). An image narrower than
 160 pixels is scaled up by a whole factor (nearest pixel) so that the colour bar is readable.
+IMAGE is checked before the model is loaded: it must exist and start like an image vitmsn decodes
+(PNG, JPEG, BMP, GIF, TGA, PSD, PNM); an error names what it is instead.
 options:
   --model PATH     model folder or .safetensors (default: $VITMSN_MODEL, else
                    weights/vit-msn-large-7.safetensors)
@@ -139,6 +141,7 @@ int main(int argc, char** argv) {
     const std::string output = args.required("--output", "--output OUT.png");
     const double alpha = args.get_double("--alpha", 0.6, 0.0, 1.0);
     cli::check_output("--output", output, {".png"}, args.has("--force"));
+    cli::check_image_file(args.positional()[0]);  // before the model loads
     LoadOptions lo;
     lo.threads = args.get_int("--threads", 0, 1, 4096);
     const Model model = Model::load(cli::model_path_or_throw(args), lo);

@@ -20,6 +20,9 @@ const cli::Spec kSpec = {"vitmsn-classify",
 Prints the K most likely classes (softmax probability and logit) of each image, with the class
 names of the model's id2label. Images are files, folders (searched recursively for
 @EXTENSIONS@, hidden files skipped) and --list files.
+Before the first image, every input (files found in folders too) must exist and start like an image
+vitmsn decodes (32 bytes read per file): the others (a .safetensors, a text file, …) are named, each
+with what it is, and nothing is run. A corrupt image is found when decoded (exit status 3).
 The model needs a classifier head: a ViTMSNForImageClassification checkpoint, or a head trained by
 vitmsn-probe and merged with vitmsn-convert --add-classifier.
 options:

@@ -19,7 +19,9 @@ const vitmsn::cli::Spec kSpec = {"vitmsn-demo",
 
 Extracts ViT-MSN features of IMAGE (default: the bundled chelsea.png) and prints the CLS embedding.
 Without --model it uses $VITMSN_MODEL or weights/vit-msn-large-7.safetensors, and falls back to the
-bundled tiny test model (random weights) when the real weights are absent.
+bundled tiny test model (random weights) when the real weights are absent. IMAGE is checked before
+the model is loaded: it must exist and start like an image vitmsn decodes (PNG, JPEG, BMP, GIF, TGA,
+PSD, PNM).
 options:
   --model PATH   model folder or .safetensors
   --threads N    threads (default: all CPUs this process may use)
@@ -38,6 +40,7 @@ int main(int argc, char** argv) {
                                   : args.positional()[0];
     vitmsn::LoadOptions lo;
     lo.threads = args.get_int("--threads", 0, 1, 4096);  // options first: no note before a usage error
+    vitmsn::cli::check_image_file(image);                // and the image: no note before its error
     std::string model_path = args.has("--model") || !vitmsn::cli::default_model_path().empty()
                                  ? vitmsn::cli::model_path_or_throw(args)
                                  : std::string();

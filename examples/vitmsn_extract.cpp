@@ -46,6 +46,9 @@ Beside OUT: OUT-without-extension.manifest.json records what made it (model iden
 kernels, options, preprocessor, the inputs and rows in order, SHA-256 of OUT and its list);
 OUT-without-extension.lock is held while a run writes OUT: a second run into the same OUT is refused.
 An input named twice (after path normalisation) is an error before any work, unless --dedupe.
+Before any work, every image input (files found in folders too) must exist and start like an image
+vitmsn decodes (32 bytes read per file): the others (a .safetensors, a text file, …) are named, each
+with what it is, and nothing is run. A corrupt image is found when decoded (exit status 3).
 Ctrl-C (SIGINT) or SIGTERM: the current image is finished, the work done so far is saved in
 OUT-without-extension.part-*.safetensors, and the same command resumes it (a second Ctrl-C stops at
 once). Resuming with other settings (model, dtype, pool, size, preprocessor, kernels) is refused.

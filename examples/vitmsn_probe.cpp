@@ -55,8 +55,10 @@ options:
   --force              overwrite HEAD if it exists
   -h, --help           this text
   --version            the version, kernel instruction set and JPEG decoder
-Images that cannot be read are reported and skipped; a class none of whose images can be read is
-left out of the head (said), as long as 2 classes remain.
+Before any work, every file found must start like an image vitmsn decodes (32 bytes read per file):
+the others (a .jpg that is an HTML page, …) are named, each with what it is, and nothing is run.
+Images that cannot be decoded are reported and skipped; a class none of whose images can be decoded
+is left out of the head (said), as long as 2 classes remain.
 Ctrl-C (SIGINT) or SIGTERM: stops after the current image; the features computed so far are in the
 cache, and the same command continues from there (a second Ctrl-C stops at once).
 Exit status: 0 every input done; 3 the head written but some images failed, or a class left out
@@ -467,6 +469,9 @@ int main(int argc, char** argv) {
   return cli::run_main(argc, argv, kSpec, [](const cli::Args& args) {
     const Options o = parse_options(args);
     const Dataset d = scan_image_folder(o.data, o.cache_root);
+    std::vector<std::string> files;
+    for (const Sample& s : d.samples) files.push_back(s.path);
+    cli::check_images(files);  // before the model loads
     LoadOptions lo;
     lo.threads = o.threads;
     const Model model = Model::load(o.model_path, lo);

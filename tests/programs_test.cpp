@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "test_util.hpp"
 #include "vitmsn/identity.hpp"
 #include "vitmsn/image.hpp"
@@ -1012,9 +1014,172 @@ TEST(Programs, SomeFailedInputsExitWith3InExtractClassifyAndProbe) {
 
 TEST(DemoProgram, AUsageErrorComesWithoutTheNoteOnTheBundledModel) {
   unsetenv("VITMSN_MODEL");
-  const ProgramRun r = run("vitmsn-demo --threads 0");
-  EXPECT_EQ(r.status, 2) << r.output;
-  EXPECT_EQ(r.output.find("note:"), std::string::npos) << r.output;
+  for (const std::string args : {"--threads 0", "--threads two", "--bogus", "a.png b.png", "--model"}) {
+    const ProgramRun r = run("vitmsn-demo " + args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("note:"), std::string::npos) << args << "\n" << r.output;
+    EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;  // the error comes first
+  }
+}
+
+TEST(DemoProgram, AnImageThatIsMissingOrNotAnImageIsRefusedWithoutTheNote) {
+  unsetenv("VITMSN_MODEL");
+  const std::string dir = test::temp_dir();
+  const std::string config = test::data_path("models/tiny/config.json");
+  ProgramRun r = run("vitmsn-demo " + config);
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output, "error: 1 input is not an image vitmsn decodes (PNG, JPEG, BMP, GIF, TGA, PSD, PNM): " + config +
+                          " is a JSON file (nothing was run)\n");
+  r = run("vitmsn-demo " + dir + "/missing.png");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output, "error: 1 input does not exist: " + dir + "/missing.png (nothing was run)\n");
+  r = run("vitmsn-demo " + test::data_path("images"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output.rfind("error: " + test::data_path("images") + ": a folder, not an image", 0), 0u) << r.output;
+}
+
+// Files that are not images, as people give them by mistake, and what each is said to be.
+struct NotAnImage {
+  std::string path, what;
+};
+
+std::vector<NotAnImage> not_images(const std::string& dir) {
+  std::vector<NotAnImage> v = {
+      {test::data_path("models/tiny/model.safetensors"), "is a safetensors file"},
+      {test::data_path("models/tiny/config.json"), "is a JSON file"},
+      {test::data_path("models/tiny/pytorch_model.bin"), "is a PyTorch checkpoint (a zip archive)"},
+      {dir + "/feats.npy", "is a NumPy .npy array"},
+      {dir + "/empty.png", "is empty"},
+      {dir + "/page.jpg", "is an HTML page"},
+      {dir + "/notes.txt", "is a text file"},
+      {dir + "/b.webp", "is a WebP image (vitmsn does not decode that format)"},
+      {dir + "/noise.bmp.gz", "starts like none of them"},
+      {dir + "/fifo.png", "is not a regular file"},
+  };
+  test::write_bytes(dir + "/feats.npy", std::string("\x93NUMPY\x01\x00", 8) + "{'descr': '<f4'}");
+  test::write_bytes(dir + "/empty.png", "");
+  test::write_bytes(dir + "/page.jpg", "\n<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n");
+  test::write_bytes(dir + "/notes.txt", "cat.png\ndog.png\n");
+  test::write_bytes(dir + "/b.webp", std::string("RIFF\x10\0\0\0WEBPVP8 ", 16));
+  test::write_bytes(dir + "/noise.bmp.gz", std::string("\x1f\x8b\x08\x00\x01\x02\xff\xfe", 8));
+  EXPECT_EQ(::mkfifo((dir + "/fifo.png").c_str(), 0600), 0);  // would block a reader: not opened for reading
+  if (::geteuid() != 0) {                                     // root reads every file
+    test::write_bytes(dir + "/locked.png", test::read_text(test::data_path("images/chelsea.png")));
+    ::chmod((dir + "/locked.png").c_str(), 0);
+    v.push_back({dir + "/locked.png", "cannot be read (Permission denied)"});
+  }
+  return v;
+}
+
+void expect_refused(const ProgramRun& r, const std::vector<NotAnImage>& bad, const std::string& command) {
+  EXPECT_EQ(r.status, 1) << command << "\n" << r.output;
+  EXPECT_NE(r.output.find("error: " + std::to_string(bad.size()) +
+                          " inputs are not images vitmsn decodes (PNG, JPEG, BMP, GIF, TGA, PSD, PNM): "),
+            std::string::npos)
+      << command << "\n"
+      << r.output;
+  for (const auto& b : bad)
+    EXPECT_NE(r.output.find(b.path + " " + b.what + (&b == &bad.back() ? " (nothing was run)" : "; ")),
+              std::string::npos)
+        << "missing '" << b.path << " " << b.what << "' in " << command << "\n"
+        << r.output;
+  EXPECT_FALSE(started_images(r)) << command << "\n" << r.output;
+  EXPECT_TRUE(printable(r.output)) << r.output;  // never the file's bytes
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << command << "\n" << r.output;
+}
+
+TEST(Programs, InputsThatAreNotImagesAreRefusedBeforeTheFirstImageEachNamedForWhatItIs) {
+  const std::string dir = test::temp_dir();
+  const std::string good = test::data_path("images/chelsea.png"), cls = test::data_path("models/tiny-cls");
+  const std::vector<NotAnImage> bad = not_images(dir);
+  std::string args, list = good + "\n";
+  for (const auto& b : bad) {
+    args += " " + b.path;
+    list += b.path + "\n";
+  }
+  test::write_bytes(dir + "/list.txt", list);
+  for (const std::string& c :
+       {"vitmsn-extract --model " + tiny() + " --pool cls --output " + dir + "/f.npy " + good + args,
+        "vitmsn-extract --model " + tiny() + " --output " + dir + "/f.safetensors --list " + dir + "/list.txt",
+        "vitmsn-classify --model " + cls + " " + good + args,
+        "vitmsn-classify --model " + cls + " --list " + dir + "/list.txt"})
+    expect_refused(run(c), bad, c);
+  EXPECT_FALSE(exists(dir + "/f.npy") || exists(dir + "/f.safetensors") || exists(dir + "/f.manifest.json"));
+  for (const std::string p : {"vitmsn-extract", "vitmsn-classify", "vitmsn-probe"})
+    EXPECT_NE(run(p + " --help").output.find("start like an image"), std::string::npos) << p;
+}
+
+TEST(Programs, FilesFoundInFoldersAreCheckedTooAndAtMostTenAreNamed) {
+  const std::string dir = test::temp_dir();
+  copy_image("chelsea.png", dir + "/in/a.png");
+  for (int i = 0; i < 12; ++i)  // a failed download saved under an image's name
+    test::write_bytes(dir + "/in/page" + std::to_string(10 + i) + ".jpg",
+                      "<html><body>Too Many Requests</body></html>");
+  const std::string c = "vitmsn-extract --model " + tiny() + " --pool cls --output " + dir + "/f.npy " + dir + "/in";
+  const ProgramRun r = run(c);
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: 12 inputs are not images vitmsn decodes (PNG, JPEG, BMP, GIF, TGA, PSD, PNM): " +
+                          dir + "/in/page10.jpg is an HTML page; "),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find(dir + "/in/page19.jpg is an HTML page; and 2 more (nothing was run)\n"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("page20.jpg"), std::string::npos) << r.output;
+  EXPECT_FALSE(started_images(r)) << r.output;
+  EXPECT_FALSE(exists(dir + "/f.npy"));
+  // vitmsn-probe: an ImageFolder's files, before the model is loaded.
+  const std::string data = test::make_probe_image_folder(dir);
+  test::write_bytes(data + "/" + test::probe_class_names()[1] + "/x.png", "not an image");
+  const ProgramRun p = run("vitmsn-probe --model " + tiny() + " --data " + data + " --output " + dir +
+                           "/h.safetensors --cache " + dir + "/cache");
+  EXPECT_EQ(p.status, 1) << p.output;
+  EXPECT_NE(p.output.find("error: 1 input is not an image vitmsn decodes (PNG, JPEG, BMP, GIF, TGA, PSD, PNM): " +
+                          data + "/" + test::probe_class_names()[1] + "/x.png is a text file (nothing was run)"),
+            std::string::npos)
+      << p.output;
+  EXPECT_FALSE(started_images(p)) << p.output;
+  EXPECT_FALSE(exists(dir + "/h.safetensors"));
+}
+
+TEST(AttentionProgram, AnImageThatIsNotOneIsRefusedBeforeTheModelLoads) {
+  const std::string dir = test::temp_dir();
+  const std::string st = test::data_path("models/tiny/model.safetensors");
+  // The model does not exist: the image's error comes first, as the other checks made before any work.
+  const ProgramRun r = run("vitmsn-attention --model " + dir + "/nomodel --output " + dir + "/a.png " + st);
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output, "error: 1 input is not an image vitmsn decodes (PNG, JPEG, BMP, GIF, TGA, PSD, PNM): " + st +
+                          " is a safetensors file (nothing was run)\n");
+  EXPECT_FALSE(exists(dir + "/a.png"));
+}
+
+TEST(Programs, EveryFileTheDecoderReadsPassesTheCheckOfFirstBytes) {
+  // The check never refuses what the decoder reads: every file under tests/data (fixtures, fuzz seeds,
+  // models) and an image of each format, including TGA, which has no signature.
+  const std::string dir = test::temp_dir();
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(test::data_path("")))
+    if (e.is_regular_file()) files.push_back(e.path().string());
+  const Image rgb = read_image(test::data_path("formats/rgb.png"));
+  test::write_bytes(dir + "/rgb.psd", test::psd_bytes(rgb));
+  files.push_back(dir + "/rgb.psd");
+  std::size_t decoded = 0;
+  for (const auto& f : files) {
+    try {
+      read_image(f);
+    } catch (const Error&) {
+      continue;
+    }
+    ++decoded;
+    EXPECT_EQ(cli::not_an_image(f), "") << f;
+  }
+  EXPECT_GE(decoded, 40u);
+  std::string images;
+  for (const char* f : {"formats/rgb.tga", "formats/rgb_rle.tga", "formats/gray.tga", "formats/rgb.bmp",
+                        "formats/rgb.ppm", "formats/gray.pgm", "pillow/palette.gif", "images/chelsea_q90.jpg"})
+    images += " " + test::data_path(f);
+  const ProgramRun r =
+      run("vitmsn-classify --model " + test::data_path("models/tiny-cls") + images + " " + dir + "/rgb.psd");
+  EXPECT_EQ(r.status, 0) << r.output;
 }
 
 TEST(AttentionProgram, ASmallImageIsScaledUpSoTheColourBarIsReadable) {
