@@ -138,5 +138,44 @@ struct ScalarLanes {
   }
 };
 
+/// bf16 pair traits (as avx512_traits.hpp's Bf16Avx512) through plain C++ lanes: vdpbf16ps's
+/// definition (src/cpu/bf16_format.hpp) lane by lane, conversions with half.hpp's float_to_bf16.
+template <int N>
+struct ScalarBf16 {
+  using V = ScalarLanes<N>;
+  struct W {
+    std::uint32_t v[N];
+  };
+  static W load(const std::uint32_t* p) {
+    W w;
+    std::memcpy(w.v, p, sizeof w.v);
+    return w;
+  }
+  static W bcast(const std::uint32_t* p) {
+    W w;
+    for (auto& x : w.v) x = *p;
+    return w;
+  }
+  static float daz(std::uint32_t h) {  // a subnormal bf16 reads as a zero of its sign
+    return bf16_to_float(static_cast<std::uint16_t>((h & 0x7f80u) ? h : h & 0x8000u));
+  }
+  static float ftz(float x) {  // a subnormal result becomes a zero of its sign
+    const std::uint32_t u = float_to_bits(x);
+    return (u & 0x7f800000u) ? x : bits_to_float(u & 0x80000000u);
+  }
+  static typename V::R dot(typename V::R acc, W a, W b) {
+    for (int i = 0; i < N; ++i) {
+      const float hi = ftz(std::fma(daz(a.v[i] >> 16), daz(b.v[i] >> 16), acc.v[i]));
+      acc.v[i] = ftz(std::fma(daz(a.v[i] & 0xffffu), daz(b.v[i] & 0xffffu), hi));
+    }
+    return acc;
+  }
+  static void to_pairs(const float* x, int n, std::uint32_t* out) {
+    for (int i = 0; i < (n + 1) / 2; ++i)
+      out[i] = std::uint32_t{float_to_bf16(x[2 * i])} |
+               std::uint32_t{2 * i + 1 < n ? float_to_bf16(x[2 * i + 1]) : std::uint16_t{0}} << 16;
+  }
+};
+
 }  // namespace
 }  // namespace vitmsn::detail

@@ -11,6 +11,7 @@
 
 #include "core/ops.hpp"
 #include "cpu/attention_blocked.hpp"
+#include "cpu/cpu.hpp"
 #include "cpu/kernels.hpp"
 #include "kernel_test_util.hpp"
 #include "vitmsn/cpu.hpp"
@@ -185,6 +186,92 @@ TEST(AttentionBlocked, BothGeometriesThroughPlainLanesMatchTheDefinition) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// bf16 products (attention_head_bf16, bf16 compute): q·factor, k, v and the exponentials rounded to
+// bf16, float32 chains of exact bf16 products. Every table's entry, and both vector geometries
+// through plain lanes (the ScalarBf16 emulation of vdpbf16ps), against float64 attention without
+// rounding; the vector entries against the portable definition too.
+
+// With q, k ~ N(0, 1.5) and hd = 64, a score's error from rounding q and k (2^-9 relative each) is
+// ~1e-2 in log2 units, a probability's ~1 % of itself; ctx, a weighted mean of v ~ N(0, 1.5), moves by
+// the same ~1 % of its spread plus v's and P's own rounding. Measured maxima are printed.
+constexpr double kBf16CtxTol = 6e-2;
+constexpr double kBf16ProbTol = 2e-2;
+
+template <class Fn>
+void check_bf16_head(Fn&& head, const char* what, double* worst_ctx, double* worst_probs) {
+  for (const AttentionCase& c : attention_cases()) {
+    const AttentionData d = make_attention_data(c, 99u + static_cast<unsigned>(c.tokens * 7 + c.head_dim));
+    const AttentionResult got = run_attention(d, head, d.tokens);
+    double ctx_err = 0.0, prob_err = 0.0;
+    compare_attention(d, got, what, &ctx_err, &prob_err);
+    EXPECT_LE(ctx_err, kBf16CtxTol) << what << " tokens " << c.tokens << " head_dim " << c.head_dim;
+    EXPECT_LE(prob_err, kBf16ProbTol) << what << " tokens " << c.tokens << " head_dim " << c.head_dim;
+    expect_probabilities_change_nothing(d, head, got, what);
+    *worst_ctx = std::max(*worst_ctx, ctx_err);
+    *worst_probs = std::max(*worst_probs, prob_err);
+  }
+}
+
+TEST(AttentionBf16, EveryTableMatchesTheDefinitionWithinBf16Rounding) {
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_available(isa)) continue;
+    double ctx = 0.0, probs = 0.0, vs_portable = 0.0;
+    check_bf16_head(kernels(isa).attention_head_bf16, isa_name(isa), &ctx, &probs);
+    if (isa != Isa::kPortable)
+      for (const AttentionCase& c : {AttentionCase{1025, 64}, AttentionCase{127, 63}, AttentionCase{17, 1}}) {
+        const AttentionData d = make_attention_data(c, 3u + static_cast<unsigned>(c.tokens));
+        const AttentionResult got = run_attention(d, kernels(isa).attention_head_bf16, 0);
+        const AttentionResult ref = run_attention(d, kernels(Isa::kPortable).attention_head_bf16, 0);
+        for (std::size_t i = 0; i < got.ctx.size(); ++i)
+          vs_portable = std::max(vs_portable, static_cast<double>(std::fabs(got.ctx[i] - ref.ctx[i])));
+      }
+    std::printf(
+        "[ %s attention, bf16 products ] max |ctx - exact| %.3g (tolerance %.0e), max |probabilities - exact| "
+        "%.3g (%.0e), max |ctx - portable| %.3g\n",
+        isa_name(isa), ctx, kBf16CtxTol, probs, kBf16ProbTol, vs_portable);
+    // Both compute the same definition; they differ only where exp2 or a sum's order moves a bf16
+    // rounding by one step.
+    EXPECT_LE(vs_portable, kBf16CtxTol / 4) << isa_name(isa);
+  }
+}
+
+TEST(AttentionBf16, BothGeometriesThroughPlainLanesMatchTheDefinition) {
+  const auto lanes16 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
+                          float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+    attn_blocked::attention_head_bf16<ScalarBf16<16>, 14, 6, 4, 126>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                                     prob_rows);
+  };
+  const auto lanes8 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
+                         float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+    attn_blocked::attention_head_bf16<ScalarBf16<8>, 6, 3, 3, 120>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                                   prob_rows);
+  };
+  double ctx = 0.0, probs = 0.0;
+  check_bf16_head(lanes16, "16 lanes", &ctx, &probs);
+  check_bf16_head(lanes8, "8 lanes", &ctx, &probs);
+  std::printf("[ plain lanes, bf16 products ] max |ctx - exact| %.3g, max |probabilities - exact| %.3g\n", ctx, probs);
+}
+
+TEST(AttentionBf16, Avx512EqualsItsPlainLanesEmulationOnTheScores) {
+  // With AVX512_BF16, the vector head and its plain-lanes emulation compute the same chains: their
+  // probabilities agree to float32 rounding of the softmax (exp2 and the sum's order differ).
+  if (!isa_available(Isa::kAvx512) || !cpu_has(CpuFeature::kAvx512bf16)) GTEST_SKIP() << "no AVX512_BF16";
+  const auto lanes16 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
+                          float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+    attn_blocked::attention_head_bf16<ScalarBf16<16>, 14, 6, 4, 126>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                                     prob_rows);
+  };
+  const AttentionData d = make_attention_data(AttentionCase{1025, 64}, 7u);
+  const AttentionResult got = run_attention(d, kernels(Isa::kAvx512).attention_head_bf16, d.tokens);
+  const AttentionResult emu = run_attention(d, lanes16, d.tokens);
+  double worst = 0.0;
+  for (std::size_t i = 0; i + 1 < got.probs.size(); ++i)
+    worst = std::max(worst, static_cast<double>(std::fabs(got.probs[i] - emu.probs[i])));
+  std::printf("[ avx512 vs plain lanes, bf16 products ] max |probabilities difference| %.3g\n", worst);
+  EXPECT_LE(worst, 1e-6);
+}
+
 TEST(Attention, ResultsAreBitIdenticalForOneTwoAndThreeThreads) {
   // Two images of 1025 tokens, 4 heads of 64: (image, head) tasks spread differently over threads.
   const int images = 2, tokens = 1025, heads = 4, hd = 64, D = heads * hd;
@@ -201,7 +288,7 @@ TEST(Attention, ResultsAreBitIdenticalForOneTwoAndThreeThreads) {
       out[t].assign(static_cast<std::size_t>(images) * tokens * D, 0.0f);
       probs[t].assign(static_cast<std::size_t>(images) * heads * prob_rows * tokens, 0.0f);
       attention(isa, qkv.data(), 3 * D, images, tokens, heads, hd, 0.125f, out[t].data(), D, probs[t].data(), prob_rows,
-                t < 3 ? t + 1 : 2);
+                false, t < 3 ? t + 1 : 2);
     }
     EXPECT_TRUE(same_bits(out[0], out[1]) && same_bits(out[0], out[2]) && same_bits(out[0], out[3])) << isa_name(isa);
     EXPECT_TRUE(same_bits(probs[0], probs[1]) && same_bits(probs[0], probs[2])) << isa_name(isa);

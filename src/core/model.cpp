@@ -204,7 +204,7 @@ void embed_patches(Isa isa, const Config& c, const Weights& w, const Shape& s, c
 // softmax(q·kᵀ · head_dim^-½) · v, heads concatenated (context_layer).
 // `keep[b]` says where image b's attention probabilities go, if anywhere.
 void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const LayerLinears& ll, const Shape& s,
-                     Activations& a, const std::vector<KeepAttention>& keep, Stopwatch& sw, int threads) {
+                     Activations& a, const std::vector<KeepAttention>& keep, bool bf16, Stopwatch& sw, int threads) {
   const int D = s.D, N = s.N;
   detail::layer_norm(isa, a.x.data(), D, a.h.data(), D, static_cast<int>(s.rows), D, lw.layernorm_before_weight.data(),
                      lw.layernorm_before_bias.data(), static_cast<float>(c.layer_norm_eps), threads);
@@ -242,7 +242,7 @@ void attention_block(Isa isa, const Config& c, const LayerWeights& lw, const Lay
       prob_rows = 1;
     }
     detail::attention(isa, a.qkv.data() + r0 * ld3, ld3, 1, N, s.heads, s.hd,
-                      1.0f / std::sqrt(static_cast<float>(s.hd)), ctx + r0 * D, D, probs, prob_rows, threads);
+                      1.0f / std::sqrt(static_cast<float>(s.hd)), ctx + r0 * D, D, probs, prob_rows, bf16, threads);
     if (k.full && k.cls) {
       k.cls->resize(s.heads, N);
       for (int h = 0; h < s.heads; ++h) k.cls->row(h) = k.full->row(static_cast<Eigen::Index>(h) * N);
@@ -284,8 +284,9 @@ void mlp_block(Isa isa, const Config& c, const LayerWeights& lw, const LayerLine
 
 // ViTMSNLayer.forward: the attention block, then the MLP block, both pre-norm with residuals.
 void encoder_layer(Isa isa, const Config& c, const LayerWeights& lw, const LayerLinears& ll, const Shape& s,
-                   Activations& a, const std::vector<KeepAttention>& keep, Stopwatch& sw, int threads) {
-  attention_block(isa, c, lw, ll, s, a, keep, sw, threads);
+                   Activations& a, const std::vector<KeepAttention>& keep, bool bf16_attention, Stopwatch& sw,
+                   int threads) {
+  attention_block(isa, c, lw, ll, s, a, keep, bf16_attention, sw, threads);
   mlp_block(isa, c, lw, ll, s, a, sw, threads);
 }
 
@@ -306,8 +307,8 @@ void final_norm(Isa isa, const Config& c, const Weights& w, const Shape& s, cons
 // images: B images of height × width, [C, H, W] float32 each (already checked by check_pixels).
 // linears: each block's linear layers, prepared at load.
 void forward(Isa isa, const Config& c, const Weights& w, const std::vector<LayerLinears>& linears, int model_threads,
-             const std::vector<const float*>& images, int height, int width, const FeatureOptions& opt,
-             std::vector<Features>& out) {
+             bool bf16_attention, const std::vector<const float*>& images, int height, int width,
+             const FeatureOptions& opt, std::vector<Features>& out) {
   const int threads = opt.threads > 0 ? opt.threads : model_threads;
   const Shape s = shape_of(c, static_cast<int>(images.size()), height, width);
   std::vector<int> want_hidden, want_cls, want_maps;
@@ -339,7 +340,7 @@ void forward(Isa isa, const Config& c, const Weights& w, const std::vector<Layer
       if (wants(want_cls, l)) keep[b].cls = &out[b].cls_attention[l];
       if (wants(want_maps, l)) keep[b].full = &out[b].attentions[l];
     }
-    encoder_layer(isa, c, w.layers[l], linears[l], s, a, keep, sw, threads);
+    encoder_layer(isa, c, w.layers[l], linears[l], s, a, keep, bf16_attention, sw, threads);
     capture_hidden(l + 1);
   }
   final_norm(isa, c, w, s, a, out, threads);
@@ -521,6 +522,7 @@ struct Runner {
   int threads;
   const SafetensorsFile* file;               // the weights' file when memory-mapped, checked before each forward
   const std::vector<LayerLinears>& linears;  // each block's linear layers as prepared at load
+  bool bf16_attention;                       // bf16 compute: attention's products on bf16 pairs too
 };
 
 // Before a forward reads the weights: a memory-mapped file rewritten in place since load throws here
@@ -548,8 +550,8 @@ std::vector<Features> extract_batch(const Runner& m, const std::vector<Pixels>& 
       }
     std::vector<Features> part(group.size());
     check_file(m);
-    forward(m.isa, m.config, m.weights, m.linears, m.threads, group, static_cast<int>(batch[i].dimension(1)),
-            static_cast<int>(batch[i].dimension(2)), options, part);
+    forward(m.isa, m.config, m.weights, m.linears, m.threads, m.bf16_attention, group,
+            static_cast<int>(batch[i].dimension(1)), static_cast<int>(batch[i].dimension(2)), options, part);
     for (std::size_t k = 0; k < index.size(); ++k) out[index[k]] = std::move(part[k]);
   }
   return out;
@@ -560,8 +562,8 @@ Features extract_one(const Runner& m, const Pixels& px, const FeatureOptions& op
   check_pixels(m.config, px);
   std::vector<Features> out(1);
   check_file(m);
-  forward(m.isa, m.config, m.weights, m.linears, m.threads, {px.data()}, static_cast<int>(px.dimension(1)),
-          static_cast<int>(px.dimension(2)), options, out);
+  forward(m.isa, m.config, m.weights, m.linears, m.threads, m.bf16_attention, {px.data()},
+          static_cast<int>(px.dimension(1)), static_cast<int>(px.dimension(2)), options, out);
   return std::move(out[0]);
 }
 
@@ -587,28 +589,28 @@ Vector head_logits(const detail::Weights& w, const Features& features) {
 
 std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
                                               const FeatureOptions& options) const {
-  return extract_batch(
-      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->linears}, batch,
-      options);
+  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
+                              impl_->linears, std::strcmp(impl_->compute, "bf16") == 0},
+                       batch, options);
 }
 
 std::vector<Features> Model::extract_features(const std::vector<PixelValuesView>& batch,
                                               const FeatureOptions& options) const {
-  return extract_batch(
-      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->linears}, batch,
-      options);
+  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
+                              impl_->linears, std::strcmp(impl_->compute, "bf16") == 0},
+                       batch, options);
 }
 
 Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
-  return extract_one(
-      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->linears},
-      pixel_values, options);
+  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
+                            impl_->linears, std::strcmp(impl_->compute, "bf16") == 0},
+                     pixel_values, options);
 }
 
 Features Model::extract_features(const PixelValuesView& pixel_values, const FeatureOptions& options) const {
-  return extract_one(
-      Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(), impl_->linears},
-      pixel_values, options);
+  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
+                            impl_->linears, std::strcmp(impl_->compute, "bf16") == 0},
+                     pixel_values, options);
 }
 
 Features Model::extract_features(const Image& image, const FeatureOptions& options) const {

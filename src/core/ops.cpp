@@ -98,8 +98,10 @@ void interpolate_bicubic(const float* src, int src_h, int src_w, int dim, int ds
 }
 
 void attention(Isa isa, const float* qkv_all, std::ptrdiff_t ld_qkv, int images, int tokens, int heads, int head_dim,
-               float scale, float* ctx_all, std::ptrdiff_t ld_ctx, float* probs_all, int prob_rows, int threads) {
+               float scale, float* ctx_all, std::ptrdiff_t ld_ctx, float* probs_all, int prob_rows, bool bf16,
+               int threads) {
   const KernelTable& kt = kernels(isa);
+  const auto head = bf16 ? kt.attention_head_bf16 : kt.attention_head;
   const int D = heads * head_dim;
   const int tasks = images * heads;
 #ifdef _OPENMP
@@ -110,9 +112,8 @@ void attention(Isa isa, const float* qkv_all, std::ptrdiff_t ld_qkv, int images,
     const float* qkv = qkv_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_qkv;
     float* probs =
         probs_all ? probs_all + (static_cast<std::ptrdiff_t>(image) * heads + h) * prob_rows * tokens : nullptr;
-    kt.attention_head(qkv + h * head_dim, qkv + D + h * head_dim, qkv + 2 * D + h * head_dim, ld_qkv, tokens, head_dim,
-                      scale, ctx_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_ctx + h * head_dim, ld_ctx,
-                      probs, prob_rows);
+    head(qkv + h * head_dim, qkv + D + h * head_dim, qkv + 2 * D + h * head_dim, ld_qkv, tokens, head_dim, scale,
+         ctx_all + static_cast<std::ptrdiff_t>(image) * tokens * ld_ctx + h * head_dim, ld_ctx, probs, prob_rows);
   }
 }
 

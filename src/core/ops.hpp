@@ -30,7 +30,8 @@ void interpolate_bicubic(const float* src, int src_h, int src_w, int dim, int ds
 /// tasks of all images share one parallel region, so the result does not depend on `threads`.
 /// probs (optional, [images, heads, prob_rows, N]) receives each head's softmax rows of queries
 /// 0 … prob_rows − 1 (1: the CLS row; N: the whole attention map); ctx does not depend on it.
+/// bf16: both products on bf16 pairs (KernelTable::attention_head_bf16), for bf16 compute.
 void attention(Isa isa, const float* qkv, std::ptrdiff_t ld_qkv, int images, int tokens, int heads, int head_dim,
-               float scale, float* ctx, std::ptrdiff_t ld_ctx, float* probs, int prob_rows, int threads);
+               float scale, float* ctx, std::ptrdiff_t ld_ctx, float* probs, int prob_rows, bool bf16, int threads);
 
 }  // namespace vitmsn::detail

@@ -67,7 +67,11 @@ inline typename V::R exp2_nonpositive(typename V::R t) {
 
 struct Workspace {
   FloatBuffer kp, vp, qp, s, inv;
+  FloatBuffer pw, row;  // bf16 products: P rows as pairs of keys, one row of conversions
 };
+
+/// 32-bit words (bf16 pairs) in a scratch buffer of floats (same size and alignment).
+inline std::uint32_t* words(FloatBuffer& b, std::size_t n) { return reinterpret_cast<std::uint32_t*>(b.get(n)); }
 
 inline Workspace& workspace() {
   static thread_local Workspace ws;
@@ -225,15 +229,57 @@ inline void pv_tile(int keys, const float* __restrict p, std::ptrdiff_t lds, con
   }
 }
 
+/// The two products in float32 (V: float traits): q·factor packed in groups of SMR queries, kᵀ in
+/// NRS-key panels, v dense; scores and P·V as FMA chains over the head dimensions and the keys.
+template <class V, int SMR, int PMR>
+struct FloatProducts {
+  using Vf = V;
+  static constexpr int kNRS = 2 * V::kLanes;
+  int hd = 0;
+  std::ptrdiff_t hdp = 0;
+  float *kp = nullptr, *vp = nullptr, *qp = nullptr;
+
+  void prepare(Workspace& ws, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim, int qb) {
+    constexpr int L = V::kLanes;
+    hd = head_dim;
+    hdp = (hd + L - 1) / L * L;
+    const int panels = (tokens + kNRS - 1) / kNRS;
+    kp = ws.kp.get(static_cast<std::size_t>(panels) * hd * kNRS);
+    vp = ws.vp.get(static_cast<std::size_t>(tokens) * hdp);
+    qp = ws.qp.get(static_cast<std::size_t>(qb) * hd);
+    pack_k<V, kNRS>(k, ld, tokens, hd, kp);
+    for (int key = 0; key < tokens; ++key) {
+      std::memcpy(vp + static_cast<std::ptrdiff_t>(key) * hdp, v + key * ld, sizeof(float) * hd);
+      for (std::ptrdiff_t d = hd; d < hdp; ++d) vp[static_cast<std::ptrdiff_t>(key) * hdp + d] = 0.0f;
+    }
+  }
+  void pack_queries(const float* q, std::ptrdiff_t ld, int rows, float factor) {
+    pack_q<V, SMR>(q, ld, rows, hd, factor, qp);
+  }
+  void score(int g, int pnl, float* s, std::ptrdiff_t lds) const {
+    score_tile<V, SMR>(hd, qp + static_cast<std::ptrdiff_t>(g) * hd * SMR,
+                       kp + static_cast<std::ptrdiff_t>(pnl) * hd * kNRS, s, lds);
+  }
+  /// The block's P rows are ready in s (rows QB … QB + PMR − 1 zero): P·V reads them as they are.
+  void p_ready(Workspace&, const float*, std::ptrdiff_t, int, int, int) {}
+  template <int NVP>
+  void pv(int tokens, int i0, const float* s, std::ptrdiff_t lds, int c0, const float* inv, float* out,
+          std::ptrdiff_t ldc, int rows, int cols) const {
+    pv_tile<V, PMR, NVP>(tokens, s + static_cast<std::ptrdiff_t>(i0) * lds, lds, vp + c0, hdp, inv, out, ldc, rows,
+                         cols);
+  }
+};
+
 /// One head. q, k, v: rows of `tokens` tokens with leading dimension ld (head_dim columns each);
 /// ctx: [tokens, head_dim] with leading dimension ldc. probs (optional): the softmax rows of queries
-/// 0 … prob_rows − 1, [prob_rows, tokens]. SMR: score-tile rows (NRS = 2·L keys); PMR, NVP_MAX: P·V tile rows and
-/// widest column chunk (vectors); QB: query rows per block.
-template <class V, int SMR, int PMR, int NVP_MAX, int QB>
-void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd, float scale,
-                    float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+/// 0 … prob_rows − 1, [prob_rows, tokens]. Products: FloatProducts or PairProducts (its SMR and PMR);
+/// NVP_MAX: widest P·V column chunk (vectors); QB: query rows per block.
+template <class Products, int SMR, int PMR, int NVP_MAX, int QB>
+void attention_head_with(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
+                         float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+  using V = typename Products::Vf;
   constexpr int L = V::kLanes;
-  constexpr int NRS = 2 * L;
+  constexpr int NRS = Products::kNRS;
   static_assert(QB % SMR == 0, "score tiles must not straddle query blocks");
   VITMSN_DASSERT(tokens >= 1 && hd >= 1 && ld >= hd && ldc >= hd,
                  "attention head: tokens and head_dim >= 1, rows hold a head");
@@ -241,20 +287,12 @@ void attention_head(const float* q, const float* k, const float* v, std::ptrdiff
                  "attention head: probability rows within the queries");
   const int panels = (tokens + NRS - 1) / NRS;
   const std::ptrdiff_t lds = static_cast<std::ptrdiff_t>(panels) * NRS;  // padded key count
-  const int hdp = (hd + L - 1) / L * L;
   Workspace& ws = workspace();
-  float* kp = ws.kp.get(static_cast<std::size_t>(panels) * hd * NRS);
-  float* vp = ws.vp.get(static_cast<std::size_t>(tokens) * hdp);
-  float* qp = ws.qp.get(static_cast<std::size_t>(QB) * hd);
+  Products prod;
+  prod.prepare(ws, k, v, ld, tokens, hd, QB);
   // PMR spare rows: the last P·V tile of a block may read (and discard) rows past the block.
   float* s = ws.s.get(static_cast<std::size_t>(QB + PMR) * lds);
   float* inv = ws.inv.get(static_cast<std::size_t>(QB + PMR));
-
-  pack_k<V, NRS>(k, ld, tokens, hd, kp);
-  for (int key = 0; key < tokens; ++key) {
-    std::memcpy(vp + static_cast<std::ptrdiff_t>(key) * hdp, v + key * ld, sizeof(float) * hd);
-    for (int d = hd; d < hdp; ++d) vp[static_cast<std::ptrdiff_t>(key) * hdp + d] = 0.0f;
-  }
   for (int r = QB; r < QB + PMR; ++r) {
     std::memset(s + r * lds, 0, sizeof(float) * lds);
     inv[r] = 0.0f;
@@ -264,13 +302,11 @@ void attention_head(const float* q, const float* k, const float* v, std::ptrdiff
 
   for (int r0 = 0; r0 < tokens; r0 += QB) {
     const int rows = imin(QB, tokens - r0);
-    pack_q<V, SMR>(q + r0 * ld, ld, rows, hd, factor, qp);
+    prod.pack_queries(q + r0 * ld, ld, rows, factor);
     const int groups = (rows + SMR - 1) / SMR;
-    // Panel outer, query groups inner: a panel (hd·NRS floats) and the packed q (≤ QB·hd) stay in L1.
+    // Panel outer, query groups inner: a panel and the packed q (≤ QB·hd) stay in L1.
     for (int pnl = 0; pnl < panels; ++pnl)
-      for (int g = 0; g < groups; ++g)
-        score_tile<V, SMR>(hd, qp + static_cast<std::ptrdiff_t>(g) * hd * SMR,
-                           kp + static_cast<std::ptrdiff_t>(pnl) * hd * NRS, s + g * SMR * lds + pnl * NRS, lds);
+      for (int g = 0; g < groups; ++g) prod.score(g, pnl, s + g * SMR * lds + pnl * NRS, lds);
     for (int i = 0; i < rows; ++i) inv[i] = exp2_row<V>(s + i * lds, tokens, lds);
     for (int i = rows; i < QB; ++i) {
       std::memset(s + i * lds, 0, sizeof(float) * lds);
@@ -281,30 +317,196 @@ void attention_head(const float* q, const float* k, const float* v, std::ptrdiff
         float* out = probs + static_cast<std::ptrdiff_t>(r0 + i) * tokens;
         for (int j = 0; j < tokens; ++j) out[j] = s[i * lds + j] * inv[i];
       }
+    prod.p_ready(ws, s, lds, tokens, QB, PMR);
     for (int c0 = 0; c0 < hd; c0 += NVP_MAX * L) {
       const int cols = imin(NVP_MAX * L, hd - c0);
       const int nvp = (cols + L - 1) / L;
       for (int i0 = 0; i0 < rows; i0 += PMR) {
         const int rr = imin(PMR, rows - i0);
-        const float* pr = s + i0 * lds;
         float* out = ctx + (r0 + i0) * ldc + c0;
         switch (nvp) {
           case 1:
-            pv_tile<V, PMR, 1>(tokens, pr, lds, vp + c0, hdp, inv + i0, out, ldc, rr, cols);
+            prod.template pv<1>(tokens, i0, s, lds, c0, inv + i0, out, ldc, rr, cols);
             break;
           case 2:
-            if constexpr (NVP_MAX >= 2) pv_tile<V, PMR, 2>(tokens, pr, lds, vp + c0, hdp, inv + i0, out, ldc, rr, cols);
+            if constexpr (NVP_MAX >= 2) prod.template pv<2>(tokens, i0, s, lds, c0, inv + i0, out, ldc, rr, cols);
             break;
           case 3:
-            if constexpr (NVP_MAX >= 3) pv_tile<V, PMR, 3>(tokens, pr, lds, vp + c0, hdp, inv + i0, out, ldc, rr, cols);
+            if constexpr (NVP_MAX >= 3) prod.template pv<3>(tokens, i0, s, lds, c0, inv + i0, out, ldc, rr, cols);
             break;
           default:
-            if constexpr (NVP_MAX >= 4) pv_tile<V, PMR, 4>(tokens, pr, lds, vp + c0, hdp, inv + i0, out, ldc, rr, cols);
+            if constexpr (NVP_MAX >= 4) prod.template pv<4>(tokens, i0, s, lds, c0, inv + i0, out, ldc, rr, cols);
             break;
         }
       }
     }
   }
+}
+
+/// The float32 head (see the top of the file).
+template <class V, int SMR, int PMR, int NVP_MAX, int QB>
+void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd, float scale,
+                    float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+  attention_head_with<FloatProducts<V, SMR, PMR>, SMR, PMR, NVP_MAX, QB>(q, k, v, ld, tokens, hd, scale, ctx, ldc,
+                                                                         probs, prob_rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 products (bf16 compute, docs/NUMERICS.md): the same head with both products as bf16 dot
+// products of pairs. B: bf16 pair traits as bf16_blocked.hpp's (vdpbf16ps on AVX512_BF16; a plain
+// C++ emulation in the tests). The definition: q·(scale·log2 e) rounded to float32, then q, k and v
+// rounded to bf16 (nearest even); a score is one float32 chain over the pairs of head dimensions
+// (bf16_format.hpp's order within a pair, DAZ/FTZ); the softmax in float32 as the float head's; the
+// unnormalised 2^(s − max) rounded to bf16 and multiplied with v as one chain over the pairs of
+// keys; the row then scaled by 1/Σ in float32 (Σ of the float32 values).
+
+/// kw[p][dq][j] = the pair dq (dimensions 2dq, 2dq + 1) of key p·NRS + j, zeros past `keys`.
+template <class B, int NRS>
+void pack_k_pairs(const float* k, std::ptrdiff_t ld, int keys, int hd, std::uint32_t* kw, std::uint32_t* row) {
+  const int hdq = (hd + 1) / 2, panels = (keys + NRS - 1) / NRS;
+  for (int p = 0; p < panels; ++p)
+    for (int j = 0; j < NRS; ++j) {
+      const int key = p * NRS + j;
+      if (key < keys) B::to_pairs(k + key * ld, hd, row);
+      std::uint32_t* dst = kw + static_cast<std::ptrdiff_t>(p) * hdq * NRS + j;
+      for (int dq = 0; dq < hdq; ++dq) dst[dq * NRS] = key < keys ? row[dq] : 0u;
+    }
+}
+
+/// The two products on bf16 pairs (see above).
+template <class B, int SMR, int PMR>
+struct PairProducts {
+  using Vf = typename B::V;
+  static constexpr int kL = Vf::kLanes, kNRS = 2 * kL;
+  int hd = 0, hdq = 0;
+  std::ptrdiff_t hdp = 0, ldw = 0;
+  std::uint32_t *kw = nullptr, *vw = nullptr, *qw = nullptr, *pw = nullptr;
+  float* row = nullptr;
+
+  void prepare(Workspace& ws, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim, int qb) {
+    hd = head_dim;
+    hdq = (hd + 1) / 2;
+    hdp = (hd + kL - 1) / kL * kL;
+    const int panels = (tokens + kNRS - 1) / kNRS, kq = (tokens + 1) / 2;
+    ldw = (kq + kL - 1) / kL * kL;
+    kw = words(ws.kp, static_cast<std::size_t>(panels) * hdq * kNRS);
+    vw = words(ws.vp, static_cast<std::size_t>(kq) * hdp);
+    qw = words(ws.qp, static_cast<std::size_t>(qb) * hdq);
+    pw = words(ws.pw, static_cast<std::size_t>(qb + PMR) * ldw);
+    // row: [0, hdp) converted words, [hdp, 2·hdp) a scaled q row, [2·hdp, 4·hdp) two v rows interleaved.
+    row = ws.row.get(static_cast<std::size_t>(4 * hdp));
+    auto* rw = reinterpret_cast<std::uint32_t*>(row);
+    pack_k_pairs<B, kNRS>(k, ld, tokens, hd, kw, rw);
+    // vw[kq][c]: the pair (v[2kq][c], v[2kq + 1][c]); columns past hd and the key past the last zero.
+    float* t = row + 2 * hdp;
+    for (int kk = 0; kk < kq; ++kk) {
+      const float* lo = v + 2 * kk * ld;
+      const float* hi = 2 * kk + 1 < tokens ? v + (2 * kk + 1) * ld : nullptr;
+      for (int c = 0; c < hd; ++c) {
+        t[2 * c] = lo[c];
+        t[2 * c + 1] = hi ? hi[c] : 0.0f;
+      }
+      std::uint32_t* dst = vw + static_cast<std::ptrdiff_t>(kk) * hdp;
+      B::to_pairs(t, 2 * hd, dst);
+      for (std::ptrdiff_t c = hd; c < hdp; ++c) dst[c] = 0u;
+    }
+    for (int r = qb; r < qb + PMR; ++r) std::memset(pw + r * ldw, 0, sizeof(std::uint32_t) * ldw);
+  }
+  /// qw[g][dq][i]: pair dq of query g·SMR + i scaled by factor (rounded to float32, then to bf16).
+  void pack_queries(const float* q, std::ptrdiff_t ld, int rows, float factor) {
+    using V = Vf;
+    const int groups = (rows + SMR - 1) / SMR;
+    auto* rw = reinterpret_cast<std::uint32_t*>(row);
+    const typename V::R f = V::set1(factor);
+    for (int i = 0; i < groups * SMR; ++i) {
+      std::uint32_t* dst = qw + static_cast<std::ptrdiff_t>(i / SMR) * hdq * SMR + i % SMR;
+      if (i >= rows) {
+        for (int dq = 0; dq < hdq; ++dq) dst[dq * SMR] = 0u;
+        continue;
+      }
+      const float* src = q + i * ld;
+      float* scaled = row + hdp;
+      int d = 0;
+      for (; d + kL <= hd; d += kL) V::store(scaled + d, V::mul(V::load(src + d), f));
+      if (d < hd) V::store_n(scaled + d, V::mul(V::load_n(src + d, hd - d), f), hd - d);
+      B::to_pairs(scaled, hd, rw);
+      for (int dq = 0; dq < hdq; ++dq) dst[dq * SMR] = rw[dq];
+    }
+  }
+  /// S[i][key] for SMR queries against one panel: 2·SMR accumulators, one dot product per pair.
+  void score(int g, int pnl, float* s, std::ptrdiff_t lds) const {
+    using R = typename Vf::R;
+    const std::uint32_t* __restrict qg = qw + static_cast<std::ptrdiff_t>(g) * hdq * SMR;
+    const std::uint32_t* __restrict kpanel = kw + static_cast<std::ptrdiff_t>(pnl) * hdq * kNRS;
+    R acc[SMR][2];
+#pragma GCC unroll 32
+    for (int i = 0; i < SMR; ++i) acc[i][0] = acc[i][1] = Vf::zero();
+#pragma GCC unroll 2
+    for (int dq = 0; dq < hdq; ++dq) {
+      const auto b0 = B::load(kpanel + dq * kNRS), b1 = B::load(kpanel + dq * kNRS + kL);
+#pragma GCC unroll 32
+      for (int i = 0; i < SMR; ++i) {
+        const auto a = B::bcast(qg + dq * SMR + i);
+        acc[i][0] = B::dot(acc[i][0], a, b0);
+        acc[i][1] = B::dot(acc[i][1], a, b1);
+      }
+    }
+#pragma GCC unroll 32
+    for (int i = 0; i < SMR; ++i) {
+      Vf::store(s + i * lds, acc[i][0]);
+      Vf::store(s + i * lds + kL, acc[i][1]);
+    }
+  }
+  /// The block's P rows (QB of them; the rows past the block's are zero) as bf16 pairs of keys.
+  void p_ready(Workspace&, const float* s, std::ptrdiff_t lds, int tokens, int qb, int) {
+    for (int i = 0; i < qb; ++i) B::to_pairs(s + i * lds, tokens, pw + i * ldw);
+  }
+  /// ctx rows: (Σ over pairs of keys P·v) · inv, NVP vectors of columns from c0.
+  template <int NVP>
+  void pv(int tokens, int i0, const float*, std::ptrdiff_t, int c0, const float* inv, float* out, std::ptrdiff_t ldc,
+          int rows, int cols) const {
+    using R = typename Vf::R;
+    const int kq = (tokens + 1) / 2;
+    const std::uint32_t* __restrict p = pw + static_cast<std::ptrdiff_t>(i0) * ldw;
+    R acc[PMR][NVP];
+#pragma GCC unroll 32
+    for (int i = 0; i < PMR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NVP; ++j) acc[i][j] = Vf::zero();
+#pragma GCC unroll 2
+    for (int kk = 0; kk < kq; ++kk) {
+      decltype(B::load(vw)) b[NVP];
+#pragma GCC unroll 8
+      for (int j = 0; j < NVP; ++j) b[j] = B::load(vw + static_cast<std::ptrdiff_t>(kk) * hdp + c0 + j * kL);
+#pragma GCC unroll 32
+      for (int i = 0; i < PMR; ++i) {
+        const auto a = B::bcast(p + i * ldw + kk);
+#pragma GCC unroll 8
+        for (int j = 0; j < NVP; ++j) acc[i][j] = B::dot(acc[i][j], a, b[j]);
+      }
+    }
+    for (int i = 0; i < rows; ++i) {
+      const R sc = Vf::set1(inv[i]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NVP; ++j) {
+        const int n = imin(kL, cols - j * kL);
+        if (n <= 0) break;
+        const R x = Vf::mul(acc[i][j], sc);
+        if (n == kL)
+          Vf::store(out + i * ldc + j * kL, x);
+        else
+          Vf::store_n(out + i * ldc + j * kL, x, n);
+      }
+    }
+  }
+};
+
+/// The head with bf16 products (see above); B: bf16 pair traits.
+template <class B, int SMR, int PMR, int NVP_MAX, int QB>
+void attention_head_bf16(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
+                         float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+  attention_head_with<PairProducts<B, SMR, PMR>, SMR, PMR, NVP_MAX, QB>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                                        prob_rows);
 }
 
 }  // namespace

@@ -155,6 +155,11 @@ struct KernelTable {
   /// depend on which thread runs it, nor on whether probs is asked for.
   void (*attention_head)(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim,
                          float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) = nullptr;
+  /// attention_head with bf16 products, for bf16 compute (the definition: attention_blocked.hpp's
+  /// PairProducts): vdpbf16ps where the CPU has AVX512_BF16, else the portable emulation.
+  void (*attention_head_bf16)(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
+                              int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
+                              int prob_rows) = nullptr;
 
   /// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done (the
   /// FMA-peak measurement of src/cpu/cpu.cpp).
@@ -196,6 +201,10 @@ void gemm_int8_avxvnni(int M, int seg_rows, int segments, int K, int kp, const f
 /// bf16 dot product.
 void gemm_bf16_portable(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
                         const Epilogue& ep, int threads);
+/// The portable attention_head_bf16 (scalar, the definition); the vector tables' fallback.
+void attention_head_bf16_portable(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
+                                  int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
+                                  int prob_rows);
 
 /// Whether bf16 compute pays on this CPU: the best table's bf16_burst runs at least 1.5× its
 /// fma_burst (a 2 × ~10 ms probe, once per process). False where there is no bf16 dot product.

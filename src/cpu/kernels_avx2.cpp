@@ -52,6 +52,11 @@ struct Simd {
     gemm_bf16_portable(M, A, lda, w, C, ldc, ep, threads);
   }
   static double (*bf16_burst())(long) { return nullptr; }
+  static void attention_head_bf16(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
+                                  int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
+                                  int prob_rows) {
+    attention_head_bf16_portable(q, k, v, ld, tokens, head_dim, scale, ctx, ldc, probs, prob_rows);
+  }
 };
 
 }  // namespace

@@ -81,6 +81,17 @@ struct Simd {
     return 4.0 * 16 * kChains * static_cast<double>(iterations);
   }
   static double (*bf16_burst())(long) { return cpu_has(CpuFeature::kAvx512bf16) ? bf16_burst_zmm : nullptr; }
+
+  // Attention's two products on bf16 pairs (bf16 compute): the float head's tiles, vdpbf16ps for the FMAs.
+  static void attention_head_bf16(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
+                                  int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
+                                  int prob_rows) {
+    static const bool has_bf16 = cpu_has(CpuFeature::kAvx512bf16);
+    if (!has_bf16)
+      return attention_head_bf16_portable(q, k, v, ld, tokens, head_dim, scale, ctx, ldc, probs, prob_rows);
+    attn_blocked::attention_head_bf16<Bf16Avx512, kTiles.mr, kTiles.pv_mr, kTiles.pv_nv_max, kTiles.query_block>(
+        q, k, v, ld, tokens, head_dim, scale, ctx, ldc, probs, prob_rows);
+  }
 };
 
 }  // namespace

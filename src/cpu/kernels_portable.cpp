@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "base/contract.hpp"
@@ -393,6 +394,61 @@ void gemm_bf16_portable(int M, const float* A, std::ptrdiff_t lda, const bf16::P
   });
 }
 
+// attention_head_bf16 by its definition (attention_blocked.hpp, PairProducts), scalar: q·factor, k, v
+// and the unnormalised exponentials rounded to bf16, the pair chains of gemm_bf16_portable, the
+// softmax in float32 with std::exp2.
+void attention_head_bf16_portable(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
+                                  int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
+                                  int prob_rows) {
+  const float factor = scale * 1.44269504088896341f;
+  const int hd = head_dim, hdq = (hd + 1) / 2, kq = (tokens + 1) / 2;
+  const auto pair = [](float lo, float hi) {
+    return std::uint32_t{float_to_bf16(lo)} | std::uint32_t{float_to_bf16(hi)} << 16;
+  };
+  const auto chain = [](float acc, std::uint32_t a, std::uint32_t b) {
+    acc = ftz(std::fma(bf16_daz(a >> 16), bf16_daz(b >> 16), acc));
+    return ftz(std::fma(bf16_daz(a & 0xffffu), bf16_daz(b & 0xffffu), acc));
+  };
+  static thread_local std::vector<std::uint32_t> kw, vw, qw, pw;
+  static thread_local std::vector<float> s;
+  kw.assign(static_cast<std::size_t>(tokens) * hdq, 0u);
+  vw.assign(static_cast<std::size_t>(kq) * hd, 0u);
+  qw.assign(static_cast<std::size_t>(hdq), 0u);
+  pw.assign(static_cast<std::size_t>(kq), 0u);
+  s.assign(static_cast<std::size_t>(tokens), 0.0f);
+  for (int key = 0; key < tokens; ++key)
+    for (int dq = 0; dq < hdq; ++dq)
+      kw[static_cast<std::size_t>(key) * hdq + dq] =
+          pair(k[key * ld + 2 * dq], 2 * dq + 1 < hd ? k[key * ld + 2 * dq + 1] : 0.0f);
+  for (int kk = 0; kk < kq; ++kk)
+    for (int c = 0; c < hd; ++c)
+      vw[static_cast<std::size_t>(kk) * hd + c] =
+          pair(v[2 * kk * ld + c], 2 * kk + 1 < tokens ? v[(2 * kk + 1) * ld + c] : 0.0f);
+  for (int i = 0; i < tokens; ++i) {
+    const float* qi = q + i * ld;
+    for (int dq = 0; dq < hdq; ++dq)
+      qw[dq] = pair(qi[2 * dq] * factor, 2 * dq + 1 < hd ? qi[2 * dq + 1] * factor : 0.0f);
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int j = 0; j < tokens; ++j) {
+      float acc = 0.0f;
+      for (int dq = 0; dq < hdq; ++dq) acc = chain(acc, qw[dq], kw[static_cast<std::size_t>(j) * hdq + dq]);
+      s[j] = acc;
+      mx = std::max(mx, acc);
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < tokens; ++j) sum += (s[j] = std::exp2(s[j] - mx));
+    const float inv = 1.0f / sum;
+    if (probs != nullptr && i < prob_rows)
+      for (int j = 0; j < tokens; ++j) probs[static_cast<std::ptrdiff_t>(i) * tokens + j] = s[j] * inv;
+    for (int kk = 0; kk < kq; ++kk) pw[kk] = pair(s[2 * kk], 2 * kk + 1 < tokens ? s[2 * kk + 1] : 0.0f);
+    for (int c = 0; c < hd; ++c) {
+      float acc = 0.0f;
+      for (int kk = 0; kk < kq; ++kk) acc = chain(acc, pw[kk], vw[static_cast<std::size_t>(kk) * hd + c]);
+      ctx[i * ldc + c] = acc * inv;
+    }
+  }
+}
+
 KernelTable portable_kernel_table() {
   KernelTable t;
   t.isa = Isa::kPortable;
@@ -409,6 +465,7 @@ KernelTable portable_kernel_table() {
   t.erf = erf_portable;
   t.gelu_erf = gelu_erf_portable;
   t.attention_head = attention_head_portable;
+  t.attention_head_bf16 = attention_head_bf16_portable;
   // Rate probes: scalar chains.
   t.fma_burst = fma_burst_scalar;
   t.microkernel_burst = fma_burst_scalar;
