@@ -24,15 +24,18 @@ struct ModelAccess;
 /// How the linear layers compute (LoadOptions::compute).
 enum class Compute {
   /// bf16 where it pays: a model whose linear weights are all bfloat16 computes in bf16 when
-  /// bf16_compute_pays() (measured: the CPU's bf16 dot product runs at least 1.5× its float32 FMA);
+  /// bf16_compute_pays() (measured: the CPU's bf16 dot product runs at least 1.5× its float32 FMA),
+  /// and an int8 model runs attention's two products in bf16 there (its linear layers are int8);
   /// everything else in float32, exactly as Hugging Face.
   kAuto,
-  /// float32 always (bf16/f16 weights widened, as Hugging Face runs them in float32).
+  /// float32 always (bf16/f16 weights widened, as Hugging Face runs them in float32; an int8 model's
+  /// attention in float32).
   kF32,
   /// bf16 always: the linear layers' weights are rounded to bf16 once at load (bf16 files: kept as
-  /// they are) and the activations to bf16 before each product, with float32 accumulation; bias,
-  /// GELU, residuals, layer norms, attention and the patch embedding stay float32. On CPUs without
-  /// AVX512_BF16 an exact emulation runs (slow: for tests). Not for int8 models.
+  /// they are) and the activations to bf16 before each product, with float32 accumulation, and
+  /// attention's two products on bf16 pairs; bias, GELU, residuals, layer norms, the softmax and the
+  /// patch embedding stay float32 (docs/NUMERICS.md). On CPUs without AVX512_BF16 an exact emulation
+  /// runs (slow: for tests). Not for int8 models.
   kBF16,
 };
 

@@ -38,6 +38,7 @@ struct Model::Impl {
   detail::Isa isa = detail::Isa::kPortable;
   std::vector<detail::LayerLinears> linears;  // per block: the linear layers as prepared for the forward
   const char* compute = "f32";                // "f32", "bf16" or "int8" (Model::compute())
+  bool bf16_attention = false;                // attention's products on bf16 pairs (bf16 compute, int8 where it pays)
 
   /// Binds the weights (checking names, shapes and dtypes against the config), then threads, kernels
   /// and labels.
@@ -376,6 +377,9 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
                                              ": an int8 model computes in int8; bf16 compute is for float32, bf16 "
                                              "and f16 weights (load it with compute f32 or auto)");
   compute = use_bf16 ? "bf16" : any_int8 ? "int8" : "f32";
+  // Attention's products in bf16: with bf16 compute, and for an int8 model (compute auto) where the
+  // CPU's bf16 dot product pays — its linear layers are int8 already; --compute f32 keeps float32.
+  bf16_attention = use_bf16 || (any_int8 && options.compute == Compute::kAuto && detail::bf16_compute_pays());
   // Each linear layer prepared once for its kernel (src/core/linear.hpp): float32 weights laid out in the
   // GEMM's panels, or bf16 panels for bf16 compute. Layer by layer, the stored weights that were copied
   // are given back: a private, read-only file map drops the pages (they would be read again from the
@@ -590,26 +594,26 @@ Vector head_logits(const detail::Weights& w, const Features& features) {
 std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
                                               const FeatureOptions& options) const {
   return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
-                              impl_->linears, std::strcmp(impl_->compute, "bf16") == 0},
+                              impl_->linears, impl_->bf16_attention},
                        batch, options);
 }
 
 std::vector<Features> Model::extract_features(const std::vector<PixelValuesView>& batch,
                                               const FeatureOptions& options) const {
   return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
-                              impl_->linears, std::strcmp(impl_->compute, "bf16") == 0},
+                              impl_->linears, impl_->bf16_attention},
                        batch, options);
 }
 
 Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
   return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
-                            impl_->linears, std::strcmp(impl_->compute, "bf16") == 0},
+                            impl_->linears, impl_->bf16_attention},
                      pixel_values, options);
 }
 
 Features Model::extract_features(const PixelValuesView& pixel_values, const FeatureOptions& options) const {
   return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
-                            impl_->linears, std::strcmp(impl_->compute, "bf16") == 0},
+                            impl_->linears, impl_->bf16_attention},
                      pixel_values, options);
 }
 
