@@ -89,7 +89,9 @@ struct Simd {
     static const bool has_bf16 = cpu_has(CpuFeature::kAvx512bf16);
     if (!has_bf16)
       return attention_head_bf16_portable(q, k, v, ld, tokens, head_dim, scale, ctx, ldc, probs, prob_rows);
-    attn_blocked::attention_head_bf16<Bf16Avx512, kTiles.mr, kTiles.pv_mr, kTiles.pv_nv_max, kTiles.query_block>(
+    // 252 queries per block (twice the float head's): attention 3-5 % faster than 126 on Zen 5 (int8
+    // forward, alternating runs), 56 and 504 slower; a row's arithmetic does not depend on it.
+    attn_blocked::attention_head_bf16<Bf16Avx512, kTiles.mr, kTiles.pv_mr, kTiles.pv_nv_max, 2 * kTiles.query_block>(
         q, k, v, ld, tokens, head_dim, scale, ctx, ldc, probs, prob_rows);
   }
 };
