@@ -154,34 +154,38 @@ TEST(Attention, Avx512MatchesTheDefinitionAndPortable) {
   check_attention(Isa::kAvx512);
 }
 
+/// The fused head of one vector geometry (N lanes, SMR, PMR, NVP, QB) through plain C++ lanes, with
+/// float or bf16 products: the AVX-512 one is <16, 14, 6, 4, 126>, the AVX2 one <8, 6, 3, 3, 120>.
+template <bool Bf16, int N, int SMR, int PMR, int NVP, int QB>
+void plain_lanes_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
+                      float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+  if constexpr (Bf16)
+    attn_blocked::attention_head_bf16<ScalarBf16<N>, SMR, PMR, NVP, QB>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                                        prob_rows);
+  else
+    attn_blocked::attention_head<ScalarLanes<N>, SMR, PMR, NVP, QB>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                                    prob_rows);
+}
+constexpr auto* lanes16 = &plain_lanes_head<false, 16, 14, 6, 4, 126>;
+constexpr auto* lanes8 = &plain_lanes_head<false, 8, 6, 3, 3, 120>;
+constexpr auto* bf16_lanes16 = &plain_lanes_head<true, 16, 14, 6, 4, 126>;
+constexpr auto* bf16_lanes8 = &plain_lanes_head<true, 8, 6, 3, 3, 120>;
+
 // The AVX-512 and AVX2 geometries of the fused kernel through plain C++ lanes: their tiling and edge
 // logic is checked on any CPU (the AVX-512 one on CPUs that cannot run it).
 TEST(AttentionBlocked, BothGeometriesThroughPlainLanesMatchTheDefinition) {
-  const auto lanes16 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
-                          float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
-    attn_blocked::attention_head<ScalarLanes<16>, 14, 6, 4, 126>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
-                                                                 prob_rows);
-  };
-  const auto lanes8 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
-                         float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
-    attn_blocked::attention_head<ScalarLanes<8>, 6, 3, 3, 120>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
-                                                               prob_rows);
-  };
   for (const AttentionCase& c : {AttentionCase{1025, 64}, AttentionCase{50, 40}, AttentionCase{17, 1},
                                  AttentionCase{127, 63}, AttentionCase{3, 16}}) {
     const AttentionData d = make_attention_data(c, 5u + static_cast<unsigned>(c.tokens + c.head_dim));
     for (int g = 0; g < 2; ++g) {
+      const auto head = g == 0 ? lanes16 : lanes8;
+      const char* what = g == 0 ? "16 lanes" : "8 lanes";
       double ctx_err = 0.0, prob_err = 0.0;
-      const AttentionResult got = g == 0 ? run_attention(d, lanes16, d.tokens) : run_attention(d, lanes8, d.tokens);
-      compare_attention(d, got, g == 0 ? "16 lanes" : "8 lanes", &ctx_err, &prob_err);
-      EXPECT_LE(ctx_err, kAttentionCtxTol)
-          << (g == 0 ? "16" : "8") << " lanes, tokens " << c.tokens << " hd " << c.head_dim;
-      EXPECT_LE(prob_err, kAttentionProbTol)
-          << (g == 0 ? "16" : "8") << " lanes, tokens " << c.tokens << " hd " << c.head_dim;
-      if (g == 0)
-        expect_probabilities_change_nothing(d, lanes16, got, "16 lanes");
-      else
-        expect_probabilities_change_nothing(d, lanes8, got, "8 lanes");
+      const AttentionResult got = run_attention(d, head, d.tokens);
+      compare_attention(d, got, what, &ctx_err, &prob_err);
+      EXPECT_LE(ctx_err, kAttentionCtxTol) << what << ", tokens " << c.tokens << " hd " << c.head_dim;
+      EXPECT_LE(prob_err, kAttentionProbTol) << what << ", tokens " << c.tokens << " hd " << c.head_dim;
+      expect_probabilities_change_nothing(d, head, got, what);
     }
   }
 }
@@ -237,19 +241,9 @@ TEST(AttentionBf16, EveryTableMatchesTheDefinitionWithinBf16Rounding) {
 }
 
 TEST(AttentionBf16, BothGeometriesThroughPlainLanesMatchTheDefinition) {
-  const auto lanes16 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
-                          float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
-    attn_blocked::attention_head_bf16<ScalarBf16<16>, 14, 6, 4, 126>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
-                                                                     prob_rows);
-  };
-  const auto lanes8 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
-                         float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
-    attn_blocked::attention_head_bf16<ScalarBf16<8>, 6, 3, 3, 120>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
-                                                                   prob_rows);
-  };
   double ctx = 0.0, probs = 0.0;
-  check_bf16_head(lanes16, "16 lanes", &ctx, &probs);
-  check_bf16_head(lanes8, "8 lanes", &ctx, &probs);
+  check_bf16_head(bf16_lanes16, "16 lanes", &ctx, &probs);
+  check_bf16_head(bf16_lanes8, "8 lanes", &ctx, &probs);
   std::printf("[ plain lanes, bf16 products ] max |ctx - exact| %.3g, max |probabilities - exact| %.3g\n", ctx, probs);
 }
 
@@ -257,14 +251,9 @@ TEST(AttentionBf16, Avx512EqualsItsPlainLanesEmulationOnTheScores) {
   // With AVX512_BF16, the vector head and its plain-lanes emulation compute the same chains: their
   // probabilities agree to float32 rounding of the softmax (exp2 and the sum's order differ).
   if (!isa_available(Isa::kAvx512) || !cpu_has(CpuFeature::kAvx512bf16)) GTEST_SKIP() << "no AVX512_BF16";
-  const auto lanes16 = [](const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
-                          float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
-    attn_blocked::attention_head_bf16<ScalarBf16<16>, 14, 6, 4, 126>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
-                                                                     prob_rows);
-  };
   const AttentionData d = make_attention_data(AttentionCase{1025, 64}, 7u);
   const AttentionResult got = run_attention(d, kernels(Isa::kAvx512).attention_head_bf16, d.tokens);
-  const AttentionResult emu = run_attention(d, lanes16, d.tokens);
+  const AttentionResult emu = run_attention(d, bf16_lanes16, d.tokens);
   double worst = 0.0;
   for (std::size_t i = 0; i + 1 < got.probs.size(); ++i)
     worst = std::max(worst, static_cast<double>(std::fabs(got.probs[i] - emu.probs[i])));
