@@ -124,10 +124,15 @@ class Model(_core.Model):
             super().__call__(pixel_values)  # raises the error for this shape
         per_image = [self.extract_features(x[b], hidden_states=bool(output_hidden_states),
                                            attentions=bool(output_attentions)) for b in range(x.shape[0])]
-        last = _np.stack([f.last_hidden_state for f in per_image])
+        # One image: views of the library's arrays with a batch axis (no copy: the 24 maps of ViT-L/7
+        # are 1.6 GB); several: stacked into one array each.
+        def batch(arrays):
+            return arrays[0][None] if len(arrays) == 1 else _np.stack(arrays)
+
+        last = batch([f.last_hidden_state for f in per_image])
 
         def stacked(maps):
-            return tuple(_np.stack([m[i] for m in maps]) for i in sorted(maps[0]))
+            return tuple(batch([m[i] for m in maps]) for i in sorted(maps[0]))
 
         hidden = stacked([f.hidden_states for f in per_image]) if output_hidden_states else None
         attentions = stacked([f.attentions for f in per_image]) if output_attentions else None

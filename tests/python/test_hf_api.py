@@ -79,6 +79,7 @@ def test_output_attentions_returns_hf_maps(tiny):
             assert np.allclose(maps[b].sum(-1), 1.0, atol=1e-5)
     both = tiny(batch[:1], output_hidden_states=True, output_attentions=True)
     assert len(both.hidden_states) == 3 and len(both.attentions) == 2
+    assert both.attentions[0].shape == (1, 4, 1025, 1025) and not both.attentions[0].flags.owndata  # a view
     assert np.array_equal(both.attentions[1][0], out.attentions[1][0])
     assert np.array_equal(both.hidden_states[2][0], tiny(batch[:1], output_hidden_states=True).hidden_states[2][0])
 
