@@ -46,17 +46,10 @@ struct Simd {
     avx2::gemm_int8_maddubs(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
   }
 
-  // No bf16 dot product in AVX2: the portable definition (an emulation) runs.
-  static void gemm_bf16(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
-                        const Epilogue& ep, int threads) {
-    gemm_bf16_portable(M, A, lda, w, C, ldc, ep, threads);
-  }
+  // No bf16 dot product in AVX2: the portable definitions (emulations) run.
+  static constexpr auto* gemm_bf16 = &gemm_bf16_portable;
+  static constexpr auto* attention_head_bf16 = &attention_head_bf16_portable;
   static double (*bf16_burst())(long) { return nullptr; }
-  static void attention_head_bf16(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
-                                  int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
-                                  int prob_rows) {
-    attention_head_bf16_portable(q, k, v, ld, tokens, head_dim, scale, ctx, ldc, probs, prob_rows);
-  }
 };
 
 }  // namespace
