@@ -186,6 +186,28 @@ float exp2_row(float* s, int cols, std::ptrdiff_t lds) {
   return 1.0f / V::hsum(V::add(sum0, sum1));
 }
 
+/// The epilogue of a P·V tile: ctx row i = acc[i] · inv[i] for `rows` rows, `cols` columns (masked
+/// stores past the last whole vector).
+template <class V, int PMR, int NVP>
+inline void store_rows_scaled(const typename V::R (&acc)[PMR][NVP], const float* inv, float* ctx, std::ptrdiff_t ldc,
+                              int rows, int cols) {
+  using R = typename V::R;
+  constexpr int L = V::kLanes;
+  for (int i = 0; i < rows; ++i) {
+    const R scale = V::set1(inv[i]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NVP; ++j) {
+      const int n = imin(L, cols - j * L);
+      if (n <= 0) break;
+      const R x = V::mul(acc[i][j], scale);
+      if (n == L)
+        V::store(ctx + i * ldc + j * L, x);
+      else
+        V::store_n(ctx + i * ldc + j * L, x, n);
+    }
+  }
+}
+
 /// ctx[i][0:NVP·L] = (Σ_key P[i][key]·vp[key][0:NVP·L]) · inv[i] for PMR rows of P (row stride lds),
 /// columns [c0, c0 + NVP·L) of the dense v block (row stride hdp); stores `cols` columns of `rows` rows.
 template <class V, int PMR, int NVP>
@@ -214,19 +236,7 @@ inline void pv_tile(int keys, const float* __restrict p, std::ptrdiff_t lds, con
       for (int j = 0; j < NVP; ++j) acc[i][j] = V::fma(a, b[j], acc[i][j]);
     }
   }
-  for (int i = 0; i < rows; ++i) {
-    const R scale = V::set1(inv[i]);
-#pragma GCC unroll 8
-    for (int j = 0; j < NVP; ++j) {
-      const int n = imin(L, cols - j * L);
-      if (n <= 0) break;
-      const R x = V::mul(acc[i][j], scale);
-      if (n == L)
-        V::store(ctx + i * ldc + j * L, x);
-      else
-        V::store_n(ctx + i * ldc + j * L, x, n);
-    }
-  }
+  store_rows_scaled<V, PMR, NVP>(acc, inv, ctx, ldc, rows, cols);
 }
 
 /// The two products in float32 (V: float traits): q·factor packed in groups of SMR queries, kᵀ in
@@ -234,7 +244,7 @@ inline void pv_tile(int keys, const float* __restrict p, std::ptrdiff_t lds, con
 template <class V, int SMR, int PMR>
 struct FloatProducts {
   using Vf = V;
-  static constexpr int kNRS = 2 * V::kLanes;
+  static constexpr int kSMR = SMR, kPMR = PMR, kNRS = 2 * V::kLanes;
   int hd = 0;
   std::ptrdiff_t hdp = 0;
   float *kp = nullptr, *vp = nullptr, *qp = nullptr;
@@ -261,7 +271,7 @@ struct FloatProducts {
                        kp + static_cast<std::ptrdiff_t>(pnl) * hd * kNRS, s, lds);
   }
   /// The block's P rows are ready in s (rows QB … QB + PMR − 1 zero): P·V reads them as they are.
-  void p_ready(Workspace&, const float*, std::ptrdiff_t, int, int, int) {}
+  void p_ready(const float*, std::ptrdiff_t, int, int) {}
   template <int NVP>
   void pv(int tokens, int i0, const float* s, std::ptrdiff_t lds, int c0, const float* inv, float* out,
           std::ptrdiff_t ldc, int rows, int cols) const {
@@ -272,14 +282,14 @@ struct FloatProducts {
 
 /// One head. q, k, v: rows of `tokens` tokens with leading dimension ld (head_dim columns each);
 /// ctx: [tokens, head_dim] with leading dimension ldc. probs (optional): the softmax rows of queries
-/// 0 … prob_rows − 1, [prob_rows, tokens]. Products: FloatProducts or PairProducts (its SMR and PMR);
-/// NVP_MAX: widest P·V column chunk (vectors); QB: query rows per block.
-template <class Products, int SMR, int PMR, int NVP_MAX, int QB>
+/// 0 … prob_rows − 1, [prob_rows, tokens]. Products: FloatProducts or PairProducts, with its tile rows
+/// (score SMR, P·V PMR); NVP_MAX: widest P·V column chunk (vectors); QB: query rows per block.
+template <class Products, int NVP_MAX, int QB>
 void attention_head_with(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
                          float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
   using V = typename Products::Vf;
   constexpr int L = V::kLanes;
-  constexpr int NRS = Products::kNRS;
+  constexpr int NRS = Products::kNRS, SMR = Products::kSMR, PMR = Products::kPMR;
   static_assert(QB % SMR == 0, "score tiles must not straddle query blocks");
   VITMSN_DASSERT(tokens >= 1 && hd >= 1 && ld >= hd && ldc >= hd,
                  "attention head: tokens and head_dim >= 1, rows hold a head");
@@ -317,7 +327,7 @@ void attention_head_with(const float* q, const float* k, const float* v, std::pt
         float* out = probs + static_cast<std::ptrdiff_t>(r0 + i) * tokens;
         for (int j = 0; j < tokens; ++j) out[j] = s[i * lds + j] * inv[i];
       }
-    prod.p_ready(ws, s, lds, tokens, QB, PMR);
+    prod.p_ready(s, lds, tokens, QB);
     for (int c0 = 0; c0 < hd; c0 += NVP_MAX * L) {
       const int cols = imin(NVP_MAX * L, hd - c0);
       const int nvp = (cols + L - 1) / L;
@@ -347,8 +357,8 @@ void attention_head_with(const float* q, const float* k, const float* v, std::pt
 template <class V, int SMR, int PMR, int NVP_MAX, int QB>
 void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd, float scale,
                     float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
-  attention_head_with<FloatProducts<V, SMR, PMR>, SMR, PMR, NVP_MAX, QB>(q, k, v, ld, tokens, hd, scale, ctx, ldc,
-                                                                         probs, prob_rows);
+  attention_head_with<FloatProducts<V, SMR, PMR>, NVP_MAX, QB>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                               prob_rows);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,7 +387,7 @@ void pack_k_pairs(const float* k, std::ptrdiff_t ld, int keys, int hd, std::uint
 template <class B, int SMR, int PMR>
 struct PairProducts {
   using Vf = typename B::V;
-  static constexpr int kL = Vf::kLanes, kNRS = 2 * kL;
+  static constexpr int kSMR = SMR, kPMR = PMR, kL = Vf::kLanes, kNRS = 2 * kL;
   int hd = 0, hdq = 0;
   std::ptrdiff_t hdp = 0, ldw = 0;
   std::uint32_t *kw = nullptr, *vw = nullptr, *qw = nullptr, *pw = nullptr;
@@ -458,7 +468,7 @@ struct PairProducts {
     }
   }
   /// The block's P rows (QB of them; the rows past the block's are zero) as bf16 pairs of keys.
-  void p_ready(Workspace&, const float* s, std::ptrdiff_t lds, int tokens, int qb, int) {
+  void p_ready(const float* s, std::ptrdiff_t lds, int tokens, int qb) {
     for (int i = 0; i < qb; ++i) B::to_pairs(s + i * lds, tokens, pw + i * ldw);
   }
   /// ctx rows: (Σ over pairs of keys P·v) · inv, NVP vectors of columns from c0.
@@ -485,19 +495,7 @@ struct PairProducts {
         for (int j = 0; j < NVP; ++j) acc[i][j] = B::dot(acc[i][j], a, b[j]);
       }
     }
-    for (int i = 0; i < rows; ++i) {
-      const R sc = Vf::set1(inv[i]);
-#pragma GCC unroll 8
-      for (int j = 0; j < NVP; ++j) {
-        const int n = imin(kL, cols - j * kL);
-        if (n <= 0) break;
-        const R x = Vf::mul(acc[i][j], sc);
-        if (n == kL)
-          Vf::store(out + i * ldc + j * kL, x);
-        else
-          Vf::store_n(out + i * ldc + j * kL, x, n);
-      }
-    }
+    store_rows_scaled<Vf, PMR, NVP>(acc, inv, out, ldc, rows, cols);
   }
 };
 
@@ -505,8 +503,8 @@ struct PairProducts {
 template <class B, int SMR, int PMR, int NVP_MAX, int QB>
 void attention_head_bf16(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int hd,
                          float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
-  attention_head_with<PairProducts<B, SMR, PMR>, SMR, PMR, NVP_MAX, QB>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
-                                                                        prob_rows);
+  attention_head_with<PairProducts<B, SMR, PMR>, NVP_MAX, QB>(q, k, v, ld, tokens, hd, scale, ctx, ldc, probs,
+                                                              prob_rows);
 }
 
 }  // namespace

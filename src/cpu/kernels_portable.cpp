@@ -357,6 +357,17 @@ inline float ftz(float x) {
   return (u & 0x7f800000u) ? x : bits_to_float(u & 0x80000000u);
 }
 
+// One 32-bit word of two bf16 (nearest even): lo in the low half, hi in the high half.
+inline std::uint32_t bf16_pair(float lo, float hi) {
+  return std::uint32_t{float_to_bf16(lo)} | std::uint32_t{float_to_bf16(hi)} << 16;
+}
+
+// One pair step of the definition (src/cpu/bf16_format.hpp): the odd element first, then the even one.
+inline float bf16_pair_fma(float acc, std::uint32_t a, std::uint32_t w) {
+  acc = ftz(std::fma(bf16_daz(a >> 16), bf16_daz(w >> 16), acc));
+  return ftz(std::fma(bf16_daz(a & 0xffffu), bf16_daz(w & 0xffffu), acc));
+}
+
 }  // namespace
 
 // The definition of bf16 compute (src/cpu/bf16_format.hpp), one output at a time.
@@ -367,22 +378,15 @@ void gemm_bf16_portable(int M, const float* A, std::ptrdiff_t lda, const bf16::P
     std::vector<std::uint32_t> a(static_cast<std::size_t>(pairs));
     for (int m = split_begin(M, t, nt); m < split_begin(M, t + 1, nt); ++m) {
       const float* x = A + static_cast<std::ptrdiff_t>(m) * lda;
-      for (int q = 0; q < pairs; ++q) {
-        const std::uint32_t lo = float_to_bf16(x[2 * q]);
-        const std::uint32_t hi = 2 * q + 1 < K ? float_to_bf16(x[2 * q + 1]) : 0u;
-        a[q] = lo | hi << 16;
-      }
+      for (int q = 0; q < pairs; ++q) a[q] = bf16_pair(x[2 * q], 2 * q + 1 < K ? x[2 * q + 1] : 0.0f);
       float* c = C + static_cast<std::ptrdiff_t>(m) * ldc;
       const float* r = ep.residual ? ep.residual + static_cast<std::ptrdiff_t>(m) * ep.ldr : nullptr;
       for (int n = 0; n < N; ++n) {
         const std::uint32_t* col =
             w.data() + static_cast<std::ptrdiff_t>(n / bf16::kPanel) * pairs * bf16::kPanel + n % bf16::kPanel;
         float acc = 0.0f;
-        for (int q = 0; q < pairs; ++q) {
-          const std::uint32_t wq = col[static_cast<std::ptrdiff_t>(q) * bf16::kPanel];
-          acc = ftz(std::fma(bf16_daz(a[q] >> 16), bf16_daz(wq >> 16), acc));
-          acc = ftz(std::fma(bf16_daz(a[q] & 0xffffu), bf16_daz(wq & 0xffffu), acc));
-        }
+        for (int q = 0; q < pairs; ++q)
+          acc = bf16_pair_fma(acc, a[q], col[static_cast<std::ptrdiff_t>(q) * bf16::kPanel]);
         float v = acc;
         if (ep.alpha != 1.0f) v *= ep.alpha;
         if (ep.bias) v += ep.bias[n];
@@ -402,13 +406,6 @@ void attention_head_bf16_portable(const float* q, const float* k, const float* v
                                   int prob_rows) {
   const float factor = scale * 1.44269504088896341f;
   const int hd = head_dim, hdq = (hd + 1) / 2, kq = (tokens + 1) / 2;
-  const auto pair = [](float lo, float hi) {
-    return std::uint32_t{float_to_bf16(lo)} | std::uint32_t{float_to_bf16(hi)} << 16;
-  };
-  const auto chain = [](float acc, std::uint32_t a, std::uint32_t b) {
-    acc = ftz(std::fma(bf16_daz(a >> 16), bf16_daz(b >> 16), acc));
-    return ftz(std::fma(bf16_daz(a & 0xffffu), bf16_daz(b & 0xffffu), acc));
-  };
   static thread_local std::vector<std::uint32_t> kw, vw, qw, pw;
   static thread_local std::vector<float> s;
   kw.assign(static_cast<std::size_t>(tokens) * hdq, 0u);
@@ -419,19 +416,19 @@ void attention_head_bf16_portable(const float* q, const float* k, const float* v
   for (int key = 0; key < tokens; ++key)
     for (int dq = 0; dq < hdq; ++dq)
       kw[static_cast<std::size_t>(key) * hdq + dq] =
-          pair(k[key * ld + 2 * dq], 2 * dq + 1 < hd ? k[key * ld + 2 * dq + 1] : 0.0f);
+          bf16_pair(k[key * ld + 2 * dq], 2 * dq + 1 < hd ? k[key * ld + 2 * dq + 1] : 0.0f);
   for (int kk = 0; kk < kq; ++kk)
     for (int c = 0; c < hd; ++c)
       vw[static_cast<std::size_t>(kk) * hd + c] =
-          pair(v[2 * kk * ld + c], 2 * kk + 1 < tokens ? v[(2 * kk + 1) * ld + c] : 0.0f);
+          bf16_pair(v[2 * kk * ld + c], 2 * kk + 1 < tokens ? v[(2 * kk + 1) * ld + c] : 0.0f);
   for (int i = 0; i < tokens; ++i) {
     const float* qi = q + i * ld;
     for (int dq = 0; dq < hdq; ++dq)
-      qw[dq] = pair(qi[2 * dq] * factor, 2 * dq + 1 < hd ? qi[2 * dq + 1] * factor : 0.0f);
+      qw[dq] = bf16_pair(qi[2 * dq] * factor, 2 * dq + 1 < hd ? qi[2 * dq + 1] * factor : 0.0f);
     float mx = -std::numeric_limits<float>::infinity();
     for (int j = 0; j < tokens; ++j) {
       float acc = 0.0f;
-      for (int dq = 0; dq < hdq; ++dq) acc = chain(acc, qw[dq], kw[static_cast<std::size_t>(j) * hdq + dq]);
+      for (int dq = 0; dq < hdq; ++dq) acc = bf16_pair_fma(acc, qw[dq], kw[static_cast<std::size_t>(j) * hdq + dq]);
       s[j] = acc;
       mx = std::max(mx, acc);
     }
@@ -440,10 +437,10 @@ void attention_head_bf16_portable(const float* q, const float* k, const float* v
     const float inv = 1.0f / sum;
     if (probs != nullptr && i < prob_rows)
       for (int j = 0; j < tokens; ++j) probs[static_cast<std::ptrdiff_t>(i) * tokens + j] = s[j] * inv;
-    for (int kk = 0; kk < kq; ++kk) pw[kk] = pair(s[2 * kk], 2 * kk + 1 < tokens ? s[2 * kk + 1] : 0.0f);
+    for (int kk = 0; kk < kq; ++kk) pw[kk] = bf16_pair(s[2 * kk], 2 * kk + 1 < tokens ? s[2 * kk + 1] : 0.0f);
     for (int c = 0; c < hd; ++c) {
       float acc = 0.0f;
-      for (int kk = 0; kk < kq; ++kk) acc = chain(acc, pw[kk], vw[static_cast<std::size_t>(kk) * hd + c]);
+      for (int kk = 0; kk < kq; ++kk) acc = bf16_pair_fma(acc, pw[kk], vw[static_cast<std::size_t>(kk) * hd + c]);
       ctx[i * ldc + c] = acc * inv;
     }
   }
