@@ -527,6 +527,17 @@ struct Runner {
   const SafetensorsFile* file;               // the weights' file when memory-mapped, checked before each forward
   const std::vector<LayerLinears>& linears;  // each block's linear layers as prepared at load
   bool bf16_attention;                       // bf16 compute: attention's products on bf16 pairs too
+
+  // What a forward needs of a loaded model (Model::Impl), listed once for every entry point.
+  template <class ModelImpl>
+  explicit Runner(const ModelImpl& m)
+      : isa(m.isa),
+        config(m.config),
+        weights(m.weights()),
+        threads(m.threads),
+        file(m.mapped_file()),
+        linears(m.linears),
+        bf16_attention(m.bf16_attention) {}
 };
 
 // Before a forward reads the weights: a memory-mapped file rewritten in place since load throws here
@@ -593,28 +604,20 @@ Vector head_logits(const detail::Weights& w, const Features& features) {
 
 std::vector<Features> Model::extract_features(const std::vector<PixelValues>& batch,
                                               const FeatureOptions& options) const {
-  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
-                              impl_->linears, impl_->bf16_attention},
-                       batch, options);
+  return extract_batch(Runner(*impl_), batch, options);
 }
 
 std::vector<Features> Model::extract_features(const std::vector<PixelValuesView>& batch,
                                               const FeatureOptions& options) const {
-  return extract_batch(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
-                              impl_->linears, impl_->bf16_attention},
-                       batch, options);
+  return extract_batch(Runner(*impl_), batch, options);
 }
 
 Features Model::extract_features(const PixelValues& pixel_values, const FeatureOptions& options) const {
-  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
-                            impl_->linears, impl_->bf16_attention},
-                     pixel_values, options);
+  return extract_one(Runner(*impl_), pixel_values, options);
 }
 
 Features Model::extract_features(const PixelValuesView& pixel_values, const FeatureOptions& options) const {
-  return extract_one(Runner{impl_->isa, impl_->config, impl_->weights(), impl_->threads, impl_->mapped_file(),
-                            impl_->linears, impl_->bf16_attention},
-                     pixel_values, options);
+  return extract_one(Runner(*impl_), pixel_values, options);
 }
 
 Features Model::extract_features(const Image& image, const FeatureOptions& options) const {
