@@ -331,5 +331,14 @@ void gemm(const Problem& p, int kc_blocks, int threads) {
   compute(0, 1);
 }
 
+/// gemm<I, MR, NV> with k-slices of `slice` inputs as a KernelTable::gemm_int8 entry (GemmInt8Fn).
+template <class I, int MR, int NV, int slice>
+void table_entry(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+                 const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+                 const Epilogue& ep, int threads) {
+  const Problem p{M, seg_rows * segments, K, A, lda, WeightView{W, w_scale, seg_rows, kp}, C, ldc, ep};
+  gemm<I, MR, NV>(p, slice / kBlock, threads);
+}
+
 }  // namespace
 }  // namespace vitmsn::detail::int8

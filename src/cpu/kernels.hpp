@@ -7,8 +7,10 @@
 // All variants give results independent of the thread count: work is split over output tiles only,
 // never over the summation dimension.
 //
-// Adding a kernel: one member in KernelTable (with its contract), one assignment in each
-// *_kernel_table() function, and a test in the tests/kernels_*_test.cpp of its family against the portable entry.
+// Adding a kernel: its signature type (or an existing one), one member in KernelTable (with its
+// contract) whose default is its portable definition (namespace portable, kernels_portable.cpp), the
+// vector version as one line of kernels_simd.inc's table, and a test in the tests/kernels_*_test.cpp
+// of its family against the portable entry.
 
 #include <cstddef>
 #include <cstdint>
@@ -49,7 +51,50 @@ struct TileGeometry {
 /// Element type of a weight matrix used in place (e.g. memory-mapped from a safetensors file).
 enum class WeightType { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
-/// One instruction set's kernels. Every entry is set by every table.
+// The signature of each kind of entry (the contracts are at the members of KernelTable below).
+using GemmFn = void(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
+                    bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
+using GemmWeightsFn = void(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
+                           std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads);
+using GemmWeightsStackedFn = void(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
+                                  const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
+                                  const Epilogue& ep, int threads);
+using PackPanelsFn = void(int seg_rows, int segments, int K, const void* const* W, WeightType wt, std::ptrdiff_t ldw,
+                          float* dst, int threads);
+using GemmPackedFn = void(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* panels, float* C,
+                          std::ptrdiff_t ldc, const Epilogue& ep, int threads);
+using GemmInt8Fn = void(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+                        const Epilogue& ep, int threads);
+using GemmBf16Fn = void(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
+                        const Epilogue& ep, int threads);
+using BurstFn = double(long iterations);
+using OutlierProductFn = void(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels,
+                              const float* w, float* P, std::ptrdiff_t ldp, int threads);
+using LayerNormFn = void(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
+                         const float* w, const float* b, double eps);
+using InPlaceFn = void(float* x, std::ptrdiff_t n);
+using AttentionHeadFn = void(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
+                             int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows);
+
+/// The portable definitions (src/cpu/kernels_portable.cpp, scalar, compiled without ISA flags): the
+/// reference every vector entry is tested against, and the entry of any table that does not set its
+/// own (an entry nobody sets is never null: a new kernel runs everywhere from its first line).
+namespace portable {
+GemmFn gemm;
+GemmWeightsFn gemm_weights;
+GemmWeightsStackedFn gemm_weights_stacked;
+GemmInt8Fn gemm_int8;
+GemmBf16Fn gemm_bf16;
+OutlierProductFn outlier_product;
+LayerNormFn layer_norm;
+InPlaceFn erf, gelu_erf;
+AttentionHeadFn attention_head, attention_head_bf16;
+BurstFn fma_burst;
+}  // namespace portable
+
+/// One instruction set's kernels. An entry a table does not set is the portable definition; the packed
+/// GEMM and the bf16 rate probe exist only where a table sets them (null in the portable table).
 struct KernelTable {
   Isa isa = Isa::kPortable;
 
@@ -57,8 +102,7 @@ struct KernelTable {
   /// b_trans: B is [N,K] row-major (ldb) and op(B) = Bᵀ — the layout of PyTorch linear weights, so
   /// y = x·Wᵀ. Otherwise B is [K,N] row-major (ldb). C must not overlap A or B. threads: how many
   /// threads to use (1 = the calling thread only; safe inside a parallel region).
-  void (*gemm)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
-               bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) = nullptr;
+  GemmFn* gemm = portable::gemm;
 
   /// C[M,N] = epilogue(A[M,K]·Wᵀ) with W [N,K] row-major of 16-bit type wt (kBF16 or kF16; kF32 goes
   /// to gemm, see the gemm_weights() wrapper below), leading dimension ldw in elements. bf16: value =
@@ -69,16 +113,13 @@ struct KernelTable {
   /// bit-identical to gemm(…, b_trans = true, …) on the widened weights. Results are independent of
   /// the thread count. (A vdpbf16ps path for CPUs with AVX512_BF16 would round A to bf16 too, i.e.
   /// give other, less accurate results: it would be a separate, opt-in entry.)
-  void (*gemm_weights)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W, WeightType wt,
-                       std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) = nullptr;
+  GemmWeightsFn* gemm_weights = portable::gemm_weights;
 
   /// C[M, S·R] = epilogue(A[M,K]·[W_0; …; W_{S−1}]ᵀ): `segments` (S ≤ 3) weight matrices of
   /// seg_rows (R) rows each, of one type wt (kF32 included), leading dimension ldw, stacked along N as
   /// one operand — the query, key and value projections as one GEMM, so A is packed once. ep.bias
   /// covers all S·R columns. Bit-identical to one gemm_weights call per segment.
-  void (*gemm_weights_stacked)(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
-                               const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
-                               const Epilogue& ep, int threads) = nullptr;
+  GemmWeightsStackedFn* gemm_weights_stacked = portable::gemm_weights_stacked;
 
   /// Width of the panels gemm_packed reads (output channels per panel: the micro-tile's NR), or 0 for a
   /// table without a packed GEMM (portable: its gemm reads W as stored, so weights stay so).
@@ -90,15 +131,13 @@ struct KernelTable {
   /// panel q at dst + q·K·packed_nr (dst: that many floats, 64-byte aligned), channels past N zero.
   /// The values are those the GEMM packs per call, so gemm_packed's results are the same bits as
   /// gemm_weights_stacked's. Null where packed_nr is 0.
-  void (*pack_panels)(int seg_rows, int segments, int K, const void* const* W, WeightType wt, std::ptrdiff_t ldw,
-                      float* dst, int threads) = nullptr;
+  PackPanelsFn* pack_panels = nullptr;
 
   /// C[M,N] = epilogue(A[M,K]·op(B)) with op(B) laid out by pack_panels (N = seg_rows·segments): the
   /// float32 GEMM without packing B on the call — weights prepared once at load. Bit-identical to gemm
   /// / gemm_weights_stacked on the weights it was packed from, for every thread count. Null where
   /// packed_nr is 0.
-  void (*gemm_packed)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* panels, float* C,
-                      std::ptrdiff_t ldc, const Epilogue& ep, int threads) = nullptr;
+  GemmPackedFn* gemm_packed = nullptr;
 
   /// C[M, S·R] = epilogue(dequant(quantize(A[M,K])·[W_0; …; W_{S−1}]ᵀ)) with int8 weights: the scheme
   /// of src/cpu/int8_blocked.hpp (activations quantized per row and block of 32 along K, on the fly;
@@ -107,44 +146,39 @@ struct KernelTable {
   /// 64 bytes, K padded to kp, a multiple of 32), w_scale[s]: their scales [seg_rows]. With S > 1,
   /// seg_rows is a multiple of 16. Results are the same bits for every variant and thread count
   /// (the epilogue's GELU aside: the portable entry uses std::erf).
-  void (*gemm_int8)(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
-                    const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
-                    const Epilogue& ep, int threads) = nullptr;
+  GemmInt8Fn* gemm_int8 = portable::gemm_int8;
 
   /// C[M, N] = epilogue(bf16(A[M, K])·Wᵀ) with W packed once by bf16::pack (N, K, kp from it): the bf16
   /// compute of src/cpu/bf16_format.hpp (activations rounded to bf16, exact pair products, one float32
   /// chain per output, DAZ/FTZ as vdpbf16ps; then bias, GELU and residual in float32). Every variant
   /// gives the portable entry's bits (the epilogue's GELU aside: the portable entry uses std::erf) for
   /// every thread count. Tables without a bf16 dot product use the portable entry (an emulation, slow).
-  void (*gemm_bf16)(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
-                    const Epilogue& ep, int threads) = nullptr;
+  GemmBf16Fn* gemm_bf16 = portable::gemm_bf16;
 
   /// Runs `iterations` rounds of independent register-only bf16 dot-product chains and returns the
   /// FLOPs done (2 per multiply-add), for the rate probe of bf16_compute_pays(); null for tables whose
   /// gemm_bf16 is the emulation.
-  double (*bf16_burst)(long iterations) = nullptr;
+  BurstFn* bf16_burst = nullptr;
 
   /// P[M, N] (leading dimension ldp) = Σ_j A[t, channels[j]]·w[j, n] over j = 0 … J−1 in that order,
   /// each term one fma from p = 0 (bit-identical in every variant): the float product of an int8
   /// GEMM's outlier channels, w [J, N] their dequantized weight columns.
-  void (*outlier_product)(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels, const float* w,
-                          float* P, std::ptrdiff_t ldp, int threads) = nullptr;
+  OutlierProductFn* outlier_product = portable::outlier_product;
 
   /// For each of `rows` rows on the calling thread: y = (x − mean)·rstd·w + b with mean and the
   /// biased variance of the row's `cols` values accumulated in double (rstd = 1/√(var + eps), both then
   /// rounded to float), as torch.nn.LayerNorm. x and y may be the same buffer.
-  void (*layer_norm)(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
-                     const float* w, const float* b, double eps) = nullptr;
+  LayerNormFn* layer_norm = portable::layer_norm;
 
   // Probes for the tests, not called by the model: the GELU epilogue's vector erf and GELU over a
   // buffer, so that tests/kernels_norm_test.cpp can check them on every float against std::erf (the
   // epilogue itself only ever sees GEMM outputs).
 
   /// In place: x[i] = erf(x[i]) (the erf the GELU epilogue uses; |error| <= 2e-7 over all floats).
-  void (*erf)(float* x, std::ptrdiff_t n) = nullptr;
+  InPlaceFn* erf = portable::erf;
 
   /// In place: x[i] = 0.5·x·(1 + erf(x/√2)) for n values (exact-erf GELU, as torch.nn.functional.gelu).
-  void (*gelu_erf)(float* x, std::ptrdiff_t n) = nullptr;
+  InPlaceFn* gelu_erf = portable::gelu_erf;
 
   /// One attention head on the calling thread: ctx[i, :] = Σ_j softmax_j(q_i·k_jᵀ·scale)·v_j for
   /// i < tokens. q, k, v: `tokens` rows of head_dim floats each, leading dimension ld (the columns of
@@ -153,22 +187,19 @@ struct KernelTable {
   /// 0 … prob_rows − 1 (1: the CLS row; tokens: the whole map), the values ctx is computed from. The
   /// scores of a block of queries stay in the cache (never all N×N at once); the result does not
   /// depend on which thread runs it, nor on whether probs is asked for.
-  void (*attention_head)(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim,
-                         float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) = nullptr;
+  AttentionHeadFn* attention_head = portable::attention_head;
   /// attention_head with bf16 products, for bf16 compute (the definition: attention_blocked.hpp's
   /// PairProducts): vdpbf16ps where the CPU has AVX512_BF16, else the portable emulation.
-  void (*attention_head_bf16)(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
-                              int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
-                              int prob_rows) = nullptr;
+  AttentionHeadFn* attention_head_bf16 = portable::attention_head_bf16;
 
   /// Runs `iterations` rounds of independent register-only FMA chains; returns the FLOPs done (the
   /// FMA-peak measurement of src/cpu/cpu.cpp).
-  double (*fma_burst)(long iterations) = nullptr;
+  BurstFn* fma_burst = portable::fma_burst;
 
   /// Runs the GEMM's micro-kernel alone `calls` times on packed panels that stay in L1 (depth 128,
   /// C stored on every call); returns the FLOPs done: the ceiling of the GEMM code with no memory
   /// traffic (gemm_bench). The portable table, which has no micro-kernel, runs its scalar FMA loop.
-  double (*microkernel_burst)(long calls) = nullptr;
+  BurstFn* microkernel_burst = portable::fma_burst;
 };
 
 /// The table of `isa` if this build has it and the CPU runs it, else of the best variant below it.
@@ -181,30 +212,19 @@ KernelTable portable_kernel_table();
 KernelTable avx2_kernel_table();
 KernelTable avx512_kernel_table();
 #endif
-/// The int8 GEMM variants behind the AVX2 table's gemm_int8 (which picks AVX-VNNI when the CPU has
-/// it): vpmaddubsw (src/cpu/kernels_avx2.cpp) and vpdpbusd on ymm (src/cpu/kernels_avxvnni.cpp), each
-/// in the namespace of its instruction set (the only functions of the ISA files besides the tables
-/// with external linkage). Same contract as KernelTable::gemm_int8; callable only on CPUs with AVX2
-/// (and AVX-VNNI), and defined only in x86-64 builds with GCC or Clang (VITMSN_X86_KERNELS).
+/// The int8 GEMM variants behind the AVX2 table's gemm_int8, each in the namespace of its instruction
+/// set (with the tables, the only names of the ISA files with external linkage): vpmaddubsw
+/// (src/cpu/kernels_avx2.cpp) and vpdpbusd on ymm (src/cpu/kernels_avxvnni.cpp). Same contract as
+/// KernelTable::gemm_int8; callable only on CPUs with AVX2 (and AVX-VNNI), and defined only in
+/// x86-64 builds with GCC or Clang (VITMSN_X86_KERNELS). avx2::best_gemm_int8() is the one of the
+/// two this CPU runs: the AVX2 table's entry, and the AVX-512 table's on CPUs without AVX512-VNNI.
 namespace avx2 {
-void gemm_int8_maddubs(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
-                       const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
-                       const Epilogue& ep, int threads);
-}
+extern GemmInt8Fn* const gemm_int8_maddubs;
+GemmInt8Fn* best_gemm_int8();
+}  // namespace avx2
 namespace avxvnni {
-void gemm_int8_avxvnni(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
-                       const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
-                       const Epilogue& ep, int threads);
+extern GemmInt8Fn* const gemm_int8_avxvnni;
 }
-
-/// The portable gemm_bf16 (the definition of bf16 compute, scalar): the entry of tables without a
-/// bf16 dot product.
-void gemm_bf16_portable(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
-                        const Epilogue& ep, int threads);
-/// The portable attention_head_bf16 (scalar, the definition); the vector tables' fallback.
-void attention_head_bf16_portable(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
-                                  int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
-                                  int prob_rows);
 
 /// Whether bf16 compute pays on this CPU: the best table's bf16_burst runs at least 1.5× its
 /// fma_burst (a 2 × ~10 ms probe, once per process). False where there is no bf16 dot product.

@@ -17,12 +17,10 @@ namespace vitmsn::detail {
 namespace avx2 {
 // int8 without VNNI: vpmaddubsw on |q_x| and sign(q_x)·q_w (avx2_traits.hpp), 2 × 16 tiles (4 int32 +
 // 4 float accumulators, 2 weight vectors, the broadcast and temporaries in 16 ymm registers).
-void gemm_int8_maddubs(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
-                       const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
-                       const Epilogue& ep, int threads) {
-  const int8::Problem p{M, seg_rows * segments, K, A, lda, int8::WeightView{W, w_scale, seg_rows, kp}, C, ldc, ep};
-  int8::gemm<Int8Ymm<false>, 2, 2>(p, 512 / int8::kBlock, threads);
-}
+GemmInt8Fn* const gemm_int8_maddubs = &int8::table_entry<Int8Ymm<false>, 2, 2, 512>;
+
+// CPUs with AVX-VNNI run the vpdpbusd version of src/cpu/kernels_avxvnni.cpp, the others vpmaddubsw.
+GemmInt8Fn* best_gemm_int8() { return cpu_has(CpuFeature::kAvxVnni) ? avxvnni::gemm_int8_avxvnni : gemm_int8_maddubs; }
 }  // namespace avx2
 
 namespace {
@@ -35,21 +33,11 @@ struct Simd {
   // per block (0.5 MB of scores). Peak probe: 12 chains, more than 2 pipes × 4-5 cycles of latency.
   static constexpr TileGeometry kTiles{6, 2, false, 3, 3, 120, 12};
 
-  // int8: CPUs with AVX-VNNI run the vpdpbusd version of src/cpu/kernels_avxvnni.cpp, the others
-  // vpmaddubsw.
-  static void gemm_int8(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
-                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
-                        const Epilogue& ep, int threads) {
-    static const bool avx_vnni = cpu_has(CpuFeature::kAvxVnni);
-    if (avx_vnni)
-      return avxvnni::gemm_int8_avxvnni(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
-    avx2::gemm_int8_maddubs(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
-  }
-
+  static GemmInt8Fn* gemm_int8() { return avx2::best_gemm_int8(); }
   // No bf16 dot product in AVX2: the portable definitions (emulations) run.
-  static constexpr auto* gemm_bf16 = &gemm_bf16_portable;
-  static constexpr auto* attention_head_bf16 = &attention_head_bf16_portable;
-  static double (*bf16_burst())(long) { return nullptr; }
+  static GemmBf16Fn* gemm_bf16() { return portable::gemm_bf16; }
+  static AttentionHeadFn* attention_head_bf16() { return portable::attention_head_bf16; }
+  static BurstFn* bf16_burst() { return nullptr; }
 };
 
 }  // namespace

@@ -43,26 +43,20 @@ struct Simd {
   // slice, without partial sums): measured 8-16 % faster than slices of 512 (other tile shapes,
   // 7 × 32, 4 × 48, 5 × 32, were no better). Without AVX512-VNNI, the AVX2 table's entry (AVX-VNNI or
   // vpmaddubsw) runs.
-  static void gemm_int8(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
-                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
-                        const Epilogue& ep, int threads) {
-    static const bool vnni = cpu_has(CpuFeature::kAvx512vnni);
-    if (!vnni)
-      return kernels(Isa::kAvx2).gemm_int8(M, seg_rows, segments, K, kp, A, lda, W, w_scale, C, ldc, ep, threads);
-    const int8::Problem p{M, seg_rows * segments, K, A, lda, int8::WeightView{W, w_scale, seg_rows, kp}, C, ldc, ep};
-    int8::gemm<Int8Vnni512, 6, 2>(p, 2048 / int8::kBlock, threads);
+  static GemmInt8Fn* gemm_int8() {
+    if (cpu_has(CpuFeature::kAvx512vnni)) return &int8::table_entry<Int8Vnni512, 6, 2, 2048>;
+    return avx2::best_gemm_int8();
   }
 
   // bf16 compute: 14 × 32 tiles as the float GEMM's (28 accumulators, 2 weight vectors, 1 broadcast);
   // per pair of inputs 2 loads + 14 broadcasts for 28 vdpbf16ps (twice the multiply-adds of an FMA).
   // Without AVX512_BF16 the portable emulation runs.
-  static void gemm_bf16(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
-                        const Epilogue& ep, int threads) {
-    static const bool has_bf16 = cpu_has(CpuFeature::kAvx512bf16);
-    if (!has_bf16) return gemm_bf16_portable(M, A, lda, w, C, ldc, ep, threads);
+  static void gemm_bf16_zmm(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C,
+                            std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
     static const Blocking bl = gemm_blocking(Isa::kAvx512);
     bf16_blocked::gemm<Bf16Avx512, kTiles.mr>(M, A, lda, w, C, ldc, ep, threads, bl.mc);
   }
+  static GemmBf16Fn* gemm_bf16() { return cpu_has(CpuFeature::kAvx512bf16) ? gemm_bf16_zmm : portable::gemm_bf16; }
 
   // The bf16 rate probe (bf16_compute_pays): 16 independent vdpbf16ps chains, as the FMA probe.
   static double bf16_burst_zmm(long iterations) {
@@ -80,19 +74,15 @@ struct Simd {
     (void)sink;
     return 4.0 * 16 * kChains * static_cast<double>(iterations);
   }
-  static double (*bf16_burst())(long) { return cpu_has(CpuFeature::kAvx512bf16) ? bf16_burst_zmm : nullptr; }
+  static BurstFn* bf16_burst() { return cpu_has(CpuFeature::kAvx512bf16) ? bf16_burst_zmm : nullptr; }
 
-  // Attention's two products on bf16 pairs (bf16 compute): the float head's tiles, vdpbf16ps for the FMAs.
-  static void attention_head_bf16(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
-                                  int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
-                                  int prob_rows) {
-    static const bool has_bf16 = cpu_has(CpuFeature::kAvx512bf16);
-    if (!has_bf16)
-      return attention_head_bf16_portable(q, k, v, ld, tokens, head_dim, scale, ctx, ldc, probs, prob_rows);
-    // 252 queries per block (twice the float head's): attention 3-5 % faster than 126 on Zen 5 (int8
-    // forward, alternating runs), 56 and 504 slower; a row's arithmetic does not depend on it.
-    attn_blocked::attention_head_bf16<Bf16Avx512, kTiles.mr, kTiles.pv_mr, kTiles.pv_nv_max, 2 * kTiles.query_block>(
-        q, k, v, ld, tokens, head_dim, scale, ctx, ldc, probs, prob_rows);
+  // Attention's two products on bf16 pairs (bf16 compute): the float head's tiles, vdpbf16ps for the
+  // FMAs. 252 queries per block (twice the float head's): attention 3-5 % faster than 126 on Zen 5
+  // (int8 forward, alternating runs), 56 and 504 slower; a row's arithmetic does not depend on it.
+  static AttentionHeadFn* attention_head_bf16() {
+    if (!cpu_has(CpuFeature::kAvx512bf16)) return portable::attention_head_bf16;
+    return attn_blocked::attention_head_bf16<Bf16Avx512, kTiles.mr, kTiles.pv_mr, kTiles.pv_nv_max,
+                                             2 * kTiles.query_block>;
   }
 };
 

@@ -1,7 +1,7 @@
 // The portable kernels: the reference every vectorised variant (src/cpu/kernels_avx2.cpp,
 // kernels_avx512.cpp over src/cpu/gemm_blocked.hpp) is tested against, and the path on CPUs without
 // them. The GEMM is Eigen's (single-threaded per call; the row range is split over threads here).
-// gemm_weights with 16-bit weights widens blocks of rows of W (gemm_weights_portable below).
+// gemm_weights with 16-bit weights widens blocks of rows of W (portable::gemm_weights below).
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -21,6 +21,37 @@
 
 namespace vitmsn::detail {
 
+namespace int8 {
+
+std::vector<int> find_outlier_channels(const float* A, std::ptrdiff_t lda, int M, int K) {
+  std::vector<int> out;
+  if (M <= 0 || K <= 0) return out;
+  const int rows = std::min(M, kOutlierRows);
+  std::vector<float> amax(static_cast<std::size_t>(K), 0.0f);
+  for (int i = 0; i < rows; ++i) {
+    const float* a = A + static_cast<std::ptrdiff_t>(static_cast<long long>(M) * i / rows) * lda;
+    for (int c = 0; c < K; ++c) amax[c] = std::fabs(a[c]) > amax[c] ? std::fabs(a[c]) : amax[c];  // NaN: skipped
+  }
+  std::vector<float> sorted = amax;
+  std::nth_element(sorted.begin(), sorted.begin() + K / 2, sorted.end());
+  const float median = sorted[K / 2];
+  if (!(median > 0.0f)) return out;
+  const float threshold = kOutlierRatio * median;
+  for (int c = 0; c < K; ++c)
+    if (amax[c] > threshold) out.push_back(c);
+  const std::size_t cap = static_cast<std::size_t>(std::max(8, K / 16));
+  if (out.size() > cap) {  // the largest, ties by channel
+    std::stable_sort(out.begin(), out.end(), [&](int a, int b) { return amax[a] > amax[b]; });
+    out.resize(cap);
+    std::sort(out.begin(), out.end());
+  }
+  return out;
+}
+
+}  // namespace int8
+
+namespace portable {
+
 namespace {
 
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -33,8 +64,8 @@ float gelu_scalar(float x) {
   return x * 0.5f * (1.0f + std::erf(x * 0.70710678118654752440f));
 }
 
-void gemm_rows_portable(int m0, int m1, int N, int K, const float* A, std::ptrdiff_t lda, const float* B,
-                        std::ptrdiff_t ldb, bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep) {
+void gemm_rows(int m0, int m1, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
+               bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep) {
   const int rows = m1 - m0;
   if (rows <= 0) return;
 #ifdef _OPENMP
@@ -75,19 +106,6 @@ void gemm_rows_portable(int m0, int m1, int N, int K, const float* A, std::ptrdi
 // independent of the thread count.
 constexpr int kRowBlock = 64;
 
-void gemm_portable(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb,
-                   bool b_trans, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
-  const int blocks = (M + kRowBlock - 1) / kRowBlock;
-  const auto part = [&](int t, int nt) {
-    const int b0 = split_begin(blocks, t, nt);
-    const int b1 = split_begin(blocks, t + 1, nt);
-    for (int b = b0; b < b1; ++b)
-      gemm_rows_portable(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), N, K, A, lda, B, ldb, b_trans, C, ldc, ep);
-  };
-  threads = std::max(1, std::min(threads, blocks));
-  run_split(threads, part);
-}
-
 // Portable gemm_weights for 16-bit W: blocks of kWidenRows rows of W (columns of C) are widened into a
 // thread-local float buffer, multiplied by all of A with Eigen and finished with the epilogue. Threads
 // take whole blocks; a block's computation is the same whoever runs it, so the result does not
@@ -104,9 +122,8 @@ void widen_rows(const std::uint16_t* W, std::ptrdiff_t ldw, int rows, int K, flo
   }
 }
 
-void gemm_weights_block_portable(int n0, int nb, int M, int K, const float* A, std::ptrdiff_t lda,
-                                 const std::uint16_t* W, WeightType wt, std::ptrdiff_t ldw, float* C,
-                                 std::ptrdiff_t ldc, const Epilogue& ep) {
+void gemm_weights_block(int n0, int nb, int M, int K, const float* A, std::ptrdiff_t lda, const std::uint16_t* W,
+                        WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep) {
   static thread_local std::vector<float> wf;
   static thread_local RowMat t;
   const std::size_t need = static_cast<std::size_t>(nb) * static_cast<std::size_t>(std::max(K, 1));
@@ -142,9 +159,66 @@ void gemm_weights_block_portable(int n0, int nb, int M, int K, const float* A, s
   }
 }
 
-// The table's gemm_weights entry: 16-bit W only (kF32 goes to gemm_portable).
-void gemm_weights_portable(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W_any, WeightType wt,
-                           std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+void softmax_rows(float* x, int rows, int cols, std::ptrdiff_t ld) {
+  for (int i = 0; i < rows; ++i) {
+    float* r = x + i * ld;
+    float mx = r[0];
+    for (int j = 1; j < cols; ++j) mx = std::max(mx, r[j]);
+    float sum = 0.0f;
+    for (int j = 0; j < cols; ++j) {
+      r[j] = std::exp(r[j] - mx);
+      sum += r[j];
+    }
+    const float inv = 1.0f / sum;
+    for (int j = 0; j < cols; ++j) r[j] *= inv;
+  }
+}
+
+// One head as the reference computes it: for each block of kQueryBlock queries, scores = q·kᵀ·scale
+// with the portable GEMM, softmax over the keys, ctx = probabilities·v. The scores of one block
+// (kQueryBlock × tokens floats) live in a thread-local buffer.
+constexpr int kQueryBlock = 128;
+
+// bf16 with DAZ: a subnormal bf16 (exponent bits 0) reads as a zero of its sign.
+inline float bf16_daz(std::uint32_t h) {
+  return bf16_to_float(static_cast<std::uint16_t>((h & 0x7f80u) ? h : h & 0x8000u));
+}
+
+// FTZ: a subnormal result becomes a zero of its sign.
+inline float ftz(float x) {
+  const std::uint32_t u = float_to_bits(x);
+  return (u & 0x7f800000u) ? x : bits_to_float(u & 0x80000000u);
+}
+
+// One 32-bit word of two bf16 (nearest even): lo in the low half, hi in the high half.
+inline std::uint32_t bf16_pair(float lo, float hi) {
+  return std::uint32_t{float_to_bf16(lo)} | std::uint32_t{float_to_bf16(hi)} << 16;
+}
+
+// One pair step of the definition (src/cpu/bf16_format.hpp): the odd element first, then the even one.
+inline float bf16_pair_fma(float acc, std::uint32_t a, std::uint32_t w) {
+  acc = ftz(std::fma(bf16_daz(a >> 16), bf16_daz(w >> 16), acc));
+  return ftz(std::fma(bf16_daz(a & 0xffffu), bf16_daz(w & 0xffffu), acc));
+}
+
+}  // namespace
+
+void gemm(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* B, std::ptrdiff_t ldb, bool b_trans,
+          float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+  const int blocks = (M + kRowBlock - 1) / kRowBlock;
+  const auto part = [&](int t, int nt) {
+    const int b0 = split_begin(blocks, t, nt);
+    const int b1 = split_begin(blocks, t + 1, nt);
+    for (int b = b0; b < b1; ++b)
+      gemm_rows(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), N, K, A, lda, B, ldb, b_trans, C, ldc, ep);
+  };
+  threads = std::max(1, std::min(threads, blocks));
+  run_split(threads, part);
+}
+
+// The table's gemm_weights entry: 16-bit W only (kF32 goes to gemm).
+void gemm_weights(int M, int N, int K, const float* A, std::ptrdiff_t lda, const void* W_any, WeightType wt,
+                  std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
   if (M <= 0 || N <= 0) return;
   const auto* W = static_cast<const std::uint16_t*>(W_any);
   const int blocks = (N + kWidenRows - 1) / kWidenRows;
@@ -153,7 +227,7 @@ void gemm_weights_portable(int M, int N, int K, const float* A, std::ptrdiff_t l
     const int b1 = split_begin(blocks, t + 1, nt);
     for (int b = b0; b < b1; ++b) {
       const int n0 = b * kWidenRows;
-      gemm_weights_block_portable(n0, std::min(kWidenRows, N - n0), M, K, A, lda, W, wt, ldw, C, ldc, ep);
+      gemm_weights_block(n0, std::min(kWidenRows, N - n0), M, K, A, lda, W, wt, ldw, C, ldc, ep);
     }
   };
   threads = std::max(1, std::min(threads, blocks));
@@ -161,9 +235,9 @@ void gemm_weights_portable(int M, int N, int K, const float* A, std::ptrdiff_t l
 }
 
 // One call per segment, each with its share of the bias (its own columns of C).
-void gemm_weights_stacked_portable(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
-                                   const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C,
-                                   std::ptrdiff_t ldc, const Epilogue& ep, int threads) {
+void gemm_weights_stacked(int M, int seg_rows, int segments, int K, const float* A, std::ptrdiff_t lda,
+                          const void* const* W, WeightType wt, std::ptrdiff_t ldw, float* C, std::ptrdiff_t ldc,
+                          const Epilogue& ep, int threads) {
   VITMSN_DASSERT(segments >= 1 && segments <= 3, "1 to 3 stacked weight segments");
   for (int s = 0; s < segments; ++s) {
     Epilogue e = ep;
@@ -171,19 +245,18 @@ void gemm_weights_stacked_portable(int M, int seg_rows, int segments, int K, con
     if (e.residual) e.residual += static_cast<std::ptrdiff_t>(s) * seg_rows;
     float* Cs = C + static_cast<std::ptrdiff_t>(s) * seg_rows;
     if (wt == WeightType::kF32) {
-      gemm_portable(M, seg_rows, K, A, lda, static_cast<const float*>(W[s]), ldw, /*b_trans=*/true, Cs, ldc, e,
-                    threads);
+      gemm(M, seg_rows, K, A, lda, static_cast<const float*>(W[s]), ldw, /*b_trans=*/true, Cs, ldc, e, threads);
     } else {
-      gemm_weights_portable(M, seg_rows, K, A, lda, W[s], wt, ldw, Cs, ldc, e, threads);
+      gemm_weights(M, seg_rows, K, A, lda, W[s], wt, ldw, Cs, ldc, e, threads);
     }
   }
 }
 
 // The int8 GEMM as src/cpu/int8_blocked.hpp defines it, element by element: the reference of the
 // vector variants (the same integers and the same float operations in the same order).
-void gemm_int8_portable(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
-                        const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
-                        const Epilogue& ep, int threads) {
+void gemm_int8(int M, int seg_rows, int segments, int K, int kp, const float* A, std::ptrdiff_t lda,
+               const std::int8_t* const* W, const float* const* w_scale, float* C, std::ptrdiff_t ldc,
+               const Epilogue& ep, int threads) {
   VITMSN_DASSERT(segments >= 1 && segments <= 3 && kp % int8::kBlock == 0 && kp >= K,
                  "int8 GEMM: 1 to 3 segments, K padded to whole blocks of 32");
   const int N = seg_rows * segments, blocks = kp / int8::kBlock;
@@ -219,8 +292,8 @@ void gemm_int8_portable(int M, int seg_rows, int segments, int K, int kp, const 
   run_split(threads, [&](int t, int nt) { rows(split_begin(M, t, nt), split_begin(M, t + 1, nt)); });
 }
 
-void outlier_product_portable(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels,
-                              const float* w, float* P, std::ptrdiff_t ldp, int threads) {
+void outlier_product(int M, int N, int J, const float* A, std::ptrdiff_t lda, const int* channels, const float* w,
+                     float* P, std::ptrdiff_t ldp, int threads) {
   threads = std::max(1, std::min(threads, M / 64));
   run_split(threads, [&](int t, int nt) {
     for (int r = split_begin(M, t, nt); r < split_begin(M, t + 1, nt); ++r)
@@ -233,23 +306,8 @@ void outlier_product_portable(int M, int N, int J, const float* A, std::ptrdiff_
   });
 }
 
-void softmax_rows_portable(float* x, int rows, int cols, std::ptrdiff_t ld) {
-  for (int i = 0; i < rows; ++i) {
-    float* r = x + i * ld;
-    float mx = r[0];
-    for (int j = 1; j < cols; ++j) mx = std::max(mx, r[j]);
-    float sum = 0.0f;
-    for (int j = 0; j < cols; ++j) {
-      r[j] = std::exp(r[j] - mx);
-      sum += r[j];
-    }
-    const float inv = 1.0f / sum;
-    for (int j = 0; j < cols; ++j) r[j] *= inv;
-  }
-}
-
-void layer_norm_portable(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols,
-                         const float* w, const float* b, double eps) {
+void layer_norm(const float* x, std::ptrdiff_t ldx, float* y, std::ptrdiff_t ldy, int rows, int cols, const float* w,
+                const float* b, double eps) {
   for (int r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
     float* yr = y + r * ldy;
@@ -268,40 +326,34 @@ void layer_norm_portable(const float* x, std::ptrdiff_t ldx, float* y, std::ptrd
   }
 }
 
-void erf_portable(float* x, std::ptrdiff_t n) {
+void erf(float* x, std::ptrdiff_t n) {
   for (std::ptrdiff_t i = 0; i < n; ++i) x[i] = std::erf(x[i]);
 }
 
-void gelu_erf_portable(float* x, std::ptrdiff_t n) {
+void gelu_erf(float* x, std::ptrdiff_t n) {
   for (std::ptrdiff_t i = 0; i < n; ++i) x[i] = gelu_scalar(x[i]);
 }
 
-// One head as the reference computes it: for each block of kQueryBlock queries, scores = q·kᵀ·scale
-// with the portable GEMM, softmax over the keys, ctx = probabilities·v. The scores of one block
-// (kQueryBlock × tokens floats) live in a thread-local buffer.
-constexpr int kQueryBlock = 128;
-
-void attention_head_portable(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
-                             int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
+void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim,
+                    float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
   static thread_local std::vector<float> scores;
   scores.resize(static_cast<std::size_t>(kQueryBlock) * static_cast<std::size_t>(tokens));
   for (int r0 = 0; r0 < tokens; r0 += kQueryBlock) {
     const int rows = std::min(kQueryBlock, tokens - r0);
     Epilogue ep;
     ep.alpha = scale;
-    gemm_portable(rows, tokens, head_dim, q + r0 * ld, ld, k, ld, /*b_trans=*/true, scores.data(), tokens, ep, 1);
-    softmax_rows_portable(scores.data(), rows, tokens, tokens);
+    gemm(rows, tokens, head_dim, q + r0 * ld, ld, k, ld, /*b_trans=*/true, scores.data(), tokens, ep, 1);
+    softmax_rows(scores.data(), rows, tokens, tokens);
     if (probs != nullptr && r0 < prob_rows) {
       const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(std::min(rows, prob_rows - r0)) * tokens;
       std::copy(scores.begin(), scores.begin() + n, probs + static_cast<std::ptrdiff_t>(r0) * tokens);
     }
-    gemm_portable(rows, head_dim, tokens, scores.data(), tokens, v, ld, /*b_trans=*/false, ctx + r0 * ldc, ldc,
-                  Epilogue{}, 1);
+    gemm(rows, head_dim, tokens, scores.data(), tokens, v, ld, /*b_trans=*/false, ctx + r0 * ldc, ldc, Epilogue{}, 1);
   }
 }
 
 // Scalar stand-in for CPUs without the vector kernels: 8 independent multiply-add chains (2 FLOP each).
-double fma_burst_scalar(long iterations) {
+double fma_burst(long iterations) {
   float acc[8];
   for (int i = 0; i < 8; ++i) acc[i] = 0.001f * static_cast<float>(i + 1);
   for (long it = 0; it < iterations; ++it)
@@ -313,66 +365,9 @@ double fma_burst_scalar(long iterations) {
   return 2.0 * 8 * static_cast<double>(iterations);
 }
 
-}  // namespace
-
-namespace int8 {
-
-std::vector<int> find_outlier_channels(const float* A, std::ptrdiff_t lda, int M, int K) {
-  std::vector<int> out;
-  if (M <= 0 || K <= 0) return out;
-  const int rows = std::min(M, kOutlierRows);
-  std::vector<float> amax(static_cast<std::size_t>(K), 0.0f);
-  for (int i = 0; i < rows; ++i) {
-    const float* a = A + static_cast<std::ptrdiff_t>(static_cast<long long>(M) * i / rows) * lda;
-    for (int c = 0; c < K; ++c) amax[c] = std::fabs(a[c]) > amax[c] ? std::fabs(a[c]) : amax[c];  // NaN: skipped
-  }
-  std::vector<float> sorted = amax;
-  std::nth_element(sorted.begin(), sorted.begin() + K / 2, sorted.end());
-  const float median = sorted[K / 2];
-  if (!(median > 0.0f)) return out;
-  const float threshold = kOutlierRatio * median;
-  for (int c = 0; c < K; ++c)
-    if (amax[c] > threshold) out.push_back(c);
-  const std::size_t cap = static_cast<std::size_t>(std::max(8, K / 16));
-  if (out.size() > cap) {  // the largest, ties by channel
-    std::stable_sort(out.begin(), out.end(), [&](int a, int b) { return amax[a] > amax[b]; });
-    out.resize(cap);
-    std::sort(out.begin(), out.end());
-  }
-  return out;
-}
-
-}  // namespace int8
-
-namespace {
-
-// bf16 with DAZ: a subnormal bf16 (exponent bits 0) reads as a zero of its sign.
-inline float bf16_daz(std::uint32_t h) {
-  return bf16_to_float(static_cast<std::uint16_t>((h & 0x7f80u) ? h : h & 0x8000u));
-}
-
-// FTZ: a subnormal result becomes a zero of its sign.
-inline float ftz(float x) {
-  const std::uint32_t u = float_to_bits(x);
-  return (u & 0x7f800000u) ? x : bits_to_float(u & 0x80000000u);
-}
-
-// One 32-bit word of two bf16 (nearest even): lo in the low half, hi in the high half.
-inline std::uint32_t bf16_pair(float lo, float hi) {
-  return std::uint32_t{float_to_bf16(lo)} | std::uint32_t{float_to_bf16(hi)} << 16;
-}
-
-// One pair step of the definition (src/cpu/bf16_format.hpp): the odd element first, then the even one.
-inline float bf16_pair_fma(float acc, std::uint32_t a, std::uint32_t w) {
-  acc = ftz(std::fma(bf16_daz(a >> 16), bf16_daz(w >> 16), acc));
-  return ftz(std::fma(bf16_daz(a & 0xffffu), bf16_daz(w & 0xffffu), acc));
-}
-
-}  // namespace
-
 // The definition of bf16 compute (src/cpu/bf16_format.hpp), one output at a time.
-void gemm_bf16_portable(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
-                        const Epilogue& ep, int threads) {
+void gemm_bf16(int M, const float* A, std::ptrdiff_t lda, const bf16::Panels& w, float* C, std::ptrdiff_t ldc,
+               const Epilogue& ep, int threads) {
   const int pairs = w.kp / 2, N = w.N, K = w.K;
   run_split(std::max(1, std::min(threads, M)), [&](int t, int nt) {
     std::vector<std::uint32_t> a(static_cast<std::size_t>(pairs));
@@ -399,11 +394,10 @@ void gemm_bf16_portable(int M, const float* A, std::ptrdiff_t lda, const bf16::P
 }
 
 // attention_head_bf16 by its definition (attention_blocked.hpp, PairProducts), scalar: q·factor, k, v
-// and the unnormalised exponentials rounded to bf16, the pair chains of gemm_bf16_portable, the
+// and the unnormalised exponentials rounded to bf16, the pair chains of gemm_bf16, the
 // softmax in float32 with std::exp2.
-void attention_head_bf16_portable(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens,
-                                  int head_dim, float scale, float* ctx, std::ptrdiff_t ldc, float* probs,
-                                  int prob_rows) {
+void attention_head_bf16(const float* q, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim,
+                         float scale, float* ctx, std::ptrdiff_t ldc, float* probs, int prob_rows) {
   const float factor = scale * 1.44269504088896341f;
   const int hd = head_dim, hdq = (hd + 1) / 2, kq = (tokens + 1) / 2;
   static thread_local std::vector<std::uint32_t> kw, vw, qw, pw;
@@ -446,27 +440,10 @@ void attention_head_bf16_portable(const float* q, const float* k, const float* v
   }
 }
 
-KernelTable portable_kernel_table() {
-  KernelTable t;
-  t.isa = Isa::kPortable;
-  // Float32 GEMMs, weights read as stored (packed_nr 0: no pre-packed panels on this table).
-  t.gemm = gemm_portable;
-  t.gemm_weights = gemm_weights_portable;
-  t.gemm_weights_stacked = gemm_weights_stacked_portable;
-  // int8 and bf16 weights: the definitions the vector kernels are tested against.
-  t.gemm_int8 = gemm_int8_portable;
-  t.outlier_product = outlier_product_portable;
-  t.gemm_bf16 = gemm_bf16_portable;
-  // Norms, activations, attention.
-  t.layer_norm = layer_norm_portable;
-  t.erf = erf_portable;
-  t.gelu_erf = gelu_erf_portable;
-  t.attention_head = attention_head_portable;
-  t.attention_head_bf16 = attention_head_bf16_portable;
-  // Rate probes: scalar chains.
-  t.fma_burst = fma_burst_scalar;
-  t.microkernel_burst = fma_burst_scalar;
-  return t;
-}
+}  // namespace portable
+
+// The portable table is the defaults: every entry its definition above, no packed GEMM (weights stay
+// as stored), no bf16 rate probe.
+KernelTable portable_kernel_table() { return KernelTable{}; }
 
 }  // namespace vitmsn::detail
