@@ -3,9 +3,12 @@
 #   1. cmake --install of the main build (nothing recompiled) into a temporary prefix, then
 #      find_package(vitmsn)
 #   2. add_subdirectory(<vitmsn source>)
-# usage: check.sh SOURCE_DIR BUILD_DIR WORK_DIR
+# usage: check.sh SOURCE_DIR BUILD_DIR WORK_DIR CXX_COMPILER
+# The consumer is built with the compiler of the main build: a static install carries that compiler's
+# OpenMP runtime calls (libgomp for g++, libomp for clang), which find_package(OpenMP) in a consumer
+# built with another compiler would not link.
 set -euo pipefail
-src="$1"; build="$2"; work="$3"
+src="$1"; build="$2"; work="$3"; cxx="$4"
 rm -rf "$work" && mkdir -p "$work"
 model="$src/tests/data/models/tiny"; image="$src/tests/data/images/chelsea.png"
 
@@ -13,7 +16,7 @@ cmake --install "$build" --prefix "$work/prefix" > "$work/install.log"
 test -f "$work/prefix/lib/cmake/vitmsn/vitmsnConfig.cmake" || test -f "$work/prefix/lib64/cmake/vitmsn/vitmsnConfig.cmake"
 test -f "$work/prefix/include/vitmsn/vitmsn.hpp"
 
-cmake -S "$src/tests/consumer" -B "$work/fp" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$work/prefix" > "$work/fp.log"
+cmake -S "$src/tests/consumer" -B "$work/fp" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$work/prefix" > "$work/fp.log"
 cmake --build "$work/fp" -j2 >> "$work/fp.log"
 out1=$("$work/fp/consumer" "$model" "$image")
 echo "find_package:     $out1"
@@ -22,7 +25,7 @@ echo "find_package:     $out1"
 # proves (the target, its usage requirements, options off when not top-level, a working link) does
 # not depend on optimisation, so that copy is built unoptimised and without debug info, which
 # compiles in about two thirds of the time of a Release build.
-cmake -S "$src/tests/consumer" -B "$work/sub" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O0 \
+cmake -S "$src/tests/consumer" -B "$work/sub" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O0 \
   -DVITMSN_CONSUMER_MODE=add_subdirectory -DVITMSN_SOURCE_DIR="$src" > "$work/sub.log"
 cmake --build "$work/sub" -j2 >> "$work/sub.log"
 out2=$("$work/sub/consumer" "$model" "$image")
