@@ -24,6 +24,7 @@
 //                           activation goes in as |q_x| (vpsignb) and its sign onto the weight
 //                           (vpsignb): no saturation, exact; vpmaddwd with ones widens to int32.
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -280,7 +281,7 @@ void gemm_columns(const Problem& p, const PackedA& pa, int n0, int n1, int kc_bl
 }
 
 /// The whole GEMM: activations quantized and packed once (rows split over the threads), then the
-/// columns split over the threads in whole NR-wide tiles. Results do not depend on the thread count.
+/// columns taken by the threads in chunks of whole NR-wide tiles. Results do not depend on the thread count.
 /// kc_blocks: 32-wide K blocks per k-slice (the packed weight slice of NR columns, kc_blocks·32·NR
 /// bytes, stays in L1/L2 while all row tiles use it).
 template <class I, int MR, int NV>
@@ -308,13 +309,19 @@ void gemm(const Problem& p, int kc_blocks, int threads) {
     const int g1 = split_begin(groups, t + 1, nt);
     quantize_rows<I, MR>(p.A, p.lda, p.M, p.K, kp, p.ep.int8_excluded, data, scales, g0, g1);
   };
-  const auto compute = [&](int t, int nt) {
-    const int q0 = split_begin(tiles_n, t, nt);
-    const int q1 = split_begin(tiles_n, t + 1, nt);
-    if (q0 >= q1) return;
+  // Columns in chunks of kChunkTiles tiles, each claimed by the next free thread: a thread that runs
+  // slower (a busy sibling core, a host that lends this vCPU less) takes fewer chunks instead of
+  // keeping the other waiting at the end. A column's arithmetic does not depend on who computes it.
+  constexpr int kChunkTiles = 2;
+  const int chunks = (tiles_n + kChunkTiles - 1) / kChunkTiles;
+  std::atomic<int> next_chunk{0};
+  const auto compute = [&](int, int) {
     FloatBuffer& cb = workspace().corr;
     cb.resize(static_cast<std::size_t>(kc_blocks) * NR);
-    gemm_columns<I, MR, NV>(p, pa, q0 * NR, imin(p.N, q1 * NR), kc_blocks, reinterpret_cast<std::int32_t*>(cb.data()));
+    for (int c = next_chunk.fetch_add(1, std::memory_order_relaxed); c < chunks;
+         c = next_chunk.fetch_add(1, std::memory_order_relaxed))
+      gemm_columns<I, MR, NV>(p, pa, c * kChunkTiles * NR, imin(p.N, (c + 1) * kChunkTiles * NR), kc_blocks,
+                              reinterpret_cast<std::int32_t*>(cb.data()));
   };
 #ifdef _OPENMP
   if (threads > 1) {
