@@ -741,11 +741,12 @@ py::array resize_only(const PyPreprocessor& p, const py::object& x, const py::ob
 
 /// vitmsn.convert(): convert_checkpoint (a PyTorch or safetensors checkpoint -> one .safetensors model).
 py::dict convert(const py::object& input, const py::object& output, const std::string& dtype,
-                 const py::object& classifier, bool overwrite, bool allow_other_backbone) {
+                 const py::object& classifier, bool overwrite, bool allow_other_backbone, const std::string& layout) {
   if (!is_path_like(input)) throw py::type_error("convert(input, ...): input must be a str, bytes or os.PathLike");
   if (!is_path_like(output)) throw py::type_error("convert(..., output): output must be a str, bytes or os.PathLike");
   ConvertOptions o;
   o.dtype = parse_weight_dtype(dtype);
+  o.layout = parse_weight_layout(layout);
   if (!classifier.is_none()) {
     if (!is_path_like(classifier))
       throw py::type_error("convert(classifier=...): a str, bytes or os.PathLike (a safetensors head), or None");
@@ -772,6 +773,7 @@ py::dict convert(const py::object& input, const py::object& output, const std::s
   d["backbone"] = r.backbone;
   d["head_backbone"] = kHead[static_cast<int>(r.head_backbone)];
   d["replaced_labels"] = r.replaced_labels;
+  d["panel_width"] = r.panel_width;
   return d;
 }
 
@@ -948,16 +950,20 @@ PYBIND11_MODULE(_core, m) {
         "images out of folders: .png .jpg .jpeg .jpe .jfif .bmp .gif .tga .psd .ppm .pgm .pnm.");
   m.def("convert", &convert, py::arg("input"), py::arg("output"), py::arg("dtype") = "f32",
         py::arg("classifier") = py::none(), py::arg("overwrite") = false, py::arg("allow_other_backbone") = false,
+        py::arg("layout") = "rows",
         "Converts a checkpoint into one .safetensors model file that Model() loads: input is a model folder\n"
         "(model.safetensors, else pytorch_model.bin; config.json; preprocessor_config.json), a PyTorch .bin\n"
         "(read by vitmsn's own restricted reader: no pickle code runs, no torch needed) or a .safetensors\n"
         "file. output: the file to write (atomically; only there: nothing is written beside the input).\n"
         "dtype: 'f32', 'bf16', 'f16' or 'int8' (the stored weight type). classifier: a safetensors file\n"
         "with classifier.weight / classifier.bias to merge as the head. overwrite: replace an existing output.\n"
-        "allow_other_backbone: merge a head trained on another backbone.\n"
+        "allow_other_backbone: merge a head trained on another backbone. layout: 'rows' (the linear weights\n"
+        "[out, in], a file any safetensors reader uses) or 'panels' (f32 only: laid out for this CPU's GEMM and\n"
+        "loaded in place, nothing copied at load; a file only vitmsn reads).\n"
         "Returns a dict: output, weights_input, config_source, preprocessor_source, tensors, bytes,\n"
         "has_classifier, dropped (input tensors that are not part of the model), backbone, head_backbone\n"
-        "('none', 'same', 'unrecorded', 'other'), replaced_labels. Raises vitmsn.Error naming the file and\n"
+        "('none', 'same', 'unrecorded', 'other'), replaced_labels, panel_width (0 for rows). Raises vitmsn.Error "
+        "naming the file and\n"
         "the problem (the output is then not created); an existing output without overwrite is an error.");
   m.def("jpeg_decoder", &jpeg_decoder_name,
         "Which decoder this build uses for JPEG: 'stb_image' (default) or 'libjpeg-turbo' (bit-exact with\n"

@@ -655,10 +655,14 @@ TEST(GemmPacked, IsBitIdenticalToPackingOnEveryCall) {
   for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
     if (!isa_available(isa) || kernels(isa).isa != isa) continue;
     EXPECT_GT(kernels(isa).packed_nr, 0) << isa_name(isa);
-    for (const Shape& s : shapes()) {
+    // Plus a wide one: columns taken in chunks by the threads (gemm_chunked: N of at least four
+    // panels a thread), A packed once for all, K over several kc blocks (in-place residual set aside).
+    std::vector<Shape> wide = shapes();
+    wide.push_back({300, 1000, 600, 2, 3, 5});  // M over one mc block too
+    for (const Shape& s : wide) {
       const Data d = make_data(s, /*b_trans=*/true, 99u + static_cast<unsigned>(s.M * 31 + s.N * 7 + s.K));
       for (const EpilogueCase& e : all_epilogues())
-        for (int threads : {1, 3}) {
+        for (int threads : {1, 2, 3}) {
           const std::vector<float> want = run(isa, d, e, 1), got = run(isa, d, e, threads, /*packed=*/true);
           EXPECT_TRUE(same_bits(got, want))
               << isa_name(isa) << " " << describe(s, true) << " " << describe(e) << " threads " << threads;

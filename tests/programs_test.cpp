@@ -258,6 +258,20 @@ TEST(ConvertProgram, ConvertsTheTorchBinToAWorkingSingleFileModel) {
   r = run("vitmsn-convert --dtype int4 a b");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.output.find("--dtype"), std::string::npos) << r.output;
+  // The panel layout: says its width; a bad layout or one with another dtype is a usage error
+  // before anything is read.
+  r = run("vitmsn-convert --layout panels " + test::data_path("models/tiny") + " " + dir + "/p.safetensors");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(", panels of "), std::string::npos) << r.output;
+  r = run("vitmsn-extract --model " + dir + "/p.safetensors --output " + dir + "/p.npy " +
+          test::data_path("images/chelsea.png"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  r = run("vitmsn-convert --layout columns a b");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("--layout: unknown weight layout 'columns'"), std::string::npos) << r.output;
+  r = run("vitmsn-convert --layout panels --dtype int8 a b");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("--layout panels stores float32 weights"), std::string::npos) << r.output;
 }
 
 TEST(DemoProgram, FallsBackToTheBundledModelAndSaysSo) {

@@ -11,6 +11,16 @@
 
 namespace vitmsn {
 
+/// How the six linear weights of every block are laid out in the output file.
+enum class WeightLayout {
+  /// [out, in], as PyTorch stores them: any safetensors reader can use the file.
+  kRows,
+  /// Float32 in the panels of this CPU's GEMM micro-tile (32 columns wide with AVX-512, 16 with
+  /// AVX2): loaded in place from the memory map, nothing copied or packed at load. Only vitmsn reads
+  /// it (docs/NUMERICS.md, "Weight types"), on any CPU: laid out again at load where the width differs.
+  kPanels,
+};
+
 struct ConvertOptions {
   /// Storage type of the weights: F32, BF16 or F16 for every matrix (linear and patch weights), or I8:
   /// the six linear weights of every block quantized to int8 per output channel (the patch
@@ -20,6 +30,8 @@ struct ConvertOptions {
   /// Optional classifier head to merge: a safetensors file with `classifier.weight` [K, D] and
   /// `classifier.bias` [K]; its `__metadata__` "id2label" (JSON object) names the classes.
   std::string classifier;
+  /// The linear weights' layout; kPanels needs dtype F32.
+  WeightLayout layout = WeightLayout::kRows;
   /// Replace an existing output file.
   bool overwrite = false;
   /// Merge `classifier` even when its metadata records another backbone than the input's (a head
@@ -51,6 +63,8 @@ struct ConvertReport {
   /// The input's own head, replaced by the merged one: its class names (empty when none was replaced;
   /// "LABEL_i" when the input's config names none).
   std::vector<std::string> replaced_labels;
+  /// WeightLayout::kPanels: the panel width written (the micro-tile width of this CPU's kernels); else 0.
+  int panel_width = 0;
 };
 
 /// Reads `input` — a model folder (model.safetensors, else pytorch_model.bin; config.json;
@@ -65,6 +79,9 @@ struct ConvertReport {
 /// \throws Error naming the file and the problem; `output` is then not created.
 VITMSN_API ConvertReport convert_checkpoint(const std::string& input, const std::string& output,
                                             const ConvertOptions& options = {});
+
+/// "rows" / "panels" → WeightLayout. \throws Error otherwise.
+VITMSN_API WeightLayout parse_weight_layout(const std::string& name);
 
 /// "f32" / "bf16" / "f16" / "int8" (also "float32", "bfloat16", "float16", "i8") → DType.
 /// \throws Error otherwise.

@@ -108,9 +108,84 @@ void apply_int8(Isa isa, const int8::Scheme& scheme, int M, const float* x, std:
 
 }  // namespace
 
+Linear Linear::from_panels(Isa isa, const std::vector<const LinearWeight*>& parts, LinearCompute compute, int threads,
+                           const std::function<void(const LinearWeight&)>& release) {
+  const LinearWeight& w0 = *parts[0];
+  const int width = w0.panel_width;
+  bool in_place = compute == LinearCompute::kF32 && kernels(isa).packed_nr == width;
+  for (const LinearWeight* w : parts)
+    in_place = in_place && w->panel_width == width && w->dtype == DType::kF32 && w->rows == w0.rows &&
+               w->cols == w0.cols && reinterpret_cast<std::uintptr_t>(w->data) % 64 == 0;
+  if (in_place && parts.size() > 1) {
+    // Stacked in place: whole panels each, one right after the other in the file (vitmsn-convert
+    // writes query, key and value so); else one Linear per part.
+    bool contiguous = w0.rows % width == 0;
+    for (std::size_t s = 1; s < parts.size(); ++s)
+      contiguous = contiguous && static_cast<const char*>(parts[s]->data) ==
+                                     static_cast<const char*>(parts[s - 1]->data) + parts[s - 1]->stored_bytes();
+    if (!contiguous) {
+      Linear l;
+      l.isa_ = isa;
+      l.k_ = static_cast<int>(w0.cols);
+      l.path_ = Path::kParts;
+      for (const LinearWeight* w : parts) {
+        l.parts_.push_back(from_panels(isa, {w}, compute, threads, release));
+        l.n_ += l.parts_.back().n_;
+      }
+      return l;
+    }
+  }
+  if (in_place) {
+    Linear l;
+    l.isa_ = isa;
+    l.k_ = static_cast<int>(w0.cols);
+    for (const LinearWeight* w : parts) l.n_ += static_cast<int>(w->rows);
+    l.path_ = Path::kPanels;
+    l.panels_ = std::shared_ptr<float>(const_cast<float*>(static_cast<const float*>(w0.data)), [](float*) {});
+    l.panels_in_file_ = true;
+    return l;
+  }
+  // Another CPU's panel width, the portable kernels or bf16 compute: each weight laid out [out, in]
+  // again (panels split over the threads), then prepared as any float32 weight.
+  auto plain = std::make_shared<std::vector<LinearWeight>>(parts.size());
+  std::vector<std::shared_ptr<const void>> copies;
+  std::vector<const LinearWeight*> plain_parts;
+  for (std::size_t s = 0; s < parts.size(); ++s) {
+    const LinearWeight& w = *parts[s];
+    const std::int64_t rows = w.rows, cols = w.cols;
+    std::shared_ptr<float> buf(new float[static_cast<std::size_t>(rows * cols)], std::default_delete<float[]>());
+    const auto* src = static_cast<const float*>(w.data);
+    float* dst = buf.get();
+    const int panels = static_cast<int>((rows + width - 1) / width);
+    run_split(threads < panels ? threads : panels, [&](int t, int nt) {
+      for (int q = split_begin(panels, t, nt); q < split_begin(panels, t + 1, nt); ++q) {
+        const float* p = src + static_cast<std::ptrdiff_t>(q) * cols * width;
+        const std::int64_t n0 = static_cast<std::int64_t>(q) * width;
+        const int n_valid = static_cast<int>(rows - n0 < width ? rows - n0 : width);
+        for (std::int64_t k = 0; k < cols; ++k)
+          for (int j = 0; j < n_valid; ++j) dst[(n0 + j) * cols + k] = p[k * width + j];
+      }
+    });
+    (*plain)[s] = w;
+    (*plain)[s].data = dst;
+    (*plain)[s].panel_width = 0;
+    plain_parts.push_back(&(*plain)[s]);
+    copies.push_back(std::move(buf));
+  }
+  Linear l = prepare(isa, plain_parts, compute, threads, {});
+  if (!l.holds_its_weights()) {  // it reads the copies (the portable kernels): they stay with it
+    l.keep_ = std::move(copies);
+    l.keep_.push_back(plain);
+  }
+  if (release)
+    for (const LinearWeight* w : parts) release(*w);
+  return l;
+}
+
 Linear Linear::prepare(Isa isa, const std::vector<const LinearWeight*>& parts, LinearCompute compute, int threads,
                        const std::function<void(const LinearWeight&)>& release) {
   VITMSN_DASSERT(!parts.empty() && parts.size() <= 3, "1 to 3 weights stacked in one linear layer");
+  if (parts[0]->panel_width > 0) return from_panels(isa, parts, compute, threads, release);
   Linear l;
   l.isa_ = isa;
   l.k_ = static_cast<int>(parts.at(0)->cols);
@@ -204,7 +279,8 @@ void Linear::set_int8_scheme(const int8::Scheme& scheme) {
 }
 
 bool Linear::holds_its_weights() const {
-  if (path_ == Path::kPanels || path_ == Path::kBF16) return true;
+  if (path_ == Path::kPanels) return !panels_in_file_;
+  if (path_ == Path::kBF16) return true;
   if (path_ != Path::kParts) return false;
   for (const Linear& p : parts_)
     if (!p.holds_its_weights()) return false;

@@ -13,7 +13,11 @@
 //   any float type, compute bf16 -> bf16 panels (bf16::pack) for gemm_bf16;
 //   int8                  -> used as stored (vitmsn-convert writes the int8 panel layout), gemm_int8
 //                            with the outlier split;
-//   parts of different storage types (a tensor widened at load) -> one Linear per part.
+//   parts of different storage types (a tensor widened at load) -> one Linear per part;
+//   float32 stored as panels (vitmsn-convert --layout panels), compute f32, of this table's width
+//                         -> read in place from the file by gemm_packed (nothing copied at load);
+//                            another width, the portable table or bf16 compute: laid out [out, in]
+//                            again at load and prepared as above.
 // A `release` callback receives each stored weight that was copied into packed form: the model gives
 // its pages back (file maps), so that resident memory holds the packed copy only.
 #include <cstddef>
@@ -53,7 +57,7 @@ class Linear {
   /// Bytes of weights this layer holds itself (packed copies); 0 when it reads the stored weights.
   std::size_t packed_bytes() const;
   /// True when apply() reads only what this layer holds (panels): the stored weights are not read
-  /// after prepare().
+  /// after prepare(). False for panels read in place from the file.
   bool holds_its_weights() const;
 
   /// The activation scheme of an int8 layer (int8_reference.hpp): the default, or one it was chosen
@@ -62,16 +66,22 @@ class Linear {
   void set_int8_scheme(const int8::Scheme& scheme);
 
  private:
+  /// prepare() for weights stored as panels (LinearWeight::panel_width > 0).
+  static Linear from_panels(Isa isa, const std::vector<const LinearWeight*>& parts, LinearCompute compute, int threads,
+                            const std::function<void(const LinearWeight&)>& release);
+
   enum class Path { kNone, kPanels, kStored, kBF16, kInt8, kParts };
   Path path_ = Path::kNone;
   Isa isa_ = Isa::kPortable;
   int n_ = 0, k_ = 0;
-  std::vector<const LinearWeight*> stored_;  // kStored, kInt8: the stored parts (same dtype, same rows)
-  std::shared_ptr<float> panels_;            // kPanels
-  std::size_t panel_floats_ = 0;
-  bf16::Panels bf16_;          // kBF16
-  std::vector<Linear> parts_;  // kParts: one per stored part, side by side along N
-  int8::Scheme int8_scheme_;   // kInt8
+  std::vector<const LinearWeight*> stored_;        // kStored, kInt8: the stored parts (same dtype, same rows)
+  std::shared_ptr<float> panels_;                  // kPanels
+  std::size_t panel_floats_ = 0;                   // kPanels: the floats it holds (0: the file's, in place)
+  bool panels_in_file_ = false;                    // kPanels read in place from the file's map
+  std::vector<std::shared_ptr<const void>> keep_;  // weights laid out again at load that stored_ reads
+  bf16::Panels bf16_;                              // kBF16
+  std::vector<Linear> parts_;                      // kParts: one per stored part, side by side along N
+  int8::Scheme int8_scheme_;                       // kInt8
 };
 
 /// One encoder block's linear layers: q | k | v stacked, the attention output, fc1, fc2.

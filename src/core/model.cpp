@@ -42,7 +42,8 @@ struct Model::Impl {
 
   /// Binds the weights (checking names, shapes and dtypes against the config), then threads, kernels
   /// and labels.
-  void bind(const detail::TensorLookup& lookup, const LoadOptions& options);
+  /// panel_width: the file's (detail::panel_width of its metadata), 0 for weights [out, in].
+  void bind(const detail::TensorLookup& lookup, const LoadOptions& options, int panel_width = 0);
   /// Before a call reads the weights: throws when the memory-mapped file was rewritten in place since
   /// load (one fstat; nothing for in-memory models and private copies).
   void check_file() const {
@@ -357,8 +358,9 @@ void forward(Isa isa, const Config& c, const Weights& w, const std::vector<Layer
 
 }  // namespace
 
-void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& options) {
-  weights_ptr = std::make_unique<const detail::Weights>(detail::bind_weights(config, lookup, source));
+void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& options, int panel_width) {
+  weights_ptr =
+      std::make_unique<const detail::Weights>(detail::bind_weights(config, lookup, source, false, panel_width));
   threads = options.threads > 0 ? options.threads : default_threads();
   isa = detail::detected_isa();
   (void)detail::gemm_blocking(isa);  // a malformed VITMSN_GEMM_BLOCKING fails here, at load
@@ -395,8 +397,7 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
   std::function<void(const detail::LinearWeight&)> release;
   if (mapped)
     release = [owned](const detail::LinearWeight& w) {
-      if (!owned(w.data))
-        detail::release_pages(w.data, static_cast<std::size_t>(w.rows * w.cols) * dtype_size(w.dtype));
+      if (!owned(w.data)) detail::release_pages(w.data, w.stored_bytes());
     };
   const auto mode = use_bf16 ? detail::LinearCompute::kBF16 : detail::LinearCompute::kF32;
   for (const auto& l : weights().layers) {
@@ -416,7 +417,8 @@ void Model::Impl::bind(const detail::TensorLookup& lookup, const LoadOptions& op
     for (const detail::Linear* l : {&ll.qkv, &ll.attention_output, &ll.intermediate, &ll.output})
       all_held = all_held && l->holds_its_weights();
   if (all_held) {
-    weights_ptr = std::make_unique<const detail::Weights>(detail::bind_weights(config, lookup, source, true));
+    weights_ptr =
+        std::make_unique<const detail::Weights>(detail::bind_weights(config, lookup, source, true, panel_width));
     const std::uint8_t *begin = nullptr, *end = nullptr;
     for (const std::string& name : file->names()) {
       const TensorView& t = file->get(name);
@@ -466,7 +468,8 @@ Model Model::load(const std::string& path, const LoadOptions& options) {
   impl->preprocessor = Preprocessor(files.preprocessor);
   const SafetensorsFile* file = impl->file.get();
   const bool quantized = !detail::quantization_scheme(file->metadata(), impl->source).empty();
-  impl->bind([file](const std::string& name) { return file->find(name); }, options);
+  const int panel_width = detail::panel_width(file->metadata(), impl->source);
+  impl->bind([file](const std::string& name) { return file->find(name); }, options, panel_width);
   if (!quantized && detail::has_int8_weights(impl->weights()))
     throw Error(ErrorKind::kMalformed,
                 impl->source + ": has int8 weights but no __metadata__ \"quantization\" naming their scheme");

@@ -19,6 +19,7 @@
 
 #include "base/file_util.hpp"
 #include "base/json_error.hpp"
+#include "core/safetensors_write.hpp"
 #include "cpu/half.hpp"
 #include "vitmsn/error.hpp"
 
@@ -385,6 +386,20 @@ void write_safetensors(const std::string& path, const std::vector<TensorData>& t
   std::vector<const TensorData*> order;
   for (const auto& t : tensors) order.push_back(&t);
   std::sort(order.begin(), order.end(), [](const TensorData* a, const TensorData* b) { return a->name < b->name; });
+  detail::write_safetensors_in_order(path, order, metadata, 8);
+}
+
+namespace detail {
+
+void write_safetensors_in_order(const std::string& path, const std::vector<const TensorData*>& order,
+                                const std::map<std::string, std::string>& metadata, std::size_t data_alignment) {
+  {
+    std::vector<const TensorData*> sorted = order;
+    std::sort(sorted.begin(), sorted.end(), [](const TensorData* a, const TensorData* b) { return a->name < b->name; });
+    for (std::size_t i = 1; i < sorted.size(); ++i)
+      if (sorted[i - 1]->name == sorted[i]->name)
+        throw Error(ErrorKind::kArgument, path + ": duplicate tensor name '" + sorted[i]->name + "'", path);
+  }
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
@@ -392,8 +407,6 @@ void write_safetensors(const std::string& path, const std::vector<TensorData>& t
     const TensorData& t = *order[i];
     if (t.name.empty() || t.name == "__metadata__")
       throw Error(ErrorKind::kArgument, path + ": invalid tensor name '" + t.name + "'", path);
-    if (i && order[i - 1]->name == t.name)
-      throw Error(ErrorKind::kArgument, path + ": duplicate tensor name '" + t.name + "'", path);
     std::uint64_t numel = 1;
     for (auto d : t.shape) {
       if (d < 0) throw Error(ErrorKind::kArgument, path + ": tensor '" + t.name + "' has a negative dimension", path);
@@ -410,7 +423,8 @@ void write_safetensors(const std::string& path, const std::vector<TensorData>& t
     offset += t.bytes.size();
   }
   std::string h = header.dump();
-  h.append((8 - h.size() % 8) % 8, ' ');
+  // The data start at 8 + h.size(): padded (with spaces, as the format allows) to data_alignment.
+  h.append((data_alignment - (8 + h.size()) % data_alignment) % data_alignment, ' ');
   detail::AtomicFile out(path);
   std::uint8_t len[8];
   std::uint64_t n = h.size();
@@ -420,5 +434,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorData>& t
   for (const TensorData* t : order) out.write(t->bytes.data(), t->bytes.size());
   out.commit();
 }
+
+}  // namespace detail
 
 }  // namespace vitmsn

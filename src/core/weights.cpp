@@ -99,8 +99,8 @@ std::string shape_str(const std::vector<std::int64_t>& s) {
 
 class Binder {
  public:
-  Binder(const TensorLookup& lookup, const std::string& source, Weights& w, bool copy_small)
-      : lookup_(lookup), source_(source), w_(w), copy_small_(copy_small) {}
+  Binder(const TensorLookup& lookup, const std::string& source, Weights& w, bool copy_small, int panel_width)
+      : lookup_(lookup), source_(source), w_(w), copy_small_(copy_small), panel_width_(panel_width) {}
 
   // A linear weight matrix with exactly `shape`: F32, BF16 and F16 are used in place when aligned
   // (other float types and misaligned data are widened to an owned float32 copy).
@@ -109,6 +109,7 @@ class Binder {
     LinearWeight lw;
     lw.rows = shape[0];
     lw.cols = shape[1];
+    if (panel_width_ > 0) return panel_linear(name, t, lw);
     if (t && t->dtype == DType::kI8) return int8_linear(name, *t, lw);
     if (t && t->shape == shape && (t->dtype == DType::kBF16 || t->dtype == DType::kF16) &&
         reinterpret_cast<std::uintptr_t>(t->data) % 2 == 0) {
@@ -117,6 +118,23 @@ class Binder {
       return lw;
     }
     lw.data = get(name, shape, /*small=*/false);
+    return lw;
+  }
+
+  // A float32 weight stored as panels (vitmsn-convert --layout panels), used in place.
+  LinearWeight panel_linear(const std::string& name, const TensorView* t, LinearWeight lw) {
+    if (!t) throw Error(ErrorKind::kMalformed, source_ + ": missing tensor '" + name + "'");
+    const std::vector<std::int64_t> want = panel_shape(lw.rows, lw.cols, panel_width_);
+    if (t->dtype != DType::kF32 || t->shape != want)
+      throw Error(ErrorKind::kMalformed, source_ + ": tensor '" + name + "' is " + dtype_name(t->dtype) + " " +
+                                             t->shape_string() + ", expected F32 " + shape_str(want) +
+                                             " (the file's metadata declares panels of " +
+                                             std::to_string(panel_width_) + " columns for a [" +
+                                             std::to_string(lw.rows) + "," + std::to_string(lw.cols) + "] weight)");
+    if (reinterpret_cast<std::uintptr_t>(t->data) % alignof(float) != 0)
+      throw Error(ErrorKind::kMalformed, source_ + ": tensor '" + name + "' is not aligned to 4 bytes");
+    lw.data = t->data;
+    lw.panel_width = panel_width_;
     return lw;
   }
 
@@ -188,6 +206,7 @@ class Binder {
   const std::string& source_;
   Weights& w_;
   bool copy_small_;
+  int panel_width_;
 };
 
 void bind(ConstVectorMap& m, const float* p, std::int64_t n) { new (&m) ConstVectorMap(p, n); }
@@ -222,6 +241,39 @@ std::string quantization_scheme(const std::map<std::string, std::string>& metada
   return scheme;
 }
 
+std::size_t LinearWeight::stored_bytes() const {
+  const std::int64_t out = panel_width > 0 ? (rows + panel_width - 1) / panel_width * panel_width : rows;
+  if (dtype == DType::kI8) {  // the int8 panels (int8_format.hpp), without the scales and second plane
+    std::int64_t n = 1;
+    for (std::int64_t d : int8::panel_shape(static_cast<int>(rows), static_cast<int>(cols))) n *= d;
+    return static_cast<std::size_t>(n);
+  }
+  return static_cast<std::size_t>(out * cols) * dtype_size(dtype);
+}
+
+std::vector<std::int64_t> panel_shape(std::int64_t rows, std::int64_t cols, int width) {
+  return {(rows + width - 1) / width, cols, width};
+}
+
+int panel_width(const std::map<std::string, std::string>& metadata, const std::string& source) {
+  const auto it = metadata.find(kWeightLayoutMetadataKey);
+  if (it == metadata.end()) return 0;
+  const nlohmann::json j = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("scheme") || !j["scheme"].is_string())
+    throw Error(ErrorKind::kMalformed, source + ": __metadata__ \"" + kWeightLayoutMetadataKey +
+                                           "\" is not a JSON object with a \"scheme\" string");
+  const std::string scheme = j["scheme"].get<std::string>();
+  if (scheme != kPanelLayout)
+    throw Error(ErrorKind::kUnsupported,
+                source + ": weight layout '" + scheme + "' is not one this build of vitmsn reads (it reads " +
+                    kPanelLayout + "); convert the float checkpoint again with this version's vitmsn-convert");
+  const nlohmann::json& w = j.contains("panel_width") ? j["panel_width"] : nlohmann::json();
+  if (!w.is_number_integer() || (w.get<int>() != 16 && w.get<int>() != 32))
+    throw Error(ErrorKind::kMalformed, source + ": __metadata__ \"" + kWeightLayoutMetadataKey +
+                                           "\" has no \"panel_width\" of 16 or 32 (got " + w.dump() + ")");
+  return w.get<int>();
+}
+
 bool has_int8_weights(const Weights& w) {
   for (const LayerWeights& l : w.layers)
     for (const LinearWeight* lw : {&l.query, &l.key, &l.value, &l.attention_output, &l.intermediate, &l.output})
@@ -229,9 +281,10 @@ bool has_int8_weights(const Weights& w) {
   return false;
 }
 
-Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::string& source, bool copy_small) {
+Weights bind_weights(const Config& c, const TensorLookup& lookup, const std::string& source, bool copy_small,
+                     int panel_width) {
   Weights w;
-  Binder b(lookup, source, w, copy_small);
+  Binder b(lookup, source, w, copy_small, panel_width);
   const std::string p = detect_prefix(lookup, source);
   const std::int64_t D = c.hidden_size, F = c.intermediate_size, P = c.patch_size, C = c.num_channels;
   const std::int64_t N = c.num_tokens();

@@ -33,7 +33,27 @@ struct LinearWeight {
   /// [in, out] int8 and s_r [out] — the exact weight columns of the outlier split.
   const std::int8_t* residual = nullptr;
   const float* residual_scale = nullptr;
+  /// kF32 only: 0 when `data` is [out, in] row-major; else the panel layout of a file written by
+  /// vitmsn-convert --layout panels: ceil(out/w) panels of in × w floats (w = panel_width), element
+  /// (n, k) at (n / w)·in·w + k·w + n % w, columns past `out` zero — what KernelTable::pack_panels
+  /// makes of the weight on a CPU whose micro-tile is w wide.
+  int panel_width = 0;
+
+  /// Bytes of `data` as stored.
+  std::size_t stored_bytes() const;
 };
+
+/// The shape of a float32 weight [rows, cols] stored as panels of `width` columns.
+std::vector<std::int64_t> panel_shape(std::int64_t rows, std::int64_t cols, int width);
+
+/// The metadata key of a file whose linear weights are stored as panels, and the one layout this
+/// build reads (JSON: {"scheme": kPanelLayout, "panel_width": 16 or 32, ...}).
+inline constexpr const char* kWeightLayoutMetadataKey = "weight_layout";
+inline constexpr const char* kPanelLayout = "vitmsn-panels-v1";
+
+/// The panel width a file's __metadata__ declares: 0 when it declares none (weights [out, in]).
+/// \throws Error naming `source` for another layout, a width other than 16 or 32, or bad JSON.
+int panel_width(const std::map<std::string, std::string>& metadata, const std::string& source);
 
 /// The name of the scales tensor of a quantized linear weight: "<weight name>_scale".
 std::string int8_scale_name(const std::string& weight_name);
@@ -105,8 +125,10 @@ std::string detect_prefix(const TensorLookup& lookup, const std::string& source)
 /// — embeddings, patch projection, biases, norms, the head: ~7 MB on ViT-L/7 — so that a forward
 /// whose linear layers hold packed copies reads nothing from the file. \throws Error naming
 /// `source`, the tensor, the expected and the actual shape.
+/// `panel_width` > 0: the six linear weights of every block are stored as panels of that width
+/// (panel_width() of the file's metadata), float32 of shape panel_shape().
 Weights bind_weights(const Config& config, const TensorLookup& lookup, const std::string& source,
-                     bool copy_small = false);
+                     bool copy_small = false, int panel_width = 0);
 
 /// Checkpoint key names (Hugging Face), for tools that write checkpoints. `prefix` as detect_prefix.
 namespace keys {

@@ -1,6 +1,7 @@
 #include "vitmsn/convert.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -9,9 +10,12 @@
 #include "base/file_util.hpp"
 #include "base/json_error.hpp"
 #include "core/model_files.hpp"
+#include "core/safetensors_write.hpp"
 #include "core/weights.hpp"
+#include "cpu/cpu.hpp"
 #include "cpu/half.hpp"
 #include "cpu/int8_format.hpp"
+#include "cpu/kernels.hpp"
 #include "formats/identity.hpp"
 #include "vitmsn/config.hpp"
 #include "vitmsn/error.hpp"
@@ -81,6 +85,48 @@ std::vector<TensorData> quantize_int8(TensorData& t) {
   return extra;
 }
 
+// The slot of a block's linear weight in a panel file's order: (layer, 0..5 for query, key, value,
+// attention output, fc1, fc2); query, key and value adjacent so that they load as one stacked operand.
+std::pair<long, int> panel_slot(const std::string& name) {
+  static const char* const kTails[] = {".attention.attention.query.weight", ".attention.attention.key.weight",
+                                       ".attention.attention.value.weight", ".attention.output.dense.weight",
+                                       ".intermediate.dense.weight",        ".output.dense.weight"};
+  const std::size_t at = name.find("encoder.layer.") + std::strlen("encoder.layer.");
+  const long layer = std::strtol(name.c_str() + at, nullptr, 10);
+  for (int i = 0; i < 6; ++i)
+    if (detail::ends_with(name, kTails[i])) return {layer, i};
+  return {layer, 6};
+}
+
+// A float32 [N, K] weight → panels of `width` columns (LinearWeight::panel_width's layout), shape
+// [ceil(N/width), K, width], columns past N zero.
+void to_panels(TensorData& t, int width) {
+  const std::int64_t N = t.shape[0], K = t.shape[1];
+  const std::int64_t panels = (N + width - 1) / width;
+  std::vector<float> w(static_cast<std::size_t>(N * K));
+  std::memcpy(w.data(), t.bytes.data(), w.size() * sizeof(float));
+  std::vector<float> p(static_cast<std::size_t>(panels * K * width), 0.0f);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t k = 0; k < K; ++k)
+      p[static_cast<std::size_t>(((n / width) * K + k) * width + n % width)] = w[n * K + k];
+  t.shape = detail::panel_shape(N, K, width);
+  t.bytes.resize(p.size() * sizeof(float));
+  std::memcpy(t.bytes.data(), p.data(), t.bytes.size());
+}
+
+// The __metadata__ "weight_layout" of a panel file.
+std::string panel_metadata(int width) {
+  const nlohmann::json j = {
+      {"scheme", detail::kPanelLayout},
+      {"panel_width", width},
+      {"weights",
+       "the six linear weights of every block, float32 [out, in], stored as ceil(out/w) panels of "
+       "in x w values (w = panel_width): element (n, k) at ((n / w) * in + k) * w + n % w, columns "
+       "past out zero; shape [ceil(out/w), in, w]. Query, key and value of a block are adjacent. "
+       "Everything else is stored as in the Hugging Face checkpoint"}};
+  return j.dump();
+}
+
 // The __metadata__ "quantization" of an int8 file: the scheme the loader checks, and what it means.
 std::string int8_metadata() {
   const nlohmann::json j = {
@@ -116,6 +162,12 @@ std::vector<std::string> parse_labels(const std::string& json_text, const std::s
 
 }  // namespace
 
+WeightLayout parse_weight_layout(const std::string& name) {
+  if (name == "rows") return WeightLayout::kRows;
+  if (name == "panels") return WeightLayout::kPanels;
+  throw Error(ErrorKind::kArgument, "unknown weight layout '" + name + "' (expected rows or panels)");
+}
+
 DType parse_weight_dtype(const std::string& name) {
   if (name == "f32" || name == "float32" || name == "F32") return DType::kF32;
   if (name == "bf16" || name == "bfloat16" || name == "BF16") return DType::kBF16;
@@ -129,6 +181,12 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   if (options.dtype != DType::kF32 && options.dtype != DType::kBF16 && options.dtype != DType::kF16 &&
       options.dtype != DType::kI8)
     throw Error(ErrorKind::kArgument, output + ": output dtype must be F32, BF16, F16 or I8", output);
+  const bool panels = options.layout == WeightLayout::kPanels;
+  if (panels && options.dtype != DType::kF32)
+    throw Error(ErrorKind::kArgument,
+                output + ": the panel layout stores float32 weights; it does not combine with dtype " +
+                    dtype_name(options.dtype),
+                output);
   if (!options.overwrite && (detail::is_regular_file(output) || detail::is_directory(output)))
     throw Error(ErrorKind::kArgument,
                 output + ": already exists (to replace it: vitmsn-convert --force; Python: overwrite=True)", output);
@@ -138,6 +196,12 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
   detail::ModelFiles files = detail::resolve_model_files(input, detail::Checkpoints::kSafetensorsOrTorch);
   const std::string& weights = files.weights;
   report.weights_input = weights;
+  if (files.file && detail::panel_width(files.file->metadata(), weights) > 0)
+    throw Error(ErrorKind::kUnsupported,
+                weights +
+                    ": stores its linear weights in vitmsn's panel layout (vitmsn-convert --layout "
+                    "panels); convert from its float checkpoint",
+                weights);
   std::vector<TensorData> tensors;
   if (files.file) {
     for (const auto& name : files.file->names()) tensors.push_back(files.file->get(name).to_tensor_data());
@@ -290,7 +354,32 @@ ConvertReport convert_checkpoint(const std::string& input, const std::string& ou
                                                  {"converted_by", "vitmsn-convert"},
                                                  {kBackboneMetadataKey, report.backbone}};
   if (options.dtype == DType::kI8) metadata[detail::kQuantizationMetadataKey] = int8_metadata();
-  write_safetensors(output, out, metadata);
+  if (!panels) {
+    write_safetensors(output, out, metadata);
+    return report;
+  }
+  // Panels of this CPU's micro-tile width (32 where the kernels have none: AVX-512's), written first
+  // and in block order, each a multiple of 64 bytes from a 64-byte aligned start: every panel tensor
+  // is then 64-byte aligned in a memory map, and a block's query, key and value are one operand.
+  const int nr = detail::kernels(detail::detected_isa()).packed_nr;
+  report.panel_width = nr == 16 || nr == 32 ? nr : 32;
+  std::vector<const TensorData*> order;
+  for (TensorData& t : out)
+    if (is_block_linear_weight(t.name)) {
+      to_panels(t, report.panel_width);
+      order.push_back(&t);
+    }
+  std::sort(order.begin(), order.end(),
+            [](const TensorData* a, const TensorData* b) { return panel_slot(a->name) < panel_slot(b->name); });
+  std::vector<const TensorData*> rest;
+  for (const TensorData& t : out)
+    if (!is_block_linear_weight(t.name)) rest.push_back(&t);
+  std::sort(rest.begin(), rest.end(), [](const TensorData* a, const TensorData* b) { return a->name < b->name; });
+  order.insert(order.end(), rest.begin(), rest.end());
+  metadata[detail::kWeightLayoutMetadataKey] = panel_metadata(report.panel_width);
+  report.bytes = 0;
+  for (const TensorData* t : order) report.bytes += t->bytes.size();
+  detail::write_safetensors_in_order(output, order, metadata, 64);
   return report;
 }
 

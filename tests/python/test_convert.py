@@ -37,3 +37,16 @@ def test_convert_a_pytorch_folder_into_a_model_file_writing_only_the_output(tiny
     with pytest.raises(vitmsn.Error, match="dtype|f32"):
         vitmsn.convert(folder, tmp_path / "x.safetensors", dtype="f8")
     assert not (tmp_path / "x.safetensors").exists()
+
+    # The panel layout: loaded in place, the same features bit for bit; float32 only.
+    panels = tmp_path / "panels.safetensors"
+    report = vitmsn.convert(folder, panels, layout="panels")
+    assert report["panel_width"] in (16, 32)
+    assert np.array_equal(
+        vitmsn.Model(panels).extract_features(x).last_hidden_state, tiny.extract_features(x).last_hidden_state
+    )
+    with pytest.raises(vitmsn.Error, match="panel layout .* dtype BF16"):
+        vitmsn.convert(folder, tmp_path / "y.safetensors", dtype="bf16", layout="panels")
+    with pytest.raises(vitmsn.Error, match="rows or panels"):
+        vitmsn.convert(folder, tmp_path / "y.safetensors", layout="columns")
+    assert not (tmp_path / "y.safetensors").exists()
