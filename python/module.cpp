@@ -962,9 +962,9 @@ PYBIND11_MODULE(_core, m) {
         "loaded in place, nothing copied at load; a file only vitmsn reads).\n"
         "Returns a dict: output, weights_input, config_source, preprocessor_source, tensors, bytes,\n"
         "has_classifier, dropped (input tensors that are not part of the model), backbone, head_backbone\n"
-        "('none', 'same', 'unrecorded', 'other'), replaced_labels, panel_width (0 for rows). Raises vitmsn.Error "
-        "naming the file and\n"
-        "the problem (the output is then not created); an existing output without overwrite is an error.");
+        "('none', 'same', 'unrecorded', 'other'), replaced_labels, panel_width (0 for rows). Raises\n"
+        "vitmsn.Error naming the file and the problem (the output is then not created); an existing output\n"
+        "without overwrite is an error.");
   m.def("jpeg_decoder", &jpeg_decoder_name,
         "Which decoder this build uses for JPEG: 'stb_image' (default) or 'libjpeg-turbo' (bit-exact with\n"
         "Pillow).");

@@ -96,6 +96,18 @@ TEST(Safetensors, WriterRejectsSizeMismatchAndLeavesNoFile) {
   EXPECT_FALSE(std::ifstream(path).good());
 }
 
+TEST(Safetensors, WriterRejectsADuplicateTensorNameAndLeavesNoFile) {
+  const std::string path = dir() + "/twice.safetensors";
+  const float v[2] = {1.0f, 2.0f};
+  try {
+    write_safetensors(path, {TensorData::f32("b", {2}, v), TensorData::f32("a", {1}, v), TensorData::f32("b", {2}, v)});
+    FAIL() << "a file with tensor 'b' twice was written";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("duplicate tensor name 'b'"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::ifstream(path).good());
+}
+
 TEST(Safetensors, AcceptsEmptyTensors) {
   const std::string h =
       R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";

@@ -1,5 +1,6 @@
 #include "core/linear.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
@@ -158,13 +159,10 @@ Linear Linear::from_panels(Isa isa, const std::vector<const LinearWeight*>& part
     float* dst = buf.get();
     const int panels = static_cast<int>((rows + width - 1) / width);
     run_split(threads < panels ? threads : panels, [&](int t, int nt) {
-      for (int q = split_begin(panels, t, nt); q < split_begin(panels, t + 1, nt); ++q) {
-        const float* p = src + static_cast<std::ptrdiff_t>(q) * cols * width;
-        const std::int64_t n0 = static_cast<std::int64_t>(q) * width;
-        const int n_valid = static_cast<int>(rows - n0 < width ? rows - n0 : width);
-        for (std::int64_t k = 0; k < cols; ++k)
-          for (int j = 0; j < n_valid; ++j) dst[(n0 + j) * cols + k] = p[k * width + j];
-      }
+      const std::int64_t n1 =
+          std::min<std::int64_t>(rows, static_cast<std::int64_t>(split_begin(panels, t + 1, nt)) * width);
+      for (std::int64_t n = static_cast<std::int64_t>(split_begin(panels, t, nt)) * width; n < n1; ++n)
+        for (std::int64_t k = 0; k < cols; ++k) dst[n * cols + k] = src[panel_offset(n, k, cols, width)];
     });
     (*plain)[s] = w;
     (*plain)[s].data = dst;

@@ -393,13 +393,6 @@ namespace detail {
 
 void write_safetensors_in_order(const std::string& path, const std::vector<const TensorData*>& order,
                                 const std::map<std::string, std::string>& metadata, std::size_t data_alignment) {
-  {
-    std::vector<const TensorData*> sorted = order;
-    std::sort(sorted.begin(), sorted.end(), [](const TensorData* a, const TensorData* b) { return a->name < b->name; });
-    for (std::size_t i = 1; i < sorted.size(); ++i)
-      if (sorted[i - 1]->name == sorted[i]->name)
-        throw Error(ErrorKind::kArgument, path + ": duplicate tensor name '" + sorted[i]->name + "'", path);
-  }
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
@@ -407,6 +400,8 @@ void write_safetensors_in_order(const std::string& path, const std::vector<const
     const TensorData& t = *order[i];
     if (t.name.empty() || t.name == "__metadata__")
       throw Error(ErrorKind::kArgument, path + ": invalid tensor name '" + t.name + "'", path);
+    if (header.contains(t.name))
+      throw Error(ErrorKind::kArgument, path + ": duplicate tensor name '" + t.name + "'", path);
     std::uint64_t numel = 1;
     for (auto d : t.shape) {
       if (d < 0) throw Error(ErrorKind::kArgument, path + ": tensor '" + t.name + "' has a negative dimension", path);

@@ -46,6 +46,12 @@ struct LinearWeight {
 /// The shape of a float32 weight [rows, cols] stored as panels of `width` columns.
 std::vector<std::int64_t> panel_shape(std::int64_t rows, std::int64_t cols, int width);
 
+/// Where element (n, k) of a weight [rows, cols] lies in its panels of `width` columns (the one
+/// statement of LinearWeight::panel_width's layout: the converter writes by it, the loader reads).
+inline std::size_t panel_offset(std::int64_t n, std::int64_t k, std::int64_t cols, int width) {
+  return static_cast<std::size_t>(((n / width) * cols + k) * width + n % width);
+}
+
 /// The metadata key of a file whose linear weights are stored as panels, and the one layout this
 /// build reads (JSON: {"scheme": kPanelLayout, "panel_width": 16 or 32, ...}).
 inline constexpr const char* kWeightLayoutMetadataKey = "weight_layout";

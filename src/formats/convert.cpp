@@ -46,15 +46,20 @@ void convert_dtype(TensorData& t, DType dtype) {
 }
 
 // The six linear weights of a block: ...encoder.layer.{i}.{attention.attention.{query,key,value},
-// attention.output.dense, intermediate.dense, output.dense}.weight.
-bool is_block_linear_weight(const std::string& name) {
-  if (name.find("encoder.layer.") == std::string::npos) return false;
-  for (const char* tail :
-       {".attention.attention.query.weight", ".attention.attention.key.weight", ".attention.attention.value.weight",
-        ".attention.output.dense.weight", ".intermediate.dense.weight", ".output.dense.weight"})
-    if (detail::ends_with(name, tail)) return true;
-  return false;
+// attention.output.dense, intermediate.dense, output.dense}.weight, in the forward's order.
+constexpr const char* kBlockLinearTails[] = {".attention.attention.query.weight", ".attention.attention.key.weight",
+                                             ".attention.attention.value.weight", ".attention.output.dense.weight",
+                                             ".intermediate.dense.weight",        ".output.dense.weight"};
+
+// Which of kBlockLinearTails `name` is (0..5), or -1 when it is none of a block's linear weights.
+int block_linear_slot(const std::string& name) {
+  if (name.find("encoder.layer.") == std::string::npos) return -1;
+  for (int i = 0; i < 6; ++i)
+    if (detail::ends_with(name, kBlockLinearTails[i])) return i;
+  return -1;
 }
+
+bool is_block_linear_weight(const std::string& name) { return block_linear_slot(name) >= 0; }
 
 // A float [N, K] linear weight (any float dtype) in place → its int8 panel layout (src/cpu/int8_format.hpp), shape
 // [ceil(N/16), ceil(K/32)·8, 16, 4]; returns the tensors that go with it: the scales "<name>_scale"
@@ -85,17 +90,11 @@ std::vector<TensorData> quantize_int8(TensorData& t) {
   return extra;
 }
 
-// The slot of a block's linear weight in a panel file's order: (layer, 0..5 for query, key, value,
-// attention output, fc1, fc2); query, key and value adjacent so that they load as one stacked operand.
+// The place of a block's linear weight in a panel file's order: (layer, block_linear_slot); query,
+// key and value adjacent so that they load as one stacked operand.
 std::pair<long, int> panel_slot(const std::string& name) {
-  static const char* const kTails[] = {".attention.attention.query.weight", ".attention.attention.key.weight",
-                                       ".attention.attention.value.weight", ".attention.output.dense.weight",
-                                       ".intermediate.dense.weight",        ".output.dense.weight"};
   const std::size_t at = name.find("encoder.layer.") + std::strlen("encoder.layer.");
-  const long layer = std::strtol(name.c_str() + at, nullptr, 10);
-  for (int i = 0; i < 6; ++i)
-    if (detail::ends_with(name, kTails[i])) return {layer, i};
-  return {layer, 6};
+  return {std::strtol(name.c_str() + at, nullptr, 10), block_linear_slot(name)};
 }
 
 // A float32 [N, K] weight → panels of `width` columns (LinearWeight::panel_width's layout), shape
@@ -107,8 +106,7 @@ void to_panels(TensorData& t, int width) {
   std::memcpy(w.data(), t.bytes.data(), w.size() * sizeof(float));
   std::vector<float> p(static_cast<std::size_t>(panels * K * width), 0.0f);
   for (std::int64_t n = 0; n < N; ++n)
-    for (std::int64_t k = 0; k < K; ++k)
-      p[static_cast<std::size_t>(((n / width) * K + k) * width + n % width)] = w[n * K + k];
+    for (std::int64_t k = 0; k < K; ++k) p[detail::panel_offset(n, k, K, width)] = w[n * K + k];
   t.shape = detail::panel_shape(N, K, width);
   t.bytes.resize(p.size() * sizeof(float));
   std::memcpy(t.bytes.data(), p.data(), t.bytes.size());
