@@ -175,6 +175,14 @@ struct ScalarBf16 {
       out[i] = std::uint32_t{float_to_bf16(x[2 * i])} |
                std::uint32_t{2 * i + 1 < n ? float_to_bf16(x[2 * i + 1]) : std::uint16_t{0}} << 16;
   }
+  static void pairs_of_rows(const float* lo, const float* hi, int n, std::uint32_t* out) {
+    for (int c = 0; c < n; ++c)
+      out[c] = std::uint32_t{float_to_bf16(lo[c])} | std::uint32_t{hi ? float_to_bf16(hi[c]) : std::uint16_t{0}} << 16;
+  }
+  static void transpose8_words(const std::uint32_t* src, std::ptrdiff_t lds, std::uint32_t* dst, std::ptrdiff_t ldd) {
+    for (int r = 0; r < 8; ++r)
+      for (int c = 0; c < 8; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
 };
 
 }  // namespace

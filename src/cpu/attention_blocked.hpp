@@ -318,7 +318,10 @@ void attention_head_with(const float* q, const float* k, const float* v, std::pt
     for (int pnl = 0; pnl < panels; ++pnl)
       for (int g = 0; g < groups; ++g) prod.score(g, pnl, s + g * SMR * lds + pnl * NRS, lds);
     for (int i = 0; i < rows; ++i) inv[i] = exp2_row<V>(s + i * lds, tokens, lds);
-    for (int i = rows; i < QB; ++i) {
+    // P·V reads whole tiles of PMR rows: in a short (last) block the rows past its own up to the next
+    // multiple of PMR are made zero (those past QB always are); the rows beyond are never read.
+    const int tile_rows = imin(QB, (rows + PMR - 1) / PMR * PMR);
+    for (int i = rows; i < tile_rows; ++i) {
       std::memset(s + i * lds, 0, sizeof(float) * lds);
       inv[i] = 0.0f;
     }
@@ -327,7 +330,7 @@ void attention_head_with(const float* q, const float* k, const float* v, std::pt
         float* out = probs + static_cast<std::ptrdiff_t>(r0 + i) * tokens;
         for (int j = 0; j < tokens; ++j) out[j] = s[i * lds + j] * inv[i];
       }
-    prod.p_ready(s, lds, tokens, QB);
+    prod.p_ready(s, lds, tokens, tile_rows);
     for (int c0 = 0; c0 < hd; c0 += NVP_MAX * L) {
       const int cols = imin(NVP_MAX * L, hd - c0);
       const int nvp = (cols + L - 1) / L;
@@ -370,17 +373,39 @@ void attention_head(const float* q, const float* k, const float* v, std::ptrdiff
 // unnormalised 2^(s − max) rounded to bf16 and multiplied with v as one chain over the pairs of
 // keys; the row then scaled by 1/Σ in float32 (Σ of the float32 values).
 
-/// kw[p][dq][j] = the pair dq (dimensions 2dq, 2dq + 1) of key p·NRS + j, zeros past `keys`.
+/// Pairs as rows, transposed: dst[dq·ldd + i] = t[i·ldt + dq] for the `rows` rows and hdq pairs
+/// (8×8 word transposes over rows [0, 8), [8, 16), … and a last block ending at `rows`, overlapping
+/// the one before where rows is not a multiple of 8; scalar for the pairs past whole groups of 8).
+template <class B>
+void transpose_pairs(const std::uint32_t* t, std::ptrdiff_t ldt, int rows, int hdq, std::uint32_t* dst,
+                     std::ptrdiff_t ldd) {
+  int dq = 0;
+  if (rows >= 8)
+    for (; dq + 8 <= hdq; dq += 8)
+      for (int i0 = 0; i0 < rows; i0 += 8) {
+        const int i = imin(i0, rows - 8);
+        B::transpose8_words(t + i * ldt + dq, ldt, dst + dq * ldd + i, ldd);
+      }
+  for (; dq < hdq; ++dq)
+    for (int i = 0; i < rows; ++i) dst[dq * ldd + i] = t[i * ldt + dq];
+}
+
+/// kw[p][dq][j] = the pair dq (dimensions 2dq, 2dq + 1) of key p·NRS + j, zeros past `keys`: each
+/// panel's keys converted as rows of pairs into t (NRS rows of stride ldt >= hdq), then transposed.
 template <class B, int NRS>
-void pack_k_pairs(const float* k, std::ptrdiff_t ld, int keys, int hd, std::uint32_t* kw, std::uint32_t* row) {
+void pack_k_pairs(const float* k, std::ptrdiff_t ld, int keys, int hd, std::uint32_t* kw, std::uint32_t* t,
+                  std::ptrdiff_t ldt) {
   const int hdq = (hd + 1) / 2, panels = (keys + NRS - 1) / NRS;
-  for (int p = 0; p < panels; ++p)
+  for (int p = 0; p < panels; ++p) {
     for (int j = 0; j < NRS; ++j) {
       const int key = p * NRS + j;
-      if (key < keys) B::to_pairs(k + key * ld, hd, row);
-      std::uint32_t* dst = kw + static_cast<std::ptrdiff_t>(p) * hdq * NRS + j;
-      for (int dq = 0; dq < hdq; ++dq) dst[dq * NRS] = key < keys ? row[dq] : 0u;
+      if (key < keys)
+        B::to_pairs(k + key * ld, hd, t + j * ldt);
+      else
+        std::memset(t + j * ldt, 0, sizeof(std::uint32_t) * hdq);
     }
+    transpose_pairs<B>(t, ldt, NRS, hdq, kw + static_cast<std::ptrdiff_t>(p) * hdq * NRS, NRS);
+  }
 }
 
 /// The two products on bf16 pairs (see above).
@@ -389,58 +414,56 @@ struct PairProducts {
   using Vf = typename B::V;
   static constexpr int kSMR = SMR, kPMR = PMR, kL = Vf::kLanes, kNRS = 2 * kL;
   int hd = 0, hdq = 0;
-  std::ptrdiff_t hdp = 0, ldw = 0;
-  std::uint32_t *kw = nullptr, *vw = nullptr, *qw = nullptr, *pw = nullptr;
+  std::ptrdiff_t hdp = 0, ldw = 0, ldt = 0;
+  std::uint32_t *kw = nullptr, *vw = nullptr, *qw = nullptr, *pw = nullptr, *t = nullptr;
   float* row = nullptr;
 
   void prepare(Workspace& ws, const float* k, const float* v, std::ptrdiff_t ld, int tokens, int head_dim, int qb) {
     hd = head_dim;
     hdq = (hd + 1) / 2;
     hdp = (hd + kL - 1) / kL * kL;
+    ldt = (hdq + 15) / 16 * 16;
     const int panels = (tokens + kNRS - 1) / kNRS, kq = (tokens + 1) / 2;
     ldw = (kq + kL - 1) / kL * kL;
     kw = words(ws.kp, static_cast<std::size_t>(panels) * hdq * kNRS);
     vw = words(ws.vp, static_cast<std::size_t>(kq) * hdp);
     qw = words(ws.qp, static_cast<std::size_t>(qb) * hdq);
     pw = words(ws.pw, static_cast<std::size_t>(qb + PMR) * ldw);
-    // row: [0, hdp) converted words, [hdp, 2·hdp) a scaled q row, [2·hdp, 4·hdp) two v rows interleaved.
-    row = ws.row.get(static_cast<std::size_t>(4 * hdp));
-    auto* rw = reinterpret_cast<std::uint32_t*>(row);
-    pack_k_pairs<B, kNRS>(k, ld, tokens, hd, kw, rw);
+    // row: [0, hdp) a scaled q row, then the rows of pairs that pack_k_pairs and pack_queries transpose
+    // (kNRS >= SMR rows of ldt words).
+    static_assert(kNRS >= SMR, "the pair rows of a key panel hold a query group's");
+    row = ws.row.get(static_cast<std::size_t>(hdp + kNRS * ldt));
+    t = reinterpret_cast<std::uint32_t*>(row + hdp);
+    pack_k_pairs<B, kNRS>(k, ld, tokens, hd, kw, t, ldt);
     // vw[kq][c]: the pair (v[2kq][c], v[2kq + 1][c]); columns past hd and the key past the last zero.
-    float* t = row + 2 * hdp;
     for (int kk = 0; kk < kq; ++kk) {
-      const float* lo = v + 2 * kk * ld;
-      const float* hi = 2 * kk + 1 < tokens ? v + (2 * kk + 1) * ld : nullptr;
-      for (int c = 0; c < hd; ++c) {
-        t[2 * c] = lo[c];
-        t[2 * c + 1] = hi ? hi[c] : 0.0f;
-      }
       std::uint32_t* dst = vw + static_cast<std::ptrdiff_t>(kk) * hdp;
-      B::to_pairs(t, 2 * hd, dst);
+      B::pairs_of_rows(v + 2 * kk * ld, 2 * kk + 1 < tokens ? v + (2 * kk + 1) * ld : nullptr, hd, dst);
       for (std::ptrdiff_t c = hd; c < hdp; ++c) dst[c] = 0u;
     }
     for (int r = qb; r < qb + PMR; ++r) std::memset(pw + r * ldw, 0, sizeof(std::uint32_t) * ldw);
   }
-  /// qw[g][dq][i]: pair dq of query g·SMR + i scaled by factor (rounded to float32, then to bf16).
+  /// qw[g][dq][i]: pair dq of query g·SMR + i scaled by factor (rounded to float32, then to bf16);
+  /// a group's rows converted as rows of pairs, then transposed.
   void pack_queries(const float* q, std::ptrdiff_t ld, int rows, float factor) {
     using V = Vf;
     const int groups = (rows + SMR - 1) / SMR;
-    auto* rw = reinterpret_cast<std::uint32_t*>(row);
     const typename V::R f = V::set1(factor);
-    for (int i = 0; i < groups * SMR; ++i) {
-      std::uint32_t* dst = qw + static_cast<std::ptrdiff_t>(i / SMR) * hdq * SMR + i % SMR;
-      if (i >= rows) {
-        for (int dq = 0; dq < hdq; ++dq) dst[dq * SMR] = 0u;
-        continue;
+    float* scaled = row;
+    for (int g = 0; g < groups; ++g) {
+      for (int i = 0; i < SMR; ++i) {
+        const int r = g * SMR + i;
+        if (r >= rows) {
+          std::memset(t + i * ldt, 0, sizeof(std::uint32_t) * hdq);
+          continue;
+        }
+        const float* src = q + r * ld;
+        int d = 0;
+        for (; d + kL <= hd; d += kL) V::store(scaled + d, V::mul(V::load(src + d), f));
+        if (d < hd) V::store_n(scaled + d, V::mul(V::load_n(src + d, hd - d), f), hd - d);
+        B::to_pairs(scaled, hd, t + i * ldt);
       }
-      const float* src = q + i * ld;
-      float* scaled = row + hdp;
-      int d = 0;
-      for (; d + kL <= hd; d += kL) V::store(scaled + d, V::mul(V::load(src + d), f));
-      if (d < hd) V::store_n(scaled + d, V::mul(V::load_n(src + d, hd - d), f), hd - d);
-      B::to_pairs(scaled, hd, rw);
-      for (int dq = 0; dq < hdq; ++dq) dst[dq * SMR] = rw[dq];
+      transpose_pairs<B>(t, ldt, SMR, hdq, qw + static_cast<std::ptrdiff_t>(g) * hdq * SMR, SMR);
     }
   }
   /// S[i][key] for SMR queries against one panel: 2·SMR accumulators, one dot product per pair.
@@ -467,9 +490,9 @@ struct PairProducts {
       Vf::store(s + i * lds + kL, acc[i][1]);
     }
   }
-  /// The block's P rows (QB of them; the rows past the block's are zero) as bf16 pairs of keys.
-  void p_ready(const float* s, std::ptrdiff_t lds, int tokens, int qb) {
-    for (int i = 0; i < qb; ++i) B::to_pairs(s + i * lds, tokens, pw + i * ldw);
+  /// The block's first `rows` P rows (its own, then zeros up to a whole P·V tile) as bf16 pairs of keys.
+  void p_ready(const float* s, std::ptrdiff_t lds, int tokens, int rows) {
+    for (int i = 0; i < rows; ++i) B::to_pairs(s + i * lds, tokens, pw + i * ldw);
   }
   /// ctx rows: (Σ over pairs of keys P·v) · inv, NVP vectors of columns from c0.
   template <int NVP>

@@ -155,6 +155,22 @@ struct Bf16Avx512 {
       _mm512_mask_storeu_epi32(out + i / 2, static_cast<__mmask16>((1u << ((r + 1) / 2)) - 1u), (__m512i)h);
     }
   }
+  /// out[c] = the pair (bf16(lo[c]) low, bf16(hi[c]) high) for c < n; hi null reads as zeros. The
+  /// rounding is to_pairs' (vcvtneps2bf16 and vcvtne2ps2bf16 round alike).
+  static void pairs_of_rows(const float* lo, const float* hi, int n, std::uint32_t* out) {
+    for (int c = 0; c < n; c += 16) {
+      const int r = n - c < 16 ? n - c : 16;
+      const __m512 l = Avx512::load_n(lo + c, r), h = hi ? Avx512::load_n(hi + c, r) : _mm512_setzero_ps();
+      const __m512i wl = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(l));
+      const __m512i wh = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(h));
+      const __m512i w = _mm512_or_si512(wl, _mm512_slli_epi32(wh, 16));
+      _mm512_mask_storeu_epi32(out + c, static_cast<__mmask16>(r == 16 ? 0xffffu : (1u << r) - 1u), w);
+    }
+  }
+  /// dst[c·ldd + r] = src[r·lds + c] for r, c < 8 (32-bit words: bf16 pairs).
+  static void transpose8_words(const std::uint32_t* src, std::ptrdiff_t lds, std::uint32_t* dst, std::ptrdiff_t ldd) {
+    blocked::ymm::transpose8(reinterpret_cast<const float*>(src), lds, reinterpret_cast<float*>(dst), ldd);
+  }
 };
 
 }  // namespace

@@ -8,7 +8,9 @@
 // load(const std::uint32_t*) (64-byte aligned), bcast(const std::uint32_t*) (one word to all lanes),
 // dot(typename V::R acc, W a, W b) (acc += the bf16 pair products, as bf16_format.hpp defines), and
 // to_pairs(const float* x, int n, std::uint32_t* out): x[0..n) rounded to bf16 pairs, ceil(n/2) words
-// (a missing odd element is 0).
+// (a missing odd element is 0); for attention_blocked.hpp also pairs_of_rows(lo, hi, n, out): out[c] =
+// (bf16(lo[c]), bf16(hi[c])) for c < n, hi null read as zeros, and transpose8_words(src, lds, dst,
+// ldd): dst[c·ldd + r] = src[r·lds + c] for r, c < 8.
 //
 // Weights are packed once (bf16::pack), so only the activations are converted per call: a block of mc
 // rows × kKcPairs pairs at a time, row-major with the compile-time stride kKcPairs (the micro-kernel
