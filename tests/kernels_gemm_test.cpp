@@ -659,6 +659,9 @@ TEST(GemmPacked, IsBitIdenticalToPackingOnEveryCall) {
     // panels a thread), A packed once for all, K over several kc blocks (in-place residual set aside).
     std::vector<Shape> wide = shapes();
     wide.push_back({300, 1000, 600, 2, 3, 5});  // M over one mc block too
+    // Tall and narrow with the weights packed: the threads split the rows, not the columns (at most 16
+    // panels and at least 16 row tiles a thread, on AVX2 and AVX-512 at 2 and 3 threads).
+    wide.push_back({700, 520, 300, 0, 0, 0});
     for (const Shape& s : wide) {
       const Data d = make_data(s, /*b_trans=*/true, 99u + static_cast<unsigned>(s.M * 31 + s.N * 7 + s.K));
       for (const EpilogueCase& e : all_epilogues())
