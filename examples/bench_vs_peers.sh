@@ -49,12 +49,11 @@ for p in $peers; do
     *) die "unknown peer '$p' (onnxruntime, pytorch)" ;;
   esac
 done
-declare -A form_file=()
+# Each form: the vitmsn-convert option that makes it from the float32 model.
+declare -A form_option=([int8]="--dtype int8" [panels]="--layout panels") form_file=()
 for f in $forms; do
-  case "$f" in
-    int8 | panels) form_file[$f]="${model%/}-$f.safetensors" ;;
-    *) die "unknown form '$f' in FORMS (int8, panels)" ;;
-  esac
+  [ -n "${form_option[$f]:-}" ] || die "unknown form '$f' in FORMS (int8, panels)"
+  form_file[$f]="${model%/}-$f.safetensors"
   [ -f "${form_file[$f]}" ] || [ -x "$convert" ] || die "$convert not built (cmake --build build)"
 done
 if [ ! -f "$model/model.safetensors" ]; then
@@ -64,12 +63,9 @@ if [ ! -f "$model/model.safetensors" ]; then
 fi
 for f in $forms; do
   if [ ! -f "${form_file[$f]}" ]; then
-    echo "converting $model to ${form_file[$f]} ($f)"
-    if [ "$f" = int8 ]; then
-      "$convert" --dtype int8 "$model" "${form_file[$f]}" >/dev/null
-    else
-      "$convert" --layout panels "$model" "${form_file[$f]}" >/dev/null
-    fi
+    echo "converting $model to ${form_file[$f]} (${form_option[$f]})"
+    # shellcheck disable=SC2086  # the option and its value are two words
+    "$convert" ${form_option[$f]} "$model" "${form_file[$f]}" >/dev/null
   fi
 done
 
