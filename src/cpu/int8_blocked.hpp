@@ -278,7 +278,7 @@ void gemm_columns(const Problem& p, const PackedA& pa, int g0, int g1, int n0, i
         bpanel[j] = n < p.N ? p.w.panel(n) + static_cast<std::ptrdiff_t>(n % kPanel) * 4 : bpanel[0];
       }
       // Also the slice's first pass over its weights, which brings them into the cache before the row
-      // tiles read them (corrections kept with the weights instead: 2-6 % slower, measured).
+      // tiles read them (corrections kept with the weights instead: 4-8 % slower, measured).
       if (I::kOffset) slice_corrections<I, NV>(bpanel, b0, b1, corr);
       alignas(64) float wscale[NR];
       for (int c = 0; c < NR; ++c) wscale[c] = jr + c < p.N ? p.w.scale(jr + c) : 0.0f;
@@ -306,7 +306,8 @@ void gemm_columns(const Problem& p, const PackedA& pa, int g0, int g1, int n0, i
 /// other. A part's packed activations (K bytes a row: 0.5 MB for half of ViT-L's 1025 tokens at
 /// K = 1024) stay in its thread's L2 while every weight slice passes; each thread reads all the weights
 /// (from L3 after the first). Measured in one process against all rows quantized first, then columns
-/// split (2 threads, ViT-L's shapes): attention output +20 %, fc2 +11 %, qkv +7 %, fc1 +2 %.
+/// split (2 threads, ViT-L's shapes, 2 sets of 15 alternations): attention output +12/+14 %, fc2 +13/+22 %,
+/// qkv +2/+3 %, fc1 +3 %.
 struct PartState {
   std::atomic<int> quantized{0};  // 0 not started, 1 being quantized, 2 ready
   std::atomic<int> next_chunk{0};
