@@ -68,9 +68,10 @@ detail::bf16::Panels pack(const Operands& o) {
   return detail::bf16::pack({s}, o.K, 2);
 }
 
-// Shapes: edges of every kind (M not a multiple of the tile, N of the panel, K odd, K over several
-// blocks of 512), and the ViT-L/7 projection shape.
-const int kShapes[][3] = {{1, 32, 2}, {5, 33, 7}, {30, 64, 64}, {97, 100, 513}, {200, 96, 1030}, {1025, 96, 1024}};
+// Shapes: edges of every kind (M not a multiple of the tile, N of the panel, K odd, K over two blocks
+// of 1024 inputs with a short last one, K over four as ViT-L's fc2), and the ViT-L/7 projection shape.
+const int kShapes[][3] = {{1, 32, 2},      {5, 33, 7},     {30, 64, 64},    {97, 100, 513},
+                          {200, 96, 1030}, {29, 64, 4096}, {1025, 96, 1024}};
 
 TEST(Bf16Kernels, EveryVariantGivesTheBitsOfTheDefinitionForAnyThreadCount) {
   int compared = 0;
@@ -108,7 +109,7 @@ TEST(Bf16Kernels, EveryVariantGivesTheBitsOfTheDefinitionForAnyThreadCount) {
 TEST(Bf16Kernels, InPlaceResidualAcrossBlocksAndGeluFollowTheFloatEpilogue) {
   // x += gelu(A·Wᵀ + b) with C == residual and K over two blocks: the residual must be read before the
   // partial sums overwrite it.
-  const Operands o = operands(37, 64, 1024, 11);
+  const Operands o = operands(37, 64, 1100, 11);
   const detail::bf16::Panels w = pack(o);
   Epilogue ep;
   ep.bias = o.bias.data();

@@ -351,6 +351,19 @@ struct Prefetch {
   }
 };
 
+/// The first `rows` of the MR × NR tile of C at c (row stride ldc), fetched for writing (L2/L3 -> L1)
+/// while the current tile computes: the next micro-tile's C rows.
+template <int MR, int NR>
+__attribute__((always_inline)) inline void prefetch_tile_for_write(const float* c, std::ptrdiff_t ldc, int rows) {
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i) {
+    if (i < rows) {
+      __builtin_prefetch(c + i * ldc, 1, 3);
+      __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
+    }
+  }
+}
+
 /// Stores a micro-tile's accumulators (MR × NV registers) to C: straight to C for a full tile without
 /// an epilogue; otherwise through a stack tile to finish_tile(), a separate function, so that its
 /// register needs (GELU) do not make the compiler spill the accumulators of the caller's k loop. The
@@ -390,14 +403,7 @@ inline void micro_tile(int kc, const float* __restrict a, std::ptrdiff_t rsa, co
   constexpr int NR = NV * L;
   R acc[MR][NV];
   const bool full = rows == MR && cols == NR;
-  // The next call's C rows (L2/L3 -> L1 while this tile computes).
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i) {
-    if (i < next_rows) {
-      __builtin_prefetch(c_next + i * ldc, 1, 3);
-      __builtin_prefetch(c_next + i * ldc + NR - 1, 1, 3);
-    }
-  }
+  prefetch_tile_for_write<MR, NR>(c_next, ldc, next_rows);
   if (first) {
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i)
