@@ -44,7 +44,14 @@ constexpr double kAvx512L1Share = 4.0 / 3.0, kAvx512L2Share = 0.21875;
 //   of 32 KB that stays in L1d, an A block of 280 KB) ran the linear layers at 80-82 % of the FMA peak
 //   against 68-70 % for the Intel shares (kc = 512, mc = 112 there) and 63-65 % for 336 / 84; see
 //   docs/PERFORMANCE.md for the sweep. Used on AMD CPUs.
-constexpr double kAvx512AmdL1Share = 2.0 / 3.0, kAvx512AmdL2Share = 0.28;
+//   2026-12-06, another machine of that kind, weights pre-packed, old and new blocking alternating in
+//   one process on ViT-L's four linear shapes: kc = 1024, mc = 280 (a B slice of 128 KB read from L2
+//   by every row tile, an A block of 1.1 MB; ViT-L's K = 1024 in one block, so C is written once with
+//   its epilogue) 11 % faster than 256 / 280 at 2 threads (qkv +15 %, fc1 +16 %, attention output
+//   +9 %, fc2 +3 %), 10 % at 1 thread, 3 % faster than 512 / 280; mc = 140, 196, 420, 560 or 1036
+//   1-4 % slower; whole forward (vitmsn-bench, alternating) 1.672-1.680 s -> 1.615-1.654 s. The
+//   shares below give exactly that on Zen 5's 48 KB L1d and 1 MB L2 (kc = 1056 capped at 1024).
+constexpr double kAvx512AmdL1Share = 2.75, kAvx512AmdL2Share = 1.09375;
 }  // namespace
 
 namespace {
