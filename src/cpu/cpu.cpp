@@ -50,7 +50,8 @@ constexpr double kAvx512L1Share = 4.0 / 3.0, kAvx512L2Share = 0.21875;
 //   its epilogue) 11 % faster than 256 / 280 at 2 threads (qkv +15 %, fc1 +16 %, attention output
 //   +9 %, fc2 +3 %), 10 % at 1 thread, 3 % faster than 512 / 280; mc = 140, 196, 420, 560 or 1036
 //   1-4 % slower; whole forward (vitmsn-bench, alternating) 1.672-1.680 s -> 1.615-1.654 s. The
-//   shares below give exactly that on Zen 5's 48 KB L1d and 1 MB L2 (kc = 1056 capped at 1024).
+//   shares below give exactly that on Zen 5's 48 KB L1d and 1 MB L2 (kc = 1056 capped at 1024); on
+//   Zen 4's 32 KB L1d they give kc = 704, mc = 406, not measured (no Zen 4 machine since).
 constexpr double kAvx512AmdL1Share = 2.75, kAvx512AmdL2Share = 1.09375;
 }  // namespace
 
