@@ -214,6 +214,21 @@ TEST(Bf16Model, TheOutlierVariantMeetsTheTargets) {
   EXPECT_GE(a.min_token, kBf16TokenCosine) << test::describe(a);
 }
 
+// Few-shot (issue #21's target: as for int8): heads trained on bf16-compute and on float32 features
+// of the probe tests' three classes agree in cross-validated accuracy and predictions, and in each
+// image's class probabilities.
+TEST(Bf16Model, FewShotProbeGivesTheSameAccuracyAndProbabilities) {
+  const std::string path = test::data_path("models/tiny");
+  const test::FewShot f = test::few_shot(Model::load(path), Model::load(path, with_compute(Compute::kBF16)));
+  std::printf("[ probe ] cross-validated accuracy: float32 %.4f, bf16 compute %.4f\n", f.accuracy_f32,
+              f.accuracy_other);
+  std::printf("[ probe ] largest difference of a class probability, float32 vs bf16-compute heads: %.2e\n",
+              f.worst_probability);
+  EXPECT_EQ(f.accuracy_other, f.accuracy_f32);
+  EXPECT_TRUE(f.same_predictions) << "a picture's cross-validated class differs between float32 and bf16 compute";
+  EXPECT_LE(f.worst_probability, 0.02);
+}
+
 TEST(Bf16Model, ResultsAreTheSameBitsForAnyThreadCountAndBatch) {
   const std::string path = test::data_path("models/tiny");
   const Model one = Model::load(path, with_compute(Compute::kBF16, 1)),

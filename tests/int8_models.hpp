@@ -1,7 +1,8 @@
 #pragma once
 // Models for the int8 tests (tests/int8_test.cpp, tests/fullsize/fullsize_test.cpp): float32 models
 // written as single files next to their `vitmsn-convert --dtype int8` conversions, the synthetic
-// "outlier" variant, and the agreement measures the int8 targets are stated in.
+// "outlier" variant, and the agreement measures the int8 targets are stated in (also those of bf16
+// compute: tests/bf16_test.cpp).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "vitmsn/config.hpp"
 #include "vitmsn/convert.hpp"
 #include "vitmsn/model.hpp"
+#include "vitmsn/probe.hpp"
 #include "vitmsn/safetensors.hpp"
 
 namespace vitmsn::test {
@@ -189,6 +191,46 @@ inline Agreement compare_on_fixtures(const Model& f32, const Model& other) {
         ++n);
   }
   return worst;
+}
+
+/// Few-shot probes (the probe tests' three classes of six pictures) trained on the CLS features of two
+/// models of the same network, `f32` and `other`: each cross-validated (3 folds), then the final heads'
+/// class probabilities on every picture, which can differ even where the accuracy is 100 %.
+struct FewShot {
+  double accuracy_f32 = 0.0, accuracy_other = 0.0;
+  bool same_predictions = false;   // the cross-validated prediction of every picture
+  double worst_probability = 0.0;  // largest |p_f32 − p_other| of a class probability
+};
+
+inline FewShot few_shot(const Model& f32, const Model& other) {
+  const Eigen::Index n = 18, D = f32.config().hidden_size;
+  Eigen::MatrixXd x32(n, D), xo(n, D);
+  std::vector<int> labels;
+  for (int c = 0; c < 3; ++c)
+    for (int i = 0; i < 6; ++i) {
+      const Image im = probe_picture(c, i);
+      const auto row = static_cast<Eigen::Index>(labels.size());
+      x32.row(row) = f32.extract_features(im).cls().cast<double>();
+      xo.row(row) = other.extract_features(im).cls().cast<double>();
+      labels.push_back(c);
+    }
+  const ProbeOptions o;
+  const CrossValidation cv32 = cross_validate(x32, labels, 3, 3, o), cvo = cross_validate(xo, labels, 3, 3, o);
+  const Probe h32 = train_probe(x32, labels, 3, o), ho = train_probe(xo, labels, 3, o);
+  const auto softmax = [](const Eigen::MatrixXd& logits) {
+    Eigen::MatrixXd p = logits;
+    for (Eigen::Index r = 0; r < p.rows(); ++r) {
+      p.row(r) = (p.row(r).array() - p.row(r).maxCoeff()).exp().matrix();
+      p.row(r) /= p.row(r).sum();
+    }
+    return p;
+  };
+  FewShot f;
+  f.accuracy_f32 = cv32.evaluation.accuracy();
+  f.accuracy_other = cvo.evaluation.accuracy();
+  f.same_predictions = cv32.evaluation.predictions == cvo.evaluation.predictions;
+  f.worst_probability = (softmax(h32.head.logits(x32)) - softmax(ho.head.logits(xo))).cwiseAbs().maxCoeff();
+  return f;
 }
 
 inline std::string describe(const Agreement& a) {

@@ -123,42 +123,16 @@ TEST(Int8Model, TinyResidualStreamOutliersAreReducedByTheOutlierSplit) {
 }
 
 // Few-shot: heads trained on int8 and on float32 features of the probe tests' three classes agree —
-// the cross-validated accuracy, and each image's class probabilities (which can differ even where
-// the accuracy is 100 %).
+// the cross-validated accuracy and predictions, and each image's class probabilities (test::few_shot).
 TEST(Int8Model, FewShotProbeGivesTheSameAccuracyAndProbabilities) {
-  const std::string dir = test::temp_dir();
-  const test::ModelPair p = test::write_model_pair(dir, tiny_config(), tiny_tensors());
-  const Model f32 = Model::load(p.f32);
-  Model int8 = Model::load(p.int8);
-  Eigen::MatrixXd x32(18, 64), x8(18, 64);
-  std::vector<int> labels;
-  for (int c = 0; c < 3; ++c)
-    for (int i = 0; i < 6; ++i) {
-      const Image im = test::probe_picture(c, i);
-      const int row = static_cast<int>(labels.size());
-      x32.row(row) = f32.extract_features(im).cls().cast<double>();
-      x8.row(row) = int8.extract_features(im).cls().cast<double>();
-      labels.push_back(c);
-    }
-  ProbeOptions o;
-  const CrossValidation cv32 = cross_validate(x32, labels, 3, 3, o), cv8 = cross_validate(x8, labels, 3, 3, o);
-  std::printf("[ probe ] cross-validated accuracy: float32 %.4f, int8 %.4f\n", cv32.evaluation.accuracy(),
-              cv8.evaluation.accuracy());
-  EXPECT_EQ(cv8.evaluation.accuracy(), cv32.evaluation.accuracy());
-  EXPECT_EQ(cv8.evaluation.predictions, cv32.evaluation.predictions);
-  // Probabilities of the final heads, on every image.
-  const Probe h32 = train_probe(x32, labels, 3, o), h8 = train_probe(x8, labels, 3, o);
-  const auto softmax = [](const Eigen::MatrixXd& logits) {
-    Eigen::MatrixXd p = logits;
-    for (Eigen::Index r = 0; r < p.rows(); ++r) {
-      p.row(r) = (p.row(r).array() - p.row(r).maxCoeff()).exp().matrix();
-      p.row(r) /= p.row(r).sum();
-    }
-    return p;
-  };
-  const double worst = (softmax(h32.head.logits(x32)) - softmax(h8.head.logits(x8))).cwiseAbs().maxCoeff();
-  std::printf("[ probe ] largest difference of a class probability, float32 vs int8 heads: %.4f\n", worst);
-  EXPECT_LE(worst, 0.02);
+  const test::ModelPair p = test::write_model_pair(test::temp_dir(), tiny_config(), tiny_tensors());
+  const test::FewShot f = test::few_shot(Model::load(p.f32), Model::load(p.int8));
+  std::printf("[ probe ] cross-validated accuracy: float32 %.4f, int8 %.4f\n", f.accuracy_f32, f.accuracy_other);
+  std::printf("[ probe ] largest difference of a class probability, float32 vs int8 heads: %.2e\n",
+              f.worst_probability);
+  EXPECT_EQ(f.accuracy_other, f.accuracy_f32);
+  EXPECT_TRUE(f.same_predictions) << "a picture's cross-validated class differs between float32 and int8";
+  EXPECT_LE(f.worst_probability, 0.02);
 }
 
 // The CLS features of the fixture images rank each image's neighbours (cosine similarity) as with
