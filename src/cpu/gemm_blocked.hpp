@@ -455,8 +455,6 @@ inline void micro_tile(int kc, const float* __restrict a, std::ptrdiff_t rsa, co
 
 #pragma GCC unroll 4
   for (int k = 0; k < kc; ++k) {
-    // One k-slice of the next B panel per k (a no-op re-touch of this panel except on the last tile
-    // of a column panel).
     // Every 8th k-step, one line of what the next slice needs (see Prefetch).
     if ((k & 7) == 0 && (k >> 3) < pf.count) __builtin_prefetch(pf.line(k >> 3), 0, 2);
     R bv[NV];
