@@ -270,8 +270,10 @@ struct FloatProducts {
     score_tile<V, SMR>(hd, qp + static_cast<std::ptrdiff_t>(g) * hd * SMR,
                        kp + static_cast<std::ptrdiff_t>(pnl) * hd * kNRS, s, lds);
   }
-  /// The block's P rows are ready in s (rows QB … QB + PMR − 1 zero): P·V reads them as they are.
-  void p_ready(const float*, std::ptrdiff_t, int, int) {}
+  /// Row i of the block's P is ready in s; then rows [from, to) (zeros, up to a whole P·V tile; rows
+  /// QB … QB + PMR − 1 are zero too): P·V reads them as they are.
+  void row_ready(const float*, int, int) {}
+  void p_ready(const float*, std::ptrdiff_t, int, int, int) {}
   template <int NVP>
   void pv(int tokens, int i0, const float* s, std::ptrdiff_t lds, int c0, const float* inv, float* out,
           std::ptrdiff_t ldc, int rows, int cols) const {
@@ -317,7 +319,10 @@ void attention_head_with(const float* q, const float* k, const float* v, std::pt
     // Panel outer, query groups inner: a panel and the packed q (≤ QB·hd) stay in L1.
     for (int pnl = 0; pnl < panels; ++pnl)
       for (int g = 0; g < groups; ++g) prod.score(g, pnl, s + g * SMR * lds + pnl * NRS, lds);
-    for (int i = 0; i < rows; ++i) inv[i] = exp2_row<V>(s + i * lds, tokens, lds);
+    for (int i = 0; i < rows; ++i) {
+      inv[i] = exp2_row<V>(s + i * lds, tokens, lds);
+      prod.row_ready(s + i * lds, tokens, i);  // while the row is in L1
+    }
     // P·V reads whole tiles of PMR rows: in a short (last) block the rows past its own up to the next
     // multiple of PMR are made zero (those past QB always are); the rows beyond are never read.
     const int tile_rows = imin(QB, (rows + PMR - 1) / PMR * PMR);
@@ -330,7 +335,7 @@ void attention_head_with(const float* q, const float* k, const float* v, std::pt
         float* out = probs + static_cast<std::ptrdiff_t>(r0 + i) * tokens;
         for (int j = 0; j < tokens; ++j) out[j] = s[i * lds + j] * inv[i];
       }
-    prod.p_ready(s, lds, tokens, tile_rows);
+    prod.p_ready(s, lds, tokens, rows, tile_rows);
     for (int c0 = 0; c0 < hd; c0 += NVP_MAX * L) {
       const int cols = imin(NVP_MAX * L, hd - c0);
       const int nvp = (cols + L - 1) / L;
@@ -490,9 +495,11 @@ struct PairProducts {
       Vf::store(s + i * lds + kL, acc[i][1]);
     }
   }
-  /// The block's first `rows` P rows (its own, then zeros up to a whole P·V tile) as bf16 pairs of keys.
-  void p_ready(const float* s, std::ptrdiff_t lds, int tokens, int rows) {
-    for (int i = 0; i < rows; ++i) B::to_pairs(s + i * lds, tokens, pw + i * ldw);
+  /// P row i as bf16 pairs of keys, converted right after its softmax (the row still in L1).
+  void row_ready(const float* s_row, int tokens, int i) { B::to_pairs(s_row, tokens, pw + i * ldw); }
+  /// The block's zero rows [from, to) (up to a whole P·V tile) as pairs too.
+  void p_ready(const float* s, std::ptrdiff_t lds, int tokens, int from, int to) {
+    for (int i = from; i < to; ++i) B::to_pairs(s + i * lds, tokens, pw + i * ldw);
   }
   /// ctx rows: (Σ over pairs of keys P·v) · inv, NVP vectors of columns from c0.
   template <int NVP>
