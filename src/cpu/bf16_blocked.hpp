@@ -59,12 +59,13 @@ inline Bf16Workspace& bf16_workspace() {
 }
 
 /// The MR × 32 micro-tile over kb2 pairs: C = acc + A·W, acc = 0 (first) or the partial sum in C;
-/// the epilogue when `ep` is given (last block). Meanwhile it prefetches pf_lines lines from pf into
-/// L2 (one per 8 pairs: its share of the next slice) and the next tile's c_next rows for writing.
+/// the epilogue when `ep` is given (last block). Meanwhile it prefetches its share of the next slice
+/// into L2 (pf_lines lines from pf, one per 8 pairs: blocked::Prefetch::share of one run) and the next
+/// tile's c_next rows for writing.
 template <class B, int MR>
 inline void micro_tile(int kb2, const std::uint32_t* __restrict a, const std::uint32_t* __restrict w, float* c,
-                       std::ptrdiff_t ldc, int rows, int cols, bool first, const TileEpilogue* ep,
-                       const std::uint32_t* pf, int pf_lines, const float* c_next, int next_rows) {
+                       std::ptrdiff_t ldc, int rows, int cols, bool first, const TileEpilogue* ep, const float* pf,
+                       int pf_lines, const float* c_next, int next_rows) {
   using V = typename B::V;
   using R = typename V::R;
   constexpr int L = V::kLanes;
@@ -138,14 +139,15 @@ void gemm_range(int K, const float* A, std::ptrdiff_t lda, const bf16::Panels& w
         const std::uint32_t* panel = w.data() + (static_cast<std::ptrdiff_t>(jr / NR) * pairs + pc) * NR;
         if (last) te.bias = ep.bias ? ep.bias + jr : nullptr;
         // The next slice (next panel at this block, else the first of the next block): its lines
-        // shared out over this slice's row tiles, one per 8 pairs at most.
+        // shared out over this slice's row tiles.
+        blocked::Prefetch next;
         const bool next_in_block = jr + NR < n1;
         const int next_pc = next_in_block ? pc : pc + kb2;
-        const std::uint32_t* next_slice =
-            next_pc < pairs
-                ? w.data() + (static_cast<std::ptrdiff_t>((next_in_block ? jr + NR : n0) / NR) * pairs + next_pc) * NR
-                : nullptr;
-        const int next_lines = next_slice ? blocked::imin(kKcPairs, pairs - next_pc) * NR / 16 : 0;
+        if (next_pc < pairs) {
+          next.base = reinterpret_cast<const float*>(
+              w.data() + (static_cast<std::ptrdiff_t>((next_in_block ? jr + NR : n0) / NR) * pairs + next_pc) * NR);
+          next.per_row = next.count = blocked::imin(kKcPairs, pairs - next_pc) * NR / 16;
+        }
         const int tiles = padded_rows / MR;
         for (int ir = 0, t = 0; ir < mb; ir += MR, ++t) {
           const int rows = blocked::imin(MR, mb - ir);
@@ -159,12 +161,11 @@ void gemm_range(int K, const float* A, std::ptrdiff_t lda, const bf16::Panels& w
               te.ldr = ep.ldr;
             }
           }
-          const int l0 = split_begin(next_lines, t, tiles);
-          const int lines = blocked::imin(split_begin(next_lines, t + 1, tiles) - l0, (kb2 + 7) / 8);
           const bool last_tile = ir + MR >= mb;
+          const blocked::Prefetch mine = next.share(t, tiles, kb2);
           micro_tile<B, MR>(kb2, ap + static_cast<std::ptrdiff_t>(ir) * kKcPairs, panel, ct, ldc, rows, cols, first,
-                            last ? &te : nullptr, next_slice ? next_slice + l0 * 16 : nullptr, lines,
-                            last_tile ? ct : ct + MR * ldc, last_tile ? rows : blocked::imin(MR, mb - ir - MR));
+                            last ? &te : nullptr, mine.line(0), mine.count, last_tile ? ct : ct + MR * ldc,
+                            last_tile ? rows : blocked::imin(MR, mb - ir - MR));
         }
       }
     }

@@ -354,7 +354,8 @@ __attribute__((noinline)) void finish_tile(const float* tile, float* c, std::ptr
 /// Lines a micro-tile prefetches into L2 for the slice that follows its own (one line every 8
 /// k-steps): `count` lines, line i at base + (first + i) / per_row · row_stride + (first + i) % per_row
 /// · 16 floats. The slice is either rows of B still to be packed (per_row lines per row of B) or an
-/// already packed slice (one contiguous run: per_row = count).
+/// already packed slice (one contiguous run: row_stride 0, per_row = count; the bf16 GEMM's slices of
+/// 32-bit words are addressed as floats, 16 to a line as well).
 struct Prefetch {
   const float* base = nullptr;
   std::ptrdiff_t row_stride = 0;
@@ -363,7 +364,20 @@ struct Prefetch {
   int count = 0;
   const float* line(int i) const {
     const int l = first + i;
+    if (row_stride == 0) return base + static_cast<std::ptrdiff_t>(l) * 16;  // one run: no division
     return base + static_cast<std::ptrdiff_t>(l / per_row) * row_stride + (l % per_row) * 16;
+  }
+  /// Row tile t's share of these lines, of `tiles` tiles whose k loops run `steps` steps: its run of
+  /// them, at most one per 8 steps.
+  Prefetch share(int t, int tiles, int steps) const {
+    Prefetch mine = *this;
+    mine.first = first + split_begin(count, t, tiles);
+    mine.count = imin(split_begin(count, t + 1, tiles) - split_begin(count, t, tiles), (steps + 7) / 8);
+    return mine;
+  }
+  /// At k-step k of a micro-tile: every 8th step, the next of its lines into L2.
+  void at_step(int k) const {
+    if ((k & 7) == 0 && (k >> 3) < count) __builtin_prefetch(line(k >> 3), 0, 2);
   }
 };
 
@@ -455,8 +469,7 @@ inline void micro_tile(int kc, const float* __restrict a, std::ptrdiff_t rsa, co
 
 #pragma GCC unroll 4
   for (int k = 0; k < kc; ++k) {
-    // Every 8th k-step, one line of what the next slice needs (see Prefetch).
-    if ((k & 7) == 0 && (k >> 3) < pf.count) __builtin_prefetch(pf.line(k >> 3), 0, 2);
+    pf.at_step(k);  // one line of what the next slice needs (see Prefetch)
     R bv[NV];
 #pragma GCC unroll 8
     for (int j = 0; j < NV; ++j) bv[j] = V::load(b + k * NR + j * L);
@@ -650,7 +663,6 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
               next.per_row = next.count = next_kb * NR / 16;
             }
           }
-          const int total_lines = next.count;
           if (last) te.bias = p.ep.bias ? p.ep.bias + jc + jr : nullptr;
           for (int ir = 0, t = 0; ir < mb; ir += MR, ++t) {
             const int rows = imin(MR, mb - ir);
@@ -664,15 +676,13 @@ void gemm_range(const Problem& p, int m0, int m1, int n0, int n1, const Blocking
                 te.ldr = p.ep.ldr;
               }
             }
-            // This tile's share of the next slice's lines, at most one per 8 k-steps.
-            next.first = split_begin(total_lines, t, tiles);
-            next.count = imin(split_begin(total_lines, t + 1, tiles) - next.first, (kb + 7) / 8);
             // The next tile's C rows (L2/L3 -> L1 while this tile computes).
             const bool last_tile = ir + MR >= mb;
             const float* c_next = last_tile ? ct : ct + MR * p.ldc;
             const int next_rows = last_tile ? rows : imin(MR, mb - ir - MR);
             micro_tile<V, MR, NV, KMajorA>(kb, ap + static_cast<std::ptrdiff_t>(ir) * rsa, rsa, bpanel, ct, p.ldc, rows,
-                                           cols, first, last ? &te : nullptr, next, c_next, next_rows);
+                                           cols, first, last ? &te : nullptr, next.share(t, tiles, kb), c_next,
+                                           next_rows);
           }
         }
         pc += kb;
